@@ -1,0 +1,48 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Mapping
+
+from flask import Flask
+
+from mes import observability, web
+from mes.audit.log import AuditLog, install_guard
+from mes.config import load_config
+from mes.db import db, engine_options, tune_sqlite_engine
+
+audit_log = AuditLog()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the MES web app: settings from ``MES_*`` variables, overridden by ``config``."""
+    app = Flask("mes", instance_path=None)
+    app.config.update(load_config(overrides=config))
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+    app.config.update(
+        SESSION_COOKIE_NAME="mes_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(days=365),
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+    )
+    observability.configure_logging(app.config["MES_LOG_LEVEL"])
+
+    db.init_app(app)
+    with app.app_context():
+        tune_sqlite_engine(db.engine)
+    install_guard()
+    audit_log.init_app(app)
+    observability.init_app(app)
+    web.init_app(app)
+
+    from mes.audit.blueprint import bp as audit_bp
+    from mes.system.blueprint import bp as system_bp
+    from mes.users.blueprint import bp as users_bp
+
+    app.register_blueprint(system_bp)
+    app.register_blueprint(users_bp)
+    app.register_blueprint(audit_bp)
+    return app

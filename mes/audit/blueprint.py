@@ -1,0 +1,99 @@
+"""Audit trail API: entries with filters, the latest checkpoint, inclusion proofs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from mes.audit import log
+from mes.audit.models import AuditCheckpoint, AuditEntry
+from mes.db import db
+from mes.errors import NotFound, ValidationFailed
+from mes.users.permissions import Permission as P
+from mes.web import endpoint
+
+bp = Blueprint("audit", __name__)
+MAX_PAGE = 500
+
+
+def _time_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an ISO 8601 date-time with time zone.", field=name) from None
+    if value.tzinfo is None:
+        raise ValidationFailed(f"{name} needs a time zone.", field=name)
+    return value
+
+
+def filtered_entries(args: dict[str, Any], limit: int | None) -> list[AuditEntry]:
+    """Entries matching the viewer's filters (batch, user, action prefix, time, after seq)."""
+    q = select(AuditEntry).order_by(AuditEntry.seq)
+    if args.get("batch"):
+        q = q.where(AuditEntry.batch_id == args["batch"])
+    if args.get("user"):
+        q = q.where(AuditEntry.actor_id == args["user"])
+    if args.get("action"):
+        q = q.where(AuditEntry.action.startswith(args["action"], autoescape=True))
+    if args.get("entity"):
+        q = q.where(AuditEntry.entity_id == args["entity"])
+    if args.get("since") is not None:
+        q = q.where(AuditEntry.at >= args["since"])
+    if args.get("until") is not None:
+        q = q.where(AuditEntry.at < args["until"])
+    if args.get("after") is not None:
+        q = q.where(AuditEntry.seq > args["after"])
+    if limit is not None:
+        q = q.limit(limit)
+    return list(db.session.execute(q).scalars())
+
+
+def request_filters() -> dict[str, Any]:
+    try:
+        after = int(request.args["after"]) if request.args.get("after") else None
+    except ValueError:
+        raise ValidationFailed("after must be a whole number (a seq).", field="after") from None
+    return {
+        "batch": request.args.get("batch"), "user": request.args.get("user"), "action": request.args.get("action"),
+        "entity": request.args.get("entity"), "since": _time_arg("since"), "until": _time_arg("until"), "after": after,
+    }
+
+
+@bp.get("/api/v1/audit/entries")
+@endpoint(P.AUDIT_VIEW, tags=("audit",))
+def entries() -> Response:
+    """Audit entries, filtered by batch, user, action, entity and time; paged by seq."""
+    try:
+        limit = min(int(request.args.get("limit", 100)), MAX_PAGE)
+    except ValueError:
+        raise ValidationFailed("limit must be a whole number.", field="limit") from None
+    rows = filtered_entries(request_filters(), limit)
+    return jsonify({"entries": [json.loads(r.entry_bytes) for r in rows],
+                    "next_after": rows[-1].seq if len(rows) == limit else None})
+
+
+@bp.get("/api/v1/audit/checkpoint")
+@endpoint(P.AUDIT_VIEW, tags=("audit",))
+def checkpoint() -> Response:
+    """The latest signed checkpoint and the verifier key."""
+    cp = log.latest_checkpoint()
+    return jsonify({"checkpoint": cp.note if cp else None, "size": cp.size if cp else 0,
+                    "vkey": log.audit_log().vkey()})
+
+
+@bp.get("/api/v1/audit/entries/<int:seq>/proof")
+@endpoint(P.AUDIT_VIEW, tags=("audit",))
+def proof(seq: int) -> Response:
+    """RFC 9162 inclusion proof of one entry against the latest checkpoint."""
+    cp: AuditCheckpoint | None = log.latest_checkpoint()
+    if cp is None or seq >= cp.size or seq < 0:
+        raise NotFound(f"entry {seq} is not covered by a published checkpoint yet")
+    path = log.inclusion_proof(seq, cp.size)
+    return jsonify({"seq": seq, "checkpoint": cp.note, "proof": [h.hex() for h in path]})

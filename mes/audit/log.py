@@ -1,0 +1,387 @@
+"""The audit log in the database: append, Merkle nodes, checkpoints, verification.
+
+Service code never writes an audit row by hand. It changes its records in ``db.session``
+and calls :func:`record` once per change; :func:`record` appends the entry, the Merkle
+nodes it completes and, when asked, the outbox event, all in the caller's transaction.
+A session guard (:func:`install_guard`) refuses to commit a transaction that changed a
+record but recorded no entry, and refuses every ORM delete: forgetting is impossible.
+
+Appends are serialised: on PostgreSQL by a transaction-scoped advisory lock, on SQLite by
+the database write lock that ``BEGIN IMMEDIATE`` takes. So ``seq`` has no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import Flask, current_app
+from sqlalchemy import event, func, insert, select, tuple_
+from sqlalchemy.orm import Session
+
+from mes.audit import canonical, checkpoint as notes, keys, merkle
+from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry, AuditTreeNode
+from mes.db import db, utcnow
+from mes.integration.models import OutboxEvent
+
+ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
+CHECKPOINT_EVERY_ENTRIES = 1000
+CHECKPOINT_EVERY = timedelta(seconds=60)
+CHECKPOINT_NOW_ACTIONS = ("esig.", "batch.released")
+
+# Tables whose rows may change without an audit entry: the log itself, the outbox it
+# writes, and session bookkeeping that is audited by its own log-in / log-out entries.
+UNAUDITED_TABLES = frozenset(AUDIT_TABLES) | {"outbox_events", "alembic_version"}
+
+
+class UnauditedChangeError(RuntimeError):
+    """A transaction tried to commit a change without an audit entry, or to delete a row."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, in which role, from which terminal; goes into every entry."""
+
+    id: str
+    name: str
+    role: str
+    terminal: str | None = None
+
+    @classmethod
+    def system(cls, component: str, terminal: str | None = None) -> "Actor":
+        return cls(id=f"system:{component}", name=f"MES {component}", role="system", terminal=terminal)
+
+    def as_entry(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "role": self.role}
+
+
+@dataclass(frozen=True)
+class Event:
+    """An outbox event to write with the entry (``shared/specs/events.md`` §1)."""
+
+    type: str
+    aggregate_type: str
+    aggregate_id: str
+    data: dict[str, Any]
+    correlation_id: str | None = None
+    time: datetime | None = None
+
+
+@dataclass
+class _Head:
+    seq: int
+    leaf_hash: bytes
+    at: datetime
+
+
+@dataclass
+class AuditLog:
+    """The extension object: site id and checkpoint signing key, bound with ``init_app``."""
+
+    site_id: str = "plant-01.example"
+    key_path: Path | None = None
+    _key: Ed25519PrivateKey | None = field(default=None, repr=False)
+
+    def init_app(self, app: Flask) -> None:
+        self.site_id = app.config["MES_SITE_ID"]
+        self.key_path = Path(app.config["MES_AUDIT_KEY_PATH"])
+        app.extensions["mes_audit"] = self
+
+    @property
+    def key_name(self) -> str:
+        return notes.key_name(self.site_id)
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The checkpoint key, created on first use in the instance folder (mode 0600)."""
+        if self._key is None:
+            assert self.key_path is not None, "AuditLog.init_app was not called"
+            self._key = keys.load_or_create_signing_key(self.key_path)
+        return self._key
+
+    def reload_key(self) -> None:
+        self._key = None
+
+    def vkey(self) -> str:
+        return notes.vkey_text(self.key_name, keys.public_bytes(self.signing_key()))
+
+
+def audit_log() -> AuditLog:
+    """The AuditLog bound to the current app."""
+    return current_app.extensions["mes_audit"]
+
+
+# --------------------------------------------------------------------------- append
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+
+
+def _head(session: Session) -> _Head | None:
+    cached = session.info.get("audit_head")
+    if cached is not None:
+        return cached
+    _lock(session)
+    row = session.execute(
+        select(AuditEntry.seq, AuditEntry.leaf_hash, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)
+    ).first()
+    return None if row is None else _Head(row.seq, bytes(row.leaf_hash), row.at)
+
+
+def _node_getter(session: Session):
+    def get_nodes(wanted: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        if not wanted:
+            return {}
+        rows = session.execute(
+            select(AuditTreeNode.level, AuditTreeNode.index, AuditTreeNode.hash).where(
+                tuple_(AuditTreeNode.level, AuditTreeNode.index).in_(wanted)
+            )
+        )
+        return {(r.level, r.index): bytes(r.hash) for r in rows}
+
+    return get_nodes
+
+
+def record(
+    actor: Actor,
+    action: str,
+    entity: tuple[str, str],
+    *,
+    batch: str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    reason: str | None = None,
+    signature: dict[str, Any] | None = None,
+    event: Event | None = None,
+    session: Session | None = None,
+) -> AuditEntry:
+    """Append one audit entry (and its outbox event) to the caller's transaction."""
+    session = session or db.session
+    session.flush()
+    head = _head(session)
+    seq = 0 if head is None else head.seq + 1
+    now = utcnow()
+    at = now if head is None or now > head.at else head.at + timedelta(microseconds=1)
+    entry = {
+        "v": canonical.ENTRY_VERSION,
+        "seq": seq,
+        "prev": canonical.ZERO_HASH if head is None else head.leaf_hash.hex(),
+        "at": canonical.format_at(at),
+        "actor": actor.as_entry(),
+        "terminal": actor.terminal,
+        "action": action,
+        "entity": {"type": entity[0], "id": str(entity[1])},
+        "batch": batch,
+        "before": before,
+        "after": after,
+        "reason": reason,
+        "signature": signature,
+    }
+    entry_bytes = canonical.canonical_bytes(entry)
+    leaf = merkle.leaf_hash(entry_bytes)
+    session.execute(
+        insert(AuditEntry).values(
+            seq=seq, at=at, action=action, actor_id=actor.id, terminal_id=actor.terminal,
+            entity_type=entity[0], entity_id=str(entity[1]), batch_id=batch,
+            entry_bytes=entry_bytes, leaf_hash=leaf,
+        )
+    )
+    nodes = merkle.nodes_completed_by_append(seq, leaf, _node_getter(session))
+    session.execute(insert(AuditTreeNode), [{"level": l, "index": i, "hash": h} for l, i, h in nodes])
+    new_head = _Head(seq, leaf, at)
+    session.info["audit_head"] = new_head
+    session.info["audit_appended"] = True
+    if event is not None:
+        _write_event(session, event, seq, at)
+    if action.startswith(CHECKPOINT_NOW_ACTIONS):
+        publish_checkpoint(session)
+    else:
+        _maybe_checkpoint(session, new_head)
+    return session.get(AuditEntry, seq)  # type: ignore[return-value]
+
+
+def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> None:
+    subject = f"{ev.aggregate_type}/{ev.aggregate_id}"
+    last = session.execute(select(func.max(OutboxEvent.sequence)).where(OutboxEvent.subject == subject)).scalar()
+    sequence = (last or 0) + 1
+    event_id = str(uuid.uuid4())
+    time = ev.time or at
+    site = audit_log().site_id
+    envelope: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"urn:mes:{site}",
+        "type": ev.type,
+        "time": canonical.format_at(time),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "dataschema": f"/integration/v1/schemas/{ev.type}.json",
+        "partitionkey": ev.aggregate_id,
+        "sequence": str(sequence),
+        "sequencetype": "Integer",
+        "data": ev.data,
+    }
+    if ev.correlation_id is not None:
+        envelope["correlationid"] = ev.correlation_id
+    body = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    session.execute(
+        insert(OutboxEvent).values(
+            id=event_id, type=ev.type, subject=subject, sequence=sequence, time=time,
+            audit_seq=audit_seq, body=body,
+        )
+    )
+
+
+# ---------------------------------------------------------------------- tree reads
+
+
+def tree_size(session: Session | None = None) -> int:
+    session = session or db.session
+    last = session.execute(select(func.max(AuditEntry.seq))).scalar()
+    return 0 if last is None else last + 1
+
+
+def root(size: int, session: Session | None = None) -> bytes:
+    """MTH of the first ``size`` entries from the stored subtree hashes: O(log n)."""
+    session = session or db.session
+    return merkle.root_from_nodes(size, _node_getter(session))
+
+
+def inclusion_proof(index: int, size: int, session: Session | None = None) -> list[bytes]:
+    """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size``: O(log n)."""
+    session = session or db.session
+    return merkle.inclusion_proof_from_nodes(index, size, _node_getter(session))
+
+
+# --------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
+    session = session or db.session
+    return session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)).scalar()
+
+
+def _maybe_checkpoint(session: Session, head: _Head) -> None:
+    last = session.info.get("audit_last_checkpoint")
+    if last is None:
+        cp = latest_checkpoint(session)
+        last = (0, None) if cp is None else (cp.size, cp.time)
+        session.info["audit_last_checkpoint"] = last
+    size = head.seq + 1
+    last_size, last_time = last
+    if size - last_size >= CHECKPOINT_EVERY_ENTRIES or (
+        last_time is not None and head.at - last_time >= CHECKPOINT_EVERY
+    ):
+        publish_checkpoint(session)
+
+
+def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
+    """Sign and store a checkpoint over every entry so far (in the caller's transaction).
+
+    Returns None when the log is empty or the latest checkpoint already covers it.
+    """
+    session = session or db.session
+    session.flush()
+    _lock(session)
+    size = tree_size(session)
+    last = latest_checkpoint(session)
+    if size == 0 or (last is not None and last.size == size):
+        return None
+    log = audit_log()
+    now = utcnow().replace(microsecond=0)
+    time = now if last is None or now >= last.time else last.time
+    body = notes.checkpoint_body(log.key_name, size, root(size, session), time)
+    key = log.signing_key()
+    note = notes.sign_checkpoint(body, log.key_name, key)
+    cp = AuditCheckpoint(
+        id=0 if last is None else last.id + 1, size=size, root=root(size, session), time=time,
+        key_id=notes.key_id(log.key_name, keys.public_bytes(key)).hex(), note=note,
+    )
+    session.add(cp)
+    session.flush()
+    session.info["audit_last_checkpoint"] = (size, time)
+    return cp
+
+
+def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
+    """For the scheduler: publish when entries have waited 60 s without a checkpoint."""
+    session = session or db.session
+    last = latest_checkpoint(session)
+    head = session.execute(select(AuditEntry.seq, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    if head is None or (last is not None and last.size == head.seq + 1):
+        return None
+    first_unpublished_at = session.execute(
+        select(AuditEntry.at).where(AuditEntry.seq == (0 if last is None else last.size))
+    ).scalar_one()
+    if utcnow() - first_unpublished_at >= CHECKPOINT_EVERY:
+        return publish_checkpoint(session)
+    return None
+
+
+# ------------------------------------------------------------------------- guard
+
+
+def _reset(session: Session, *_: Any) -> None:
+    for key in ("audit_head", "audit_appended", "audit_changed", "audit_last_checkpoint"):
+        session.info.pop(key, None)
+
+
+def _table_of(obj: Any) -> str:
+    return obj.__table__.name
+
+
+def install_guard() -> None:
+    """Refuse commits that change records without an audit entry, and every ORM delete."""
+    if getattr(install_guard, "_installed", False):
+        return
+
+    @event.listens_for(Session, "before_flush")
+    def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+        for obj in session.deleted:
+            raise UnauditedChangeError(f"records are never deleted ({_table_of(obj)})")
+        for obj in list(session.new) + list(session.dirty):
+            if _table_of(obj) not in UNAUDITED_TABLES and session.is_modified(obj):
+                session.info["audit_changed"] = _table_of(obj)
+
+    @event.listens_for(Session, "before_commit")
+    def _before_commit(session: Session) -> None:
+        session.flush()
+        changed = session.info.get("audit_changed")
+        if changed and not session.info.get("audit_appended"):
+            raise UnauditedChangeError(f"a change to {changed} was committed without an audit entry")
+
+    event.listen(Session, "after_commit", _reset)
+    event.listen(Session, "after_rollback", _reset)
+    event.listen(Session, "after_soft_rollback", _reset)
+    install_guard._installed = True  # type: ignore[attr-defined]
+
+
+def iter_entry_bytes(session: Session | None = None, batch_size: int = 20_000) -> Iterator[bytes]:
+    """Every entry's stored bytes in seq order, streamed in chunks (for verify/export)."""
+    session = session or db.session
+    last = -1
+    while True:
+        rows = session.execute(
+            select(AuditEntry.seq, AuditEntry.entry_bytes).where(AuditEntry.seq > last)
+            .order_by(AuditEntry.seq).limit(batch_size)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield bytes(row.entry_bytes)
+        last = rows[-1].seq
+
+
+def entry_dict(row: AuditEntry) -> dict[str, Any]:
+    """Parse a stored entry for display; the bytes stay the record."""
+    return json.loads(row.entry_bytes)
+
+
+def as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

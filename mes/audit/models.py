@@ -1,0 +1,65 @@
+"""Audit log tables: entries (bytes stored exactly as hashed), Merkle nodes, checkpoints.
+
+Database triggers (see the migration) refuse UPDATE and DELETE on all three tables, on
+SQLite and on PostgreSQL, so not even the database owner can rewrite history without
+first dropping a trigger, which ``mes audit verify`` then catches through the hashes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, LargeBinary, SmallInteger, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mes.db import db
+
+AUDIT_TABLES = ("audit_entries", "audit_tree_nodes", "audit_checkpoints")
+
+
+class AuditEntry(db.Model):
+    """One entry of the log; ``entry_bytes`` is the canonical JSON that was hashed."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        Index("ix_audit_entries_entity", "entity_type", "entity_id"),
+        Index("ix_audit_entries_batch_id", "batch_id"),
+        Index("ix_audit_entries_actor_id", "actor_id"),
+        Index("ix_audit_entries_action", "action"),
+        Index("ix_audit_entries_at", "at"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    action: Mapped[str] = mapped_column(String(100))
+    actor_id: Mapped[str] = mapped_column(String(100))
+    terminal_id: Mapped[str | None] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    entry_bytes: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditTreeNode(db.Model):
+    """Hash of a complete perfect subtree: level ``level`` covers leaves
+    ``[index * 2**level, (index + 1) * 2**level)``. Roots and proofs cost O(log n)."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column("idx", BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditCheckpoint(db.Model):
+    """A published signed checkpoint (C2SP signed note) over the first ``size`` entries."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    time: Mapped[datetime]
+    key_id: Mapped[str] = mapped_column(String(8))
+    note: Mapped[str] = mapped_column(Text)

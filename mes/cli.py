@@ -1,0 +1,343 @@
+"""The ``mes`` command: a thin shell over the service layer.
+
+Commands that change records run as a named user (``--as USER``, password from the
+prompt or ``MES_CLI_PASSWORD``) and are checked against the same permission matrix as
+the API; only ``mes init`` (which creates the first admin) and ``mes demo`` act as the
+system. Errors print one plain line and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+from flask import Flask
+
+from mes.config import ConfigError, InstanceFolder, SETTINGS, load_config
+from mes.errors import MESError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def make_app(**overrides: Any) -> Flask:
+    """Create the app, turning configuration and connection problems into one line."""
+    from mes.app import create_app
+
+    try:
+        app = create_app(overrides or None)
+    except ConfigError as exc:
+        fail(str(exc))
+    except ModuleNotFoundError as exc:
+        if exc.name and "psycopg" in exc.name:
+            fail("MES_DATABASE_URL names PostgreSQL but psycopg is not installed: pip install 'open-mes[postgres]'")
+        raise
+    return app
+
+
+def reachable(app: Flask) -> None:
+    """Fail with one line naming MES_DATABASE_URL when the database cannot be reached."""
+    from sqlalchemy import text
+
+    from mes.db import db
+
+    with app.app_context():
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - every driver error means the same to the user
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+            fail(f"cannot reach the database given by MES_DATABASE_URL ({app.config['SQLALCHEMY_DATABASE_URI'].split('@')[-1]}): {reason}")
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc))
+        except MESError as exc:
+            fail(exc.detail, 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(help=__doc__.split("\n\n")[0] if __doc__ else None)
+@click.version_option(package_name="open-mes")
+def main() -> None:
+    """open-mes command line."""
+
+
+# --------------------------------------------------------------------------- db
+
+
+def upgrade_database(app: Flask) -> str | None:
+    """Run Alembic migrations to head (the only way the schema is made)."""
+    from alembic import command
+
+    from mes.db import db
+    from mes.system.readiness import alembic_config, current_revision
+
+    with app.app_context():
+        cfg = alembic_config()
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return current_revision()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema."""
+    app = make_app()
+    reachable(app)
+    click.echo(f"database at revision {upgrade_database(app)}")
+
+
+# ------------------------------------------------------------------------- init
+
+
+@main.command()
+@click.option("--admin-id", default="admin", show_default=True)
+@click.option("--admin-name", default="System Administrator", show_default=True)
+@click.option("--admin-password", envvar="MES_ADMIN_PASSWORD", help="or MES_ADMIN_PASSWORD; prompted if absent")
+@handle_errors
+def init(admin_id: str, admin_name: str, admin_password: str | None) -> None:
+    """Create the instance folder, database, signing key and first admin."""
+    folder = InstanceFolder(Path(os.environ.get("MES_HOME", "instance")).resolve())
+    folder.ensure()
+    app = make_app()
+    reachable(app)
+    click.echo(f"instance folder {folder.path}")
+    click.echo(f"database at revision {upgrade_database(app)}")
+    from sqlalchemy import select
+
+    from mes.audit.log import Actor, audit_log
+    from mes.db import db as database
+    from mes.users import operations as ops
+    from mes.users.models import User, UserRole
+
+    with app.app_context():
+        audit_log().signing_key()
+        click.echo(f"audit signing key {app.config['MES_AUDIT_KEY_PATH']}")
+        click.echo(f"verifier key {audit_log().vkey()}")
+        has_admin = database.session.execute(select(UserRole).where(UserRole.role == "admin")).first()
+        if has_admin:
+            click.echo("an admin account exists already; none created")
+            return
+        if database.session.get(User, admin_id) is not None:
+            fail(f"user id {admin_id!r} is taken")
+        if admin_password is None:
+            admin_password = click.prompt("password for the first admin", hide_input=True, confirmation_prompt=True)
+        ops.create_user(Actor.system("init"), admin_id, admin_name, {"admin"}, password=admin_password)
+        click.echo(f"created admin {admin_id!r}")
+
+
+# ------------------------------------------------------------------------ check
+
+
+@main.command()
+@handle_errors
+def check() -> None:
+    """Check configuration, database, schema and keys; exit non-zero on any problem."""
+    try:
+        load_config(create_secret=False)
+    except ConfigError as exc:
+        fail(str(exc))
+    app = make_app()
+    reachable(app)
+    problems = []
+    from mes.system.readiness import current_revision, head_revision
+
+    with app.app_context():
+        click.echo(f"ok   configuration (MES_HOME={app.config['MES_HOME']})")
+        click.echo(f"ok   database reachable ({app.config['SQLALCHEMY_DATABASE_URI'].split('://')[0]})")
+        head, current = head_revision(), current_revision()
+        if head == current:
+            click.echo(f"ok   schema at migration head {head}")
+        else:
+            problems.append(f"schema at {current}, head is {head}: run `mes db upgrade`")
+        key = Path(app.config["MES_AUDIT_KEY_PATH"])
+        if not key.exists():
+            problems.append(f"audit signing key {key} is missing: run `mes init`")
+        elif key.stat().st_mode & 0o077:
+            problems.append(f"audit signing key {key} is readable by others: chmod 600 it")
+        else:
+            click.echo(f"ok   audit signing key {key}")
+    for p in problems:
+        click.echo(f"FAIL {p}")
+    if problems:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------ users
+
+
+def _as_user(app: Flask, user_id: str, permission: str) -> Any:
+    """Authenticate the CLI caller and check the permission matrix for the command."""
+    from mes.users import operations as ops
+    from mes.users import secrets as hashing
+    from mes.users.permissions import Permission, allowed
+
+    password = os.environ.get("MES_CLI_PASSWORD") or click.prompt(f"password for {user_id}", hide_input=True)
+    user = ops.get_user(user_id)
+    if not user.active or user.locked or not hashing.verify_secret(user.password_hash, password):
+        fail("the user id or password is wrong, or the account is locked or deactivated", 1)
+    if not allowed(user.role_names(), Permission(permission)):
+        fail(f"{user_id} may not do this ({permission})", 1)
+    return ops.actor_for(user, terminal="cli")
+
+
+@main.group()
+def users() -> None:
+    """Manage users (deactivated, never deleted)."""
+
+
+@users.command("add")
+@click.argument("user_id")
+@click.option("--name", "full_name", required=True)
+@click.option("--role", "roles", multiple=True, required=True)
+@click.option("--password", envvar="MES_NEW_PASSWORD")
+@click.option("--badge")
+@click.option("--pin", envvar="MES_NEW_PIN")
+@click.option("--language", default="en")
+@click.option("--as", "as_user", required=True, help="admin performing the change")
+@handle_errors
+def users_add(user_id: str, full_name: str, roles: tuple[str, ...], password: str | None, badge: str | None,
+              pin: str | None, language: str, as_user: str) -> None:
+    """Create a user."""
+    from mes.users import operations as ops
+
+    app = make_app()
+    with app.app_context():
+        actor = _as_user(app, as_user, "users.admin")
+        ops.create_user(actor, user_id, full_name, set(roles), password=password, badge_id=badge, pin=pin, language=language)
+        click.echo(f"created user {user_id}")
+
+
+@users.command("deactivate")
+@click.argument("user_id")
+@click.option("--reason", required=True)
+@click.option("--as", "as_user", required=True)
+@handle_errors
+def users_deactivate(user_id: str, reason: str, as_user: str) -> None:
+    """Deactivate a user; the id is never reused."""
+    from mes.users import operations as ops
+
+    app = make_app()
+    with app.app_context():
+        ops.deactivate_user(_as_user(app, as_user, "users.admin"), user_id, reason)
+        click.echo(f"deactivated {user_id}")
+
+
+@users.command("reset")
+@click.argument("user_id")
+@click.option("--reason", required=True)
+@click.option("--password", envvar="MES_NEW_PASSWORD", help="temporary password (must be changed at log-in)")
+@click.option("--pin", envvar="MES_NEW_PIN")
+@click.option("--as", "as_user", required=True)
+@handle_errors
+def users_reset(user_id: str, reason: str, password: str | None, pin: str | None, as_user: str) -> None:
+    """Unlock a user and set a temporary password or new PIN."""
+    from mes.users import operations as ops
+
+    app = make_app()
+    with app.app_context():
+        ops.reset_credentials(_as_user(app, as_user, "users.admin"), user_id, reason, password=password, pin=pin)
+        click.echo(f"reset {user_id}")
+
+
+@users.command("list")
+@handle_errors
+def users_list() -> None:
+    """List users and their state."""
+    from sqlalchemy import select
+
+    from mes.db import db as database
+    from mes.users.models import User
+
+    app = make_app()
+    with app.app_context():
+        for u in database.session.execute(select(User).order_by(User.id)).scalars():
+            state = "active" if u.active else "deactivated"
+            state += ", locked" if u.locked else ""
+            click.echo(f"{u.id:20} {u.full_name:30} {','.join(sorted(u.role_names())):24} {state}")
+
+
+@main.group()
+def terminals() -> None:
+    """Register kiosks and workstations."""
+
+
+@terminals.command("add")
+@click.argument("terminal_id")
+@click.option("--kind", type=click.Choice(["kiosk", "workstation"]), required=True)
+@click.option("--description", default="")
+@click.option("--line")
+@click.option("--as", "as_user", required=True)
+@handle_errors
+def terminals_add(terminal_id: str, kind: str, description: str, line: str | None, as_user: str) -> None:
+    """Register a terminal and print its enrolment key (shown once)."""
+    from mes.users import operations as ops
+
+    app = make_app()
+    with app.app_context():
+        _, key = ops.register_terminal(_as_user(app, as_user, "terminals.admin"), terminal_id, kind, description, line)
+        click.echo(f"registered {terminal_id}; enrolment key (shown once): {key}")
+
+
+# -------------------------------------------------------------------------- run
+
+
+@main.command()
+@click.option("--bind", default=lambda: os.environ.get("MES_BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
+@click.option("--workers", type=int, default=lambda: int(os.environ.get("MES_WORKERS", "2")))
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("MES_THREADS", "32")))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="gunicorn config file")
+@handle_errors
+def run(bind: str, workers: int, threads: int, config_file: str | None) -> None:
+    """Run the production server (gunicorn, threaded workers, WebSocket-capable)."""
+    app = make_app()
+    reachable(app)
+    from mes.server import serve
+
+    serve(bind=bind, workers=workers, threads=threads, config_file=config_file)
+
+
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@handle_errors
+def demo(port: int, host: str) -> None:
+    """Seed demo data on SQLite and serve the kiosk and QA pages (idempotent)."""
+    from mes.demo import run_demo
+
+    run_demo(host=host, port=port)
+
+
+def settings_table() -> str:
+    """The configuration table for the README."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{s.env}` | {s.default if s.default is not None else '—'} | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)
+
+
+from mes.audit import cli as _audit_cli  # noqa: E402,F401  (registers `mes audit`, `mes backup`, `mes restore`)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

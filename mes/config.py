@@ -1,0 +1,184 @@
+"""Configuration from ``MES_*`` environment variables and the instance folder.
+
+Every setting has one name, one type and one default, declared in :data:`SETTINGS`, so the
+README table, ``mes check`` and the error messages all come from the same place. A missing
+or invalid value raises :class:`ConfigError` naming the variable, never a traceback deep
+inside SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _parse_site_id(raw: str) -> str:
+    value = raw.strip()
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+    if not value or not set(value) <= allowed:
+        raise ValueError("expected a lowercase host-like name such as plant-01.example")
+    return value
+
+
+def _parse_database_url(raw: str) -> str:
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:  # pragma: no cover - message depends on SQLAlchemy
+        raise ValueError(f"not a database URL ({exc})") from None
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() not in {"psycopg", "psycopg2"}:
+        raise ValueError("use the psycopg driver: postgresql+psycopg://user@host/db")
+    return raw
+
+
+def _parse_log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``MES_*`` variable: its Flask config key, parser, default and meaning."""
+
+    env: str
+    key: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("MES_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", _parse_database_url, None,
+            "Database URL; default SQLite file mes.sqlite3 in MES_HOME"),
+    Setting("MES_SECRET_KEY", "SECRET_KEY", str, None,
+            "Session signing key; default generated once into MES_HOME/secret_key"),
+    Setting("MES_SITE_ID", "MES_SITE_ID", _parse_site_id, "plant-01.example",
+            "Site id: origin of audit checkpoints and CloudEvents source"),
+    Setting("MES_PANEL_PPI", "MES_PANEL_PPI", _parse_positive_int, "141",
+            "Kiosk panel pixels per inch (touch target sizing)"),
+    Setting("MES_PANEL_DPR", "MES_PANEL_DPR", _parse_positive_int, "1",
+            "Kiosk panel device pixel ratio"),
+    Setting("MES_KIOSK_IDLE_SECONDS", "MES_KIOSK_IDLE_SECONDS", _parse_positive_int, "300",
+            "Idle logout on kiosks"),
+    Setting("MES_WORKSTATION_IDLE_SECONDS", "MES_WORKSTATION_IDLE_SECONDS", _parse_positive_int, "900",
+            "Idle logout on QA / admin workstations"),
+    Setting("MES_PASSWORD_MAX_AGE_DAYS", "MES_PASSWORD_MAX_AGE_DAYS", _parse_positive_int, "90",
+            "Password ageing: a password older than this must be changed"),
+    Setting("MES_PASSWORD_MIN_LENGTH", "MES_PASSWORD_MIN_LENGTH", _parse_positive_int, "12",
+            "Minimum password length"),
+    Setting("MES_LOCKOUT_THRESHOLD", "MES_LOCKOUT_THRESHOLD", _parse_positive_int, "5",
+            "Failed log-ins that lock an account"),
+    Setting("MES_LOGIN_RATE_PER_MINUTE", "MES_LOGIN_RATE_PER_MINUTE", _parse_positive_int, "20",
+            "Log-in attempts allowed per client address per minute"),
+    Setting("MES_SESSION_COOKIE_SECURE", "SESSION_COOKIE_SECURE", _parse_bool, "true",
+            "Send session cookies over HTTPS only (false only for the local demo)"),
+    Setting("MES_REDIS_URL", "MES_REDIS_URL", str, "",
+            "Redis URL for the Socket.IO message queue when several web workers run"),
+    Setting("MES_AUDIT_KEY_PATH", "MES_AUDIT_KEY_PATH", str, "",
+            "Audit checkpoint signing key; default MES_HOME/audit-signing.key"),
+    Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO", "Log level"),
+)
+
+
+@dataclass
+class InstanceFolder:
+    """The folder every ``mes`` command works in (``$MES_HOME``, default ``./instance``)."""
+
+    path: Path = field(default_factory=lambda: Path(os.environ.get("MES_HOME", "instance")).resolve())
+
+    @property
+    def database_path(self) -> Path:
+        return self.path / "mes.sqlite3"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.path / "secret_key"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.path / "audit-signing.key"
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+
+def _read_or_create_secret(folder: InstanceFolder, create: bool) -> str:
+    path = folder.secret_key_path
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        raise ConfigError("MES_SECRET_KEY is not set and MES_HOME has no secret_key file; run `mes init`")
+    folder.ensure()
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def load_config(
+    env: Mapping[str, str] | None = None,
+    *,
+    create_secret: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the Flask config dict from the environment, then ``overrides``.
+
+    Raises ConfigError naming the variable when a setting is missing or invalid.
+    """
+    env = os.environ if env is None else env
+    overrides = overrides or {}
+    folder = InstanceFolder(Path(overrides.get("MES_HOME") or env.get("MES_HOME", "instance")).resolve())
+    config: dict[str, Any] = {"MES_HOME": str(folder.path)}
+    for setting in SETTINGS:
+        raw = env.get(setting.env)
+        if raw is None or raw == "":
+            raw = setting.default
+        if raw is None:
+            continue
+        try:
+            config[setting.key] = setting.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{setting.env} is invalid: {exc}") from None
+    config.update(overrides)
+    if "SQLALCHEMY_DATABASE_URI" not in config:
+        config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{folder.database_path}"
+    if "SECRET_KEY" not in config:
+        config["SECRET_KEY"] = _read_or_create_secret(folder, create_secret)
+    if not config["MES_AUDIT_KEY_PATH"]:
+        config["MES_AUDIT_KEY_PATH"] = str(folder.audit_key_path)
+    return config
+
+
+def database_backend(url: str) -> str:
+    """'sqlite' or 'postgresql' for a configured URL."""
+    return make_url(url).get_backend_name()

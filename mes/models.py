@@ -1,0 +1,5 @@
+"""Imports every model module so ``Base.metadata`` is complete (Alembic, tests)."""
+
+from mes.audit import models as audit_models  # noqa: F401
+from mes.integration import models as integration_models  # noqa: F401
+from mes.users import models as users_models  # noqa: F401

@@ -1,0 +1,100 @@
+"""JSON logs with a request / correlation id, and Prometheus metrics.
+
+Each request gets an id (the incoming ``X-Request-ID`` if it is sane, else a new one),
+echoed in the response header and in every log line written while serving it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, extras."""
+
+    RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        try:
+            rid = g.get("request_id")
+        except RuntimeError:
+            rid = None
+        if rid:
+            payload["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in self.RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send JSON lines to stderr (journald / docker collect them)."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class Metrics:
+    """Per-app Prometheus registry (so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mes_http_requests_total", "HTTP requests", ["method", "endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("mes_http_request_seconds", "HTTP request latency", ["method", "endpoint"],
+                                 registry=self.registry,
+                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.audit_size = Gauge("mes_audit_entries", "Audit log size (entries)", registry=self.registry)
+        self.open_alarms = Gauge("mes_open_alarms", "Unacknowledged alarms", registry=self.registry)
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    metrics = Metrics()
+    app.extensions["mes_metrics"] = metrics
+    access = logging.getLogger("mes.access")
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.endpoint or "unmatched"
+        metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, endpoint).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        access.info("request", extra={"method": request.method, "path": request.path,
+                                      "status": response.status_code, "ms": round(elapsed * 1000, 2)})
+        return response

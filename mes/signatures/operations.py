@@ -1,0 +1,172 @@
+"""Part 11 electronic signatures: manifestation, binding, components, qualification.
+
+A signature is an audit entry (action ``esig.signed``) whose ``signature`` member holds
+the signer, printed name, meaning and the SHA-256 of the canonical form of the exact
+record version signed (§11.50, §11.70). Verifying a signature recomputes that hash from
+the record as it is now, so a signature copied onto another record, or a record changed
+after signing, fails.
+
+Components (§11.200): the first signature in a session needs the user id (or badge) and
+the secret; further signatures in the same continuous session need only the secret; a
+new session (after log-out or timeout) needs both again. API tokens never sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import select
+
+from mes.audit import canonical
+from mes.audit.log import record
+from mes.audit.models import AuditEntry
+from mes.db import db, utcnow
+from mes.errors import AuthenticationFailed, Conflict, Forbidden, ValidationFailed
+from mes.users import operations as users
+from mes.users import secrets as hashing
+from mes.users.models import User, UserSession
+from mes.users.permissions import Permission, allowed
+
+MEANINGS = ("performed", "verified", "reviewed", "approved", "released", "rejected")
+
+# Record providers: record type -> function(record id) -> the record's current canonical dict.
+_PROVIDERS: dict[str, Callable[[str], dict[str, Any]]] = {}
+
+
+def record_provider(record_type: str) -> Callable[[Callable[[str], dict[str, Any]]], Callable[[str], dict[str, Any]]]:
+    """Register how to read the current version of a signable record type."""
+
+    def register(fn: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+        _PROVIDERS[record_type] = fn
+        return fn
+
+    return register
+
+
+def record_hash(content: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of one record version."""
+    return hashlib.sha256(canonical.canonical_json(content)).hexdigest()
+
+
+def current_record(record_type: str, record_id: str) -> dict[str, Any]:
+    try:
+        provider = _PROVIDERS[record_type]
+    except KeyError:
+        raise ValidationFailed(f"Records of type {record_type!r} cannot be signed.") from None
+    return provider(record_id)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the signer typed: the identification component (optional after the first
+    signature of a session) and the secret (password or PIN)."""
+
+    secret: str
+    user_id: str | None = None
+    badge: str | None = None
+
+
+def _session_has_signed(session_row: UserSession) -> bool:
+    return db.session.execute(
+        select(AuditEntry.seq).where(AuditEntry.action == "esig.signed", AuditEntry.actor_id == session_row.user_id,
+                                     AuditEntry.at >= session_row.started_at).limit(1)
+    ).first() is not None
+
+
+def _check_components(user: User, session_row: UserSession, creds: Credentials) -> None:
+    needs_id = not _session_has_signed(session_row)
+    by_badge = session_row.method == "badge"
+    if needs_id:
+        given = creds.badge if by_badge else creds.user_id
+        expected = user.badge_id if by_badge else user.id
+        if not given:
+            raise AuthenticationFailed(
+                "The first signature of a session needs your " + ("badge" if by_badge else "user id") + " and "
+                + ("PIN" if by_badge else "password") + ".", components="both")
+        if str(given).strip().lower() != str(expected).lower():
+            raise AuthenticationFailed("The signature components do not belong to the logged-in user.")
+    stored = user.pin_hash if by_badge else user.password_hash
+    if not hashing.verify_secret(stored, creds.secret):
+        raise AuthenticationFailed("The signature was refused: wrong " + ("PIN" if by_badge else "password") + ".")
+
+
+def sign(
+    session_row: UserSession | None,
+    credentials: Credentials,
+    record_type: str,
+    record_id: str,
+    meaning: str,
+    *,
+    role: str,
+    terminal: str | None,
+    batch: str | None = None,
+    performed_by: str | None = None,
+    permission: Permission = Permission.ESIG_SIGN,
+    comment: str | None = None,
+    commit: bool = True,
+) -> AuditEntry:
+    """Sign the current version of a record; the signature is itself an audit entry.
+
+    ``performed_by`` marks a second-person verification: the signer must be someone else.
+    """
+    if session_row is None:
+        raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
+    if meaning not in MEANINGS:
+        raise ValidationFailed(f"The meaning must be one of: {', '.join(MEANINGS)}.", field="meaning")
+    user = session_row.user
+    if not user.active or user.locked:
+        raise AuthenticationFailed("This account cannot sign.")
+    if role not in user.role_names() or not allowed({role}, permission):
+        raise Forbidden(f"Signing as {role} for {permission.value} is not permitted.")
+    qualification = user.qualification(role)
+    if qualification is not None and qualification.qualified_until is not None and qualification.qualified_until < utcnow():
+        raise Forbidden(f"Your qualification as {role} expired on {qualification.qualified_until.date().isoformat()}; "
+                        "signing is refused until it is renewed.")
+    if user.esig_acknowledged_at is None:
+        raise Forbidden("Acknowledge that your electronic signature is binding before your first signature.")
+    if performed_by is not None and performed_by == user.id:
+        raise Conflict("Second-person verification must be done by a different person.")
+    _check_components(user, session_row, credentials)
+    content = current_record(record_type, record_id)
+    at = utcnow()
+    signature = {"signer": user.id, "name": user.full_name, "meaning": meaning, "record_hash": record_hash(content),
+                 "at": canonical.format_at(at)}
+    entry = record(users.actor_for(user, role, terminal), "esig.signed", (record_type, record_id), batch=batch,
+                   after={"comment": comment} if comment else None, signature=signature)
+    if commit:
+        db.session.commit()
+    return entry
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    seq: int
+    signer: str
+    name: str
+    meaning: str
+    at: str
+    valid: bool
+    problem: str | None
+
+
+def signatures_for(record_type: str, record_id: str) -> list[SignatureCheck]:
+    """Every signature on a record, each checked against the record as it is now."""
+    current = record_hash(current_record(record_type, record_id))
+    checks = []
+    for row in db.session.execute(
+        select(AuditEntry).where(AuditEntry.action == "esig.signed", AuditEntry.entity_type == record_type,
+                                 AuditEntry.entity_id == record_id).order_by(AuditEntry.seq)
+    ).scalars():
+        checks.append(check_entry(json.loads(row.entry_bytes), current))
+    return checks
+
+
+def check_entry(entry: dict[str, Any], current_hash: str) -> SignatureCheck:
+    sig = entry.get("signature") or {}
+    valid = sig.get("record_hash") == current_hash
+    return SignatureCheck(entry["seq"], sig.get("signer", ""), sig.get("name", ""), sig.get("meaning", ""),
+                          sig.get("at", ""), valid,
+                          None if valid else "the record differs from the version that was signed")

@@ -1,0 +1,479 @@
+"""Service layer for people and access: users, roles, log-in, sessions, terminals, tokens,
+alarms. Every state change here is one transaction with its audit entry
+(Part 11 §11.10(d), §11.100, §11.300; Annex 11 §12.3).
+
+These functions take an :class:`~mes.audit.log.Actor` (who is acting) explicitly and
+never look at the web request, so the web layer and the CLI are thin shells over them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import select
+
+from mes.audit.log import Actor, record
+from mes.db import db, utcnow
+from mes.errors import (
+    AccountLocked,
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    PasswordExpired,
+    SessionExpired,
+    TerminalRequired,
+    ValidationFailed,
+)
+from mes.users import secrets as hashing
+from mes.users.models import Alarm, ApiToken, PasswordHistory, Role, Terminal, TerminalKind, User, UserRole, UserSession
+from mes.users.permissions import Permission, check_role_combination
+
+PASSWORD_HISTORY_DEPTH = 5
+AUTH = Actor.system("auth")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Access policy from configuration."""
+
+    lockout_threshold: int
+    password_min_length: int
+    password_max_age: timedelta
+    kiosk_idle: timedelta
+    workstation_idle: timedelta
+
+    @classmethod
+    def current(cls) -> "Policy":
+        c = current_app.config
+        return cls(
+            lockout_threshold=c["MES_LOCKOUT_THRESHOLD"],
+            password_min_length=c["MES_PASSWORD_MIN_LENGTH"],
+            password_max_age=timedelta(days=c["MES_PASSWORD_MAX_AGE_DAYS"]),
+            kiosk_idle=timedelta(seconds=c["MES_KIOSK_IDLE_SECONDS"]),
+            workstation_idle=timedelta(seconds=c["MES_WORKSTATION_IDLE_SECONDS"]),
+        )
+
+
+def actor_for(user: User, role: str | None = None, terminal: str | None = None) -> Actor:
+    """The Actor for a user acting in ``role`` (default: their first role)."""
+    names = sorted(user.role_names())
+    return Actor(id=user.id, name=user.full_name, role=role or (names[0] if names else "none"), terminal=terminal)
+
+
+# ------------------------------------------------------------------------- users
+
+
+def get_user(user_id: str) -> User:
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id!r}")
+    return user
+
+
+def _check_password(user_id: str, password: str) -> None:
+    problems = hashing.password_problems(password, user_id, Policy.current().password_min_length)
+    if problems:
+        raise ValidationFailed("The password " + "; ".join(problems) + ".", field="password")
+
+
+def _check_pin(pin: str) -> None:
+    problems = hashing.pin_problems(pin)
+    if problems:
+        raise ValidationFailed("The PIN " + "; ".join(problems) + ".", field="pin")
+
+
+def create_user(
+    actor: Actor,
+    user_id: str,
+    full_name: str,
+    roles: set[str],
+    *,
+    password: str | None = None,
+    badge_id: str | None = None,
+    pin: str | None = None,
+    language: str = "en",
+    qualified_until: datetime | None = None,
+    email: str | None = None,
+) -> User:
+    """Create a user. User ids are never reused: a deactivated user's id stays taken."""
+    user_id = user_id.strip()
+    if not user_id or not all(c.isalnum() or c in "._-" for c in user_id) or len(user_id) > 64:
+        raise ValidationFailed("A user id is 1 to 64 letters, digits, dots, dashes or underscores.", field="id")
+    if not full_name.strip():
+        raise ValidationFailed("The printed name is required.", field="full_name")
+    try:
+        check_role_combination(roles)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc).capitalize() + ".", field="roles") from None
+    if not roles:
+        raise ValidationFailed("A user needs at least one role.", field="roles")
+    existing = db.session.execute(select(User).where(User.id.ilike(user_id))).scalar()
+    if existing is not None:
+        raise Conflict(f"The user id {user_id!r} is taken (user ids are never reused).")
+    if password is None and badge_id is None:
+        raise ValidationFailed("A user needs a password or a badge and PIN.", field="password")
+    if badge_id is not None:
+        if pin is None:
+            raise ValidationFailed("A badge needs a PIN.", field="pin")
+        if db.session.execute(select(User).where(User.badge_id == badge_id)).scalar() is not None:
+            raise Conflict(f"Badge {badge_id!r} is already assigned.")
+        _check_pin(pin)
+    if password is not None:
+        _check_password(user_id, password)
+    now = utcnow()
+    user = User(
+        id=user_id, full_name=full_name.strip(), email=email, language=language, badge_id=badge_id,
+        pin_hash=hashing.hash_secret(pin) if pin else None,
+        password_hash=hashing.hash_secret(password) if password else None,
+        password_changed_at=now if password else None, active=True, locked=False, failed_attempts=0,
+        created_at=now,
+    )
+    db.session.add(user)
+    db.session.flush()
+    for role in sorted(roles):
+        db.session.add(UserRole(user=user, role=role, qualified_until=qualified_until, granted_by=actor.id, granted_at=now))
+    if password:
+        db.session.add(PasswordHistory(user_id=user_id, password_hash=user.password_hash, set_at=now))
+    record(
+        actor, "user.created", ("user", user_id),
+        after={
+            "full_name": user.full_name, "roles": sorted(roles), "badge_id": badge_id, "language": language,
+            "qualified_until": qualified_until.isoformat() if qualified_until else None,
+        },
+    )
+    db.session.commit()
+    return user
+
+
+def grant_role(actor: Actor, user_id: str, role: str, qualified_until: datetime | None, reason: str) -> None:
+    """Grant or re-qualify a role (audited: access changes are records, Annex 11 §12.3)."""
+    user = get_user(user_id)
+    try:
+        check_role_combination(user.role_names() | {role})
+    except ValueError as exc:
+        raise ValidationFailed(str(exc).capitalize() + ".", field="role") from None
+    current = user.qualification(role)
+    before = None
+    if current is None:
+        db.session.add(UserRole(user=user, role=role, qualified_until=qualified_until, granted_by=actor.id))
+    else:
+        before = {"role": role, "qualified_until": current.qualified_until.isoformat() if current.qualified_until else None}
+        current.qualified_until = qualified_until
+        current.granted_by = actor.id
+        current.granted_at = utcnow()
+    record(
+        actor, "user.role.granted", ("user", user_id), before=before, reason=reason,
+        after={"role": role, "qualified_until": qualified_until.isoformat() if qualified_until else None},
+    )
+    db.session.commit()
+
+
+def deactivate_user(actor: Actor, user_id: str, reason: str) -> None:
+    """Deactivate (never delete) a user and end their open sessions."""
+    if not reason.strip():
+        raise ValidationFailed("A reason is required to deactivate a user.", field="reason")
+    user = get_user(user_id)
+    if not user.active:
+        raise Conflict(f"User {user_id!r} is already deactivated.")
+    if actor.id == user_id:
+        raise Conflict("You cannot deactivate your own account.")
+    user.active = False
+    user.deactivated_at = utcnow()
+    for open_session in db.session.execute(
+        select(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+    ).scalars():
+        open_session.ended_at = utcnow()
+        open_session.end_reason = "deactivated"
+    record(actor, "user.deactivated", ("user", user_id), before={"active": True}, after={"active": False}, reason=reason)
+    db.session.commit()
+
+
+def reset_credentials(
+    actor: Actor, user_id: str, reason: str, *, password: str | None = None, pin: str | None = None
+) -> None:
+    """Unlock and set a temporary password (which must be changed at next log-in) or PIN."""
+    if not reason.strip():
+        raise ValidationFailed("A reason is required to reset credentials.", field="reason")
+    user = get_user(user_id)
+    before = {"locked": user.locked, "failed_attempts": user.failed_attempts}
+    after = {"locked": False, "failed_attempts": 0}
+    if password is not None:
+        _check_password(user_id, password)
+        user.password_hash = hashing.hash_secret(password)
+        user.password_changed_at = None  # forces a change at the next log-in
+        after["password"] = "reset (must change at next log-in)"
+    if pin is not None:
+        _check_pin(pin)
+        user.pin_hash = hashing.hash_secret(pin)
+        after["pin"] = "reset"
+    user.locked = False
+    user.failed_attempts = 0
+    record(actor, "user.credentials.reset", ("user", user_id), before=before, after=after, reason=reason)
+    db.session.commit()
+
+
+def change_password(user_id: str, old_password: str, new_password: str, terminal: str | None = None) -> None:
+    """A user changes their own password (also the way out of an expired one)."""
+    user = db.session.get(User, user_id)
+    if user is None or not user.active or user.locked or not hashing.verify_secret(user.password_hash, old_password):
+        raise AuthenticationFailed("The user id or current password is wrong.")
+    _check_password(user_id, new_password)
+    recent = db.session.execute(
+        select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user_id)
+        .order_by(PasswordHistory.set_at.desc()).limit(PASSWORD_HISTORY_DEPTH)
+    ).scalars()
+    if any(hashing.verify_secret(h, new_password) for h in recent) or new_password == old_password:
+        raise ValidationFailed(f"The new password must differ from the last {PASSWORD_HISTORY_DEPTH}.", field="password")
+    now = utcnow()
+    user.password_hash = hashing.hash_secret(new_password)
+    user.password_changed_at = now
+    db.session.flush()
+    db.session.add(PasswordHistory(user_id=user_id, password_hash=user.password_hash, set_at=now))
+    record(actor_for(user, terminal=terminal), "user.password.changed", ("user", user_id), after={"password_changed_at": now.isoformat()})
+    db.session.commit()
+
+
+def acknowledge_esig_accountability(user_id: str, terminal: str | None) -> None:
+    """Store the user's acknowledgement that their e-signature binds like a handwritten one."""
+    user = get_user(user_id)
+    if user.esig_acknowledged_at is not None:
+        return
+    user.esig_acknowledged_at = utcnow()
+    record(
+        actor_for(user, terminal=terminal), "user.esig.acknowledged", ("user", user_id),
+        after={"statement": "My electronic signature is the legally binding equivalent of my handwritten signature.",
+               "acknowledged_at": user.esig_acknowledged_at.isoformat()},
+    )
+    db.session.commit()
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def _fail(user: User | None, given_id: str, why: str, terminal: str | None) -> None:
+    """Record a failed attempt; lock the account and raise an alarm at the threshold."""
+    if user is None or not user.active or user.locked:
+        record(replace(AUTH, terminal=terminal), "auth.login.failed",
+               ("user", given_id), after={"why": why})
+        db.session.commit()
+        return
+    policy = Policy.current()
+    before = user.failed_attempts
+    user.failed_attempts = before + 1
+    actor = replace(AUTH, terminal=terminal)
+    record(actor, "auth.login.failed", ("user", user.id),
+           before={"failed_attempts": before}, after={"failed_attempts": user.failed_attempts, "why": why})
+    if user.failed_attempts >= policy.lockout_threshold:
+        user.locked = True
+        record(actor, "user.locked", ("user", user.id), before={"locked": False}, after={"locked": True},
+               reason=f"{user.failed_attempts} failed log-in attempts")
+        raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed log-in attempts",
+                    {"user": user.id, "terminal": terminal}, commit=False)
+    db.session.commit()
+
+
+def _refuse_unusable(user: User) -> None:
+    if not user.active:
+        raise AuthenticationFailed("This account is deactivated.")
+    if user.locked:
+        raise AccountLocked("This account is locked after too many failed attempts; ask an administrator to reset it.")
+
+
+def login_with_password(user_id: str, password: str, terminal: Terminal | None) -> tuple[UserSession, str]:
+    """Log in with user id + password; returns the session and its bearer secret."""
+    user = db.session.execute(select(User).where(User.id.ilike(user_id.strip()))).scalar()
+    tid = terminal.id if terminal else None
+    if user is None or not user.active or user.locked or not hashing.verify_secret(user.password_hash, password):
+        _fail(user, user_id, "wrong user id or password" if user is None or (user.active and not user.locked) else "unusable account", tid)
+        if user is not None:
+            _refuse_unusable(user)
+        raise AuthenticationFailed("The user id or password is wrong.")
+    policy = Policy.current()
+    if user.password_changed_at is None or utcnow() - user.password_changed_at > policy.password_max_age:
+        raise PasswordExpired("The password has expired; change it to continue.", user=user.id)
+    return _open_session(user, terminal, "password")
+
+
+def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tuple[UserSession, str]:
+    """Log in on a kiosk with badge + PIN (a registered kiosk terminal is required)."""
+    if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
+        raise TerminalRequired("Badge log-in works only on a registered kiosk.")
+    user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
+    if user is None or not user.active or user.locked or not hashing.verify_secret(user.pin_hash, pin):
+        _fail(user, f"badge:{badge_id}", "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account", terminal.id)
+        if user is not None:
+            _refuse_unusable(user)
+        raise AuthenticationFailed("The badge or PIN is wrong.")
+    return _open_session(user, terminal, "badge")
+
+
+def _open_session(user: User, terminal: Terminal | None, method: str) -> tuple[UserSession, str]:
+    secret = secrets.token_urlsafe(32)
+    tid = terminal.id if terminal else None
+    session_row = UserSession(id=hashing.digest(secret), user_id=user.id, terminal_id=tid, method=method, started_at=utcnow())
+    db.session.add(session_row)
+    before = {"failed_attempts": user.failed_attempts} if user.failed_attempts else None
+    user.failed_attempts = 0
+    record(actor_for(user, terminal=tid), "auth.login", ("user", user.id), before=before,
+           after={"method": method, "session": session_row.id[:12], "failed_attempts": 0})
+    db.session.commit()
+    return session_row, secret
+
+
+def resolve_session(secret: str, last_activity: datetime | None) -> UserSession:
+    """The live session for a cookie secret; ends it (audited) if idle too long."""
+    row = db.session.get(UserSession, hashing.digest(secret))
+    if row is None or row.ended_at is not None:
+        raise SessionExpired("The session has ended; log in again.")
+    user = row.user
+    if not user.active or user.locked:
+        end_session(row, "account_unusable")
+        raise SessionExpired("This account can no longer be used; log in again.")
+    policy = Policy.current()
+    kind = row.terminal_id and db.session.get(Terminal, row.terminal_id)
+    idle = policy.kiosk_idle if kind and kind.kind == TerminalKind.KIOSK.value else policy.workstation_idle
+    if last_activity is not None and utcnow() - last_activity > idle:
+        end_session(row, "idle_timeout")
+        raise SessionExpired("The session timed out after inactivity; log in again.")
+    return row
+
+
+def end_session(row: UserSession, reason: str) -> None:
+    """Close a session once (log-out, idle timeout, deactivation), audited."""
+    if row.ended_at is not None:
+        return
+    row.ended_at = utcnow()
+    row.end_reason = reason
+    record(actor_for(row.user, terminal=row.terminal_id), "auth.logout", ("user", row.user_id),
+           after={"session": row.id[:12], "reason": reason})
+    db.session.commit()
+
+
+# ----------------------------------------------------------------------- terminals
+
+
+def register_terminal(actor: Actor, terminal_id: str, kind: str, description: str = "",
+                      line: str | None = None, key: str | None = None) -> tuple[Terminal, str]:
+    """Register a kiosk or workstation; returns it and its enrolment key (shown once)."""
+    if kind not in {k.value for k in TerminalKind}:
+        raise ValidationFailed("A terminal is a kiosk or a workstation.", field="kind")
+    if not terminal_id or not all(c.isalnum() or c in "-_." for c in terminal_id):
+        raise ValidationFailed("A terminal id is letters, digits, dashes, dots or underscores.", field="id")
+    if db.session.get(Terminal, terminal_id) is not None:
+        raise Conflict(f"Terminal {terminal_id!r} is already registered.")
+    key = key or hashing.new_token_secret()
+    terminal = Terminal(id=terminal_id, kind=kind, description=description, line=line, key_hash=hashing.digest(key), active=True)
+    db.session.add(terminal)
+    record(actor, "terminal.registered", ("terminal", terminal_id), after={"kind": kind, "description": description, "line": line})
+    db.session.commit()
+    return terminal, key
+
+
+def deactivate_terminal(actor: Actor, terminal_id: str, reason: str) -> None:
+    terminal = db.session.get(Terminal, terminal_id)
+    if terminal is None:
+        raise NotFound(f"no terminal {terminal_id!r}")
+    if not terminal.active:
+        raise Conflict(f"Terminal {terminal_id!r} is already deactivated.")
+    terminal.active = False
+    record(actor, "terminal.deactivated", ("terminal", terminal_id), before={"active": True}, after={"active": False}, reason=reason)
+    db.session.commit()
+
+
+def authenticate_terminal(terminal_id: str, key: str) -> Terminal | None:
+    """The active terminal for an id + key, or None."""
+    terminal = db.session.get(Terminal, terminal_id)
+    if terminal is None or not terminal.active or not hashing.digest_matches(terminal.key_hash, key):
+        return None
+    return terminal
+
+
+# -------------------------------------------------------------------------- tokens
+
+TOKEN_PREFIX = "mes_"
+
+
+def issue_token(actor: Actor, user_id: str, scopes: list[str], description: str = "",
+                expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Issue an API token for an integration user; only its hash is stored."""
+    user = get_user(user_id)
+    if not user.active:
+        raise Conflict(f"User {user_id!r} is deactivated.")
+    valid = {p.value for p in Permission}
+    bad = [s for s in scopes if s not in valid]
+    if bad or not scopes:
+        raise ValidationFailed(f"Unknown or missing scopes: {', '.join(bad) or '(none given)'}.", field="scopes")
+    token_id = secrets.token_hex(8)
+    secret = hashing.new_token_secret()
+    token = ApiToken(id=token_id, user_id=user_id, description=description, secret_sha256=hashing.digest(secret),
+                     scopes=sorted(set(scopes)), expires_at=expires_at)
+    db.session.add(token)
+    record(actor, "api_token.issued", ("api_token", token_id),
+           after={"user": user_id, "scopes": token.scopes, "description": description,
+                  "expires_at": expires_at.isoformat() if expires_at else None})
+    db.session.commit()
+    return token, f"{TOKEN_PREFIX}{token_id}.{secret}"
+
+
+def revoke_token(actor: Actor, token_id: str, reason: str) -> None:
+    token = db.session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"no API token {token_id!r}")
+    if token.revoked_at is not None:
+        raise Conflict("The token is already revoked.")
+    token.revoked_at = utcnow()
+    record(actor, "api_token.revoked", ("api_token", token_id), before={"revoked": False}, after={"revoked": True}, reason=reason)
+    db.session.commit()
+
+
+def authenticate_token(presented: str) -> ApiToken:
+    """The live token for a presented bearer value, or AuthenticationFailed."""
+    if not presented.startswith(TOKEN_PREFIX) or "." not in presented:
+        raise AuthenticationFailed("The API token is malformed.")
+    token_id, _, secret = presented[len(TOKEN_PREFIX):].partition(".")
+    token = db.session.get(ApiToken, token_id)
+    if token is None or not hashing.digest_matches(token.secret_sha256, secret):
+        raise AuthenticationFailed("The API token is not valid.")
+    if token.revoked_at is not None or (token.expires_at is not None and token.expires_at < utcnow()):
+        raise AuthenticationFailed("The API token is revoked or expired.")
+    if not token.user.active or token.user.locked:
+        raise AuthenticationFailed("The token's user is deactivated or locked.")
+    return token
+
+
+# -------------------------------------------------------------------------- alarms
+
+
+def raise_alarm(actor: Actor, kind: str, message: str, details: dict | None = None, *, commit: bool = True) -> Alarm:
+    """Raise an alarm that QA and admin see (audited)."""
+    alarm = Alarm(kind=kind, message=message, details=details, raised_at=utcnow())
+    db.session.add(alarm)
+    db.session.flush()
+    record(actor, "alarm.raised", ("alarm", str(alarm.id)), after={"kind": kind, "message": message})
+    if commit:
+        db.session.commit()
+    return alarm
+
+
+def acknowledge_alarm(actor: Actor, alarm_id: int, comment: str) -> None:
+    alarm = db.session.get(Alarm, alarm_id)
+    if alarm is None:
+        raise NotFound(f"no alarm {alarm_id}")
+    if alarm.acknowledged_at is not None:
+        raise Conflict("The alarm is already acknowledged.")
+    alarm.acknowledged_at = utcnow()
+    alarm.acknowledged_by = actor.id
+    record(actor, "alarm.acknowledged", ("alarm", str(alarm_id)), before={"acknowledged": False},
+           after={"acknowledged": True}, reason=comment or None)
+    db.session.commit()
+
+
+def open_alarms() -> list[Alarm]:
+    return list(db.session.execute(select(Alarm).where(Alarm.acknowledged_at.is_(None)).order_by(Alarm.id)).scalars())
+
+
+def role_is_known(role: str) -> bool:
+    return role in Role._value2member_map_

@@ -1,0 +1,301 @@
+"""The thin web shell: who is calling, what they may do, and how refusals look.
+
+Every view is declared with :func:`endpoint`, which names its :class:`Permission` (or
+``public=True`` with a reason) and whether a registered terminal is required. The
+decorator authenticates (API token or session cookie), checks the permission matrix and
+the terminal, and checks CSRF on cookie-authenticated writes. The permission-matrix test
+walks ``app.url_map`` and fails on any view that declares nothing.
+
+Errors become RFC 9457 ``application/problem+json``; a stack trace never reaches a client.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from threading import Lock
+from typing import Any, Callable, TypeVar
+
+import jsonschema
+from flask import Flask, Response, current_app, g, jsonify, request, session
+from werkzeug.exceptions import HTTPException
+
+from mes.audit.log import Actor
+from mes.errors import (
+    AuthenticationFailed,
+    Forbidden,
+    MESError,
+    RateLimited,
+    SessionExpired,
+    TerminalRequired,
+    ValidationFailed,
+)
+from mes.users import operations as users
+from mes.users.models import ApiToken, Terminal, User, UserSession
+from mes.users.permissions import Permission, allowed
+
+F = TypeVar("F", bound=Callable[..., Any])
+PROBLEM_BASE = "https://open-mes.dev/problems/"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a view requires; read by the decorator, the OpenAPI builder and the tests."""
+
+    permission: Permission | None
+    public_reason: str | None = None
+    terminal_required: bool = False
+    summary: str = ""
+    request_schema: dict[str, Any] | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Principal:
+    """The authenticated caller of this request."""
+
+    user: User
+    session: UserSession | None = None
+    token: ApiToken | None = None
+    terminal: Terminal | None = None
+    roles: set[str] = field(default_factory=set)
+
+    def actor(self, permission: Permission | None = None) -> Actor:
+        """The Actor for audit entries, acting in the role that grants ``permission``."""
+        role = None
+        if permission is not None:
+            from mes.users.permissions import MATRIX
+
+            role = next((r for r in sorted(self.roles) if r in {x.value for x in MATRIX[permission]}), None)
+        terminal = self.terminal.id if self.terminal else (f"api:{self.token.id}" if self.token else None)
+        return users.actor_for(self.user, role, terminal)
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response:
+    """An RFC 9457 problem+json response."""
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail,
+            "instance": request.path if request else None}
+    if getattr(g, "request_id", None):
+        body["request_id"] = g.request_id
+    body.update({k: v for k, v in extra.items() if v is not None})
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+# ------------------------------------------------------------------- terminals
+
+
+def current_terminal() -> Terminal | None:
+    """The registered terminal this request comes from (header or enrolment cookie)."""
+    if "mes_terminal" in g:
+        return g.mes_terminal
+    terminal = None
+    header = request.headers.get("X-MES-Terminal")
+    if header and ":" in header:
+        tid, _, key = header.partition(":")
+        terminal = users.authenticate_terminal(tid.strip(), key.strip())
+    elif session.get("terminal"):
+        tid, key = session["terminal"]
+        terminal = users.authenticate_terminal(tid, key)
+    g.mes_terminal = terminal
+    return terminal
+
+
+# ------------------------------------------------------------------ principal
+
+
+def _principal() -> Principal:
+    """Authenticate the caller: bearer token first, then the session cookie."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        token = users.authenticate_token(auth[7:].strip())
+        return Principal(user=token.user, token=token, terminal=current_terminal(), roles=token.user.role_names())
+    sid = session.get("sid")
+    if not sid:
+        raise AuthenticationFailed("Log in first.")
+    last = session.get("last")
+    last_dt = datetime.fromtimestamp(last, timezone.utc) if isinstance(last, (int, float)) else None
+    try:
+        row = users.resolve_session(sid, last_dt)
+    except SessionExpired:
+        session.pop("sid", None)
+        raise
+    terminal = current_terminal()
+    if row.terminal_id is not None and (terminal is None or terminal.id != row.terminal_id):
+        raise SessionExpired("This session belongs to another terminal; log in again.")
+    session["last"] = time.time()
+    return Principal(user=row.user, session=row, terminal=terminal, roles=row.user.role_names())
+
+
+def principal() -> Principal:
+    """The caller of the current request (set by :func:`endpoint`)."""
+    return g.principal
+
+
+def _check_csrf() -> None:
+    expected = session.get("csrf")
+    given = request.headers.get("X-CSRF-Token") or (request.form.get("csrf_token") if request.form else None)
+    if not expected or not given or not hmac.compare_digest(str(expected), str(given)):
+        raise Forbidden("The CSRF token is missing or wrong; reload the page and try again.")
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (created on first use)."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def endpoint(
+    permission: Permission | None = None,
+    *,
+    public: str | None = None,
+    terminal: bool = False,
+    schema: dict[str, Any] | None = None,
+    tags: tuple[str, ...] = (),
+) -> Callable[[F], F]:
+    """Declare and enforce a view's access. ``public`` must say why no login is needed."""
+    if (permission is None) == (public is None):
+        raise ValueError("an endpoint needs exactly one of permission= or public=")
+
+    def decorate(view: F) -> F:
+        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if access.permission is not None:
+                who = _principal()
+                g.principal = who
+                if who.session is not None and request.method in UNSAFE_METHODS:
+                    _check_csrf()
+                if not allowed(who.roles, access.permission):
+                    raise Forbidden(f"Your role may not do this ({access.permission.value}).")
+                if who.token is not None and access.permission.value not in who.token.scopes:
+                    raise Forbidden(f"The API token lacks the scope {access.permission.value}.")
+            elif request.method in UNSAFE_METHODS and not request.headers.get("Authorization"):
+                _check_csrf()
+            if access.terminal_required and current_terminal() is None:
+                raise TerminalRequired("This action must come from a registered, active terminal.")
+            if access.request_schema is not None:
+                g.body = validated_body(access.request_schema)
+            return view(*args, **kwargs)
+
+        wrapper._mes_access = access  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def access_of(view: Callable[..., Any]) -> Access | None:
+    return getattr(view, "_mes_access", None)
+
+
+def validated_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON object checked against ``schema``, or a 422 naming the first problem."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "body"
+        raise ValidationFailed(f"{where}: {error.message}", field=where)
+    return data
+
+
+def obj(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed JSON Schema object (unknown members are refused, not silently dropped)."""
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+STR = {"type": "string", "minLength": 1, "maxLength": 500}
+
+
+# ---------------------------------------------------------------- rate limiting
+
+
+class LoginRateLimiter:
+    """Sliding one-minute window per client address (per worker process)."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = Lock()
+
+    def hit(self, key: str, per_minute: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            window = self._hits[key]
+            while window and now - window[0] > 60:
+                window.popleft()
+            if len(window) >= per_minute:
+                retry = int(60 - (now - window[0])) + 1
+                raise RateLimited(f"Too many log-in attempts from this address; wait {retry} s.", retry_after=retry)
+            window.append(now)
+
+
+def limit_login() -> None:
+    """Count a log-in attempt from this client address; 429 past the configured rate."""
+    limiter = current_app.extensions["mes_login_limiter"]
+    limiter.hit(request.remote_addr or "?", current_app.config["MES_LOGIN_RATE_PER_MINUTE"])
+
+
+# ---------------------------------------------------------------------- wiring
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def init_app(app: Flask) -> None:
+    """Error handlers, security headers and the log-in rate limiter."""
+    app.extensions["mes_login_limiter"] = LoginRateLimiter()
+
+    @app.before_request
+    def _fresh_request_state() -> None:
+        # g lives in the app context, which tests (and CLI code) may keep across requests.
+        for key in ("mes_terminal", "principal", "body"):
+            g.pop(key, None)
+
+    @app.errorhandler(MESError)
+    def _mes_error(exc: MESError) -> Response:
+        response = problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.extra.get("retry_after", 60))
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        slug = (exc.name or "error").lower().replace(" ", "-")
+        response = problem(exc.code or 500, slug, exc.name or "Error", exc.description or "")
+        if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        from mes.db import db
+
+        db.session.rollback()
+        app.logger.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
+        return problem(500, "internal-error", "Internal error",
+                       "Something went wrong on the server; nothing was recorded. Quote the request id to support.")
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        if app.config.get("SESSION_COOKIE_SECURE"):
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response

@@ -1,0 +1,134 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL.
+
+A schema is migrated once per backend and test process into a template (a file for
+SQLite, a template database for PostgreSQL); each test gets a fresh copy, so tests are
+isolated without rolling back (the audit triggers refuse DELETE and TRUNCATE anyway).
+
+PostgreSQL is reached at ``MES_TEST_POSTGRES_URL`` (default the local trust-auth server);
+if it is selected and cannot be reached the run fails, it does not skip. Choose backends
+with ``MES_TEST_DATABASES=sqlite`` (default ``sqlite,postgresql``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+BACKENDS = [b.strip() for b in os.environ.get("MES_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
+PG_ADMIN_URL = os.environ.get("MES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+SHARED_DIR = Path(os.environ.get("MES_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+_counter = itertools.count()
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "gw0") + f"_{os.getpid()}"
+
+
+def _pg_admin():
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+
+
+def _pg_url(name: str) -> str:
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def base_config(home: Path, url: str) -> dict[str, Any]:
+    return {
+        "SQLALCHEMY_DATABASE_URI": url,
+        "MES_HOME": str(home),
+        "SECRET_KEY": "test-secret-key",
+        "MES_AUDIT_KEY_PATH": str(home / "audit-signing.key"),
+        "SESSION_COOKIE_SECURE": False,
+        "TESTING": True,
+        "MES_LOG_LEVEL": "WARNING",
+    }
+
+
+def _migrate(home: Path, url: str) -> None:
+    from mes.app import create_app
+    from mes.cli import upgrade_database
+    from mes.db import db
+
+    app = create_app(base_config(home, url))
+    upgrade_database(app)
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A migrated template per backend: a file path for SQLite, a database name for PostgreSQL."""
+    out: dict[str, str] = {}
+    home = tmp_path_factory.mktemp("template-home")
+    pg_template = None
+    if "sqlite" in BACKENDS:
+        path = home / "template.sqlite3"
+        _migrate(home, f"sqlite:///{path}")
+        out["sqlite"] = str(path)
+    if "postgresql" in BACKENDS:
+        admin = _pg_admin()
+        try:
+            with admin.connect() as conn:
+                pg_template = f"mes_tpl_{_worker()}"
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_template}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{pg_template}"'))
+        except Exception as exc:  # noqa: BLE001
+            pytest.exit(f"PostgreSQL is selected but unreachable at {PG_ADMIN_URL}: {exc}", returncode=3)
+        _migrate(home, _pg_url(pg_template))
+        out["postgresql"] = pg_template
+    yield out
+    if pg_template:
+        with _pg_admin().connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_template}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, templates: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database of each backend for one test."""
+    backend = request.param
+    if backend == "sqlite":
+        path = tmp_path / "mes.sqlite3"
+        shutil.copyfile(templates["sqlite"], path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"mes_t_{_worker()}_{next(_counter)}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
+    yield _pg_url(name)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    from mes.app import create_app
+    from mes.db import db
+
+    home = tmp_path / "home"
+    home.mkdir()
+    application = create_app(base_config(home, database_url))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()

@@ -1,0 +1,211 @@
+"""Log-in, lockout, idle timeout, deactivation, terminals, CSRF, tokens (Part 11 §11.10(d), 11.100, 11.300)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import select
+
+from mes.audit.models import AuditEntry
+from mes.db import db, utcnow
+from mes.users import operations as ops
+from mes.users.models import User
+from tests.helpers import PASSWORD, SEED, Session, logged_in, seed
+
+
+def _actions(entity_id: str) -> list[str]:
+    return list(db.session.execute(select(AuditEntry.action).where(AuditEntry.entity_id == entity_id)
+                                   .order_by(AuditEntry.seq)).scalars())
+
+
+def test_password_login_and_me(app: Flask) -> None:
+    seeded = seed()
+    s = logged_in(app.test_client(), seeded, "qa")
+    me = s.get("/api/v1/auth/me").get_json()
+    assert me["user"]["id"] == "qa1" and me["terminal"] == "QA-WS-01"
+    assert "auth.login" in _actions("qa1")
+
+
+def test_lockout_after_five_failures_is_audited_and_alarmed(app: Flask) -> None:
+    seeded = seed()
+    s = Session(app.test_client(), seeded.workstation)
+    for attempt in range(5):
+        r = s.login("qa1", "wrong-Password-1")
+        assert r.status_code in (401, 423), attempt
+    assert r.status_code == 423 and r.get_json()["type"].endswith("/account-locked")
+    # the right password no longer works
+    assert s.login("qa1").status_code == 423
+    user = db.session.get(User, "qa1")
+    db.session.refresh(user)
+    assert user.locked and user.failed_attempts == 5
+    actions = _actions("qa1")
+    assert actions.count("auth.login.failed") >= 5 and "user.locked" in actions
+    admin = logged_in(app.test_client(), seeded, "admin")
+    alarms = admin.get("/api/v1/alarms").get_json()["alarms"]
+    assert any(a["kind"] == "security" and "qa1" in a["message"] for a in alarms)
+    # an admin unlocks with a reason and a temporary password, which must then be changed
+    r = admin.post("/api/v1/users/qa1/reset", {"reason": "user called the help desk", "password": "Tempor4ry-Passw0rd"})
+    assert r.status_code == 200
+    assert s.login("qa1", "Tempor4ry-Passw0rd").get_json()["type"].endswith("/password-expired")
+    r = s.post("/api/v1/auth/password", {"user_id": "qa1", "old_password": "Tempor4ry-Passw0rd", "new_password": "N3w-Secret-Phrase"})
+    assert r.status_code == 200, r.get_json()
+    assert s.login("qa1", "N3w-Secret-Phrase").status_code == 200
+
+
+def test_unknown_user_and_wrong_password_look_the_same(app: Flask) -> None:
+    seeded = seed()
+    s = Session(app.test_client(), seeded.workstation)
+    a = s.login("nobody", "whatever-Passw0rd")
+    b = s.login("qa1", "whatever-Passw0rd")
+    assert a.status_code == b.status_code == 401
+    assert a.get_json()["detail"] == b.get_json()["detail"]
+
+
+def test_idle_timeout_ends_the_session(app: Flask) -> None:
+    seeded = seed()
+    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 1
+    s = logged_in(app.test_client(), seeded, "qa")
+    assert s.get("/api/v1/auth/me").status_code == 200
+    time.sleep(1.3)
+    r = s.get("/api/v1/auth/me")
+    assert r.status_code == 401 and r.get_json()["type"].endswith("/session-expired")
+    assert "idle_timeout" in json.dumps([json.loads(e.entry_bytes) for e in db.session.execute(
+        select(AuditEntry).where(AuditEntry.action == "auth.logout")).scalars()])
+
+
+def test_kiosk_idle_timeout_is_separate(app: Flask) -> None:
+    seeded = seed()
+    app.config["MES_KIOSK_IDLE_SECONDS"] = 1
+    op = logged_in(app.test_client(), seeded, "operator")
+    qa = logged_in(app.test_client(), seeded, "qa")
+    time.sleep(1.3)
+    assert op.get("/api/v1/auth/me").status_code == 401
+    r = qa.get("/api/v1/auth/me")
+    assert r.status_code == 200, r.get_json()
+
+
+def test_deactivation_refuses_the_user_everywhere(app: Flask) -> None:
+    seeded = seed()
+    qa = logged_in(app.test_client(), seeded, "qa")
+    admin = logged_in(app.test_client(), seeded, "admin")
+    r = admin.post("/api/v1/users/qa1/deactivate", {"reason": "left the company"})
+    assert r.status_code == 200 and r.get_json()["user"]["active"] is False
+    assert qa.get("/api/v1/auth/me").status_code == 401
+    assert Session(app.test_client(), seeded.workstation).login("qa1").status_code == 401
+    # the id is never reused, in any letter case
+    r = admin.post("/api/v1/users", {"id": "QA1", "full_name": "Someone Else", "roles": ["qa"], "password": "An0ther-Good-One"})
+    assert r.status_code == 409
+    assert db.session.get(User, "qa1") is not None  # never deleted
+
+
+def test_admin_cannot_be_given_a_production_role(app: Flask) -> None:
+    seeded = seed()
+    admin = logged_in(app.test_client(), seeded, "admin")
+    r = admin.post("/api/v1/users", {"id": "boss", "full_name": "Boss", "roles": ["admin", "qa"], "password": "An0ther-Good-One"})
+    assert r.status_code == 422
+    r = admin.post("/api/v1/users/admin1/roles", {"role": "operator", "reason": "try"})
+    assert r.status_code == 422
+
+
+def test_password_strength_and_history(app: Flask) -> None:
+    seeded = seed()
+    admin = logged_in(app.test_client(), seeded, "admin")
+    for weak in ("short1A!", "alllowercaseletters", "Password123!", "newuser-Passw0rd-X"):
+        r = admin.post("/api/v1/users", {"id": "newuser", "full_name": "New", "roles": ["qa"], "password": weak})
+        assert r.status_code == 422, weak
+        assert "password" in r.get_json()["detail"].lower()
+    r = Session(app.test_client(), seeded.workstation).post(
+        "/api/v1/auth/password", {"user_id": "qa1", "old_password": PASSWORD, "new_password": PASSWORD})
+    assert r.status_code == 422
+
+
+def test_password_ageing(app: Flask) -> None:
+    seeded = seed()
+    user = db.session.get(User, "qa1")
+    # age the password as if 91 days had passed (done through the service layer's own audit)
+    from mes.audit.log import record
+
+    user.password_changed_at = utcnow() - timedelta(days=91)
+    record(SEED, "test.clock", ("user", "qa1"), after={"password_changed_at": "91 days ago"})
+    db.session.commit()
+    r = Session(app.test_client(), seeded.workstation).login("qa1")
+    assert r.status_code == 403 and r.get_json()["type"].endswith("/password-expired")
+
+
+def test_badge_login_needs_a_registered_kiosk(app: Flask) -> None:
+    seeded = seed()
+    kiosk = Session(app.test_client(), seeded.kiosk)
+    assert kiosk.badge_login("B-operator", "2468").status_code == 200
+    ws = Session(app.test_client(), seeded.workstation)
+    assert ws.badge_login("B-operator", "2468").status_code == 403
+    rogue = Session(app.test_client(), ("KIOSK-01", "not-the-key"))
+    r = rogue.badge_login("B-operator", "2468")
+    assert r.status_code == 403 and r.get_json()["type"].endswith("/terminal-required")
+    assert kiosk.badge_login("B-operator", "1357").status_code == 401
+
+
+def test_session_is_bound_to_its_terminal(app: Flask) -> None:
+    seeded = seed()
+    s = logged_in(app.test_client(), seeded, "qa")
+    s.headers = {"X-MES-Terminal": f"{seeded.kiosk[0]}:{seeded.kiosk[1]}"}
+    assert s.get("/api/v1/auth/me").status_code == 401
+
+
+def test_deactivated_terminal_is_refused(app: Flask) -> None:
+    seeded = seed()
+    ops.deactivate_terminal(SEED, "KIOSK-01", "panel replaced")
+    assert Session(app.test_client(), seeded.kiosk).badge_login("B-operator", "2468").status_code == 403
+
+
+def test_csrf_is_required_for_cookie_writes(app: Flask) -> None:
+    seeded = seed()
+    admin = logged_in(app.test_client(), seeded, "admin")
+    r = admin.client.post("/api/v1/terminals", json={"id": "K2", "kind": "kiosk"}, headers=admin.headers)
+    assert r.status_code == 403 and "CSRF" in r.get_json()["detail"]
+    assert admin.post("/api/v1/terminals", {"id": "K2", "kind": "kiosk"}).status_code == 201
+
+
+def test_logout_ends_the_session(app: Flask) -> None:
+    seeded = seed()
+    s = logged_in(app.test_client(), seeded, "qa")
+    assert s.post("/api/v1/auth/logout").status_code == 200
+    assert s.get("/api/v1/auth/me").status_code == 401
+
+
+def test_login_is_rate_limited(app: Flask) -> None:
+    seeded = seed()
+    app.config["MES_LOGIN_RATE_PER_MINUTE"] = 3
+    s = Session(app.test_client(), seeded.workstation)
+    codes = [s.login("nobody", "x").status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    r = s.login("nobody", "x")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+def test_api_token_lifecycle(app: Flask) -> None:
+    seeded = seed()
+    admin = logged_in(app.test_client(), seeded, "admin")
+    r = admin.post("/api/v1/tokens", {"user": "integrator1", "scopes": ["system.monitor"], "description": "prom"})
+    assert r.status_code == 201
+    secret, token_id = r.get_json()["secret"], r.get_json()["token"]["id"]
+    listed = admin.get("/api/v1/tokens").get_json()["tokens"]
+    assert secret not in json.dumps(listed)
+    c = app.test_client()
+    assert c.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {secret}"}).status_code == 403  # scope
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    assert admin.post(f"/api/v1/tokens/{token_id}/revoke", {"reason": "rotated"}).status_code == 200
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+    assert c.get("/metrics", headers={"Authorization": "Bearer garbage"}).status_code == 401
+
+
+def test_access_changes_are_audited(app: Flask) -> None:
+    seeded = seed()
+    admin = logged_in(app.test_client(), seeded, "admin")
+    admin.post("/api/v1/users/qa1/roles", {"role": "qa", "qualified_until": "2030-01-01T00:00:00Z", "reason": "requalified"})
+    entries = [json.loads(e.entry_bytes) for e in db.session.execute(
+        select(AuditEntry).where(AuditEntry.action == "user.role.granted")).scalars()]
+    assert entries and entries[-1]["actor"]["id"] == "admin1" and entries[-1]["reason"] == "requalified"
+    assert entries[-1]["terminal"] == "QA-WS-01"
