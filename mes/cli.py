@@ -306,7 +306,8 @@ def terminals_add(terminal_id: str, kind: str, description: str, line: str | Non
 
 @main.command()
 @click.option("--bind", default=lambda: os.environ.get("MES_BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
-@click.option("--workers", type=int, default=lambda: int(os.environ.get("MES_WORKERS", "2")))
+@click.option("--workers", type=int, default=lambda: int(os.environ.get("MES_WORKERS", "1")),
+              help="1 per process for Socket.IO long-polling; scale with more processes behind nginx")
 @click.option("--threads", type=int, default=lambda: int(os.environ.get("MES_THREADS", "32")))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="gunicorn config file")
 @handle_errors

@@ -32,9 +32,12 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a positive whole number, got {raw!r}") from None
     if value <= 0:
-        raise ValueError("expected a positive whole number")
+        raise ValueError(f"expected a positive whole number, got {raw!r}")
     return value
 
 
@@ -105,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis URL for the Socket.IO message queue when several web workers run"),
     Setting("MES_AUDIT_KEY_PATH", "MES_AUDIT_KEY_PATH", str, "",
             "Audit checkpoint signing key; default MES_HOME/audit-signing.key"),
+    Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "21600",
+            "How often each server re-verifies the whole audit log (also at start-up)"),
     Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO", "Log level"),
 )
 

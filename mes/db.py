@@ -10,11 +10,12 @@ appends anyway).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Engine, MetaData, event
-from sqlalchemy.orm import DeclarativeBase, registry
+from sqlalchemy.orm import DeclarativeBase, Session, registry
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -84,7 +85,19 @@ def tune_sqlite_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("mes_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def read_only_session() -> Iterator[Session]:
+    """A session for long reads (verification, exports) that never takes the SQLite
+    write lock, so writers are not held up while it runs."""
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(mes_read_only=True)
+        with Session(bind=conn) as session:
+            yield session
+            session.rollback()
 
 
 def engine_options(url: str) -> dict[str, Any]:

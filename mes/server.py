@@ -25,8 +25,10 @@ class MESServer(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from mes.jobs import start_background_jobs
         from mes.wsgi import app
 
+        start_background_jobs(app)
         return app
 
 

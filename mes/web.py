@@ -26,6 +26,7 @@ from flask import Flask, Response, current_app, g, jsonify, request, session
 from werkzeug.exceptions import HTTPException
 
 from mes.audit.log import Actor
+from mes.db import db
 from mes.errors import (
     AuthenticationFailed,
     Forbidden,
@@ -264,6 +265,9 @@ def init_app(app: Flask) -> None:
         # g lives in the app context, which tests (and CLI code) may keep across requests.
         for key in ("mes_terminal", "principal", "body"):
             g.pop(key, None)
+        if request.method in ("GET", "HEAD") and db.engine.dialect.name == "sqlite" and not db.session().in_transaction():
+            # Reads must not queue behind (or hold up) writers on SQLite's single write lock.
+            db.session.connection(execution_options={"mes_read_only": True})
 
     @app.errorhandler(MESError)
     def _mes_error(exc: MESError) -> Response:
@@ -282,8 +286,6 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        from mes.db import db
-
         db.session.rollback()
         app.logger.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
         return problem(500, "internal-error", "Internal error",

@@ -123,7 +123,7 @@ def parse_vkey(text: str) -> VerifierKey:
     if not isinstance(text, str):
         raise CheckpointError("a verifier key is text")
     line = text[:-1] if text.endswith("\n") else text
-    parts = line.split("+")
+    parts = line.split("+", 2)  # base64 may itself contain "+"
     if len(parts) != 3:
         raise CheckpointError("a verifier key has the form <name>+<key id>+<base64 key>")
     name, kid_hex, key_b64 = parts

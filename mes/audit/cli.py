@@ -1,12 +1,124 @@
-"""``mes audit …``, ``mes backup`` and ``mes restore``."""
+"""``mes audit …``, ``mes backup`` and ``mes restore``: thin shells over the audit services."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-from mes.cli import main
+from mes.cli import handle_errors, main, make_app, reachable
 
 
 @main.group()
 def audit() -> None:
-    """Verify and export the audit log."""
+    """Verify, export and checkpoint the audit log."""
+
+
+@audit.command("verify")
+@click.option("--workers", type=int, default=None, help="verifier processes (default: CPUs)")
+@handle_errors
+def audit_verify(workers: int | None) -> None:
+    """Re-verify every entry and checkpoint; name the first bad seq; exit 1 on failure."""
+    from mes.audit.database_check import verify_database
+    from mes.jobs import report_verification
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        result = verify_database(workers=workers)
+        report_verification(result, source="mes audit verify")
+    click.echo(result.summary())
+    for line in result.errors[1:20]:
+        click.echo(f"  {line}", err=True)
+    sys.exit(0 if result.ok else 1)
+
+
+@audit.command("export")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--batch", default=None, help="export one batch's entries with inclusion proofs")
+@handle_errors
+def audit_export(out: Path, batch: str | None) -> None:
+    """Write entries.jsonl, checkpoint, checkpoints.jsonl, log.vkey (and proofs.json)."""
+    from mes.audit.database_check import export
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        try:
+            info = export(out, batch)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    click.echo(f"exported {info['entries']} entries to {out} (checkpoint size {info['checkpoint_size']}, root {info['root']})")
+
+
+@audit.command("checkpoint")
+@handle_errors
+def audit_checkpoint() -> None:
+    """Publish a signed checkpoint now (if entries are not yet covered)."""
+    from mes.audit.log import latest_checkpoint, publish_checkpoint
+    from mes.db import db
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        publish_checkpoint()
+        db.session.commit()
+        cp = latest_checkpoint()
+        click.echo(cp.note if cp else "the audit log is empty")
+
+
+@audit.command("rotate-key")
+@handle_errors
+def audit_rotate_key() -> None:
+    """Replace the checkpoint signing key; old verifier keys are kept; checkpoint at once."""
+    from mes.audit import keys
+    from mes.audit.log import Actor, audit_log, publish_checkpoint, record
+    from mes.db import db
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        al = audit_log()
+        old = al.vkey()
+        assert al.key_path is not None
+        keys.rotate_signing_key(al.key_path, al.verifier_dir, al.site_id)
+        al.reload_key()
+        record(Actor.system("cli"), "audit.key.rotated", ("audit_key", al.key_name), before={"vkey": old},
+               after={"vkey": al.vkey()})
+        publish_checkpoint()
+        db.session.commit()
+        click.echo(f"new verifier key {al.vkey()}")
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@handle_errors
+def backup(out: Path) -> None:
+    """Back up the database (SQLite online backup, or pg_dump) with a checkpoint manifest."""
+    from mes.audit.backup import backup_database
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        manifest = backup_database(out)
+    click.echo(f"backup written to {out} (checkpoint size {manifest['checkpoint_size']}, root {manifest['root']})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="replace an existing non-empty database")
+@handle_errors
+def restore(file: Path, force: bool) -> None:
+    """Restore a backup, then verify the log and that it reproduces the last checkpoint."""
+    from mes.audit.backup import RestoreError, restore_database
+
+    app = make_app()
+    with app.app_context():
+        try:
+            result = restore_database(file, force=force)
+        except RestoreError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    click.echo(result)

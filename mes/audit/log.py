@@ -100,8 +100,16 @@ class AuditLog:
         """The checkpoint key, created on first use in the instance folder (mode 0600)."""
         if self._key is None:
             assert self.key_path is not None, "AuditLog.init_app was not called"
-            self._key = keys.load_or_create_signing_key(self.key_path)
+            key = keys.load_or_create_signing_key(self.key_path)
+            keys.save_verifier_key(self.verifier_dir, self.key_name, keys.public_bytes(key))
+            self._key = key
         return self._key
+
+    @property
+    def verifier_dir(self) -> Path:
+        """Where every verifier key ever used is kept (old checkpoints verify after rotation)."""
+        assert self.key_path is not None, "AuditLog.init_app was not called"
+        return self.key_path.parent / "verifier-keys"
 
     def reload_key(self) -> None:
         self._key = None

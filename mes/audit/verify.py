@@ -80,98 +80,163 @@ PARALLEL_MIN_BYTES = 16 << 20
 
 # ------------------------------------------------------------------ fast path pattern
 
-_S = rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\bfnrt]|u00(?:0[0-7bef]|1[0-9a-f]))[^"\\\x00-\x1f]*)*"'
-_SN = rb"(?:" + _S + rb"|null)"
-_KEY = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # printable ASCII without escapes
+# Canonical JSON strings: raw characters except '"', '\\' and controls; escapes exactly as
+# JCS / json.dumps write them. _PLAIN is the same for lines without any '\\' or control
+# byte (checked with one bytes.translate per block), which the regex engine scans much
+# faster. Keys of after/before are captured; that they are ASCII, sorted and unique is
+# checked in Python (cached per key tuple). prev is matched as 64 non-quote bytes; it is
+# proven hex either by equalling the hex of the previous leaf hash (the chain check) or by
+# an explicit check (see _prev_ok).
+_ESCAPED = rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\bfnrt]|u00(?:0[0-7bef]|1[0-9a-f]))[^"\\\x00-\x1f]*)*"'
+_PLAIN = rb'"[^"]*"'
 _INT = rb"(?:0|-?[1-9][0-9]{0,14})"  # at most 15 digits: always |x| < 2**53
-_SCALAR = rb"(?:" + _S + rb"|" + _INT + rb"|true|false|null)"
-_ARRAY = rb"\[(?:" + _SCALAR + rb"(?:," + _SCALAR + rb")*)?\]"
-_VALUE = rb"(?:" + _SCALAR + rb"|" + _ARRAY + rb")"
-_FLAT = rb"\{(?:" + _KEY + rb":" + _VALUE + rb"(?:," + _KEY + rb":" + _VALUE + rb")*)?\}"
 _AT = (rb"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
        rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z")
-_ENTRY_RE = re.compile(
-    rb'\{"action":' + _S
-    + rb',"actor":\{"id":' + _S + rb',"name":' + _S + rb',"role":' + _S + rb"\}"
-    + rb',"after":(' + _FLAT + rb"|null)"
-    + rb',"at":"(' + _AT + rb')"'
-    + rb',"batch":' + _SN
-    + rb',"before":(' + _FLAT + rb"|null)"
-    + rb',"entity":\{"id":' + _S + rb',"type":' + _S + rb"\}"
-    + rb',"prev":"([0-9a-f]{64})"'
-    + rb',"reason":' + _SN
-    + rb',"seq":(0|[1-9][0-9]{0,15})'
-    + rb',"signature":(?:null|\{"at":' + _S + rb',"meaning":' + _S + rb',"name":' + _S
-    + rb',"record_hash":' + _S + rb',"signer":' + _S + rb"\})"
-    + rb',"terminal":' + _SN
-    + rb',"v":"mes\.audit\.entry/v1"\}'
-)
-_FLAT_KEYS = re.compile(rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)":' + _VALUE).findall
+FLAT_MAX_MEMBERS = 8
+"""``after``/``before`` objects with more members (or nested values) take the reference path."""
+
+
+def _entry_pattern(s: bytes, key: bytes) -> re.Pattern[bytes]:
+    sn = rb"(?:" + s + rb"|null)"
+    scalar = rb"(?:" + s + rb"|" + _INT + rb"|true|false|null)"
+    value = rb"(?:" + scalar + rb"|\[(?:" + scalar + rb"(?:," + scalar + rb")*)?\])"
+
+    def members(k: int) -> bytes:  # k members at most, each key captured
+        rest = rb"(?:," + members(k - 1) + rb")?" if k > 1 else b""
+        return key + b":" + value + rest
+
+    flat = rb"(?:\{(?:" + members(FLAT_MAX_MEMBERS) + rb")?\}|null)"
+    return re.compile(
+        rb'\{"action":' + s
+        + rb',"actor":\{"id":' + s + rb',"name":' + s + rb',"role":' + s + rb"\}"
+        + rb',"after":' + flat
+        + rb',"at":"(?P<at>' + _AT + rb')"'
+        + rb',"batch":' + sn
+        + rb',"before":' + flat
+        + rb',"entity":\{"id":' + s + rb',"type":' + s + rb"\}"
+        + rb',"prev":"(?P<prev>[^"]{64})"'
+        + rb',"reason":' + sn
+        + rb',"seq":(?P<seq>0|[1-9][0-9]{0,15})'
+        + rb',"signature":(?:null|\{"at":' + s + rb',"meaning":' + s + rb',"name":' + s
+        + rb',"record_hash":' + s + rb',"signer":' + s + rb"\})"
+        + rb',"terminal":' + sn
+        + rb',"v":"mes\.audit\.entry/v1"\}'
+    )
+
+
+_PLAIN_RE = _entry_pattern(_PLAIN, rb'"([^"]*)"')
+_ENTRY_PLAIN = _PLAIN_RE.fullmatch
+_ENTRY_ESCAPED = _entry_pattern(_ESCAPED, rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)"').fullmatch
+_NOT_PLAIN = bytes(range(0x20)) + b"\\"
+_NOT_PLAIN_BUT_NEWLINE = _NOT_PLAIN.replace(b"\n", b"")
+_HEX_DIGITS = b"0123456789abcdef"
+_AFTER_KEYS = slice(0, FLAT_MAX_MEMBERS)
+_I_AT = FLAT_MAX_MEMBERS
+_BEFORE_KEYS = slice(FLAT_MAX_MEMBERS + 1, 2 * FLAT_MAX_MEMBERS + 1)
+_I_PREV = 2 * FLAT_MAX_MEMBERS + 1
+_I_SEQ = _I_PREV + 1
+assert _PLAIN_RE.groupindex == {"at": _I_AT + 1, "prev": _I_PREV + 1, "seq": _I_SEQ + 1}
 _SEQ_LIMIT = 2**53
 _date_ok: dict[bytes, bool] = {}
+_keys_ok: dict[tuple[bytes | None, ...], bool] = {}
 
 
-def _keys_ok(flat: bytes) -> bool:
-    keys = _FLAT_KEYS(flat)
-    return len(keys) < 2 or keys == sorted(set(keys))
+def _keys_in_order(keys: tuple[bytes | None, ...]) -> bool:
+    """Captured keys of a flat object: ASCII, strictly increasing (so sorted and unique)."""
+    ks = [k for k in keys if k is not None]
+    ok = all(k.isascii() for k in ks) and all(a < b for a, b in zip(ks, ks[1:]))
+    if len(_keys_ok) > 4096:
+        _keys_ok.clear()
+    _keys_ok[keys] = ok
+    return ok
+
+
+def _day_ok(day: bytes) -> bool:
+    ok = _date_ok[day] = is_valid_date(day.decode("ascii"))
+    return ok
+
+
+def _scan(lines: Sequence[bytes], plain: bool) -> list[tuple[int, bytes, bytes] | None]:
+    """:func:`fast_entry_fields` for many lines, except that ``prev`` is not yet proven hex.
+    ``plain``: no line holds a '\\' or a control byte. (One loop, no call per line: this is
+    the hottest code of the verifier.)"""
+    out: list[tuple[int, bytes, bytes] | None] = []
+    add = out.append
+    plain_match, escaped_match, not_plain = _ENTRY_PLAIN, _ENTRY_ESCAPED, _NOT_PLAIN
+    keys_ok, date_ok = _keys_ok, _date_ok
+    a_keys, b_keys, i_at, i_prev, i_seq = _AFTER_KEYS, _BEFORE_KEYS, _I_AT, _I_PREV, _I_SEQ
+    for line in lines:
+        if plain or len(line.translate(None, not_plain)) == len(line):
+            m = plain_match(line)
+        else:
+            m = escaped_match(line)
+        if m is None:
+            add(None)
+            continue
+        g = m.groups()
+        keys = g[a_keys]
+        if keys[0] is not None and not keys_ok.get(keys) and not _keys_in_order(keys):
+            add(None)
+            continue
+        keys = g[b_keys]
+        if keys[0] is not None and not keys_ok.get(keys) and not _keys_in_order(keys):
+            add(None)
+            continue
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                add(None)
+                continue
+        at = g[i_at]
+        if not date_ok.get(at[:10]) and not _day_ok(at[:10]):
+            add(None)
+            continue
+        seq = int(g[i_seq])
+        add((seq, g[i_prev], at) if seq < _SEQ_LIMIT else None)
+    return out
+
+
+def _prev_ok(prev: bytes) -> bool:
+    return not prev.translate(None, _HEX_DIGITS)
 
 
 def fast_entry_fields(line: bytes) -> tuple[int, bytes, bytes] | None:
     """``(seq, prev, at)`` (prev and at as ASCII bytes) if the fast pattern proves ``line``
     is a valid canonical entry; None means "ask :func:`mes.audit.canonical.parse_entry`",
     not "invalid"."""
-    m = _ENTRY_RE.fullmatch(line)
-    if m is None:
-        return None
-    after, at, before, prev, seq = m.groups()
-    if (after != b"null" and not _keys_ok(after)) or (before != b"null" and not _keys_ok(before)):
-        return None
-    if not line.isascii():
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    day = at[:10]
-    ok = _date_ok.get(day)
-    if ok is None:
-        ok = _date_ok[day] = is_valid_date(day.decode("ascii"))
-    if not ok:
-        return None
-    s = int(seq)
-    if s >= _SEQ_LIMIT:
-        return None
-    return s, prev, at
-
-
-def _entry_fields(line: bytes) -> tuple[int, bytes, bytes]:
-    """``(seq, prev, at)`` of a valid entry line; AuditValueError explains an invalid one."""
-    fields = fast_entry_fields(line)
-    if fields is not None:
-        return fields
-    e = parse_entry(line)
-    return e["seq"], e["prev"].encode("ascii"), e["at"].encode("ascii")
+    found = _scan([line], False)[0]
+    return found if found is not None and _prev_ok(found[1]) else None
 
 
 # ------------------------------------------------------------------------ block work
 
-# (count, packed leaf hashes, inner subtrees, first line's prev or None, first known at,
-#  last known at, [(seq, message), ...])
-_Block = tuple[int, bytes, list[bytes], "bytes | None", "bytes | None", "bytes | None", list[tuple[int, str]]]
+# (first seq, count, packed leaf hashes, inner subtrees, first line's prev or None,
+#  first known at, last known at, [(seq, message), ...])
+_Block = tuple[int, int, bytes, list[bytes], "bytes | None", "bytes | None", "bytes | None", list[tuple[int, str]]]
 
 
-def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERRORS) -> _Block:
+def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERRORS, plain: bool = False) -> _Block:
     """Verify a run of consecutive entry lines that begins at ``start``: each line valid and
-    canonical, ``seq`` = position, ``prev`` = leaf hash of the line before, ``at`` monotonic."""
+    canonical, ``seq`` = position, ``prev`` = leaf hash of the line before, ``at`` monotonic.
+    ``plain``: no line contains a '\\' or a control byte (lets the faster pattern run)."""
     sha = hashlib.sha256
-    digests = [sha(b"\x00" + line).digest() for line in lines]
+    packed = b"".join([sha(b"\x00" + line).digest() for line in lines])
+    fields = _scan(lines, plain)
+    n = len(lines)
     hexlify = binascii.hexlify
-    fast = fast_entry_fields
+    if n and None not in fields:
+        # The common case, checked for the whole block at C speed.
+        seqs, prevs, ats = zip(*fields)
+        if seqs == tuple(range(start, start + n)) and b"".join(prevs[1:]) == hexlify(packed[:-32]) \
+                and list(ats) == sorted(ats):
+            return start, n, packed, subtree_nodes(start, packed), prevs[0], ats[0], ats[-1], []
     errors: list[tuple[int, str]] = []
     first_prev = first_at = last_at = None
     pos = start
     for i, line in enumerate(lines):
-        fields = fast(line)
-        if fields is None:
+        found = fields[i]
+        if found is None or not _prev_ok(found[1]):
             try:
                 e = parse_entry(line)
             except AuditValueError as exc:
@@ -181,12 +246,12 @@ def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERROR
                 continue
             seq, prev, at = e["seq"], e["prev"].encode("ascii"), e["at"].encode("ascii")
         else:
-            seq, prev, at = fields
+            seq, prev, at = found
         if seq != pos and len(errors) < max_errors:
             errors.append((pos, f"seq is {seq}, expected {pos} (an entry is missing, extra or out of order)"))
         if i == 0:
             first_prev = prev
-        elif prev != hexlify(digests[i - 1]) and len(errors) < max_errors:
+        elif prev != hexlify(packed[(i - 1) * 32:i * 32]) and len(errors) < max_errors:
             errors.append((pos, f"prev does not match the leaf hash of the entry before (seq {pos - 1})"))
         if first_at is None:
             first_at = at
@@ -194,29 +259,45 @@ def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERROR
             errors.append((pos, f"at {at.decode()} is before the previous entry's at {last_at.decode()}"))  # type: ignore[union-attr]
         last_at = at
         pos += 1
-    packed = b"".join(digests)
-    return len(lines), packed, subtree_nodes(start, packed), first_prev, first_at, last_at, errors
+    return start, n, packed, subtree_nodes(start, packed), first_prev, first_at, last_at, errors
 
 
 def _check_blob(data: bytes, start: int, max_errors: int = MAX_ERRORS) -> _Block:
     """:func:`_check_lines` on newline-terminated lines; a last line without ``\\n`` is an error."""
+    plain = len(data.translate(None, _NOT_PLAIN_BUT_NEWLINE)) == len(data)
     lines = data.split(b"\n")
     tail = lines.pop()
     if tail:
         lines.append(tail)
-    res = _check_lines(lines, start, max_errors)
+    res = _check_lines(lines, start, max_errors, plain)
     if tail:
-        res[6].append((start + len(lines) - 1, "the last line does not end with a newline"))
+        res[7].append((start + len(lines) - 1, "the last line does not end with a newline"))
     return res
 
 
-def _check_file_range(path: str, offset: int, length: int, start: int, max_errors: int) -> _Block:
+def _check_stream_block(lines: list[bytes], start: int, max_errors: int) -> _Block:
+    joined = b"".join(lines)
+    return _check_lines(lines, start, max_errors, len(joined.translate(None, _NOT_PLAIN)) == len(joined))
+
+
+def _read_range(path: str, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(length)
     if len(data) != length:
         raise OSError(f"{path} changed while it was being verified")
-    return _check_blob(data, start, max_errors)
+    return data
+
+
+def _check_file_range(path: str, offset: int, length: int, max_errors: int) -> _Block:
+    """Worker side of :func:`verify_entries_file`. The block's first seq is not known here
+    (counting lines in the parent would cost a pass over the file), so it is taken from the
+    block's first entry; if that is wrong the parent sees a start that does not join and
+    re-verifies the block itself with the right start."""
+    data = _read_range(path, offset, length)
+    nl = data.find(b"\n")
+    found = _scan([data if nl < 0 else data[:nl]], False)[0]
+    return _check_blob(data, 0 if found is None else found[0], max_errors)
 
 
 # -------------------------------------------------------------------- joining blocks
@@ -234,7 +315,7 @@ class StreamResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return self.first_bad_seq is None
 
     @property
     def root(self) -> bytes:
@@ -260,11 +341,14 @@ class _Joiner:
             self.located.append((seq, message))
 
     def add(self, block: _Block) -> None:
-        count, packed, inner, first_prev, first_at, last_at, errors = block
-        start = self.tree.size
+        start, count, packed, inner, first_prev, first_at, last_at, errors = block
+        assert start == self.tree.size
         if count and first_prev is not None and first_prev != self.prev_hex:
             what = "the zero hash" if start == 0 else f"the leaf hash of the entry before (seq {start - 1})"
-            self.error(start, f"prev does not match {what}")
+            if not _prev_ok(first_prev):
+                self.error(start, "prev must be 64 lowercase hex digits")
+            else:
+                self.error(start, f"prev does not match {what}")
         if first_at is not None and self.last_at is not None and first_at < self.last_at:
             self.error(start, f"at {first_at.decode()} is before the previous entry's at {self.last_at.decode()}")
         for seq, message in errors:
@@ -299,15 +383,20 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _in_order(pool: Any, calls: Iterable[tuple[Callable[..., _Block], tuple[Any, ...]]], depth: int) -> Iterator[_Block]:
-    """Results of ``calls`` run on ``pool``, in order, with at most ``depth`` in flight."""
-    pending: deque[Any] = deque()
+_Call = tuple[Callable[..., _Block], tuple[Any, ...]]
+
+
+def _in_order(pool: Any, calls: Iterable[_Call], depth: int) -> Iterator[tuple[tuple[Any, ...], _Block]]:
+    """``(args, result)`` of ``calls`` run on ``pool``, in order, at most ``depth`` in flight."""
+    pending: deque[tuple[tuple[Any, ...], Any]] = deque()
     for fn, args in calls:
-        pending.append(pool.apply_async(fn, args))
+        pending.append((args, pool.apply_async(fn, args)))
         if len(pending) >= depth:
-            yield pending.popleft().get()
+            args0, res = pending.popleft()
+            yield args0, res.get()
     while pending:
-        yield pending.popleft().get()
+        args0, res = pending.popleft()
+        yield args0, res.get()
 
 
 # ------------------------------------------------------------------ stream entries
@@ -342,21 +431,21 @@ def verify_entry_stream(lines: Iterable[bytes], *, workers: int | None = None,
     start = 0
     if workers <= 1 or len(head) < 3:
         for block in head:
-            joiner.add(_check_lines(block, start, max_errors))
+            joiner.add(_check_stream_block(block, start, max_errors))
             start += len(block)
         for block in gen:
-            joiner.add(_check_lines(block, start, max_errors))
+            joiner.add(_check_stream_block(block, start, max_errors))
             start += len(block)
         return joiner.result()
 
-    def calls() -> Iterator[tuple[Callable[..., _Block], tuple[Any, ...]]]:
+    def calls() -> Iterator[_Call]:
         nonlocal start
         for block in _chain(head, gen):
-            yield _check_lines, (block, start, max_errors)
+            yield _check_stream_block, (block, start, max_errors)
             start += len(block)
 
     with _mp_context().Pool(workers) as pool:
-        for res in _in_order(pool, calls(), 2 * workers + 2):
+        for _, res in _in_order(pool, calls(), 2 * workers + 2):
             joiner.add(res)
     return joiner.result()
 
@@ -366,26 +455,25 @@ def _chain(first: list[list[bytes]], rest: Iterator[list[bytes]]) -> Iterator[li
     yield from rest
 
 
-def _file_blocks(path: str, block_bytes: int) -> Iterator[tuple[bytes, int, int, int]]:
-    """``(data, offset, length, first seq)`` of newline-aligned blocks of a file."""
+def _file_ranges(path: str, block_bytes: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of blocks of about ``block_bytes`` that end after a newline (or
+    at the end of the file), found by reading a little past each nominal boundary."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        offset = start = 0
-        want = block_bytes
+        offset = 0
         while offset < size:
-            f.seek(offset)
-            data = f.read(want)
-            if offset + len(data) < size:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:  # one line longer than a block
-                    want *= 2
-                    continue
-                data = data[:cut]
-            count = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-            yield data, offset, len(data), start
-            offset += len(data)
-            start += count
-            want = block_bytes
+            end = offset + block_bytes
+            while end < size:
+                f.seek(end)
+                chunk = f.read(1 << 16)
+                nl = chunk.find(b"\n")
+                if nl >= 0:
+                    end += nl + 1
+                    break
+                end += len(chunk)
+            end = min(end, size)
+            yield offset, end - offset
+            offset = end
 
 
 def verify_entries_file(path: Path, *, workers: int | None = None, max_errors: int = MAX_ERRORS) -> StreamResult:
@@ -395,17 +483,16 @@ def verify_entries_file(path: Path, *, workers: int | None = None, max_errors: i
     path = str(path)
     joiner = _Joiner(max_errors)
     workers = default_workers() if workers is None else workers
+    ranges = _file_ranges(path, FILE_BLOCK_BYTES)
     if workers <= 1 or os.path.getsize(path) < PARALLEL_MIN_BYTES:
-        for data, _, _, start in _file_blocks(path, FILE_BLOCK_BYTES):
-            joiner.add(_check_blob(data, start, max_errors))
+        for offset, length in ranges:
+            joiner.add(_check_blob(_read_range(path, offset, length), joiner.tree.size, max_errors))
         return joiner.result()
-
-    def calls() -> Iterator[tuple[Callable[..., _Block], tuple[Any, ...]]]:
-        for _, offset, length, start in _file_blocks(path, FILE_BLOCK_BYTES):
-            yield _check_file_range, (path, offset, length, start, max_errors)
-
+    calls = ((_check_file_range, (path, offset, length, max_errors)) for offset, length in ranges)
     with _mp_context().Pool(workers) as pool:
-        for res in _in_order(pool, calls(), 2 * workers + 2):
+        for (_, offset, length, _), res in _in_order(pool, calls, 2 * workers + 2):
+            if res[0] != joiner.tree.size:  # the block's first entry had a wrong seq: redo here
+                res = _check_blob(_read_range(path, offset, length), joiner.tree.size, max_errors)
             joiner.add(res)
     return joiner.result()
 

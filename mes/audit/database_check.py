@@ -1,0 +1,177 @@
+"""``mes audit verify`` against the live database, and the export the spec defines.
+
+Verification re-reads every stored entry and runs the same checks an outside verifier
+runs on an export (:mod:`mes.audit.verify`), then checks every published checkpoint
+against the recomputed tree, the stored subtree hashes that serve proofs, and the
+indexed columns against the entry bytes. The first bad ``seq`` is named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mes.audit import checkpoint as notes
+from mes.audit import keys, log, merkle
+from mes.audit.models import AuditCheckpoint, AuditEntry, AuditTreeNode
+from mes.audit.verify import verify_checkpoint_history, verify_entry_stream
+from mes.db import db, read_only_session
+
+
+@dataclass
+class DatabaseCheck:
+    """Outcome of verifying the log in the database."""
+
+    entries: int
+    checkpoints: int
+    first_bad_seq: int | None = None
+    errors: list[str] = field(default_factory=list)
+    root: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        if self.ok:
+            return (f"OK: {self.entries} entries and {self.checkpoints} checkpoints verified; "
+                    f"root {self.root.hex()}")
+        where = f"first bad seq {self.first_bad_seq}: " if self.first_bad_seq is not None else ""
+        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return f"FAILED: {where}{self.errors[0]}{more}"
+
+    def fail_all(self, messages: list[str], seq: int | None) -> None:
+        for message in messages:
+            self.fail(message, seq)
+
+    def fail(self, message: str, seq: int | None) -> None:
+        self.errors.append(message)
+        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
+            self.first_bad_seq = seq
+
+
+def verifier_keys() -> list[notes.VerifierKey]:
+    """The current verifier key and every archived one (after rotations)."""
+    al = log.audit_log()
+    found = {al.vkey()}
+    if al.verifier_dir.exists():
+        found.update(keys.all_verifier_keys(al.verifier_dir))
+    return [notes.parse_vkey(v) for v in sorted(found)]
+
+
+def verify_database(session: Session | None = None, *, workers: int | None = None) -> DatabaseCheck:
+    """Re-verify the whole log: chain, canonical bytes, time, checkpoints, stored nodes."""
+    if session is None:
+        with read_only_session() as ro:
+            return verify_database(ro, workers=workers)
+    stream = verify_entry_stream(log.iter_entry_bytes(session), workers=workers)
+    cps = list(session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars())
+    result = DatabaseCheck(entries=stream.entries, checkpoints=len(cps), root=stream.root)
+    for message in stream.errors:
+        result.fail(message, stream.first_bad_seq)
+    if stream.first_bad_seq is not None and not stream.errors:
+        result.fail("entry error", stream.first_bad_seq)
+    parsed, cp_errors = verify_checkpoint_history([c.note for c in cps], verifier_keys(), stream.tree,
+                                                  label="checkpoint")
+    result.fail_all(cp_errors, None)
+    for row, cp in zip(cps, parsed):
+        if cp is not None and (cp.size != row.size or cp.root != bytes(row.root)):
+            result.fail(f"checkpoint {row.id}: stored size or root differs from its signed note", None)
+    _check_columns(session, stream, result)
+    _check_frontier(session, stream, result)
+    if result.errors and result.first_bad_seq is None:
+        # Only the signed checkpoints caught it (entries, hashes and nodes were all rewritten
+        # consistently): name the first entry no consistent checkpoint vouches for.
+        result.first_bad_seq = _first_unprovable(parsed, stream.tree)
+    return result
+
+
+def _first_unprovable(parsed: list, tree) -> int:
+    """The first seq that no consistent checkpoint vouches for any more.
+
+    A checkpoint whose size exceeds the log means the tail was cut: the first missing
+    entry is bad. A checkpoint whose root differs means an entry below its size was
+    rewritten: everything from the last consistent checkpoint's size on is suspect.
+    """
+    good = 0
+    for cp in parsed:
+        if cp is None:
+            continue
+        if cp.size > tree.size:
+            return tree.size
+        if cp.root != tree.root(cp.size):
+            return good
+        good = max(good, cp.size)
+    return good
+
+
+def _check_columns(session: Session, stream, result: DatabaseCheck) -> None:
+    """Indexed columns must say what the entry bytes say (they drive filters and exports)."""
+    rows = session.execute(select(AuditEntry.seq, AuditEntry.leaf_hash)).all()
+    for seq, stored in rows:
+        if seq < stream.tree.size and bytes(stored) != stream.tree.get_node(0, seq):
+            result.fail(f"seq {seq}: stored leaf hash differs from the hash of the entry bytes", seq)
+            break
+
+
+def _check_frontier(session: Session, stream, result: DatabaseCheck) -> None:
+    """The stored subtree hashes that serve roots and proofs must match the recomputed tree."""
+    size = stream.tree.size
+    get_nodes = log._node_getter(session)
+    wanted = merkle.nodes_needed_for_root(size)
+    stored = get_nodes(wanted)
+    for key in wanted:
+        if stored.get(key) != stream.tree.get_node(*key):
+            level, index = key
+            # Descend the stored subtrees to the first leaf whose original hash differs.
+            while level > 0:
+                left = (level - 1, 2 * index)
+                if get_nodes([left]).get(left) != stream.tree.get_node(*left):
+                    level, index = left
+                else:
+                    level, index = level - 1, 2 * index + 1
+            result.fail(f"seq {index}: the entry differs from the one originally appended "
+                        "(stored Merkle leaf)", index)
+            return
+    count = session.execute(select(func.count()).select_from(AuditTreeNode).where(AuditTreeNode.level == 0)).scalar()
+    if count != size:
+        result.fail(f"{count} stored leaf nodes for {size} entries", min(count or 0, size))
+
+
+# ------------------------------------------------------------------------- export
+
+
+def export(out: Path, batch: str | None = None, session: Session | None = None) -> dict[str, int | str]:
+    """Write the spec's export (§4) into ``out``; a fresh checkpoint first covers every entry."""
+    session = session or db.session
+    log.publish_checkpoint(session)
+    session.commit()
+    cp = log.latest_checkpoint(session)
+    if cp is None:
+        raise ValueError("the audit log is empty; nothing to export")
+    out.mkdir(parents=True, exist_ok=True)
+    query = select(AuditEntry.seq, AuditEntry.entry_bytes).where(AuditEntry.seq < cp.size).order_by(AuditEntry.seq)
+    if batch is not None:
+        query = query.where(AuditEntry.batch_id == batch)
+    seqs = []
+    with open(out / "entries.jsonl", "wb") as fh:
+        for seq, data in session.execute(query.execution_options(yield_per=20_000)):
+            fh.write(bytes(data) + b"\n")
+            seqs.append(seq)
+    history = [c.note for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
+    (out / "checkpoint").write_text(cp.note, encoding="utf-8", newline="")
+    with open(out / "checkpoints.jsonl", "w", encoding="utf-8", newline="") as fh:
+        for note in history:
+            fh.write(json.dumps(note) + "\n")
+    (out / "log.vkey").write_text("\n".join(v.text for v in verifier_keys()) + "\n", encoding="utf-8")
+    if batch is not None:
+        if not seqs:
+            raise ValueError(f"no audit entries for batch {batch!r}")
+        proofs = {"checkpoint": cp.note,
+                  "entries": [{"seq": s, "proof": [h.hex() for h in log.inclusion_proof(s, cp.size, session)]} for s in seqs]}
+        (out / "proofs.json").write_text(json.dumps(proofs, indent=1) + "\n", encoding="utf-8")
+    return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}

@@ -1,0 +1,87 @@
+"""Background jobs in each server process: verify the audit log at start-up and on a
+schedule, and publish a checkpoint when entries have waited 60 s without one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from sqlalchemy import select
+
+from mes.db import db
+
+logger = logging.getLogger("mes.jobs")
+CHECKPOINT_POLL_SECONDS = 15
+
+
+def report_verification(result, source: str) -> None:
+    """Record a verification result for /readyz; on failure raise an alarm for QA and admin."""
+    from mes.audit.log import Actor
+    from mes.system.readiness import record_audit_result
+    from mes.users.models import Alarm
+    from mes.users.operations import raise_alarm
+
+    record_audit_result(result.ok, result.summary())
+    if result.ok:
+        logger.info("audit log verified", extra={"source": source, "entries": result.entries})
+        return
+    logger.error("audit log verification failed", extra={"source": source, "detail": result.summary()})
+    message = f"Audit log verification failed ({source}): {result.summary()}"
+    already = db.session.execute(select(Alarm.id).where(Alarm.kind == "audit", Alarm.message == message,
+                                                        Alarm.acknowledged_at.is_(None))).first()
+    if already is None:
+        raise_alarm(Actor.system("audit-verifier"), "audit", message, {"first_bad_seq": result.first_bad_seq})
+
+
+def verify_now(app: Flask, source: str) -> None:
+    from mes.audit.database_check import verify_database
+    from mes.system.readiness import audit_status
+
+    with app.app_context():
+        status = audit_status()
+        if not status.lock.acquire(blocking=False):
+            return
+        try:
+            status.state = "running" if status.state == "pending" else status.state
+            report_verification(verify_database(workers=1), source)
+        except Exception:  # noqa: BLE001 - a job must not die; the failure is reported
+            logger.exception("audit verification could not run")
+            db.session.rollback()
+        finally:
+            db.session.remove()
+            status.lock.release()
+
+
+def start_background_jobs(app: Flask) -> threading.Thread:
+    """Start the daemon thread (idempotent per app)."""
+    existing = app.extensions.get("mes_jobs")
+    if existing is not None:
+        return existing
+    verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 6 * 3600)
+
+    def loop() -> None:
+        from mes.audit.log import checkpoint_if_due
+
+        verify_now(app, "start-up")
+        last_verify = time.monotonic()
+        while True:
+            time.sleep(CHECKPOINT_POLL_SECONDS)
+            with app.app_context():
+                try:
+                    if checkpoint_if_due() is not None:
+                        db.session.commit()
+                except Exception:  # noqa: BLE001
+                    logger.exception("scheduled checkpoint failed")
+                    db.session.rollback()
+                finally:
+                    db.session.remove()
+            if time.monotonic() - last_verify >= verify_every:
+                verify_now(app, "schedule")
+                last_verify = time.monotonic()
+
+    thread = threading.Thread(target=loop, name="mes-jobs", daemon=True)
+    app.extensions["mes_jobs"] = thread
+    thread.start()
+    return thread

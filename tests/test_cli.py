@@ -1,0 +1,88 @@
+"""The ``mes`` command as an operator of the system runs it: real processes, real databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import BACKENDS, _pg_admin, _pg_url, _worker
+
+MES = str(Path(sys.executable).parent / "mes")
+ADMIN_PASSWORD = "First-Adm1n-Secret"
+
+
+def run(args: list[str], home: Path, extra_env: dict[str, str] | None = None, input: str | None = None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+    env.update({"MES_HOME": str(home), "MES_LOG_LEVEL": "WARNING"})
+    env.update(extra_env or {})
+    return subprocess.run([MES, *args], capture_output=True, text=True, env=env, input=input, timeout=120)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """No database at all (SQLite: the default file in MES_HOME) or an empty PostgreSQL one."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    name = f"mes_cli_{_worker()}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield {"MES_DATABASE_URL": _pg_url(name)}
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_init_on_an_empty_folder_then_check(tmp_path: Path, empty_db: dict[str, str]) -> None:
+    home = tmp_path / "fresh"
+    env = {**empty_db, "MES_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    r = run(["init"], home, env)
+    assert r.returncode == 0, r.stderr
+    assert "created admin 'admin'" in r.stdout and "verifier key plant-01.example/mes/audit+" in r.stdout
+    assert (home / "audit-signing.key").stat().st_mode & 0o077 == 0
+    assert (home / "secret_key").stat().st_mode & 0o077 == 0
+    r = run(["check"], home, empty_db)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "schema at migration head" in r.stdout
+    # idempotent: a second init creates nothing new
+    r = run(["init"], home, env)
+    assert r.returncode == 0 and "none created" in r.stdout
+    # users are managed as a named admin, checked against the permission matrix
+    r = run(["users", "add", "qa7", "--name", "Q A Seven", "--role", "qa", "--as", "admin"], home,
+            {**empty_db, "MES_CLI_PASSWORD": ADMIN_PASSWORD, "MES_NEW_PASSWORD": "Qa-Seven-Passw0rd"})
+    assert r.returncode == 0, r.stderr
+    r = run(["users", "deactivate", "admin", "--reason", "x", "--as", "qa7"], home,
+            {**empty_db, "MES_CLI_PASSWORD": "Qa-Seven-Passw0rd"})
+    assert r.returncode == 1 and "may not" in r.stderr
+    r = run(["users", "list"], home, empty_db)
+    assert "qa7" in r.stdout and "admin" in r.stdout
+
+
+@pytest.mark.parametrize("url", [
+    "not a url at all",
+    "mysql://root@127.0.0.1/mes",
+    "postgresql+psycopg://nobody@127.0.0.1:1/mes",
+])
+def test_bad_database_url_is_one_line_naming_the_variable(tmp_path: Path, url: str) -> None:
+    r = run(["check"], tmp_path, {"MES_DATABASE_URL": url, "MES_SECRET_KEY": "x"})
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "MES_DATABASE_URL" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
+    r = run(["check"], tmp_path, {"MES_PANEL_PPI": "lots", "MES_SECRET_KEY": "x"})
+    assert r.returncode == 2 and r.stderr.strip() == "error: MES_PANEL_PPI is invalid: expected a positive whole number, got 'lots'"
+
+
+def test_check_without_init_fails_clearly(tmp_path: Path) -> None:
+    r = run(["check"], tmp_path / "nothing")
+    assert r.returncode != 0 and "mes init" in r.stderr and "Traceback" not in r.stderr
