@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+import mes.models  # noqa: F401  (every model and signable record type)
 from mes import observability, web
 from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
@@ -39,10 +40,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     web.init_app(app)
 
     from mes.audit.blueprint import bp as audit_bp
+    from mes.qa.blueprint import bp as qa_bp
     from mes.system.blueprint import bp as system_bp
     from mes.users.blueprint import bp as users_bp
 
     app.register_blueprint(system_bp)
     app.register_blueprint(users_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(qa_bp)
     return app

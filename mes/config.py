@@ -61,6 +61,16 @@ def _parse_database_url(raw: str) -> str:
     return raw
 
 
+def _parse_timezone(raw: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(raw.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {raw!r}; use an IANA name such as Europe/Zurich") from None
+    return raw.strip()
+
+
 def _parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -86,6 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Session signing key; default generated once into MES_HOME/secret_key"),
     Setting("MES_SITE_ID", "MES_SITE_ID", _parse_site_id, "plant-01.example",
             "Site id: origin of audit checkpoints and CloudEvents source"),
+    Setting("MES_TIMEZONE", "MES_TIMEZONE", _parse_timezone, "UTC",
+            "Plant time zone for displayed times (records are stored in UTC)"),
     Setting("MES_PANEL_PPI", "MES_PANEL_PPI", _parse_positive_int, "141",
             "Kiosk panel pixels per inch (touch target sizing)"),
     Setting("MES_PANEL_DPR", "MES_PANEL_DPR", _parse_positive_int, "1",

@@ -105,3 +105,28 @@ def engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+def install_refusal_triggers(op: Any, table: str, *, immutable: bool) -> None:
+    """For migrations: make the database itself refuse DELETE (and TRUNCATE) on ``table``,
+    and UPDATE too when ``immutable``. No role or setting switches this off."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            """
+            CREATE OR REPLACE FUNCTION mes_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              RAISE EXCEPTION 'mes: % on % is refused: records are never changed or removed', TG_OP, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege';
+            END $$;
+            """
+        )
+        events = "UPDATE OR DELETE" if immutable else "DELETE"
+        suffix = "immutable" if immutable else "no_delete"
+        op.execute(f"CREATE TRIGGER {table}_{suffix} BEFORE {events} ON {table} "
+                   f"FOR EACH ROW EXECUTE FUNCTION mes_refuse_change()")
+        op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                   f"FOR EACH STATEMENT EXECUTE FUNCTION mes_refuse_change()")
+        return
+    for action in ("UPDATE", "DELETE") if immutable else ("DELETE",):
+        op.execute(f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} BEGIN "
+                   f"SELECT RAISE(ABORT, 'mes: {action} on {table} is refused: records are never changed or removed'); END")

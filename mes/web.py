@@ -155,6 +155,31 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
+def establish_session(secret: str) -> str:
+    """Start the browser session after a log-in: fresh cookie, keep the terminal enrolment."""
+    enrolled = session.get("terminal")
+    session.clear()  # a fresh session at log-in: no session fixation
+    if enrolled:
+        session["terminal"] = enrolled
+    session.permanent = True
+    session["sid"] = secret
+    session["last"] = time.time()
+    return csrf_token()
+
+
+def local_time(value: datetime | str | None) -> str:
+    """A UTC time shown in the plant's zone with the zone named (Part 11 §11.50)."""
+    from zoneinfo import ZoneInfo
+
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    local = value.astimezone(ZoneInfo(current_app.config.get("MES_TIMEZONE", "UTC")))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+
+
 def endpoint(
     permission: Permission | None = None,
     *,
@@ -249,6 +274,24 @@ def limit_login() -> None:
 
 # ---------------------------------------------------------------------- wiring
 
+HTML_PREFIXES = ("/qa/", "/kiosk/")
+ERROR_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<link rel="stylesheet" href="/static/mes.css"></head><body><main>
+<h1>{{ title }}</h1><p role="alert">{{ detail }}</p><p><a href="{{ back }}">Back</a></p></main></body></html>"""
+
+
+def html_error(status: int, detail: str) -> Response:
+    """A plain sentence for people at a screen; a log-in page when the session is gone."""
+    from flask import redirect, render_template_string
+    from urllib.parse import quote
+
+    if status == 401 and request.path.startswith("/qa/"):
+        return redirect("/qa/login?next=" + quote(request.full_path.rstrip("?")))  # type: ignore[return-value]
+    title = "Not permitted" if status == 403 else "Not found" if status == 404 else "That did not work"
+    body = render_template_string(ERROR_PAGE, title=title, detail=detail, back=request.referrer or "/qa/audit")
+    return Response(body, status=status, mimetype="text/html")
+
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "font-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
@@ -271,6 +314,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(MESError)
     def _mes_error(exc: MESError) -> Response:
+        db.session.rollback()  # a refusal records nothing of the refused change
+        if request.path.startswith(HTML_PREFIXES):
+            return html_error(exc.status, exc.detail)
         response = problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.extra.get("retry_after", 60))

@@ -86,3 +86,47 @@ def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
 def test_check_without_init_fails_clearly(tmp_path: Path) -> None:
     r = run(["check"], tmp_path / "nothing")
     assert r.returncode != 0 and "mes init" in r.stderr and "Traceback" not in r.stderr
+
+
+def _init(home: Path, db_env: dict[str, str]) -> dict[str, str]:
+    env = {**db_env, "MES_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    r = run(["init"], home, env)
+    assert r.returncode == 0, r.stderr
+    return db_env
+
+
+def test_audit_verify_export_backup_restore(tmp_path: Path, empty_db: dict[str, str]) -> None:
+    home = tmp_path / "plant"
+    env = _init(home, empty_db)
+    r = run(["audit", "verify"], home, env)
+    assert r.returncode == 0 and r.stdout.startswith("OK:"), r.stdout + r.stderr
+    r = run(["audit", "export", "--out", str(tmp_path / "export")], home, env)
+    assert r.returncode == 0, r.stderr
+    verified = subprocess.run([sys.executable, "-m", "mes.audit.verify", str(tmp_path / "export")],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    r = run(["backup", "--out", str(tmp_path / "backup.bin")], home, env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "backup.bin.manifest.json").exists()
+    # restoring over a database that holds records is refused without --force
+    r = run(["restore", str(tmp_path / "backup.bin")], home, env)
+    assert r.returncode == 1 and "--force" in r.stderr
+    r = run(["restore", "--force", str(tmp_path / "backup.bin")], home, env)
+    assert r.returncode == 0 and "reproduced" in r.stdout, r.stdout + r.stderr
+    r = run(["audit", "verify"], home, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_audit_verify_fails_and_names_the_seq(tmp_path: Path) -> None:
+    home = tmp_path / "plant"
+    _init(home, {})
+    import sqlite3
+
+    con = sqlite3.connect(home / "mes.sqlite3")
+    con.execute("DROP TRIGGER audit_entries_no_update")
+    data = con.execute("SELECT entry_bytes FROM audit_entries WHERE seq = 0").fetchone()[0]
+    con.execute("UPDATE audit_entries SET entry_bytes = ? WHERE seq = 0", (bytes(data).replace(b"admin", b"admim"),))
+    con.commit()
+    con.close()
+    r = run(["audit", "verify"], home)
+    assert r.returncode == 1 and "first bad seq 0" in r.stdout, r.stdout + r.stderr

@@ -97,3 +97,68 @@ def proof(seq: int) -> Response:
         raise NotFound(f"entry {seq} is not covered by a published checkpoint yet")
     path = log.inclusion_proof(seq, cp.size)
     return jsonify({"seq": seq, "checkpoint": cp.note, "proof": [h.hex() for h in path]})
+
+
+SIGN_FIELDS = {"password": {"type": "string", "maxLength": 500}, "pin": {"type": "string", "maxLength": 16},
+               "user_id": {"type": "string", "maxLength": 64}, "badge": {"type": "string", "maxLength": 64}}
+
+
+def credentials_from(body: dict[str, Any]) -> Any:
+    """The signature components from a request body (secret: password or PIN)."""
+    from mes.signatures.operations import Credentials
+
+    secret = body.get("password") or body.get("pin")
+    if not secret:
+        raise ValidationFailed("Signing needs your password (or PIN on a kiosk).", field="password")
+    return Credentials(secret=secret, user_id=body.get("user_id"), badge=body.get("badge"))
+
+
+def _review_json(r: Any) -> dict[str, Any]:
+    from mes.signatures.operations import signatures_for
+
+    return {"id": r.id, "batch": r.batch_id, "through_seq": r.through_seq, "entries_reviewed": r.entries_reviewed,
+            "tree_size": r.tree_size, "root": r.root, "comment": r.comment, "reviewer": r.reviewer_id,
+            "created_at": r.created_at.isoformat(),
+            "signatures": [s.__dict__ for s in signatures_for("audit_review", r.id)]}
+
+
+@bp.post("/api/v1/audit/reviews")
+@endpoint(P.AUDIT_REVIEW, terminal=True, tags=("audit",),
+          schema={"type": "object", "additionalProperties": False,
+                  "properties": {"batch": {"type": ["string", "null"], "maxLength": 64},
+                                 "comment": {"type": "string", "maxLength": 4000}, **SIGN_FIELDS}})
+def create_review() -> Response:
+    """Record and e-sign (meaning: reviewed) a review of a batch's audit trail."""
+    from flask import g
+
+    from mes.audit.review import review_trail
+    from mes.errors import Forbidden
+    from mes.web import principal
+
+    who = principal()
+    if who.session is None:
+        raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
+    review = review_trail(who.session, credentials_from(g.body), g.body.get("batch"), g.body.get("comment", ""),
+                          who.terminal.id if who.terminal else None)
+    response = jsonify({"review": _review_json(review)})
+    response.status_code = 201
+    return response
+
+
+@bp.get("/api/v1/audit/reviews")
+@endpoint(P.AUDIT_VIEW, tags=("audit",))
+def list_reviews() -> Response:
+    """Audit-trail reviews of a batch (``?batch=``) or of the whole log."""
+    from mes.audit.review import reviews_for
+
+    return jsonify({"reviews": [_review_json(r) for r in reviews_for(request.args.get("batch"))]})
+
+
+@bp.get("/api/v1/signatures/<record_type>/<record_id>")
+@endpoint(P.AUDIT_VIEW, tags=("audit",))
+def record_signatures(record_type: str, record_id: str) -> Response:
+    """Every e-signature on a record, each checked against the record as it is now."""
+    from mes.signatures.operations import signatures_for
+
+    return jsonify({"record": {"type": record_type, "id": record_id},
+                    "signatures": [s.__dict__ for s in signatures_for(record_type, record_id)]})

@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Final, Union
 
@@ -77,8 +78,11 @@ def key_name(site_id: str) -> str:
     return site_id + KEY_NAME_SUFFIX
 
 
+_NAME_RE = re.compile(r"[^\s+]+")
+
+
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or not name.isprintable() or any(c.isspace() or c == "+" for c in name):
+    if not isinstance(name, str) or not name.isprintable() or _NAME_RE.fullmatch(name) is None:
         raise CheckpointError(f"key name {name!r} must be non-empty, printable, without spaces or '+'")
 
 
@@ -285,8 +289,17 @@ def verify_checkpoint(note_text: str, vkey_text: VerifierKeys) -> Checkpoint:
         known = ", ".join(k.key_id.hex() for k in named)
         raise CheckpointError(f"checkpoint is signed by key id {sig.key_id.hex()}, not by the verifier key "
                               f"({known})")
-    try:
-        key.ed25519().verify(sig.signature, cp.body.encode("utf-8"))
-    except InvalidSignature:
-        raise CheckpointError(f"bad signature on checkpoint of size {cp.size}") from None
+    if not _signature_ok(key.public_key, sig.signature, cp.body.encode("utf-8")):
+        raise CheckpointError(f"bad signature on checkpoint of size {cp.size}")
     return cp
+
+
+@lru_cache(maxsize=256)
+def _signature_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Ed25519 verification (pure, so re-verifying the same note, as verifiers of several
+    copies of one export do, is answered from a small cache)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True

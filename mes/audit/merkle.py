@@ -408,20 +408,19 @@ def nodes_completed_by_batch(size_before: int, new_leaves: Sequence[bytes], get_
     for leaf in new_leaves:
         _check_hash(leaf, "leaf hash")
     old = _fetch(get_node, nodes_needed_for_append(size_before, len(new_leaves)))
-    last_at_level: dict[int, tuple[int, bytes]] = {}  # newest node created per level
+    pending: dict[int, tuple[int, bytes]] = {}  # per level: newest new node that is a left child
     rows: list[NodeRow] = []
     for t, leaf in enumerate(new_leaves):
         idx, lv, cur = size_before + t, 0, bytes(leaf)
         rows.append((0, idx, cur))
-        last_at_level[0] = (idx, cur)
         while idx & 1:
-            mine = last_at_level.get(lv)
+            mine = pending.get(lv)
             left = mine[1] if mine is not None and mine[0] == idx - 1 else old[(lv, idx - 1)]
             cur = node_hash(left, cur)
             lv += 1
             idx >>= 1
             rows.append((lv, idx, cur))
-            last_at_level[lv] = (idx, cur)
+        pending[lv] = (idx, cur)
     return rows
 
 

@@ -63,3 +63,22 @@ class AuditCheckpoint(db.Model):
     time: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(8))
     note: Mapped[str] = mapped_column(Text)
+
+
+class AuditReview(db.Model):
+    """A QA review of an audit trail (one batch, or the whole log) up to ``through_seq``.
+
+    It is a record of its own so that it can be signed (meaning ``reviewed``): release is
+    refused without it (Annex 11 §9)."""
+
+    __tablename__ = "audit_reviews"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    through_seq: Mapped[int] = mapped_column(BigInteger)
+    entries_reviewed: Mapped[int] = mapped_column(BigInteger)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reviewer_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]

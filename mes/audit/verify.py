@@ -67,7 +67,8 @@ from mes.audit.merkle import MerkleTree, subtree_nodes, verify_inclusion
 
 __all__ = [
     "VerifyResult", "StreamResult", "verify_export", "verify_export_files", "verify_entry_stream",
-    "verify_entries_file", "verify_checkpoint_history", "fast_entry_fields", "main",
+    "verify_entries_file", "verify_entries_bytes", "verify_checkpoint_history", "first_unprovable",
+    "fast_entry_fields", "main",
 ]
 
 MAX_ERRORS = 100
@@ -679,6 +680,7 @@ def _verify(read: Callable[[str], bytes | None], entries: Callable[[], StreamRes
         if latest.size <= count and latest.root != stream.tree.root(latest.size):
             report.add(f"checkpoint root is not the MTH of the first {latest.size} entries")
     hist_raw = read("checkpoints.jsonl")
+    parsed: list[Checkpoint | None] = []
     if hist_raw is None:
         report.add("checkpoints.jsonl is missing")
     else:
@@ -688,13 +690,32 @@ def _verify(read: Callable[[str], bytes | None], entries: Callable[[], StreamRes
             report.add(message, seq)
         if notes is not None:
             if vkeys:
-                _, herrs = verify_checkpoint_history(notes, vkeys, stream.tree)
+                parsed, herrs = verify_checkpoint_history(notes, vkeys, stream.tree)
                 for message in herrs:
                     report.add(message)
             if cp_text is not None and (not notes or notes[-1] != cp_text):
                 report.add("checkpoints.jsonl: its last line is not the checkpoint file (the latest published "
                            "checkpoint)")
+    if report.items and report.first_bad is None:
+        report.locate(first_unprovable([*parsed, latest], stream.tree))
     return report.result(count, None, latest)
+
+
+def first_unprovable(checkpoints: Iterable[Checkpoint | None], tree: MerkleTree) -> int | None:
+    """When only checkpoints disagree with the entries: the first seq that no consistent
+    checkpoint vouches for (the size of the largest consistent one before the first
+    inconsistent one, or the entry count if a checkpoint covers missing entries). None if
+    every checkpoint is consistent."""
+    good = 0
+    for cp in checkpoints:
+        if cp is None:
+            continue
+        if cp.size > tree.size:
+            return tree.size
+        if cp.root != tree.root(cp.size):
+            return good
+        good = max(good, cp.size)
+    return None
 
 
 def _verify_batch(read: Callable[[str], bytes | None], entries_data: Callable[[], bytes | None], proofs_raw: bytes,

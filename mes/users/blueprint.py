@@ -11,7 +11,7 @@ from mes.errors import ValidationFailed
 from mes.users import operations as ops
 from mes.users.models import Alarm, ApiToken, Terminal, User
 from mes.users.permissions import Permission as P
-from mes.web import STR, csrf_token, current_terminal, endpoint, limit_login, obj, principal
+from mes.web import STR, csrf_token, current_terminal, endpoint, establish_session, limit_login, obj, principal
 
 bp = Blueprint("users", __name__)
 API = "/api/v1"
@@ -77,14 +77,7 @@ def auth_login() -> Response:
         row, secret = ops.login_with_badge(body["badge"], body["pin"], terminal)
     else:
         row, secret = ops.login_with_password(body["user_id"], body["password"], terminal)
-    enrolled = session.get("terminal")
-    session.clear()  # a fresh session id at log-in: no session fixation
-    if enrolled:
-        session["terminal"] = enrolled
-    session.permanent = True
-    session["sid"] = secret
-    session["last"] = datetime.now().timestamp()
-    token = csrf_token()
+    token = establish_session(secret)
     policy = ops.Policy.current()
     idle = policy.kiosk_idle if terminal is not None and terminal.kind == "kiosk" else policy.workstation_idle
     return jsonify({"user": _user_json(row.user), "terminal": terminal.id if terminal else None,

@@ -175,34 +175,10 @@ UNDELETABLE_TABLES = ("users", "user_roles", "password_history", "terminals", "u
 
 def _install_triggers() -> None:
     """Immutability in the database itself, so no setting or role can switch it off."""
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            """
-            CREATE OR REPLACE FUNCTION mes_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-              RAISE EXCEPTION 'mes: % on % is refused: records are never changed or removed', TG_OP, TG_TABLE_NAME
-                USING ERRCODE = 'insufficient_privilege';
-            END $$;
-            """
-        )
-        for table in IMMUTABLE_TABLES:
-            op.execute(f"CREATE TRIGGER {table}_immutable BEFORE UPDATE OR DELETE ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION mes_refuse_change()")
-            op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                       f"FOR EACH STATEMENT EXECUTE FUNCTION mes_refuse_change()")
-        for table in UNDELETABLE_TABLES:
-            op.execute(f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION mes_refuse_change()")
-            op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                       f"FOR EACH STATEMENT EXECUTE FUNCTION mes_refuse_change()")
-    else:
-        for table in IMMUTABLE_TABLES:
-            for action in ("UPDATE", "DELETE"):
-                op.execute(f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} BEGIN "
-                           f"SELECT RAISE(ABORT, 'mes: {action} on {table} is refused: records are never changed or removed'); END")
-        for table in UNDELETABLE_TABLES:
-            op.execute(f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} BEGIN "
-                       f"SELECT RAISE(ABORT, 'mes: DELETE on {table} is refused: records are never removed'); END")
+    for table in IMMUTABLE_TABLES:
+        mes.db.install_refusal_triggers(op, table, immutable=True)
+    for table in UNDELETABLE_TABLES:
+        mes.db.install_refusal_triggers(op, table, immutable=False)
 
 
 def downgrade() -> None:

@@ -1,0 +1,105 @@
+"""QA workstation pages: log-in and the audit-trail viewer (readable, printable, CSV and
+JSON download). Server-rendered, no inline script (the CSP forbids it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+
+from mes.audit import blueprint as audit_api
+from mes.errors import MESError
+from mes.users import operations as ops
+from mes.users.permissions import Permission as P
+from mes.web import csrf_token, current_terminal, endpoint, establish_session, limit_login, local_time, principal
+
+bp = Blueprint("qa", __name__, url_prefix="/qa", template_folder="templates")
+PAGE = 200
+
+
+@bp.app_template_filter("local_time")
+def _local_time(value: Any) -> str:
+    return local_time(value)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@endpoint(public="the QA log-in page", tags=("qa",))
+def login() -> Any:
+    """Log in on a QA workstation with user id and password."""
+    error = None
+    if request.method == "POST":
+        try:
+            limit_login()
+            row, secret = ops.login_with_password(request.form.get("user_id", ""), request.form.get("password", ""),
+                                                  current_terminal())
+            establish_session(secret)
+            target = request.args.get("next", "")
+            return redirect(target if target.startswith("/qa/") else url_for("qa.audit_trail"))
+        except MESError as exc:
+            error = exc.detail
+    return render_template("qa/login.html", error=error, csrf=csrf_token(),
+                           terminal=current_terminal()), 200 if error is None else 401
+
+
+@bp.post("/logout")
+@endpoint(P.SELF, tags=("qa",))
+def logout() -> Any:
+    """Log out."""
+    who = principal()
+    if who.session is not None:
+        ops.end_session(who.session, "logout")
+    session.pop("sid", None)
+    return redirect(url_for("qa.login"))
+
+
+def _rows() -> tuple[list[dict[str, Any]], dict[str, Any], int | None]:
+    filters = audit_api.request_filters()
+    entries = audit_api.filtered_entries(filters, PAGE)
+    rows = [json.loads(e.entry_bytes) for e in entries]
+    return rows, filters, entries[-1].seq if len(entries) == PAGE else None
+
+
+@bp.get("/audit")
+@endpoint(P.AUDIT_VIEW, tags=("qa",))
+def audit_trail() -> Any:
+    """The audit trail, filtered by batch, user, action and time."""
+    rows, filters, next_after = _rows()
+    query = {k: v for k, v in request.args.items() if k != "after" and v}
+    return render_template("qa/audit.html", rows=rows, filters=filters, next_after=next_after, query=query,
+                           user=principal().user, csrf=csrf_token())
+
+
+@bp.get("/audit.json")
+@endpoint(P.AUDIT_VIEW, tags=("qa",))
+def audit_json() -> Response:
+    """The filtered audit trail as JSON (the entries exactly as stored)."""
+    filters = audit_api.request_filters()
+    body = b"[" + b",\n".join(bytes(e.entry_bytes) for e in audit_api.filtered_entries(filters, None)) + b"]\n"
+    return Response(body, mimetype="application/json",
+                    headers={"Content-Disposition": "attachment; filename=audit-trail.json"})
+
+
+CSV_COLUMNS = ("seq", "at", "actor_id", "actor_name", "actor_role", "terminal", "action", "entity_type", "entity_id",
+               "batch", "before", "after", "reason", "signature_meaning", "signature_name", "signature_at")
+
+
+@bp.get("/audit.csv")
+@endpoint(P.AUDIT_VIEW, tags=("qa",))
+def audit_csv() -> Response:
+    """The filtered audit trail as CSV (one row per entry)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for e in audit_api.filtered_entries(audit_api.request_filters(), None):
+        d = json.loads(e.entry_bytes)
+        sig = d.get("signature") or {}
+        writer.writerow([d["seq"], d["at"], d["actor"]["id"], d["actor"]["name"], d["actor"]["role"], d["terminal"] or "",
+                         d["action"], d["entity"]["type"], d["entity"]["id"], d["batch"] or "",
+                         json.dumps(d["before"], sort_keys=True) if d["before"] is not None else "",
+                         json.dumps(d["after"], sort_keys=True) if d["after"] is not None else "",
+                         d["reason"] or "", sig.get("meaning", ""), sig.get("name", ""), sig.get("at", "")])
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=audit-trail.csv"})

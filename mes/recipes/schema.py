@@ -1,0 +1,215 @@
+"""The JSON Schema (draft 2020-12) of the master recipe file format.
+
+The schema is built here, in Python, from the same tables the loader uses, and published
+beside the recipes as ``recipes/master-recipe.schema.json`` (a test keeps the two equal;
+regenerate with ``python -m mes.recipes.schema > recipes/master-recipe.schema.json``).
+Editors that understand JSON Schema (e.g. the YAML language server, via the
+``# yaml-language-server: $schema=...`` line at the top of each recipe) validate recipes
+as they are typed; ``errorMessage`` members give the same wording the loader reports.
+
+The schema checks shape: required members, types, enumerations and the text form of
+decimals, ids and durations. Everything that relates one part of a recipe to another
+(references, ordering, limits, units, sums) is checked by :mod:`mes.recipes.checks`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Final
+
+from mes.recipes.model import BOM_ROLES, EQUIPMENT_STATES, FORMAT, MEANINGS, ROLES, SCALE_CLASSES, SCAN_MODES, STEP_KINDS, TARE_MODES
+from mes.recipes.units import DECIMAL_PATTERN, DURATION_PATTERN, SIGNED_DECIMAL_PATTERN, UNITS
+
+__all__ = ["SCHEMA", "SCHEMA_ID", "STEP_FIELDS", "STEP_REQUIRED", "schema_json"]
+
+SCHEMA_ID: Final = "urn:open-mes:schema:master-recipe:v1"
+
+ID_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+CODE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+VERSION_PATTERN: Final = r"^[0-9]{1,6}(\.[0-9]{1,6}){0,2}(-[0-9A-Za-z.]{1,32})?$"
+
+DECIMAL_MESSAGE: Final = 'not a decimal quantity: write it as a quoted string of digits with an optional decimal point, e.g. "12.500"'
+SIGNED_MESSAGE: Final = 'not a decimal number: write it as a quoted string such as "-5.0" or "12.50"'
+ID_MESSAGE: Final = "not a valid id: start with a letter, then letters, digits or '_' (at most 64 characters)"
+CODE_MESSAGE: Final = "not a valid item code: letters, digits and . _ / - (at most 64 characters)"
+DURATION_MESSAGE: Final = "not an ISO 8601 duration such as \"PT30M\", \"PT1H30M\" or \"P3D\" (days, hours, minutes, whole seconds)"
+VERSION_MESSAGE: Final = 'not a version: use a whole number (3) or a semver-like string ("1.2.0")'
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+DEFS: Final[dict[str, Any]] = {
+    "id": {"type": "string", "pattern": ID_PATTERN, "errorMessage": ID_MESSAGE,
+           "description": "A stable id, unique in the recipe; keep it across versions. Calculations refer to steps by id."},
+    "code": {"type": "string", "pattern": CODE_PATTERN, "errorMessage": CODE_MESSAGE, "description": "An item or recipe code."},
+    "title": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S", "description": "A short one-line title."},
+    "text": {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S", "description": "Text shown to people."},
+    "decimal": {"type": "string", "pattern": DECIMAL_PATTERN, "errorMessage": DECIMAL_MESSAGE,
+                "description": "A non-negative decimal quantity as a quoted string; its decimals are its precision."},
+    "signed_decimal": {"type": "string", "pattern": SIGNED_DECIMAL_PATTERN, "errorMessage": SIGNED_MESSAGE,
+                       "description": "A decimal that may be negative, as a quoted string."},
+    "unit": {"enum": list(UNITS), "description": "A unit of measure, spelled exactly."},
+    "precision": {"type": "integer", "minimum": 0, "maximum": 6, "description": "Decimal places recorded."},
+    "duration": {"type": "string", "pattern": DURATION_PATTERN, "errorMessage": DURATION_MESSAGE,
+                 "description": "An ISO 8601 duration PnDTnHnMnS (whole numbers; a day is 24 h)."},
+    "tolerance": {
+        "type": "object",
+        "description": "±percent of the target, or ±an absolute amount with its unit.",
+        "properties": {"percent": _ref("decimal"), "absolute": _ref("decimal"), "unit": _ref("unit")},
+        "additionalProperties": False,
+        "oneOf": [{"required": ["percent"]}, {"required": ["absolute"]}],
+        "dependentRequired": {"absolute": ["unit"]},
+        "errorMessage": "a tolerance needs exactly one of 'percent' or 'absolute' (with 'unit')",
+    },
+    "scale": {
+        "type": "object",
+        "description": "The scale required: readability d (in unit) at most this, accuracy class at least this.",
+        "required": ["readability", "unit"],
+        "properties": {"readability": _ref("decimal"), "unit": _ref("unit"), "accuracy_class": {"enum": list(SCALE_CLASSES)}},
+        "additionalProperties": False,
+    },
+}
+
+STEP_COMMON: Final[dict[str, Any]] = {
+    "id": _ref("id"),
+    "kind": {"enum": list(STEP_KINDS)},
+    "title": _ref("title"),
+    "instruction": _ref("text"),
+}
+
+# kind -> (required parameters, parameter schemas)
+_STEP_PARAMS: Final[dict[str, tuple[tuple[str, ...], dict[str, Any]]]] = {
+    "instruction": ((), {}),
+    "numeric": (("unit", "precision"), {
+        "unit": _ref("unit"), "precision": _ref("precision"),
+        "target": _ref("signed_decimal"), "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
+    }),
+    "weigh": (("item", "scale"), {
+        "item": _ref("code"), "target": _ref("decimal"), "unit": _ref("unit"), "tolerance": _ref("tolerance"),
+        "scale": _ref("scale"), "stable_reading": {"type": "boolean"}, "tare": {"enum": list(TARE_MODES)},
+        "multiple_containers": {"type": "boolean"}, "max_containers": {"type": "integer", "minimum": 1, "maximum": 999},
+    }),
+    "identify": (("item",), {"item": _ref("code"), "scan": {"enum": list(SCAN_MODES)}, "dispensed_by": _ref("id")}),
+    "equipment_check": (("equipment_class", "required_states"), {
+        "equipment_class": _ref("title"),
+        "required_states": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(EQUIPMENT_STATES)}},
+        "max_since_cleaning": _ref("duration"),
+    }),
+    "timer": ((), {"minimum": _ref("duration"), "maximum": _ref("duration"), "from_step": _ref("id")}),
+    "calculation": (("formula", "unit", "precision"), {
+        "formula": {"type": "string", "minLength": 1, "maxLength": 500},
+        "unit": _ref("unit"), "precision": _ref("precision"),
+        "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
+    }),
+    "sample_check": (("samples", "unit", "precision"), {
+        "samples": {"type": "integer", "minimum": 1, "maximum": 100},
+        "unit": _ref("unit"), "precision": _ref("precision"),
+        "target": _ref("signed_decimal"), "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
+        "mean_low": _ref("signed_decimal"), "mean_high": _ref("signed_decimal"),
+    }),
+    "signature": (("meaning", "roles"), {
+        "meaning": {"enum": list(MEANINGS)},
+        "roles": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(ROLES)}},
+        "second_person": {"type": "boolean"},
+        "covers": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ref("id")},
+    }),
+    "produce_output": (("item", "quantity", "unit", "yield_low", "yield_high"), {
+        "item": _ref("code"), "name": _ref("title"), "quantity": _ref("decimal"), "unit": _ref("unit"),
+        "expected_yield": _ref("decimal"), "yield_low": _ref("decimal"), "yield_high": _ref("decimal"),
+        "theoretical_from": _ref("id"),
+    }),
+}
+
+STEP_FIELDS: Final[dict[str, tuple[str, ...]]] = {k: tuple(STEP_COMMON) + tuple(p) for k, (_, p) in _STEP_PARAMS.items()}
+"""Step kind -> every member a step of that kind may have."""
+
+STEP_REQUIRED: Final[dict[str, tuple[str, ...]]] = {k: r for k, (r, _) in _STEP_PARAMS.items()}
+"""Step kind -> its required parameters (beyond id, kind, title, instruction)."""
+
+for _kind, (_required, _params) in _STEP_PARAMS.items():
+    _def: dict[str, Any] = {"properties": _params}
+    if _required:
+        _def["required"] = list(_required)
+    DEFS[f"step_{_kind}"] = _def
+
+DEFS["step"] = {
+    "type": "object",
+    "description": "A step; its kind decides which parameters it has (see recipes/README.md).",
+    "required": ["id", "kind", "title", "instruction"],
+    "properties": STEP_COMMON,
+    "allOf": [
+        {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": _ref(f"step_{k}")}
+        for k in STEP_KINDS
+    ],
+    "unevaluatedProperties": False,
+}
+DEFS["operation"] = {
+    "type": "object",
+    "required": ["id", "title", "steps"],
+    "properties": {
+        "id": _ref("id"), "title": _ref("title"), "description": _ref("text"),
+        "parallel_with": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ref("id"),
+                          "description": "Earlier operations of the same unit procedure this one may run in parallel with."},
+        "steps": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("step")},
+    },
+    "additionalProperties": False,
+}
+DEFS["unit_procedure"] = {
+    "type": "object",
+    "required": ["id", "title", "operations"],
+    "properties": {
+        "id": _ref("id"), "title": _ref("title"), "unit_class": _ref("title"),
+        "operations": {"type": "array", "minItems": 1, "maxItems": 200, "items": _ref("operation")},
+    },
+    "additionalProperties": False,
+}
+DEFS["bom_line"] = {
+    "type": "object",
+    "required": ["item", "name", "role", "quantity", "unit"],
+    "properties": {
+        "item": _ref("code"), "name": _ref("title"), "role": {"enum": list(BOM_ROLES)},
+        "quantity": _ref("decimal"), "unit": _ref("unit"), "tolerance": _ref("tolerance"), "note": _ref("text"),
+    },
+    "additionalProperties": False,
+}
+
+SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "open-mes master recipe",
+    "description": "An ISA-88 master recipe for open-mes (format mes.master-recipe/v1). See recipes/README.md.",
+    "type": "object",
+    "required": ["format", "id", "version", "product", "batch_size", "bill_of_materials", "procedure"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "id": _ref("code"),
+        "version": {"type": ["integer", "string"], "minimum": 1, "pattern": VERSION_PATTERN, "errorMessage": VERSION_MESSAGE},
+        "product": {
+            "type": "object", "required": ["code", "name"],
+            "properties": {"code": _ref("code"), "name": _ref("title")}, "additionalProperties": False,
+        },
+        "description": _ref("text"),
+        "batch_size": {
+            "type": "object", "required": ["quantity", "unit"],
+            "properties": {"quantity": _ref("decimal"), "unit": _ref("unit"), "minimum": _ref("decimal"), "maximum": _ref("decimal")},
+            "additionalProperties": False,
+        },
+        "bill_of_materials": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("bom_line")},
+        "procedure": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("unit_procedure")},
+    },
+    "additionalProperties": False,
+    "$defs": DEFS,
+}
+"""The master recipe JSON Schema (draft 2020-12)."""
+
+
+def schema_json() -> str:
+    """The schema as published in ``recipes/master-recipe.schema.json`` (2-space indent, UTF-8)."""
+    return json.dumps(SCHEMA, indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":  # python -m mes.recipes.schema > recipes/master-recipe.schema.json
+    sys.stdout.write(schema_json())
