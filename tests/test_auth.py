@@ -64,12 +64,20 @@ def test_unknown_user_and_wrong_password_look_the_same(app: Flask) -> None:
     assert a.get_json()["detail"] == b.get_json()["detail"]
 
 
+def _idle_for(s: Session, seconds: float) -> None:
+    """Move the session's last activity back, as if the terminal had been left alone."""
+    with s.client.session_transaction() as cookie:
+        cookie["last"] = time.time() - seconds
+
+
 def test_idle_timeout_ends_the_session(app: Flask) -> None:
     seeded = seed()
-    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 1
+    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 60
     s = logged_in(app.test_client(), seeded, "qa")
     assert s.get("/api/v1/auth/me").status_code == 200
-    time.sleep(1.3)
+    _idle_for(s, 59)
+    assert s.get("/api/v1/auth/me").status_code == 200  # activity resets the clock
+    _idle_for(s, 61)
     r = s.get("/api/v1/auth/me")
     assert r.status_code == 401 and r.get_json()["type"].endswith("/session-expired")
     assert "idle_timeout" in json.dumps([json.loads(e.entry_bytes) for e in db.session.execute(
@@ -78,10 +86,11 @@ def test_idle_timeout_ends_the_session(app: Flask) -> None:
 
 def test_kiosk_idle_timeout_is_separate(app: Flask) -> None:
     seeded = seed()
-    app.config["MES_KIOSK_IDLE_SECONDS"] = 1
+    app.config["MES_KIOSK_IDLE_SECONDS"] = 60
     op = logged_in(app.test_client(), seeded, "operator")
     qa = logged_in(app.test_client(), seeded, "qa")
-    time.sleep(1.3)
+    _idle_for(op, 61)
+    _idle_for(qa, 61)
     assert op.get("/api/v1/auth/me").status_code == 401
     r = qa.get("/api/v1/auth/me")
     assert r.status_code == 200, r.get_json()

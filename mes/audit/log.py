@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, current_app
-from sqlalchemy import event, func, insert, select, tuple_
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import Session
 
 from mes.audit import canonical, checkpoint as notes, keys, merkle
@@ -37,6 +37,8 @@ CHECKPOINT_NOW_ACTIONS = ("esig.", "batch.released")
 # Tables whose rows may change without an audit entry: the log itself, the outbox it
 # writes, and session bookkeeping that is audited by its own log-in / log-out entries.
 UNAUDITED_TABLES = frozenset(AUDIT_TABLES) | {"outbox_events", "alembic_version"}
+ENTRIES = AuditEntry.__table__
+NODES = AuditTreeNode.__table__
 
 
 class UnauditedChangeError(RuntimeError):
@@ -74,9 +76,22 @@ class Event:
 
 @dataclass
 class _Head:
+    """The end of the log as this transaction sees it (valid while it holds the lock)."""
+
     seq: int
     leaf_hash: bytes
     at: datetime
+    frontier: dict[tuple[int, int], bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppendedEntry:
+    """What :func:`record` appended."""
+
+    seq: int
+    at: datetime
+    entry_bytes: bytes
+    leaf_hash: bytes
 
 
 @dataclass
@@ -85,6 +100,7 @@ class AuditLog:
 
     site_id: str = "plant-01.example"
     key_path: Path | None = None
+    last_checkpoint: tuple[int, datetime | None] | None = None
     _key: Ed25519PrivateKey | None = field(default=None, repr=False)
 
     def init_app(self, app: Flask) -> None:
@@ -132,26 +148,39 @@ def _lock(session: Session) -> None:
 
 
 def _head(session: Session) -> _Head | None:
+    """Take the append lock and read the end of the log (once per transaction)."""
     cached = session.info.get("audit_head")
     if cached is not None:
         return cached
     _lock(session)
-    row = session.execute(
-        select(AuditEntry.seq, AuditEntry.leaf_hash, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)
-    ).first()
-    return None if row is None else _Head(row.seq, bytes(row.leaf_hash), row.at)
+    row = session.connection().exec_driver_sql(
+        "SELECT seq, leaf_hash, at FROM audit_entries ORDER BY seq DESC LIMIT 1").first()
+    if row is None:
+        return None
+    seq, leaf, at = row
+    if isinstance(at, str):  # SQLite hands back its stored text
+        at = datetime.fromisoformat(at)
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return _Head(seq, bytes(leaf), at, _node_getter(session)(merkle.frontier(seq + 1)))
 
 
 def _node_getter(session: Session):
+    """A batched node source over the stored subtree hashes: one indexed query per call.
+
+    The SQL is written out per call (an OR of primary-key lookups, which SQLite and
+    PostgreSQL both answer from the index) and sent without SQLAlchemy's compiler, whose
+    cache would miss on every new shape.
+    """
+
     def get_nodes(wanted: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         if not wanted:
             return {}
-        rows = session.execute(
-            select(AuditTreeNode.level, AuditTreeNode.index, AuditTreeNode.hash).where(
-                tuple_(AuditTreeNode.level, AuditTreeNode.index).in_(wanted)
-            )
-        )
-        return {(r.level, r.index): bytes(r.hash) for r in rows}
+        conn = session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        where = " OR ".join([f"(level = {mark} AND idx = {mark})"] * len(wanted))
+        params = tuple(v for key in wanted for v in key)
+        rows = conn.exec_driver_sql(f"SELECT level, idx, hash FROM audit_tree_nodes WHERE {where}", params)
+        return {(level, index): bytes(h) for level, index, h in rows}
 
     return get_nodes
 
@@ -168,7 +197,7 @@ def record(
     signature: dict[str, Any] | None = None,
     event: Event | None = None,
     session: Session | None = None,
-) -> AuditEntry:
+) -> AppendedEntry:
     """Append one audit entry (and its outbox event) to the caller's transaction."""
     session = session or db.session
     session.flush()
@@ -193,16 +222,18 @@ def record(
     }
     entry_bytes = canonical.canonical_bytes(entry)
     leaf = merkle.leaf_hash(entry_bytes)
-    session.execute(
-        insert(AuditEntry).values(
-            seq=seq, at=at, action=action, actor_id=actor.id, terminal_id=actor.terminal,
-            entity_type=entity[0], entity_id=str(entity[1]), batch_id=batch,
-            entry_bytes=entry_bytes, leaf_hash=leaf,
-        )
+    conn = session.connection()
+    conn.execute(
+        ENTRIES.insert(),
+        [{"seq": seq, "at": at, "action": action, "actor_id": actor.id, "terminal_id": actor.terminal,
+          "entity_type": entity[0], "entity_id": str(entity[1]), "batch_id": batch,
+          "entry_bytes": entry_bytes, "leaf_hash": leaf}],
     )
-    nodes = merkle.nodes_completed_by_append(seq, leaf, _node_getter(session))
-    session.execute(insert(AuditTreeNode), [{"level": l, "index": i, "hash": h} for l, i, h in nodes])
-    new_head = _Head(seq, leaf, at)
+    frontier = {} if head is None else head.frontier
+    nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
+    conn.execute(NODES.insert(), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
+    known = {**frontier, **{(l, i): h for l, i, h in nodes}}
+    new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     session.info["audit_head"] = new_head
     session.info["audit_appended"] = True
     if event is not None:
@@ -211,7 +242,7 @@ def record(
         publish_checkpoint(session)
     else:
         _maybe_checkpoint(session, new_head)
-    return session.get(AuditEntry, seq)  # type: ignore[return-value]
+    return AppendedEntry(seq, at, entry_bytes, leaf)
 
 
 def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> None:
@@ -276,11 +307,14 @@ def latest_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
 
 
 def _maybe_checkpoint(session: Session, head: _Head) -> None:
-    last = session.info.get("audit_last_checkpoint")
+    # The last checkpoint's size and time are cached per process: a stale value can only
+    # make us try to publish early, and publish_checkpoint re-reads under the lock.
+    log = audit_log()
+    last = log.last_checkpoint
     if last is None:
         cp = latest_checkpoint(session)
         last = (0, None) if cp is None else (cp.size, cp.time)
-        session.info["audit_last_checkpoint"] = last
+        log.last_checkpoint = last
     size = head.seq + 1
     last_size, last_time = last
     if size - last_size >= CHECKPOINT_EVERY_ENTRIES or (
@@ -299,9 +333,10 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
     _lock(session)
     size = tree_size(session)
     last = latest_checkpoint(session)
-    if size == 0 or (last is not None and last.size == size):
-        return None
     log = audit_log()
+    if size == 0 or (last is not None and last.size == size):
+        log.last_checkpoint = None if last is None else (last.size, last.time)
+        return None
     now = utcnow().replace(microsecond=0)
     time = now if last is None or now >= last.time else last.time
     body = notes.checkpoint_body(log.key_name, size, root(size, session), time)
@@ -313,7 +348,8 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
     )
     session.add(cp)
     session.flush()
-    session.info["audit_last_checkpoint"] = (size, time)
+    log.last_checkpoint = (size, time)
+    session.info["audit_published"] = True
     return cp
 
 
@@ -336,8 +372,17 @@ def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
 
 
 def _reset(session: Session, *_: Any) -> None:
-    for key in ("audit_head", "audit_appended", "audit_changed", "audit_last_checkpoint"):
+    for key in ("audit_head", "audit_appended", "audit_changed", "audit_published"):
         session.info.pop(key, None)
+
+
+def _forget_rolled_back_checkpoint(session: Session, *_: Any) -> None:
+    if session.info.get("audit_published"):
+        try:
+            audit_log().last_checkpoint = None
+        except RuntimeError:  # no app context
+            pass
+    _reset(session)
 
 
 def _table_of(obj: Any) -> str:
@@ -365,8 +410,8 @@ def install_guard() -> None:
             raise UnauditedChangeError(f"a change to {changed} was committed without an audit entry")
 
     event.listen(Session, "after_commit", _reset)
-    event.listen(Session, "after_rollback", _reset)
-    event.listen(Session, "after_soft_rollback", _reset)
+    event.listen(Session, "after_rollback", _forget_rolled_back_checkpoint)
+    event.listen(Session, "after_soft_rollback", _forget_rolled_back_checkpoint)
     install_guard._installed = True  # type: ignore[attr-defined]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from mes.audit import canonical
-from mes.audit.log import record
+from mes.audit.log import AppendedEntry, record
 from mes.audit.models import AuditEntry
 from mes.db import db, utcnow
 from mes.errors import AuthenticationFailed, Conflict, Forbidden, ValidationFailed
@@ -107,7 +107,7 @@ def sign(
     permission: Permission = Permission.ESIG_SIGN,
     comment: str | None = None,
     commit: bool = True,
-) -> AuditEntry:
+) -> AppendedEntry:
     """Sign the current version of a record; the signature is itself an audit entry.
 
     ``performed_by`` marks a second-person verification: the signer must be someone else.
