@@ -1,0 +1,28 @@
+"""Each benchmark runs once at a tiny size so it cannot rot (figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "requests": ["--n", "5"],
+    "audit": ["--appends", "20", "--entries", "300"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_benchmark_runs_and_prints_one_json_object(name: str, db: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"tests.bench.{name}", "--db", db, *TINY[name]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stdout
+    result = json.loads(lines[0])
+    assert result["benchmark"] == name and result["db"] == db
