@@ -13,9 +13,6 @@ from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
 from mes.db import db, engine_options, tune_sqlite_engine
 
-audit_log = AuditLog()
-
-
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the MES web app: settings from ``MES_*`` variables, overridden by ``config``."""
     app = Flask("mes", instance_path=None)
@@ -35,11 +32,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         tune_sqlite_engine(db.engine)
     install_guard()
-    audit_log.init_app(app)
+    AuditLog().init_app(app)  # one per app: it caches the key and the last checkpoint
     observability.init_app(app)
     web.init_app(app)
 
     from mes.audit.blueprint import bp as audit_bp
+    from mes.materials.blueprint import bp as materials_bp
     from mes.qa.blueprint import bp as qa_bp
     from mes.system.blueprint import bp as system_bp
     from mes.users.blueprint import bp as users_bp
@@ -48,4 +46,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(users_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(qa_bp)
+    app.register_blueprint(materials_bp)
     return app
