@@ -331,6 +331,21 @@ def demo(port: int, host: str) -> None:
     run_demo(host=host, port=port)
 
 
+@main.group()
+def sim() -> None:
+    """Device simulators for demos and tests (loopback only)."""
+
+
+@sim.command("scale", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                        "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_scale(args: tuple[str, ...]) -> None:
+    """Simulated scale (MT-SICS or A&D) on a pseudo-terminal or TCP; --help for options."""
+    from devices.sim.scale import main as scale_main
+
+    sys.exit(scale_main(list(args)) or 0)
+
+
 def settings_table() -> str:
     """The configuration table for the README."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]

@@ -1,0 +1,1 @@
+"""Deliberately broken device-driver plugin (see pyproject.toml)."""
