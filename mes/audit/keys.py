@@ -99,11 +99,22 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         return load_signing_key(path)
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = _write_private(path.parent, _pem(Ed25519PrivateKey.generate()))
+    pem = _pem(Ed25519PrivateKey.generate())
+    tmp = _write_private(path.parent, pem)
     try:
         os.link(tmp, path)  # fails if the key appeared meanwhile: then use that one
     except FileExistsError:
         pass
+    except OSError:  # no hard links on this file system: exclusive create instead
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
     finally:
         tmp.unlink()
     _fsync_dir(path.parent)

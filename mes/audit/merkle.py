@@ -450,8 +450,19 @@ class MerkleTree:
     # -- growing
 
     def append(self, leaf: bytes) -> None:
-        """Add one leaf hash."""
-        self.extend([leaf])
+        """Add one leaf hash (amortised O(1): one parent hash per append on average)."""
+        _check_hash(leaf, "leaf hash")
+        levels = self._levels
+        levels[0] += leaf
+        idx, lv = self.size, 0
+        while idx & 1:
+            below = levels[lv]
+            if len(levels) == lv + 1:
+                levels.append(bytearray())
+            levels[lv + 1] += _sha256(b"\x01" + below[-64:]).digest()
+            idx >>= 1
+            lv += 1
+        self.size += 1
 
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
         """Add leaf hashes (computing the subtrees they complete in bulk)."""
