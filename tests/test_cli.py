@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_audit_verify_fails_and_names_the_seq(tmp_path: Path) -> None:
     con.close()
     r = run(["audit", "verify"], home)
     assert r.returncode == 1 and "first bad seq 0" in r.stdout, r.stdout + r.stderr
+
+
+def test_key_rotation_keeps_old_checkpoints_verifiable(tmp_path: Path) -> None:
+    home = tmp_path / "plant"
+    _init(home, {})
+    first = run(["audit", "checkpoint"], home).stdout
+    r = run(["audit", "rotate-key"], home)
+    assert r.returncode == 0 and "new verifier key" in r.stdout, r.stderr
+    assert len(list((home / "verifier-keys").glob("*.vkey"))) == 2
+    r = run(["audit", "verify"], home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(["audit", "export", "--out", str(tmp_path / "x")], home)
+    assert r.returncode == 0
+    history = (tmp_path / "x" / "checkpoints.jsonl").read_text().splitlines()
+    assert json.loads(history[0]) == first.rstrip("\n") + "\n"
+    assert len((tmp_path / "x" / "log.vkey").read_text().splitlines()) == 2
+    verified = subprocess.run([sys.executable, "-m", "mes.audit.verify", str(tmp_path / "x")], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
