@@ -167,6 +167,19 @@ def establish_session(secret: str) -> str:
     return csrf_token()
 
 
+def parse_utc(value: str | None, field: str) -> datetime | None:
+    """An ISO 8601 date-time with zone from user input, or a 422 naming the field."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(f"{field} must be an ISO 8601 date-time with time zone.", field=field) from None
+    if parsed.tzinfo is None:
+        raise ValidationFailed(f"{field} needs a time zone (e.g. 2027-01-01T00:00:00Z).", field=field)
+    return parsed
+
+
 def local_time(value: datetime | str | None) -> str:
     """A UTC time shown in the plant's zone with the zone named (Part 11 §11.50)."""
     from zoneinfo import ZoneInfo

@@ -14,23 +14,10 @@ from mes.audit.models import AuditCheckpoint, AuditEntry
 from mes.db import db
 from mes.errors import NotFound, ValidationFailed
 from mes.users.permissions import Permission as P
-from mes.web import endpoint
+from mes.web import endpoint, parse_utc
 
 bp = Blueprint("audit", __name__)
 MAX_PAGE = 500
-
-
-def _time_arg(name: str) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an ISO 8601 date-time with time zone.", field=name) from None
-    if value.tzinfo is None:
-        raise ValidationFailed(f"{name} needs a time zone.", field=name)
-    return value
 
 
 def filtered_entries(args: dict[str, Any], limit: int | None) -> list[AuditEntry]:
@@ -62,7 +49,8 @@ def request_filters() -> dict[str, Any]:
         raise ValidationFailed("after must be a whole number (a seq).", field="after") from None
     return {
         "batch": request.args.get("batch"), "user": request.args.get("user"), "action": request.args.get("action"),
-        "entity": request.args.get("entity"), "since": _time_arg("since"), "until": _time_arg("until"), "after": after,
+        "entity": request.args.get("entity"), "since": parse_utc(request.args.get("since"), "since"),
+        "until": parse_utc(request.args.get("until"), "until"), "after": after,
     }
 
 

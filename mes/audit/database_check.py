@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from mes.audit import checkpoint as notes
 from mes.audit import keys, log, merkle
 from mes.audit.models import AuditCheckpoint, AuditEntry, AuditTreeNode
-from mes.audit.verify import verify_checkpoint_history, verify_entry_stream
+from mes.audit.verify import first_unprovable, verify_checkpoint_history, verify_entry_stream
 from mes.db import db, read_only_session
 
 
@@ -55,12 +55,12 @@ class DatabaseCheck:
 
 
 def verifier_keys() -> list[notes.VerifierKey]:
-    """The current verifier key and every archived one (after rotations)."""
+    """The current verifier key first (outside tools may read only the first line), then
+    every archived one (after rotations)."""
     al = log.audit_log()
-    found = {al.vkey()}
-    if al.verifier_dir.exists():
-        found.update(keys.all_verifier_keys(al.verifier_dir))
-    return [notes.parse_vkey(v) for v in sorted(found)]
+    current = al.vkey()
+    archived = keys.all_verifier_keys(al.verifier_dir) if al.verifier_dir.exists() else []
+    return [notes.parse_vkey(v) for v in [current, *sorted(set(archived) - {current})]]
 
 
 def verify_database(session: Session | None = None, *, workers: int | None = None) -> DatabaseCheck:
@@ -86,27 +86,8 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
     if result.errors and result.first_bad_seq is None:
         # Only the signed checkpoints caught it (entries, hashes and nodes were all rewritten
         # consistently): name the first entry no consistent checkpoint vouches for.
-        result.first_bad_seq = _first_unprovable(parsed, stream.tree)
+        result.first_bad_seq = first_unprovable(parsed, stream.tree) or 0
     return result
-
-
-def _first_unprovable(parsed: list, tree) -> int:
-    """The first seq that no consistent checkpoint vouches for any more.
-
-    A checkpoint whose size exceeds the log means the tail was cut: the first missing
-    entry is bad. A checkpoint whose root differs means an entry below its size was
-    rewritten: everything from the last consistent checkpoint's size on is suspect.
-    """
-    good = 0
-    for cp in parsed:
-        if cp is None:
-            continue
-        if cp.size > tree.size:
-            return tree.size
-        if cp.root != tree.root(cp.size):
-            return good
-        good = max(good, cp.size)
-    return good
 
 
 def _check_columns(session: Session, stream, result: DatabaseCheck) -> None:

@@ -7,11 +7,20 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, render_template_string, request, session
 
-from mes.errors import ValidationFailed
 from mes.users import operations as ops
 from mes.users.models import Alarm, ApiToken, Terminal, User
 from mes.users.permissions import Permission as P
-from mes.web import STR, csrf_token, current_terminal, endpoint, establish_session, limit_login, obj, principal
+from mes.web import (
+    STR,
+    csrf_token,
+    current_terminal,
+    endpoint,
+    establish_session,
+    limit_login,
+    obj,
+    parse_utc,
+    principal,
+)
 
 bp = Blueprint("users", __name__)
 API = "/api/v1"
@@ -28,18 +37,6 @@ def _user_json(user: User) -> dict[str, Any]:
         "created_at": user.created_at.isoformat(),
         "deactivated_at": user.deactivated_at.isoformat() if user.deactivated_at else None,
     }
-
-
-def _date(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(f"{field} must be an ISO 8601 date-time with time zone.", field=field) from None
-    if parsed.tzinfo is None:
-        raise ValidationFailed(f"{field} needs a time zone (e.g. 2027-01-01T00:00:00Z).", field=field)
-    return parsed
 
 
 def _created(payload: dict[str, Any]) -> Response:
@@ -160,7 +157,7 @@ def users_create() -> Response:
     user = ops.create_user(
         principal().actor(P.USERS_ADMIN), b["id"], b["full_name"], set(b["roles"]), password=b.get("password"),
         badge_id=b.get("badge_id"), pin=b.get("pin"), language=b.get("language", "en"),
-        qualified_until=_date(b.get("qualified_until"), "qualified_until"), email=b.get("email"),
+        qualified_until=parse_utc(b.get("qualified_until"), "qualified_until"), email=b.get("email"),
     )
     return _created({"user": _user_json(user)})
 
@@ -199,7 +196,7 @@ def users_reset(user_id: str) -> Response:
 def users_grant_role(user_id: str) -> Response:
     """Grant a role or renew a qualification."""
     b = g.body
-    ops.grant_role(principal().actor(P.USERS_ADMIN), user_id, b["role"], _date(b.get("qualified_until"), "qualified_until"), b["reason"])
+    ops.grant_role(principal().actor(P.USERS_ADMIN), user_id, b["role"], parse_utc(b.get("qualified_until"), "qualified_until"), b["reason"])
     return jsonify({"user": _user_json(ops.get_user(user_id))})
 
 
@@ -295,7 +292,7 @@ def tokens_issue() -> Response:
     """Issue an API token; the secret is shown once."""
     b = g.body
     token, secret = ops.issue_token(principal().actor(P.TOKENS_ADMIN), b["user"], b["scopes"], b.get("description", ""),
-                                    _date(b.get("expires_at"), "expires_at"))
+                                    parse_utc(b.get("expires_at"), "expires_at"))
     return _created({"token": _token_json(token), "secret": secret})
 
 
