@@ -43,7 +43,10 @@ def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> str:
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # it already exited; its output says why
+        pass
     out, _ = proc.communicate(timeout=60)
     return out
 
