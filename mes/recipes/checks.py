@@ -6,7 +6,7 @@ line-numbered problems. The rules (each documented in ``recipes/README.md``):
 * ids of unit procedures, operations and steps are unique in the recipe;
 * ``parallel_with`` names earlier operations of the same unit procedure, next to each other;
 * the batch size is positive (whole for ``pcs``) and inside its validated range;
-* BOM items are unique, quantities positive, tolerances sensible (0 < ±% <= 10; absolute
+* BOM items are unique, quantities positive masses, volumes or counts, tolerances sensible (0 < ±% <= 10; absolute
   > 0, below the quantity, same dimension), and every item is weighed or identified;
 * weigh steps reference a BOM item, weigh by mass, have a tolerance, a scale fine enough
   for it, and their targets add up to the BOM quantity;
@@ -46,9 +46,9 @@ from mes.recipes.model import (
     Tolerance,
     WeighStep,
 )
-from mes.recipes.units import convert, decimal_places, dimension, to_text
+from mes.recipes.units import UnitError, convert, decimal_places, dimension, to_text
 
-__all__ = ["MAX_TOLERANCE_PERCENT", "Finding", "check"]
+__all__ = ["MAX_TOLERANCE_PERCENT", "Finding", "check", "tolerance_problem"]
 
 MAX_TOLERANCE_PERCENT: Final = Decimal(10)
 """The widest percentage tolerance accepted for dispensing."""
@@ -106,8 +106,8 @@ def _operations(recipe: MasterRecipe, report: _Report) -> None:
         index = {op.id: i for i, op in enumerate(up.operations)}
         stages: list[list[str]] = []
         for oi, op in enumerate(up.operations):
-            path: Path = ("procedure", ui, "operations", oi, "parallel_with")
-            for ref in op.parallel_with:
+            for j, ref in enumerate(op.parallel_with):
+                path: Path = ("procedure", ui, "operations", oi, "parallel_with", j)
                 if ref == op.id:
                     report(path, "an operation cannot run in parallel with itself")
                 elif ref not in index:
@@ -151,7 +151,11 @@ def tolerance_problem(tol: Tolerance, target: Decimal, unit: str) -> str | None:
         return f"the tolerance is in {tol.unit} but the quantity is in {unit}"
     if tol.value <= 0:
         return "an absolute tolerance must be greater than zero"
-    if Fraction(convert(tol.value, tol.unit, unit)) >= Fraction(target):
+    try:
+        amount = convert(tol.value, tol.unit, unit)
+    except UnitError as exc:
+        return str(exc)
+    if Fraction(amount) >= Fraction(target):
         return f"the tolerance ±{to_text(tol.value)} {tol.unit} is not smaller than the quantity {to_text(target)} {unit}"
     return None
 
@@ -165,7 +169,9 @@ def _bom(recipe: MasterRecipe, refs: list[StepRef], report: _Report) -> None:
             report(path + ("item",), f"item {line.item!r} is already on the bill of materials (line {seen[line.item]})")
         else:
             seen[line.item] = i
-        if line.quantity <= 0:
+        if dimension(line.unit) not in ("mass", "volume", "count"):
+            report(path + ("unit",), f"a bill-of-materials quantity is a mass, a volume or a count (pcs), not {line.unit}")
+        elif line.quantity <= 0:
             report(path + ("quantity",), "the quantity must be greater than zero")
         elif line.tolerance is not None:
             why = tolerance_problem(line.tolerance, line.quantity, line.unit)
@@ -195,7 +201,7 @@ def _earlier(recipe: MasterRecipe, ref: StepRef, other: str, path: Path, report:
     try:
         target = recipe.locate(other)
     except KeyError:
-        report(path, f"{what} {other!r} is not a step of this recipe")
+        report(path, f"{what} {other!r} does not exist in this recipe")
         return None
     if target.step.id == ref.step.id and target.path == ref.path:
         report(path, f"{what} {other!r} is this step itself")
@@ -275,7 +281,7 @@ def _calculation(recipe: MasterRecipe, ref: StepRef, step: CalculationStep, repo
     if not unique_ids:
         return
     for name in formula.references:
-        target = _earlier(recipe, ref, name, path + ("formula",), report, "the formula uses step")
+        target = _earlier(recipe, ref, name, path + ("formula",), report, "step")
         if target is not None and not target.step.produces_value:
             report(path + ("formula",), f"step {name!r} is a {target.step.kind} step and records no value")
 
@@ -328,27 +334,27 @@ def _scale(step: WeighStep, target: Decimal, unit: str, tolerance: Tolerance, pa
 
 
 def _weigh_totals(recipe: MasterRecipe, refs: list[StepRef], report: _Report) -> None:
-    by_item: dict[str, list[StepRef]] = defaultdict(list)
+    by_item: dict[str, list[tuple[StepRef, WeighStep]]] = defaultdict(list)
     for ref in refs:
         if isinstance(ref.step, WeighStep):
-            by_item[ref.step.item].append(ref)
+            by_item[ref.step.item].append((ref, ref.step))
     for i, line in enumerate(recipe.bill_of_materials):
         weighs = by_item.get(line.item, [])
         if dimension(line.unit) != "mass" or not weighs:
             continue
-        units = [(r, r.step.unit or line.unit) for r in weighs]  # type: ignore[union-attr]
-        if any(dimension(u) != "mass" for _, u in units):
-            continue
-        whole = [r for r in weighs if r.step.target is None]  # type: ignore[union-attr]
+        if any(dimension(w.unit or line.unit) != "mass" for _, w in weighs):
+            continue  # reported on the step
+        whole = [r for r, w in weighs if w.target is None]
         if whole and len(weighs) > 1:
             for r in whole:
                 report(r.path, f"item {line.item!r} is weighed in {len(weighs)} steps; give each of them a target")
             continue
-        if whole:
+        targets = [(w.target, w.unit or line.unit) for _, w in weighs if w.target is not None]
+        if whole or len(targets) != len(weighs):
             continue
-        total = sum((Fraction(convert(r.step.target, u, line.unit)) for r, u in units), Fraction(0))  # type: ignore[arg-type, union-attr]
+        total = sum((Fraction(convert(t, u, line.unit)) for t, u in targets), Fraction(0))
         if total != Fraction(line.quantity):
-            shown = ", ".join(f"{to_text(r.step.target)} {u}" for r, u in units)  # type: ignore[union-attr, arg-type]
+            shown = ", ".join(f"{to_text(t)} {u}" for t, u in targets)
             report(("bill_of_materials", i, "quantity"),
                    f"the weigh steps for {line.item!r} ({shown}) do not add up to {to_text(line.quantity)} {line.unit}")
 

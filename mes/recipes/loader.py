@@ -3,8 +3,9 @@
 Four passes, each reporting every problem it finds with the path in the recipe and, for
 YAML, the line and column in the source; a pass runs only if the one before found none:
 
-1. YAML is composed into nodes (never constructed by PyYAML) and turned into plain data
-   here, strictly: anchors/aliases, custom tags and duplicate keys are refused; only
+1. YAML is parsed into events (never constructed by PyYAML; no recursion; nesting cut
+   off at 40 levels) and turned into plain data here, strictly: aliases, custom tags,
+   complex keys, duplicate keys and multiple documents are refused; only
    ``true``/``false`` are booleans (``yes``/``no``/``on``/``off`` stay text); only plain
    whole numbers are integers; an unquoted decimal number becomes a Decimal from its exact
    text (never a float) so that the schema can reject it in a quantity field with a
@@ -25,11 +26,10 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path as FsPath
-from typing import Any, Final, Iterable, Mapping
+from typing import Any, Final, Iterable, Iterator, Mapping
 
 import jsonschema
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mes.recipes import checks
 from mes.recipes.errors import Path, Problem, RecipeError, format_path
@@ -48,7 +48,7 @@ from mes.recipes.model import (
 from mes.recipes.schema import SCHEMA, STEP_FIELDS
 from mes.recipes.units import UNITS, Duration, suggest_unit
 
-__all__ = ["MAX_BYTES", "SourceMap", "from_dict", "load_recipe", "parse_yaml", "validate_data", "validate_file"]
+__all__ = ["MAX_BYTES", "SourceMap", "from_dict", "load_recipe", "parse_yaml", "schema_errors", "validate_data", "validate_file"]
 
 MAX_BYTES: Final = 2_000_000
 """Largest recipe source accepted."""
@@ -90,59 +90,133 @@ class SourceMap:
         return Problem(message, format_path(path), pos[0] if pos else None, pos[1] if pos else None, self.source)
 
 
-def _mark(node: Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when available (fast); PyYAML's pure-Python one otherwise."""
+
+_RESOLVER: Final = yaml.resolver.Resolver()
 
 
-class _Converter:
-    """Nodes -> plain data (dict/list/str/int/bool/None/Decimal), recording positions."""
+class _Frame:
+    """An open mapping or sequence while events stream in."""
+
+    __slots__ = ("value", "path", "key", "skip")
+
+    def __init__(self, value: Any, path: Path, skip: bool = False) -> None:
+        self.value = value
+        self.path = path
+        self.key: str | None = None  # mapping: the key waiting for its value
+        self.skip = skip  # a complex mapping key being skipped
+
+
+class _Builder:
+    """YAML events -> plain data (dict/list/str/int/bool/None/Decimal) with positions.
+
+    Works on the event stream, not on composed nodes, so nesting costs no recursion and
+    is cut off at :data:`MAX_DEPTH` before the parser has read further (YAML scanners are
+    quadratic in flow nesting depth, so a deeply nested document must be stopped early).
+    """
 
     def __init__(self, smap: SourceMap) -> None:
         self.smap = smap
         self.problems: list[Problem] = []
-        self.seen: set[int] = set()
+        self.stack: list[_Frame] = []
+        self.root: Any = None
+        self.documents = 0
 
-    def fail(self, node: Node, path: Path, message: str) -> None:
-        line, col = _mark(node)
-        self.problems.append(Problem(message, format_path(path), line, col, self.smap.source))
+    def fail(self, mark: Any, path: Path, message: str) -> None:
+        self.problems.append(Problem(message, format_path(path), mark.line + 1, mark.column + 1, self.smap.source))
 
-    def convert(self, node: Node, path: Path, depth: int = 0) -> Any:
-        if id(node) in self.seen:
-            self.fail(node, path, "YAML aliases (*name) are not allowed in recipes; write the value out")
+    def run(self, events: Iterable[yaml.Event]) -> Any:
+        for event in events:
+            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+                continue
+            if isinstance(event, yaml.DocumentStartEvent):
+                self.documents += 1
+                if self.documents > 1:
+                    self.fail(event.start_mark, (), "expected a single document, found another (---)")
+                    break
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                self.stack.pop()
+                continue
+            if self.stack and self.stack[-1].skip:
+                if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                    self.stack.append(_Frame(None, self.stack[-1].path, skip=True))
+                continue
+            if not self.node(event):
+                break
+        return self.root
+
+    def slot(self, event: yaml.Event) -> tuple[Path, Any] | None:
+        """Where the value of ``event`` goes: (path, container or None for the root); None
+        if the event is a mapping key (handled here)."""
+        if not self.stack:
+            return (), None
+        frame = self.stack[-1]
+        if isinstance(frame.value, list):
+            return frame.path + (len(frame.value),), frame
+        if frame.key is not None:
+            return frame.path + (frame.key,), frame
+        # a mapping key
+        if not isinstance(event, yaml.ScalarEvent) or (event.tag not in (None, "!") and event.tag not in _KEY_TAGS):
+            self.fail(event.start_mark, frame.path, "mapping keys must be plain names")
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                self.stack.append(_Frame(None, frame.path, skip=True))
+            frame.key = "\0invalid"
             return None
-        self.seen.add(id(node))
-        self.smap.values[path] = _mark(node)
-        if depth > MAX_DEPTH:
-            self.fail(node, path, f"nested more than {MAX_DEPTH} levels deep")
+        key = event.value
+        if key in frame.value:
+            first = self.smap.keys.get(frame.path + (key,))
+            self.fail(event.start_mark, frame.path + (key,),
+                      f"duplicate key {key!r}" + (f" (first at line {first[0]})" if first else ""))
+            frame.key = "\0duplicate"
             return None
-        if isinstance(node, MappingNode):
-            if node.tag != _TAG + "map":
-                self.fail(node, path, f"unsupported YAML tag {node.tag!r}")
-                return None
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, ScalarNode) or key_node.tag not in _KEY_TAGS or id(key_node) in self.seen:
-                    self.fail(key_node, path, "mapping keys must be plain names")
-                    continue
-                self.seen.add(id(key_node))
-                key = key_node.value
-                if key in out:
-                    self.fail(key_node, path + (key,), f"duplicate key {key!r} (first at line {self.smap.keys[path + (key,)][0]})")
-                    continue
-                self.smap.keys[path + (key,)] = _mark(key_node)
-                out[key] = self.convert(value_node, path + (key,), depth + 1)
-            return out
-        if isinstance(node, SequenceNode):
-            if node.tag != _TAG + "seq":
-                self.fail(node, path, f"unsupported YAML tag {node.tag!r}")
-                return None
-            return [self.convert(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        assert isinstance(node, ScalarNode)
-        return self.scalar(node, path)
+        self.smap.keys[frame.path + (key,)] = (event.start_mark.line + 1, event.start_mark.column + 1)
+        frame.key = key
+        return None
 
-    def scalar(self, node: ScalarNode, path: Path) -> Any:
-        tag, text = node.tag, node.value
-        if tag == _TAG + "str" or tag == _TAG + "timestamp":
+    def node(self, event: yaml.Event) -> bool:
+        """Handle a node event; False to stop reading."""
+        if isinstance(event, yaml.AliasEvent):
+            where = self.stack[-1].path if self.stack else ()
+            self.fail(event.start_mark, where, "YAML aliases (*name) are not allowed in recipes; write the value out")
+            return False
+        target = self.slot(event)
+        if target is None:
+            return True
+        path, frame = target
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            expected = _TAG + ("map" if isinstance(event, yaml.MappingStartEvent) else "seq")
+            if event.tag not in (None, "!", expected):
+                self.fail(event.start_mark, path, f"unsupported YAML tag {event.tag!r}")
+                return False
+            if len(self.stack) >= MAX_DEPTH:
+                self.fail(event.start_mark, path, f"nested more than {MAX_DEPTH} levels deep")
+                return False
+            value: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
+            self.store(frame, path, value, event)
+            self.stack.append(_Frame(value, path))
+            return True
+        assert isinstance(event, yaml.ScalarEvent)
+        self.store(frame, path, self.scalar(event, path), event)
+        return True
+
+    def store(self, frame: _Frame | None, path: Path, value: Any, event: yaml.Event) -> None:
+        self.smap.values[path] = (event.start_mark.line + 1, event.start_mark.column + 1)
+        if frame is None:
+            self.root = value
+        elif isinstance(frame.value, list):
+            frame.value.append(value)
+        else:
+            if frame.key is not None and not frame.key.startswith("\0"):
+                frame.value[frame.key] = value
+            frame.key = None
+
+    def scalar(self, event: yaml.ScalarEvent, path: Path) -> Any:
+        tag, text = event.tag, event.value
+        if tag is None or tag == "!":
+            tag = _RESOLVER.resolve(yaml.ScalarNode, text, event.implicit)
+        if tag in (_TAG + "str", _TAG + "timestamp"):
             return text
         if tag == _TAG + "null":
             return None
@@ -153,17 +227,17 @@ class _Converter:
                 return False
             return text  # yes/no/on/off: text, so that an item code NO stays "NO"
         if tag == _TAG + "int":
-            if _PLAIN_INT.fullmatch(text):
+            if _PLAIN_INT.fullmatch(text) and len(text) <= 40:
                 return int(text)
-            self.fail(node, path, f"ambiguous unquoted number {text!r} (YAML 1.1 reads it in another base); "
-                                  f"quote it, or write a plain whole number")
+            self.fail(event.start_mark, path, f"ambiguous unquoted number {text!r} (YAML 1.1 reads it in another base); "
+                                              "quote it, or write a plain whole number")
             return None
         if tag == _TAG + "float":
             if _PLAIN_FLOAT.fullmatch(text) and len(text) <= 40:
                 return Decimal(text)  # exact; the schema turns it away from quantity fields
-            self.fail(node, path, f"unquoted {text!r} is not a decimal number; quantities are quoted strings like \"12.500\"")
+            self.fail(event.start_mark, path, f"unquoted {text!r} is not a decimal number; quantities are quoted strings like \"12.500\"")
             return None
-        self.fail(node, path, f"unsupported YAML tag {tag!r}")
+        self.fail(event.start_mark, path, f"unsupported YAML tag {tag!r}")
         return None
 
 
@@ -176,23 +250,22 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, SourceMap]:
     smap = SourceMap(source)
     if len(text) > MAX_BYTES:
         raise RecipeError([Problem(f"the recipe is larger than {MAX_BYTES} characters", source=source)])
+    builder = _Builder(smap)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = builder.run(yaml.parse(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        raise RecipeError([Problem(f"YAML syntax error: {what}", "", mark.line + 1 if mark else None,
-                                   mark.column + 1 if mark else None, source)]) from None
+        builder.problems.append(Problem(f"YAML syntax error: {what}", "", mark.line + 1 if mark else None,
+                                        mark.column + 1 if mark else None, source))
     except yaml.YAMLError as exc:
-        raise RecipeError([Problem(" ".join(f"YAML error: {exc}".split()), "", None, None, source)]) from None
-    except RecursionError:
-        raise RecipeError([Problem("YAML is nested too deeply", source=source)]) from None
-    if node is None:
+        builder.problems.append(Problem(" ".join(f"YAML error: {exc}".split()), "", None, None, source))
+    except UnicodeError:
+        builder.problems.append(Problem("the text is not valid Unicode (it contains lone surrogates)", "", None, None, source))
+    if builder.problems:
+        raise RecipeError(builder.problems)
+    if builder.documents == 0:
         raise RecipeError([Problem("the document is empty", "", 1, 1, source)])
-    converter = _Converter(smap)
-    data = converter.convert(node, ())
-    if converter.problems:
-        raise RecipeError(converter.problems)
     return data, smap
 
 
@@ -217,7 +290,29 @@ def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> I
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 _Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
-_VALIDATOR = _Validator(SCHEMA)
+
+
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/x"}`` replaced by (inlined) ``defs[x]``."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline(defs[ref[len("#/$defs/"):]], defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+# The published schema dispatches on a step's kind with ten if/then branches, which
+# jsonschema evaluates for every step. Internally the same rules are applied in two
+# cheaper parts: the recipe with steps checked only for being mappings, then each step
+# against the common step members and the definition of its own kind (same errors,
+# several times faster). test_schema checks both agree.
+_DEFS: Final = {**SCHEMA["$defs"], "step": {"type": "object"}}
+_MAIN = _Validator(_inline({k: v for k, v in SCHEMA.items() if k != "$defs"}, _DEFS))
+_STEP = _Validator(_inline({k: v for k, v in SCHEMA["$defs"]["step"].items() if k != "allOf"}, _DEFS))
+_KINDS: Final = {kind: _Validator(_inline(SCHEMA["$defs"][f"step_{kind}"], _DEFS)) for kind in STEP_FIELDS}
 
 
 def _show(value: Any) -> str:
@@ -262,25 +357,23 @@ def _unknown_fields(instance: Mapping[str, Any], allowed: Iterable[str], what: s
     ]
 
 
-def _describe(error: jsonschema.ValidationError, smap: SourceMap) -> list[Problem]:
-    path: Path = tuple(error.absolute_path)
+def _describe(error: jsonschema.ValidationError, smap: SourceMap, prefix: Path = ()) -> list[Problem]:
+    path: Path = prefix + tuple(error.absolute_path)
     v, value, schema = error.validator, error.instance, error.schema
     where = path[-1] if path else None
     if v == "required":
         if not isinstance(value, dict):
             return []
         missing = [name for name in error.validator_value if name not in value]
-        what = f"step {value.get('id')!r}" if "kind" in value and isinstance(value.get("id"), str) else None
-        suffix = f" (needed by {what} of kind {value['kind']!r})" if what and value.get("kind") in STEP_FIELDS else ""
+        kind = value.get("kind")
+        known = isinstance(kind, str) and kind in STEP_FIELDS and isinstance(value.get("id"), str)
+        suffix = f" (needed by step {value['id']!r} of kind {kind!r})" if known else ""
         return [smap.problem(path, f"missing required field {name!r}{suffix}") for name in missing]
     if v == "additionalProperties" and isinstance(value, dict):
         allowed = list(schema.get("properties", {}))
-        return _unknown_fields(value, allowed, f"{format_path(path) or 'the recipe'}", path, smap)
-    if v == "unevaluatedProperties" and isinstance(value, dict):
         kind = value.get("kind")
-        if kind not in STEP_FIELDS:
-            return []  # the unknown kind is reported on its own
-        return _unknown_fields(value, STEP_FIELDS[kind], f"a {kind} step", path, smap)
+        what = f"a {kind} step" if isinstance(kind, str) and tuple(allowed) == STEP_FIELDS.get(kind) else (format_path(path) or "the recipe")
+        return _unknown_fields(value, allowed, what, path, smap)
     if v == "type":
         expected = error.validator_value
         expected = expected if isinstance(expected, list) else [expected]
@@ -341,11 +434,36 @@ def _describe(error: jsonschema.ValidationError, smap: SourceMap) -> list[Proble
     return [smap.problem(path, error.message)]
 
 
+def _step_dicts(data: Any) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, step) for every step mapping in the places the format puts steps."""
+    procedure = data.get("procedure") if isinstance(data, dict) else None
+    for ui, up in enumerate(procedure if isinstance(procedure, list) else ()):
+        operations = up.get("operations") if isinstance(up, dict) else None
+        for oi, op in enumerate(operations if isinstance(operations, list) else ()):
+            steps = op.get("steps") if isinstance(op, dict) else None
+            for si, step in enumerate(steps if isinstance(steps, list) else ()):
+                if isinstance(step, dict):
+                    yield ("procedure", ui, "operations", oi, "steps", si), step
+
+
 def _schema_problems(data: Any, smap: SourceMap) -> list[Problem]:
+    """Every schema violation, as problems with source positions."""
     problems: list[Problem] = []
-    for error in _VALIDATOR.iter_errors(data):
+    for error in _MAIN.iter_errors(data):
         problems.extend(_describe(error, smap))
+    for path, step in _step_dicts(data):
+        for error in _STEP.iter_errors(step):
+            problems.extend(_describe(error, smap, path))
+        kind = step.get("kind")
+        if isinstance(kind, str) and kind in _KINDS:
+            for error in _KINDS[kind].iter_errors(step):
+                problems.extend(_describe(error, smap, path))
     return problems
+
+
+def schema_errors(data: Any) -> list[str]:
+    """The schema problems of plain data, without positions (empty if it conforms)."""
+    return [f"{p.path or '(root)'}: {p.message}" for p in _schema_problems(data, SourceMap())]
 
 
 # --------------------------------------------------------------------------- building

@@ -26,7 +26,10 @@ __all__ = [
     "MEANINGS",
     "ROLES",
     "SCALE_CLASSES",
+    "SCAN_MODES",
+    "STEP_CLASSES",
     "STEP_KINDS",
+    "TARE_MODES",
     "VALUE_KINDS",
     "BatchSize",
     "BomLine",
@@ -79,10 +82,6 @@ SCAN_MODES: Final = ("lot", "dispensed")
 checked) or a container dispensed for this batch by an earlier weigh step."""
 
 
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else to_text(value)
-
-
 def in_limits(value: Decimal, low: Decimal | None, high: Decimal | None) -> bool:
     """Whether ``low <= value <= high`` (limits are inclusive; a missing limit is open)."""
     return (low is None or value >= low) and (high is None or value <= high)
@@ -124,6 +123,7 @@ class Product:
     name: str
 
     def to_dict(self) -> dict[str, Any]:
+        """File form."""
         return {"code": self.code, "name": self.name}
 
 
@@ -137,6 +137,7 @@ class BatchSize:
     maximum: Decimal | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """File form (decimals as strings, unset members left out)."""
         return _fields_dict(self)
 
 
@@ -159,6 +160,7 @@ class Tolerance:
         return _trim(target - amount, places), _trim(target + amount, places)
 
     def to_dict(self) -> dict[str, Any]:
+        """File form: ``{"percent": "0.5"}`` or ``{"absolute": "50", "unit": "g"}``."""
         if self.kind == "percent":
             return {"percent": to_text(self.value)}
         return {"absolute": to_text(self.value), "unit": self.unit}
@@ -172,7 +174,9 @@ def _exact_amount(tol: Tolerance, target: Decimal, target_unit: str) -> Decimal:
         exact = Fraction(target) * Fraction(tol.value) / 100
         places = decimal_places(target) + decimal_places(tol.value) + 2
         return round_half_even(exact, places)  # exact: the product terminates at these places
-    return tol.amount(target, target_unit)
+    if tol.unit is None:
+        raise ValueError("an absolute tolerance needs a unit")
+    return convert(tol.value, tol.unit, target_unit)
 
 
 def _trim(value: Decimal, keep: int) -> Decimal:
@@ -193,6 +197,7 @@ class ScaleRequirement:
     accuracy_class: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """File form (decimals as strings, unset members left out)."""
         return _fields_dict(self)
 
     def accepts(self, readability: Decimal, unit: str, accuracy_class: str | None) -> bool:
@@ -224,6 +229,7 @@ class BomLine:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """File form (decimals as strings, unset members left out)."""
         return _fields_dict(self)
 
 
@@ -278,6 +284,7 @@ class NumericStep(Step):
 
     @property
     def value_unit(self) -> str:
+        """The unit of the recorded value."""
         return self.unit
 
     def in_limits(self, value: Decimal) -> bool:
@@ -305,6 +312,7 @@ class WeighStep(Step):
 
     @property
     def value_unit(self) -> str | None:
+        """The weighing unit (None in a master recipe means the BOM line's unit)."""
         return self.unit
 
     def window(self) -> tuple[Decimal, Decimal]:
@@ -369,6 +377,7 @@ class CalculationStep(Step):
 
     @property
     def value_unit(self) -> str:
+        """The unit of the recorded value."""
         return self.unit
 
     @property
@@ -401,6 +410,7 @@ class SampleResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every result and the mean are within limits."""
         return self.individual_ok and self.mean_ok
 
 
@@ -422,6 +432,7 @@ class SampleCheckStep(Step):
 
     @property
     def value_unit(self) -> str:
+        """The unit of the recorded value."""
         return self.unit
 
     def evaluate(self, results: Sequence[Decimal]) -> SampleResult:
@@ -447,6 +458,7 @@ class SignatureStep(Step):
     covers: tuple[str, ...] = ()
 
     def params(self) -> dict[str, Any]:
+        """Parameters in file form; an empty ``covers`` (the default) is left out."""
         out = super().params()
         if not self.covers:
             out.pop("covers", None)
@@ -472,6 +484,7 @@ class ProduceOutputStep(Step):
 
     @property
     def value_unit(self) -> str:
+        """The unit of the recorded value."""
         return self.unit
 
     @property
@@ -521,6 +534,7 @@ class Operation:
     description: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """File form."""
         out: dict[str, Any] = {"id": self.id, "title": self.title}
         if self.description is not None:
             out["description"] = self.description
@@ -552,6 +566,7 @@ class UnitProcedure:
         return tuple(tuple(s) for s in out)
 
     def to_dict(self) -> dict[str, Any]:
+        """File form."""
         out: dict[str, Any] = {"id": self.id, "title": self.title}
         if self.unit_class is not None:
             out["unit_class"] = self.unit_class
@@ -601,22 +616,25 @@ class MasterRecipe:
         return out
 
     @cached_property
-    def _refs(self) -> dict[str, StepRef]:
-        refs: dict[str, StepRef] = {}
+    def _all_refs(self) -> tuple[StepRef, ...]:
+        refs: list[StepRef] = []
         for ui, up in enumerate(self.procedure):
             stage_of = {op_id: si for si, stage in enumerate(up.stages()) for op_id in stage}
             for oi, op in enumerate(up.operations):
                 for si, step in enumerate(op.steps):
-                    refs.setdefault(step.id, StepRef(up, op, step, ui, oi, si, (ui, stage_of.get(op.id, 0))))
-        return refs
+                    refs.append(StepRef(up, op, step, ui, oi, si, (ui, stage_of.get(op.id, 0))))
+        return tuple(refs)
+
+    @cached_property
+    def _refs(self) -> dict[str, StepRef]:
+        by_id: dict[str, StepRef] = {}
+        for ref in self._all_refs:
+            by_id.setdefault(ref.step.id, ref)  # the first, should a (refused) recipe repeat an id
+        return by_id
 
     def steps(self) -> Iterator[StepRef]:
         """Every step with its location, in document order."""
-        for ui, up in enumerate(self.procedure):
-            stage_of = {op_id: si for si, stage in enumerate(up.stages()) for op_id in stage}
-            for oi, op in enumerate(up.operations):
-                for si, step in enumerate(op.steps):
-                    yield StepRef(up, op, step, ui, oi, si, (ui, stage_of.get(op.id, 0)))
+        return iter(self._all_refs)
 
     def step(self, step_id: str) -> Step:
         """The step with this id (KeyError if none)."""

@@ -130,7 +130,7 @@ STEP_REQUIRED: Final[dict[str, tuple[str, ...]]] = {k: r for k, (r, _) in _STEP_
 """Step kind -> its required parameters (beyond id, kind, title, instruction)."""
 
 for _kind, (_required, _params) in _STEP_PARAMS.items():
-    _def: dict[str, Any] = {"properties": _params}
+    _def: dict[str, Any] = {"properties": {**STEP_COMMON, **_params}, "additionalProperties": False}
     if _required:
         _def["required"] = list(_required)
     DEFS[f"step_{_kind}"] = _def
@@ -144,7 +144,6 @@ DEFS["step"] = {
         {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": _ref(f"step_{k}")}
         for k in STEP_KINDS
     ],
-    "unevaluatedProperties": False,
 }
 DEFS["operation"] = {
     "type": "object",
