@@ -37,6 +37,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     web.init_app(app)
 
     from mes.audit.blueprint import bp as audit_bp
+    from mes.execution.blueprint import bp as execution_bp
+    from mes.materials.blueprint import bp as materials_bp
     from mes.qa.blueprint import bp as qa_bp
     from mes.system.blueprint import bp as system_bp
     from mes.users.blueprint import bp as users_bp
@@ -45,4 +47,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(users_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(qa_bp)
+    app.register_blueprint(materials_bp)
+    app.register_blueprint(execution_bp)
     return app

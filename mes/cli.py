@@ -346,6 +346,26 @@ def sim_scale(args: tuple[str, ...]) -> None:
     sys.exit(scale_main(list(args)) or 0)
 
 
+@sim.command("modbus", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                         "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_modbus(args: tuple[str, ...]) -> None:
+    """Simulated Modbus TCP line equipment with fault injection; --help for options."""
+    from devices.sim.modbus import main as modbus_main
+
+    sys.exit(modbus_main(list(args)) or 0)
+
+
+@sim.command("opcua", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                        "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_opcua(args: tuple[str, ...]) -> None:
+    """Simulated OPC UA packaging line (PackML state and counters); --help for options."""
+    from devices.sim.opcua import main as opcua_main
+
+    sys.exit(opcua_main(list(args)) or 0)
+
+
 def settings_table() -> str:
     """The configuration table for the README."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
@@ -354,6 +374,11 @@ def settings_table() -> str:
 
 
 from mes.audit import cli as _audit_cli  # noqa: E402,F401  (registers `mes audit`, `mes backup`, `mes restore`)
+from mes.execution.cli import register_cli as _register_execution_cli  # noqa: E402
+from mes.materials.cli import register_cli as _register_materials_cli  # noqa: E402
+
+_register_execution_cli(main)  # mes recipes validate / import
+_register_materials_cli(main)  # mes trace
 
 if __name__ == "__main__":  # pragma: no cover
     main()

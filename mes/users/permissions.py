@@ -26,6 +26,7 @@ class Permission(str, enum.Enum):
     WORK_ORDER_MANAGE = "work_order.manage"
     MATERIAL_VIEW = "material.view"
     MATERIAL_MANAGE = "material.manage"
+    MATERIAL_RELEASE = "material.release"
     RECIPE_AUTHOR = "recipe.author"
     RECIPE_APPROVE = "recipe.approve"
     # records
@@ -59,6 +60,7 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.WORK_ORDER_MANAGE: frozenset({_S, _I}),
     Permission.MATERIAL_VIEW: frozenset({_O, _S, _Q, _I}),
     Permission.MATERIAL_MANAGE: frozenset({_S, _Q}),
+    Permission.MATERIAL_RELEASE: frozenset({_Q}),
     Permission.RECIPE_AUTHOR: frozenset({_S}),
     Permission.RECIPE_APPROVE: frozenset({_Q}),
     Permission.AUDIT_VIEW: frozenset({_Q, _A}),

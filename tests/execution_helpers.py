@@ -1,0 +1,254 @@
+"""Shared set-up for the execution tests: people, sessions, recipes, materials and a
+driver that completes a batch's ready steps the way an operator would."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from mes.audit import log
+from mes.db import db, utcnow
+from mes.execution import operations as ex
+from mes.execution import recipes_store as store
+from mes.materials import operations as mat
+from mes.recipes import model as rm
+from mes.recipes.units import to_text
+from mes.signatures.operations import Credentials
+from mes.users import operations as users
+from mes.users.models import UserSession
+from tests.helpers import PASSWORD, SEED, seed
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+PCM = RECIPES / "paracetamol-500mg-tablets.yaml"
+CREAM = RECIPES / "moisturising-cream-ow.yaml"
+
+ITEM_KIND = {"api": "api", "excipient": "excipient", "ingredient": "raw_material", "processing_aid": "raw_material",
+             "intermediate": "intermediate", "packaging": "packaging"}
+
+PACK_RECIPE = """\
+format: mes.master-recipe/v1
+id: MR-PCM500-PACK
+version: 1
+product: {code: FG-PCM500-PACK, name: "Paracetamol 500 mg tablets, packed"}
+batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
+bill_of_materials:
+  - {item: BLK-PCM500-TAB, name: Paracetamol 500 mg tablets bulk, role: intermediate, quantity: "10.000", unit: kg, tolerance: {percent: "1.0"}}
+procedure:
+  - id: packing
+    title: Packing
+    operations:
+      - id: pack
+        title: Pack
+        steps:
+          - {id: id_bulk, kind: identify, title: Identify the bulk, instruction: Scan the bulk container., item: BLK-PCM500-TAB}
+          - id: w_bulk
+            kind: weigh
+            title: Weigh the bulk
+            instruction: Weigh the bulk tablets into the hopper.
+            item: BLK-PCM500-TAB
+            scale: {readability: "0.01", unit: kg}
+          - id: packed_out
+            kind: produce_output
+            title: Packed tablets
+            instruction: Weigh the packed tablets.
+            item: FG-PCM500-PACK
+            quantity: "10.000"
+            unit: kg
+            yield_low: "95.0"
+            yield_high: "101.0"
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: int) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class World:
+    seeded: Any
+    sessions: dict[str, UserSession]
+    clock: Clock
+    lots: dict[str, list[str]] = field(default_factory=dict)  # item -> lot ids (first is the good one)
+    keys: Any = field(default_factory=lambda: itertools.count())
+
+    def actor(self, role: str) -> Any:
+        uid = self.seeded.users[role]
+        terminal = "KIOSK-01" if role == "operator" else "QA-WS-01"
+        return users.actor_for(users.get_user(uid), role, terminal)
+
+    def creds(self, role: str) -> Credentials:
+        return Credentials(PASSWORD, user_id=self.seeded.users[role])
+
+    def key(self) -> str:
+        return f"k-{next(self.keys)}"
+
+
+def session_for(user_id: str, terminal: str) -> UserSession:
+    row = UserSession(id=f"s-{user_id}-{utcnow().timestamp()}", user_id=user_id, terminal_id=terminal,
+                      method="password", started_at=utcnow())
+    db.session.add(row)
+    log.record(SEED, "auth.login", ("user", user_id), after={"method": "password"})
+    db.session.commit()
+    return row
+
+
+def make_world(monkeypatch: Any) -> World:
+    seeded = seed()
+    users.create_user(SEED, "operator2", "Operator Two", {"operator"}, password=PASSWORD)
+    seeded.users["operator2"] = "operator2"
+    sessions = {}
+    for role in ("operator", "supervisor", "qa", "operator2"):
+        uid = seeded.users[role]
+        users.acknowledge_esig_accountability(uid, None)
+        sessions[role] = session_for(uid, "KIOSK-01" if role.startswith("operator") else "QA-WS-01")
+    clock = Clock()
+    monkeypatch.setattr(ex, "clock", clock)
+    return World(seeded, sessions, clock)
+
+
+def effective_recipe(world: World, source: Path | str, name: str = "test.yaml") -> str:
+    author = world.actor("supervisor")
+    rv = store.import_file(author, source) if isinstance(source, Path) else store.import_recipe(author, source, name)
+    store.submit_for_review(author, rv.id)
+    store.approve(world.sessions["qa"], world.creds("qa"), rv.id, terminal="QA-WS-01")
+    store.make_effective(author, rv.id)
+    return rv.id
+
+
+def stock(world: World, recipe: rm.MasterRecipe, *, extra_lots: int = 0) -> None:
+    """Items for the BOM and the outputs, and a released lot per BOM item with two big containers."""
+    qa = world.actor("qa")
+    for line in recipe.bill_of_materials:
+        if db.session.get(mat.Item, line.item) is None:
+            base = "pcs" if line.unit == "pcs" else "kg"
+            mat.create_item(SEED, line.item, line.name, base, ITEM_KIND[line.role], shelf_life_days=720)
+        if line.item in world.lots:
+            continue
+        size = line.quantity * 2 if line.unit == "pcs" else (line.quantity * 2 + 1)
+        unit = "pcs" if line.unit == "pcs" else "kg"
+        for n in range(1 + extra_lots):
+            lot = mat.receive_lot(SEED, line.item, [mat.ContainerIn(to_text(size), unit), mat.ContainerIn(to_text(size), unit)],
+                                  manufactured_date=date.today() - timedelta(days=10))
+            mat.release_lot(qa, lot.id, "tested and released")
+            world.lots.setdefault(line.item, []).append(lot.id)
+    out = recipe.produce_output()
+    if db.session.get(mat.Item, out.item) is None:
+        kind = "finished_good" if out.unit == "pcs" or out.item.startswith("FG") else "intermediate"
+        mat.create_item(SEED, out.item, out.name or out.item, "pcs" if out.unit == "pcs" else "kg", kind,
+                        shelf_life_days=720)
+
+
+def start(world: World, version_id: str, quantity: str, unit: str) -> str:
+    sup = world.actor("supervisor")
+    master = store.master_of(store.get_version(version_id))
+    wo = ex.create_work_order(sup, master.product.code, quantity, unit, version_id, erp_ref=f"ERP-{world.key()}")
+    ex.release_work_order(sup, wo.id)
+    ex.dispatch_work_order(sup, wo.id, "LINE-1")
+    return ex.start_batch(world.actor("operator"), wo.id).id
+
+
+def _mid(low: Decimal | None, high: Decimal | None, target: Decimal | None, default: Decimal) -> Decimal:
+    if target is not None:
+        return target
+    if low is not None and high is not None:
+        return (low + high) / 2
+    if high is not None:
+        return high / 2
+    if low is not None:
+        return low + 1
+    return default
+
+
+def _q(value: Decimal, precision: int) -> str:
+    return to_text(value.quantize(Decimal(1).scaleb(-precision)))
+
+
+def reading(value: Decimal | str, unit: str, at: datetime) -> dict[str, Any]:
+    return {"device_id": "SCALE-01", "raw": f"ST,GS,{value}{unit}", "stable": True, "value": str(value), "unit": unit,
+            "at": at.isoformat()}
+
+
+def payload_for(world: World, batch_id: str, step: ex.BatchStep, spec: rm.Step,
+                overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(payload, role) for completing ``step`` as the happy path."""
+    if spec.id in overrides:
+        over = overrides[spec.id]
+        return (over(world) if callable(over) else over), "operator"
+    lots = world.lots
+    if isinstance(spec, rm.InstructionStep):
+        return {"confirm": True}, "operator"
+    if isinstance(spec, rm.NumericStep):
+        return {"value": _q(_mid(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)}, "operator"
+    if isinstance(spec, rm.SampleCheckStep):
+        v = _q(_mid(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
+        return {"results": [v] * spec.samples}, "operator"
+    if isinstance(spec, rm.EquipmentCheckStep):
+        return {"equipment_id": f"EQ-{spec.id}", "states": list(spec.required_states)}, "operator"
+    if isinstance(spec, rm.IdentifyStep):
+        if spec.scan == "dispensed":
+            used = [c.lot_id for c in mat.consumptions(batch_id=batch_id) if c.item_code == spec.item]
+            return {"lot_id": used[0]}, "operator"
+        return {"lot_id": lots[spec.item][0]}, "operator"
+    if isinstance(spec, rm.WeighStep):
+        assert spec.target is not None and spec.unit is not None
+        lot = lots[spec.item][0]
+        container = mat.containers_of(lot)[0].id
+        return {"lot_id": lot, "container_id": container,
+                "reading": reading(to_text(spec.target), spec.unit, world.clock())}, "operator"
+    if isinstance(spec, (rm.CalculationStep, rm.TimerStep)):
+        return {}, "operator"
+    if isinstance(spec, rm.SignatureStep):
+        role = "supervisor" if spec.second_person and "supervisor" in spec.roles else spec.roles[0]
+        return {"password": PASSWORD, "user_id": world.seeded.users[role]}, role
+    if isinstance(spec, rm.ProduceOutputStep):
+        return {"quantity": to_text(spec.quantity), "unit": spec.unit}, "operator"
+    raise AssertionError(spec.kind)
+
+
+def do_step(world: World, batch_id: str, step_id: str, overrides: dict[str, Any] | None = None,
+            payload: dict[str, Any] | None = None, role: str | None = None) -> dict[str, Any]:
+    step = ex.get_step(batch_id, step_id)
+    spec = ex.control_recipe(ex.get_batch(batch_id)).step(step_id)
+    auto_payload, auto_role = payload_for(world, batch_id, step, spec, overrides or {})
+    payload = auto_payload if payload is None else payload
+    role = role or auto_role
+    actor = world.actor(role)
+    if isinstance(spec, rm.TimerStep) and not spec.from_step and step.state != "in_progress":
+        ex.start_step(actor, batch_id, step_id, world.key(), step.version)
+        world.clock.advance((spec.minimum.seconds if spec.minimum else 0) + 1)
+        step = ex.get_step(batch_id, step_id)
+    return ex.complete_step(actor, batch_id, step_id, payload, world.key(), step.version,
+                            session_row=world.sessions.get(role))
+
+
+def ready_steps(batch_id: str) -> list[str]:
+    return [s.step_id for s in ex.steps_of(batch_id) if s.state == "ready"]
+
+
+def run_until(world: World, batch_id: str, stop_before: str | None = None,
+              overrides: dict[str, Any] | None = None) -> None:
+    """Complete ready steps in order until ``stop_before`` is the next ready step (or all are done)."""
+    while True:
+        ready = ready_steps(batch_id)
+        if not ready or ready[0] == stop_before:
+            return
+        do_step(world, batch_id, ready[0], overrides)
+
+
+def review_and_release(world: World, batch_id: str) -> None:
+    from mes.audit.review import review_trail
+
+    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
+    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+    ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
