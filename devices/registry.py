@@ -51,6 +51,8 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "mtsics": "devices.drivers.mtsics:MtSicsScale",
     "aandd": "devices.drivers.aandd:AandDScale",
     "virtual": "devices.drivers.virtual:VirtualScale",
+    "modbus": "devices.drivers.modbus:ModbusTcpDriver",
+    "opcua": "devices.drivers.opcua:OpcUaDriver",
 }
 
 

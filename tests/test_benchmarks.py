@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "requests": ["--n", "5"],
     "audit": ["--appends", "20", "--entries", "300"],
+    "trace": ["--lots", "200", "--links", "2000"],
 }
+DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}
+
+
+@pytest.mark.parametrize("name", sorted(DB_FREE))
+def test_device_benchmark_runs(name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"tests.bench.{name}", *DB_FREE[name]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and json.loads(lines[0])["benchmark"] == name
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -31,7 +31,7 @@ def test_builtins_are_known_and_listing_imports_nothing() -> None:
         "print(names, any(m.startswith(('devices.drivers.', 'serial')) for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "'aandd', 'mtsics', 'virtual'" in out and out.strip().endswith("False")
+    assert "'aandd', 'modbus', 'mtsics', 'opcua', 'virtual'" in out and out.strip().endswith("False")
 
 
 def test_builtins_load_lazily_and_create() -> None:

@@ -2,12 +2,13 @@
 // An independent OPC UA server (node-opcua) exposing a few variables, for
 // testing the Python driver against something that is not asyncua.
 //
-//   node opcua_server.js PORT PKI_DIR
+//   node opcua_server.js PORT PKI_DIR [CERT_PEM KEY_PEM]
 //
 // PORT 0 asks the OS for a free port. PKI_DIR is the certificate store
-// (created if missing; the server makes its own certificate there). Client
-// certificates placed in PKI_DIR/trusted/certs before start are trusted; any
-// other client certificate is rejected. Endpoints: None, and Basic256Sha256
+// (created if missing). The server uses CERT_PEM/KEY_PEM when given, else it
+// makes its own certificate in PKI_DIR (node-opcua-pki may run the system
+// `openssl` for that); its application URI is urn:open-mes:test:peer-server. Client certificates placed in PKI_DIR/trusted/certs
+// before start are trusted; any other client certificate is rejected. Endpoints: None, and Basic256Sha256
 // with SignAndEncrypt. Listens on 127.0.0.1 only; prints
 // "READY <port> <endpoint url>" once it accepts connections; stops on
 // SIGTERM/SIGINT or when stdin closes.
@@ -34,6 +35,8 @@ const { DataType, Variant } = require("node-opcua-variant");
 async function main() {
     const port = Number.parseInt(process.argv[2] || "0", 10);
     const pki = path.resolve(process.argv[3] || path.join(process.cwd(), "pki"));
+    const certificateFile = process.argv[4] ? path.resolve(process.argv[4]) : undefined;
+    const privateKeyFile = process.argv[5] ? path.resolve(process.argv[5]) : undefined;
     fs.mkdirSync(pki, { recursive: true });
 
     const serverCertificateManager = new OPCUACertificateManager({
@@ -49,9 +52,12 @@ async function main() {
         resourcePath: "/peer",
         nodeset_filename: [nodesets.standard],
         serverCertificateManager,
+        certificateFile,
+        privateKeyFile,
         securityPolicies: [SecurityPolicy.None, SecurityPolicy.Basic256Sha256],
         securityModes: [MessageSecurityMode.None, MessageSecurityMode.SignAndEncrypt],
         allowAnonymous: true,
+        serverInfo: { applicationUri: "urn:open-mes:test:peer-server", productUri: "urn:open-mes:test:peer" },
         buildInfo: {
             productName: "open-mes test peer",
             manufacturerName: "node-opcua",

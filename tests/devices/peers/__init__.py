@@ -1,0 +1,1 @@
+"""Independent protocol peers (Node.js) the device-driver tests run against."""
