@@ -1,7 +1,8 @@
 """Benchmark the audit log, each figure beside its baseline measured in the same run:
 
-- audited appends per second (entry + Merkle nodes + outbox-free change, one commit each,
-  and 100 per commit) beside bare inserts of the same rows in the same durability mode;
+- audited appends per second (entry + Merkle nodes, one commit each, and 100 per commit)
+  beside bare inserts of the same rows into a table with the same indexes, in the same
+  durability mode (SQLite synchronous=FULL, WAL);
 - full verification of N entries in the database (``mes audit verify``) beside the floor:
   reading every entry's bytes and hashing them once;
 - an inclusion proof at N entries from the stored subtree hashes beside one primary-key read.
@@ -52,7 +53,7 @@ def measure_appends(n: int) -> dict:
                                       .select_from(text("audit_entries")).order_by(text("seq"))).all())
     db.session.commit()
     with db.engine.begin() as conn:
-        create_bare_table(conn, db.engine.dialect.name)
+        create_bare_table(conn, db.engine.dialect.name, indexed=True)
     rows = [{"seq": r[0], "at": str(r[1]), "action": "batch.step.completed", "actor_id": "u-0007",
              "entity_type": "batch_step", "entity_id": f"B-1/{r[0]}", "batch_id": "B-1", "entry_bytes": bytes(r[2]),
              "leaf_hash": bytes(r[3])} for r in entries]
