@@ -50,13 +50,72 @@ def seed_demo() -> bool:
     return created
 
 
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "paracetamol-500mg-tablets.yaml"
+BOM_KIND = {"api": "api", "excipient": "excipient", "ingredient": "raw_material", "processing_aid": "raw_material",
+            "intermediate": "intermediate", "packaging": "packaging"}
+
+
+def seed_production() -> bool:
+    """The example recipe (approved by QA with an e-signature and made effective), its
+    materials with released lots (and one lot on hold, to show a refusal), and a work
+    order dispatched to LINE-1. Skipped when a recipe is already there."""
+    from datetime import date, timedelta
+
+    from mes.db import db
+    from mes.execution import operations as ex
+    from mes.execution import recipes_store as store
+    from mes.materials import operations as mat
+    from mes.signatures.operations import Credentials
+    from mes.users import operations as ops
+    from mes.users.models import Terminal
+
+    if store.list_versions() or not DEMO_RECIPE.exists():
+        return False
+    author = ops.actor_for(ops.get_user("sup1"), "supervisor", "QA-WS-01")
+    qa = ops.actor_for(ops.get_user("qa1"), "qa", "QA-WS-01")
+    rv = store.import_file(author, DEMO_RECIPE)
+    store.submit_for_review(author, rv.id)
+    ops.acknowledge_esig_accountability("qa1", "QA-WS-01")
+    qa_session, _ = ops.login_with_password("qa1", DEMO_PASSWORD, db.session.get(Terminal, "QA-WS-01"))
+    store.approve(qa_session, Credentials(DEMO_PASSWORD, user_id="qa1"), rv.id, terminal="QA-WS-01")
+    ops.end_session(qa_session, "logout")
+    store.make_effective(author, rv.id)
+    master = store.master_of(rv)
+    receiving = Actor.system("demo")
+    for line in master.bill_of_materials:
+        unit = "pcs" if line.unit == "pcs" else "kg"
+        if db.session.get(mat.Item, line.item) is None:
+            mat.create_item(receiving, line.item, line.name, unit, BOM_KIND.get(line.role, "raw_material"), shelf_life_days=720)
+        size = str(line.quantity * 2 if unit == "pcs" else (line.quantity + 1))
+        lot = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit), mat.ContainerIn(size, unit)],
+                              manufactured_date=date.today() - timedelta(days=10), supplier="Demo Supplier")
+        mat.release_lot(qa, lot.id, "CoA reviewed, tested and released (demo)")
+        if line.role == "api":
+            held = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit)],
+                                   manufactured_date=date.today() - timedelta(days=10), supplier="Demo Supplier")
+            mat.release_lot(qa, held.id, "tested and released (demo)")
+            mat.place_hold(qa, held.id, "all", "Supplier CoA mismatch under investigation", ncr_id="NCR-0001")
+    out = master.produce_output()
+    if db.session.get(mat.Item, out.item) is None:
+        mat.create_item(receiving, out.item, out.name or out.item, "pcs" if out.unit == "pcs" else "kg", "intermediate",
+                        shelf_life_days=720)
+    wo = ex.create_work_order(author, master.product.code, str(master.batch_size.quantity), master.batch_size.unit, rv.id,
+                              line="LINE-1", erp_ref="ERP-DEMO-1")
+    ex.release_work_order(author, wo.id)
+    ex.dispatch_work_order(author, wo.id, "LINE-1")
+    return True
+
+
 def run_demo(host: str, port: int) -> None:
     """Migrate, seed, print the URLs and credentials, and serve until Ctrl-C."""
     os.environ.setdefault("MES_HOME", str(Path("instance").resolve()))
     os.environ.setdefault("MES_SESSION_COOKIE_SECURE", "false")
     os.environ.pop("MES_DATABASE_URL", None)  # the demo is always embedded SQLite
+    import logging
+
     from mes.cli import make_app, upgrade_database
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = make_app()
     upgrade_database(app)
     with app.app_context():
@@ -64,19 +123,21 @@ def run_demo(host: str, port: int) -> None:
 
         audit_log().signing_key()
         fresh = seed_demo()
+        fresh = seed_production() or fresh
     base = f"http://{host}:{port}"
     click.echo("")
     click.echo(f"open-mes demo ({'seeded' if fresh else 'reusing'} {app.config['SQLALCHEMY_DATABASE_URI']})")
     click.echo(f"  enrol the kiosk:    {base}/terminal/enroll?terminal=KIOSK-01&key=demo-kiosk-01-key")
     click.echo(f"  enrol QA desk:      {base}/terminal/enroll?terminal=QA-WS-01&key=demo-qa-ws-01-key")
-    click.echo(f"  kiosk:              {base}/kiosk/")
-    click.echo(f"  QA:                 {base}/qa/")
+    click.echo(f"  QA audit trail:     {base}/qa/audit")
     click.echo(f"  API description:    {base}/api/v1/openapi.json")
     click.echo(f"  health:             {base}/healthz  {base}/readyz")
     click.echo("  badges (badge / PIN):")
     for uid, name, roles, badge, pin, _ in DEMO_USERS:
         if badge:
             click.echo(f"    {badge} / {pin}   {name} ({', '.join(sorted(roles))})")
+    click.echo("  production: the paracetamol recipe is effective, its materials are received and released")
+    click.echo("              (one API lot is on hold: NCR-0001), and a work order is dispatched to LINE-1")
     click.echo(f"  passwords: every demo user ({', '.join(u[0] for u in DEMO_USERS)}) has {DEMO_PASSWORD}")
     click.echo("")
     from mes.server import serve
