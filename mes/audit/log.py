@@ -37,8 +37,19 @@ CHECKPOINT_NOW_ACTIONS = ("esig.", "batch.released")
 # Tables whose rows may change without an audit entry: the log itself, the outbox it
 # writes, and session bookkeeping that is audited by its own log-in / log-out entries.
 UNAUDITED_TABLES = frozenset(AUDIT_TABLES) | {"outbox_events", "alembic_version"}
-ENTRIES = AuditEntry.__table__
-NODES = AuditTreeNode.__table__
+# The append path sends its two INSERTs straight to the driver: it runs once per audited
+# change, and SQLAlchemy's per-statement work was most of its cost.
+_ENTRY_COLUMNS = "seq, at, action, actor_id, terminal_id, entity_type, entity_id, batch_id, entry_bytes, leaf_hash"
+_INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+_INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"
+_INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
+_INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
+
+
+def _stored_at(at: datetime) -> str:
+    """``at`` as SQLAlchemy's SQLite DateTime stores it (naive UTC text), so the ORM reads
+    it back like every other timestamp."""
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class UnauditedChangeError(RuntimeError):
@@ -223,15 +234,15 @@ def record(
     entry_bytes = canonical.canonical_bytes(entry)
     leaf = merkle.leaf_hash(entry_bytes)
     conn = session.connection()
-    conn.execute(
-        ENTRIES.insert(),
-        [{"seq": seq, "at": at, "action": action, "actor_id": actor.id, "terminal_id": actor.terminal,
-          "entity_type": entity[0], "entity_id": str(entity[1]), "batch_id": batch,
-          "entry_bytes": entry_bytes, "leaf_hash": leaf}],
+    sqlite = conn.dialect.paramstyle == "qmark"
+    conn.exec_driver_sql(
+        _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
+        (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]), batch,
+         entry_bytes, leaf),
     )
     frontier = {} if head is None else head.frontier
     nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
-    conn.execute(NODES.insert(), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
+    conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
     known = {**frontier, **{(l, i): h for l, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     session.info["audit_head"] = new_head
