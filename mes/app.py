@@ -37,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     web.init_app(app)
 
     from mes.audit.blueprint import bp as audit_bp
+    from mes.equipment.blueprint import bp as equipment_bp
     from mes.execution.blueprint import bp as execution_bp
     from mes.materials.blueprint import bp as materials_bp
     from mes.qa.blueprint import bp as qa_bp
@@ -49,4 +50,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(qa_bp)
     app.register_blueprint(materials_bp)
     app.register_blueprint(execution_bp)
+    app.register_blueprint(equipment_bp)
     return app

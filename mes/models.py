@@ -6,3 +6,4 @@ from mes.users import models as users_models  # noqa: F401
 from mes.audit import review as audit_review  # noqa: F401,E402  (registers the signable record)
 from mes.materials import models as materials_models  # noqa: F401
 from mes.execution import models as execution_models, operations as execution_operations  # noqa: F401,E402  (and its signable records)
+from mes.equipment import models as equipment_models  # noqa: F401

@@ -27,6 +27,8 @@ class Permission(str, enum.Enum):
     MATERIAL_VIEW = "material.view"
     MATERIAL_MANAGE = "material.manage"
     MATERIAL_RELEASE = "material.release"
+    EQUIPMENT_VIEW = "equipment.view"
+    EQUIPMENT_MANAGE = "equipment.manage"
     RECIPE_AUTHOR = "recipe.author"
     RECIPE_APPROVE = "recipe.approve"
     # records
@@ -61,6 +63,8 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.MATERIAL_VIEW: frozenset({_O, _S, _Q, _I}),
     Permission.MATERIAL_MANAGE: frozenset({_S, _Q}),
     Permission.MATERIAL_RELEASE: frozenset({_Q}),
+    Permission.EQUIPMENT_VIEW: frozenset({_O, _S, _Q}),
+    Permission.EQUIPMENT_MANAGE: frozenset({_S, _Q}),
     Permission.RECIPE_AUTHOR: frozenset({_S}),
     Permission.RECIPE_APPROVE: frozenset({_Q}),
     Permission.AUDIT_VIEW: frozenset({_Q, _A}),
