@@ -366,6 +366,41 @@ def sim_opcua(args: tuple[str, ...]) -> None:
     sys.exit(opcua_main(list(args)) or 0)
 
 
+@sim.command("operator")
+@click.option("--work-order", "work_order", required=True, help="The dispatched work order to execute.")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--terminal", default="KIOSK-01:demo-kiosk-01-key", show_default=True, help="Kiosk ID:KEY.")
+@click.option("--badge", default="1001", show_default=True)
+@click.option("--pin", default="2468", show_default=True)
+@click.option("--verifier-badge", default="2001", show_default=True, help="Second person for verification gates.")
+@click.option("--verifier-pin", default="8642", show_default=True)
+@click.option("--qa-user", default=None, help="QA user who dispositions deviations (use_as_is) if any block.")
+@click.option("--qa-password", default=None)
+@click.option("--qa-terminal", default=None, help="ID:KEY of QA's terminal (default: --terminal).")
+@click.option("--timers", type=click.Choice(["wait", "skip"]), default="wait", show_default=True,
+              help="wait: wait out each timer; skip: stop it at once (raises a deviation for QA).")
+@click.option("--time-factor", type=float, default=1.0, show_default=True,
+              help="How much faster the server's step clock runs (test servers only).")
+def sim_operator(work_order: str, url: str, terminal: str, badge: str, pin: str, verifier_badge: str,
+                 verifier_pin: str, qa_user: str | None, qa_password: str | None, qa_terminal: str | None,
+                 timers: str, time_factor: float) -> None:
+    """Execute a work order's batch through the HTTP API as a simulated kiosk operator."""
+    import json
+
+    from mes.execution.sim_operator import SimulationStopped, run_operator
+
+    try:
+        result = run_operator(url, work_order, terminal=terminal, badge=badge, pin=pin, verifier_badge=verifier_badge,
+                              verifier_pin=verifier_pin, qa_user=qa_user, qa_password=qa_password,
+                              qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=click.echo)
+    except SimulationStopped as exc:
+        click.echo(f"stopped: {exc}", err=True)
+        if exc.problem:
+            click.echo(json.dumps(exc.problem, indent=2, default=str), err=True)
+        sys.exit(1)
+    sys.exit(0 if result.status == "completed" else 1)
+
+
 def settings_table() -> str:
     """The configuration table for the README."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]

@@ -14,6 +14,7 @@ TINY = {
     "requests": ["--n", "5"],
     "audit": ["--appends", "20", "--entries", "300"],
     "trace": ["--lots", "200", "--links", "2000"],
+    "execution": ["--batches", "1,2", "--steps", "3"],
 }
 DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}
 

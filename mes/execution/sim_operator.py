@@ -1,0 +1,682 @@
+"""A simulated operator: executes a batch through the public HTTP API, as people at a kiosk would.
+
+The operator logs in with badge + PIN on a kiosk terminal, starts the batch of a dispatched
+work order, then repeatedly fetches the batch and completes the next ready step with a
+plausible entry taken from the control recipe:
+
+* weigh: a stable reading from a simulated scale (:class:`devices.drivers.virtual.VirtualScale`)
+  loaded with the target, from released, usable lots with enough stock found through
+  ``GET /api/v1/lots?item=…`` (split over containers when the step allows several);
+* identify: the lot chosen for the item (``scan: lot``) or the lot dispensed into this batch
+  (``scan: dispensed``); equipment checks: the required states;
+* numeric / sample check / produce output: values inside the limits (a numeric without
+  limits that a later calculation uses is chosen so the calculation lands mid-limits);
+* timer: started, then waited for (``time_factor`` divides the wait when the server clock
+  runs faster, as in tests), or completed at once with ``timers="skip"``;
+* signature: signed by the operator, or by the verifier (a second session with its own
+  badge) for second-person gates and roles the operator does not hold.
+
+An open blocking deviation is dispositioned ``use_as_is`` by QA when QA credentials are
+given; otherwise the run stops. Any refusal stops the run with the problem detail
+(:class:`SimulationStopped`). No click here: ``mes sim operator`` is a thin shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Callable
+
+import requests
+
+from mes.recipes import model as rm
+from mes.recipes.loader import from_dict
+from mes.recipes.scaling import ControlRecipe, scale
+from mes.recipes.units import convert, to_text
+
+API = "/api/v1"
+
+
+class ApiError(Exception):
+    """An HTTP error answer (problem+json) from the MES."""
+
+    def __init__(self, method: str, url: str, status: int, problem: dict[str, Any]) -> None:
+        self.method, self.url, self.status, self.problem = method, url, status, problem
+        detail = problem.get("detail") or problem.get("title") or ""
+        super().__init__(f"{method} {url} -> {status}: {detail}")
+
+    @property
+    def detail(self) -> str:
+        return str(self.problem.get("detail") or self.problem.get("title") or self.problem)
+
+
+class SimulationStopped(Exception):
+    """The run cannot go on (a refusal, a blocking deviation without QA, a missing lot...)."""
+
+    def __init__(self, message: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or {}
+
+
+@dataclass(frozen=True)
+class Login:
+    """How one person logs in: badge + PIN (kiosk) or user id + password."""
+
+    badge: str | None = None
+    pin: str | None = None
+    user_id: str | None = None
+    password: str | None = None
+
+    def body(self) -> dict[str, str]:
+        if self.badge:
+            return {"badge": self.badge, "pin": self.pin or ""}
+        return {"user_id": self.user_id or "", "password": self.password or ""}
+
+    def sign_fields(self) -> dict[str, str]:
+        """The e-signature components for a session opened with these credentials."""
+        if self.badge:
+            return {"badge": self.badge, "pin": self.pin or ""}
+        return {"user_id": self.user_id or "", "password": self.password or ""}
+
+
+class Client:
+    """One person's session on one terminal (cookies, CSRF token, terminal header)."""
+
+    def __init__(self, base_url: str, terminal: str | None, *, http: requests.Session | None = None,
+                 timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.http = http or requests.Session()
+        if terminal:
+            self.http.headers["X-MES-Terminal"] = terminal
+        self.timeout = timeout
+        self.csrf: str | None = None
+        self.user: dict[str, Any] = {}
+        self.login_with: Login | None = None
+        self._keys = itertools.count()
+        self._key_prefix = uuid.uuid4().hex[:10]
+
+    @property
+    def user_id(self) -> str:
+        return str(self.user.get("id", ""))
+
+    @property
+    def roles(self) -> set[str]:
+        return {r["role"] if isinstance(r, dict) else str(r) for r in self.user.get("roles", [])}
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base}{path}"
+
+    def request(self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None,
+                params: dict[str, str] | None = None) -> Any:
+        h = dict(headers or {})
+        if method != "GET" and self.csrf:
+            h["X-CSRF-Token"] = self.csrf
+        r = self.http.request(method, self._url(path), json=json, headers=h, params=params, timeout=self.timeout)
+        if r.status_code >= 400:
+            try:
+                problem = r.json()
+            except ValueError:
+                problem = {"detail": r.text[:500]}
+            raise ApiError(method, path, r.status_code, problem if isinstance(problem, dict) else {"detail": problem})
+        return r.json() if r.content else {}
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        return self.request("POST", path, json=json if json is not None else {}, headers=headers)
+
+    def login(self, creds: Login) -> dict[str, Any]:
+        self.csrf = self.get(f"{API}/auth/csrf")["csrf_token"]
+        out = self.post(f"{API}/auth/login", creds.body())
+        self.csrf = out["csrf_token"]
+        self.user = out["user"]
+        self.login_with = creds
+        return out
+
+    def acknowledge_esig(self) -> bool:
+        """Acknowledge e-signature accountability once (needed before the first signature)."""
+        if self.user.get("esig_acknowledged"):
+            return False
+        self.post(f"{API}/auth/esig-acknowledgement")
+        self.user["esig_acknowledged"] = True
+        return True
+
+    def key(self) -> str:
+        return f"sim-{self._key_prefix}-{next(self._keys)}"
+
+    # -- execution shortcuts
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self.get(f"{API}/batches/{batch_id}")
+
+    def start_step(self, batch_id: str, step_id: str, version: int) -> dict[str, Any]:
+        return self.post(f"{API}/batches/{batch_id}/steps/{step_id}/start", {"expected_version": version},
+                         headers={"Idempotency-Key": self.key()})
+
+    def complete_step(self, batch_id: str, step_id: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.post(f"{API}/batches/{batch_id}/steps/{step_id}/complete",
+                         {"expected_version": version, "payload": payload}, headers={"Idempotency-Key": self.key()})
+
+
+def login(base_url: str, terminal: str | None, creds: Login, *, http: requests.Session | None = None) -> Client:
+    client = Client(base_url, terminal, http=http)
+    client.login(creds)
+    return client
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_at(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def format_at(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def quantize(value: Decimal, places: int, rounding: str | None = None) -> Decimal:
+    exp = Decimal(1).scaleb(-places)
+    return value.quantize(exp, rounding=rounding) if rounding else value.quantize(exp)
+
+
+def _places(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def midpoint(low: Decimal | None, high: Decimal | None, target: Decimal | None, default: Decimal) -> Decimal:
+    if target is not None:
+        return target
+    if low is not None and high is not None:
+        return (low + high) / 2
+    if high is not None:
+        return high / 2
+    if low is not None:
+        return low + 1
+    return default
+
+
+def current_values(batch: dict[str, Any]) -> dict[str, Decimal]:
+    """Step id -> the current recorded value, as the engine's formulas see it."""
+    out: dict[str, Decimal] = {}
+    for s in batch.get("steps", []):
+        for r in s.get("records", []):
+            if r["kind"] == "value" and r.get("superseded_by") is None and r["attempt"] == s["attempt"] \
+                    and r.get("value") is not None:
+                out[s["id"]] = Decimal(r["value"])
+    return out
+
+
+def dispensed_lots(batch: dict[str, Any], item: str, by_step: str | None = None) -> list[str]:
+    lots = []
+    for s in batch.get("steps", []):
+        if s["kind"] != "weigh" or (by_step and s["id"] != by_step):
+            continue
+        for r in s.get("records", []):
+            if r["kind"] == "container" and r.get("superseded_by") is None and r["data"].get("item") == item:
+                if r["data"]["lot"] not in lots:
+                    lots.append(r["data"]["lot"])
+    return lots
+
+
+class SimulatedScale:
+    """A virtual scale loaded with a weight, read stable: the dict the weigh step takes."""
+
+    def __init__(self, device_id: str = "SIM-SCALE-01") -> None:
+        self.device_id = device_id
+
+    def read(self, value: Decimal, unit: str, decimals: int, at: datetime | None = None) -> dict[str, Any]:
+        from devices.drivers.virtual import VirtualScale
+
+        capacity = max(Decimal(220), value * 2)
+        scale_ = VirtualScale(self.device_id, {"weight": to_text(value), "unit": unit, "decimals": decimals,
+                                               "capacity": to_text(capacity), "stability_timeout_s": 2.0})
+
+        async def _read() -> Any:
+            await scale_.connect()
+            try:
+                return await scale_.read(stable=True)
+            finally:
+                await scale_.close()
+
+        reading = asyncio.run(_read())
+        if not reading.stable or reading.value is None:
+            raise SimulationStopped(f"The simulated scale gave no stable reading ({reading.status.value}).")
+        return {"device_id": self.device_id, "raw": reading.raw.decode("ascii", "replace").strip(), "stable": True,
+                "value": to_text(reading.value) if decimals == 0 else str(quantize(reading.value, decimals)),
+                "unit": reading.unit, "at": format_at(at or reading.timestamp)}
+
+
+@dataclass
+class StepDone:
+    step: str
+    kind: str
+    title: str
+    by: str
+    summary: str
+    ms: float
+
+
+@dataclass
+class RunResult:
+    batch_id: str
+    status: str
+    steps: list[StepDone] = field(default_factory=list)
+    dispositions: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------- the operator
+
+
+class SimOperator:
+    """Drives one batch to completion through the HTTP API (see the module docstring)."""
+
+    def __init__(self, base_url: str, terminal: str, operator: Login, *, verifier: Login | None = None,
+                 qa: Login | None = None, qa_terminal: str | None = None, time_factor: float = 1.0,
+                 timers: str = "wait", echo: Callable[[str], None] | None = print, seed: int = 0,
+                 scale_device: str = "SIM-SCALE-01") -> None:
+        if timers not in ("wait", "skip"):
+            raise ValueError("timers is 'wait' or 'skip'")
+        self.base_url, self.terminal = base_url, terminal
+        self.operator_login, self.verifier_login, self.qa_login = operator, verifier, qa
+        self.qa_terminal = qa_terminal or terminal
+        self.time_factor = float(time_factor) if time_factor and time_factor > 0 else 1.0
+        self.timers = timers
+        self.echo = echo or (lambda _line: None)
+        self.rng = random.Random(seed)
+        self.scale = SimulatedScale(scale_device)
+        self.operator: Client | None = None
+        self.verifier: Client | None = None
+        self.qa: Client | None = None
+        self.recipe: ControlRecipe | None = None
+        self.chosen_lots: dict[str, str] = {}
+        # server clock anchor: (server time, local monotonic time when it was stamped)
+        self._anchor: tuple[datetime, float] | None = None
+        self._last_write = time.monotonic()
+
+    # -- clock
+    def _observe(self, batch: dict[str, Any]) -> None:
+        stamps = [parse_at(batch.get("created_at"))]
+        for s in batch.get("steps", []):
+            stamps += [parse_at(s.get("started_at")), parse_at(s.get("completed_at"))]
+        newest = max((s for s in stamps if s is not None), default=None)
+        if newest is not None and (self._anchor is None or newest > self._anchor[0]):
+            self._anchor = (newest, self._last_write)
+
+    def server_now(self) -> datetime:
+        """The server clock, estimated from the latest stamp it gave (runs ``time_factor`` fast)."""
+        if self._anchor is None:
+            return datetime.now(timezone.utc)
+        at, mono = self._anchor
+        return at + timedelta(seconds=(time.monotonic() - mono) * self.time_factor)
+
+    # -- sessions
+    def _log_in(self) -> None:
+        self.operator = login(self.base_url, self.terminal, self.operator_login)
+        self.echo(f"logged in: {self.operator.user_id} ({', '.join(sorted(self.operator.roles))}) on "
+                  f"{self.terminal.split(':', 1)[0]}")
+
+    def _verifier(self) -> Client | None:
+        if self.verifier is None and self.verifier_login is not None:
+            self.verifier = login(self.base_url, self.terminal, self.verifier_login)
+            self.echo(f"second session: {self.verifier.user_id} ({', '.join(sorted(self.verifier.roles))})")
+        return self.verifier
+
+    def _qa(self) -> Client | None:
+        if self.qa is None and self.qa_login is not None:
+            self.qa = login(self.base_url, self.qa_terminal, self.qa_login)
+            self.echo(f"QA session: {self.qa.user_id} on {self.qa_terminal.split(':', 1)[0]}")
+        return self.qa
+
+    # -- the run
+    def run(self, work_order_id: str, *, max_steps: int = 10_000) -> RunResult:
+        started = time.monotonic()
+        try:
+            self._log_in()
+            assert self.operator is not None
+            wo = self.operator.get(f"{API}/work-orders/{work_order_id}")
+            batch = self._start_or_resume(wo)
+            result = RunResult(batch["id"], batch["status"])
+            for _ in range(max_steps):
+                batch = self.operator.batch(batch["id"])
+                self._observe(batch)
+                result.status = batch["status"]
+                if batch["status"] != "in_progress":
+                    break
+                step = next((s for s in batch["steps"] if s["state"] in ("ready", "in_progress")), None)
+                if step is None:
+                    blocked = [s["id"] for s in batch["steps"] if s["state"] == "blocked"]
+                    if not blocked:
+                        raise SimulationStopped(f"Batch {batch['id']} has no step that can be done.")
+                    result.dispositions += self._resolve_deviations(batch, blocked)
+                    continue
+                result.steps.append(self.do_step(batch, step))
+            else:
+                raise SimulationStopped(f"Gave up after {max_steps} steps.")
+        except ApiError as exc:
+            raise SimulationStopped(f"The MES refused {exc.method} {exc.url} ({exc.status}): {exc.detail}",
+                                    exc.problem) from None
+        except requests.RequestException as exc:
+            raise SimulationStopped(f"The MES at {self.base_url} cannot be reached: {exc}") from None
+        result.seconds = round(time.monotonic() - started, 2)
+        if result.status == "completed":
+            self.echo(f"batch {result.batch_id} completed: {len(result.steps)} steps in {result.seconds} s")
+        else:
+            self.echo(f"batch {result.batch_id} is {result.status}")
+        return result
+
+    def _start_or_resume(self, wo: dict[str, Any]) -> dict[str, Any]:
+        assert self.operator is not None
+        if wo["status"] == "in_progress" and wo.get("batches"):
+            batch = self.operator.batch(wo["batches"][-1])
+            self.echo(f"resuming batch {batch['id']} of work order {wo['id']}")
+        else:
+            self._last_write = time.monotonic()
+            batch = self.operator.post(f"{API}/work-orders/{wo['id']}/batches", {})
+            self.echo(f"started batch {batch['id']} for work order {wo['id']} "
+                      f"({batch['batch_size']['value']} {batch['batch_size']['uom']} {wo['item']})")
+        self._observe(batch)
+        rv = self.operator.get(f"{API}/recipes/{batch['recipe_version']}")
+        master = from_dict(rv["recipe"], source=rv["id"])
+        self.recipe = scale(master, Decimal(batch["batch_size"]["value"]), batch["batch_size"]["uom"])
+        return batch
+
+    def _resolve_deviations(self, batch: dict[str, Any], blocked: list[str]) -> list[str]:
+        devs = [d for d in batch.get("deviations", []) if d.get("blocking")]
+        qa = self._qa()
+        if qa is None:
+            text = "; ".join(f"{d['id']} ({d['severity']}): {d['description']}" for d in devs) or "unknown"
+            raise SimulationStopped(f"Steps {', '.join(blocked[:5])} are blocked by open deviation(s) {text}; "
+                                    "QA must disposition them (give --qa-user / --qa-password to let the "
+                                    "simulation do it).")
+        qa.acknowledge_esig()
+        done = []
+        for d in devs:
+            assert self.qa_login is not None
+            qa.post(f"{API}/deviations/{d['id']}/disposition",
+                    {"disposition": "use_as_is", "reason": "Simulated run: assessed, no impact (simulation).",
+                     **self.qa_login.sign_fields()})
+            self.echo(f"  QA {qa.user_id} dispositioned {d['id']} use_as_is ({d['description']})")
+            done.append(d["id"])
+        return done
+
+    # -- one step
+    def do_step(self, batch: dict[str, Any], step: dict[str, Any]) -> StepDone:
+        assert self.recipe is not None and self.operator is not None
+        spec = self.recipe.step(step["id"])
+        t0 = time.perf_counter()
+        client = self.operator
+        version = step["version"]
+        if isinstance(spec, rm.TimerStep) and not spec.from_step:
+            version, summary_extra = self._run_timer(batch["id"], step, spec)
+        else:
+            summary_extra = ""
+        if isinstance(spec, rm.WeighStep):
+            summary = self._weigh(batch, step, spec)
+        else:
+            payload, client, summary = self.payload(batch, step, spec)
+            self._last_write = time.monotonic()
+            out = client.complete_step(batch["id"], step["id"], version, payload)
+            summary = (summary_extra + summary).strip()
+            summary += self._outcome(out)
+        done = StepDone(step["id"], spec.kind, spec.title, client.user_id, summary,
+                        round((time.perf_counter() - t0) * 1000, 1))
+        self.echo(f"{step['seq'] + 1:>3} {step['id']:<24} {spec.kind:<15} {client.user_id:<6} {summary}")
+        return done
+
+    def _outcome(self, out: dict[str, Any]) -> str:
+        extra = ""
+        if out.get("deviations"):
+            extra += f"  deviation(s) {', '.join(out['deviations'])}"
+        if out.get("batch_state"):
+            extra += f"  batch {out['batch_state']}"
+        return extra
+
+    def _run_timer(self, batch_id: str, step: dict[str, Any], spec: rm.TimerStep) -> tuple[int, str]:
+        assert self.operator is not None
+        version = step["version"]
+        if step["state"] != "in_progress":
+            self._last_write = time.monotonic()
+            out = self.operator.start_step(batch_id, step["id"], version)
+            version = out["version"]
+            started = parse_at(out["started_at"])
+            assert started is not None
+            self._anchor = (started, self._last_write) if self._anchor is None or started >= self._anchor[0] \
+                else self._anchor
+        else:
+            started = parse_at(step["started_at"])
+            assert started is not None
+        if self.timers == "skip":
+            return version, "timer not waited for; "
+        target = self._timer_target(spec)
+        due = started + target
+        wait = (due - self.server_now()).total_seconds() / self.time_factor
+        if wait > 0:
+            if wait > 5:
+                self.echo(f"      waiting {wait:.0f} s for timer {spec.id} ({spec.title})")
+            time.sleep(wait)
+        return version, ""
+
+    @staticmethod
+    def _timer_target(spec: rm.TimerStep) -> timedelta:
+        low = spec.minimum.seconds if spec.minimum else 0
+        if spec.maximum is not None:
+            extra = min((spec.maximum.seconds - low) / 2, 300)
+        else:
+            extra = min(max(low * 0.1, 5), 300)
+        return timedelta(seconds=low + extra)
+
+    def payload(self, batch: dict[str, Any], step: dict[str, Any],
+                spec: rm.Step) -> tuple[dict[str, Any], Client, str]:
+        """(payload, session that completes it, one-line summary) for a non-weigh step."""
+        assert self.operator is not None
+        op = self.operator
+        if isinstance(spec, rm.InstructionStep):
+            return {"confirm": True}, op, "confirmed"
+        if isinstance(spec, rm.NumericStep):
+            value = self._numeric_value(batch, spec)
+            return {"value": to_text(value) if spec.precision == 0 else str(value)}, op, f"{value} {spec.unit}"
+        if isinstance(spec, rm.SampleCheckStep):
+            results = self._samples(spec)
+            shown = [str(r) for r in results]
+            return {"results": shown}, op, f"{len(shown)} results {shown[0]}..{shown[-1]} {spec.unit}"
+        if isinstance(spec, rm.EquipmentCheckStep):
+            eq = f"EQ-{spec.id.upper().replace('_', '-')}"[:60]
+            return {"equipment_id": eq, "states": list(spec.required_states)}, op, \
+                f"{eq}: {', '.join(spec.required_states)}"
+        if isinstance(spec, rm.IdentifyStep):
+            if spec.scan == "dispensed":
+                lots = dispensed_lots(batch, spec.item, spec.dispensed_by)
+                if not lots:
+                    raise SimulationStopped(f"Step {spec.id}: nothing of {spec.item} was dispensed into the batch.")
+                return {"lot_id": lots[0]}, op, f"scanned dispensed lot {lots[0]}"
+            lot = self.chosen_lots.get(spec.item) or self._pick_lot(spec.item, None, None)[0]
+            self.chosen_lots[spec.item] = lot
+            return {"lot_id": lot}, op, f"scanned lot {lot} ({spec.item})"
+        if isinstance(spec, (rm.CalculationStep, rm.TimerStep)):
+            return {}, op, "calculated" if isinstance(spec, rm.CalculationStep) else "timer stopped"
+        if isinstance(spec, rm.SignatureStep):
+            signer = self._signer(spec)
+            signer.acknowledge_esig()
+            assert signer.login_with is not None
+            return {**signer.login_with.sign_fields(), "comment": "Simulated operator run."}, signer, \
+                f"signed ({spec.meaning})"
+        if isinstance(spec, rm.ProduceOutputStep):
+            theoretical = spec.quantity
+            if spec.theoretical_from:
+                theoretical = current_values(batch).get(spec.theoretical_from, theoretical)
+            expected = getattr(spec, "expected_yield", None) or midpoint(spec.yield_low, spec.yield_high, None,
+                                                                           Decimal(100))
+            qty = quantize(Decimal(theoretical) * Decimal(expected) / 100, max(3, _places(Decimal(theoretical))))
+            return {"quantity": str(qty), "unit": spec.unit}, op, f"{qty} {spec.unit} ({expected} % yield)"
+        raise SimulationStopped(f"Step {spec.id}: the simulation does not know step kind {spec.kind}.")
+
+    def _signer(self, spec: rm.SignatureStep) -> Client:
+        assert self.operator is not None
+        candidates: list[Client] = [] if spec.second_person else [self.operator]
+        verifier = self._verifier()
+        if verifier is not None:
+            candidates.append(verifier)
+        for c in candidates:
+            if set(spec.roles) & c.roles:
+                return c
+        raise SimulationStopped(
+            f"Step {spec.id} needs a signature by {' or '.join(spec.roles)}"
+            + (" (a second person)" if spec.second_person else "")
+            + "; give --verifier-badge / --verifier-pin of someone with that role.")
+
+    def _numeric_value(self, batch: dict[str, Any], spec: rm.NumericStep) -> Decimal:
+        if spec.target is None and spec.low is None and spec.high is None:
+            solved = self._solve_for(batch, spec)
+            if solved is not None:
+                return solved
+        return quantize(midpoint(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
+
+    def _solve_for(self, batch: dict[str, Any], spec: rm.NumericStep) -> Decimal | None:
+        """A value for ``spec`` that puts the first later calculation using it mid-limits."""
+        assert self.recipe is not None
+        values = current_values(batch)
+        for ref in self.recipe.steps():
+            calc = ref.step
+            if not isinstance(calc, rm.CalculationStep) or spec.id not in calc.references:
+                continue
+            if calc.low is None and calc.high is None:
+                continue
+            if any(r not in values for r in calc.references if r != spec.id):
+                continue
+            goal = midpoint(calc.low, calc.high, None, Decimal(1))
+            try:
+                f = lambda v: calc.compute({**values, spec.id: v})  # noqa: E731
+                a, b = Decimal(1), Decimal(1_000_000)  # far apart: the result's rounding does not matter
+                fa, fb = f(a), f(b)
+                for _ in range(6):  # secant steps (one is enough for a linear formula)
+                    if fa == fb:
+                        break
+                    a, fa, b = b, fb, quantize(b + (goal - fb) * (b - a) / (fb - fa), spec.precision)
+                    fb = f(b)
+                    if b > 0 and calc.in_limits(fb):
+                        return b
+            except Exception:  # noqa: BLE001 - a formula we cannot invert: fall back
+                continue
+        return None
+
+    def _samples(self, spec: rm.SampleCheckStep) -> list[Decimal]:
+        centre = midpoint(spec.low, spec.high, spec.target, Decimal(1))
+        spread = (spec.high - spec.low) / 20 if spec.low is not None and spec.high is not None else Decimal(0)
+        for _ in range(20):
+            results = [quantize(centre + spread * Decimal(self.rng.uniform(-1, 1)), spec.precision)
+                       for _ in range(spec.samples)]
+            try:
+                if spec.evaluate(results).ok:
+                    return results
+            except Exception:  # noqa: BLE001
+                break
+        return [quantize(centre, spec.precision)] * spec.samples
+
+    # -- weighing
+    def _lots(self, item: str) -> list[dict[str, Any]]:
+        assert self.operator is not None
+        out, after = [], None
+        while True:
+            params = {"item": item, "status": "released", "limit": "500"}
+            if after:
+                params["after"] = after
+            page = self.operator.get(f"{API}/lots", params=params)
+            out += page["lots"]
+            after = page.get("next_after")
+            if not after:
+                return out
+
+    def _pick_lot(self, item: str, need: Decimal | None, unit: str | None) -> tuple[str, list[dict[str, Any]]]:
+        """(lot id, its containers) of a usable released lot; with ``need``, one holding enough in total."""
+        assert self.operator is not None
+        preferred = self.chosen_lots.get(item)
+        lots = self._lots(item)
+        lots.sort(key=lambda lot: (lot["id"] != preferred, lot.get("expiry_date") or "9999", lot["id"]))
+        reasons = []
+        for lot in lots:
+            detail = self.operator.get(f"{API}/lots/{lot['id']}", params={"item": item})["lot"]
+            usable = detail.get("usability", {})
+            if not usable.get("ok"):
+                reasons.append(f"{lot['id']}: {usable.get('reason')}")
+                continue
+            containers = detail.get("containers", [])
+            if need is not None and unit is not None:
+                total = sum((_in_unit(c["remaining"], unit) for c in containers), Decimal(0))
+                if total < need:
+                    reasons.append(f"{lot['id']}: only {to_text(total)} {unit} left")
+                    continue
+            return lot["id"], containers
+        why = "; ".join(reasons) if reasons else "no released lot"
+        raise SimulationStopped(f"No usable lot of {item} with enough stock ({why}).")
+
+    def _weigh(self, batch: dict[str, Any], step: dict[str, Any], spec: rm.WeighStep) -> str:
+        assert self.operator is not None and spec.target is not None and spec.unit is not None
+        scale_unit = spec.scale.unit
+        scale_places = _places(spec.scale.readability)
+        places = max(_places(spec.target), _places(convert(spec.scale.readability, scale_unit, spec.unit)))
+        already = sum((Decimal(r["value"]) for r in step.get("records", [])
+                       if r["kind"] == "container" and r.get("superseded_by") is None
+                       and r["attempt"] == step["attempt"]), Decimal(0))
+        need = quantize(spec.target - already, places)
+        lot, containers = self._pick_lot(spec.item, need, spec.unit)
+        self.chosen_lots.setdefault(spec.item, lot)
+        pieces: list[tuple[str, Decimal]] = []
+        left = need
+        for c in sorted(containers, key=lambda c: -_in_unit(c["remaining"], spec.unit)):
+            have = quantize(_in_unit(c["remaining"], spec.unit), places, ROUND_DOWN)
+            if have <= 0:
+                continue
+            take = min(have, left)
+            pieces.append((c["id"], take))
+            left -= take
+            if left <= 0:
+                break
+        if left > 0:
+            raise SimulationStopped(f"Lot {lot} cannot supply {to_text(need)} {spec.unit} for step {spec.id}.")
+        if len(pieces) > 1 and not spec.multiple_containers:
+            raise SimulationStopped(f"Step {spec.id} takes one container, and no container of lot {lot} holds "
+                                    f"{to_text(need)} {spec.unit}.")
+        version = step["version"]
+        shown = []
+        out: dict[str, Any] = {}
+        for i, (container, amount) in enumerate(pieces):
+            more = i < len(pieces) - 1
+            on_scale = quantize(amount if scale_unit == spec.unit else convert(amount, spec.unit, scale_unit),
+                                scale_places)
+            reading = self.scale.read(on_scale, scale_unit, scale_places, at=self.server_now())
+            payload = {"lot_id": lot, "container_id": container, "reading": reading}
+            if more:
+                payload["more"] = True
+            self._last_write = time.monotonic()
+            out = self.operator.complete_step(batch["id"], step["id"], version, payload)
+            version = out["version"]
+            shown.append(f"{reading['value']} {reading['unit']} from {container}")
+        return f"lot {lot}: " + " + ".join(shown) + self._outcome(out)
+
+
+def _in_unit(quantity: dict[str, str], unit: str) -> Decimal:
+    value = Decimal(quantity["value"])
+    return value if quantity["uom"] == unit else convert(value, quantity["uom"], unit)
+
+
+def run_operator(base_url: str, work_order_id: str, *, terminal: str, badge: str, pin: str,
+                 verifier_badge: str | None = None, verifier_pin: str | None = None, qa_user: str | None = None,
+                 qa_password: str | None = None, qa_terminal: str | None = None, time_factor: float = 1.0,
+                 timers: str = "wait", echo: Callable[[str], None] | None = print) -> RunResult:
+    """Execute the batch of ``work_order_id`` as the badge holder (the CLI's entry point)."""
+    verifier = Login(badge=verifier_badge, pin=verifier_pin) if verifier_badge else None
+    qa = Login(user_id=qa_user, password=qa_password) if qa_user else None
+    sim = SimOperator(base_url, terminal, Login(badge=badge, pin=pin), verifier=verifier, qa=qa,
+                      qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=echo)
+    return sim.run(work_order_id)

@@ -1,0 +1,208 @@
+"""Benchmark: batch step completion through the HTTP API (real server on loopback, real
+database) with 1, 10 and 30 batches driven at once (one thread, operator and kiosk per
+batch), p50/p99 per concurrency level, beside a bare database commit measured in the
+same run. The recipe has only instruction and numeric steps, so the measurement is the
+completion path itself (lock batch and step, check order and version, record, audit,
+refresh states, commit).
+
+    python -m tests.bench.execution [--db sqlite|postgresql] [--batches 1,10,30] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import text
+from werkzeug.serving import make_server
+
+from tests.bench.common import (
+    BARE_TABLE, bench_database, create_bare_table, make_bench_app, parser, percentiles, ratio, timed,
+)
+
+PASSWORD = "Bench-Passw0rd-1"
+
+
+def recipe_yaml(steps: int) -> str:
+    """A synthetic recipe: ``steps`` steps alternating instruction and numeric, in one operation
+    (the measured part), then the identify and produce_output steps the format requires."""
+    lines = []
+    for i in range(steps):
+        if i % 2 == 0:
+            lines.append(f"          - {{id: s{i}, kind: instruction, title: Step {i}, instruction: Do step {i}.}}")
+        else:
+            lines.append(f"          - {{id: s{i}, kind: numeric, title: Step {i}, instruction: Enter the value., "
+                         f"unit: kg, precision: 1, low: \"1.0\", high: \"2.0\"}}")
+    return f"""\
+format: mes.master-recipe/v1
+id: MR-BENCH-{steps}
+version: 1
+product: {{code: FG-BENCH, name: Bench product}}
+batch_size: {{quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}}
+bill_of_materials:
+  - {{item: RM-BENCH, name: Raw, role: ingredient, quantity: "10.000", unit: kg, tolerance: {{percent: "1.0"}}}}
+procedure:
+  - id: up1
+    title: Bench
+    operations:
+      - id: op1
+        title: Steps
+        steps:
+""" + "\n".join(lines) + """
+  - id: up2
+    title: Not measured (the format needs an identify step per BOM item and one produce_output)
+    operations:
+      - id: op2
+        title: Finish
+        steps:
+          - {id: x1, kind: identify, title: X1, instruction: Scan., item: RM-BENCH}
+          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-BENCH, quantity: "10.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
+"""
+
+
+def _seed(steps: int, work_orders: int, operators: int) -> dict[str, Any]:
+    """Users, kiosks (one per operator), an effective recipe and dispatched work orders."""
+    from mes.audit.log import Actor
+    from mes.db import db
+    from mes.execution import operations as ex
+    from mes.execution import recipes_store as store
+    from mes.signatures.operations import Credentials
+    from mes.users import operations as ops
+    from mes.users.models import Terminal
+
+    seed = Actor.system("bench")
+    ops.create_user(seed, "sup", "Bench Supervisor", {"supervisor"}, password=PASSWORD)
+    ops.create_user(seed, "qa", "Bench QA", {"qa"}, password=PASSWORD)
+    ops.register_terminal(seed, "QA-WS", "workstation", "QA")
+    kiosks = []
+    for n in range(operators):
+        ops.create_user(seed, f"op{n}", f"Operator {n}", {"operator"}, password=PASSWORD, badge_id=f"B{n}", pin="2468")
+        _, key = ops.register_terminal(seed, f"KIOSK-{n}", "kiosk", f"Kiosk {n}", line="LINE-1")
+        kiosks.append(f"KIOSK-{n}:{key}")
+    author = ops.actor_for(ops.get_user("sup"), "supervisor", "QA-WS")
+    rv = store.import_recipe(author, recipe_yaml(steps), "bench.yaml")
+    store.submit_for_review(author, rv.id)
+    ops.acknowledge_esig_accountability("qa", "QA-WS")
+    qa_session, _ = ops.login_with_password("qa", PASSWORD, db.session.get(Terminal, "QA-WS"))
+    store.approve(qa_session, Credentials(PASSWORD, user_id="qa"), rv.id, terminal="QA-WS")
+    store.make_effective(author, rv.id)
+    wos = []
+    for _ in range(work_orders):
+        wo = ex.create_work_order(author, "FG-BENCH", "10.000", "kg", rv.id, line="LINE-1")
+        ex.release_work_order(author, wo.id)
+        ex.dispatch_work_order(author, wo.id, "LINE-1")
+        wos.append(wo.id)
+    return {"kiosks": kiosks, "work_orders": wos}
+
+
+def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[float], errors: list[str],
+           barrier: threading.Barrier) -> None:
+    """Log in, start the batch, wait for the others, then complete every step in order."""
+    from mes.execution.sim_operator import ApiError, Login, login
+
+    try:
+        client = login(base, kiosk, Login(badge=badge, pin="2468"))
+        batch = client.post(f"/api/v1/work-orders/{work_order}/batches", {})
+        steps = [(s["id"], s["kind"], s["version"]) for s in batch["steps"] if s["kind"] in ("instruction", "numeric")]
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"set-up: {exc}")
+        barrier.abort()
+        return
+    try:
+        barrier.wait(60)
+    except threading.BrokenBarrierError:
+        return
+    try:
+        for step_id, kind, version in steps:
+            payload = {"confirm": True} if kind == "instruction" else {"value": "1.5"}
+            t = time.perf_counter()
+            out = client.complete_step(batch["id"], step_id, version, payload)
+            samples.append(time.perf_counter() - t)
+            assert out["state"] == "completed", out
+    except (ApiError, AssertionError, requests.RequestException) as exc:
+        errors.append(f"{work_order}: {exc}")
+
+
+def run(backend: str, levels: list[int], steps: int) -> dict:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    from mes.db import db
+
+    with bench_database(backend) as url, tempfile.TemporaryDirectory() as tmp:
+        app = make_bench_app(url, Path(tmp))
+        app.config["MES_LOGIN_RATE_PER_MINUTE"] = 100_000  # every operator logs in from 127.0.0.1 at once
+        with app.app_context():
+            seeded = _seed(steps, sum(levels) + 1, max(levels))
+            db.session.remove()  # SQLite: an open session transaction holds the write lock
+            with db.engine.begin() as conn:
+                create_bare_table(conn, backend)
+            db.session.remove()
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.server_port}"
+        wos = iter(seeded["work_orders"])
+        results: dict[str, Any] = {}
+        try:
+            # warm-up: one batch, not measured
+            _drive(base, seeded["kiosks"][0], "B0", next(wos), [], warm_errors := [], threading.Barrier(1))
+            if warm_errors:
+                raise RuntimeError(warm_errors[0])
+            for level in levels:
+                samples: list[float] = []
+                errors: list[str] = []
+                barrier = threading.Barrier(level)
+                workers = [threading.Thread(target=_drive, args=(base, seeded["kiosks"][n], f"B{n}", next(wos), samples,
+                                                                 errors, barrier)) for n in range(level)]
+                started = time.perf_counter()
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                if errors:
+                    raise RuntimeError(f"{len(errors)} batch(es) failed at {level} batches: {errors[0]}")
+                elapsed = time.perf_counter() - started
+                results[str(level)] = {**percentiles(samples), "completions_per_s": round(len(samples) / elapsed, 1)}
+            with app.app_context():
+                engine = db.engine
+                seq = iter(range(10**9))
+
+                def bare_commit() -> None:
+                    with engine.begin() as conn:
+                        conn.execute(text(f"INSERT INTO {BARE_TABLE} (seq, at, action, actor_id, entity_type, entity_id, "
+                                          "entry_bytes, leaf_hash) VALUES (:s, 'x', 'a', 'u', 't', 'e', :b, :h)"),
+                                     {"s": next(seq), "b": b"x" * 400, "h": b"h" * 32})
+
+                bare = percentiles(timed(bare_commit, max(50, steps * 5)))
+                engine.dispose()
+        finally:
+            server.shutdown()
+    top = results[str(max(levels))]
+    return {
+        "benchmark": "execution", "db": backend, "steps_per_batch": steps, "batches": levels,
+        "step_completion": results, "bare_commit": bare,
+        "ratio_p50_to_bare_commit_p50": {k: ratio(v["p50_ms"], bare["p50_ms"]) for k, v in results.items()},
+        "ratio_p99_to_bare_commit_p99": {k: ratio(v["p99_ms"], bare["p99_ms"]) for k, v in results.items()},
+        "target": {"p99_ms_at_max_batches": 20.0, "met": top["p99_ms"] <= 20.0},
+    }
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,10,30", help="concurrency levels, comma-separated")
+    ap.add_argument("--steps", type=int, default=40, help="steps per batch")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.batches.split(",") if x.strip()]
+    started = time.perf_counter()
+    result = run(args.db, levels, args.steps)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
