@@ -726,7 +726,7 @@ def check_reading(
     if age < -MAX_CLOCK_SKEW:
         return Check("bad_reading", f"The reading from {eq.label} is dated in the future; the scale gateway clock "
                                     "is wrong. Tell the supervisor.", eq.id)
-    if age > timedelta(seconds=float(max_age_s)):
+    if age > timedelta(microseconds=int(Decimal(str(max_age_s)) * 1_000_000)):
         return Check("stale", f"The reading from {eq.label} is {int(age.total_seconds())} s old; readings older "
                               f"than {max_age_s} s are not accepted. Weigh again.", eq.id)
     sequence = reading.get("sequence")
