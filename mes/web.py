@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from threading import Lock
 from typing import Any, Callable, TypeVar
 
@@ -178,6 +178,23 @@ def parse_utc(value: str | None, field: str) -> datetime | None:
     if parsed.tzinfo is None:
         raise ValidationFailed(f"{field} needs a time zone (e.g. 2027-01-01T00:00:00Z).", field=field)
     return parsed
+
+
+def parse_date(value: str | None, field: str) -> date | None:
+    """A calendar date (YYYY-MM-DD) from user input, or a 422 naming the field."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(f"{field} is not a calendar date (YYYY-MM-DD).", field=field) from None
+
+
+def created(payload: dict[str, Any]) -> Response:
+    """A 201 JSON response."""
+    response = jsonify(payload)
+    response.status_code = 201
+    return response
 
 
 def local_time(value: datetime | str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -14,7 +13,7 @@ from mes.audit.models import AuditCheckpoint, AuditEntry
 from mes.db import db
 from mes.errors import NotFound, ValidationFailed
 from mes.users.permissions import Permission as P
-from mes.web import endpoint, parse_utc
+from mes.web import created, endpoint, parse_utc
 
 bp = Blueprint("audit", __name__)
 MAX_PAGE = 500
@@ -128,9 +127,7 @@ def create_review() -> Response:
         raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
     review = review_trail(who.session, credentials_from(g.body), g.body.get("batch"), g.body.get("comment", ""),
                           who.terminal.id if who.terminal else None)
-    response = jsonify({"review": _review_json(review)})
-    response.status_code = 201
-    return response
+    return created({"review": _review_json(review)})
 
 
 @bp.get("/api/v1/audit/reviews")

@@ -25,7 +25,7 @@ from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import Session
 
 from mes.audit import canonical, checkpoint as notes, keys, merkle
-from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry, AuditTreeNode
+from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
 from mes.db import db, utcnow
 from mes.integration.models import OutboxEvent
 
@@ -467,12 +467,3 @@ def iter_entries_collecting_leaves(leaves: bytearray, session: Session | None = 
             last = rows[-1][0]
     finally:
         cursor.close()
-
-
-def entry_dict(row: AuditEntry) -> dict[str, Any]:
-    """Parse a stored entry for display; the bytes stay the record."""
-    return json.loads(row.entry_bytes)
-
-
-def as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

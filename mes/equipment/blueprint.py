@@ -8,8 +8,7 @@ with the value a decimal string.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-from typing import Any
+from datetime import timedelta
 
 from flask import Blueprint, Response, g, jsonify, request
 
@@ -17,7 +16,7 @@ from mes.equipment import operations as ops
 from mes.equipment.models import AccuracyClass, CalibrationResult, EquipmentKind, EquipmentStatus
 from mes.errors import ValidationFailed
 from mes.users.permissions import Permission as P
-from mes.web import STR, endpoint, obj, parse_utc, principal
+from mes.web import STR, created, endpoint, obj, parse_date, parse_utc, principal
 
 bp = Blueprint("equipment", __name__)
 API = "/api/v1/equipment"
@@ -47,20 +46,6 @@ CALIBRATION_SCHEMA = obj({"result": {"enum": [r.value for r in CalibrationResult
                           "calibrated_at": DATETIME, "calibrated_by": STR, "comment": STR},
                          ("result", "certificate"))
 
-
-def _created(payload: dict[str, Any]) -> Response:
-    response = jsonify(payload)
-    response.status_code = 201
-    return response
-
-
-def _date(value: str | None, field: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValidationFailed(f"{field} is not a calendar date (YYYY-MM-DD).", field=field) from None
 
 
 def _enum_arg(name: str, values: list[str]) -> str | None:
@@ -95,7 +80,7 @@ def equipment_register() -> Response:
         clean_hold=hold, device_id=b.get("device_id"), driver=b.get("driver"), capacity=b.get("capacity"),
         min_weight=b.get("min_weight"), readability=b.get("readability"), accuracy_class=b.get("accuracy_class"),
     )
-    return _created({"equipment": ops.equipment_json(eq, detail=True)})
+    return created({"equipment": ops.equipment_json(eq, detail=True)})
 
 
 @bp.get(f"{API}/<equipment_id>")
@@ -140,7 +125,7 @@ def cleanings_record(equipment_id: str) -> Response:
         valid_for=timedelta(hours=b["valid_for_hours"]) if "valid_for_hours" in b else None,
         clean_until=parse_utc(b.get("clean_until"), "clean_until"), comment=b.get("comment"),
     )
-    return _created({"cleaning": ops.cleaning_json(rec)})
+    return created({"cleaning": ops.cleaning_json(rec)})
 
 
 @bp.get(f"{API}/<equipment_id>/calibrations")
@@ -158,10 +143,10 @@ def calibrations_record(equipment_id: str) -> Response:
     b = g.body
     rec = ops.record_calibration(
         principal().actor(P.EQUIPMENT_MANAGE), equipment_id, b["result"], b["certificate"],
-        due=_date(b.get("due"), "due"), calibrated_at=parse_utc(b.get("calibrated_at"), "calibrated_at"),
+        due=parse_date(b.get("due"), "due"), calibrated_at=parse_utc(b.get("calibrated_at"), "calibrated_at"),
         calibrated_by=b.get("calibrated_by"), comment=b.get("comment"),
     )
-    return _created({"calibration": ops.calibration_json(rec)})
+    return created({"calibration": ops.calibration_json(rec)})
 
 
 @bp.get(f"{API}/<equipment_id>/check")

@@ -16,19 +16,13 @@ from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
 from mes.execution import recipes_store as store
 from mes.users.permissions import Permission as P
-from mes.web import STR, endpoint, obj, principal
+from mes.web import STR, created, endpoint, obj, principal
 
 bp = Blueprint("execution", __name__)
 API = "/api/v1"
 ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,139}$"}
 DECIMAL = {"type": "string", "pattern": r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"}
 TEXT = {"type": "string", "minLength": 1, "maxLength": 4000}
-
-
-def _created(payload: dict[str, Any]) -> Response:
-    response = jsonify(payload)
-    response.status_code = 201
-    return response
 
 
 def _session_row() -> Any:
@@ -74,7 +68,7 @@ def diff_recipe(version_id: str, other_id: str) -> Response:
 def import_recipe() -> Response:
     """Import a master recipe (YAML text) as a new draft version."""
     rv = store.import_recipe(principal().actor(P.RECIPE_AUTHOR), g.body["yaml"], g.body.get("name") or "<upload>")
-    return _created(store.version_json(rv))
+    return created(store.version_json(rv))
 
 
 @bp.post(f"{API}/recipes/<version_id>/submit")
@@ -117,7 +111,7 @@ def create_work_order() -> Response:
     wo = ops.create_work_order(principal().actor(P.WORK_ORDER_MANAGE), b["item"], b["quantity"], b["unit"],
                                b["recipe_version"], work_order_id=b.get("id"), line=b.get("line"), due_date=due,
                                erp_ref=b.get("erp_ref"))
-    return _created(ops.work_order_json(wo))
+    return created(ops.work_order_json(wo))
 
 
 @bp.get(f"{API}/work-orders/<wo_id>")
@@ -150,7 +144,7 @@ def dispatch_work_order(wo_id: str) -> Response:
 def start_batch(wo_id: str) -> Response:
     """Start the batch of a dispatched work order (freezes the control recipe)."""
     batch = ops.start_batch(principal().actor(P.BATCH_EXECUTE), wo_id, batch_id=g.body.get("batch_id"))
-    return _created(ops.batch_json(batch))
+    return created(ops.batch_json(batch))
 
 
 @bp.get(f"{API}/batches/<batch_id>")
@@ -209,7 +203,7 @@ def raise_deviation(batch_id: str) -> Response:
     b = g.body
     dev = ops.raise_deviation(principal().actor(P.DEVIATION_RAISE), batch_id, b["severity"], b["category"],
                               b["description"], step_id=b.get("step"), evidence=b.get("evidence"))
-    return _created(ops.deviation_json(dev))
+    return created(ops.deviation_json(dev))
 
 
 @bp.post(f"{API}/deviations/<deviation_id>/disposition")
@@ -231,7 +225,7 @@ def correct(batch_id: str) -> Response:
     """Correct a recorded value with a reason (both values are kept)."""
     b = g.body
     rec = ops.correct_value(principal().actor(P.BATCH_EXECUTE), batch_id, b["record"], b["value"], b["reason"])
-    return _created({"record": rec.id, "corrects": rec.corrects, "value": rec.value, "unit": rec.unit})
+    return created({"record": rec.id, "corrects": rec.corrects, "value": rec.value, "unit": rec.unit})
 
 
 # --------------------------------------------------------------------- review, release

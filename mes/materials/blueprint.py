@@ -7,9 +7,6 @@ string; request bodies carry ``qty`` as a decimal string and ``uom`` beside it.
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Any
-
 from flask import Blueprint, Response, g, jsonify, request
 
 from mes.errors import ValidationFailed
@@ -17,7 +14,7 @@ from mes.materials import operations as ops
 from mes.materials.models import HoldDisposition, HoldScope, ItemKind, LotStatus
 from mes.materials.quantities import UNITS
 from mes.users.permissions import Permission as P
-from mes.web import STR, endpoint, obj, principal
+from mes.web import STR, created, endpoint, obj, parse_date, principal
 
 bp = Blueprint("materials", __name__)
 API = "/api/v1"
@@ -30,20 +27,6 @@ DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 DAYS = {"type": "integer", "minimum": 1, "maximum": 36500}
 REASON = obj({"reason": STR}, ("reason",))
 
-
-def _created(payload: dict[str, Any]) -> Response:
-    response = jsonify(payload)
-    response.status_code = 201
-    return response
-
-
-def _date(value: str | None, field: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValidationFailed(f"{field} is not a calendar date (YYYY-MM-DD).", field=field) from None
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -83,7 +66,7 @@ def items_create() -> Response:
     b = g.body
     item = ops.create_item(principal().actor(P.MATERIAL_MANAGE), b["code"], b["name"], b["base_uom"], b["kind"],
                            shelf_life_days=b.get("shelf_life_days"), retest_days=b.get("retest_days"))
-    return _created({"item": ops.item_json(item)})
+    return created({"item": ops.item_json(item)})
 
 
 @bp.get(f"{API}/items/<code>")
@@ -128,11 +111,11 @@ def lots_receive() -> Response:
     containers = [ops.ContainerIn(c["qty"], c["uom"], c.get("label"), c.get("location")) for c in b["containers"]]
     lot = ops.receive_lot(
         principal().actor(P.MATERIAL_MANAGE), b["item"], containers, lot_id=b.get("id"), supplier=b.get("supplier"),
-        supplier_lot=b.get("supplier_lot"), manufactured_date=_date(b.get("manufactured_date"), "manufactured_date"),
-        expiry_date=_date(b.get("expiry_date"), "expiry_date"), retest_date=_date(b.get("retest_date"), "retest_date"),
+        supplier_lot=b.get("supplier_lot"), manufactured_date=parse_date(b.get("manufactured_date"), "manufactured_date"),
+        expiry_date=parse_date(b.get("expiry_date"), "expiry_date"), retest_date=parse_date(b.get("retest_date"), "retest_date"),
         location=b.get("location"),
     )
-    return _created({"lot": ops.lot_json(lot, detail=True)})
+    return created({"lot": ops.lot_json(lot, detail=True)})
 
 
 @bp.get(f"{API}/lots/<lot_id>")
@@ -163,7 +146,7 @@ def lots_reject(lot_id: str) -> Response:
 @endpoint(P.MATERIAL_RELEASE, schema=obj({"retest_date": DATE, "reason": STR}, ("retest_date", "reason")), tags=TAGS)
 def lots_retest_date(lot_id: str) -> Response:
     """QA: set the next retest date after a retest."""
-    retest = _date(g.body["retest_date"], "retest_date")
+    retest = parse_date(g.body["retest_date"], "retest_date")
     assert retest is not None
     lot = ops.set_retest_date(principal().actor(P.MATERIAL_RELEASE), lot_id, retest, g.body["reason"])
     return jsonify({"lot": ops.lot_json(lot, detail=True)})
@@ -204,7 +187,7 @@ def holds_place(lot_id: str) -> Response:
     b = g.body
     hold = ops.place_hold(principal().actor(P.MATERIAL_MANAGE), lot_id, b["scope"], b["reason"],
                           ncr_id=b.get("ncr_id"), hold_id=b.get("hold_id"))
-    return _created({"hold": ops.hold_json(hold)})
+    return created({"hold": ops.hold_json(hold)})
 
 
 @bp.post(f"{API}/holds/<hold_id>/release")

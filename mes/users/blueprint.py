@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, render_template_string, request, session
@@ -12,6 +11,7 @@ from mes.users.models import Alarm, ApiToken, Terminal, User
 from mes.users.permissions import Permission as P
 from mes.web import (
     STR,
+    created,
     csrf_token,
     current_terminal,
     endpoint,
@@ -37,12 +37,6 @@ def _user_json(user: User) -> dict[str, Any]:
         "created_at": user.created_at.isoformat(),
         "deactivated_at": user.deactivated_at.isoformat() if user.deactivated_at else None,
     }
-
-
-def _created(payload: dict[str, Any]) -> Response:
-    response = jsonify(payload)
-    response.status_code = 201
-    return response
 
 
 # ------------------------------------------------------------------------ auth
@@ -159,7 +153,7 @@ def users_create() -> Response:
         badge_id=b.get("badge_id"), pin=b.get("pin"), language=b.get("language", "en"),
         qualified_until=parse_utc(b.get("qualified_until"), "qualified_until"), email=b.get("email"),
     )
-    return _created({"user": _user_json(user)})
+    return created({"user": _user_json(user)})
 
 
 @bp.get(f"{API}/users/<user_id>")
@@ -225,7 +219,7 @@ def terminals_register() -> Response:
     """Register a terminal; the enrolment key is returned once."""
     b = g.body
     terminal, key = ops.register_terminal(principal().actor(P.TERMINALS_ADMIN), b["id"], b["kind"], b.get("description", ""), b.get("line"))
-    return _created({"terminal": _terminal_json(terminal), "enrolment_key": key})
+    return created({"terminal": _terminal_json(terminal), "enrolment_key": key})
 
 
 @bp.post(f"{API}/terminals/<terminal_id>/deactivate")
@@ -293,7 +287,7 @@ def tokens_issue() -> Response:
     b = g.body
     token, secret = ops.issue_token(principal().actor(P.TOKENS_ADMIN), b["user"], b["scopes"], b.get("description", ""),
                                     parse_utc(b.get("expires_at"), "expires_at"))
-    return _created({"token": _token_json(token), "secret": secret})
+    return created({"token": _token_json(token), "secret": secret})
 
 
 @bp.post(f"{API}/tokens/<token_id>/revoke")
