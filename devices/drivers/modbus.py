@@ -80,7 +80,6 @@ import enum
 import itertools
 import logging
 import math
-import random
 import struct
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -93,6 +92,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from devices.backoff import Backoff
 from devices.base import Capability, Driver, Frame, utc_now
 from devices.errors import (
     ConfigurationError,
@@ -625,25 +625,6 @@ class ModbusCycle:
         return not self.errors
 
 
-# ------------------------------------------------------------------- backoff
-@dataclass
-class _Backoff:
-    """Reconnect delays: initial, doubling, capped, with ±10 % jitter."""
-
-    initial_s: float
-    max_s: float
-    attempts: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.initial_s * (2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        return min(self.max_s, base * self.rng.uniform(0.9, 1.1))
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
 def _find_pdu(buffer: bytes, transaction_id: int) -> bytes | None:
     """The PDU of the MBAP frame with ``transaction_id`` in ``buffer``, if complete."""
     pos = 0
@@ -769,7 +750,7 @@ class ModbusTcpDriver(Driver):
         self._lost: asyncio.Event | None = None
         self._up: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._backoff = _Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
+        self._backoff = Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
         self._next_attempt_at: float | None = None
         self._rx: tuple[bytes, float, datetime] = (b"", 0.0, utc_now())
         self._next_stream_at = 0.0

@@ -74,12 +74,11 @@ import hashlib
 import itertools
 import logging
 import math
-import random
 import re
 import struct
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from pathlib import Path
@@ -94,6 +93,7 @@ from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from devices.backoff import Backoff
 from devices.base import Capability, Driver, Frame, utc_now
 from devices.errors import (
     ConfigurationError,
@@ -388,24 +388,6 @@ _NODE_SCHEMA: dict[str, Any] = {
 _FILE = {"type": "string", "minLength": 1}
 #: What a node id string looks like (anything else is taken as a browse path).
 _NODE_ID_RE = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?[isgb]=")
-
-
-@dataclass
-class _Backoff:
-    """Reconnect delays: initial, doubling, capped, with ±10 % jitter."""
-
-    initial_s: float
-    max_s: float
-    attempts: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.initial_s * (2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        return min(self.max_s, base * self.rng.uniform(0.9, 1.1))
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def _certificate(path: str) -> x509.Certificate:
@@ -705,7 +687,7 @@ class OpcUaDriver(Driver):
         self._link_up = False
         self._up: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._backoff = _Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
+        self._backoff = Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
         self._next_attempt_at: float | None = None
         self._subscriptions: set[NodeSubscription] = set()
         self._stream_sub: NodeSubscription | None = None

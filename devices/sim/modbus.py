@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -63,6 +62,7 @@ from pymodbus.simulator import DataType as SimDataType
 from pymodbus.simulator import SimData, SimDevice
 
 from devices.drivers.modbus import DataType, Table, decode_registers, encode_value
+from devices.sim.runner import stop_on_signals, wait_for_stop
 
 __all__ = [
     "ModbusFaults",
@@ -584,28 +584,18 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
     for code, address in args.exception:
         sim.faults.inject_exception(code, address=address, times=None)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await sim.start(args.port, args.host)
-    unit = "any" if args.unit == 0 else str(args.unit)
-    print(f"modbus simulator listening on {sim.url} (unit {unit})", flush=True)
-    ramp = asyncio.create_task(_demo_ramp(regmap, stop)) if args.map is None else None
-    try:
-        if args.duration is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration)
-        else:
-            await stop.wait()
-    finally:
-        stop.set()
-        if ramp is not None:
-            await ramp
-        await sim.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-                loop.remove_signal_handler(sig)
+    with stop_on_signals(stop):
+        await sim.start(args.port, args.host)
+        unit = "any" if args.unit == 0 else str(args.unit)
+        print(f"modbus simulator listening on {sim.url} (unit {unit})", flush=True)
+        ramp = asyncio.create_task(_demo_ramp(regmap, stop)) if args.map is None else None
+        try:
+            await wait_for_stop(stop, args.duration)
+        finally:
+            stop.set()
+            if ramp is not None:
+                await ramp
+            await sim.stop()
     return 0
 
 

@@ -49,7 +49,6 @@ import datetime as dt
 import ipaddress
 import logging
 import math
-import signal
 import socket
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devices.drivers.opcua import PackMLCommand, PackMLState
+from devices.sim.runner import stop_on_signals, wait_for_stop
 
 __all__ = [
     "NAMESPACE_URI",
@@ -652,30 +652,20 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
         trust_dir=args.trust,
     )
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await sim.start(args.port, args.host)
-    security = "None"
-    if args.secure:
-        security = ("" if args.secure_only else "None + ") + "Basic256Sha256/SignAndEncrypt"
-    print(f"opcua simulator listening on {sim.url} (security: {security})", flush=True)
-    print(f"  namespace {NAMESPACE_URI} = ns={sim.namespace_index}; state node {sim.node_id('state')}", flush=True)
-    if sim.server_certificate is not None:
-        trust = f"trust list {args.trust}" if args.trust else "any valid client certificate accepted"
-        print(f"  server certificate {sim.server_certificate}; {trust}", flush=True)
-    try:
-        if args.duration is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration)
-        else:
-            await stop.wait()
-    finally:
-        await sim.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-                loop.remove_signal_handler(sig)
+    with stop_on_signals(stop):
+        await sim.start(args.port, args.host)
+        security = "None"
+        if args.secure:
+            security = ("" if args.secure_only else "None + ") + "Basic256Sha256/SignAndEncrypt"
+        print(f"opcua simulator listening on {sim.url} (security: {security})", flush=True)
+        print(f"  namespace {NAMESPACE_URI} = ns={sim.namespace_index}; state node {sim.node_id('state')}", flush=True)
+        if sim.server_certificate is not None:
+            trust = f"trust list {args.trust}" if args.trust else "any valid client certificate accepted"
+            print(f"  server certificate {sim.server_certificate}; {trust}", flush=True)
+        try:
+            await wait_for_stop(stop, args.duration)
+        finally:
+            await sim.stop()
     return 0
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -27,6 +25,7 @@ from devices.sim.aandd import AandDSimulator
 from devices.sim.faults import FaultPlan, parse_fault_spec
 from devices.sim.model import BalanceModel
 from devices.sim.mtsics import MtSicsSimulator
+from devices.sim.runner import stop_on_signals, wait_for_stop
 from devices.sim.server import SimulatorServer
 
 __all__ = ["PROTOCOLS", "build_parser", "create_simulator", "main", "run"]
@@ -129,26 +128,16 @@ async def run(
     else:
         url = await sim.start_tcp(args.tcp, host=args.host)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)  # only possible in the main thread
-    pacing = f"{args.baud} baud" if args.baud else "unpaced"
-    print(f"{sim.protocol} scale simulator listening on {url} ({pacing})", flush=True)
-    sim.on_url_change = lambda new: print(f"{sim.protocol} scale simulator now on {new}", flush=True)
-    if on_ready is not None:
-        on_ready(sim)
-    try:
-        if args.duration is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration)
-        else:
-            await stop.wait()
-    finally:
-        await sim.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-                loop.remove_signal_handler(sig)
+    with stop_on_signals(stop):
+        pacing = f"{args.baud} baud" if args.baud else "unpaced"
+        print(f"{sim.protocol} scale simulator listening on {url} ({pacing})", flush=True)
+        sim.on_url_change = lambda new: print(f"{sim.protocol} scale simulator now on {new}", flush=True)
+        if on_ready is not None:
+            on_ready(sim)
+        try:
+            await wait_for_stop(stop, args.duration)
+        finally:
+            await sim.stop()
     return 0
 
 

@@ -609,17 +609,6 @@ def test_cycles_poll_at_a_fixed_rate() -> None:
     run(body())
 
 
-def test_reconnect_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    from devices.drivers.modbus import _Backoff
-
-    backoff = _Backoff(0.5, 4.0)
-    delays = [backoff.next_delay() for _ in range(7)]
-    for delay, base in zip(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0], strict=True):
-        assert base * 0.9 <= delay <= min(4.0, base * 1.1)
-    backoff.reset()
-    assert backoff.next_delay() <= 0.55
-
-
 # ----------------------------------------------------------------- simulator
 def test_register_map_from_spec_and_typed_values(tmp_path: Path) -> None:
     spec_ = {
