@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from mes.equipment.blueprint import bp as equipment_bp
     from mes.execution.blueprint import bp as execution_bp
     from mes.materials.blueprint import bp as materials_bp
+    from mes.oee.blueprint import bp as oee_bp
     from mes.qa.blueprint import bp as qa_bp
     from mes.system.blueprint import bp as system_bp
     from mes.users.blueprint import bp as users_bp
@@ -51,4 +52,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(materials_bp)
     app.register_blueprint(execution_bp)
     app.register_blueprint(equipment_bp)
+    app.register_blueprint(oee_bp)
+
     return app

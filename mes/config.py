@@ -71,6 +71,20 @@ def _parse_timezone(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_shifts(raw: str) -> tuple[tuple[str, int], ...]:
+    """``06:00,14:00,22:00`` (or ``early=06:00,...``) -> ((name, minute of the day), ...)."""
+    shifts: list[tuple[str, int]] = []
+    for n, part in enumerate((p.strip() for p in raw.split(",")), start=1):
+        name, _, at = part.rpartition("=")
+        hours, _, minutes = at.strip().partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError(f"expected shift start times such as 06:00,14:00,22:00, got {part!r}")
+        shifts.append((name.strip() or f"Shift {n}", int(hours) * 60 + int(minutes)))
+    starts = [m for _, m in shifts]
+    if starts != sorted(set(starts)):
+        raise ValueError("shift start times must be given in rising order, each once")
+    return tuple(shifts)
+
 def _parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -98,6 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Site id: origin of audit checkpoints and CloudEvents source"),
     Setting("MES_TIMEZONE", "MES_TIMEZONE", _parse_timezone, "UTC",
             "Plant time zone for displayed times (records are stored in UTC)"),
+    Setting("MES_SHIFTS", "MES_SHIFTS", _parse_shifts, "06:00,14:00,22:00",
+            "Shift start times in plant time (MES_TIMEZONE), optionally named: early=06:00,late=14:00,night=22:00"),
     Setting("MES_PANEL_PPI", "MES_PANEL_PPI", _parse_positive_int, "141",
             "Kiosk panel pixels per inch (touch target sizing)"),
     Setting("MES_PANEL_DPR", "MES_PANEL_DPR", _parse_positive_int, "1",

@@ -7,3 +7,4 @@ from mes.audit import review as audit_review  # noqa: F401,E402  (registers the 
 from mes.materials import models as materials_models  # noqa: F401
 from mes.execution import models as execution_models, operations as execution_operations  # noqa: F401,E402  (and its signable records)
 from mes.equipment import models as equipment_models  # noqa: F401
+from mes.oee import models as oee_models  # noqa: F401

@@ -29,6 +29,8 @@ class Permission(str, enum.Enum):
     MATERIAL_RELEASE = "material.release"
     EQUIPMENT_VIEW = "equipment.view"
     EQUIPMENT_MANAGE = "equipment.manage"
+    OEE_VIEW = "oee.view"
+    OEE_MANAGE = "oee.manage"
     RECIPE_AUTHOR = "recipe.author"
     RECIPE_APPROVE = "recipe.approve"
     # records
@@ -65,6 +67,8 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.MATERIAL_RELEASE: frozenset({_Q}),
     Permission.EQUIPMENT_VIEW: frozenset({_O, _S, _Q}),
     Permission.EQUIPMENT_MANAGE: frozenset({_S, _Q}),
+    Permission.OEE_VIEW: frozenset({_S, _Q}),
+    Permission.OEE_MANAGE: frozenset({_S}),
     Permission.RECIPE_AUTHOR: frozenset({_S}),
     Permission.RECIPE_APPROVE: frozenset({_Q}),
     Permission.AUDIT_VIEW: frozenset({_Q, _A}),

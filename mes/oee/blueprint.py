@@ -1,0 +1,142 @@
+"""OEE on the API and on a QA workstation page (a thin shell over :mod:`mes.oee.operations`).
+
+``GET /api/v1/oee?line=LINE-1&from=…&to=…&group=shift|product`` answers the figures;
+stops, downtime reasons and ideal rates have their own endpoints. ``/qa/oee`` shows
+A, P, Q and OEE per shift and the downtime Pareto as server-rendered SVG (no script).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+
+from mes.db import utcnow
+from mes.errors import MESError, ValidationFailed
+from mes.oee import charts
+from mes.oee import operations as ops
+from mes.users.permissions import Permission as P
+from mes.web import STR, created, csrf_token, endpoint, obj, parse_utc, principal
+
+bp = Blueprint("oee", __name__, template_folder="templates")
+API = "/api/v1/oee"
+TAGS = ("oee",)
+
+ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+DECIMAL = {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"}
+DATETIME = {"type": "string", "minLength": 10, "maxLength": 40}
+REASON_SCHEMA = obj({"reason": {"type": "string", "minLength": 1, "maxLength": 100}, "planned": {"type": "boolean"},
+                     "comment": STR}, ("reason",))
+RATE_SCHEMA = obj({"line": ID, "product": ID, "units_per_minute": DECIMAL, "effective_from": DATETIME,
+                   "comment": STR}, ("line", "units_per_minute"))
+
+
+def _required(name: str) -> str:
+    value = request.args.get(name, "").strip()
+    if not value:
+        raise ValidationFailed(f"The query parameter {name} is required.", field=name)
+    return value
+
+
+def _range() -> tuple[datetime, datetime]:
+    start = parse_utc(_required("from"), "from")
+    end = parse_utc(_required("to"), "to")
+    assert start is not None and end is not None
+    return start, end
+
+
+@bp.get(API)
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_figures() -> Response:
+    """OEE of a line over a time range grouped by shift or product: ``?line=&from=&to=&group=shift|product``."""
+    line = _required("line")
+    start, end = _range()
+    return jsonify(ops.oee(line, start, end, request.args.get("group", "shift")))
+
+
+@bp.get(f"{API}/stops")
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_stops() -> Response:
+    """The line's stop intervals in a range with their downtime reasons: ``?line=&from=&to=``."""
+    line = _required("line")
+    start, end = _range()
+    return jsonify({"stops": ops.stops(line, start, end)})
+
+
+@bp.post(f"{API}/stops/<interval_id>/reason")
+@endpoint(P.OEE_MANAGE, schema=REASON_SCHEMA, tags=TAGS)
+def oee_stop_reason(interval_id: str) -> Response:
+    """Assign the downtime reason of a stop (``planned`` for breaks, planned maintenance, no order)."""
+    row = ops.assign_downtime_reason(principal().actor(P.OEE_MANAGE), interval_id, g.body["reason"],
+                                     planned=g.body.get("planned", False), comment=g.body.get("comment"))
+    return created({"downtime_reason": ops.reason_json(row)})
+
+
+@bp.get(f"{API}/rates")
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_rates() -> Response:
+    """The ideal rates (units per minute) of a line, oldest first: ``?line=``."""
+    return jsonify({"rates": [ops.rate_json(r) for r in ops.ideal_rates(_required("line"))]})
+
+
+@bp.post(f"{API}/rates")
+@endpoint(P.OEE_MANAGE, schema=RATE_SCHEMA, tags=TAGS)
+def oee_rate_set() -> Response:
+    """Set a line's ideal rate in units per minute, for one product or (no product) for any."""
+    b = g.body
+    row = ops.set_ideal_rate(principal().actor(P.OEE_MANAGE), b["line"], b["units_per_minute"],
+                             product=b.get("product"),
+                             effective_from=parse_utc(b.get("effective_from"), "effective_from"),
+                             comment=b.get("comment"))
+    return created({"rate": ops.rate_json(row)})
+
+
+# ------------------------------------------------------------------------------ page
+
+
+def _local_input(value: str, field: str, zone: ZoneInfo) -> datetime:
+    """A page date-time: ``2026-11-23T06:00`` in plant time, or ISO 8601 with a zone."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(f"{field} is not a date and time such as 2026-11-23T06:00.", field=field) from None
+    return parsed.replace(tzinfo=zone) if parsed.tzinfo is None else parsed
+
+
+@bp.get("/qa/oee")
+@endpoint(P.OEE_VIEW, tags=("qa",))
+def oee_page() -> Any:
+    """OEE per shift with A, P and Q, and the downtime Pareto, for one line and time range."""
+    zone = ZoneInfo(current_app.config.get("MES_TIMEZONE", "UTC"))
+    lines = ops.known_lines()
+    now_local = utcnow().astimezone(zone)
+    yesterday = datetime.combine(now_local.date() - timedelta(days=1), datetime.min.time())
+    default_from = yesterday.strftime("%Y-%m-%dT%H:%M")
+    form = {"line": request.args.get("line", "").strip() or (lines[0] if lines else ""),
+            "from": request.args.get("from", "").strip() or default_from,
+            "to": request.args.get("to", "").strip() or now_local.strftime("%Y-%m-%dT%H:%M")}
+    result, error, shift_chart, pareto, status = None, None, None, None, 200
+    try:
+        if form["line"]:
+            start = _local_input(form["from"], "from", zone)
+            result = ops.oee(form["line"], start, _local_input(form["to"], "to", zone), "shift")
+            shift_chart = charts.shift_chart(result["groups"])
+            pareto = charts.pareto_chart(result["total"]["downtime_by_reason"])
+    except MESError as exc:
+        error, status = exc.detail, exc.status
+    return render_template("oee/oee.html", form=form, lines=lines, result=result, error=error,
+                           shift_chart=shift_chart, pareto=pareto, zone=zone.key, user=principal().user,
+                           csrf=csrf_token(), pct=_pct, minutes=_minutes), status
+
+
+def _pct(ratio: str | None) -> str:
+    """``"0.8125"`` -> ``"81.3 %"``; a dash when there is no figure."""
+    return "–" if ratio is None else f"{(Decimal(ratio) * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_EVEN)} %"
+
+
+def _minutes(seconds: str) -> str:
+    """``"5400"`` -> ``"90.0 min"``."""
+    return f"{(Decimal(seconds) / 60).quantize(Decimal('0.1'), rounding=ROUND_HALF_EVEN)} min"

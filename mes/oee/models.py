@@ -1,0 +1,128 @@
+"""OEE records: line state intervals, counter samples, downtime reasons and ideal rates.
+
+Every table here is append-only (database triggers refuse UPDATE and DELETE):
+
+- a state interval starts when the line reports a new PackML state and runs until the
+  next interval of the same line starts; its end is never written, so nothing is updated;
+- a counter sample keeps the cumulative counters exactly as the line reported them, and
+  the units made since the previous sample (``*_delta``), computed once on arrival, with
+  a counter reset (line restart) recognised and flagged;
+- a downtime reason is assigned to a stop interval afterwards by a supervisor; a later
+  assignment supersedes an earlier one (both stay), the sample itself is never touched;
+- an ideal rate (units per minute) per line, and optionally per product, applies from
+  ``effective_from`` until a later rate for the same line and product takes over.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mes.db import db
+from mes.materials.quantities import Quantity
+
+#: PackML states (ISA-TR88.00.02) by their PackTags ``StateCurrent`` number.
+PACKML_STATES: tuple[str, ...] = (
+    "Undefined", "Clearing", "Stopped", "Starting", "Idle", "Suspended", "Execute", "Stopping", "Aborting",
+    "Aborted", "Holding", "Held", "Unholding", "Suspending", "Unsuspending", "Resetting", "Completing", "Complete",
+)
+#: The one state in which the line runs (produces at its rate); every other known state is a stop.
+RUNNING_STATE = "Execute"
+#: The state that says the line does not know its state: counted as time without data.
+UNKNOWN_STATE = "Undefined"
+
+
+def _states_check() -> str:
+    return "state IN (" + ", ".join(f"'{s}'" for s in PACKML_STATES) + ")"
+
+
+class LineStateInterval(db.Model):
+    """The line entered ``state`` at ``started_at``; the interval ends where the line's next one starts."""
+
+    __tablename__ = "oee_state_intervals"
+    __table_args__ = (
+        UniqueConstraint("line_id", "seq", name="uq_oee_state_intervals_line_id_seq"),
+        CheckConstraint(_states_check(), name="state"),
+        CheckConstraint("seq > 0", name="seq_positive"),
+        Index("ix_oee_state_intervals_line_started", "line_id", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    stop_reason: Mapped[str | None] = mapped_column(String(64))  # the line's own reason code, as reported
+    source: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+class CounterSample(db.Model):
+    """The line's cumulative counters at ``at`` and the units made since its previous sample."""
+
+    __tablename__ = "oee_counter_samples"
+    __table_args__ = (
+        UniqueConstraint("line_id", "seq", name="uq_oee_counter_samples_line_id_seq"),
+        CheckConstraint("seq > 0", name="seq_positive"),
+        CheckConstraint("processed IS NULL OR processed >= 0", name="processed_not_negative"),
+        CheckConstraint("defective IS NULL OR defective >= 0", name="defective_not_negative"),
+        CheckConstraint("processed_delta >= 0 AND defective_delta >= 0", name="deltas_not_negative"),
+        CheckConstraint("processed IS NOT NULL OR defective IS NOT NULL", name="has_a_counter"),
+        Index("ix_oee_counter_samples_line_at", "line_id", "at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime]
+    processed: Mapped[int | None] = mapped_column(BigInteger)  # cumulative, as reported
+    defective: Mapped[int | None] = mapped_column(BigInteger)
+    processed_delta: Mapped[int] = mapped_column(BigInteger)  # units since the previous sample
+    defective_delta: Mapped[int] = mapped_column(BigInteger)
+    processed_reset: Mapped[bool] = mapped_column(default=False)  # the counter went down: the line restarted
+    defective_reset: Mapped[bool] = mapped_column(default=False)
+    source: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+class DowntimeReason(db.Model):
+    """A supervisor's reason for one stop interval; the latest assignment counts."""
+
+    __tablename__ = "oee_downtime_reasons"
+    __table_args__ = (Index("ix_oee_downtime_reasons_interval_at", "interval_id", "assigned_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    interval_id: Mapped[str] = mapped_column(ForeignKey("oee_state_intervals.id"))
+    line_id: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(100))
+    planned: Mapped[bool]  # a planned stop (break, planned maintenance, no order) is not planned production time
+    comment: Mapped[str | None] = mapped_column(Text)
+    assigned_at: Mapped[datetime]
+    assigned_by: Mapped[str] = mapped_column(String(100))
+
+
+class IdealRate(db.Model):
+    """The line's ideal rate in units per minute, for one product or (``product`` NULL) any product."""
+
+    __tablename__ = "oee_ideal_rates"
+    __table_args__ = (
+        CheckConstraint("units_per_minute > 0", name="rate_positive"),
+        Index("ix_oee_ideal_rates_line_product_from", "line_id", "product", "effective_from"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(64))
+    product: Mapped[str | None] = mapped_column(String(64))
+    units_per_minute: Mapped[Decimal] = mapped_column(Quantity())
+    effective_from: Mapped[datetime]
+    comment: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+IMMUTABLE_TABLES = ("oee_state_intervals", "oee_counter_samples", "oee_downtime_reasons", "oee_ideal_rates")
