@@ -54,4 +54,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(equipment_bp)
     app.register_blueprint(oee_bp)
 
+    from mes import realtime
+    from mes.gateway import blueprint as gateway_web
+
+    realtime.init_app(app)  # Socket.IO namespace /live (Redis message queue with MES_REDIS_URL)
+    gateway_web.init_app(app)  # /api/v1/devices (+ /api/v1/simulation with MES_SIMULATION)
     return app

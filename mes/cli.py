@@ -331,6 +331,23 @@ def demo(port: int, host: str) -> None:
     run_demo(host=host, port=port)
 
 
+@main.command()
+@click.option("--config", "config_path", envvar="MES_GATEWAY_CONFIG", type=click.Path(dir_okay=False),
+              help="device configuration (YAML); or MES_GATEWAY_CONFIG")
+@click.option("--duration", type=float, default=None, help="stop after this many seconds (tests)")
+@handle_errors
+def gateway(config_path: str | None, duration: float | None) -> None:
+    """Run the device gateway: drivers, reconnects, health, readings to the web app via Redis."""
+    from mes.gateway.config import GatewayConfigError
+    from mes.gateway.service import run_gateway_process
+
+    app = make_app(**({"MES_GATEWAY_CONFIG": config_path} if config_path else {}))
+    try:
+        run_gateway_process(app, duration=duration, echo=click.echo)
+    except GatewayConfigError as exc:
+        fail(str(exc))
+
+
 @main.group()
 def sim() -> None:
     """Device simulators for demos and tests (loopback only)."""
@@ -381,9 +398,11 @@ def sim_opcua(args: tuple[str, ...]) -> None:
               help="wait: wait out each timer; skip: stop it at once (raises a deviation for QA).")
 @click.option("--time-factor", type=float, default=1.0, show_default=True,
               help="How much faster the server's step clock runs (test servers only).")
+@click.option("--release", is_flag=True, default=False,
+              help="QA (--qa-user) reviews the audit trail and the batch, then releases it.")
 def sim_operator(work_order: str, url: str, terminal: str, badge: str, pin: str, verifier_badge: str,
                  verifier_pin: str, qa_user: str | None, qa_password: str | None, qa_terminal: str | None,
-                 timers: str, time_factor: float) -> None:
+                 timers: str, time_factor: float, release: bool = False) -> None:
     """Execute a work order's batch through the HTTP API as a simulated kiosk operator."""
     import json
 
@@ -392,13 +411,14 @@ def sim_operator(work_order: str, url: str, terminal: str, badge: str, pin: str,
     try:
         result = run_operator(url, work_order, terminal=terminal, badge=badge, pin=pin, verifier_badge=verifier_badge,
                               verifier_pin=verifier_pin, qa_user=qa_user, qa_password=qa_password,
-                              qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=click.echo)
+                              qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=click.echo,
+                              release=release)
     except SimulationStopped as exc:
         click.echo(f"stopped: {exc}", err=True)
         if exc.problem:
             click.echo(json.dumps(exc.problem, indent=2, default=str), err=True)
         sys.exit(1)
-    sys.exit(0 if result.status == "completed" else 1)
+    sys.exit(0 if result.status in ("completed", "released") else 1)
 
 
 def settings_table() -> str:

@@ -85,6 +85,7 @@ def _parse_shifts(raw: str) -> tuple[tuple[str, int], ...]:
         raise ValueError("shift start times must be given in rising order, each once")
     return tuple(shifts)
 
+
 def _parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -139,6 +140,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "21600",
             "How often each server re-verifies the whole audit log (also at start-up)"),
     Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO", "Log level"),
+    Setting("MES_CAPTURE_MAX_AGE_MS", "MES_CAPTURE_MAX_AGE_MS", _parse_positive_int, "3000",
+            "Oldest scale reading (ms) a weigh step accepts from the device gateway"),
+    Setting("MES_GATEWAY_CONFIG", "MES_GATEWAY_CONFIG", str, "",
+            "Device gateway configuration (YAML: device id, driver, driver config, rate per device)"),
+    Setting("MES_SIMULATION", "MES_SIMULATION", _parse_bool, "false",
+            "Run simulated scales and a simulated line inside the server (set by `mes demo`; never in a plant)"),
 )
 
 

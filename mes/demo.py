@@ -106,10 +106,54 @@ def seed_production() -> bool:
     return True
 
 
+def seed_equipment() -> bool:
+    """The simulated scales (registered, calibrated, cleaned; suited to the example recipe's
+    weigh steps), LINE-1 and the dispensing booth. Skipped for what is registered already."""
+    from datetime import timedelta
+
+    from mes.db import db, utcnow
+    from mes.equipment import operations as eq
+    from mes.equipment.models import Equipment
+    from mes.gateway.simulation import LINE_DEVICE, SIMULATED_SCALES
+    from mes.materials.operations import plant_date
+
+    actor = Actor.system("demo")
+    created = False
+    for s in SIMULATED_SCALES:
+        if db.session.get(Equipment, s.device_id) is not None:
+            continue
+        eq.register_equipment(actor, s.device_id, "scale", s.equipment_class, s.description, location="Dispensary",
+                              line="LINE-1", device_id=s.device_id, driver="mtsics", capacity=(s.capacity, s.unit),
+                              min_weight=(s.min_weight, s.unit), readability=(s.readability, s.unit),
+                              accuracy_class=s.accuracy_class)
+        eq.record_calibration(actor, s.device_id, "pass", f"DEMO-CAL-{s.device_id}",
+                              due=plant_date(utcnow()) + timedelta(days=365), calibrated_by="Demo Calibration Service")
+        eq.record_cleaning(actor, s.device_id, "routine", valid_for=timedelta(days=365))
+        created = True
+    if db.session.get(Equipment, LINE_DEVICE) is None:
+        eq.register_equipment(actor, LINE_DEVICE, "line", "Packaging line", "Blister packaging line (simulated, OPC UA)",
+                              location="Packaging hall", line="LINE-1")
+        created = True
+    if db.session.get(Equipment, "BOOTH-01") is None:
+        eq.register_equipment(actor, "BOOTH-01", "room", "Dispensing booth with downflow", "Dispensing booth 1",
+                              location="Dispensary", line="LINE-1", clean_hold=timedelta(days=3))
+        eq.record_cleaning(actor, "BOOTH-01", "routine")
+        created = True
+    # the rest of the example recipe's equipment (granulator, dryer, press...), cleaned and qualified,
+    # so `mes sim operator` and the kiosk can run the whole batch
+    from mes.equipment.plant import equip_for_recipe
+    from mes.execution import recipes_store as store
+
+    for rv in store.list_versions(status="effective"):
+        equip_for_recipe(actor, store.master_of(rv), line="LINE-1")
+    return created
+
+
 def run_demo(host: str, port: int) -> None:
     """Migrate, seed, print the URLs and credentials, and serve until Ctrl-C."""
     os.environ.setdefault("MES_HOME", str(Path("instance").resolve()))
     os.environ.setdefault("MES_SESSION_COOKIE_SECURE", "false")
+    os.environ.setdefault("MES_SIMULATION", "true")  # simulated scales and line in the server's gateway
     os.environ.pop("MES_DATABASE_URL", None)  # the demo is always embedded SQLite
     import logging
 
@@ -124,6 +168,7 @@ def run_demo(host: str, port: int) -> None:
         audit_log().signing_key()
         fresh = seed_demo()
         fresh = seed_production() or fresh
+        fresh = seed_equipment() or fresh
     base = f"http://{host}:{port}"
     click.echo("")
     click.echo(f"open-mes demo ({'seeded' if fresh else 'reusing'} {app.config['SQLALCHEMY_DATABASE_URI']})")
@@ -138,6 +183,15 @@ def run_demo(host: str, port: int) -> None:
             click.echo(f"    {badge} / {pin}   {name} ({', '.join(sorted(roles))})")
     click.echo("  production: the paracetamol recipe is effective, its materials are received and released")
     click.echo("              (one API lot is on hold: NCR-0001), and a work order is dispatched to LINE-1")
+    if app.config.get("MES_SIMULATION"):
+        from mes.gateway.simulation import LINE_DEVICE, SIMULATED_SCALES
+
+        click.echo("  simulated devices (gateway inside the server; live on Socket.IO /live):")
+        for sc in SIMULATED_SCALES:
+            click.echo(f"    {sc.device_id}   {sc.description}, MT-SICS at 9600 baud, unit {sc.unit}")
+        click.echo(f"    {LINE_DEVICE}   packaging line, OPC UA PackML (state and counters to OEE)")
+        click.echo(f"  set a scale's load: POST {base}/api/v1/simulation/devices/<device id> "
+                   '{"load": "1.234", "unit": "kg", "unstable": false}')
     click.echo(f"  passwords: every demo user ({', '.join(u[0] for u in DEMO_USERS)}) has {DEMO_PASSWORD}")
     click.echo("")
     from mes.server import serve

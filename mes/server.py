@@ -30,6 +30,11 @@ class MESServer(BaseApplication):  # type: ignore[misc]
         from mes.wsgi import app
 
         start_background_jobs(app)
+        if app.config.get("MES_SIMULATION"):
+            # `mes demo`: the device gateway with its simulated scales and line runs in this worker.
+            from mes.gateway.service import start_embedded
+
+            start_embedded(app, wait=False)
         # Keep the app's long-lived start-up objects out of every later full collection:
         # those collections, not queries, were the p99 of short requests.
         gc.collect()

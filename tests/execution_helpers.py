@@ -12,11 +12,14 @@ from typing import Any
 
 from mes.audit import log
 from mes.db import db, utcnow
+from mes.equipment import operations as eqops
+from mes.equipment.plant import PlantScale, equip_for_recipe
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
+from mes.gateway.store import CapturedReading, MemoryReadingStore
 from mes.materials import operations as mat
 from mes.recipes import model as rm
-from mes.recipes.units import to_text
+from mes.recipes.units import convert, to_text
 from mes.signatures.operations import Credentials
 from mes.users import operations as users
 from mes.users.models import UserSession
@@ -81,6 +84,10 @@ class World:
     clock: Clock
     lots: dict[str, list[str]] = field(default_factory=dict)  # item -> lot ids (first is the good one)
     keys: Any = field(default_factory=lambda: itertools.count())
+    readings: MemoryReadingStore = field(default_factory=MemoryReadingStore)  # what the gateway fills
+    scales: dict[tuple[Decimal, str, str | None], PlantScale] = field(default_factory=dict)  # requirement -> scale
+    equipment: dict[str, str] = field(default_factory=dict)  # equipment class -> equipment id
+    sequence: Any = field(default_factory=lambda: itertools.count(1))
 
     def actor(self, role: str) -> Any:
         uid = self.seeded.users[role]
@@ -142,6 +149,12 @@ def stock(world: World, recipe: rm.MasterRecipe, *, extra_lots: int = 0) -> None
                                   manufactured_date=date.today() - timedelta(days=10))
             mat.release_lot(qa, lot.id, "tested and released")
             world.lots.setdefault(line.item, []).append(lot.id)
+    plant = equip_for_recipe(SEED, recipe, line="LINE-1")
+    for sc in plant.scales:
+        world.scales[(eqops.get_equipment(sc.equipment_id).readability.normalize(), sc.unit, sc.accuracy_class)] = sc
+        world.equipment[sc.equipment_class] = sc.equipment_id
+    for eq_id in plant.equipment:
+        world.equipment[eqops.get_equipment(eq_id).equipment_class] = eq_id
     out = recipe.produce_output()
     if db.session.get(mat.Item, out.item) is None:
         kind = "finished_good" if out.unit == "pcs" or out.item.startswith("FG") else "intermediate"
@@ -174,9 +187,47 @@ def _q(value: Decimal, precision: int) -> str:
     return to_text(value.quantize(Decimal(1).scaleb(-precision)))
 
 
-def reading(value: Decimal | str, unit: str, at: datetime) -> dict[str, Any]:
-    return {"device_id": "SCALE-01", "raw": f"ST,GS,{value}{unit}", "stable": True, "value": str(value), "unit": unit,
-            "at": at.isoformat()}
+IDENTITY = {"make": "Mettler-Toledo", "model": "ICS685", "serial": "B812345678", "firmware": "4.20"}
+
+
+def scale_for(world: World, spec: rm.WeighStep) -> PlantScale:
+    """The registered scale that meets the weigh step's requirement."""
+    return world.scales[(spec.scale.readability.normalize(), spec.scale.unit, spec.scale.accuracy_class)]
+
+
+def put_reading(world: World, device_id: str, value: Decimal | str | None, unit: str, *, stable: bool = True,
+                status: str | None = None, at: datetime | None = None, raw: bytes | None = None) -> CapturedReading:
+    """What the gateway does: store the device's latest reading (MT-SICS-style raw reply)."""
+    shown = None if value is None else Decimal(str(value))
+    status = status or ("ok" if stable else "dynamic")
+    if raw is None:
+        raw = (f"S {'S' if stable else 'D'} {shown:>10} {unit}\r\n" if shown is not None else "S I\r\n").encode()
+    reading = CapturedReading(device_id=device_id, sequence=next(world.sequence), status=status, value=shown,
+                              unit=unit, stable=stable, raw=raw, at=at or utcnow(), identity=dict(IDENTITY))
+    world.readings.put(reading)
+    return reading
+
+
+def weigh_payload(world: World, spec: rm.WeighStep, lot: str, container: str, value: Decimal | str,
+                  unit: str | None = None, *, more: bool = False) -> dict[str, Any]:
+    """Load the step's scale with ``value`` (in ``unit``, default the step's), and the payload naming it."""
+    sc = scale_for(world, spec)
+    amount = convert(Decimal(str(value)), unit or spec.unit or sc.unit, sc.unit)
+    shown = amount.quantize(Decimal(1).scaleb(-sc.decimals))
+    put_reading(world, sc.device_id, shown, sc.unit)
+    payload: dict[str, Any] = {"lot_id": lot, "container_id": container, "device_id": sc.device_id}
+    if more:
+        payload["more"] = True
+    return payload
+
+
+def weigh(world: World, batch_id: str, step_id: str, lot: str, container: str, value: Decimal | str,
+          unit: str | None = None, *, more: bool = False, key: str | None = None) -> dict[str, Any]:
+    """Weigh one container on the step's scale and complete (or add to) the step."""
+    spec = ex.control_recipe(ex.get_batch(batch_id)).step(step_id)
+    payload = weigh_payload(world, spec, lot, container, value, unit, more=more)
+    return ex.complete_step(world.actor("operator"), batch_id, step_id, payload, key or world.key(),
+                            ex.get_step(batch_id, step_id).version, readings=world.readings)
 
 
 def payload_for(world: World, batch_id: str, step: ex.BatchStep, spec: rm.Step,
@@ -194,7 +245,7 @@ def payload_for(world: World, batch_id: str, step: ex.BatchStep, spec: rm.Step,
         v = _q(_mid(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
         return {"results": [v] * spec.samples}, "operator"
     if isinstance(spec, rm.EquipmentCheckStep):
-        return {"equipment_id": f"EQ-{spec.id}", "states": list(spec.required_states)}, "operator"
+        return {"equipment_id": world.equipment[spec.equipment_class]}, "operator"
     if isinstance(spec, rm.IdentifyStep):
         if spec.scan == "dispensed":
             used = [c.lot_id for c in mat.consumptions(batch_id=batch_id) if c.item_code == spec.item]
@@ -204,8 +255,7 @@ def payload_for(world: World, batch_id: str, step: ex.BatchStep, spec: rm.Step,
         assert spec.target is not None and spec.unit is not None
         lot = lots[spec.item][0]
         container = mat.containers_of(lot)[0].id
-        return {"lot_id": lot, "container_id": container,
-                "reading": reading(to_text(spec.target), spec.unit, world.clock())}, "operator"
+        return weigh_payload(world, spec, lot, container, spec.target), "operator"
     if isinstance(spec, (rm.CalculationStep, rm.TimerStep)):
         return {}, "operator"
     if isinstance(spec, rm.SignatureStep):
@@ -220,16 +270,17 @@ def do_step(world: World, batch_id: str, step_id: str, overrides: dict[str, Any]
             payload: dict[str, Any] | None = None, role: str | None = None) -> dict[str, Any]:
     step = ex.get_step(batch_id, step_id)
     spec = ex.control_recipe(ex.get_batch(batch_id)).step(step_id)
-    auto_payload, auto_role = payload_for(world, batch_id, step, spec, overrides or {})
-    payload = auto_payload if payload is None else payload
-    role = role or auto_role
+    if payload is None:  # (a weigh payload loads the scale: only when it is the one sent)
+        payload, auto_role = payload_for(world, batch_id, step, spec, overrides or {})
+        role = role or auto_role
+    role = role or "operator"
     actor = world.actor(role)
     if isinstance(spec, rm.TimerStep) and not spec.from_step and step.state != "in_progress":
         ex.start_step(actor, batch_id, step_id, world.key(), step.version)
         world.clock.advance((spec.minimum.seconds if spec.minimum else 0) + 1)
         step = ex.get_step(batch_id, step_id)
     return ex.complete_step(actor, batch_id, step_id, payload, world.key(), step.version,
-                            session_row=world.sessions.get(role))
+                            session_row=world.sessions.get(role), readings=world.readings)
 
 
 def ready_steps(batch_id: str) -> list[str]:

@@ -21,8 +21,8 @@ from mes.integration.models import OutboxEvent
 from mes.materials import operations as mat
 from mes.recipes.units import to_text
 from tests.execution_helpers import (
-    CREAM, PACK_RECIPE, PCM, do_step, effective_recipe, make_world, reading, ready_steps, review_and_release,
-    run_until, start, stock,
+    CREAM, PACK_RECIPE, PCM, do_step, effective_recipe, make_world, ready_steps, review_and_release, run_until,
+    start, stock, weigh, weigh_payload,
 )
 from tests.helpers import SEED, logged_in
 
@@ -57,16 +57,19 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
     # multiple containers add up: 60 + 40 kg from two containers of the lot
     lot = world.lots["RM-1001"][0]
     c1, c2 = (c.id for c in mat.containers_of(lot))
-    v = ex.get_step(batch_id, "w_pcm").version
-    first = ex.complete_step(world.actor("operator"), batch_id, "w_pcm",
-                             {"lot_id": lot, "container_id": c1, "reading": reading("60.000", "kg", world.clock()),
-                              "more": True}, "pcm-1", v)
-    assert first["state"] == "in_progress" and first["total"] == "60.000"
-    second = ex.complete_step(world.actor("operator"), batch_id, "w_pcm",
-                              {"lot_id": lot, "container_id": c2, "reading": reading("40.000", "kg", world.clock())},
-                              "pcm-2", first["version"])
-    assert second["state"] == "completed" and second["total"] == "100.000" and second["containers"] == 2
+    first = weigh(world, batch_id, "w_pcm", lot, c1, "60.000", "kg", more=True, key="pcm-1")
+    assert first["state"] == "in_progress" and Decimal(first["total"]) == Decimal("60")
+    second = weigh(world, batch_id, "w_pcm", lot, c2, "40.000", "kg", key="pcm-2")
+    assert second["state"] == "completed" and Decimal(second["total"]) == 100 and second["containers"] == 2
     assert sum(c.qty for c in mat.consumptions(batch_id=batch_id) if c.item_code == "RM-1001") == Decimal("100.000")
+    # the record keeps the device's own reply, its identity and the scale used (ALCOA "original")
+    containers = [r for r in ex.records_of(batch_id) if r.batch_step_id == f"{batch_id}:w_pcm" and r.kind == "container"]
+    assert len(containers) == 2
+    for rec in containers:
+        got = rec.data["reading"]
+        assert got["raw"].startswith("S S") and bytes.fromhex(got["raw_hex"]).decode() == got["raw"]
+        assert got["identity"]["serial"] == "B812345678" and got["equipment_id"] == rec.data["equipment_id"]
+        assert got["calibration"]["certificate"] and rec.data["consumption"]
 
     # second-person verification: the operator who weighed cannot verify
     with pytest.raises(Conflict, match="different person"):
@@ -93,8 +96,7 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
     heavy = to_text(spec.target * Decimal("1.05"))
     before_consumptions = len(mat.consumptions(batch_id=batch_id))
     with pytest.raises(ex.StepRefused, match="outside the tolerance window") as refused:
-        do_step(world, batch_id, "w_pvp", payload={"lot_id": lot_pvp, "container_id": cont,
-                                                   "reading": reading(heavy, spec.unit, world.clock())})
+        do_step(world, batch_id, "w_pvp", payload=weigh_payload(world, spec, lot_pvp, cont, heavy))
     dev_id = refused.value.extra["deviation_id"]
     assert len(mat.consumptions(batch_id=batch_id)) == before_consumptions  # nothing taken
     assert ex.get_deviation(dev_id).severity == "major" and ex.get_deviation(dev_id).status == "open"

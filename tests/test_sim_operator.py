@@ -1,5 +1,7 @@
 """The simulated operator executes the demo batch through the real HTTP stack (a server on
-loopback), on SQLite and PostgreSQL, and the database holds what it did."""
+loopback, its in-process gateway reading the simulated MT-SICS scales at 9600 baud), on
+SQLite and PostgreSQL, and the database holds what it did: every weight came from a scale
+through the gateway, never from the client."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -21,27 +24,47 @@ from mes.execution.models import Batch, BatchStep, Deviation, StepRecord, WorkOr
 from mes.execution.sim_operator import Login, SimOperator, SimulationStopped
 
 KIOSK = "KIOSK-01:demo-kiosk-01-key"
-FAST = 600.0  # the server's step clock runs 600x: a 20 min timer takes 2 s
+QA_DESK = "QA-WS-01:demo-qa-ws-01-key"
+DEMO_PASSWORD = "Demo-Passw0rd!"
+FAST = 300.0  # the server's step clock runs 300x: a 20 min timer takes 4 s
 
 
 @pytest.fixture
 def server(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from mes.demo import seed_demo, seed_production
+    """``mes demo`` on loopback: the demo data, MES_SIMULATION on, the gateway in the server."""
+    from mes.app import create_app
+    from mes.audit.log import Actor
+    from mes.demo import seed_demo, seed_equipment, seed_production
+    from mes.equipment.plant import equip_for_recipe
+    from mes.execution import recipes_store
+    from mes.gateway.service import start_embedded, stop_embedded
+    from mes.gateway.simulation import Simulation
+    from tests.conftest import base_config
 
-    seed_demo()
-    seed_production()
-    db.session.remove()
-    start, t0 = utcnow(), time.monotonic()
-    monkeypatch.setattr(ex, "clock", lambda: start + timedelta(seconds=(time.monotonic() - t0) * FAST))
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_port}"
-    finally:
-        srv.shutdown()
-        thread.join(5)
+    config = base_config(Path(app.config["MES_HOME"]), app.config["SQLALCHEMY_DATABASE_URI"])
+    simapp = create_app({**config, "MES_SIMULATION": True})
+    with simapp.app_context():
+        seed_demo()
+        seed_production()
+        seed_equipment()
+        # the rest of the plant the example recipe checks (granulator, dryer, press...)
+        equip_for_recipe(Actor.system("demo"), recipes_store.master_of(recipes_store.list_versions()[0]),
+                         line="LINE-1")
+        db.session.remove()
+        start_embedded(simapp, [], simulation=Simulation(line=False), forward_lines=False)
+        start, t0 = utcnow(), time.monotonic()
+        monkeypatch.setattr(ex, "clock", lambda: start + timedelta(seconds=(time.monotonic() - t0) * FAST))
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        srv = make_server("127.0.0.1", 0, simapp, threaded=True)
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{srv.server_port}"
+        finally:
+            srv.shutdown()
+            thread.join(5)
+            stop_embedded(simapp)
+            db.session.remove()
 
 
 def _demo_work_order() -> str:
@@ -54,7 +77,8 @@ def test_sim_operator_completes_the_demo_batch(server: str) -> None:
     lines: list[str] = []
     wo = _demo_work_order()
     sim = SimOperator(server, KIOSK, Login(badge="1001", pin="2468"), verifier=Login(badge="2001", pin="8642"),
-                      time_factor=FAST, echo=lines.append)
+                      time_factor=FAST, echo=lines.append,
+                      qa=Login(user_id="qa1", password=DEMO_PASSWORD), qa_terminal=QA_DESK)
     result = sim.run(wo)
     assert result.status == "completed", "\n".join(lines)
     db.session.remove()
@@ -77,6 +101,11 @@ def test_sim_operator_completes_the_demo_batch(server: str) -> None:
         low, high = spec.window()
         assert low <= Decimal(s.result["total"]) <= high
         assert all(mat.check_usable(c.lot_id).ok for c in mine)
+    # ...and each weight is the gateway's reading of a registered scale, with the device's own reply
+    for rec in records_of_kind(batch.id, "container"):
+        reading = rec.data["reading"]
+        assert reading["device_id"] in ("SCALE-FLOOR-01", "SCALE-BENCH-01") and reading["identity"]
+        assert bytes.fromhex(reading["raw_hex"]).startswith(b"S S") and reading["calibration"]["certificate"]
     # the lot on hold (NCR-0001) was never used
     assert not any(mat.check_usable(c.lot_id).code == "on_hold" for c in consumed)
     # nothing out of limits, no deviation, the signature gates were signed by the right people
@@ -89,10 +118,27 @@ def test_sim_operator_completes_the_demo_batch(server: str) -> None:
     # the produced lot exists with the batch's output
     out = next(s for s in steps if s.kind == "produce_output")
     assert db.session.get(mat.Lot, out.result["lot"]) is not None
-    # the work order is in progress with this batch; nothing left to do
+    # the work order is in progress with this batch until QA releases it; nothing left to do
     assert db.session.get(WorkOrder, wo).status == "in_progress"
     assert db.session.execute(select(BatchStep).where(BatchStep.batch_id == batch.id,
                                                       BatchStep.state != "completed")).first() is None
+    # parallel operations: steps of the charging operation were done while the binder was stirred
+    assert ex.get_step(batch.id, "charge_pcm").completed_at < ex.get_step(batch.id, "binder_stir").completed_at
+    # the booth was claimed for the batch and is dirty now that the batch ended
+    from mes.equipment import operations as eqops
+
+    assert ex.claimed_equipment(batch.id) == ["BOOTH-01"] and eqops.get_equipment("BOOTH-01").status == "dirty"
+    db.session.remove()
+    # QA finishes it through the API: audit-trail review, review and release, each e-signed
+    assert sim.release_batch(batch.id) == "released", "\n".join(lines)
+    assert db.session.get(Batch, batch.id).status == "released"
+    assert db.session.get(WorkOrder, wo).status == "completed"
+    db.session.remove()
+
+
+def records_of_kind(batch_id: str, kind: str) -> list[StepRecord]:
+    return list(db.session.execute(select(StepRecord).where(StepRecord.batch_id == batch_id,
+                                                            StepRecord.kind == kind)).scalars())
 
 
 def test_sim_operator_stops_with_the_problem_detail(server: str) -> None:

@@ -348,9 +348,12 @@ def deactivate_equipment(actor: Actor, equipment_id: str, reason: str) -> Equipm
     return eq
 
 
-def set_status(actor: Actor, equipment_id: str, status: str, reason: str | None = None) -> Equipment:
+def set_status(actor: Actor, equipment_id: str, status: str, reason: str | None = None, *,
+               batch: str | None = None, commit: bool = True) -> Equipment:
     """Move equipment to ``status`` along :data:`TRANSITIONS` (audited; a reason where the
-    table requires one). ``clean`` is refused: record a cleaning instead."""
+    table requires one). ``clean`` is refused: record a cleaning instead. ``batch`` ties the
+    audit entry to a batch (the engine marks equipment in use for a batch and releases it);
+    ``commit=False`` leaves the change in the caller's transaction."""
     if status not in {s.value for s in S}:
         raise ValidationFailed(f"The status must be one of {', '.join(s.value for s in S)}.", field="status")
     reason = _optional(reason, 2000, "reason")
@@ -373,9 +376,12 @@ def set_status(actor: Actor, equipment_id: str, status: str, reason: str | None 
     eq.status_reason = reason
     eq.status_changed_at = utcnow()
     eq.status_changed_by = actor.id
-    record(actor, "equipment.status_changed", ("equipment", eq.id), before={"status": before},
+    record(actor, "equipment.status_changed", ("equipment", eq.id), batch=batch, before={"status": before},
            after={"status": status}, reason=reason)
-    _commit(f"{eq.label} changed at the same moment; reload and try again.")
+    if commit:
+        _commit(f"{eq.label} changed at the same moment; reload and try again.")
+    else:
+        db.session.flush()
     return eq
 
 

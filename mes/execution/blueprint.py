@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from mes.audit.blueprint import SIGN_FIELDS, credentials_from
 from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
 from mes.execution import recipes_store as store
+from mes.gateway.store import reading_store
 from mes.users.permissions import Permission as P
 from mes.web import STR, created, endpoint, obj, principal
 
@@ -185,10 +186,13 @@ def start_step(batch_id: str, step_id: str) -> Response:
 @bp.post(f"{API}/batches/<batch_id>/steps/<step_id>/complete")
 @endpoint(P.BATCH_EXECUTE, terminal=True, schema=STEP_BODY, tags=("batches",))
 def complete_step(batch_id: str, step_id: str) -> Response:
-    """Complete a step (idempotent with the Idempotency-Key header)."""
+    """Complete a step (idempotent with the Idempotency-Key header). A weigh step names the
+    scale (``device_id``); the server takes the weight from the gateway's latest reading."""
     who = principal()
     return jsonify(ops.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, g.body.get("payload") or {},
-                                     _key(), g.body["expected_version"], session_row=who.session))
+                                     _key(), g.body["expected_version"], session_row=who.session,
+                                     readings=reading_store(current_app),
+                                     max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000))))
 
 
 # ------------------------------------------------------------------------- deviations

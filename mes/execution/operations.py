@@ -30,12 +30,14 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 from sqlalchemy.exc import IntegrityError
 
 from mes.audit import canonical
 from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import db, utcnow
+from mes.equipment import operations as equipment
 from mes.errors import Conflict, Forbidden, MESError, NotFound, ValidationFailed
 from mes.execution import recipes_store
 from mes.execution.models import (
@@ -51,6 +53,7 @@ from mes.execution.models import (
     WorkOrder,
     WorkOrderStatus,
 )
+from mes.gateway.store import CapturedReading, ReadingStore
 from mes.materials import operations as materials
 from mes.recipes import model as rm
 from mes.recipes.formula import FormulaError
@@ -67,7 +70,11 @@ DEVIATION_CLOSED = "mes.deviation.closed.v1"
 BATCH_COMPLETED = "mes.batch.completed.v1"
 BATCH_RELEASED = "mes.batch.released.v1"
 BLOCKING = (Severity.MAJOR.value, Severity.CRITICAL.value)
-LATE_READING = timedelta(minutes=5)
+DEFAULT_MAX_READING_AGE_MS = 3000
+#: Equipment check codes that raise a deviation (issue #4: equipment not clean or out of
+#: calibration); every other refusal only refuses, with the reason.
+NOT_CLEAN = ("dirty", "clean_expired")
+OUT_OF_CALIBRATION = ("not_calibrated", "calibration_failed", "calibration_expired")
 OPEN_BATCH = (BatchStatus.CREATED.value, BatchStatus.IN_PROGRESS.value)
 
 
@@ -201,6 +208,16 @@ def cancel_work_order(actor: Actor, work_order_id: str, reason: str) -> WorkOrde
     return wo
 
 
+def _locked_batch(batch_id: str) -> Batch:
+    """The batch row, locked, without its control recipe document (the engine uses the
+    cached control recipe, checked by hash; the document is loaded only if read)."""
+    row = db.session.execute(select(Batch).where(Batch.id == batch_id).options(defer(Batch.control_recipe))
+                             .with_for_update().execution_options(populate_existing=True)).scalar()
+    if row is None:
+        raise NotFound(f"Batch {batch_id} is not known.")
+    return row
+
+
 def _locked(model: Any, key: str) -> Any:
     pk = model.__mapper__.primary_key[0]
     row = db.session.execute(select(model).where(pk == key).with_for_update()
@@ -235,9 +252,19 @@ def get_batch(batch_id: str) -> Batch:
     return batch
 
 
-def steps_of(batch_id: str) -> list[BatchStep]:
-    return list(db.session.execute(select(BatchStep).where(BatchStep.batch_id == batch_id)
-                                   .order_by(BatchStep.seq)).scalars())
+def steps_of(batch_id: str, *, fresh: bool = False) -> list[BatchStep]:
+    """The batch's steps in document order; ``fresh`` re-reads rows already in the session."""
+    stmt = select(BatchStep).where(BatchStep.batch_id == batch_id).order_by(BatchStep.seq)
+    if fresh:
+        stmt = stmt.execution_options(populate_existing=True)
+    return list(db.session.execute(stmt).scalars())
+
+
+def _open_steps(batch_id: str) -> list[BatchStep]:
+    """The batch's steps not completed yet, fresh, in document order."""
+    return list(db.session.execute(
+        select(BatchStep).where(BatchStep.batch_id == batch_id, BatchStep.state != StepState.COMPLETED.value)
+        .order_by(BatchStep.seq).execution_options(populate_existing=True)).scalars())
 
 
 def get_step(batch_id: str, step_id: str) -> BatchStep:
@@ -341,7 +368,8 @@ def _refresh(batch: Batch, rows: list[BatchStep], blockers: list[Deviation] | No
     return became_ready
 
 
-def _check_can_act(batch: Batch, step: BatchStep, rows: list[BatchStep]) -> None:
+def _check_can_act(batch: Batch, step: BatchStep, rows: list[BatchStep],
+                   blockers: list[Deviation] | None = None) -> None:
     if batch.status != BatchStatus.IN_PROGRESS.value:
         raise Conflict(f"Batch {batch.id} is {batch.status}; its steps cannot be done.")
     if step.state == StepState.COMPLETED.value:
@@ -351,7 +379,7 @@ def _check_can_act(batch: Batch, step: BatchStep, rows: list[BatchStep]) -> None
         names = ", ".join(r.step_id for r in before[:5]) + (" …" if len(before) > 5 else "")
         raise StepNotReady(f"Step {step.step_id} cannot be done before the steps that come first: {names}.",
                            open_predecessors=[r.step_id for r in before])
-    blocker = _blocker_for(step, _blocking_deviations(batch.id))
+    blocker = _blocker_for(step, _blocking_deviations(batch.id) if blockers is None else blockers)
     if blocker is not None:
         raise StepBlocked(f"Step {step.step_id} is blocked by open {blocker.severity} deviation {blocker.id} "
                           f"({blocker.description}); QA must disposition it first.", deviation_id=blocker.id)
@@ -365,17 +393,21 @@ class _Ctx:
     actor: Actor
     batch: Batch
     step: BatchStep
-    rows: list[BatchStep]
+    rows: list[BatchStep]  # the steps not completed yet
     control: ControlRecipe
     spec: rm.Step
     payload: dict[str, Any]
     now: datetime
     session_row: UserSession | None = None
+    readings: ReadingStore | None = None
+    max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS
     records: list[StepRecord] = field(default_factory=list)
     deviations: list[dict[str, Any]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
-    finisher: Callable[[], None] | None = None
+    # writes of other features (consumption, produced lot, equipment status) in this
+    # step's transaction, run after every check passed
+    effects: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _replay(key: str, batch_step_id: str, action: str) -> dict[str, Any] | None:
@@ -430,21 +462,28 @@ def _commit_request(key: str) -> None:
 
 
 def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], idempotency_key: str,
-                  expected_version: int, *, session_row: UserSession | None = None) -> dict[str, Any]:
+                  expected_version: int, *, session_row: UserSession | None = None,
+                  readings: ReadingStore | None = None,
+                  max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
     """Complete (or, for a weigh step with ``more``, add one container to) a step.
 
     The same ``idempotency_key`` records once and returns the same result; a stale
     ``expected_version`` is a Conflict. Kind-specific ``payload`` (values as decimal
-    strings): see the handlers below and ``mes/execution/README`` in the module docstring.
-    Refusals that raise a deviation (out-of-tolerance weight, unusable lot at the scale)
-    record nothing of the refused entry but commit the deviation, and raise
-    :class:`StepRefused` naming it.
+    strings): see the handlers below. A weigh step names the scale (``device_id``); the
+    weight is the latest reading of that device in ``readings`` (the gateway's store), never
+    a value sent by the client, and is refused when older than ``max_reading_age_ms``.
+    Refusals that raise a deviation (out-of-tolerance weight, unusable lot at the scale,
+    equipment not clean or out of calibration) record nothing of the refused entry but
+    commit the deviation, and raise :class:`StepRefused` naming it. Everything a completion
+    writes (step records, consumptions, produced lot, equipment status, audit entries,
+    outbox events) is one transaction.
     """
     key = _check_key(idempotency_key)
     if not isinstance(payload, dict):
         raise ValidationFailed("The payload is an object.", field="payload")
     try:
-        return _complete(actor, batch_id, step_id, payload, key, expected_version, session_row)
+        return _complete(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
+                         max_reading_age_ms)
     except _RefuseWithDeviation as refusal:
         db.session.rollback()
         return _refuse(actor, batch_id, step_id, key, refusal)
@@ -476,26 +515,36 @@ def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _Refus
 
 
 def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str, expected_version: int,
-              session_row: UserSession | None) -> dict[str, Any]:
-    batch = _locked(Batch, batch_id)
-    step = _locked(BatchStep, f"{batch_id}:{step_id}")
-    replay = _replay(key, step.id, "complete")
+              session_row: UserSession | None, readings: ReadingStore | None = None,
+              max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
+    """One completion, in the order that keeps the locks short: the batch row (it serialises
+    every change of the batch, so the step rows need no lock of their own), the steps and
+    open blocking deviations in one query each, the checks and the handler in memory, then
+    the writes; the audit log's global append lock is taken by the first audit entry, at the
+    end (a weighing takes it when it consumes, before it locks the lot)."""
+    batch = _locked_batch(batch_id)
+    replay = _replay(key, f"{batch_id}:{step_id}", "complete")
     if replay is not None:
         db.session.rollback()
         return replay
-    rows = steps_of(batch_id)
-    _check_can_act(batch, step, rows)
+    rows = _open_steps(batch_id)  # ordering and states depend only on the steps not completed yet
+    step = next((r for r in rows if r.step_id == step_id), None)
+    if step is None:
+        get_step(batch_id, step_id)  # NotFound, else it is completed
+        raise Conflict(f"Step {step_id} is already completed.", step_state=StepState.COMPLETED.value)
+    blockers = _blocking_deviations(batch_id)
+    _check_can_act(batch, step, rows, blockers)
     if step.version != expected_version:
         raise Conflict(f"Step {step_id} changed (version {step.version}, you had {expected_version}); reload it.",
                        version=step.version)
     control = control_recipe(batch)
-    ctx = _Ctx(actor, batch, step, rows, control, control.step(step.step_id), payload, clock(), session_row)
+    ctx = _Ctx(actor, batch, step, rows, control, control.step(step.step_id), payload, clock(), session_row,
+               readings, max_reading_age_ms)
     HANDLERS[step.kind](ctx)
     comment = payload.get("comment")
     before_state = step.state
     for rec in ctx.records:
         rec.comment = comment if isinstance(comment, str) and comment.strip() else None
-        db.session.add(rec)
     step.version += 1
     if step.started_at is None:
         step.started_at = ctx.now
@@ -504,7 +553,6 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
         step.result = ctx.result
     else:
         step.state = StepState.IN_PROGRESS.value
-    db.session.flush()
     result = {"batch": batch_id, "step": step_id, "state": step.state, "version": step.version,
               "attempt": step.attempt, **ctx.result}
     deviations = []
@@ -514,10 +562,13 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
         deviations.append(dev)
     if deviations:
         result["deviations"] = [d.id for d in deviations]
-    ready = _refresh(batch, rows)
+    ready = _refresh(batch, rows, blockers + [d for d in deviations if d.severity in BLOCKING])
     result["ready"] = ready
     db.session.add(StepRequest(key=key, batch_id=batch_id, batch_step_id=step.id, action="complete",
                                actor_id=actor.id, outcome="ok", result=result, created_at=ctx.now))
+    for effect in ctx.effects:  # consumption, produced lot, equipment status: same transaction
+        effect()
+    db.session.add_all(ctx.records)
     record(actor, "batch.step.completed" if ctx.complete else "batch.step.recorded", ("batch_step", step.id),
            batch=batch_id, before={"state": before_state, "version": expected_version},
            after={"state": step.state, "version": step.version, "kind": step.kind, "attempt": step.attempt,
@@ -528,10 +579,7 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
     if ctx.complete and all(r.state == StepState.COMPLETED.value for r in rows):
         _complete_batch(actor, batch, ctx.now)
         result["batch_state"] = batch.status
-    if ctx.finisher is not None:
-        ctx.finisher()  # materials' consume/produce: writes its record and commits the whole transaction
-    else:
-        db.session.commit()
+    db.session.commit()
     return result
 
 
@@ -542,6 +590,28 @@ def _complete_batch(actor: Actor, batch: Batch, now: datetime) -> None:
            event=Event(BATCH_COMPLETED, "batch", batch.id,
                        {"batch_id": batch.id, "work_order_id": batch.work_order_id, "completed_at": _at(now)},
                        correlation_id=batch.work_order_id, time=now))
+    _release_claims(actor, batch.id)
+
+
+def claimed_equipment(batch_id: str) -> list[str]:
+    """Equipment a passing ``claim`` check marked in use by the batch (current records)."""
+    rows = db.session.execute(select(StepRecord.data).join(BatchStep, BatchStep.id == StepRecord.batch_step_id).where(
+        StepRecord.batch_id == batch_id, StepRecord.kind == "equipment", StepRecord.superseded_by.is_(None),
+        StepRecord.attempt == BatchStep.attempt)).scalars()
+    return sorted({d["equipment_id"] for d in rows if d.get("claimed")})
+
+
+def _release_claims(actor: Actor, batch_id: str) -> None:
+    """At the batch's end the equipment it held in use becomes dirty (the ordinary end of use)."""
+    for equipment_id in claimed_equipment(batch_id):
+        eq = equipment.get_equipment(equipment_id)
+        if eq.status == equipment.S.IN_USE.value and eq.status_reason == _claim_reason(batch_id):
+            equipment.set_status(actor, equipment_id, equipment.S.DIRTY.value, f"batch {batch_id} ended",
+                                 batch=batch_id, commit=False)
+
+
+def _claim_reason(batch_id: str) -> str:
+    return f"in use by batch {batch_id}"
 
 
 # ------------------------------------------------------------------------ step kinds
@@ -599,32 +669,74 @@ def _opt(value: Decimal | None) -> str | None:
     return to_text(value) if value is not None else None
 
 
-def _reading(ctx: _Ctx, spec: rm.WeighStep) -> tuple[Decimal, dict[str, Any], list[str]]:
-    reading = ctx.payload.get("reading")
-    if not isinstance(reading, dict):
-        raise ValidationFailed("A weigh step needs the device reading {device_id, raw, stable, value, unit, at}.",
-                               field="reading")
-    for name in ("device_id", "value", "unit", "at"):
-        if not reading.get(name):
-            raise ValidationFailed(f"The device reading has no {name}.", field=f"reading/{name}")
-    if spec.stable_reading and reading.get("stable") is not True:
-        raise StepRefused("The scale reading is not stable; wait until the scale shows a stable weight.")
-    net = _dec(reading["value"], "reading/value")
-    assert spec.unit is not None
+def _capture(ctx: _Ctx, spec: rm.WeighStep) -> tuple[Decimal, dict[str, Any], CapturedReading]:
+    """The weight of a weigh step, taken on the server (capture rules, issue #5).
+
+    The client names the scale (``device_id``, optionally the ``sequence`` of the reading it
+    showed); the value is the latest reading the gateway stored for that device. Refused,
+    with the reason: an unregistered or unusable scale, no reading, an unstable, faulty or
+    stale reading (older than ``max_reading_age_ms``), a reading older than the one the
+    kiosk showed, a scale out of calibration (raises a deviation), or one whose capacity,
+    minimum weight, readability or accuracy class does not suit the weighing. Returns the
+    net weight in the step's unit, the record of the reading (raw device reply, identity,
+    equipment) and the reading itself.
+    """
+    assert spec.unit is not None and spec.target is not None
+    if "reading" in ctx.payload:
+        raise ValidationFailed("The server takes the weight from the scale; send the scale's device_id, "
+                               "not a reading.", field="reading")
+    device_id = _text(ctx.payload.get("device_id"), "The scale (device_id)", "device_id")
+    seen = ctx.payload.get("sequence")
+    if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
+        raise ValidationFailed("sequence is the number of the reading the kiosk showed (a whole number).",
+                               field="sequence")
+    evidence: dict[str, Any] = {"step": spec.id, "device_id": device_id}
+    eq = equipment.equipment_for_device(device_id)
+    if eq is None:
+        raise StepRefused(f"Scale {device_id} is not registered in the MES and must not be used. "
+                          "Use a registered scale or tell the supervisor.", code="unknown_device", device_id=device_id)
+    evidence["equipment_id"] = eq.id
+    if ctx.readings is None:
+        raise StepRefused("No device gateway feeds this server, so no weight can be taken from a scale. "
+                          "Tell the supervisor.", code="no_gateway", device_id=device_id)
+    captured = ctx.readings.latest(device_id)
+    if captured is None:
+        raise StepRefused(f"{eq.label} has sent no reading. Check that the scale is on and connected, then weigh "
+                          "again.", code="no_reading", device_id=device_id, equipment_id=eq.id)
+    if seen is not None and captured.sequence < seen:
+        raise StepRefused(f"The server has not received the reading the kiosk showed from {eq.label} yet "
+                          f"(it has reading {captured.sequence}, the kiosk showed {seen}). Weigh again.",
+                          code="reading_behind", device_id=device_id, equipment_id=eq.id)
+    # the age is measured on the real clock: the gateway stamps readings with it
+    seen_as = {**captured.to_json(), "timestamp": captured.at.isoformat()}
+    checked = equipment.check_reading(seen_as, Decimal(ctx.max_reading_age_ms) / 1000, utcnow())
+    if not checked.ok:
+        raise StepRefused(checked.reason, code=checked.code, device_id=device_id, equipment_id=eq.id)
+    value = Decimal(checked.details["value"])
     try:
-        in_unit = convert(net, reading["unit"], spec.unit)
+        net = convert(value, captured.unit, spec.unit)
     except UnitError as exc:
-        raise ValidationFailed(f"The reading unit cannot be used for this step: {exc}", field="reading/unit") from None
-    flags = []
-    try:
-        at = datetime.fromisoformat(str(reading["at"]).replace("Z", "+00:00"))
-        if at.tzinfo is not None and ctx.now - at > LATE_READING:
-            flags.append("late")
-    except ValueError:
-        raise ValidationFailed("reading/at is not an ISO 8601 time with zone.", field="reading/at") from None
-    clean = {"device_id": str(reading["device_id"]), "raw": str(reading.get("raw", "")), "stable": reading.get("stable"),
-             "value": reading["value"], "unit": reading["unit"], "at": str(reading["at"])}
-    return in_unit, clean, flags
+        raise StepRefused(f"{eq.label} weighs in {captured.unit}; this step cannot use it ({exc}).",
+                          code="wrong_unit", device_id=device_id) from None
+    if net <= 0:
+        raise StepRefused(f"{eq.label} shows no load ({to_text(value)} {captured.unit}). Put the container on the "
+                          "scale and weigh again.", code="no_load", device_id=device_id)
+    # capacity and minimum weight against the target (one container) or this container's net
+    # (in the unit the recipe states the scale requirement in, so the reason reads as the recipe)
+    weighed = convert(net if spec.multiple_containers else spec.target, spec.unit, spec.scale.unit)
+    suits = equipment.check_scale_for_weighing(
+        device_id, weighed, spec.scale.unit, readability_required=spec.scale.readability,
+        accuracy_class_required=spec.scale.accuracy_class, at=ctx.now)
+    reading = {**checked.details["reading"], "raw_hex": captured.raw.hex(), "seen_sequence": seen}
+    if not suits.ok:
+        if suits.code in OUT_OF_CALIBRATION:
+            raise _RefuseWithDeviation(suits.reason, Severity.MINOR.value, "equipment_out_of_calibration",
+                                       {**evidence, "check": suits.as_json(), "reading": reading})
+        raise StepRefused(suits.reason, code=suits.code, device_id=device_id, equipment_id=eq.id)
+    reading["calibration"] = suits.details.get("calibration")
+    reading["accuracy_class"] = suits.details.get("accuracy_class")
+    reading["readability"] = suits.details.get("readability")
+    return net, reading, captured
 
 
 def _weigh(ctx: _Ctx) -> None:
@@ -635,14 +747,12 @@ def _weigh(ctx: _Ctx) -> None:
     lot_id = _text(ctx.payload.get("lot_id"), "The lot", "lot_id")
     container_id = _text(ctx.payload.get("container_id"), "The container", "container_id")
     more = ctx.payload.get("more") is True
-    net, reading, flags = _reading(ctx, spec)
-    if net <= 0:
-        raise ValidationFailed("The net weight must be above zero.", field="reading/value")
     earlier = _current_records(ctx.step, "container")
     if more and not spec.multiple_containers:
         raise ValidationFailed(f"Step {spec.id} takes one container only.", field="more")
     if spec.max_containers and len(earlier) + 1 > spec.max_containers:
         raise ValidationFailed(f"Step {spec.id} takes at most {spec.max_containers} containers.", field="lot_id")
+    net, reading, captured = _capture(ctx, spec)
     total = sum((Decimal(r.value) for r in earlier), Decimal(0)) + net
     evidence = {"step": spec.id, "lot": lot_id, "container": container_id, "reading": reading,
                 "net": to_text(net), "total": to_text(total), "unit": unit, "low": to_text(low), "high": to_text(high)}
@@ -655,17 +765,22 @@ def _weigh(ctx: _Ctx) -> None:
             f"{spec.title}: net weight {to_text(total)} {unit} is outside the tolerance window "
             f"{to_text(low)} to {to_text(high)} {unit} (target {to_text(spec.target)} {unit}); nothing was recorded. "
             "Correct the weighing.", Severity.MAJOR.value, "out_of_tolerance", evidence)
-    _rec(ctx, "container", {"lot": lot_id, "container": container_id, "reading": reading, "item": spec.item}, net, unit,
-         flags)
+    rec = _rec(ctx, "container", {"lot": lot_id, "container": container_id, "reading": reading, "item": spec.item,
+                                  "equipment_id": reading["equipment_id"]}, net, unit)
     ctx.complete = not more
     ctx.result = {"net": to_text(net), "total": to_text(total), "unit": unit, "low": to_text(low), "high": to_text(high),
-                  "containers": len(earlier) + 1, "complete": not more}
+                  "containers": len(earlier) + 1, "complete": not more, "device_id": captured.device_id,
+                  "sequence": captured.sequence, "value": reading["value"], "reading_unit": captured.unit}
     if not more:
         _rec(ctx, "value", {"containers": len(earlier) + 1, "target": _opt(spec.target)}, total, unit)
-    actor, batch, step_id, wo = ctx.actor, ctx.batch.id, spec.id, ctx.batch.work_order_id
-    qty_text, qty_unit = reading["value"], reading["unit"]
-    ctx.finisher = lambda: materials.consume(actor, lot_id, container_id, qty_text, qty_unit, batch, step_id, wo,
-                                             ctx.batch.line, item_code=spec.item)
+    actor, batch, wo, line = ctx.actor, ctx.batch.id, ctx.batch.work_order_id, ctx.batch.line
+
+    def take() -> None:
+        used = materials.consume(actor, lot_id, container_id, reading["value"], captured.unit, batch, spec.id, wo,
+                                 line, item_code=spec.item, commit=False)
+        rec.data = {**rec.data, "consumption": used.id}
+
+    ctx.effects.append(take)
 
 
 def _identify(ctx: _Ctx) -> None:
@@ -691,23 +806,32 @@ def _identify(ctx: _Ctx) -> None:
 
 
 def _equipment(ctx: _Ctx) -> None:
+    """Equipment check against the registry: class, required states (clean within
+    ``max_since_cleaning``, calibrated, qualified, not in use). Not clean or out of
+    calibration refuses and raises a deviation; any other failure refuses with the reason.
+    With ``claim`` the equipment becomes in use by the batch until the batch ends."""
     spec: rm.EquipmentCheckStep = ctx.spec  # type: ignore[assignment]
     equipment_id = _text(ctx.payload.get("equipment_id"), "The equipment id", "equipment_id")
-    states = ctx.payload.get("states")
-    if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
-        raise ValidationFailed("states is the list of states the equipment label shows.", field="states")
-    unknown = sorted(set(states) - set(rm.EQUIPMENT_STATES))
-    if unknown:
-        raise ValidationFailed(f"Unknown equipment state(s): {', '.join(unknown)}.", field="states")
-    missing = [s for s in spec.required_states if s not in states]
-    if missing:
-        raise StepRefused(f"Equipment {equipment_id} is not {', '.join(m.replace('_', ' ') for m in missing)}; "
-                          "it cannot be used. Use other equipment or tell the supervisor.", missing=missing)
+    max_since = timedelta(seconds=spec.max_since_cleaning.seconds) if spec.max_since_cleaning else None
+    check = equipment.check_equipment(equipment_id, spec.required_states, ctx.now,
+                                      equipment_class=spec.equipment_class, max_since_cleaning=max_since)
+    evidence = {"step": spec.id, "equipment_id": equipment_id, "equipment_class": spec.equipment_class,
+                "required": list(spec.required_states), "check": check.as_json()}
+    if not check.ok:
+        if check.code in NOT_CLEAN:
+            raise _RefuseWithDeviation(check.reason, Severity.MINOR.value, "equipment_not_clean", evidence)
+        if check.code in OUT_OF_CALIBRATION:
+            raise _RefuseWithDeviation(check.reason, Severity.MINOR.value, "equipment_out_of_calibration", evidence)
+        raise StepRefused(check.reason, code=check.code, equipment_id=equipment_id)
     _rec(ctx, "equipment", {"equipment_id": equipment_id, "equipment_class": spec.equipment_class,
-                            "states": sorted(states), "required": list(spec.required_states),
+                            "required": list(spec.required_states),
                             "max_since_cleaning": spec.max_since_cleaning.iso if spec.max_since_cleaning else None,
-                            "registry_checked": False})
-    ctx.result = {"equipment_id": equipment_id, "states": sorted(states)}
+                            "registry_checked": True, "registry": check.details, "claimed": spec.claim})
+    ctx.result = {"equipment_id": equipment_id, "status": check.details.get("status"), "claimed": spec.claim}
+    if spec.claim:
+        actor, batch_id = ctx.actor, ctx.batch.id
+        ctx.effects.append(lambda: equipment.set_status(actor, equipment_id, equipment.S.IN_USE.value,
+                                                        _claim_reason(batch_id), batch=batch_id, commit=False))
 
 
 def _timer(ctx: _Ctx) -> None:
@@ -824,7 +948,9 @@ def _signature(ctx: _Ctx) -> None:
         raise Forbidden(f"This signature needs the role {' or '.join(spec.roles)}.")
     performed_by = None
     if spec.second_person:
-        earlier = list(spec.covers) or [r.step_id for r in ctx.rows if r.seq < ctx.step.seq][-1:]
+        earlier = list(spec.covers) or list(db.session.execute(
+            select(BatchStep.step_id).where(BatchStep.batch_id == ctx.batch.id, BatchStep.seq < ctx.step.seq)
+            .order_by(BatchStep.seq.desc()).limit(1)).scalars())
         people = _performers(ctx.batch.id, earlier)
         if user.id in people:
             raise Conflict("Second-person verification must be done by a different person than the one who "
@@ -868,7 +994,8 @@ def _produce(ctx: _Ctx) -> None:
         _deviate(ctx, "yield_out_of_limits", f"{spec.title}: yield {to_text(percent)} % is outside "
                  f"{to_text(spec.yield_low)} to {to_text(spec.yield_high)} %", {"step": spec.id, **data})
     actor, batch, wo = ctx.actor, ctx.batch.id, ctx.batch.work_order_id
-    ctx.finisher = lambda: materials.produce(actor, spec.item, lot_id, to_text(qty), unit, batch, work_order_id=wo)
+    ctx.effects.append(lambda: materials.produce(actor, spec.item, lot_id, to_text(qty), unit, batch,
+                                                 work_order_id=wo, commit=False) and None)
 
 
 HANDLERS: dict[str, Callable[[_Ctx], None]] = {
@@ -906,7 +1033,9 @@ CORRECTABLE_STEPS = ("numeric",)
 
 def correct_value(actor: Actor, batch_id: str, record_id: str, new_value: str, reason: str) -> StepRecord:
     """Correct a recorded numeric entry: a new record with the new value and the reason; the
-    old one stays, marked superseded (Annex 11 §8.2). Limits are checked again."""
+    old one stays, marked superseded (Annex 11 §8.2). Limits are checked again, and every
+    completed calculation that used the value (directly or through another calculation) is
+    recomputed the same way: a new record flagged ``recomputed``, the old one kept."""
     reason = _text(reason, "A reason for the correction", "reason")
     batch = _locked(Batch, batch_id)
     if batch.status in (BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
@@ -944,9 +1073,65 @@ def correct_value(actor: Actor, batch_id: str, record_id: str, new_value: str, r
                              f"{_limits_text(spec.low, spec.high, spec.unit)}",
                              {"record": new.id, "corrects": old.id}, automatic=True, commit_record=False)
         _record_deviation(actor, dev)
+    if _recompute_after(actor, batch, step.step_id, reason, now) or not ok:
         _refresh(batch, steps_of(batch_id))
     db.session.commit()
     return new
+
+
+def _recompute_after(actor: Actor, batch: Batch, changed_step: str, why: str, now: datetime) -> list[StepRecord]:
+    """Recompute the completed calculations that depend on ``changed_step`` (transitively),
+    in document order; each changed result is a new record superseding the old one, audited
+    as ``batch.value.recomputed``, with a deviation when it now misses its limits."""
+    control = control_recipe(batch)
+    changed = {changed_step}
+    out: list[StepRecord] = []
+    for row in steps_of(batch.id):
+        if row.kind != "calculation" or row.state != StepState.COMPLETED.value:
+            continue
+        spec: rm.CalculationStep = control.step(row.step_id)  # type: ignore[assignment]
+        if not changed & set(spec.references):
+            continue
+        old = next(iter(_current_records(row, "value")), None)
+        if old is None:
+            continue
+        values = _values(batch.id)
+        try:
+            result = spec.compute(values)
+        except FormulaError as exc:
+            raise Conflict(f"The correction makes calculation {spec.id} impossible ({exc}); nothing was changed.") \
+                from None
+        changed.add(row.step_id)
+        if old.value is not None and Decimal(old.value) == result:
+            continue
+        ok = spec.in_limits(result)
+        inputs = {ref: to_text(values[ref]) for ref in spec.references if ref in values}
+        new = StepRecord(id=_new_id("R"), batch_id=batch.id, batch_step_id=row.id, attempt=old.attempt, kind="value",
+                         value=to_text(result), unit=old.unit,
+                         data={**old.data, "inputs": inputs, "recomputed_because": changed_step},
+                         flags=["recomputed"] + ([] if ok else ["out_of_limits"]), comment=None, corrects=old.id,
+                         reason=f"recomputed after the correction of {changed_step}: {why}", recorded_at=now,
+                         recorded_by=actor.id)
+        db.session.add(new)
+        old.superseded_by = new.id
+        old.flags = sorted(set(old.flags or []) | {"corrected"})
+        row.result = {**(row.result or {}), "value": new.value, "inputs": inputs, "in_limits": ok,
+                      "recomputed": True}
+        row.version += 1
+        db.session.flush()
+        record(actor, "batch.value.recomputed", ("step_record", old.id), batch=batch.id,
+               before={"value": old.value, "unit": old.unit, "record": old.id},
+               after={"value": new.value, "unit": new.unit, "record": new.id, "inputs": inputs, "in_limits": ok,
+                      "formula": spec.formula}, reason=new.reason)
+        if not ok:
+            dev = _new_deviation(actor, batch, row, Severity.MAJOR.value, "limits_missed",
+                                 f"{spec.title}: recomputed {to_text(result)} {spec.unit} is outside "
+                                 f"{_limits_text(spec.low, spec.high, spec.unit)}",
+                                 {"record": new.id, "corrects": old.id, "formula": spec.formula, "inputs": inputs},
+                                 automatic=True, commit_record=False)
+            _record_deviation(actor, dev)
+        out.append(new)
+    return out
 
 
 # ------------------------------------------------------------------------ deviations
@@ -1081,6 +1266,7 @@ def disposition_deviation(session_row: UserSession, credentials: esig.Credential
         batch.status, batch.decided_at, batch.decided_by = BatchStatus.REJECTED.value, now, user.id
         record(actor, "batch.rejected", ("batch", batch.id), batch=batch.id, before={"status": before_status},
                after={"status": batch.status, "deviation": dev.id}, reason=reason)
+        _release_claims(actor, batch.id)
     if batch.status == BatchStatus.IN_PROGRESS.value:
         _refresh(batch, rows)
     db.session.commit()
@@ -1106,6 +1292,9 @@ def exceptions(batch_id: str) -> list[dict[str, Any]]:
         if "correction" in flags:
             out.append({"type": "correction", "record": r.id, "corrects": r.corrects, "step": where,
                         "value": r.value, "reason": r.reason, "by": r.recorded_by})
+        if "recomputed" in flags:
+            out.append({"type": "recomputation", "record": r.id, "corrects": r.corrects, "step": where,
+                        "value": r.value, "reason": r.reason})
         if "late" in flags:
             out.append({"type": "late_entry", "record": r.id, "step": where})
         if r.comment:
@@ -1230,6 +1419,8 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
                         "esig": {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"],
                                  "signed_at": sig["at"], "record_hash": sig["record_hash"]},
                         "ebr_sha256": ebr}, correlation_id=batch.work_order_id, time=now))
+    if batch.status == BatchStatus.REJECTED.value:
+        _release_claims(actor, batch_id)
     wo = _locked(WorkOrder, batch.work_order_id)
     if wo.status == WorkOrderStatus.IN_PROGRESS.value:
         _wo_transition(actor, wo, (WorkOrderStatus.IN_PROGRESS.value,), WorkOrderStatus.COMPLETED,

@@ -4,26 +4,33 @@ The operator logs in with badge + PIN on a kiosk terminal, starts the batch of a
 work order, then repeatedly fetches the batch and completes the next ready step with a
 plausible entry taken from the control recipe:
 
-* weigh: a stable reading from a simulated scale (:class:`devices.drivers.virtual.VirtualScale`)
-  loaded with the target, from released, usable lots with enough stock found through
-  ``GET /api/v1/lots?item=…`` (split over containers when the step allows several);
+* weigh: a registered scale that suits the step (``GET /api/v1/equipment?kind=scale``) is
+  loaded with the amount through the gateway's simulation endpoint
+  (``POST /api/v1/simulation/devices/<id>``, ``MES_SIMULATION=true`` as in ``mes demo``);
+  once the device shows a stable reading newer than the request
+  (``GET /api/v1/devices/<id>``) the step is completed naming the device, and the server
+  takes the weight from the gateway. Lots are released, usable lots with enough stock found
+  through ``GET /api/v1/lots?item=…`` (split over containers when the step allows several);
 * identify: the lot chosen for the item (``scan: lot``) or the lot dispensed into this batch
-  (``scan: dispensed``); equipment checks: the required states;
+  (``scan: dispensed``); equipment checks: registered equipment of the class that is free
+  (``GET /api/v1/equipment?class=…``); the server checks it against the registry;
 * numeric / sample check / produce output: values inside the limits (a numeric without
   limits that a later calculation uses is chosen so the calculation lands mid-limits);
 * timer: started, then waited for (``time_factor`` divides the wait when the server clock
-  runs faster, as in tests), or completed at once with ``timers="skip"``;
+  runs faster, as in tests), or completed at once with ``timers="skip"``; while a timer runs
+  the steps of parallel operations are done, so timers do not run one after the other;
 * signature: signed by the operator, or by the verifier (a second session with its own
   badge) for second-person gates and roles the operator does not hold.
 
 An open blocking deviation is dispositioned ``use_as_is`` by QA when QA credentials are
-given; otherwise the run stops. Any refusal stops the run with the problem detail
+given; otherwise the run stops. With QA credentials and ``release=True`` QA finishes the
+batch: open deviations dispositioned, audit trail reviewed, batch reviewed and released,
+each with an e-signature. Any refusal stops the run with the problem detail
 (:class:`SimulationStopped`). No click here: ``mes sim operator`` is a thin shell.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import time
@@ -228,32 +235,41 @@ def dispensed_lots(batch: dict[str, Any], item: str, by_step: str | None = None)
     return lots
 
 
-class SimulatedScale:
-    """A virtual scale loaded with a weight, read stable: the dict the weigh step takes."""
+class GatewayScales:
+    """Simulated scales behind the gateway, driven through the public API: set the load on
+    the pan, then wait for the device to show it, stable, in a reading newer than the request."""
 
-    def __init__(self, device_id: str = "SIM-SCALE-01") -> None:
-        self.device_id = device_id
+    def __init__(self, client: Client, *, timeout_s: float = 15.0, poll_s: float = 0.05) -> None:
+        self.client, self.timeout_s, self.poll_s = client, timeout_s, poll_s
 
-    def read(self, value: Decimal, unit: str, decimals: int, at: datetime | None = None) -> dict[str, Any]:
-        from devices.drivers.virtual import VirtualScale
+    def set_load(self, device_id: str, load: Decimal, unit: str) -> None:
+        self.client.post(f"{API}/simulation/devices/{device_id}", {"load": str(load), "unit": unit, "unstable": False})
 
-        capacity = max(Decimal(220), value * 2)
-        scale_ = VirtualScale(self.device_id, {"weight": to_text(value), "unit": unit, "decimals": decimals,
-                                               "capacity": to_text(capacity), "stability_timeout_s": 2.0})
+    def latest(self, device_id: str) -> dict[str, Any] | None:
+        return self.client.get(f"{API}/devices/{device_id}").get("reading")
 
-        async def _read() -> Any:
-            await scale_.connect()
-            try:
-                return await scale_.read(stable=True)
-            finally:
-                await scale_.close()
+    def weigh(self, device_id: str, load: Decimal, unit: str) -> dict[str, Any]:
+        """Put ``load`` on the scale; the first stable reading of it newer than the request."""
+        asked = datetime.now(timezone.utc)
+        self.set_load(device_id, load, unit)
+        deadline = time.monotonic() + self.timeout_s
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self.latest(device_id)
+            if last and last.get("stable") and last.get("status") == "ok" and last.get("value") is not None:
+                at = parse_at(last.get("at"))
+                shown = Decimal(last["value"])
+                expected = load if last.get("unit") == unit else convert(load, unit, last["unit"])
+                if at is not None and at >= asked and shown == quantize(expected, _places_of(last["value"]),
+                                                                        ROUND_DOWN):
+                    return last
+            time.sleep(self.poll_s)
+        raise SimulationStopped(f"Scale {device_id} did not show a stable {to_text(load)} {unit} within "
+                                f"{self.timeout_s:.0f} s (last reading: {last}).")
 
-        reading = asyncio.run(_read())
-        if not reading.stable or reading.value is None:
-            raise SimulationStopped(f"The simulated scale gave no stable reading ({reading.status.value}).")
-        return {"device_id": self.device_id, "raw": reading.raw.decode("ascii", "replace").strip(), "stable": True,
-                "value": to_text(reading.value) if decimals == 0 else str(quantize(reading.value, decimals)),
-                "unit": reading.unit, "at": format_at(at or reading.timestamp)}
+
+def _places_of(text: str) -> int:
+    return len(text.split(".", 1)[1]) if "." in text else 0
 
 
 @dataclass
@@ -284,7 +300,7 @@ class SimOperator:
     def __init__(self, base_url: str, terminal: str, operator: Login, *, verifier: Login | None = None,
                  qa: Login | None = None, qa_terminal: str | None = None, time_factor: float = 1.0,
                  timers: str = "wait", echo: Callable[[str], None] | None = print, seed: int = 0,
-                 scale_device: str = "SIM-SCALE-01") -> None:
+                 scales: Callable[[Client], Any] | None = None, release: bool = False) -> None:
         if timers not in ("wait", "skip"):
             raise ValueError("timers is 'wait' or 'skip'")
         self.base_url, self.terminal = base_url, terminal
@@ -294,7 +310,9 @@ class SimOperator:
         self.timers = timers
         self.echo = echo or (lambda _line: None)
         self.rng = random.Random(seed)
-        self.scale = SimulatedScale(scale_device)
+        self._scales_factory = scales or GatewayScales
+        self.scales: Any = None
+        self.release = release
         self.operator: Client | None = None
         self.verifier: Client | None = None
         self.qa: Client | None = None
@@ -303,6 +321,9 @@ class SimOperator:
         # server clock anchor: (server time, local monotonic time when it was stamped)
         self._anchor: tuple[datetime, float] | None = None
         self._last_write = time.monotonic()
+        self._timers: dict[str, datetime] = {}  # running timer step -> when it may be stopped
+        # longest step of each kind so far (real seconds): how long a step done while a timer runs may take
+        self._step_s: dict[str, float] = {}
 
     # -- clock
     def _observe(self, batch: dict[str, Any]) -> None:
@@ -344,6 +365,7 @@ class SimOperator:
         try:
             self._log_in()
             assert self.operator is not None
+            self.scales = self._scales_factory(self.operator)
             wo = self.operator.get(f"{API}/work-orders/{work_order_id}")
             batch = self._start_or_resume(wo)
             result = RunResult(batch["id"], batch["status"])
@@ -353,16 +375,23 @@ class SimOperator:
                 result.status = batch["status"]
                 if batch["status"] != "in_progress":
                     break
-                step = next((s for s in batch["steps"] if s["state"] in ("ready", "in_progress")), None)
-                if step is None:
+                open_steps = [s for s in batch["steps"] if s["state"] in ("ready", "in_progress")]
+                if not open_steps:
                     blocked = [s["id"] for s in batch["steps"] if s["state"] == "blocked"]
                     if not blocked:
                         raise SimulationStopped(f"Batch {batch['id']} has no step that can be done.")
                     result.dispositions += self._resolve_deviations(batch, blocked)
                     continue
-                result.steps.append(self.do_step(batch, step))
+                step = self._next(batch, open_steps)
+                done = self.do_step(batch, step)
+                result.steps.append(done)
+                self._timers.pop(step["id"], None)
+                if done.kind != "timer":
+                    self._step_s[done.kind] = max(self._step_s.get(done.kind, 0.0), done.ms / 1000)
             else:
                 raise SimulationStopped(f"Gave up after {max_steps} steps.")
+            if result.status == "completed" and self.release:
+                result.status = self.release_batch(batch["id"])
         except ApiError as exc:
             raise SimulationStopped(f"The MES refused {exc.method} {exc.url} ({exc.status}): {exc.detail}",
                                     exc.problem) from None
@@ -374,6 +403,66 @@ class SimOperator:
         else:
             self.echo(f"batch {result.batch_id} is {result.status}")
         return result
+
+    def _next(self, batch: dict[str, Any], open_steps: list[dict[str, Any]]) -> dict[str, Any]:
+        """The next step to do. Ready timers are started at once; a timer that is due comes
+        first; while timers run, the steps of parallel operations are done as long as one can
+        be done before the first timer is due; otherwise the first timer (``_run_timer``
+        waits for it, without reloading the batch, so it stops close to its target)."""
+        assert self.recipe is not None and self.operator is not None
+        others: list[dict[str, Any]] = []
+        timers: list[tuple[datetime, dict[str, Any]]] = []
+        for step in open_steps:
+            spec = self.recipe.step(step["id"])
+            if not (self.timers == "wait" and isinstance(spec, rm.TimerStep) and not spec.from_step):
+                others.append(step)
+                continue
+            due = self._timers.get(step["id"])
+            if due is None:
+                started = parse_at(step.get("started_at")) if step["state"] == "in_progress" else None
+                if started is None:
+                    self._last_write = time.monotonic()
+                    out = self.operator.start_step(batch["id"], step["id"], step["version"])
+                    started = parse_at(out["started_at"])
+                    assert started is not None
+                    if self._anchor is None or started >= self._anchor[0]:
+                        self._anchor = (started, self._last_write)
+                    step = {**step, "state": "in_progress", "version": out["version"], "started_at": out["started_at"]}
+                    self.echo(f"      timer {spec.id} started ({spec.title})")
+                due = started + self._timer_target(spec)
+                self._timers[step["id"]] = due
+            timers.append((due, step))
+        now = self.server_now()
+        if timers:
+            due, step = min(timers, key=lambda t: t[0])
+            other = self.recipe.step(others[0]["id"]).kind if others else ""
+            takes = timedelta(seconds=1.5 * self._step_s.get(other, 1.0) * self.time_factor)
+            if due <= now or not others or due - now < takes:
+                return step
+        return others[0]
+
+    def release_batch(self, batch_id: str) -> str:
+        """QA finishes a completed batch: open deviations dispositioned, audit trail reviewed,
+        batch reviewed and released, each e-signed; returns the batch status."""
+        qa = self._qa()
+        if qa is None or self.qa_login is None:
+            raise SimulationStopped("Releasing needs QA credentials (--qa-user / --qa-password).")
+        qa.acknowledge_esig()
+        sign = self.qa_login.sign_fields()
+        batch = qa.batch(batch_id)
+        for d in batch.get("deviations", []):
+            if d["status"] == "open":
+                qa.post(f"{API}/deviations/{d['id']}/disposition",
+                        {"disposition": "use_as_is", "reason": "Simulated run: assessed, no impact (simulation).",
+                         **sign})
+                self.echo(f"  QA {qa.user_id} dispositioned {d['id']} use_as_is")
+        qa.post(f"{API}/audit/reviews", {"batch": batch["id"], "comment": "Simulated run: audit trail reviewed.",
+                                         **sign})
+        qa.post(f"{API}/batches/{batch['id']}/review", {"comment": "Simulated run: record reviewed.", **sign})
+        out = qa.post(f"{API}/batches/{batch['id']}/release", {"decision": "released",
+                                                              "comment": "Simulated run: released.", **sign})
+        self.echo(f"batch {batch['id']} reviewed and {out['status']} by QA {qa.user_id}")
+        return str(out["status"])
 
     def _start_or_resume(self, wo: dict[str, Any]) -> dict[str, Any]:
         assert self.operator is not None
@@ -469,9 +558,11 @@ class SimOperator:
 
     @staticmethod
     def _timer_target(spec: rm.TimerStep) -> timedelta:
+        """When to stop a timer: a little after its minimum. The client's estimate of the server
+        clock errs late (requests take time), so the target sits in the first fifth of the window."""
         low = spec.minimum.seconds if spec.minimum else 0
         if spec.maximum is not None:
-            extra = min((spec.maximum.seconds - low) / 2, 300)
+            extra = min((spec.maximum.seconds - low) / 5, 300)
         else:
             extra = min(max(low * 0.1, 5), 300)
         return timedelta(seconds=low + extra)
@@ -491,9 +582,9 @@ class SimOperator:
             shown = [str(r) for r in results]
             return {"results": shown}, op, f"{len(shown)} results {shown[0]}..{shown[-1]} {spec.unit}"
         if isinstance(spec, rm.EquipmentCheckStep):
-            eq = f"EQ-{spec.id.upper().replace('_', '-')}"[:60]
-            return {"equipment_id": eq, "states": list(spec.required_states)}, op, \
-                f"{eq}: {', '.join(spec.required_states)}"
+            eq = self._pick_equipment(spec)
+            return {"equipment_id": eq}, op, f"{eq}: {', '.join(spec.required_states)}" + \
+                (" (claimed for the batch)" if spec.claim else "")
         if isinstance(spec, rm.IdentifyStep):
             if spec.scan == "dispensed":
                 lots = dispensed_lots(batch, spec.item, spec.dispensed_by)
@@ -620,11 +711,47 @@ class SimOperator:
         why = "; ".join(reasons) if reasons else "no released lot"
         raise SimulationStopped(f"No usable lot of {item} with enough stock ({why}).")
 
+    def _pick_equipment(self, spec: rm.EquipmentCheckStep) -> str:
+        """Registered equipment of the step's class that is free now (the server checks it again)."""
+        assert self.operator is not None
+        rows = self.operator.get(f"{API}/equipment", params={"class": spec.equipment_class})["equipment"]
+        states = ",".join(spec.required_states)
+        why = []
+        for eq in sorted(rows, key=lambda e: (e["status"] not in ("clean", "available"), e["id"])):
+            check = self.operator.get(f"{API}/equipment/{eq['id']}/check",
+                                      params={"states": states, "class": spec.equipment_class})["check"]
+            if check["ok"]:
+                return str(eq["id"])
+            why.append(check["reason"])
+        raise SimulationStopped(f"Step {spec.id}: no {spec.equipment_class} can be used now"
+                                + (f" ({'; '.join(why)})" if why else " (none is registered)") + ".")
+
+    def _pick_scale(self, spec: rm.WeighStep, pieces: list[Decimal]) -> dict[str, Any]:
+        """A registered scale with a device that meets the step's requirement and suits every piece."""
+        assert self.operator is not None and spec.unit is not None
+        rows = self.operator.get(f"{API}/equipment", params={"kind": "scale"})["equipment"]
+        classes = rm.SCALE_CLASSES
+        for eq in rows:
+            sc = eq.get("scale") or {}
+            if not sc.get("device_id") or eq["status"] == "maintenance" or not eq.get("active", True):
+                continue
+            read, cap, low = sc["readability"], sc["capacity"], sc["min_weight"]
+            if convert(Decimal(read["value"]), read["uom"], spec.scale.unit) > spec.scale.readability:
+                continue
+            need = spec.scale.accuracy_class
+            if need and (sc.get("accuracy_class") not in classes
+                         or classes.index(sc["accuracy_class"]) > classes.index(need)):
+                continue
+            if any(convert(p, spec.unit, cap["uom"]) > Decimal(cap["value"])
+                   or convert(p, spec.unit, low["uom"]) < Decimal(low["value"]) for p in pieces):
+                continue
+            return eq
+        raise SimulationStopped(f"Step {spec.id}: no registered scale meets {spec.scale} for "
+                                f"{' + '.join(to_text(p) for p in pieces)} {spec.unit}.")
+
     def _weigh(self, batch: dict[str, Any], step: dict[str, Any], spec: rm.WeighStep) -> str:
         assert self.operator is not None and spec.target is not None and spec.unit is not None
-        scale_unit = spec.scale.unit
-        scale_places = _places(spec.scale.readability)
-        places = max(_places(spec.target), _places(convert(spec.scale.readability, scale_unit, spec.unit)))
+        places = max(_places(spec.target), _places(convert(spec.scale.readability, spec.scale.unit, spec.unit)))
         already = sum((Decimal(r["value"]) for r in step.get("records", [])
                        if r["kind"] == "container" and r.get("superseded_by") is None
                        and r["attempt"] == step["attempt"]), Decimal(0))
@@ -647,21 +774,25 @@ class SimOperator:
         if len(pieces) > 1 and not spec.multiple_containers:
             raise SimulationStopped(f"Step {spec.id} takes one container, and no container of lot {lot} holds "
                                     f"{to_text(need)} {spec.unit}.")
+        eq = self._pick_scale(spec, [amount for _, amount in pieces])
+        device, scale_unit = eq["scale"]["device_id"], eq["scale"]["readability"]["uom"]
+        scale_places = _places(Decimal(eq["scale"]["readability"]["value"]))
         version = step["version"]
         shown = []
         out: dict[str, Any] = {}
         for i, (container, amount) in enumerate(pieces):
             more = i < len(pieces) - 1
-            on_scale = quantize(amount if scale_unit == spec.unit else convert(amount, spec.unit, scale_unit),
-                                scale_places)
-            reading = self.scale.read(on_scale, scale_unit, scale_places, at=self.server_now())
-            payload = {"lot_id": lot, "container_id": container, "reading": reading}
+            on_scale = quantize(convert(amount, spec.unit, scale_unit), scale_places, ROUND_DOWN)
+            reading = self.scales.weigh(device, on_scale, scale_unit)
+            payload: dict[str, Any] = {"lot_id": lot, "container_id": container, "device_id": device,
+                                       "sequence": reading["sequence"]}
             if more:
                 payload["more"] = True
             self._last_write = time.monotonic()
             out = self.operator.complete_step(batch["id"], step["id"], version, payload)
             version = out["version"]
-            shown.append(f"{reading['value']} {reading['unit']} from {container}")
+            shown.append(f"{out.get('value', reading['value'])} {out.get('reading_unit', reading['unit'])} "
+                         f"from {container} on {device}")
         return f"lot {lot}: " + " + ".join(shown) + self._outcome(out)
 
 
@@ -673,10 +804,11 @@ def _in_unit(quantity: dict[str, str], unit: str) -> Decimal:
 def run_operator(base_url: str, work_order_id: str, *, terminal: str, badge: str, pin: str,
                  verifier_badge: str | None = None, verifier_pin: str | None = None, qa_user: str | None = None,
                  qa_password: str | None = None, qa_terminal: str | None = None, time_factor: float = 1.0,
-                 timers: str = "wait", echo: Callable[[str], None] | None = print) -> RunResult:
+                 timers: str = "wait", echo: Callable[[str], None] | None = print,
+                 release: bool = False) -> RunResult:
     """Execute the batch of ``work_order_id`` as the badge holder (the CLI's entry point)."""
     verifier = Login(badge=verifier_badge, pin=verifier_pin) if verifier_badge else None
     qa = Login(user_id=qa_user, password=qa_password) if qa_user else None
     sim = SimOperator(base_url, terminal, Login(badge=badge, pin=pin), verifier=verifier, qa=qa,
-                      qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=echo)
+                      qa_terminal=qa_terminal, time_factor=time_factor, timers=timers, echo=echo, release=release)
     return sim.run(work_order_id)

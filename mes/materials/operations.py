@@ -151,6 +151,18 @@ def _commit(conflict_message: str) -> None:
         raise Conflict(conflict_message) from None
 
 
+def _finish(commit: bool, conflict_message: str) -> None:
+    """Commit (see :func:`_commit`), or with ``commit=False`` only flush into the caller's
+    transaction: a constraint failure then raises the same Conflict and the caller rolls back."""
+    if commit:
+        _commit(conflict_message)
+        return
+    try:
+        db.session.flush()
+    except IntegrityError:
+        raise Conflict(conflict_message) from None
+
+
 def _append_lock_first() -> None:
     """Take the audit log's append lock now, before any row lock (PostgreSQL; re-entrant
     within a transaction; SQLite holds its write lock from ``BEGIN IMMEDIATE`` anyway).
@@ -618,13 +630,16 @@ def consume(
     location: str | None = None,
     *,
     item_code: str | None = None,
+    commit: bool = True,
 ) -> Consumption:
     """Take ``qty`` ``unit`` from a container of a lot into a batch step.
 
     Refused with :class:`LotNotUsable` (the usability sentence) when the lot may not be
     used (as ``item_code``, if given), with :class:`InsufficientQuantity` when the container
     holds less; both are 409 Conflicts. Writes the consumption, its audit entry and the
-    ``mes.material.consumed.v1`` event in one transaction.
+    ``mes.material.consumed.v1`` event in one transaction. With ``commit=False`` the
+    caller's transaction carries them (flushed, not committed), so a batch step and its
+    consumptions commit or roll back together.
     """
     amount = _quantity(qty, unit)
     batch_id = _id(batch_id, "batch id", "batch_id")
@@ -675,7 +690,7 @@ def consume(
                   "work_order": consumption.work_order_id, "location": consumption.location,
                   "conditional": usable.conditional, "conditional_hold": consumption.conditional_hold_id},
            event=Event(CONSUMED, "batch", batch_id, data, correlation_id=consumption.work_order_id, time=now))
-    _commit(f"Container {container.id} of lot {lot.id} was changed by someone else at the same moment; "
+    _finish(commit, f"Container {container.id} of lot {lot.id} was changed by someone else at the same moment; "
             "nothing was taken. Check the container and try again.")
     return consumption
 
@@ -797,11 +812,12 @@ def produce(
     consumption_ids: Sequence[str] | None = None,
     container_id: str | None = None,
     location: str | None = None,
+    commit: bool = True,
 ) -> Lot:
     """Record lot ``lot_id`` of ``item_code`` produced by batch ``batch_id``, in quarantine,
     in one container, linked to the lots the batch consumed (``consumption_ids``, default
     every consumption of the batch that was not reversed) with the quantities consumed.
-    Posts ``mes.finished_goods.produced.v1``."""
+    Posts ``mes.finished_goods.produced.v1``. ``commit=False``: in the caller's transaction."""
     item = get_item(item_code)
     amount = _quantity(qty, unit)
     _same_dimension(unit, item.base_uom, item.code, "unit")
@@ -865,7 +881,7 @@ def produce(
                   "inputs": [{"lot": link.parent_lot_id, "qty": q.as_json(link.qty, link.uom)} for link in links],
                   "conditional_inputs": conditional},
            event=Event(PRODUCED, "batch", batch_id, data, correlation_id=_optional(work_order_id), time=now))
-    _commit(f"Lot {lot_id} or container {container.id} was created by someone else at the same moment.")
+    _finish(commit, f"Lot {lot_id} or container {container.id} was created by someone else at the same moment.")
     return lot
 
 

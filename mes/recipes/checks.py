@@ -253,6 +253,8 @@ def _step(recipe: MasterRecipe, ref: StepRef, report: _Report, unique_ids: bool)
                 report(path + ("max_since_cleaning",), "max_since_cleaning needs 'clean' in required_states")
             if step.max_since_cleaning.seconds == 0:
                 report(path + ("max_since_cleaning",), "max_since_cleaning must be longer than zero")
+        if step.claim and "not_in_use" not in step.required_states:
+            report(path + ("claim",), "claim needs 'not_in_use' in required_states")
     elif isinstance(step, TimerStep):
         if step.minimum is None and step.maximum is None:
             report(path, "a timer needs a minimum, a maximum or both")

@@ -337,13 +337,16 @@ class IdentifyStep(Step):
 
 @dataclass(frozen=True, kw_only=True)
 class EquipmentCheckStep(Step):
-    """Select equipment of a class; the engine checks the required states and, if given,
-    that it was cleaned no longer than ``max_since_cleaning`` ago."""
+    """Select equipment of a class; the engine checks the required states in the equipment
+    registry and, if given, that it was cleaned no longer than ``max_since_cleaning`` ago.
+    ``claim``: a passing check marks the equipment in use by the batch until the batch ends
+    (then it is dirty); needs ``not_in_use`` among the required states."""
 
     kind: ClassVar[str] = "equipment_check"
     equipment_class: str
     required_states: tuple[str, ...]
     max_since_cleaning: Duration | None = None
+    claim: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

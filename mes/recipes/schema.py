@@ -96,7 +96,7 @@ _STEP_PARAMS: Final[dict[str, tuple[tuple[str, ...], dict[str, Any]]]] = {
     "equipment_check": (("equipment_class", "required_states"), {
         "equipment_class": _ref("title"),
         "required_states": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(EQUIPMENT_STATES)}},
-        "max_since_cleaning": _ref("duration"),
+        "max_since_cleaning": _ref("duration"), "claim": {"type": "boolean"},
     }),
     "timer": ((), {"minimum": _ref("duration"), "maximum": _ref("duration"), "from_step": _ref("id")}),
     "calculation": (("formula", "unit", "precision"), {

@@ -29,6 +29,7 @@ class Permission(str, enum.Enum):
     MATERIAL_RELEASE = "material.release"
     EQUIPMENT_VIEW = "equipment.view"
     EQUIPMENT_MANAGE = "equipment.manage"
+    DEVICE_OPERATE = "device.operate"
     OEE_VIEW = "oee.view"
     OEE_MANAGE = "oee.manage"
     RECIPE_AUTHOR = "recipe.author"
@@ -67,6 +68,7 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.MATERIAL_RELEASE: frozenset({_Q}),
     Permission.EQUIPMENT_VIEW: frozenset({_O, _S, _Q}),
     Permission.EQUIPMENT_MANAGE: frozenset({_S, _Q}),
+    Permission.DEVICE_OPERATE: frozenset({_O, _S}),
     Permission.OEE_VIEW: frozenset({_S, _Q}),
     Permission.OEE_MANAGE: frozenset({_S}),
     Permission.RECIPE_AUTHOR: frozenset({_S}),

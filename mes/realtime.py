@@ -1,0 +1,190 @@
+"""Live data for kiosks and QA screens over Socket.IO (namespace ``/live``).
+
+One :data:`socketio` object, created unbound and bound to the app in ``create_app`` with
+``init_app``: threading async mode with simple-websocket, which works under the werkzeug
+server and gunicorn's gthread workers. With ``MES_REDIS_URL`` set it uses Redis as its
+message queue, so several web instances and a separate ``mes gateway`` process can all emit
+to every connected browser.
+
+Protocol (namespace ``/live``)
+------------------------------
+* A connection is accepted only from a logged-in session (the session cookie of a kiosk
+  or QA login, with its terminal) or an API token; anonymous connections are refused.
+* Client → server: ``watch {"devices": ["SCALE-01", ...]}`` joins the rooms
+  ``device:<id>``; ``watch_line {"line": "LINE-1"}`` joins ``line:<id>``. Each answers
+  (Socket.IO acknowledgement) ``{"ok": true, "rooms": [...]}`` or ``{"ok": false, "detail": ...}``.
+* Server → client: ``reading`` (:meth:`mes.gateway.store.CapturedReading.to_json`),
+  ``device_status`` ``{"device_id", "connected", "age_ms", "message"}`` and
+  ``batch_changed`` ``{"batch_id", "line", "step_id"}`` (sent by the kiosk code through
+  :func:`publish`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import flask_socketio
+from flask import Flask, current_app, has_app_context, session
+
+__all__ = ["NAMESPACE", "device_room", "emitter", "init_app", "line_room", "publish", "socketio"]
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/live"
+#: Socket.IO channel shared by the web workers and the gateway on the Redis message queue.
+CHANNEL = "mes-live"
+_ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+MAX_WATCHED = 32
+
+socketio = flask_socketio.SocketIO()
+_state: dict[str, Any] = {"external": None}
+
+
+def device_room(device_id: str) -> str:
+    """The room a device's readings and status go to."""
+    return f"device:{device_id}"
+
+
+def line_room(line: str) -> str:
+    """The room a line's batch events go to."""
+    return f"line:{line}"
+
+
+def init_app(app: Flask) -> None:
+    """Bind Socket.IO to ``app`` (Redis message queue when ``MES_REDIS_URL`` is set).
+
+    A Flask-SocketIO object serves one app; the first app of the process gets
+    :data:`socketio`, any further one (tests build many apps) gets its own object with the
+    same handlers, kept in ``app.extensions["socketio"]``.
+    """
+    sio = socketio
+    if socketio.server is not None:
+        sio = flask_socketio.SocketIO()
+        _register_handlers(sio)
+    url = app.config.get("MES_REDIS_URL") or None
+    sio.init_app(app, async_mode="threading", message_queue=url, channel=CHANNEL,
+                 cors_allowed_origins=None, logger=False, engineio_logger=False)
+
+
+def emitter(redis_url: str) -> flask_socketio.SocketIO:
+    """An emit-only Socket.IO object for a process without a web server (``mes gateway``)."""
+    if _state["external"] is None or _state["external"][0] != redis_url:
+        _state["external"] = (redis_url, flask_socketio.SocketIO(message_queue=redis_url, channel=CHANNEL))
+    return _state["external"][1]
+
+
+def publish(event: str, payload: dict[str, Any], room: str, *, app: Flask | None = None) -> None:
+    """Send ``event`` with ``payload`` to every client in ``room`` of ``/live``.
+
+    Usable from anywhere (a request, a service function, the gateway thread; pass ``app``
+    outside an app context); a no-op when Socket.IO is not initialised, so domain code and
+    tests never depend on it. A failure to deliver is logged, never raised: live data is a
+    convenience, the record is in the database.
+    """
+    if app is None and has_app_context():
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    target: Any = app.extensions.get("socketio") if app is not None else None
+    if target is None or target.server is None:
+        target = socketio if socketio.server is not None else (_state["external"] or (None, None))[1]
+    if target is None:
+        return
+    try:
+        target.emit(event, payload, to=room, namespace=NAMESPACE)
+    except Exception:  # noqa: BLE001 - a broken live channel must not break the caller
+        log.warning("could not publish %s to %s", event, room, exc_info=True)
+
+
+# --------------------------------------------------------------------- handlers
+
+
+def _who() -> Any:
+    """The authenticated caller of the Socket.IO handshake, or None when anonymous."""
+    from mes.errors import MESError
+    from mes.web import _principal
+
+    try:
+        return _principal()
+    except MESError:
+        return None
+
+
+def _connect(auth: Any = None) -> None:
+    who = _who()
+    if who is None:
+        raise flask_socketio.ConnectionRefusedError("Log in first: live data is for logged-in users only.")
+    # Roles are kept for this connection only (Flask-SocketIO keeps its own copy of the
+    # session): watching is checked against them without a database round trip.
+    session["live_roles"] = sorted(who.roles)
+    session["live_user"] = who.user.id
+    flask_socketio.join_room(f"user:{who.user.id}")
+
+
+def _may_watch(permission_name: str) -> bool:
+    from mes.users.permissions import Permission, allowed
+
+    roles = session.get("live_roles")
+    return isinstance(roles, list) and allowed(set(roles), Permission(permission_name))
+
+
+def _watch(data: Any = None) -> dict[str, Any]:
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, list) or not devices or len(devices) > MAX_WATCHED \
+            or not all(isinstance(d, str) and _ROOM_ID.match(d) for d in devices):
+        return {"ok": False, "detail": f"Send {{\"devices\": [device ids]}} with 1 to {MAX_WATCHED} device ids."}
+    if not _may_watch("equipment.view"):
+        return {"ok": False, "detail": "Your role may not watch devices (equipment.view)."}
+    rooms = [device_room(d) for d in dict.fromkeys(devices)]
+    for room in rooms:
+        flask_socketio.join_room(room)
+    _send_current(devices)
+    return {"ok": True, "rooms": rooms}
+
+
+def _unwatch(data: Any = None) -> dict[str, Any]:
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        return {"ok": False, "detail": "Send {\"devices\": [device ids]}."}
+    for d in devices:
+        flask_socketio.leave_room(device_room(d))
+    return {"ok": True}
+
+
+def _watch_line(data: Any = None) -> dict[str, Any]:
+    line = data.get("line") if isinstance(data, dict) else None
+    if not isinstance(line, str) or not _ROOM_ID.match(line):
+        return {"ok": False, "detail": "Send {\"line\": \"LINE-1\"}."}
+    if not _may_watch("batch.view"):
+        return {"ok": False, "detail": "Your role may not watch a line (batch.view)."}
+    room = line_room(line)
+    flask_socketio.join_room(room)
+    return {"ok": True, "rooms": [room]}
+
+
+def _send_current(devices: list[str]) -> None:
+    """Give a new watcher the latest reading and status at once (no blank screen until the next one)."""
+    try:
+        from mes.gateway.health import device_state
+
+        for device_id in devices:
+            state = device_state(current_app, device_id)
+            if state is None:
+                flask_socketio.emit("device_status", {"device_id": device_id, "connected": False, "age_ms": None,
+                                                      "message": "The gateway has not reported this device."})
+                continue
+            flask_socketio.emit("device_status", state.status_json())
+            if state.reading is not None:
+                flask_socketio.emit("reading", state.reading.to_json())
+    except Exception:  # noqa: BLE001 - the watch itself has succeeded
+        log.warning("could not send the current device state", exc_info=True)
+
+
+def _register_handlers(sio: flask_socketio.SocketIO) -> None:
+    sio.on_event("connect", _connect, namespace=NAMESPACE)
+    sio.on_event("watch", _watch, namespace=NAMESPACE)
+    sio.on_event("unwatch", _unwatch, namespace=NAMESPACE)
+    sio.on_event("watch_line", _watch_line, namespace=NAMESPACE)
+
+
+_register_handlers(socketio)

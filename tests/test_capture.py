@@ -1,0 +1,285 @@
+"""Capture rules on the server (issue #5) and the equipment check against the registry:
+the weight comes from the gateway's latest reading of a registered, calibrated, suitable
+scale, never from the client; every refusal names what is wrong and records nothing; one
+step completion is one transaction. Every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from mes.audit.models import AuditEntry
+from mes.db import db, utcnow
+from mes.equipment import operations as eqops
+from mes.errors import Conflict, ValidationFailed
+from mes.execution import operations as ex
+from mes.execution import recipes_store as store
+from mes.execution.models import StepRecord
+from mes.gateway.store import reading_store
+from mes.integration.models import OutboxEvent
+from mes.materials import operations as mat
+from tests.execution_helpers import (
+    World, do_step, effective_recipe, make_world, put_reading, run_until, scale_for, start, stock, weigh,
+)
+from tests.helpers import SEED, logged_in
+
+RECIPE = """\
+format: mes.master-recipe/v1
+id: MR-CAPTURE
+version: 1
+product: {code: FG-CAP, name: Capture product}
+batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
+bill_of_materials:
+  - {item: RM-CAP, name: Raw material, role: ingredient, quantity: "2.000", unit: kg, tolerance: {percent: "1.0"}}
+procedure:
+  - id: dispensing
+    title: Dispensing
+    operations:
+      - id: disp
+        title: Dispense
+        steps:
+          - {id: booth, kind: equipment_check, title: Booth, instruction: Scan the booth label.,
+             equipment_class: Dispensing booth, required_states: [clean, not_in_use], claim: true}
+          - {id: id_raw, kind: identify, title: Identify, instruction: Scan the container., item: RM-CAP}
+          - id: w_raw
+            kind: weigh
+            title: Weigh the raw material
+            instruction: Weigh the raw material.
+            item: RM-CAP
+            scale: {readability: "1", unit: g, accuracy_class: II}
+            multiple_containers: true
+          - {id: out, kind: produce_output, title: Output, instruction: Weigh the output., item: FG-CAP,
+             quantity: "2.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
+"""
+
+
+def _ready_to_weigh(monkeypatch: pytest.MonkeyPatch) -> tuple[World, str]:
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, RECIPE, "capture.yaml")
+    stock(world, store.master_of(store.get_version(rv)))
+    batch_id = start(world, rv, "10.000", "kg")
+    run_until(world, batch_id, stop_before="w_raw")
+    return world, batch_id
+
+
+def _scale(world: World, batch_id: str) -> str:
+    return scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step("w_raw")).device_id
+
+
+def _snapshot(batch_id: str) -> tuple[int, int, int, int, int]:
+    """What a refused or failed completion must leave unchanged."""
+    db.session.rollback()
+    return (db.session.execute(select(func.count()).select_from(StepRecord).where(StepRecord.batch_id == batch_id)).scalar(),
+            len(mat.consumptions(batch_id=batch_id)),
+            db.session.execute(select(func.count()).select_from(AuditEntry)).scalar(),
+            db.session.execute(select(func.count()).select_from(OutboxEvent)).scalar(),
+            ex.get_step(batch_id, "w_raw").version)
+
+
+def _complete(world: World, batch_id: str, payload: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    kw.setdefault("readings", world.readings)
+    return ex.complete_step(world.actor("operator"), batch_id, "w_raw", payload, world.key(),
+                            ex.get_step(batch_id, "w_raw").version, **kw)
+
+
+def _payload(world: World, batch_id: str, device_id: str, **extra: Any) -> dict[str, Any]:
+    lot = world.lots["RM-CAP"][0]
+    return {"lot_id": lot, "container_id": mat.containers_of(lot)[0].id, "device_id": device_id, **extra}
+
+
+def _refused(world: World, batch_id: str, payload: dict[str, Any], code: str, match: str, **kw: Any) -> Any:
+    before = _snapshot(batch_id)
+    with pytest.raises(ex.StepRefused, match=match) as refused:
+        _complete(world, batch_id, payload, **kw)
+    assert refused.value.extra.get("code") == code, refused.value.extra
+    assert _snapshot(batch_id) == before  # nothing recorded, nothing taken
+    return refused.value
+
+
+def _add_scale(world: World, device_id: str, *, readability: str = "1", accuracy: str | None = "II",
+               calibrated: bool = True) -> str:
+    eq = eqops.register_equipment(SEED, f"SC-{device_id}", "scale", "Bench balance", "Bench balance",
+                                  device_id=device_id, capacity=("3000", "g"), min_weight=("20", "g"),
+                                  readability=(readability, "g"), accuracy_class=accuracy)
+    if calibrated:
+        eqops.record_calibration(SEED, eq.id, "pass", f"CAL-{device_id}", due=date.today() + timedelta(days=300))
+    return eq.id
+
+
+def test_weight_comes_from_the_gateway_reading_with_its_original(app: Flask, monkeypatch) -> None:
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    device = _scale(world, batch_id)
+    lot = world.lots["RM-CAP"][0]
+    c1, c2 = (c.id for c in mat.containers_of(lot))
+    reading = put_reading(world, device, "1200", "g")
+    first = _complete(world, batch_id, {"lot_id": lot, "container_id": c1, "device_id": device,
+                                        "sequence": reading.sequence, "more": True})
+    assert first["state"] == "in_progress" and Decimal(first["net"]) == Decimal("1.2") and first["sequence"] == reading.sequence
+    second = weigh(world, batch_id, "w_raw", lot, c2, "800", "g")
+    assert second["state"] == "completed" and Decimal(second["total"]) == 2
+    recs = sorted((r for r in ex.records_of(batch_id) if r.kind == "container"),
+                  key=lambda r: r.data["reading"]["sequence"])
+    got = recs[0].data["reading"]
+    assert got["raw"] == reading.raw.decode() and got["raw_hex"] == reading.raw.hex()
+    assert got["identity"] == {"make": "Mettler-Toledo", "model": "ICS685", "serial": "B812345678", "firmware": "4.20"}
+    assert got["device_id"] == device and got["equipment_id"] == recs[0].data["equipment_id"]
+    assert got["sequence"] == reading.sequence and got["seen_sequence"] == reading.sequence
+    assert got["calibration"]["due"] and got["accuracy_class"] == "II"
+    assert [c.qty for c in mat.consumptions(batch_id=batch_id)] == [Decimal("1200"), Decimal("800")]
+    assert {c.id for c in mat.consumptions(batch_id=batch_id)} == {r.data["consumption"] for r in recs}
+    # the audit entry of the step carries the same original
+    entry = db.session.execute(select(AuditEntry).where(AuditEntry.action == "batch.step.recorded",
+                                                         AuditEntry.batch_id == batch_id)).scalar_one()
+    assert reading.raw.hex() in entry.entry_bytes.decode()
+
+
+def test_every_capture_refusal_names_what_is_wrong(app: Flask, monkeypatch) -> None:
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    device = _scale(world, batch_id)
+    ok = _payload(world, batch_id, device)
+    # the client cannot send the weight
+    with pytest.raises(ValidationFailed, match="takes the weight from the scale"):
+        _complete(world, batch_id, {**ok, "reading": {"value": "2000", "unit": "g", "stable": True}})
+    db.session.rollback()
+    _refused(world, batch_id, _payload(world, batch_id, "NO-SUCH-SCALE"), "unknown_device", "not registered")
+    _refused(world, batch_id, ok, "no_gateway", "No device gateway", readings=None)
+    _refused(world, batch_id, ok, "no_reading", "has sent no reading")
+    put_reading(world, device, "2000", "g", stable=False)
+    _refused(world, batch_id, ok, "unstable", "not stable")
+    put_reading(world, device, None, "g", status="overload", stable=False)
+    _refused(world, batch_id, ok, "no_value", "overloaded")
+    put_reading(world, device, "2000", "g", at=utcnow() - timedelta(seconds=5))
+    _refused(world, batch_id, ok, "stale", "5 s old; readings older than 3 s")
+    assert _complete(world, batch_id, {**ok, "more": True}, max_reading_age_ms=10_000)["net"] == "2.000"  # setting honoured
+    db.session.rollback()
+    latest = put_reading(world, device, "10", "g")
+    _refused(world, batch_id, {**ok, "sequence": latest.sequence + 3}, "reading_behind", "not received the reading")
+    _refused(world, batch_id, ok, "below_minimum", "below the minimum weight")
+    put_reading(world, device, "3500", "g")
+    _refused(world, batch_id, ok, "above_capacity", "above the capacity")
+    # a scale too coarse, of a lower class, under maintenance
+    _add_scale(world, "COARSE", readability="10")
+    put_reading(world, "COARSE", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "COARSE"), "readability", "needs 1 g or finer")
+    _add_scale(world, "CLASS-III", accuracy="III")
+    put_reading(world, "CLASS-III", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "CLASS-III"), "accuracy_class", "needs class II or better")
+    eq_id = _add_scale(world, "IN-REPAIR")
+    eqops.set_status(SEED, eq_id, "maintenance", "load cell replaced")
+    put_reading(world, "IN-REPAIR", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "IN-REPAIR"), "maintenance", "load cell replaced")
+    assert ex.deviations_of(batch_id) == []  # none of these raises a deviation
+
+
+@pytest.mark.parametrize("case", ["missing", "expired", "failed"])
+def test_a_scale_out_of_calibration_is_refused_with_a_deviation(app: Flask, monkeypatch, case: str) -> None:
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    eq_id = _add_scale(world, "UNCAL", calibrated=False)
+    if case == "expired":
+        eqops.record_calibration(SEED, eq_id, "pass", "CAL-OLD", calibrated_at=utcnow() - timedelta(days=400),
+                                 due=date.today() - timedelta(days=35))
+    elif case == "failed":
+        eqops.record_calibration(SEED, eq_id, "fail", "CAL-FAIL")
+    put_reading(world, "UNCAL", "2000", "g")
+    before = _snapshot(batch_id)
+    with pytest.raises(ex.StepRefused, match={"missing": "no calibration", "expired": "expired",
+                                              "failed": "failed its last calibration"}[case]) as refused:
+        _complete(world, batch_id, _payload(world, batch_id, "UNCAL"))
+    dev = ex.get_deviation(refused.value.extra["deviation_id"])
+    assert dev.category == "equipment_out_of_calibration" and dev.severity == "minor" and dev.automatic
+    assert dev.evidence["equipment_id"] == eq_id and dev.evidence["reading"]["raw_hex"]
+    records, consumed, *_ = _snapshot(batch_id)
+    assert (records, consumed) == before[:2]
+    assert any(e["type"] == "refused_attempt" for e in ex.exceptions(batch_id))
+    # a minor deviation does not block: the right scale is used next
+    assert weigh(world, batch_id, "w_raw", world.lots["RM-CAP"][0], mat.containers_of(world.lots["RM-CAP"][0])[0].id,
+                 "2000", "g")["state"] == "completed"
+
+
+def test_equipment_check_uses_the_registry_and_claims_for_the_batch(app: Flask, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, RECIPE, "capture.yaml")
+    stock(world, store.master_of(store.get_version(rv)))
+    batch_id = start(world, rv, "10.000", "kg")
+    booth = world.equipment["Dispensing booth"]
+    scale_eq = world.equipment[scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step("w_raw")).equipment_class]
+
+    def check(equipment_id: str) -> dict[str, Any]:
+        return do_step(world, batch_id, "booth", payload={"equipment_id": equipment_id})
+
+    with pytest.raises(ex.StepRefused, match="not registered") as refused:
+        check("EQ-NOWHERE")
+    assert refused.value.extra["code"] == "unknown_equipment"
+    with pytest.raises(ex.StepRefused, match="needs a Dispensing booth") as refused:
+        check(scale_eq)
+    assert refused.value.extra["code"] == "wrong_class"
+    eqops.set_status(SEED, booth, "in_use", "used by another batch")
+    with pytest.raises(ex.StepRefused, match="is in use"):
+        check(booth)
+    eqops.set_status(SEED, booth, "dirty")
+    with pytest.raises(ex.StepRefused, match="dirty") as refused:
+        check(booth)
+    dev = ex.get_deviation(refused.value.extra["deviation_id"])
+    assert dev.category == "equipment_not_clean" and dev.severity == "minor"
+    assert ex.records_of(batch_id) == []
+    eqops.record_cleaning(SEED, booth, "full clean", valid_for=timedelta(days=2))
+    done = check(booth)
+    assert done["claimed"] is True and done["status"] == "clean"
+    rec = ex.records_of(batch_id)[0]
+    assert rec.data["registry_checked"] is True and rec.data["registry"]["cleaning"]["id"]
+    assert eqops.get_equipment(booth).status == "in_use"
+    assert eqops.get_equipment(booth).status_reason == f"in use by batch {batch_id}"
+    run_until(world, batch_id)
+    assert ex.get_batch(batch_id).status == "completed"
+    assert eqops.get_equipment(booth).status == "dirty"  # released at the batch's end
+    assert ex.claimed_equipment(batch_id) == [booth]
+
+
+def test_a_failure_midway_leaves_nothing_behind(app: Flask, monkeypatch) -> None:
+    """One completion is one transaction: a consumption that cannot be taken, or an output
+    lot that cannot be created, rolls back the step record, audit entries and events too."""
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    small = mat.receive_lot(SEED, "RM-CAP", [mat.ContainerIn("1.000", "kg")], manufactured_date=date.today())
+    mat.release_lot(world.actor("qa"), small.id, "released")
+    device = _scale(world, batch_id)
+    put_reading(world, device, "2000", "g")
+    before = _snapshot(batch_id)
+    with pytest.raises(Conflict, match="holds only 1"):
+        _complete(world, batch_id, {"lot_id": small.id, "container_id": mat.containers_of(small.id)[0].id,
+                                    "device_id": device})
+    assert _snapshot(batch_id) == before
+    assert mat.container_remaining(mat.containers_of(small.id)[0]) == Decimal("1")
+    run_until(world, batch_id, stop_before="out")
+    mat.receive_lot(SEED, "FG-CAP", [mat.ContainerIn("1.000", "kg")], lot_id="LOT-TAKEN",
+                    manufactured_date=date.today())
+    audit_before = db.session.execute(select(func.count()).select_from(AuditEntry)).scalar()
+    with pytest.raises(Conflict, match="exists already"):
+        do_step(world, batch_id, "out", payload={"quantity": "1.990", "unit": "kg", "lot_id": "LOT-TAKEN"})
+    db.session.rollback()
+    assert db.session.execute(select(func.count()).select_from(AuditEntry)).scalar() == audit_before
+    assert ex.get_step(batch_id, "out").state == "ready"
+    assert not [r for r in ex.records_of(batch_id) if r.batch_step_id == f"{batch_id}:out"]
+    done = do_step(world, batch_id, "out", payload={"quantity": "1.990", "unit": "kg", "lot_id": "LOT-CAP-1"})
+    assert done["batch_state"] == "completed"
+    assert mat.trace_backward("LOT-CAP-1").lots[world.lots["RM-CAP"][0]].depth == 1
+
+
+def test_capture_through_the_api_reads_the_apps_store(app: Flask, client, monkeypatch) -> None:
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    device = _scale(world, batch_id)
+    world.readings = reading_store(app)  # type: ignore[assignment]  # the store the gateway fills
+    op = logged_in(client, world.seeded, "operator")
+    url = f"/api/v1/batches/{batch_id}/steps/w_raw/complete"
+    body = {"expected_version": ex.get_step(batch_id, "w_raw").version, "payload": _payload(world, batch_id, device)}
+    r = op.post(url, body, headers={"Idempotency-Key": "cap-1"})
+    assert r.status_code == 409 and r.mimetype == "application/problem+json"
+    assert "has sent no reading" in r.get_json()["detail"] and r.get_json()["code"] == "no_reading"
+    put_reading(world, device, "2001", "g")
+    r = op.post(url, body, headers={"Idempotency-Key": "cap-2"})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["state"] == "completed" and r.get_json()["value"] == "2001"

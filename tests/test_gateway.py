@@ -1,0 +1,503 @@
+"""The device gateway: real drivers against real simulators on loopback, a real web server in a
+thread, a real Socket.IO client, real Redis — reconnects, garbage, commands, simulation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import socketio
+import yaml
+from flask import Flask
+from werkzeug.serving import make_server
+
+from devices.sim import BalanceModel, Fault, MtSicsSimulator, SimulatorThread
+from mes.gateway.config import DeviceSpec, GatewayConfigError, load_gateway_config, parse_gateway_config
+from mes.gateway.health import MemoryHealthBoard
+from mes.gateway.runner import Gateway, GatewayThread, LineSample
+from mes.gateway.store import MemoryReadingStore
+from tests.helpers import PASSWORD, Seeded, seed
+
+REDIS_URL = os.environ.get("MES_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+MES = str(Path(sys.executable).parent / "mes")
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Events:
+    """What a gateway emitted, in order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any], str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, payload: dict[str, Any], room: str) -> None:
+        with self._lock:
+            self.items.append((event, payload, room))
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [p for e, p, _ in self.items if e == event]
+
+
+def scale_sim(load: str = "100.00", port: int = 0) -> tuple[MtSicsSimulator, SimulatorThread, str]:
+    sim = MtSicsSimulator(BalanceModel(load=load, unit="g", decimals=2, capacity="220"), baud=9600)
+    thread = SimulatorThread(sim, link="tcp", port=port)
+    return sim, thread, thread.start()
+
+
+def gateway_for(url: str, device_id: str = "BAL-01", **kw: Any) -> tuple[GatewayThread, MemoryReadingStore,
+                                                                        MemoryHealthBoard, Events]:
+    store, board, events = MemoryReadingStore(), MemoryHealthBoard(), Events()
+    spec = DeviceSpec(device_id=device_id, driver="mtsics", config={"port": url, "timeout_s": 1.0}, mode="stream",
+                      reconnect_initial_s=0.05, reconnect_max_s=0.3)
+    thread = GatewayThread(Gateway([spec], store=store, board=board, emit=events, **kw)).start()
+    return thread, store, board, events
+
+
+# ------------------------------------------------------------------ live web server
+
+
+class LiveServer:
+    """The app served by werkzeug on a loopback port in a background thread."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self._thread.join(10)
+
+
+class LiveUser:
+    """A logged-in HTTP session (cookie + terminal + CSRF) against a :class:`LiveServer`."""
+
+    def __init__(self, live: LiveServer, seeded: Seeded, role: str) -> None:
+        terminal = seeded.kiosk if role == "operator" else seeded.workstation
+        self.base = live.base
+        self.headers = {"X-MES-Terminal": f"{terminal[0]}:{terminal[1]}"}
+        self.http = requests.Session()
+        self.http.headers.update(self.headers)
+        csrf = self.http.get(f"{self.base}/api/v1/auth/csrf", timeout=10).json()["csrf_token"]
+        r = self.http.post(f"{self.base}/api/v1/auth/login", json={"user_id": seeded.users[role], "password": PASSWORD},
+                           headers={"X-CSRF-Token": csrf}, timeout=10)
+        assert r.status_code == 200, r.text
+        self.csrf = r.json()["csrf_token"]
+
+    def post(self, path: str, json: Any = None) -> requests.Response:
+        return self.http.post(self.base + path, json=json, headers={"X-CSRF-Token": self.csrf}, timeout=30)
+
+    def get(self, path: str) -> requests.Response:
+        return self.http.get(self.base + path, timeout=10)
+
+    def socket(self, events: Events | None = None) -> socketio.Client:
+        """A Socket.IO client on /live with this user's cookie and terminal."""
+        client = socketio.Client(reconnection=False)
+        if events is not None:
+            for name in ("reading", "device_status", "batch_changed", "line_state"):
+                client.on(name, (lambda n: lambda data: events(n, data, ""))(name), namespace="/live")
+        cookie = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        client.connect(self.base, headers={"Cookie": cookie, **self.headers}, namespaces=["/live"],
+                       transports=["polling"], wait_timeout=10)
+        return client
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def seeded(app: Flask) -> Seeded:
+    return seed(("operator", "supervisor", "qa", "admin"))
+
+
+@pytest.fixture
+def simulated(app: Flask) -> Iterator[GatewayThread]:
+    """The app's in-process gateway running the simulated scales (no line: it is slow to build)."""
+    from mes.gateway.service import start_embedded, stop_embedded
+    from mes.gateway.simulation import Simulation
+
+    thread = start_embedded(app, [], simulation=Simulation(line=False), forward_lines=False)
+    yield thread
+    stop_embedded(app)
+
+
+def sim_app(app: Flask) -> Flask:
+    """The same database and home as ``app``, with MES_SIMULATION on (the simulation endpoint)."""
+    from mes.app import create_app
+    from tests.conftest import base_config
+
+    config = base_config(Path(app.config["MES_HOME"]), app.config["SQLALCHEMY_DATABASE_URI"])
+    return create_app({**config, "MES_SIMULATION": True})
+
+
+# ============================================================== gateway, no database
+
+
+def test_gateway_reconnects_after_the_simulator_drops_and_comes_back() -> None:
+    sim, sim_thread, url = scale_sim()
+    port = int(url.rsplit(":", 1)[1])
+    gateway, store, board, events = gateway_for(url)
+    try:
+        first = wait_for(lambda: store.latest("BAL-01"), what="a first reading")
+        assert first.value == Decimal("100.00") and first.stable and first.raw.startswith(b"S S")
+        assert wait_for(lambda: board.get("BAL-01").connected, what="connected")
+        sim_thread.stop()  # the scale goes away: cable pulled, device server rebooting
+        down = wait_for(lambda: (s := board.get("BAL-01")) and not s.connected and s, what="disconnected status")
+        assert "not reachable" in down.message or "Reconnecting" in down.message
+        assert any(not e["connected"] for e in events.of("device_status"))
+        sim2, sim_thread2, _ = scale_sim("42.00", port=port)  # ... and comes back on the same address
+        try:
+            back = wait_for(lambda: (r := store.latest("BAL-01")) and r.value == Decimal("42.00") and r,
+                            what="readings after the reconnect")
+            state = board.get("BAL-01")
+            assert state.connected and state.reconnects >= 1 and state.last_error
+            assert back.sequence > first.sequence  # sequence numbers go on across reconnects
+            assert events.of("device_status")[-1]["connected"] is True
+        finally:
+            sim_thread2.stop()
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
+def test_garbage_bytes_become_a_status_never_a_value_and_the_gateway_goes_on() -> None:
+    sim, sim_thread, url = scale_sim("12.34")
+    gateway, store, board, events = gateway_for(url)
+    try:
+        wait_for(lambda: store.latest("BAL-01"), what="a first reading")
+        sim.faults.inject(Fault.GARBAGE, command="SIR", count=2)
+        status = wait_for(lambda: [s for s in events.of("device_status") if "Unreadable" in s["message"]],
+                          what="a status naming the unreadable reply")[0]
+        assert status["connected"] is True and "13" in status["message"]  # the raw bytes are shown (hex)
+        assert "Unreadable reply" in board.get("BAL-01").last_error
+        seen = store.latest("BAL-01").sequence
+        after = wait_for(lambda: (r := store.latest("BAL-01")) and r.sequence > seen + 3 and r,
+                         what="readings after the garbage")
+        assert after.value == Decimal("12.34")
+        assert all(r["value"] in ("12.34", None) for r in events.of("reading"))  # never a value from garbage
+        # A line that keeps sending garbage makes the gateway reopen the link, and it still lives.
+        sim.faults.inject(Fault.GARBAGE, command="SIR", count=12)
+        wait_for(lambda: board.get("BAL-01").reconnects >= 1, what="the link reopened")
+        seen = store.latest("BAL-01").sequence
+        wait_for(lambda: store.latest("BAL-01").sequence > seen, what="readings after reopening")
+        assert board.get("BAL-01").connected
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
+def test_a_device_that_is_never_there_is_reported_and_retried() -> None:
+    gateway, store, board, events = gateway_for("socket://127.0.0.1:9", device_id="GONE-01")
+    try:
+        state = wait_for(lambda: (s := board.get("GONE-01")) and s.last_error and s, what="an error status")
+        assert not state.connected and "Reconnecting" in state.message and store.latest("GONE-01") is None
+        assert wait_for(lambda: len([e for e in events.of("device_status") if not e["connected"]]) >= 3,
+                        what="repeated attempts")
+    finally:
+        gateway.stop()
+
+
+def test_line_states_and_counters_go_to_the_oee_sink() -> None:
+    from devices.drivers.opcua import PackMLCommand
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.simulation import Simulation
+
+    machine = PackMLMachine(acting_s=0.1, item_interval_s=0.05, defect_every=5)
+    samples: list[LineSample] = []
+    events = Events()
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), emit=events,
+                      line_sink=samples.append, simulation=Simulation(scales=(), machine=machine))
+    thread = GatewayThread(gateway).start(timeout=90)
+    try:
+        first = wait_for(lambda: samples[:1], timeout=30, what="the first line sample")[0]
+        assert first.line_id == "LINE-1" and first.state == "stopped" and first.processed == 0
+        for command in (PackMLCommand.RESET, PackMLCommand.START):
+            machine.command(command)
+            time.sleep(0.3)
+        wait_for(lambda: any(s.state == "execute" for s in samples), timeout=20, what="execute forwarded")
+        machine.command(PackMLCommand.HOLD, 102)
+        held = wait_for(lambda: [s for s in samples if s.state == "held"], timeout=20, what="held forwarded")[0]
+        assert held.stop_reason == "102" and held.processed > 0 and held.defective == held.processed // 5
+        states = [s.state for s in samples if s.state]
+        assert len(states) == len(set(states)) or states.count("execute") <= 2  # only changes, not every poll
+        assert events.of("line_state") and events.of("line_state")[-1]["line"] == "LINE-1"
+    finally:
+        thread.stop()
+
+
+def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
+    """The real sink: state changes and counters of the simulated PackML line land in the OEE records."""
+    from sqlalchemy import select
+
+    from devices.drivers.opcua import PackMLCommand
+    from devices.sim.opcua import PackMLMachine
+    from mes.db import db
+    from mes.gateway.service import line_sink
+    from mes.gateway.simulation import Simulation
+    from mes.oee.models import LineStateInterval
+
+    machine = PackMLMachine(acting_s=0.1, item_interval_s=0.05, defect_every=5)
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=line_sink(app),
+                      simulation=Simulation(scales=(), machine=machine))
+    thread = GatewayThread(gateway).start(timeout=90)
+
+    def states() -> list[str]:
+        db.session.rollback()  # see the gateway's commits
+        return list(db.session.scalars(select(LineStateInterval.state).where(LineStateInterval.line_id == "LINE-1")
+                                       .order_by(LineStateInterval.seq)))
+
+    try:
+        wait_for(lambda: states(), timeout=30, what="the first state interval")
+        machine.command(PackMLCommand.RESET)
+        wait_for(lambda: "Idle" in states(), timeout=20, what="Idle recorded")
+        machine.command(PackMLCommand.START)
+        wait_for(lambda: "Execute" in states(), timeout=20, what="Execute recorded")
+    finally:
+        thread.stop()
+    recorded = states()
+    assert recorded[0] == "Stopped" and recorded.index("Idle") < recorded.index("Execute")
+
+
+def test_gateway_configuration_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    good = tmp_path / "gateway.yaml"
+    good.write_text(yaml.safe_dump({"devices": [
+        {"device_id": "SCALE-01", "driver": "mtsics", "config": {"port": "/dev/ttyUSB0"}},
+        {"device_id": "LINE-1", "driver": "opcua", "mode": "packml", "line": "LINE-1", "interval_s": 1,
+         "config": {"url": "opc.tcp://127.0.0.1:4840", "nodes": {
+             "state": {"node_id": "ns=2;s=S", "unit": "1"}, "processed": {"node_id": "ns=2;s=P", "unit": "pcs"},
+             "defective": {"node_id": "ns=2;s=D", "unit": "pcs"}},
+             "packml": {"state": "state", "processed": "processed", "defective": "defective"}}},
+    ]}))
+    specs = load_gateway_config(good)
+    assert [s.device_id for s in specs] == ["SCALE-01", "LINE-1"] and specs[1].kind == "line"
+    for data, message in (
+        ({"devices": [{"device_id": "X", "driver": "no-such-driver"}]}, "device X"),
+        ({"devices": [{"device_id": "X", "driver": "mtsics", "config": {"port": 5}}]}, "device X"),
+        ({"devices": [{"device_id": "X", "driver": "mtsics", "config": {"port": "a"}}] * 2}, "twice"),
+        ({"devices": [{"device_id": "X", "driver": "mtsics", "mode": "packml", "config": {"port": "a"}}]}, "opcua"),
+        ({"devices": [{"driver": "mtsics"}]}, "device_id"),
+    ):
+        with pytest.raises(GatewayConfigError, match=message):
+            parse_gateway_config(data)
+    with pytest.raises(GatewayConfigError, match="cannot read"):
+        load_gateway_config(tmp_path / "missing.yaml")
+    example = load_gateway_config(Path(__file__).resolve().parents[1] / "deploy" / "gateway.example.yaml")
+    assert {s.device_id for s in example} == {"SCALE-FLOOR-01", "SCALE-BENCH-01", "LINE-1"}
+
+
+# ================================================================ with the web app
+
+
+def test_readings_reach_a_socketio_client_of_a_logged_in_kiosk(app: Flask, seeded: Seeded, live: LiveServer,
+                                                                simulated: GatewayThread) -> None:
+    user = LiveUser(live, seeded, "operator")
+    events = Events()
+    client = user.socket(events)
+    try:
+        ack = client.call("watch", {"devices": ["SCALE-BENCH-01"]}, namespace="/live", timeout=10)
+        assert ack == {"ok": True, "rooms": ["device:SCALE-BENCH-01"]}
+        wait_for(lambda: events.of("device_status"), what="the current status sent on watch")
+        simulated.gateway.simulation.scales["SCALE-BENCH-01"].balance.set_weight("250.0")
+        reading = wait_for(lambda: [r for r in events.of("reading") if r["value"] == "250.0"], what="the new weight")[0]
+        assert reading["device_id"] == "SCALE-BENCH-01" and reading["unit"] == "g" and reading["stable"] is True
+        assert reading["raw"].startswith("S S") and bytes.fromhex(reading["raw_hex"]).decode() == reading["raw"]
+        assert reading["identity"]["make"] == "Mettler-Toledo" and reading["identity"]["serial_number"] == "BB6-0001"
+        assert set(reading) >= {"device_id", "sequence", "status", "value", "unit", "stable", "raw", "raw_hex", "at",
+                                "identity"}
+        # The floor scale is not watched: none of its readings arrive.
+        assert all(r["device_id"] == "SCALE-BENCH-01" for r in events.of("reading"))
+        # Health over HTTP agrees.
+        body = user.get("/api/v1/devices/SCALE-BENCH-01").json()
+        assert body["connected"] is True and body["reading"]["value"] == "250.0" and body["age_ms"] < 5000
+        listed = user.get("/api/v1/devices").json()
+        assert listed["gateway"] == "in-process"
+        assert {d["device_id"] for d in listed["devices"]} == {"SCALE-FLOOR-01", "SCALE-BENCH-01"}
+        assert user.get("/api/v1/devices/NOPE-01").status_code == 404
+        # The capture rules read the same reading from the store the gateway fills.
+        from mes.gateway.store import reading_store
+
+        assert reading_store(app).latest("SCALE-BENCH-01").value == Decimal("250.0")
+    finally:
+        client.disconnect()
+
+
+def test_anonymous_socketio_connections_are_refused(app: Flask, live: LiveServer) -> None:
+    client = socketio.Client(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(live.base, namespaces=["/live"], transports=["polling"], wait_timeout=5)
+    forged = socketio.Client(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        forged.connect(live.base, headers={"Cookie": "mes_session=forged"}, namespaces=["/live"],
+                       transports=["polling"], wait_timeout=5)
+
+
+def test_tare_and_zero_are_forwarded_to_the_driver(app: Flask, seeded: Seeded, live: LiveServer,
+                                                   simulated: GatewayThread) -> None:
+    operator = LiveUser(live, seeded, "operator")
+    balance = simulated.gateway.simulation.scales["SCALE-BENCH-01"].balance
+    wait_for(lambda: operator.get("/api/v1/devices/SCALE-BENCH-01").status_code == 200, what="the bench balance")
+    balance.set_weight("200.0")  # an empty container on the pan
+    r = operator.post("/api/v1/devices/SCALE-BENCH-01/tare")
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] is True and r.json()["tare"] == {"value": "200.0", "unit": "g"}
+    wait_for(lambda: operator.get("/api/v1/devices/SCALE-BENCH-01").json()["reading"]["value"] == "0.0",
+             what="net zero after tare")
+    # Zero with a load beyond the zero range (2 % of 6100 g): the balance refuses, and the API says why.
+    r = operator.post("/api/v1/devices/SCALE-BENCH-01/zero")
+    assert r.status_code == 409 and r.headers["Content-Type"].startswith("application/problem+json")
+    assert r.json()["type"].endswith("/device-refused") and "zero" in r.json()["detail"]
+    balance.set_weight("0.5")
+    r = operator.post("/api/v1/devices/SCALE-BENCH-01/zero")
+    assert r.status_code == 200 and r.json()["action"] == "zero"
+    # A moving load: the balance cannot tare within its time-out and says it is busy.
+    balance.set_unstable(True)
+    simulated.gateway.simulation.scales["SCALE-BENCH-01"].stability_timeout_s = 0.2
+    r = operator.post("/api/v1/devices/SCALE-BENCH-01/tare")
+    assert r.status_code == 409 and r.json()["type"].endswith("/device-busy"), r.text
+    balance.set_unstable(False)
+    # Unknown device, wrong role, nobody logged in.
+    assert operator.post("/api/v1/devices/NOPE-01/tare").status_code == 404
+    qa = LiveUser(live, seeded, "qa")
+    assert qa.post("/api/v1/devices/SCALE-BENCH-01/tare").status_code == 403
+    assert requests.post(f"{live.base}/api/v1/devices/SCALE-BENCH-01/zero", timeout=10).status_code == 401
+
+
+def test_tare_without_a_gateway_is_a_clear_problem(app: Flask, client: Any) -> None:
+    from tests.helpers import logged_in
+
+    s = logged_in(client, seed(("operator",)), "operator")
+    r = s.post("/api/v1/devices/SCALE-01/tare")
+    assert r.status_code == 503 and r.mimetype == "application/problem+json"
+    assert "No device gateway" in r.get_json()["detail"]
+    assert s.get("/api/v1/devices").get_json() == {"gateway": "none", "devices": []}
+
+
+def test_simulation_endpoint_exists_only_when_simulation_is_on(app: Flask, seeded: Seeded) -> None:
+    from mes.gateway.service import start_embedded, stop_embedded
+    from mes.gateway.simulation import Simulation
+    from tests.helpers import logged_in
+
+    r = app.test_client().post("/api/v1/simulation/devices/SCALE-FLOOR-01", json={"load": "1.0"})
+    assert r.status_code == 404 and r.mimetype == "application/problem+json"
+    assert "/api/v1/simulation/devices/<device_id>" not in {r.rule for r in app.url_map.iter_rules()}
+
+    simapp = sim_app(app)
+    with simapp.app_context():
+        start_embedded(simapp, [], simulation=Simulation(line=False), forward_lines=False)
+        try:
+            s = logged_in(simapp.test_client(), seeded, "operator")
+            r = s.post("/api/v1/simulation/devices/SCALE-FLOOR-01", {"load": "1.234", "unit": "kg", "unstable": False})
+            assert r.status_code == 200, r.get_json()
+            assert r.get_json()["display"] == {"value": "1.234", "unit": "kg"}
+            from mes.gateway.store import reading_store
+
+            wait_for(lambda: (x := reading_store(simapp).latest("SCALE-FLOOR-01")) and x.value == Decimal("1.23"),
+                     what="the floor scale showing 1.23 kg")
+            r = s.post("/api/v1/simulation/devices/SCALE-BENCH-01", {"load": "0.25", "unit": "kg", "unstable": True})
+            assert r.status_code == 200 and r.get_json()["display"]["value"] == "250.00"
+            wait_for(lambda: (x := reading_store(simapp).latest("SCALE-BENCH-01")) and x.status == "dynamic",
+                     what="a moving bench balance")
+            assert s.post("/api/v1/simulation/devices/SCALE-FLOOR-01", {"load": "abc"}).status_code == 422
+            assert s.post("/api/v1/simulation/devices/SCALE-FLOOR-01", {"load": "1", "unit": "lb"}).status_code == 422
+            assert s.post("/api/v1/simulation/devices/NOPE", {"load": "1"}).status_code == 404
+            qa = logged_in(simapp.test_client(), seeded, "qa")
+            assert qa.post("/api/v1/simulation/devices/SCALE-FLOOR-01", {"load": "1"}).status_code == 403
+        finally:
+            stop_embedded(simapp)
+
+
+def test_separate_gateway_process_reaches_the_browser_through_redis(app: Flask, seeded: Seeded,
+                                                                    tmp_path: Path) -> None:
+    """``mes gateway`` in its own process → Redis → the web worker → a Socket.IO client; tare back."""
+    from mes.app import create_app
+    from tests.conftest import base_config
+
+    device = f"BAL-{uuid.uuid4().hex[:8].upper()}"
+    web = create_app({**base_config(Path(app.config["MES_HOME"]), app.config["SQLALCHEMY_DATABASE_URI"]),
+                      "MES_REDIS_URL": REDIS_URL})
+    live = LiveServer(web)
+    sim, sim_thread, url = scale_sim("10.00")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"devices": [{"device_id": device, "driver": "mtsics",
+                                                   "config": {"port": url}, "mode": "stream"}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+    env.update({"MES_HOME": app.config["MES_HOME"], "MES_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+                "MES_SECRET_KEY": "test-secret-key", "MES_REDIS_URL": REDIS_URL, "MES_GATEWAY_CONFIG": str(config),
+                "MES_LOG_LEVEL": "WARNING"})
+    proc = subprocess.Popen([MES, "gateway", "--duration", "120"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    client = None
+    try:
+        with web.app_context():
+            user = LiveUser(live, seeded, "operator")
+            wait_for(lambda: user.get(f"/api/v1/devices/{device}").status_code == 200, timeout=60,
+                     what="the gateway process reporting the device")
+            events = Events()
+            client = user.socket(events)
+            assert client.call("watch", {"devices": [device]}, namespace="/live", timeout=10)["ok"] is True
+            sim.balance.set_weight("77.70")
+            reading = wait_for(lambda: [r for r in events.of("reading") if r["value"] == "77.70"], timeout=20,
+                               what="a reading through the Redis message queue")[0]
+            assert reading["device_id"] == device and reading["raw"].startswith("S S")
+            body = user.get(f"/api/v1/devices/{device}").json()
+            assert body["connected"] is True and body["identity"]["make"] == "Mettler-Toledo"
+            r = user.post(f"/api/v1/devices/{device}/tare")
+            assert r.status_code == 200, r.text
+            assert r.json()["tare"] == {"value": "77.70", "unit": "g"}
+            r = user.post(f"/api/v1/devices/{device}/zero")  # 77.7 g is beyond the zero range of a 220 g balance
+            assert r.status_code == 409 and r.json()["type"].endswith("/device-refused")
+            assert user.post("/api/v1/devices/UNKNOWN-X/tare").status_code == 404
+    finally:
+        if client is not None:
+            client.disconnect()
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        live.stop()
+        sim_thread.stop()
+    assert proc.returncode == 0, out
+
+
+def test_mes_gateway_refuses_to_start_without_redis_or_devices(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mes.cli import main
+
+    env: dict[str, str | None] = {"MES_HOME": str(tmp_path), "MES_SECRET_KEY": "x", "MES_REDIS_URL": None,
+                                  "MES_GATEWAY_CONFIG": None, "MES_SIMULATION": None, "MES_DATABASE_URL": None}
+    done = CliRunner().invoke(main, ["gateway"], env=env)
+    assert done.exit_code == 2 and "MES_REDIS_URL" in done.output and "Traceback" not in done.output
+    env["MES_REDIS_URL"] = REDIS_URL
+    done = CliRunner().invoke(main, ["gateway"], env=env)
+    assert done.exit_code == 2 and "MES_GATEWAY_CONFIG" in done.output
+    bad = tmp_path / "gw.yaml"
+    bad.write_text("devices:\n  - {device_id: S1, driver: nope}\n")
+    done = CliRunner().invoke(main, ["gateway", "--config", str(bad)], env=env)
+    assert done.exit_code == 2 and "device S1" in done.output
