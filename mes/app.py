@@ -54,6 +54,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(equipment_bp)
     app.register_blueprint(oee_bp)
 
+    import kiosk  # the operator touch UI (/kiosk/) and its translations (Flask-Babel)
+
+    kiosk.init_app(app)
+
     from mes import realtime
     from mes.gateway import blueprint as gateway_web
 

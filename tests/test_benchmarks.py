@@ -16,6 +16,7 @@ TINY = {
     "trace": ["--lots", "200", "--links", "2000"],
     "execution": ["--batches", "1,2", "--steps", "3"],
     "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1"],
+    "kiosk": ["--n", "3", "--pages", "3"],
 }
 DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}
 

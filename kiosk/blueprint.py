@@ -1,0 +1,571 @@
+"""Kiosk pages under ``/kiosk/``: a thin shell over the service layer.
+
+Every commit is a plain form POST carrying the step's expected version and an idempotency
+key minted when the page was rendered, so a double tap or a resend records once; the
+server refuses a commit that was not confirmed (``confirmed=1``, set by the confirm dialog)
+and checks every value itself. Refusals come back as one plain sentence in ``#message``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
+
+from kiosk import HERE, html_lang, locale
+from kiosk import views as v
+from kiosk.messages import sentence
+from mes.audit.canonical import format_at
+from mes.errors import AuthenticationFailed, Conflict, Forbidden, MESError, ValidationFailed
+from mes.execution import operations as ex
+from mes.execution.models import BatchStatus, StepState
+from mes.gateway.store import reading_store
+from mes.recipes import model as rm
+from mes.signatures.operations import Credentials
+from mes.users import operations as users
+from mes.users.permissions import Permission as P
+from mes.web import csrf_token, current_terminal, endpoint, establish_session, limit_login, principal, problem
+
+bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", template_folder="templates")
+STATIC = HERE / "static"
+
+
+# ------------------------------------------------------------------ page plumbing
+
+
+@bp.app_context_processor
+def _kiosk_globals() -> dict[str, Any]:
+    return {"html_lang": html_lang, "kiosk_locale": locale}
+
+
+def _base(screen: str, **extra: Any) -> dict[str, Any]:
+    """What every kiosk page needs: screen name, who and where, panel config, CSRF."""
+    who = g.get("principal")
+    terminal = (who.terminal if who is not None else None) or current_terminal()
+    step = extra.get("step")
+    batch = extra.get("batch")
+    if step is not None and batch is not None and screen in ("step", "blocked"):
+        refetch = url_for("kiosk.step", batch_id=batch.id, step_id=step.step_id)
+    elif request.method == "GET":
+        refetch = request.path
+    else:
+        refetch = url_for("kiosk.batch", batch_id=batch.id) if batch is not None else url_for("kiosk.home")
+    return {"screen": screen, "user": who.user if who is not None else None, "refetch_url": refetch,
+            "terminal": terminal.id if terminal is not None else _("not enrolled"),
+            "panel": v.panel(), "idle_seconds": current_app.config["MES_KIOSK_IDLE_SECONDS"], "csrf": csrf_token(),
+            "message": extra.pop("message", None), "notice": extra.pop("notice", None) or session.pop("kiosk_notice", None),
+            **extra}
+
+
+def _page(template: str, screen: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    return render_template(f"kiosk/{template}", **_base(screen, **context)), status
+
+
+def _wants_html() -> bool:
+    return bool(request.headers.get("HX-Request")) or request.accept_mimetypes.accept_html
+
+
+@bp.errorhandler(MESError)
+def _refusal(exc: MESError) -> Any:
+    """A refusal: a plain sentence on a kiosk screen for browsers, problem+json for machines."""
+    from mes.db import db
+
+    db.session.rollback()
+    if not _wants_html():
+        return problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
+    if exc.status == 401:
+        g.pop("principal", None)
+        # nobody was logged in: just the log-in; a session that ended: say why
+        said = None if isinstance(exc, AuthenticationFailed) else sentence(exc)
+        return _page("login.html", "login", 401, message=said, next=_next_target())
+    return _page("error.html", "error", exc.status, message=sentence(exc))
+
+
+def _next_target() -> str:
+    path = request.full_path.rstrip("?") if request.method == "GET" else ""
+    return path if path.startswith("/kiosk/") and not path.startswith("/kiosk/login") else ""
+
+
+def _notice(text: str) -> None:
+    session["kiosk_notice"] = text
+
+
+def _publish(batch_id: str, line: str | None, step_id: str | None) -> None:
+    from mes import realtime
+
+    if line:
+        realtime.publish("batch_changed", {"batch_id": batch_id, "line": line, "step_id": step_id},
+                         realtime.line_room(line))
+
+
+# ---------------------------------------------------------------- public bits
+
+
+@bp.get("/")
+@endpoint(public="the kiosk's start address sends people to the log-in or their lines", tags=("kiosk",))
+def home() -> Any:
+    """Start page."""
+    return redirect(url_for("kiosk.choose_line") if session.get("sid") else url_for("kiosk.login"))
+
+
+@bp.get("/static/<path:filename>")
+@endpoint(public="stylesheets, scripts and their licences", tags=("kiosk",))
+def static_file(filename: str) -> Response:
+    """Kiosk stylesheets and scripts (vendored libraries included)."""
+    response = send_from_directory(STATIC, filename, max_age=3600)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@bp.get("/panel.css")
+@endpoint(public="the touch-target sizes of the configured panel, as CSS custom properties", tags=("kiosk",))
+def panel_css() -> Response:
+    """Target size and spacing from MES_PANEL_PPI / MES_PANEL_DPR (20 mm targets, 2 mm gaps)."""
+    p = v.panel()
+    body = (f":root {{ --target: {p['target']}px; --gap: {p['gap']}px; --panel-ppi: {p['ppi']}; "
+            f"--panel-dpr: {p['dpr']}; }}\n")
+    return Response(body, mimetype="text/css", headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/ping")
+@endpoint(public="the connection banner's heartbeat; says nothing but that the server answers", tags=("kiosk",))
+def ping() -> Response:
+    """Heartbeat for the connection banner (does not extend a session)."""
+    return Response('{"ok":true}', mimetype="application/json")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@endpoint(public="the kiosk badge log-in", tags=("kiosk",))
+def login() -> Any:
+    """Badge (scanned or typed) and PIN log-in on a registered kiosk."""
+    next_url = request.values.get("next", "")
+    if request.method == "GET":
+        notice = _("You were logged out after inactivity; nothing half-entered was recorded.") \
+            if request.args.get("idle") else None
+        return _page("login.html", "login", notice=notice, next=next_url)
+    badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
+    if not badge or not pin:
+        return _page("login.html", "login", 422, message=_("Scan your badge (or type its number) and enter your PIN."),
+                     next=next_url, badge=badge)
+    try:
+        limit_login()
+        row, secret = users.login_with_badge(badge, pin, current_terminal())
+    except MESError as exc:
+        return _page("login.html", "login", exc.status, message=sentence(exc), next=next_url, badge=badge)
+    establish_session(secret)
+    session["kiosk_lang"] = row.user.language
+    return redirect(next_url if next_url.startswith("/kiosk/") else url_for("kiosk.choose_line"))
+
+
+@bp.post("/logout")
+@endpoint(P.SELF, tags=("kiosk",))
+def logout() -> Any:
+    """Log out (also sent by the idle countdown)."""
+    who = principal()
+    if who.session is not None:
+        users.end_session(who.session, "idle_timeout" if request.form.get("reason") == "idle" else "logout")
+    terminal = session.get("terminal")
+    session.clear()
+    if terminal:
+        session["terminal"] = terminal
+    return redirect(url_for("kiosk.login", idle=1) if request.form.get("reason") == "idle" else url_for("kiosk.login"))
+
+
+# ---------------------------------------------------------------- lines, batches
+
+
+@bp.get("/lines")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def choose_line() -> Any:
+    """Choose the line to work on."""
+    terminal = current_terminal()
+    return _page("lines.html", "lines", lines=v.lines(terminal.line if terminal else None))
+
+
+@bp.get("/lines/<line>")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def line_batches(line: str) -> Any:
+    """Running batches and dispatched work orders of a line."""
+    batches = [{"batch": b, "product": v.product_name(b), "step": v.current_step(ex.steps_of(b.id)),
+                "total": len(ex.steps_of(b.id))} for b in v.batches_on(line)]
+    orders = [{"wo": wo, "product": v.recipe_product(wo), "key": uuid.uuid4().hex} for wo in v.dispatched_orders(line)]
+    return _page("batches.html", "batches", line=line, batches=batches, orders=orders)
+
+
+def _confirmed() -> None:
+    if request.form.get("confirmed") != "1":
+        raise ValidationFailed(_("Nothing was recorded: confirm the entry first."), field="confirmed")
+
+
+@bp.post("/work-orders/<wo_id>/start")
+@endpoint(P.BATCH_EXECUTE, terminal=True, tags=("kiosk",))
+def start_batch(wo_id: str) -> Any:
+    """Start the batch of a dispatched work order."""
+    _confirmed()
+    batch = ex.start_batch(principal().actor(P.BATCH_EXECUTE), wo_id)
+    _publish(batch.id, batch.line, None)
+    _notice(_("Batch %(batch)s started.", batch=batch.id))
+    return redirect(url_for("kiosk.batch", batch_id=batch.id))
+
+
+@bp.get("/batches/<batch_id>")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def batch(batch_id: str) -> Any:
+    """The batch's next step (or its summary when every step is done)."""
+    b = ex.get_batch(batch_id)
+    step = v.current_step(ex.steps_of(b.id))
+    if step is None or b.status != BatchStatus.IN_PROGRESS.value:
+        return redirect(url_for("kiosk.summary", batch_id=b.id))
+    return redirect(url_for("kiosk.step", batch_id=b.id, step_id=step.step_id))
+
+
+@bp.get("/batches/<batch_id>/summary")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def summary(batch_id: str) -> Any:
+    """Batch complete: what was recorded, open deviations."""
+    b = ex.get_batch(batch_id)
+    rows = ex.steps_of(b.id)
+    return _page("complete.html", "complete", batch=b, product=v.product_name(b), rows=v.summary_rows(b),
+                 deviations=ex.deviations_of(b.id), total=len(rows), position=len(rows))
+
+
+# ----------------------------------------------------------------------- steps
+
+
+def _step_context(batch_id: str, step_id: str) -> dict[str, Any]:
+    b = ex.get_batch(batch_id)
+    step = ex.get_step(batch_id, step_id)
+    rows = ex.steps_of(b.id)
+    spec = ex.control_recipe(b).step(step.step_id)
+    ctx: dict[str, Any] = {"batch": b, "step": step, "spec": spec, "rows": rows, "total": len(rows),
+                           "position": step.seq + 1, "product": v.product_name(b), "key": uuid.uuid4().hex,
+                           "others": [r for r in rows if r.state in (StepState.READY.value, StepState.IN_PROGRESS.value)
+                                      and r.id != step.id],
+                           "dev_here": [d for d in ex.deviations_of(b.id) if d.status == "open"
+                                        and d.batch_step_id == step.id]}
+    if isinstance(spec, rm.WeighStep):
+        low, high = spec.window()
+        weighed = v.containers_weighed(step)
+        scales = v.scales_for(b, spec)
+        chosen = request.args.get("device") or next((s["device_id"] for s in scales if s["ok"]), None)
+        ctx.update(low=v.dec(low), high=v.dec(high), target=v.dec(spec.target), unit=spec.unit, weighed=weighed,
+                   weighed_total=v.dec(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
+                   scales=scales, device=chosen, scale=next((s for s in scales if s["device_id"] == chosen), None),
+                   lot=v.resolve_label(request.args["lot"], spec.item) if request.args.get("lot")
+                   else (v.resolve_label(v.identified_lot(b, spec.item), spec.item)
+                         if v.identified_lot(b, spec.item) else None))
+    elif isinstance(spec, rm.CalculationStep):
+        values = v.values_of(b)
+        inputs = [(ref, v.dec(values.get(ref))) for ref in spec.references]
+        preview = None
+        if all(values.get(ref) is not None for ref in spec.references):
+            try:
+                preview = v.dec(spec.compute(values))
+            except Exception:  # noqa: BLE001 - the server computes again on Record
+                preview = None
+        ctx.update(inputs=inputs, preview=preview, limits=v.limits_text(spec.low, spec.high, spec.unit))
+    elif isinstance(spec, rm.NumericStep):
+        ctx.update(limits=v.limits_text(spec.low, spec.high, spec.unit))
+    elif isinstance(spec, rm.SampleCheckStep):
+        ctx.update(limits=v.limits_text(spec.low, spec.high, spec.unit),
+                   mean_limits=v.limits_text(spec.mean_low, spec.mean_high, spec.unit))
+    elif isinstance(spec, rm.TimerStep):
+        origin = ex.get_step(b.id, spec.from_step) if spec.from_step else None
+        started = origin.completed_at if origin is not None else step.started_at
+        ctx.update(started=format_at(started) if started else None,
+                   minimum=spec.minimum.seconds if spec.minimum else None,
+                   maximum=spec.maximum.seconds if spec.maximum else None,
+                   minimum_text=spec.minimum.human if spec.minimum else "",
+                   maximum_text=spec.maximum.human if spec.maximum else "",
+                   server_now=format_at(ex.clock()))
+    elif isinstance(spec, rm.ProduceOutputStep):
+        theoretical = spec.quantity
+        if spec.theoretical_from:
+            theoretical = v.values_of(b).get(spec.theoretical_from, spec.quantity)
+        ctx.update(theoretical=v.dec(theoretical), yield_limits=f"{v.dec(spec.yield_low)} – {v.dec(spec.yield_high)} %")
+    elif isinstance(spec, rm.SignatureStep):
+        ctx.update(meaning=spec.meaning, roles=", ".join(spec.roles), needs_ack=principal().user.esig_acknowledged_at is None)
+    return ctx
+
+
+def _render_step(batch_id: str, step_id: str, status: int = 200, message: str | None = None) -> Any:
+    ctx = _step_context(batch_id, step_id)
+    b, step = ctx["batch"], ctx["step"]
+    if b.status != BatchStatus.IN_PROGRESS.value or step.state == StepState.COMPLETED.value:
+        if message:
+            return _page("error.html", "error", status, message=message, back=url_for("kiosk.batch", batch_id=b.id),
+                         **{k: ctx[k] for k in ("batch", "product", "total", "position")})
+        return redirect(url_for("kiosk.batch", batch_id=b.id))
+    dev = v.blocker(b, step)
+    if step.state in (StepState.BLOCKED.value, StepState.PENDING.value) or dev is not None:
+        return _page("blocked.html", "blocked", status, message=message, deviation=dev,
+                     waiting=ex.open_predecessors(step, ctx["rows"]), **ctx)
+    if isinstance(ctx["spec"], rm.WeighStep) and ctx["scales"] and not any(s["ok"] for s in ctx["scales"]):
+        return _page("blocked.html", "blocked", status, message=message, deviation=None, waiting=[],
+                     scale_problems=ctx["scales"], **ctx)
+    return _page("step.html", "step", status, message=message, **ctx)
+
+
+@bp.get("/batches/<batch_id>/steps/<step_id>")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def step(batch_id: str, step_id: str) -> Any:
+    """One step, screen by kind: instruction, entry, weigh, scan, check, timer, calculation, signature."""
+    return _render_step(batch_id, step_id)
+
+
+def _payload(spec: rm.Step, form: Any) -> dict[str, Any]:
+    """The engine payload for a step kind, from the form (values stay strings: the server checks them)."""
+    kind = spec.kind
+    if kind == "instruction":
+        return {"confirm": True}
+    if kind == "numeric":
+        return {"value": form.get("value", "").strip()}
+    if kind == "weigh":
+        return {"device_id": form.get("device_id", "").strip(), "lot_id": form.get("lot_id", "").strip(),
+                "container_id": form.get("container_id", "").strip(), "more": form.get("more") == "1"}
+    if kind == "identify":
+        return {"lot_id": form.get("lot_id", "").strip()}
+    if kind == "equipment_check":
+        return {"equipment_id": form.get("equipment_id", "").strip()}
+    if kind == "sample_check":
+        return {"results": [r for r in form.get("results", "").split(";") if r.strip()]}
+    if kind == "produce_output":
+        return {"quantity": form.get("value", "").strip()}
+    if kind == "signature":
+        return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip()}
+    return {}
+
+
+@bp.post("/batches/<batch_id>/steps/<step_id>")
+@endpoint(P.BATCH_EXECUTE, terminal=True, tags=("kiosk",))
+def do_step(batch_id: str, step_id: str) -> Any:
+    """Start or record a step (confirmed, idempotent, version-checked)."""
+    b = ex.get_batch(batch_id)
+    step_row = ex.get_step(batch_id, step_id)
+    spec = ex.control_recipe(b).step(step_row.step_id)
+    who = principal()
+    try:
+        try:
+            version = int(request.form.get("expected_version", ""))
+        except ValueError:
+            raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
+        key = f"{who.user.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+        if request.form.get("action") == "start":  # starts a timer: nothing is recorded but the start time
+            ex.start_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, key, version)
+            _publish(b.id, b.line, step_id)
+            return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
+        _confirmed()
+        payload = _payload(spec, request.form)
+        if isinstance(spec, rm.EquipmentCheckStep):
+            _check_label(spec, request.form.getlist("states"))
+        if isinstance(spec, rm.SignatureStep):
+            _check_signer(who.user, payload, request.form.get("esig_ack") == "1")
+        result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, payload, key, version,
+                                  session_row=who.session, readings=reading_store(current_app),
+                                  max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
+    except MESError as exc:
+        from mes.db import db
+
+        db.session.rollback()
+        _publish(b.id, b.line, step_id)
+        return _render_step(batch_id, step_id, exc.status, sentence(exc))
+    _publish(b.id, b.line, step_id)
+    _notice(_recorded_text(spec, result))
+    if result.get("state") == StepState.IN_PROGRESS.value:
+        return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
+    return redirect(url_for("kiosk.batch", batch_id=batch_id))
+
+
+def _recorded_text(spec: rm.Step, result: dict[str, Any]) -> str:
+    if spec.kind == "weigh":
+        return _("Recorded %(net)s %(unit)s (total %(total)s %(unit)s).", net=result.get("net"), unit=result.get("unit"),
+                 total=result.get("total"))
+    if result.get("deviations"):
+        return _("Recorded, outside the limits: deviation %(dev)s was raised.", dev=", ".join(result["deviations"]))
+    return _("Recorded: %(title)s.", title=spec.title)
+
+
+def _check_label(spec: rm.EquipmentCheckStep, ticked: list[str]) -> None:
+    """The operator ticks what the equipment's status label shows; the engine then checks the registry."""
+    missing = [s for s in spec.required_states if s not in ticked]
+    if missing:
+        raise ValidationFailed(_("Check the equipment label: it must show %(states)s. Nothing was recorded.",
+                                 states=", ".join(_state_name(m) for m in missing)), field="states")
+
+
+def _state_name(state: str) -> str:
+    return {"clean": _("clean"), "calibrated": _("calibrated"), "qualified": _("qualified"),
+            "not_in_use": _("not in use")}.get(state, state)
+
+
+def _check_signer(user: Any, payload: dict[str, Any], acknowledged: bool) -> None:
+    """The signer re-authenticates: their own badge and PIN; a first signer acknowledges first."""
+    if not payload.get("badge") or not payload.get("pin"):
+        raise ValidationFailed(_("Scan your badge and enter your PIN to sign."), field="pin")
+    if (user.badge_id or "").lower() != payload["badge"].lower():
+        raise AuthenticationFailed(_("That badge is not yours; sign with your own badge."))
+    if user.esig_acknowledged_at is None:
+        if not acknowledged:
+            raise Forbidden(_("Acknowledge that your electronic signature is binding before your first signature."))
+        users.acknowledge_esig_accountability(user.id, current_terminal().id if current_terminal() else None)
+
+
+@bp.post("/batches/<batch_id>/steps/<step_id>/verify")
+@endpoint(P.BATCH_VERIFY, terminal=True, tags=("kiosk",))
+def verify(batch_id: str, step_id: str) -> Any:
+    """Second-person verification: another person signs with their own badge and PIN at this kiosk."""
+    b = ex.get_batch(batch_id)
+    step_row = ex.get_step(batch_id, step_id)
+    spec = ex.control_recipe(b).step(step_row.step_id)
+    terminal = current_terminal()
+    try:
+        _confirmed()
+        if not isinstance(spec, rm.SignatureStep) or not spec.second_person:
+            raise Conflict(_("This step is not a second-person verification."))
+        badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
+        if not badge or not pin:
+            raise ValidationFailed(_("The verifier scans their badge and enters their PIN."), field="badge")
+        try:
+            version = int(request.form.get("expected_version", ""))
+        except ValueError:
+            raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
+        limit_login()
+        verifier_session, _secret = users.login_with_badge(badge, pin, terminal)
+        try:
+            verifier = verifier_session.user
+            if verifier.esig_acknowledged_at is None:
+                if request.form.get("esig_ack") != "1":
+                    raise Forbidden(_("Acknowledge that your electronic signature is binding before your first signature."))
+                users.acknowledge_esig_accountability(verifier.id, terminal.id if terminal else None)
+            role = next((r for r in spec.roles if r in verifier.role_names()), None)
+            actor = users.actor_for(verifier, role, terminal.id if terminal else None)
+            key = f"{verifier.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+            ex.complete_step(actor, batch_id, step_id, {"badge": badge, "pin": pin}, key, version,
+                             session_row=verifier_session)
+        finally:
+            users.end_session(verifier_session, "verification_done")
+    except MESError as exc:
+        from mes.db import db
+
+        db.session.rollback()
+        _publish(b.id, b.line, step_id)
+        return _render_step(batch_id, step_id, exc.status, sentence(exc))
+    _publish(b.id, b.line, step_id)
+    _notice(_("Verified by %(name)s.", name=verifier.full_name))
+    return redirect(url_for("kiosk.batch", batch_id=batch_id))
+
+
+# ------------------------------------------------------------------ deviations
+
+
+CATEGORIES = {
+    "spill": lambda: _("Spill or loss of material"),
+    "equipment": lambda: _("Equipment fault"),
+    "material": lambda: _("Material damaged or wrong"),
+    "other": lambda: _("Other"),
+}
+
+
+@bp.post("/batches/<batch_id>/deviations")
+@endpoint(P.DEVIATION_RAISE, terminal=True, tags=("kiosk",))
+def raise_deviation(batch_id: str) -> Any:
+    """Raise a deviation on the current step (or the batch)."""
+    b = ex.get_batch(batch_id)
+    step_id = request.form.get("step") or None
+    try:
+        _confirmed()
+        category = request.form.get("category", "")
+        if category not in CATEGORIES:
+            raise ValidationFailed(_("Choose what happened."), field="category")
+        severity = request.form.get("severity", "major")
+        description = request.form.get("description", "").strip() or CATEGORIES[category]()
+        dev = ex.raise_deviation(principal().actor(P.DEVIATION_RAISE), batch_id, severity, category, description,
+                                 step_id=step_id)
+    except MESError as exc:
+        from mes.db import db
+
+        db.session.rollback()
+        if step_id:
+            return _render_step(batch_id, step_id, exc.status, sentence(exc))
+        raise
+    _publish(b.id, b.line, step_id)
+    _notice(_("Deviation %(dev)s raised; QA has been told.", dev=dev.id))
+    return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id) if step_id
+                    else url_for("kiosk.batch", batch_id=batch_id))
+
+
+# ---------------------------------------------------------------- lots (scan)
+
+
+@bp.get("/lots/<path:label>")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def lot_status(label: str) -> Any:
+    """A scanned lot or container label: the lot and whether it may be used here (a page fragment)."""
+    lot = v.resolve_label(label, request.args.get("item") or None)
+    return render_template("kiosk/_lot.html", lot=lot)
+
+
+# ---------------------------------------------------------------------- board
+
+
+@bp.get("/board/<line>")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def board(line: str) -> Any:
+    """QA status board of a line: what runs, what is blocked, open deviations (live)."""
+    return _page("board.html", "board", line=line, rows=v.board(line),
+                 can_dispose="qa" in principal().roles)
+
+
+@bp.get("/board/<line>/rows")
+@endpoint(P.BATCH_VIEW, tags=("kiosk",))
+def board_rows(line: str) -> Any:
+    """The board's table alone, refreshed live."""
+    return render_template("kiosk/_board_rows.html", line=line, rows=v.board(line),
+                           can_dispose="qa" in principal().roles, csrf=csrf_token())
+
+
+DISPOSITIONS = ("use_as_is", "repeat_step", "rework", "scrap", "reject_batch")
+
+
+@bp.post("/deviations/<deviation_id>/disposition")
+@endpoint(P.DEVIATION_DISPOSE, terminal=True, tags=("kiosk",))
+def dispose(deviation_id: str) -> Any:
+    """QA decides on a deviation from the board, with an e-signature (password)."""
+    who = principal()
+    dev = ex.get_deviation(deviation_id)
+    b = ex.get_batch(dev.batch_id)
+    _confirmed()
+    if who.session is None:
+        raise Forbidden(_("Only a person in an interactive session can sign."))
+    disposition = request.form.get("disposition", "")
+    if disposition not in DISPOSITIONS:
+        raise ValidationFailed(_("Choose a disposition."), field="disposition")
+    secret = request.form.get("password", "")
+    if not secret:
+        raise ValidationFailed(_("Signing needs your password."), field="password")
+    # Part 11 §11.200(a)(1): the signer types both components for the first signature of a
+    # session; the engine refuses a missing id then, and an id that is not the session's user
+    creds = Credentials(secret=secret, user_id=request.form.get("user_id", "").strip() or None)
+    ex.disposition_deviation(who.session, creds, deviation_id, disposition,
+                             request.form.get("reason", "").strip() or disposition.replace("_", " "),
+                             terminal=who.terminal.id if who.terminal else None)
+    _publish(b.id, b.line, dev.batch_step_id.split(":", 1)[1] if dev.batch_step_id else None)
+    _notice(_("Deviation %(dev)s closed (%(disposition)s).", dev=deviation_id, disposition=disposition))
+    return redirect(url_for("kiosk.board", line=b.line or "-"))
+
+
+__all__ = ["bp"]

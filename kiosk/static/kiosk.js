@@ -1,0 +1,593 @@
+/* Kiosk behaviour: keypad, scanner, confirm-before-commit, live weight, banners, idle logout.
+ *
+ * No inline script anywhere (the CSP forbids it): everything hangs off data attributes of
+ * the server-rendered page. Values typed here are only shown and sent; the server checks
+ * every one of them. Nothing is recorded without the confirm dialog's Confirm.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var $ = function (sel, root) { return (root || document).querySelector(sel); };
+  var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
+  var i18n = ($("#i18n") || {}).dataset || {};
+  var csrf = ($('meta[name="csrf-token"]') || {}).content || "";
+  var state = { online: true, deviceOk: true, deviceNeeded: false, weightOk: false, pendingForm: null, pendingButton: null };
+
+  function showMessage(text) {
+    var box = $("#message");
+    if (!box) { return; }
+    $(".text", box).textContent = text;
+    box.hidden = !text;
+  }
+
+  // ------------------------------------------------------------ commit controls
+  function refreshCommits() {
+    var allowed = state.online && (!state.deviceNeeded || state.deviceOk);
+    $$("[data-commit]").forEach(function (b) {
+      var own = b.dataset.ownDisabled === "true";
+      b.disabled = !allowed || own;
+    });
+  }
+  function setOwnDisabled(button, disabled) {
+    if (!button) { return; }
+    button.dataset.ownDisabled = disabled ? "true" : "false";
+    refreshCommits();
+  }
+  // buttons rendered disabled by the server stay disabled until the page says otherwise
+  $$("[data-commit]").forEach(function (b) { b.dataset.ownDisabled = b.disabled ? "true" : "false"; });
+
+  // ------------------------------------------------------------ drafts (idle, reconnect)
+  var draftKey = body.dataset.step ? ["draft", body.dataset.user, body.dataset.batch, body.dataset.step, body.dataset.attempt].join(":") : null;
+  function saveDraft() {
+    if (!draftKey) { return; }
+    var draft = {};
+    $$("input[data-bind=entry], input[data-bind=results]").forEach(function (i) { if (i.value && i.name) { draft[i.name] = i.value; } });
+    try {
+      if (Object.keys(draft).length) { sessionStorage.setItem(draftKey, JSON.stringify(draft)); }
+      else { sessionStorage.removeItem(draftKey); }
+    } catch (e) { /* storage full or off: the draft is only a convenience */ }
+  }
+  function clearDraft() { try { if (draftKey) { sessionStorage.removeItem(draftKey); } } catch (e) { /* ignore */ } }
+
+  // ------------------------------------------------------------ keypad and entry fields
+  var activeTarget = null; // "entry" | "badge" | "pin"
+  function boundInput(name, root) { return $('input[data-bind="' + name + '"]', root || document); }
+  function renderField(name, root) {
+    var input = boundInput(name, root);
+    var out = name === "entry" ? $("[data-field=entry]", root) : $('[data-field-of="' + name + '"]', root);
+    if (!input || !out) { return; }
+    out.textContent = name === "pin" ? input.value.replace(/./g, "●") : input.value;
+  }
+  function scopeOf(el) { return el.closest("form") || document; }
+  function keypadInput(scope) {
+    if ($("input[data-bind=entry]", scope)) { return "entry"; }
+    var active = $(".field.active", scope);
+    return active ? active.dataset.entryTarget : null;
+  }
+  function press(key, scope) {
+    var name = keypadInput(scope);
+    var input = name && boundInput(name, scope);
+    if (!input) { return; }
+    var v = input.value;
+    if (key === "back") { v = v.slice(0, -1); }
+    else if (key === "clear") { v = ""; }
+    else if (key === ".") { if (name === "entry" && v.indexOf(".") < 0) { v = (v || "0") + "."; } }
+    else if (/^[0-9]$/.test(key)) { if (v.length < 18) { v = v + key; } }
+    input.value = v;
+    renderField(name, scope);
+    if (name === "entry") { saveDraft(); }
+  }
+  $$(".keypad").forEach(function (pad) {
+    // click fires on release; one tap, one key (no double-tap, no hover)
+    pad.addEventListener("click", function (ev) {
+      var b = ev.target.closest("button[data-key]");
+      if (b) { press(b.dataset.key, scopeOf(pad)); }
+    });
+  });
+  $$(".field[data-entry-target]").forEach(function (f) {
+    f.addEventListener("click", function () {
+      $$(".field", scopeOf(f)).forEach(function (o) { o.classList.toggle("active", o === f); });
+    });
+  });
+  // move from badge to PIN once a badge is there
+  function advanceToPin(scope) {
+    var pinField = $('.field[data-entry-target="pin"]', scope);
+    if (pinField) { $$(".field", scope).forEach(function (o) { o.classList.toggle("active", o === pinField); }); }
+  }
+
+  // sample checks: several results through one entry
+  var resultsInput = $("input[data-bind=results]");
+  function renderResults() {
+    if (!resultsInput) { return; }
+    var list = resultsInput.value ? resultsInput.value.split(";") : [];
+    var ol = $("#results-list");
+    ol.innerHTML = "";
+    list.forEach(function (r) { var li = document.createElement("li"); li.textContent = r; ol.appendChild(li); });
+    var count = $("[data-field=sample-count]");
+    if (count) { count.textContent = String(Math.min(list.length + 1, Number(resultsInput.dataset.samples))); }
+  }
+  if (resultsInput) {
+    $("[data-action=add-result]").addEventListener("click", function () {
+      var entry = boundInput("entry");
+      var list = resultsInput.value ? resultsInput.value.split(";") : [];
+      if (!entry.value) { showMessage(i18n.enterFirst); return; }
+      if (list.length >= Number(resultsInput.dataset.samples)) { return; }
+      list.push(entry.value);
+      resultsInput.value = list.join(";");
+      entry.value = "";
+      renderField("entry");
+      renderResults();
+      saveDraft();
+    });
+    $("[data-action=remove-result]").addEventListener("click", function () {
+      var list = resultsInput.value ? resultsInput.value.split(";") : [];
+      list.pop();
+      resultsInput.value = list.join(";");
+      renderResults();
+      saveDraft();
+    });
+  }
+
+  // restore a draft kept across an idle logout or a reload (never recorded by itself)
+  if (draftKey) {
+    try {
+      var kept = JSON.parse(sessionStorage.getItem(draftKey) || "null");
+      if (kept) {
+        Object.keys(kept).forEach(function (name) {
+          var i = $('input[name="' + name + '"]');
+          if (i) { i.value = kept[name]; }
+        });
+        renderField("entry");
+        renderResults();
+        var notice = $("#notice");
+        if (!notice) {
+          notice = document.createElement("p");
+          notice.id = "notice"; notice.className = "notice"; notice.setAttribute("role", "status");
+          $("#main").insertBefore(notice, $("#main").children[1] || null);
+        }
+        notice.textContent = i18n.restored;
+      }
+    } catch (e) { /* ignore a broken draft */ }
+  }
+
+  // ------------------------------------------------------------ scanner (keyboard wedge)
+  // A scanner types fast: every key less than 60 ms after the previous one, then Enter.
+  // Slower keys are a person typing and are never taken as a scan. The same code scanned
+  // again within 2 s is ignored.
+  var SCAN_GAP_MS = 60, DUPLICATE_MS = 2000, MIN_SCAN = 3;
+  var buffer = "", lastKeyAt = 0, lastScan = { code: "", at: 0 };
+  function onKey(key, now, ev) {
+    var target = ev ? ev.target : null;
+    var typing = target && (target.tagName === "TEXTAREA" ||
+      (target.tagName === "INPUT" && /^(text|password|search)?$/.test(target.type || "")));
+    if (key === "Enter") {
+      var fast = buffer.length >= MIN_SCAN && now - lastKeyAt < SCAN_GAP_MS;
+      var code = buffer;
+      buffer = "";
+      if (fast) {
+        if (ev) { ev.preventDefault(); }
+        if (typing) { target.value = target.value.slice(0, Math.max(0, target.value.length - code.length)); }
+        onScan(code);
+      }
+      return;
+    }
+    if (key.length !== 1) { return; }
+    if (buffer && now - lastKeyAt >= SCAN_GAP_MS) { buffer = ""; }
+    buffer += key;
+    lastKeyAt = now;
+    if (ev && !typing) { ev.preventDefault(); }
+  }
+  document.addEventListener("keydown", function (ev) { onKey(ev.key, performance.now(), ev); }, true);
+
+  function scanTarget() {
+    var open = $("dialog[open] [data-expects-scan]");
+    if (open) { return open; }
+    var targets = $$("[data-expects-scan]");
+    return targets.length ? targets[targets.length - 1] : null;
+  }
+  function onScan(code) {
+    var t = performance.now();
+    if (code === lastScan.code && t - lastScan.at < DUPLICATE_MS) { return; } // the same label, twice
+    lastScan = { code: code, at: t };
+    var target = scanTarget();
+    if (!target) { return; }
+    var kind = target.dataset.expectsScan;
+    var scope = scopeOf(target);
+    body.dispatchEvent(new CustomEvent("kiosk:scan", { detail: { code: code, kind: kind } }));
+    if (kind === "badge") {
+      var badge = boundInput("badge", scope);
+      if (badge) { badge.value = code; renderField("badge", scope); advanceToPin(scope); }
+    } else if (kind === "lot") {
+      lookUpLot(code, target.dataset.item || "");
+    } else {
+      var input = boundInput("scan", scope);
+      if (input) { input.value = code; }
+      $$("[data-field=scanned]", scope).forEach(function (s) { s.textContent = code; });
+    }
+  }
+
+  function lookUpLot(code, item) {
+    var box = $("#lot-info");
+    var lot = boundInput("lot"), container = boundInput("container");
+    if (lot) { lot.value = ""; }
+    if (container) { container.value = ""; }
+    $$("[data-field=scanned]").forEach(function (s) { s.textContent = code; });
+    var url = "/kiosk/lots/" + encodeURIComponent(code) + "?item=" + encodeURIComponent(item);
+    fetch(url, { headers: { "HX-Request": "true" }, credentials: "same-origin" }).then(function (r) {
+      return r.text().then(function (html) { return { ok: r.ok, html: html }; });
+    }).then(function (res) {
+      if (!res.ok) { showMessage(i18n.scanFirst); return; }
+      box.innerHTML = res.html;
+      if (window.htmx) { window.htmx.process(box); }
+      var info = $(".lot-info", box);
+      if (info && info.dataset.lotOk === "true") {
+        if (lot) { lot.value = info.dataset.lotId; }
+        if (container) { container.value = info.dataset.containerId || ""; }
+      } else if (lot && !container) {
+        // an identify step sends what was scanned: the server refuses it with the reason
+        lot.value = info ? (info.dataset.lotId || code) : code;
+      }
+      $$('input[name="container_pick"]', box).forEach(function (r) {
+        r.addEventListener("change", function () { if (container) { container.value = r.value; } updateWeigh(); });
+      });
+      updateWeigh();
+    }).catch(function () { showMessage(i18n.scanFirst); });
+  }
+
+  // ------------------------------------------------------------ confirm before commit
+  var dialog = $("#confirm-dialog");
+  function showDialog(d, full) {
+    body.classList.add("dialog-open");
+    body.classList.toggle("dialog-full", !!full);
+    d.showModal();
+  }
+  $$("dialog").forEach(function (d) {
+    d.addEventListener("close", function () {
+      if (!$("dialog[open]")) { body.classList.remove("dialog-open", "dialog-full"); }
+    });
+  });
+  function summaryFor(form, button) {
+    var rows = [];
+    $$("input[data-label], select[data-label], textarea[data-label]", form).forEach(function (i) {
+      if ((i.type === "radio" || i.type === "checkbox") && !i.checked) { return; }
+      if (i.type === "checkbox") {
+        var prev = rows.filter(function (r) { return r[0] === i.dataset.label; })[0];
+        var text = i.closest("label") ? i.closest("label").textContent.trim() : i.value;
+        if (prev) { prev[1] += ", " + text; return; }
+        rows.push([i.dataset.label, text]);
+        return;
+      }
+      var value = i.value;
+      if (i.type === "radio" && i.closest("label")) { value = i.closest("label").textContent.trim(); }
+      if (i.tagName === "SELECT") { value = i.options[i.selectedIndex].textContent; }
+      if (!value) { return; }
+      if (i.dataset.bind === "results") { value = value.split(";").join("  ·  "); }
+      rows.push([i.dataset.label, value + (i.dataset.unit ? " " + i.dataset.unit : "")]);
+    });
+    if (button && button.dataset.summary) { rows.push(["", button.dataset.summary]); }
+    return rows;
+  }
+  function openConfirm(form, button) {
+    state.pendingForm = form; state.pendingButton = button;
+    $(".confirm-lead", dialog).textContent = form.dataset.confirmLead || "";
+    var dl = $("#confirm-summary", dialog);
+    dl.innerHTML = "";
+    summaryFor(form, button).forEach(function (r) {
+      var dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = r[0]; dd.textContent = r[1];
+      dl.appendChild(dt); dl.appendChild(dd);
+    });
+    var openDlg = $("dialog[open]:not(#confirm-dialog)");
+    if (openDlg) { openDlg.close(); }
+    showDialog(dialog);
+    refreshCommits();
+  }
+  function precheck(form, button) {
+    if (button && button.hasAttribute("data-needs-entry")) {
+      var e = boundInput("entry", form);
+      if (e && !e.value) { showMessage(i18n.enterFirst); return false; }
+    }
+    if (button && button.hasAttribute("data-needs-results")) {
+      var r = boundInput("results", form);
+      var e2 = boundInput("entry", form);
+      if (r && !r.value && e2 && !e2.value) { showMessage(i18n.enterFirst); return false; }
+      if (r && e2 && e2.value) { // a last result typed but not added yet
+        r.value = r.value ? r.value + ";" + e2.value : e2.value; e2.value = ""; renderField("entry", form); renderResults();
+      }
+    }
+    if (button && button.hasAttribute("data-needs-scan")) {
+      var s = boundInput("lot", form) || boundInput("scan", form);
+      if (s && !s.value) { showMessage(i18n.scanFirst); return false; }
+    }
+    if (button && button.hasAttribute("data-needs-pin")) {
+      var p = boundInput("pin", form), b = boundInput("badge", form);
+      if ((p && !p.value) || (b && !b.value)) { showMessage(i18n.enterFirst); return false; }
+    }
+    return true;
+  }
+  $$("form.confirm-form").forEach(function (form) {
+    form.addEventListener("submit", function (ev) {
+      var button = ev.submitter || $("button[type=submit]", form);
+      var confirmed = $('input[name="confirmed"]', form);
+      if (confirmed && confirmed.value === "1") { clearDraft(); return; }
+      ev.preventDefault();
+      if (!precheck(form, button)) { return; }
+      openConfirm(form, button);
+    });
+  });
+  if (dialog) {
+    $("[data-action=cancel]", dialog).addEventListener("click", function () {
+      dialog.close(); state.pendingForm = null;
+    });
+    $("[data-action=confirm]", dialog).addEventListener("click", function () {
+      var form = state.pendingForm, button = state.pendingButton;
+      if (!form || !state.online) { return; }
+      $('input[name="confirmed"]', form).value = "1";
+      dialog.close();
+      if (form.requestSubmit) { form.requestSubmit(button && button.form === form && !button.disabled ? button : undefined); }
+      else { form.submit(); }
+      $$("[data-commit]").forEach(function (b) { b.dataset.ownDisabled = "true"; });
+      refreshCommits(); // one tap, one record: nothing can be sent twice while this one travels
+    });
+    dialog.addEventListener("cancel", function () { state.pendingForm = null; });
+  }
+  $$("[data-action=raise-deviation]").forEach(function (b) {
+    b.addEventListener("click", function () { var d = $("#deviation-dialog"); if (d) { showDialog(d, true); } });
+  });
+  $$("[data-action=close-dialog]").forEach(function (b) {
+    b.addEventListener("click", function () { var d = b.closest("dialog"); if (d) { d.close(); } });
+  });
+
+  // ------------------------------------------------------------ decimals (exact, for in-band checks)
+  var NANO = { kg: 1000000000000n, g: 1000000000n, mg: 1000000n };
+  function toNano(text, unit) {
+    if (text === null || text === undefined || text === "" || !(unit in NANO)) { return null; }
+    var m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(String(text).trim());
+    if (!m) { return null; }
+    var frac = (m[3] || "");
+    var scale = 10n ** BigInt(frac.length);
+    var n = BigInt(m[2] + frac) * NANO[unit] / scale;
+    return m[1] ? -n : n;
+  }
+
+  // ------------------------------------------------------------ weigh
+  var weigh = $("#weigh");
+  var reading = null, readingAt = 0;
+  function updateWeigh() {
+    if (!weigh) { return; }
+    var unit = weigh.dataset.unit;
+    var low = toNano(weigh.dataset.low, unit), high = toNano(weigh.dataset.high, unit);
+    var done = toNano(weigh.dataset.weighed || "0", unit) || 0n;
+    var multiple = weigh.dataset.multiple === "true";
+    var capture = $("[data-action=capture]"), outButton = $("[data-action=out-of-tolerance]");
+    var more = $('input[name="more"]');
+    var fresh = reading && performance.now() - readingAt < 2000;
+    var value = fresh ? toNano(reading.value, reading.unit) : null;
+    var stable = !!(fresh && reading.stable && reading.status === "ok" && value !== null);
+    var lw = $("#live-weight");
+    $("[data-field=value]", lw).textContent = fresh && reading.value !== null ? reading.value : "—";
+    $("[data-field=unit]", lw).textContent = fresh && reading.unit ? reading.unit : unit;
+    var st = $("[data-field=stability]", lw);
+    st.classList.toggle("stable", stable); st.classList.toggle("moving", !stable);
+    $(".icon", st).textContent = stable ? "●" : "~";
+    $(".text", st).textContent = !fresh ? i18n.noReading : (stable ? i18n.stable : i18n.moving);
+    var band = $("#tolerance-band"), pos = $("[data-field=band-position]", band), marker = $(".band-marker", band);
+    var where = null;
+    if (value !== null && low !== null && high !== null) {
+      var total = done + value;
+      where = total > high ? "above" : (total < low ? "below" : "in");
+      var width = high - low;
+      var pct = width > 0n ? 25 + Number((total - low) * 5000n / width) / 100 : 50;
+      pct = Math.max(0, Math.min(100, pct));
+      marker.style.left = pct + "%"; // CSSOM, allowed by the CSP (no style attribute in the markup)
+      marker.classList.add("shown");
+      pos.textContent = where === "in" ? i18n.inBand : (where === "above" ? i18n.above : i18n.below);
+      band.classList.toggle("out", where !== "in");
+    } else {
+      marker.classList.remove("shown");
+      pos.textContent = "—";
+      band.classList.remove("out");
+    }
+    var hasLot = boundInput("lot") && boundInput("lot").value && boundInput("container") && boundInput("container").value;
+    // capture: stable and in band (or, with more containers to come, stable and below the window)
+    var canFinal = stable && where === "in";
+    var canPartial = stable && multiple && where === "below" && value > 0n;
+    more.value = canFinal ? "0" : (canPartial ? "1" : "0");
+    setOwnDisabled(capture, !(hasLot && (canFinal || canPartial)));
+    capture.dataset.summary = stable && reading ? (reading.value + " " + reading.unit + (canPartial ? " (+)" : "")) : "";
+    var outOfBand = stable && (where === "above" || (where === "below" && !multiple));
+    outButton.hidden = !(outOfBand && hasLot);
+    setOwnDisabled(outButton, !(outOfBand && hasLot));
+    if (outButton.hidden) { outButton.dataset.ownDisabled = "true"; }
+    if (!outButton.hidden) { more.value = "0"; }
+  }
+  function deviceCommand(action) {
+    var id = weigh.dataset.device;
+    if (!id) { return; }
+    fetch("/api/v1/devices/" + encodeURIComponent(id) + "/" + action, {
+      method: "POST", credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" }, body: "{}"
+    }).then(function (r) {
+      if (!r.ok) { return r.json().then(function (p) { showMessage(p.detail || i18n.deviceFailed); }); }
+      showMessage("");
+    }).catch(function () { showMessage(i18n.deviceFailed); });
+  }
+  if (weigh) {
+    state.deviceNeeded = true;
+    state.deviceOk = false;
+    $("[data-action=tare]").addEventListener("click", function () { deviceCommand("tare"); });
+    $("[data-action=zero]").addEventListener("click", function () { deviceCommand("zero"); });
+    setInterval(function () { // a silent scale is a lost scale
+      var silent = !reading || performance.now() - readingAt > 2000;
+      setDevice(!silent && state.deviceStatusOk !== false);
+      updateWeigh();
+    }, 250);
+    updateWeigh();
+  }
+  function setDevice(ok) {
+    if (!state.deviceNeeded) { return; }
+    state.deviceOk = ok;
+    var banner = $("#device-banner");
+    if (banner) { banner.hidden = ok; }
+    refreshCommits();
+  }
+
+  // ------------------------------------------------------------ live data (Socket.IO /live)
+  var socket = null;
+  function connectLive() {
+    if (!window.io || body.dataset.loggedIn !== "true") { return; }
+    socket = window.io("/live", { transports: ["websocket", "polling"], reconnectionDelay: 500, reconnectionDelayMax: 2000 });
+    socket.on("connect", function () {
+      if (weigh && weigh.dataset.device) { socket.emit("watch", { devices: [weigh.dataset.device] }); }
+      if (body.dataset.line) { socket.emit("watch_line", { line: body.dataset.line }); }
+    });
+    socket.on("reading", function (r) {
+      if (!weigh || r.device_id !== weigh.dataset.device) { return; }
+      reading = r; readingAt = performance.now();
+      if (r.status !== "disconnected") { state.deviceStatusOk = true; }
+      updateWeigh();
+    });
+    socket.on("device_status", function (s) {
+      if (!weigh || s.device_id !== weigh.dataset.device) { return; }
+      state.deviceStatusOk = !!s.connected;
+      if (!s.connected) { reading = null; setDevice(false); updateWeigh(); }
+    });
+    socket.on("batch_changed", function (e) {
+      body.dispatchEvent(new CustomEvent("batch-changed", { detail: e }));
+      if (body.dataset.screen === "blocked" && e.batch_id === body.dataset.batch) { refetch(); }
+    });
+    socket.on("disconnect", function () { checkServer(); });
+  }
+
+  // ------------------------------------------------------------ connection banner
+  var wasOffline = false;
+  function setOnline(ok) {
+    state.online = ok;
+    var banner = $("#connection-banner");
+    if (banner) { banner.hidden = ok; }
+    if (!ok && dialog && dialog.open) { dialog.close(); state.pendingForm = null; }
+    refreshCommits();
+    if (ok && wasOffline) { refetch(); }
+    wasOffline = !ok;
+  }
+  function refetch() { // the screen's own state again, by GET (never a resent form)
+    saveDraft();
+    try { sessionStorage.setItem("kiosk:refetch", "1"); } catch (e) { /* ignore */ }
+    window.location.assign(body.dataset.refetch || window.location.pathname);
+  }
+  var checking = false;
+  function checkServer() {
+    if (checking) { return; }
+    checking = true;
+    var ctl = window.AbortController ? new AbortController() : null;
+    var timer = setTimeout(function () { if (ctl) { ctl.abort(); } }, 1200);
+    fetch("/kiosk/ping", { cache: "no-store", credentials: "same-origin", signal: ctl ? ctl.signal : undefined })
+      .then(function (r) { setOnline(r.ok); })
+      .catch(function () { setOnline(false); })
+      .then(function () { clearTimeout(timer); checking = false; });
+  }
+  setInterval(checkServer, 700);
+  window.addEventListener("offline", function () { setOnline(false); });
+  window.addEventListener("online", checkServer);
+
+  // ------------------------------------------------------------ blocked: wait for QA, then go on
+  if (body.dataset.screen === "blocked") {
+    setInterval(function () { // a fallback to the live batch_changed event
+      if (!state.online) { return; }
+      fetch(body.dataset.refetch || location.href, { credentials: "same-origin", headers: { Accept: "text/html" }, cache: "no-store" })
+        .then(function (r) { return r.text(); })
+        .then(function (html) { if (html.indexOf('data-screen="blocked"') < 0) { refetch(); } })
+        .catch(function () { /* the connection banner tells */ });
+    }, 5000);
+  }
+
+  // ------------------------------------------------------------ timers
+  var timerBox = $("#timer");
+  if (timerBox && timerBox.dataset.started) {
+    var started = Date.parse(timerBox.dataset.started);
+    var skew = Date.parse(timerBox.dataset.serverNow) - Date.now(); // show the server clock, not this one
+    var min = timerBox.dataset.minimum ? Number(timerBox.dataset.minimum) : null;
+    var max = timerBox.dataset.maximum ? Number(timerBox.dataset.maximum) : null;
+    var fmt = function (s) {
+      s = Math.max(0, Math.floor(s));
+      var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+      return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + String(sec).padStart(2, "0");
+    };
+    var tick = function () {
+      var elapsed = (Date.now() + skew - started) / 1000;
+      $("[data-field=elapsed]", timerBox).textContent = i18n.elapsed + " " + fmt(elapsed);
+      var cd = $("[data-field=countdown]", timerBox);
+      var over = max !== null && elapsed > max;
+      var text = over ? i18n.over : (min !== null && elapsed < min ? i18n.remaining + " " + fmt(min - elapsed) : i18n.done);
+      cd.className = over ? "abnormal" : "";
+      cd.innerHTML = "";
+      var icon = document.createElement("span");
+      icon.className = "icon"; icon.setAttribute("aria-hidden", "true");
+      icon.textContent = over ? "⚠" : (min !== null && elapsed < min ? "⏱" : "✓");
+      cd.appendChild(icon);
+      cd.appendChild(document.createTextNode(" " + text));
+    };
+    tick();
+    setInterval(tick, 500);
+  }
+
+  // ------------------------------------------------------------ idle logout
+  var idleSeconds = Number(body.dataset.idleSeconds || "300");
+  var idleKey = "idle:" + (body.dataset.user || "");
+  var lastActivity = Date.now(), restored = false;
+  try { // a re-fetch (reload) is not activity: keep counting from the last touch
+    var keptAt = Number(sessionStorage.getItem(idleKey) || "0");
+    var refetched = sessionStorage.getItem("kiosk:refetch") === "1";
+    sessionStorage.removeItem("kiosk:refetch");
+    if (keptAt && refetched && Date.now() - keptAt < idleSeconds * 1000 && body.dataset.screen !== "login") {
+      lastActivity = keptAt; restored = true;
+    }
+  } catch (e) { /* ignore */ }
+  function touched() {
+    lastActivity = Date.now();
+    try { sessionStorage.setItem(idleKey, String(lastActivity)); } catch (e) { /* ignore */ }
+  }
+  if (!restored) { touched(); }
+  var idleBox = $("#idle-countdown");
+  var warnSeconds = Math.max(5, Math.min(30, Math.floor(idleSeconds / 3)));
+  var loggingOut = false;
+  ["pointerdown", "keydown", "touchstart"].forEach(function (t) {
+    document.addEventListener(t, function () { touched(); if (idleBox) { idleBox.hidden = true; } }, true);
+  });
+  function idleLogout() {
+    loggingOut = true;
+    saveDraft(); // kept in this browser for the same operator; never sent, never recorded
+    var form = $("#logout-form");
+    if (dialog && dialog.open) { dialog.close(); }
+    $$("dialog[open]").forEach(function (d) { d.close(); });
+    if (form) {
+      $('input[name="reason"]', form).value = "idle";
+      form.submit();
+    } else {
+      window.location.href = "/kiosk/login?idle=1";
+    }
+  }
+  if (body.dataset.loggedIn === "true" && idleBox) {
+    setInterval(function () {
+      if (loggingOut) { return; }
+      var left = idleSeconds - (Date.now() - lastActivity) / 1000;
+      if (left <= 0) { idleLogout(); return; }
+      if (left <= warnSeconds) {
+        idleBox.hidden = false;
+        $(".text", idleBox).textContent = (i18n.idle || "{s}").replace("{s}", String(Math.ceil(left)));
+      } else {
+        idleBox.hidden = true;
+      }
+    }, 250);
+  }
+
+  // ------------------------------------------------------------ start
+  refreshCommits();
+  window.__kioskReady = true;
+  if (window.__kioskEarly) { document.removeEventListener("keydown", window.__kioskEarly, true); }
+  (window.__kioskKeys || []).splice(0).forEach(function (k) { onKey(k.key, k.at, null); }); // keys typed while loading
+  document.documentElement.classList.remove("js-loading");
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", connectLive); }
+  else { connectLive(); }
+})();

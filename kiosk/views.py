@@ -1,0 +1,231 @@
+"""What the kiosk screens show, built from the service layer's records.
+
+Read-only helpers: they look records up and shape them for the templates; every change goes
+through ``mes.<feature>.operations``. The two small queries below (work orders and batches
+on a line) read tables the execution engine owns and write nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from flask import current_app
+from flask_babel import gettext as _
+from sqlalchemy import select
+
+from mes.db import db
+from mes.execution import operations as ex
+from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, StepState, WorkOrder, WorkOrderStatus
+from mes.materials import operations as mat
+from mes.recipes import model as rm
+from mes.recipes.units import to_text
+
+OPEN_STATES = (StepState.IN_PROGRESS.value, StepState.READY.value, StepState.BLOCKED.value)
+
+
+# ---------------------------------------------------------------------- panel sizing
+
+
+def panel_px(mm: int | float, ppi: int, dpr: int) -> int:
+    """CSS pixels for ``mm`` millimetres on the configured panel: ceil(mm × ppi / 25.4 / dpr)."""
+    return math.ceil(Decimal(str(mm)) * ppi / Decimal("25.4") / dpr)
+
+
+def panel() -> dict[str, int]:
+    """Target size, spacing and text sizes for the configured kiosk panel."""
+    ppi, dpr = current_app.config["MES_PANEL_PPI"], current_app.config["MES_PANEL_DPR"]
+    return {"ppi": ppi, "dpr": dpr, "target": panel_px(20, ppi, dpr), "gap": panel_px(2, ppi, dpr)}
+
+
+# ---------------------------------------------------------------------- lines, orders
+
+
+def lines(terminal_line: str | None) -> list[str]:
+    """Lines with dispatched work or running batches; the terminal's own line first."""
+    found = set(db.session.execute(select(WorkOrder.line).where(
+        WorkOrder.status.in_((WorkOrderStatus.DISPATCHED.value, WorkOrderStatus.IN_PROGRESS.value)),
+        WorkOrder.line.is_not(None))).scalars())
+    found |= set(db.session.execute(select(Batch.line).where(
+        Batch.status == BatchStatus.IN_PROGRESS.value, Batch.line.is_not(None))).scalars())
+    ordered = sorted(found - {terminal_line})
+    return ([terminal_line] if terminal_line else []) + ordered
+
+
+def dispatched_orders(line: str) -> list[WorkOrder]:
+    """Work orders dispatched to ``line`` and not started (only these may start a batch)."""
+    return list(db.session.execute(select(WorkOrder).where(
+        WorkOrder.line == line, WorkOrder.status == WorkOrderStatus.DISPATCHED.value)
+        .order_by(WorkOrder.due_date, WorkOrder.id)).scalars())
+
+
+def batches_on(line: str, statuses: tuple[str, ...] = (BatchStatus.IN_PROGRESS.value,)) -> list[Batch]:
+    return list(db.session.execute(select(Batch).where(Batch.line == line, Batch.status.in_(statuses))
+                                   .order_by(Batch.created_at)).scalars())
+
+
+def product_name(batch: Batch) -> str:
+    product = ex.control_recipe(batch).product
+    return f"{product.name} ({product.code})"
+
+
+def recipe_product(wo: WorkOrder) -> str:
+    from mes.execution import recipes_store as store
+
+    try:
+        product = store.master_of(store.get_version(wo.recipe_version_id)).product
+        return f"{product.name} ({product.code})"
+    except Exception:  # noqa: BLE001 - a display label only
+        return wo.item
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def current_step(rows: list[BatchStep]) -> BatchStep | None:
+    """The step the operator does next: one in progress, else the first ready, else the first blocked."""
+    for state in OPEN_STATES:
+        step = next((r for r in rows if r.state == state), None)
+        if step is not None:
+            return step
+    return None
+
+
+def values_of(batch: Batch) -> dict[str, Decimal]:
+    """Current values of the batch's value-producing steps (as the engine's calculations see them)."""
+    out: dict[str, Decimal] = {}
+    attempts = {s.id: s.attempt for s in ex.steps_of(batch.id)}
+    names = {s.id: s.step_id for s in ex.steps_of(batch.id)}
+    for r in ex.records_of(batch.id):
+        if r.kind == "value" and r.superseded_by is None and r.value is not None and attempts.get(r.batch_step_id) == r.attempt:
+            out[names[r.batch_step_id]] = Decimal(r.value)
+    return out
+
+
+def blocker(batch: Batch, step: BatchStep) -> Deviation | None:
+    """The open major/critical deviation that stops ``step``: raised on an earlier step or the
+    batch (the engine refuses the step), or on this step itself (the kiosk waits for QA's
+    disposition before the step is done again, as the disposition may be to repeat it)."""
+    for dev in ex.deviations_of(batch.id):
+        if dev.status == "open" and dev.severity in ex.BLOCKING and (dev.step_seq is None or dev.step_seq <= step.seq):
+            return dev
+    return None
+
+
+def identified_lot(batch: Batch, item: str) -> str | None:
+    """The lot last identified for ``item`` in this batch (to prefill a weigh step)."""
+    lot = None
+    for r in ex.records_of(batch.id):
+        if r.kind == "identification" and r.data.get("item") == item and r.superseded_by is None:
+            lot = r.data.get("lot")
+    return lot
+
+
+def containers_weighed(step: BatchStep) -> list[dict[str, Any]]:
+    return [{"lot": r.data.get("lot"), "container": r.data.get("container"), "value": r.value, "unit": r.unit}
+            for r in ex.records_of(step.batch_id)
+            if r.batch_step_id == step.id and r.kind == "container" and r.attempt == step.attempt
+            and r.superseded_by is None]
+
+
+@dataclass
+class LotView:
+    """A scanned label resolved to a lot (and container, if a container label was scanned)."""
+
+    scanned: str
+    lot_id: str | None
+    container_id: str | None
+    status: str
+    ok: bool
+    reason: str
+    containers: list[str] = field(default_factory=list)
+
+
+def resolve_label(label: str, item: str | None) -> LotView:
+    """A lot or container label: the lot, its status and whether it may be used as ``item``."""
+    from mes.materials.models import Container
+
+    label = label.strip()
+    container = db.session.get(Container, label) if label else None
+    lot_id = container.lot_id if container is not None else label
+    usable = mat.check_usable(lot_id, item)
+    containers: list[str] = []
+    status = usable.code
+    if usable.code != "unknown_lot":
+        lot = mat.get_lot(lot_id)
+        status = lot.status if usable.ok else usable.code
+        containers = [c.id for c in mat.containers_of(lot_id) if mat.container_remaining(c) > 0]
+    return LotView(label, lot_id if usable.code != "unknown_lot" else None,
+                   container.id if container is not None else (containers[0] if len(containers) == 1 else None),
+                   status, usable.ok, usable.reason, containers)
+
+
+def scales_for(batch: Batch, spec: rm.WeighStep) -> list[dict[str, Any]]:
+    """Registered scales (with a device) for the batch's line, each with whether it may weigh this step."""
+    from mes.equipment import operations as eqo
+
+    out = []
+    for eq in eqo.list_equipment(kind="scale"):
+        if not eq.device_id or (eq.line and batch.line and eq.line != batch.line):
+            continue
+        assert spec.target is not None and spec.unit is not None
+        check = eqo.check_scale_for_weighing(eq.device_id, spec.target, spec.unit, spec.scale.readability,
+                                             spec.scale.accuracy_class)
+        out.append({"device_id": eq.device_id, "equipment_id": eq.id, "label": eq.description or eq.id,
+                    "ok": check.code == "ok", "code": check.code, "reason": check.reason,
+                    "same_unit": eq.readability_uom == spec.scale.unit})
+    # the scale the recipe means first: usable, reading in the recipe's scale unit (the floor
+    # scale for kilograms, the bench balance for grams), then in registry order
+    return sorted(out, key=lambda s: (not s["ok"], not s["same_unit"]))
+
+
+def dec(value: Decimal | None) -> str:
+    return to_text(value) if value is not None else ""
+
+
+def limits_text(low: Decimal | None, high: Decimal | None, unit: str) -> str:
+    if low is not None and high is not None:
+        return _("%(low)s to %(high)s %(unit)s", low=dec(low), high=dec(high), unit=unit)
+    if high is not None:
+        return _("at most %(high)s %(unit)s", high=dec(high), unit=unit)
+    if low is not None:
+        return _("at least %(low)s %(unit)s", low=dec(low), unit=unit)
+    return _("no limits")
+
+
+def summary_rows(batch: Batch) -> list[dict[str, Any]]:
+    """One line per step for the batch-complete summary: what was recorded, by whom."""
+    records = ex.records_of(batch.id)
+    out = []
+    for s in ex.steps_of(batch.id):
+        recs = [r for r in records if r.batch_step_id == s.id and r.attempt == s.attempt and r.superseded_by is None]
+        shown = []
+        for r in recs:
+            if r.kind in ("value", "timer") and r.value is not None:
+                shown.append(f"{r.value} {r.unit or ''}".strip())
+            elif r.kind == "identification":
+                shown.append(_("lot %(lot)s", lot=r.data.get("lot")))
+            elif r.kind == "equipment":
+                shown.append(str(r.data.get("equipment_id")))
+            elif r.kind == "signature":
+                shown.append(_("signed by %(name)s (%(meaning)s)", name=r.data.get("name"), meaning=r.data.get("meaning")))
+            elif r.kind == "confirmation":
+                shown.append(_("confirmed"))
+        out.append({"seq": s.seq + 1, "id": s.step_id, "title": s.title, "state": s.state, "recorded": "; ".join(shown),
+                    "by": s.completed_by or "", "flags": sorted({f for r in recs for f in (r.flags or [])})})
+    return out
+
+
+def board(line: str) -> list[dict[str, Any]]:
+    """The QA status board of a line: each running batch, its current step, what blocks it, open deviations."""
+    out = []
+    for batch in batches_on(line, (BatchStatus.IN_PROGRESS.value, BatchStatus.COMPLETED.value)):
+        rows = ex.steps_of(batch.id)
+        step = current_step(rows)
+        devs = [d for d in ex.deviations_of(batch.id) if d.status == "open"]
+        out.append({"batch": batch, "product": product_name(batch), "step": step, "total": len(rows),
+                    "done": sum(1 for r in rows if r.state == StepState.COMPLETED.value),
+                    "blocked": [r for r in rows if r.state == StepState.BLOCKED.value], "deviations": devs})
+    return out
