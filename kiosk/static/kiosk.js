@@ -383,7 +383,9 @@
       marker.style.left = pct + "%"; // CSSOM, allowed by the CSP (no style attribute in the markup)
       marker.classList.add("shown");
       pos.textContent = where === "in" ? i18n.inBand : (where === "above" ? i18n.above : i18n.below);
-      band.classList.toggle("out", where !== "in");
+      // ISA-101: filling up to the window is the normal course of dispensing (grey); only a
+      // weight above the window is abnormal and gets the amber alarm colour (with its text and icon)
+      band.classList.toggle("out", where === "above");
     } else {
       marker.classList.remove("shown");
       pos.textContent = "—";

@@ -40,7 +40,9 @@ class ScreenLog:
             return
         k.page.wait_for_timeout(150)
         k.shot(f"e2e-{label}")
-        normal = not any(label.startswith(a) for a in ALARM_LABELS)
+        # a weight above the tolerance window is an abnormal state, whatever the screen is called
+        normal = (not any(label.startswith(a) for a in ALARM_LABELS)
+                  and not k.page.locator("#tolerance-band.out").count())
         self.seen[label] = checks.generic(k.page, normal=normal)
         if label.startswith("confirm-"):  # a dialog is open: the page's own primary is behind it
             self.seen[label].pop("primary", None)
@@ -213,7 +215,11 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
     bad = screens.violations()
     assert not bad, "kiosk-ux.md rules broken on screens of the batch:\n" + "\n".join(
         f"{label}: {found}" for label, found in bad.items())
-    assert not k.console, k.console
+    # the browser logs each refused commit (answered 409, the reason shown on the page): exactly the
+    # two provoked refusals may appear, and nothing else
+    refused = [m for m in k.console if "status of 409 (CONFLICT)" in m]
+    assert len(refused) <= 2, k.console
+    assert not [m for m in k.console if m not in refused], k.console
 
 
 def _names() -> list[tuple[str, str]]:

@@ -92,8 +92,10 @@ def test_rule6_keypad_and_server_side_check(open_kiosk, server, size) -> None:
     assert k.page.locator("input[type=number]").count() == 0
     pin = k.page.locator("[data-field=pin]")
     assert pin.inner_text() == ""
-    box = pad.locator('button[data-key="7"]').bounding_box()
-    k.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    # the PIN screen may be a fresh page: press only once its script has bound the keypad
+    until(k.page, "() => window.__kioskReady === true")
+    # put the pointer on the key once the layout has settled (Playwright waits for a stable box)
+    pad.locator('button[data-key="7"]').hover()
     k.page.mouse.down()
     k.page.wait_for_timeout(150)
     assert pin.inner_text() == "", "the key fired on press, not on release"
