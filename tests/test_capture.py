@@ -176,6 +176,28 @@ def test_every_capture_refusal_names_what_is_wrong(app: Flask, monkeypatch) -> N
     assert ex.deviations_of(batch_id) == []  # none of these raises a deviation
 
 
+def test_a_moving_reading_only_where_the_recipe_allows_it(app: Flask, monkeypatch) -> None:
+    """``stable_reading: false`` (e.g. a viscous liquid still settling) takes a moving reading
+    and records that it was moving; faults and overloads are still refused."""
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, RECIPE.replace("MR-CAPTURE", "MR-CAPTURE-DYN").replace(
+        "            multiple_containers: true\n", "            multiple_containers: true\n            stable_reading: false\n"),
+        "capture-dyn.yaml")
+    stock(world, store.master_of(store.get_version(rv)))
+    batch_id = start(world, rv, "10.000", "kg")
+    run_until(world, batch_id, stop_before="w_raw")
+    assert ex.control_recipe(ex.get_batch(batch_id)).step("w_raw").stable_reading is False
+    device = _scale(world, batch_id)
+    ok = _payload(world, batch_id, device)
+    put_reading(world, device, None, "g", status="overload", stable=False)
+    _refused(world, batch_id, ok, "no_value", "overloaded")
+    put_reading(world, device, "2000", "g", stable=False)
+    done = _complete(world, batch_id, ok)
+    assert done["state"] == "completed"
+    rec = next(r for r in ex.records_of(batch_id) if r.kind == "container")
+    assert rec.data["reading"]["stable"] is False  # the record says it was moving
+
+
 @pytest.mark.parametrize("case", ["missing", "expired", "failed"])
 def test_a_scale_out_of_calibration_is_refused_with_a_deviation(app: Flask, monkeypatch, case: str) -> None:
     world, batch_id = _ready_to_weigh(monkeypatch)

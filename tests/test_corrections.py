@@ -104,3 +104,62 @@ def test_a_correction_that_changes_no_result_records_no_recomputation(app: Flask
     ex.correct_value(world.actor("operator"), batch_id, _current(batch_id, "mass_out").id, "19.61", "last digit")
     assert _current(batch_id, "yield_pct").id == before.id and before.value == "98.0"  # 98.05 rounds half-even
     assert [e["type"] for e in ex.exceptions(batch_id)] == ["correction"]
+
+
+YIELD_RECIPE = """\
+format: mes.master-recipe/v1
+id: MR-CORR-YIELD
+version: 1
+product: {code: FG-CORY, name: Correction yield product}
+batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
+bill_of_materials:
+  - {item: RM-CORY, name: Raw, role: ingredient, quantity: "10.000", unit: kg, tolerance: {percent: "1.0"}}
+procedure:
+  - id: up1
+    title: Make
+    operations:
+      - id: op1
+        title: Measure
+        steps:
+          - {id: x1, kind: identify, title: Identify, instruction: Scan., item: RM-CORY}
+          - {id: w1, kind: weigh, title: Weigh, instruction: Weigh., item: RM-CORY, scale: {readability: "0.01", unit: kg}}
+          - {id: charged, kind: numeric, title: Mass charged, instruction: Enter., unit: kg, precision: 2,
+             low: "5", high: "20"}
+          - {id: theo, kind: calculation, title: Theoretical output, instruction: Computed., formula: charged * 0.98,
+             unit: kg, precision: 2, low: "5", high: "20"}
+          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-CORY, quantity: "10.000",
+             unit: kg, yield_low: "95.0", yield_high: "101.0", theoretical_from: theo}
+"""
+
+
+def test_correcting_the_theoretical_quantity_recomputes_the_yield(app: Flask, monkeypatch) -> None:
+    """The produced quantity is what was weighed and stays; the yield against the corrected
+    theoretical is recorded again (both records stay), and a yield now out of limits raises
+    a deviation."""
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, YIELD_RECIPE, "cory.yaml")
+    stock(world, store.master_of(store.get_version(rv)))
+    batch_id = start(world, rv, "10.000", "kg")
+    run_until(world, batch_id, overrides={"charged": {"value": "10.00"}, "out": {"quantity": "9.700", "unit": "kg"}})
+    first = _current(batch_id, "out")
+    assert (first.value, first.data["theoretical"], first.data["yield"]) == ("9.700", "9.80", "99.0")
+    charged = _current(batch_id, "charged")
+    world.clock.advance(60)
+    ex.correct_value(world.actor("operator"), batch_id, charged.id, "10.20", "typed the wrong figure")
+    assert _current(batch_id, "theo").value == "10.00"
+    second = _current(batch_id, "out")
+    assert second.corrects == first.id and second.value == "9.700" and "recomputed" in second.flags
+    assert (second.data["theoretical"], second.data["yield"]) == ("10.00", "97.0")
+    assert "typed the wrong figure" in second.reason
+    db.session.expire_all()
+    assert db.session.get(ex.StepRecord, first.id).superseded_by == second.id
+    assert ex.get_step(batch_id, "out").result["yield"] == "97.0"
+    assert ("recomputation", "out") in [(e["type"], e["step"]) for e in ex.exceptions(batch_id)]
+    assert not [d for d in ex.deviations_of(batch_id) if d.category == "yield_out_of_limits"]
+
+    ex.correct_value(world.actor("operator"), batch_id, _current(batch_id, "charged").id, "11.00", "read it again")
+    third = _current(batch_id, "out")
+    assert third.data["yield"] == "90.0" and "out_of_limits" in third.flags
+    devs = [d for d in ex.deviations_of(batch_id) if d.category == "yield_out_of_limits"]
+    assert len(devs) == 1 and devs[0].severity == "major" and devs[0].status == "open"
+    assert devs[0].batch_step_id == f"{batch_id}:out"

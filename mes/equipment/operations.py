@@ -686,12 +686,15 @@ def check_reading(
     at: datetime | None = None,
     *,
     unit: str | None = None,
+    require_stable: bool = True,
 ) -> Check:
     """Whether ``reading`` (a ``devices`` :meth:`Reading.to_dict`, optionally with the
     driver's ``identity``) may go into a step record: from a registered, active scale, stable
-    (status ``ok``), a decimal-string value, in ``unit`` if given, and taken no more than
+    (status ``ok``; a moving reading only where the recipe says ``stable_reading: false``,
+    ``require_stable``), a decimal-string value, in ``unit`` if given, and taken no more than
     ``max_age_s`` seconds before ``at`` (server time). On success ``details["reading"]`` is
-    the normalised reading with the raw device reply and identity kept as received."""
+    the normalised reading with the raw device reply and identity kept as received, and
+    whether it was stable."""
     at = at or utcnow()
     if not isinstance(reading, Mapping):
         return Check("bad_reading", "The scale reading could not be understood. Weigh again.")
@@ -707,7 +710,8 @@ def check_reading(
         said = {"overload": "is overloaded", "underload": "reports underload (is the pan in place?)",
                 "busy": "was busy", "fault": "reports a fault"}[status]
         return Check("no_value", f"{eq.label} {said}; no weight was taken. Check the scale and weigh again.", eq.id)
-    if status != "ok" or stable is not True:
+    moving = status == "dynamic" and stable is not True and not require_stable
+    if not moving and (status != "ok" or stable is not True):
         return Check("unstable", f"The reading from {eq.label} is not stable. Wait until the load settles and "
                                  "weigh again.", eq.id)
     if not isinstance(value, str):
@@ -742,8 +746,8 @@ def check_reading(
         "equipment_id": eq.id,
         "driver": eq.driver,
         "sequence": sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None,
-        "status": "ok",
-        "stable": True,
+        "status": "dynamic" if moving else "ok",
+        "stable": not moving,
         "value": value,
         "unit": r_unit,
         "raw": raw,
