@@ -254,12 +254,24 @@ def access_of(view: Callable[..., Any]) -> Access | None:
     return getattr(view, "_mes_access", None)
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """One compiled validator per request schema (building one costs more than checking a body)."""
+    found = _VALIDATORS.get(id(schema))
+    if found is None or found[0] is not schema:
+        found = (schema, jsonschema.Draft202012Validator(schema))
+        _VALIDATORS[id(schema)] = found
+    return found[1]
+
+
 def validated_body(schema: dict[str, Any]) -> dict[str, Any]:
     """The request's JSON object checked against ``schema``, or a 422 naming the first problem."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "body"
         raise ValidationFailed(f"{where}: {error.message}", field=where)

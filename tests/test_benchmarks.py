@@ -14,7 +14,7 @@ TINY = {
     "requests": ["--n", "5"],
     "audit": ["--appends", "20", "--entries", "300"],
     "trace": ["--lots", "200", "--links", "2000"],
-    "execution": ["--batches", "1,2", "--steps", "3"],
+    "execution": ["--batches", "1,2", "--steps", "3", "--think-ms", "20"],
     "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1"],
     "kiosk": ["--n", "3", "--pages", "3"],
 }

@@ -521,12 +521,29 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
     every change of the batch, so the step rows need no lock of their own), the steps and
     open blocking deviations in one query each, the checks and the handler in memory, then
     the writes; the audit log's global append lock is taken by the first audit entry, at the
-    end (a weighing takes it when it consumes, before it locks the lot)."""
+    end (a weighing takes it when it consumes, before it locks the lot).
+
+    A repeated request is found without a query of its own on the way that records: the
+    step's version moved on with the first one, so the repeat is refused before it writes,
+    and only then is its key looked up and the first answer returned; two requests with one
+    key at the same moment collide on the key's primary key at commit (see complete_step)."""
     batch = _locked_batch(batch_id)
-    replay = _replay(key, f"{batch_id}:{step_id}", "complete")
-    if replay is not None:
+    try:
+        return _complete_locked(actor, batch, step_id, payload, key, expected_version, session_row, readings,
+                                max_reading_age_ms)
+    except MESError:
+        db.session.rollback()  # what this attempt wrote is gone; only a committed first request counts
+        replay = _replay(key, f"{batch_id}:{step_id}", "complete")
         db.session.rollback()
+        if replay is None:
+            raise
         return replay
+
+
+def _complete_locked(actor: Actor, batch: Batch, step_id: str, payload: dict[str, Any], key: str,
+                     expected_version: int, session_row: UserSession | None, readings: ReadingStore | None,
+                     max_reading_age_ms: int) -> dict[str, Any]:
+    batch_id = batch.id
     rows = _open_steps(batch_id)  # ordering and states depend only on the steps not completed yet
     step = next((r for r in rows if r.step_id == step_id), None)
     if step is None:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from mes.audit.log import Actor, record
 from mes.db import db, utcnow
@@ -325,15 +326,19 @@ def _open_session(user: User, terminal: Terminal | None, method: str) -> tuple[U
 
 def resolve_session(secret: str, last_activity: datetime | None) -> UserSession:
     """The live session for a cookie secret; ends it (audited) if idle too long."""
-    row = db.session.get(UserSession, hashing.digest(secret))
+    # one round trip on every request: the session, its user with their roles, its terminal
+    row = db.session.execute(
+        select(UserSession).where(UserSession.id == hashing.digest(secret))
+        .options(joinedload(UserSession.user).joinedload(User.roles), joinedload(UserSession.terminal))
+    ).unique().scalar_one_or_none()
     if row is None or row.ended_at is not None:
         raise SessionExpired("The session has ended; log in again.")
+    kind = row.terminal
     user = row.user
     if not user.active or user.locked:
         end_session(row, "account_unusable")
         raise SessionExpired("This account can no longer be used; log in again.")
     policy = Policy.current()
-    kind = row.terminal_id and db.session.get(Terminal, row.terminal_id)
     idle = policy.kiosk_idle if kind and kind.kind == TerminalKind.KIOSK.value else policy.workstation_idle
     if last_activity is not None and utcnow() - last_activity > idle:
         end_session(row, "idle_timeout")
