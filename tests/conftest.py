@@ -132,3 +132,15 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def backend(database_url: str) -> str:
     return make_url(database_url).get_backend_name()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: the end-to-end kiosk runs (minutes each), then the other browser tests,
+    then the rest, so that with ``-n 2`` neither worker is left alone with a long test at the
+    end of the run. The order within a module is kept (its module-scoped server is shared)."""
+    def weight(item: pytest.Item) -> int:
+        if item.nodeid.startswith("tests/kiosk/test_end_to_end.py"):
+            return 0
+        return 1 if item.get_closest_marker("browser") else 2
+
+    items.sort(key=weight)
