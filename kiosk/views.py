@@ -1,8 +1,8 @@
 """What the kiosk screens show, built from the service layer's records.
 
-Read-only helpers: they look records up and shape them for the templates; every change goes
-through ``mes.<feature>.operations``. The two small queries below (work orders and batches
-on a line) read tables the execution engine owns and write nothing.
+Read-only helpers: they look records up through the service layer (``mes.execution.queries``
+and ``mes.<feature>.operations``) and shape them for the templates; no SQL here. Every change
+goes through ``mes.<feature>.operations``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from typing import Any
 
 from flask import current_app
 from flask_babel import gettext as _
-from sqlalchemy import select
-
-from mes.db import db
 from mes.execution import operations as ex
-from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, StepState, WorkOrder, WorkOrderStatus
+from mes.execution import queries as q
+from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, StepState, WorkOrder
 from mes.materials import operations as mat
 from mes.recipes import model as rm
 from mes.recipes.units import to_text
@@ -45,25 +43,18 @@ def panel() -> dict[str, int]:
 
 def lines(terminal_line: str | None) -> list[str]:
     """Lines with dispatched work or running batches; the terminal's own line first."""
-    found = set(db.session.execute(select(WorkOrder.line).where(
-        WorkOrder.status.in_((WorkOrderStatus.DISPATCHED.value, WorkOrderStatus.IN_PROGRESS.value)),
-        WorkOrder.line.is_not(None))).scalars())
-    found |= set(db.session.execute(select(Batch.line).where(
-        Batch.status == BatchStatus.IN_PROGRESS.value, Batch.line.is_not(None))).scalars())
-    ordered = sorted(found - {terminal_line})
+    ordered = sorted(q.active_lines() - {terminal_line})
     return ([terminal_line] if terminal_line else []) + ordered
 
 
 def dispatched_orders(line: str) -> list[WorkOrder]:
     """Work orders dispatched to ``line`` and not started (only these may start a batch)."""
-    return list(db.session.execute(select(WorkOrder).where(
-        WorkOrder.line == line, WorkOrder.status == WorkOrderStatus.DISPATCHED.value)
-        .order_by(WorkOrder.due_date, WorkOrder.id)).scalars())
+    return q.dispatched_orders(line)
 
 
 def batches_on(line: str, statuses: tuple[str, ...] = (BatchStatus.IN_PROGRESS.value,)) -> list[Batch]:
-    return list(db.session.execute(select(Batch).where(Batch.line == line, Batch.status.in_(statuses))
-                                   .order_by(Batch.created_at)).scalars())
+    """Batches on ``line`` in one of ``statuses`` (default: running), oldest first."""
+    return q.batches_on_line(line, statuses)
 
 
 def product_name(batch: Batch) -> str:
@@ -145,10 +136,8 @@ class LotView:
 
 def resolve_label(label: str, item: str | None) -> LotView:
     """A lot or container label: the lot, its status and whether it may be used as ``item``."""
-    from mes.materials.models import Container
-
     label = label.strip()
-    container = db.session.get(Container, label) if label else None
+    container = q.container_by_label(label)
     lot_id = container.lot_id if container is not None else label
     usable = mat.check_usable(lot_id, item)
     containers: list[str] = []

@@ -14,6 +14,22 @@
   var csrf = ($('meta[name="csrf-token"]') || {}).content || "";
   var state = { online: true, deviceOk: true, deviceNeeded: false, weightOk: false, pendingForm: null, pendingButton: null };
 
+  // icons are inline SVG (they render without any symbol font): cloned from <template id="icons">
+  function iconEl(name) {
+    var t = $("#icons");
+    var src = t && t.content ? t.content.querySelector('[data-icon="' + name + '"]') : null;
+    if (src) { return src.cloneNode(true); }
+    var s = document.createElement("span");
+    s.className = "icon"; s.setAttribute("aria-hidden", "true"); s.dataset.icon = name;
+    return s;
+  }
+  function setIcon(holder, name) {
+    var old = $(".icon", holder);
+    if (old && old.dataset.icon === name) { return; }
+    var fresh = iconEl(name);
+    if (old) { old.parentNode.replaceChild(fresh, old); } else { holder.insertBefore(fresh, holder.firstChild); }
+  }
+
   function showMessage(text) {
     var box = $("#message");
     if (!box) { return; }
@@ -365,12 +381,15 @@
     var fresh = reading && performance.now() - readingAt < 2000;
     var value = fresh ? toNano(reading.value, reading.unit) : null;
     var stable = !!(fresh && reading.stable && reading.status === "ok" && value !== null);
+    // a recipe step may take a moving reading (stable_reading: false); the server checks it again
+    var usable = stable || !!(weigh.dataset.requireStable === "false" && fresh && reading.status === "dynamic" &&
+                              value !== null);
     var lw = $("#live-weight");
     $("[data-field=value]", lw).textContent = fresh && reading.value !== null ? reading.value : "—";
     $("[data-field=unit]", lw).textContent = fresh && reading.unit ? reading.unit : unit;
     var st = $("[data-field=stability]", lw);
     st.classList.toggle("stable", stable); st.classList.toggle("moving", !stable);
-    $(".icon", st).textContent = stable ? "●" : "~";
+    setIcon(st, stable ? "stable" : "moving");
     $(".text", st).textContent = !fresh ? i18n.noReading : (stable ? i18n.stable : i18n.moving);
     var band = $("#tolerance-band"), pos = $("[data-field=band-position]", band), marker = $(".band-marker", band);
     var where = null;
@@ -392,13 +411,13 @@
       band.classList.remove("out");
     }
     var hasLot = boundInput("lot") && boundInput("lot").value && boundInput("container") && boundInput("container").value;
-    // capture: stable and in band (or, with more containers to come, stable and below the window)
-    var canFinal = stable && where === "in";
-    var canPartial = stable && multiple && where === "below" && value > 0n;
+    // capture: stable (or usable, see above) and in band (or, with more containers to come, below the window)
+    var canFinal = usable && where === "in";
+    var canPartial = usable && multiple && where === "below" && value > 0n;
     more.value = canFinal ? "0" : (canPartial ? "1" : "0");
     setOwnDisabled(capture, !(hasLot && (canFinal || canPartial)));
-    capture.dataset.summary = stable && reading ? (reading.value + " " + reading.unit + (canPartial ? " (+)" : "")) : "";
-    var outOfBand = stable && (where === "above" || (where === "below" && !multiple));
+    capture.dataset.summary = usable && reading ? (reading.value + " " + reading.unit + (canPartial ? " (+)" : "")) : "";
+    var outOfBand = usable && (where === "above" || (where === "below" && !multiple));
     outButton.hidden = !(outOfBand && hasLot);
     setOwnDisabled(outButton, !(outOfBand && hasLot));
     if (outButton.hidden) { outButton.dataset.ownDisabled = "true"; }
@@ -478,15 +497,23 @@
     try { sessionStorage.setItem("kiosk:refetch", "1"); } catch (e) { /* ignore */ }
     window.location.assign(body.dataset.refetch || window.location.pathname);
   }
-  var checking = false;
+  // A refused connection means the server is gone: offline at once. A ping that is only slow
+  // (a busy server) counts as offline the second time in a row, so a slow moment does not flash
+  // the banner and reload the screen under the operator's fingers.
+  var checking = false, slowPings = 0;
   function checkServer() {
     if (checking) { return; }
     checking = true;
     var ctl = window.AbortController ? new AbortController() : null;
-    var timer = setTimeout(function () { if (ctl) { ctl.abort(); } }, 1200);
+    var timedOut = false;
+    var timer = setTimeout(function () { timedOut = true; if (ctl) { ctl.abort(); } }, 1200);
     fetch("/kiosk/ping", { cache: "no-store", credentials: "same-origin", signal: ctl ? ctl.signal : undefined })
-      .then(function (r) { setOnline(r.ok); })
-      .catch(function () { setOnline(false); })
+      .then(function (r) { slowPings = 0; setOnline(r.ok); })
+      .catch(function () {
+        if (!timedOut) { slowPings = 0; setOnline(false); return; }
+        slowPings += 1;
+        if (slowPings >= 2) { setOnline(false); }
+      })
       .then(function () { clearTimeout(timer); checking = false; });
   }
   setInterval(checkServer, 700);
@@ -524,10 +551,7 @@
       var text = over ? i18n.over : (min !== null && elapsed < min ? i18n.remaining + " " + fmt(min - elapsed) : i18n.done);
       cd.className = over ? "abnormal" : "";
       cd.innerHTML = "";
-      var icon = document.createElement("span");
-      icon.className = "icon"; icon.setAttribute("aria-hidden", "true");
-      icon.textContent = over ? "⚠" : (min !== null && elapsed < min ? "⏱" : "✓");
-      cd.appendChild(icon);
+      cd.appendChild(iconEl(over ? "warning" : (min !== null && elapsed < min ? "timer" : "check")));
       cd.appendChild(document.createTextNode(" " + text));
     };
     tick();

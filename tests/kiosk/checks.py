@@ -192,6 +192,20 @@ POSITION_JS = _VISIBLE + """
 """
 
 
+FONT_ICONS_JS = """
+() => [...document.querySelectorAll('.icon, [data-icon]')]
+  .filter(el => !el.closest('template'))
+  .filter(el => !el.querySelector('svg') || el.textContent.trim() !== '')
+  .map(el => el.outerHTML.slice(0, 120))
+"""
+
+
+def font_icons(page: Any) -> list[str]:
+    """Rule 3's icons render everywhere: every ``.icon`` is an inline SVG, none a font glyph
+    (which shows as an empty box on a kiosk without a symbol or emoji font)."""
+    return list(page.evaluate(FONT_ICONS_JS))
+
+
 def targets(page: Any, ppi: int = DEFAULT_PPI, dpr: int = DEFAULT_DPR) -> list[str]:
     """Rule 1: every visible control is big enough and far enough from the next one."""
     found = page.evaluate(TARGETS_JS, [CONTROLS, min_target_px(ppi, dpr), min_gap_px(ppi, dpr)])

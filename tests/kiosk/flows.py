@@ -182,7 +182,8 @@ def message(k: Any) -> str:
 def wait_step_changed(k: Any, before: str, timeout: float = 10_000) -> None:
     """Wait until the header no longer shows ``before`` as the step position (or the screen changed)."""
     until(k.page, 
-        """before => { const s = document.body.dataset.screen; if (s !== 'step') return true;
+        """before => { if (!document.body) return false;  // between two pages
+           const s = document.body.dataset.screen; if (s !== 'step') return true;
            const el = document.querySelector('#batch-header [data-field=step-position]');
            return el && el.innerText.trim() !== before; }""", arg=before, timeout=timeout)
 

@@ -260,12 +260,13 @@ class Kiosk:
                                     arg=list(names), timeout=timeout)
         return self.screen()
 
-    def shot(self, label: str) -> Path:
-        """Screenshot the page into the artifacts folder (one file per screen, size and label)."""
+    def shot(self, label: str, full_page: bool = True) -> Path:
+        """Screenshot the page into the artifacts folder (one file per screen, size and label);
+        ``full_page=False``: only what the viewport shows (what the operator sees without scrolling)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
         path = ARTIFACTS / f"{self.size}-{safe}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        self.page.screenshot(path=str(path), full_page=full_page)
         self.shots.append(path.name)
         return path
 
@@ -305,8 +306,10 @@ class Kiosk:
             self.goto("/kiosk/")
             self.wait_screen("login")
         self.page.wait_for_selector(".keypad:visible")
+        until(self.page, "() => window.__kioskReady === true")  # keys before the script binds are lost
         self.scan_until(badge, "b => document.querySelector('input[name=badge]').value === b")
         self.keypad(pin)
+        until(self.page, "n => (document.querySelector('[data-field=pin]') || {}).innerText.length === n", arg=len(pin))
         self.page.locator(".primary:visible").first.click()
         try:
             until(self.page, "document.body && document.body.dataset.screen !== 'login'", timeout=10_000)

@@ -76,6 +76,7 @@ def measure(open_kiosk: Callable[..., Any], server: KioskServer, size: str, scre
             result["hover_reveals"] = hover_sweep(k.page)
             result["position"] = checks.position(k.page)
             result["number_inputs"] = k.page.locator("input[type=number]").count()
+            result["font_icons"] = checks.font_icons(k.page)
             # script errors and CSP refusals (an HTTP status such as the login page's 401 is not one)
             result["console"] = [c for c in k.console if "Failed to load resource" not in c]
             cache[key] = result
@@ -168,6 +169,12 @@ def test_rule8_where_you_are_and_one_primary_action(open_kiosk, server, size, sc
         assert re.fullmatch(rf"Step {where['k']} of {where['n']}", pos["step_position"]), (pos, where)
         assert "Olivia Operator" in pos["operator"] or "op1" in pos["operator"], pos
         assert "KIOSK-01" in pos["terminal"], pos
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_rule3_icons_are_inline_svg(open_kiosk, server, size, screen, cache) -> None:
+    """An icon next to an alarm's text must render on any kiosk: inline SVG, never a font glyph."""
+    _ok(measure(open_kiosk, server, size, screen, cache)["font_icons"], f"font-glyph icons on {screen} at {size}")
 
 
 @pytest.mark.parametrize("screen", SCREENS)
