@@ -1,7 +1,8 @@
 """Benchmark: batch step completion through the HTTP API (the production server, ``mes run``:
 gunicorn with threaded workers, in its own process on loopback; real database) with 1, 10
 and 30 batches running at once (one thread, operator and kiosk per
-batch), p50/p99 per level, beside a bare database commit measured in the same run. The
+batch), p50/p99 per level, beside a bare database commit and an empty request to the same
+server (``/healthz``: the HTTP floor) measured in the same run. The
 recipe has only instruction and numeric steps, so the measurement is the completion path
 itself (authenticate, lock batch and step, check order and version, record, audit, refresh
 states, commit).
@@ -226,6 +227,10 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
             _drive(base, seeded["kiosks"][0], "B0", next(wos), [], warm_errors := [], threading.Barrier(1))
             if warm_errors:
                 raise RuntimeError(warm_errors[0])
+            # the floor of any request through this server and client: an empty GET
+            http = requests.Session()
+            floor = percentiles(timed(lambda: http.get(f"{base}/healthz", timeout=10).raise_for_status(),
+                                      max(50, steps * 5)))
             for level in levels:
                 paced[str(level)] = _level(base, seeded, wos, level, think_ms / 1000)
             for level in levels:
@@ -253,7 +258,8 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
     return {
         "benchmark": "execution", "db": backend, "steps_per_batch": steps, "batches": levels,
         "think_ms": think_ms, "server": f"mes run, {workers} worker(s), 32 threads", "step_completion": paced, "step_completion_saturated": saturated,
-        "bare_commit": bare,
+        "bare_commit": bare, "http_floor_healthz": floor,
+        "ratio_p50_to_http_floor_p50": {k: ratio(v["p50_ms"], floor["p50_ms"]) for k, v in paced.items()},
         "ratio_p50_to_bare_commit_p50": {k: ratio(v["p50_ms"], bare["p50_ms"]) for k, v in paced.items()},
         "ratio_p99_to_bare_commit_p99": {k: ratio(v["p99_ms"], bare["p99_ms"]) for k, v in paced.items()},
         "target": {"p99_ms_at_max_batches": 20.0, "met": top["p99_ms"] <= 20.0},
