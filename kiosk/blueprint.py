@@ -38,7 +38,9 @@ from mes.recipes import model as rm
 from mes.signatures.operations import Credentials
 from mes.users import operations as users
 from mes.users.permissions import Permission as P
-from mes.web import csrf_token, current_terminal, endpoint, establish_session, limit_login, principal, problem
+from mes.web import (
+    csrf_token, current_terminal, endpoint, establish_session, leave_session_cookie_alone, limit_login, principal, problem,
+)
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", template_folder="templates")
 STATIC = HERE / "static"
@@ -144,7 +146,8 @@ def panel_css() -> Response:
 @bp.get("/ping")
 @endpoint(public="the connection banner's heartbeat; says nothing but that the server answers", tags=("kiosk",))
 def ping() -> Response:
-    """Heartbeat for the connection banner (does not extend a session)."""
+    """Heartbeat for the connection banner (does not extend a session, never sets the cookie)."""
+    leave_session_cookie_alone()
     return Response('{"ok":true}', mimetype="application/json")
 
 

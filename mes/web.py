@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from mes.audit.log import Actor
@@ -341,9 +342,27 @@ CSP = (
 )
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a response marked with
+    :func:`leave_session_cookie_alone` never sets the cookie. A permanent session is otherwise
+    re-sent on every response, so a heartbeat that was in flight during a log-in, answered
+    after it, would put the pre-log-in cookie back and silently log the operator out."""
+
+    def should_set_cookie(self, app: Flask, session: Any) -> bool:
+        if g.get("mes_leave_session_cookie") and not session.modified:
+            return False
+        return bool(super().should_set_cookie(app, session))
+
+
+def leave_session_cookie_alone() -> None:
+    """This response must not (re-)set the session cookie (heartbeats, polls)."""
+    g.mes_leave_session_cookie = True
+
+
 def init_app(app: Flask) -> None:
-    """Error handlers, security headers and the log-in rate limiter."""
+    """Error handlers, security headers, the session cookie and the log-in rate limiter."""
     app.extensions["mes_login_limiter"] = LoginRateLimiter()
+    app.session_interface = _SessionInterface()
 
     @app.before_request
     def _fresh_request_state() -> None:

@@ -129,6 +129,19 @@ def test_badge_login_refusals_are_sentences_and_record_nothing_of_the_pin(app: F
     assert 'data-field="operator">Operator One<' in k.page
 
 
+def test_the_heartbeat_never_sets_the_session_cookie(app: Flask, world: eh.World) -> None:
+    """A permanent session is re-sent on every response; a heartbeat that was in flight during
+    a log-in and answered after it would put the pre-log-in cookie back (a silent log-out).
+    The heartbeat sets no cookie; an ordinary page still refreshes it."""
+    k = Kiosk(app.test_client(), world.seeded.kiosk)
+    k.login("B-operator", "2468")
+    assert screen(k.page) == "lines"
+    ping = k.client.get("/kiosk/ping", headers=k.headers)
+    assert ping.status_code == 200 and "Set-Cookie" not in ping.headers
+    assert "Set-Cookie" in k.client.get("/kiosk/", headers=k.headers, follow_redirects=True).headers
+    assert screen(k.get("/kiosk/").get_data(as_text=True)) == "lines"  # still logged in
+
+
 def test_language_follows_the_badge(app: Flask, world: eh.World) -> None:
     pack_batch(world)
     k = Kiosk(app.test_client(), world.seeded.kiosk)

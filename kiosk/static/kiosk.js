@@ -507,7 +507,8 @@
     var ctl = window.AbortController ? new AbortController() : null;
     var timedOut = false;
     var timer = setTimeout(function () { timedOut = true; if (ctl) { ctl.abort(); } }, 1200);
-    fetch("/kiosk/ping", { cache: "no-store", credentials: "same-origin", signal: ctl ? ctl.signal : undefined })
+    // no cookie either way: a heartbeat answered after a log-in must not put the old session back
+    fetch("/kiosk/ping", { cache: "no-store", credentials: "omit", signal: ctl ? ctl.signal : undefined })
       .then(function (r) { slowPings = 0; setOnline(r.ok); })
       .catch(function () {
         if (!timedOut) { slowPings = 0; setOnline(false); return; }
