@@ -83,6 +83,10 @@ def test_read_returns_fresh_data_not_a_backlog(link: str) -> None:
         async with aandd(link) as (sim, scale):
             await wait_until(lambda: len(scale.transport._frames) >= 3, what="a backlog")
             sim.balance.set_weight("99.99")
+            # count the simulator's replies between two frames: a frame the simulator has
+            # begun to send (and counted) but that has not fully arrived is fresh, not backlog
+            arrived = len(scale.transport._frames)
+            await wait_until(lambda: len(scale.transport._frames) > arrived, what="the next frame")
             sent = sim.stats.replies
             reading = await scale.read()
             assert sim.stats.replies > sent
