@@ -366,7 +366,7 @@ def do_step(batch_id: str, step_id: str) -> Any:
             version = int(request.form.get("expected_version", ""))
         except ValueError:
             raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
-        key = f"{who.user.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+        key = f"{who.user_id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
         if request.form.get("action") == "start":  # starts a timer: nothing is recorded but the start time
             ex.start_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, key, version)
             _publish(b.id, b.line, step_id)
@@ -378,7 +378,7 @@ def do_step(batch_id: str, step_id: str) -> Any:
         if isinstance(spec, rm.SignatureStep):
             _check_signer(who.user, payload, request.form.get("esig_ack") == "1")
         result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, payload, key, version,
-                                  session_row=who.session, readings=reading_store(current_app),
+                                  session_row=lambda: who.session, readings=reading_store(current_app),
                                   max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
     except MESError as exc:
         from mes.db import db

@@ -11,7 +11,7 @@ import mes.models  # noqa: F401  (every model and signable record type)
 from mes import observability, web
 from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
-from mes.db import db, engine_options, tune_sqlite_engine
+from mes.db import db, engine_options, ping_idle_connections, tune_sqlite_engine
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the MES web app: settings from ``MES_*`` variables, overridden by ``config``."""
@@ -31,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         tune_sqlite_engine(db.engine)
+        ping_idle_connections(db.engine)
     install_guard()
     AuditLog().init_app(app)  # one per app: it caches the key and the last checkpoint
     observability.init_app(app)

@@ -9,12 +9,14 @@ appends anyway).
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, Engine, MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, registry
 from sqlalchemy.types import TypeDecorator
 
@@ -101,10 +103,39 @@ def read_only_session() -> Iterator[Session]:
 
 
 def engine_options(url: str) -> dict[str, Any]:
-    """Engine keyword arguments per backend."""
+    """Engine keyword arguments per backend (a server database's pooled connections are
+    checked after they sat idle, see :func:`ping_idle_connections`)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    return {"pool_size": 10, "max_overflow": 20}
+
+
+#: A pooled connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_S = 5
+
+
+def ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled server connection before use only when it sat idle for
+    :data:`PING_AFTER_IDLE_S` (SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one
+    extra round trip per request). A connection dropped while idle (database restart,
+    firewall) is replaced before the request uses it; one in constant use proves itself
+    with every statement, and a failure mid-request is an error the caller sees."""
+    if engine.dialect.name == "sqlite":
+        return
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["mes_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("mes_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # noqa: BLE001 - any failure: the pool reconnects
+            raise DisconnectionError("an idle pooled connection failed its ping") from exc
 
 
 def install_refusal_triggers(op: Any, table: str, *, immutable: bool) -> None:

@@ -117,8 +117,8 @@ def _connect(auth: Any = None) -> None:
     # Roles are kept for this connection only (Flask-SocketIO keeps its own copy of the
     # session): watching is checked against them without a database round trip.
     session["live_roles"] = sorted(who.roles)
-    session["live_user"] = who.user.id
-    flask_socketio.join_room(f"user:{who.user.id}")
+    session["live_user"] = who.user_id
+    flask_socketio.join_room(f"user:{who.user_id}")
 
 
 def _may_watch(permission_name: str) -> bool:

@@ -60,23 +60,50 @@ class Access:
 
 @dataclass
 class Principal:
-    """The authenticated caller of this request."""
+    """The authenticated caller of this request.
 
-    user: User
-    session: UserSession | None = None
-    token: ApiToken | None = None
-    terminal: Terminal | None = None
+    Built from the ids, name and roles that authentication read (one Core query for a
+    session, see :func:`mes.users.operations.resolve_session`); the ORM rows of the user,
+    the session and the terminal load on first use, so a request that only needs the
+    actor (a step completion) builds none of them."""
+
+    user_id: str
+    full_name: str
     roles: set[str] = field(default_factory=set)
+    session_id: str | None = None
+    token: ApiToken | None = None
+    terminal_id: str | None = None
+    _user: User | None = field(default=None, repr=False)
+    _session: UserSession | None = field(default=None, repr=False)
+
+    @property
+    def user(self) -> User:
+        if self._user is None:
+            self._user = db.session.get(User, self.user_id)
+        return self._user  # type: ignore[return-value]
+
+    @property
+    def session(self) -> UserSession | None:
+        """The log-in's row, or None for an API token."""
+        if self._session is None and self.session_id is not None:
+            self._session = db.session.get(UserSession, self.session_id)
+        return self._session
+
+    @property
+    def terminal(self) -> Terminal | None:
+        return current_terminal() if self.terminal_id is not None else None
 
     def actor(self, permission: Permission | None = None) -> Actor:
         """The Actor for audit entries, acting in the role that grants ``permission``."""
+        names = sorted(self.roles)
         role = None
         if permission is not None:
             from mes.users.permissions import MATRIX
 
-            role = next((r for r in sorted(self.roles) if r in {x.value for x in MATRIX[permission]}), None)
-        terminal = self.terminal.id if self.terminal else (f"api:{self.token.id}" if self.token else None)
-        return users.actor_for(self.user, role, terminal)
+            role = next((r for r in names if r in {x.value for x in MATRIX[permission]}), None)
+        terminal = self.terminal_id or (f"api:{self.token.id}" if self.token else None)
+        return Actor(id=self.user_id, name=self.full_name, role=role or (names[0] if names else "none"),
+                     terminal=terminal)
 
 
 def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response:
@@ -95,20 +122,38 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
 # ------------------------------------------------------------------- terminals
 
 
+def _terminal_credentials() -> tuple[str, str] | None:
+    """The terminal id and key the request presents (header, else the enrolment cookie)."""
+    header = request.headers.get("X-MES-Terminal")
+    if header and ":" in header:
+        tid, _, key = header.partition(":")
+        return tid.strip(), key.strip()
+    if session.get("terminal"):
+        tid, key = session["terminal"]
+        return tid, key
+    return None
+
+
 def current_terminal() -> Terminal | None:
     """The registered terminal this request comes from (header or enrolment cookie)."""
     if "mes_terminal" in g:
         return g.mes_terminal
-    terminal = None
-    header = request.headers.get("X-MES-Terminal")
-    if header and ":" in header:
-        tid, _, key = header.partition(":")
-        terminal = users.authenticate_terminal(tid.strip(), key.strip())
-    elif session.get("terminal"):
-        tid, key = session["terminal"]
-        terminal = users.authenticate_terminal(tid, key)
+    if "mes_terminal_id" in g:  # authenticated with the session (see _principal): just load it
+        terminal = db.session.get(Terminal, g.mes_terminal_id) if g.mes_terminal_id is not None else None
+    else:
+        creds = _terminal_credentials()
+        terminal = users.authenticate_terminal(*creds) if creds else None
+        g.mes_terminal_id = terminal.id if terminal else None
     g.mes_terminal = terminal
     return terminal
+
+
+def current_terminal_id() -> str | None:
+    """The id of :func:`current_terminal`, without loading its row when already known."""
+    if "mes_terminal_id" in g:
+        return g.mes_terminal_id
+    terminal = current_terminal()
+    return terminal.id if terminal else None
 
 
 # ------------------------------------------------------------------ principal
@@ -119,22 +164,32 @@ def _principal() -> Principal:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
         token = users.authenticate_token(auth[7:].strip())
-        return Principal(user=token.user, token=token, terminal=current_terminal(), roles=token.user.role_names())
+        user = token.user
+        return Principal(user_id=user.id, full_name=user.full_name, roles=user.role_names(), token=token,
+                         terminal_id=current_terminal_id(), _user=user)
     sid = session.get("sid")
     if not sid:
         raise AuthenticationFailed("Log in first.")
     last = session.get("last")
     last_dt = datetime.fromtimestamp(last, timezone.utc) if isinstance(last, (int, float)) else None
     try:
-        row = users.resolve_session(sid, last_dt)
+        live = users.resolve_session(sid, last_dt)
     except SessionExpired:
         session.pop("sid", None)
         raise
-    terminal = current_terminal()
-    if row.terminal_id is not None and (terminal is None or terminal.id != row.terminal_id):
-        raise SessionExpired("This session belongs to another terminal; log in again.")
+    if live.terminal_id is not None:
+        # a session opened on a terminal is used only from that terminal, checked against
+        # the row the session query joined (no second query)
+        creds = _terminal_credentials()
+        if creds is None or not live.terminal_matches(*creds):
+            raise SessionExpired("This session belongs to another terminal; log in again.")
+        g.mes_terminal_id = live.terminal_id
+        terminal_id: str | None = live.terminal_id
+    else:
+        terminal_id = current_terminal_id()
     session["last"] = time.time()
-    return Principal(user=row.user, session=row, terminal=terminal, roles=row.user.role_names())
+    return Principal(user_id=live.user_id, full_name=live.full_name, roles=set(live.roles), session_id=live.id,
+                     terminal_id=terminal_id)
 
 
 def principal() -> Principal:
@@ -231,7 +286,7 @@ def endpoint(
             if access.permission is not None:
                 who = _principal()
                 g.principal = who
-                if who.session is not None and request.method in UNSAFE_METHODS:
+                if who.session_id is not None and request.method in UNSAFE_METHODS:
                     _check_csrf()
                 if not allowed(who.roles, access.permission):
                     raise Forbidden(f"Your role may not do this ({access.permission.value}).")
@@ -239,7 +294,7 @@ def endpoint(
                     raise Forbidden(f"The API token lacks the scope {access.permission.value}.")
             elif request.method in UNSAFE_METHODS and not request.headers.get("Authorization"):
                 _check_csrf()
-            if access.terminal_required and current_terminal() is None:
+            if access.terminal_required and current_terminal_id() is None:
                 raise TerminalRequired("This action must come from a registered, active terminal.")
             if access.request_schema is not None:
                 g.body = validated_body(access.request_schema)
@@ -367,7 +422,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _fresh_request_state() -> None:
         # g lives in the app context, which tests (and CLI code) may keep across requests.
-        for key in ("mes_terminal", "principal", "body"):
+        for key in ("mes_terminal", "mes_terminal_id", "principal", "body"):
             g.pop(key, None)
         if request.method in ("GET", "HEAD") and db.engine.dialect.name == "sqlite" and not db.session().in_transaction():
             # Reads must not queue behind (or hold up) writers on SQLite's single write lock.

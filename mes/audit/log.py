@@ -155,7 +155,21 @@ def audit_log() -> AuditLog:
 
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(ADVISORY_LOCK_KEY)})")
+
+
+#: Merkle frontiers of recent log ends, by (seq, leaf hash). A leaf hash covers its entry,
+#: which names the previous leaf, so (seq, leaf) fixes every earlier leaf and therefore the
+#: frontier: an entry here is right for any database whose last entry matches, committed
+#: or not, and spares the node query on every append of a busy process.
+_FRONTIERS: dict[tuple[int, bytes], dict[tuple[int, int], bytes]] = {}
+_FRONTIERS_KEPT = 64
+
+
+def _remember_frontier(seq: int, leaf: bytes, frontier: dict[tuple[int, int], bytes]) -> None:
+    if len(_FRONTIERS) >= _FRONTIERS_KEPT:
+        _FRONTIERS.clear()
+    _FRONTIERS[(seq, leaf)] = frontier
 
 
 def _head(session: Session) -> _Head | None:
@@ -169,10 +183,14 @@ def _head(session: Session) -> _Head | None:
     if row is None:
         return None
     seq, leaf, at = row
+    leaf = bytes(leaf)
     if isinstance(at, str):  # SQLite hands back its stored text
         at = datetime.fromisoformat(at)
     at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
-    return _Head(seq, bytes(leaf), at, _node_getter(session)(merkle.frontier(seq + 1)))
+    frontier = _FRONTIERS.get((seq, leaf))
+    if frontier is None:
+        frontier = _node_getter(session)(merkle.frontier(seq + 1))
+    return _Head(seq, leaf, at, frontier)
 
 
 def _node_getter(session: Session):
@@ -245,6 +263,7 @@ def record(
     conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
     known = {**frontier, **{(l, i): h for l, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
+    _remember_frontier(seq, leaf, new_head.frontier)
     session.info["audit_head"] = new_head
     session.info["audit_appended"] = True
     if event is not None:

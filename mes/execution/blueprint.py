@@ -172,7 +172,7 @@ def _key() -> str:
     if not key:
         raise ValidationFailed("The Idempotency-Key header is required.", field="Idempotency-Key")
     who = principal()
-    return f"{who.user.id}:{key}"
+    return f"{who.user_id}:{key}"
 
 
 @bp.post(f"{API}/batches/<batch_id>/steps/<step_id>/start")
@@ -190,7 +190,7 @@ def complete_step(batch_id: str, step_id: str) -> Response:
     scale (``device_id``); the server takes the weight from the gateway's latest reading."""
     who = principal()
     return jsonify(ops.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, g.body.get("payload") or {},
-                                     _key(), g.body["expected_version"], session_row=who.session,
+                                     _key(), g.body["expected_version"], session_row=lambda: who.session,
                                      readings=reading_store(current_app),
                                      max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000))))
 

@@ -21,6 +21,7 @@ terminals racing on one step exactly one wins and the other gets :class:`Conflic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -29,7 +30,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import defer
 from sqlalchemy.exc import IntegrityError
 
@@ -76,6 +77,9 @@ DEFAULT_MAX_READING_AGE_MS = 3000
 NOT_CLEAN = ("dirty", "clean_expired")
 OUT_OF_CALIBRATION = ("not_calibrated", "calibration_failed", "calibration_expired")
 OPEN_BATCH = (BatchStatus.CREATED.value, BatchStatus.IN_PROGRESS.value)
+#: The signer's session for a signature step: the row, or a function that loads it (only a
+#: signature step calls it, so other completions never load the session row).
+SessionSource = UserSession | Callable[[], UserSession | None] | None
 
 
 def clock() -> datetime:
@@ -208,11 +212,42 @@ def cancel_work_order(actor: Actor, work_order_id: str, reason: str) -> WorkOrde
     return wo
 
 
-def _locked_batch(batch_id: str) -> Batch:
-    """The batch row, locked, without its control recipe document (the engine uses the
-    cached control recipe, checked by hash; the document is loaded only if read)."""
-    row = db.session.execute(select(Batch).where(Batch.id == batch_id).options(defer(Batch.control_recipe))
-                             .with_for_update().execution_options(populate_existing=True)).scalar()
+@functools.cache
+def _stmt(name: str) -> Any:
+    """The completion path's statements, built once: SQLAlchemy then finds each compiled
+    form by the statement object's memoised cache key instead of rebuilding the statement
+    and its key on every request (values go in as bound parameters)."""
+    b, s, d = Batch.__table__, BatchStep.__table__, Deviation.__table__
+    if name == "lock_batch":
+        return select(b.c.id, b.c.work_order_id, b.c.recipe_version_id, b.c.recipe_hash, b.c.batch_size, b.c.unit,
+                      b.c.status, b.c.line, b.c.version).where(b.c.id == bindparam("batch_id")).with_for_update()
+    if name == "open_steps":
+        return select(*(s.c[c] for c in _OPEN_STEP_COLUMNS)).where(
+            s.c.batch_id == bindparam("batch_id"), s.c.state != StepState.COMPLETED.value).order_by(s.c.seq)
+    if name == "blockers":
+        return select(d.c.id, d.c.severity, d.c.description, d.c.step_seq).where(
+            d.c.batch_id == bindparam("batch_id"), d.c.status == "open", d.c.severity.in_(BLOCKING))
+    if name == "write_step":
+        return s.update().where(s.c.id == bindparam("b_id"), s.c.version == bindparam("b_expected")).values(
+            state=bindparam("b_state"), version=bindparam("b_version"), started_at=bindparam("b_started_at"),
+            completed_at=bindparam("b_completed_at"), completed_by=bindparam("b_completed_by"),
+            result=bindparam("b_result", type_=s.c.result.type))
+    if name == "move_step":
+        return s.update().where(s.c.id == bindparam("b_id")).values(state=bindparam("b_state"))
+    if name == "insert_request":
+        return insert(StepRequest.__table__)
+    if name == "insert_records":
+        return insert(StepRecord.__table__)
+    raise KeyError(name)
+
+
+def _locked_batch(batch_id: str) -> Any:
+    """The batch row, locked, as a read-only row of the columns the engine uses (not the
+    control recipe document: the engine uses the cached control recipe, checked by hash).
+    Read through SQLAlchemy Core on the completion path: the ORM's identity map and unit of
+    work cost more than the rest of a completion; what changes the batch loads it with
+    :func:`_locked`."""
+    row = db.session.connection().execute(_stmt("lock_batch"), {"batch_id": batch_id}).first()
     if row is None:
         raise NotFound(f"Batch {batch_id} is not known.")
     return row
@@ -260,11 +295,56 @@ def steps_of(batch_id: str, *, fresh: bool = False) -> list[BatchStep]:
     return list(db.session.execute(stmt).scalars())
 
 
-def _open_steps(batch_id: str) -> list[BatchStep]:
-    """The batch's steps not completed yet, fresh, in document order."""
-    return list(db.session.execute(
-        select(BatchStep).where(BatchStep.batch_id == batch_id, BatchStep.state != StepState.COMPLETED.value)
-        .order_by(BatchStep.seq).execution_options(populate_existing=True)).scalars())
+@dataclass(slots=True)
+class OpenStep:
+    """A step not completed yet, as the completion path reads it (Core, no identity map).
+
+    Same attribute names as :class:`BatchStep`, so the ordering rules and the step handlers
+    take either; its changes are written back by :func:`_write_step_changes`."""
+
+    id: str
+    batch_id: str
+    step_id: str
+    seq: int
+    kind: str
+    title: str
+    up_index: int
+    stage_index: int
+    op_index: int
+    step_index: int
+    state: str
+    attempt: int
+    version: int
+    started_at: datetime | None
+    completed_at: datetime | None = None
+    completed_by: str | None = None
+    result: dict[str, Any] | None = None
+
+
+_OPEN_STEP_COLUMNS = ("id", "batch_id", "step_id", "seq", "kind", "title", "up_index", "stage_index", "op_index",
+                      "step_index", "state", "attempt", "version", "started_at")
+
+
+def _open_steps(batch_id: str) -> list[OpenStep]:
+    """The batch's steps not completed yet, in document order (read under the batch lock)."""
+    return [OpenStep(*row) for row in db.session.connection().execute(_stmt("open_steps"), {"batch_id": batch_id})]
+
+
+def _write_step_changes(step: OpenStep, expected_version: int, rows: list[OpenStep],
+                        states_before: dict[str, str]) -> None:
+    """Write the completed (or recorded) step and the states the refresh changed, in two
+    statements; the batch row lock serialises every change of the batch's steps."""
+    conn = db.session.connection()
+    done = conn.execute(_stmt("write_step"), {
+        "b_id": step.id, "b_expected": expected_version, "b_state": step.state, "b_version": step.version,
+        "b_started_at": step.started_at, "b_completed_at": step.completed_at, "b_completed_by": step.completed_by,
+        "b_result": step.result})
+    if done.rowcount != 1:  # cannot happen under the batch lock; never write over a change
+        raise Conflict(f"Step {step.step_id} was changed by someone else at the same moment; reload it.")
+    moved = [{"b_id": r.id, "b_state": r.state} for r in rows
+             if r is not step and r.state != states_before[r.id]]
+    if moved:
+        conn.execute(_stmt("move_step"), moved)
 
 
 def get_step(batch_id: str, step_id: str) -> BatchStep:
@@ -318,9 +398,10 @@ def start_batch(actor: Actor, work_order_id: str, *, batch_id: str | None = None
 # ---------------------------------------------------------------------- step ordering
 
 
-def _blocking_deviations(batch_id: str) -> list[Deviation]:
-    return list(db.session.execute(select(Deviation).where(
-        Deviation.batch_id == batch_id, Deviation.status == "open", Deviation.severity.in_(BLOCKING))).scalars())
+def _blocking_deviations(batch_id: str) -> list[Any]:
+    """The batch's open major/critical deviations (id, severity, description, step_seq rows)."""
+    db.session.flush()  # a Core read does not autoflush: see deviations raised or closed in this transaction
+    return list(db.session.connection().execute(_stmt("blockers"), {"batch_id": batch_id}))
 
 
 def _blocker_for(step: BatchStep, blockers: list[Deviation]) -> Deviation | None:
@@ -398,7 +479,7 @@ class _Ctx:
     spec: rm.Step
     payload: dict[str, Any]
     now: datetime
-    session_row: UserSession | None = None
+    session_row: SessionSource = None
     readings: ReadingStore | None = None
     max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS
     records: list[StepRecord] = field(default_factory=list)
@@ -462,7 +543,7 @@ def _commit_request(key: str) -> None:
 
 
 def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], idempotency_key: str,
-                  expected_version: int, *, session_row: UserSession | None = None,
+                  expected_version: int, *, session_row: SessionSource = None,
                   readings: ReadingStore | None = None,
                   max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
     """Complete (or, for a weigh step with ``more``, add one container to) a step.
@@ -515,7 +596,7 @@ def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _Refus
 
 
 def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str, expected_version: int,
-              session_row: UserSession | None, readings: ReadingStore | None = None,
+              session_row: SessionSource, readings: ReadingStore | None = None,
               max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
     """One completion, in the order that keeps the locks short: the batch row (it serialises
     every change of the batch, so the step rows need no lock of their own), the steps and
@@ -540,8 +621,8 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
         return replay
 
 
-def _complete_locked(actor: Actor, batch: Batch, step_id: str, payload: dict[str, Any], key: str,
-                     expected_version: int, session_row: UserSession | None, readings: ReadingStore | None,
+def _complete_locked(actor: Actor, batch: Any, step_id: str, payload: dict[str, Any], key: str,
+                     expected_version: int, session_row: SessionSource, readings: ReadingStore | None,
                      max_reading_age_ms: int) -> dict[str, Any]:
     batch_id = batch.id
     rows = _open_steps(batch_id)  # ordering and states depend only on the steps not completed yet
@@ -560,6 +641,7 @@ def _complete_locked(actor: Actor, batch: Batch, step_id: str, payload: dict[str
     HANDLERS[step.kind](ctx)
     comment = payload.get("comment")
     before_state = step.state
+    states_before = {r.id: r.state for r in rows}
     for rec in ctx.records:
         rec.comment = comment if isinstance(comment, str) and comment.strip() else None
     step.version += 1
@@ -581,11 +663,15 @@ def _complete_locked(actor: Actor, batch: Batch, step_id: str, payload: dict[str
         result["deviations"] = [d.id for d in deviations]
     ready = _refresh(batch, rows, blockers + [d for d in deviations if d.severity in BLOCKING])
     result["ready"] = ready
-    db.session.add(StepRequest(key=key, batch_id=batch_id, batch_step_id=step.id, action="complete",
-                               actor_id=actor.id, outcome="ok", result=result, created_at=ctx.now))
+    _write_step_changes(step, expected_version, rows, states_before)
+    conn = db.session.connection()
+    conn.execute(_stmt("insert_request"), {
+        "key": key, "batch_id": batch_id, "batch_step_id": step.id, "action": "complete", "actor_id": actor.id,
+        "outcome": "ok", "result": result, "created_at": ctx.now})
     for effect in ctx.effects:  # consumption, produced lot, equipment status: same transaction
         effect()
-    db.session.add_all(ctx.records)
+    if ctx.records:
+        conn.execute(_stmt("insert_records"), [_record_row(r) for r in ctx.records])
     record(actor, "batch.step.completed" if ctx.complete else "batch.step.recorded", ("batch_step", step.id),
            batch=batch_id, before={"state": before_state, "version": expected_version},
            after={"state": step.state, "version": step.version, "kind": step.kind, "attempt": step.attempt,
@@ -594,13 +680,20 @@ def _complete_locked(actor: Actor, batch: Batch, step_id: str, payload: dict[str
     for dev in deviations:
         _record_deviation(actor, dev)
     if ctx.complete and all(r.state == StepState.COMPLETED.value for r in rows):
-        _complete_batch(actor, batch, ctx.now)
-        result["batch_state"] = batch.status
+        result["batch_state"] = _complete_batch(actor, _locked(Batch, batch_id), ctx.now)
     db.session.commit()
     return result
 
 
-def _complete_batch(actor: Actor, batch: Batch, now: datetime) -> None:
+def _record_row(r: StepRecord) -> dict[str, Any]:
+    """The column values of a new step record (written with one Core insert per completion)."""
+    return {"id": r.id, "batch_id": r.batch_id, "batch_step_id": r.batch_step_id, "attempt": r.attempt,
+            "kind": r.kind, "value": r.value, "unit": r.unit, "data": r.data, "flags": list(r.flags or []),
+            "comment": r.comment, "corrects": r.corrects, "superseded_by": r.superseded_by, "reason": r.reason,
+            "recorded_at": r.recorded_at, "recorded_by": r.recorded_by}
+
+
+def _complete_batch(actor: Actor, batch: Batch, now: datetime) -> str:
     batch.status, batch.completed_at, batch.version = BatchStatus.COMPLETED.value, now, batch.version + 1
     record(actor, "batch.completed", ("batch", batch.id), batch=batch.id,
            before={"status": BatchStatus.IN_PROGRESS.value}, after={"status": batch.status},
@@ -608,6 +701,7 @@ def _complete_batch(actor: Actor, batch: Batch, now: datetime) -> None:
                        {"batch_id": batch.id, "work_order_id": batch.work_order_id, "completed_at": _at(now)},
                        correlation_id=batch.work_order_id, time=now))
     _release_claims(actor, batch.id)
+    return batch.status
 
 
 def claimed_equipment(batch_id: str) -> list[str]:
@@ -955,12 +1049,13 @@ def batch_step_record(batch_step_id: str) -> dict[str, Any]:
 
 def _signature(ctx: _Ctx) -> None:
     spec: rm.SignatureStep = ctx.spec  # type: ignore[assignment]
-    if ctx.session_row is None:
+    session_row = ctx.session_row() if callable(ctx.session_row) else ctx.session_row
+    if session_row is None:
         raise Forbidden("A signature step is signed by a person in an interactive session.")
     from mes.audit.blueprint import credentials_from
 
     creds = credentials_from(ctx.payload)
-    user = ctx.session_row.user
+    user = session_row.user
     role = next((r for r in spec.roles if r in user.role_names()), None)
     if role is None:
         raise Forbidden(f"This signature needs the role {' or '.join(spec.roles)}.")
@@ -974,7 +1069,7 @@ def _signature(ctx: _Ctx) -> None:
             raise Conflict("Second-person verification must be done by a different person than the one who "
                            f"performed {', '.join(earlier)}.")
         performed_by = sorted(people)[0] if people else None
-    entry = esig.sign(ctx.session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
+    entry = esig.sign(session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
                       terminal=ctx.actor.terminal, batch=ctx.batch.id, performed_by=performed_by,
                       permission=Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN,
                       comment=ctx.payload.get("comment"), commit=False)

@@ -116,7 +116,7 @@ def auth_change_password() -> Response:
 def auth_esig_ack() -> Response:
     """Acknowledge that your electronic signature binds like a handwritten one (Part 11 §11.100(c))."""
     who = principal()
-    ops.acknowledge_esig_accountability(who.user.id, who.terminal.id if who.terminal else None)
+    ops.acknowledge_esig_accountability(who.user_id, who.terminal.id if who.terminal else None)
     return jsonify({"acknowledged": True})
 
 

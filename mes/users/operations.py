@@ -8,13 +8,14 @@ never look at the web request, so the web layer and the CLI are thin shells over
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from sqlalchemy import bindparam, select
 
 from mes.audit.log import Actor, record
 from mes.db import db, utcnow
@@ -324,26 +325,58 @@ def _open_session(user: User, terminal: Terminal | None, method: str) -> tuple[U
     return session_row, secret
 
 
-def resolve_session(secret: str, last_activity: datetime | None) -> UserSession:
-    """The live session for a cookie secret; ends it (audited) if idle too long."""
-    # one round trip on every request: the session, its user with their roles, its terminal
-    row = db.session.execute(
-        select(UserSession).where(UserSession.id == hashing.digest(secret))
-        .options(joinedload(UserSession.user).joinedload(User.roles), joinedload(UserSession.terminal))
-    ).unique().scalar_one_or_none()
-    if row is None or row.ended_at is not None:
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A live log-in as every request checks it: the session, its user's name, state and
+    roles, and its terminal's state and key hash, read in one Core query without building
+    ORM objects (it runs on every request; the ORM rows load only when a view asks)."""
+
+    id: str
+    user_id: str
+    full_name: str
+    roles: frozenset[str]
+    terminal_id: str | None
+    terminal_kind: str | None
+    terminal_active: bool
+    terminal_key_hash: str | None
+
+    def terminal_matches(self, terminal_id: str, key: str) -> bool:
+        """Whether ``terminal_id``/``key`` authenticate this session's own, active terminal."""
+        return (self.terminal_id is not None and terminal_id == self.terminal_id and self.terminal_active
+                and self.terminal_key_hash is not None and hashing.digest_matches(self.terminal_key_hash, key))
+
+
+@functools.cache
+def _live_session_stmt() -> Any:
+    s, u, r, t = UserSession.__table__, User.__table__, UserRole.__table__, Terminal.__table__
+    return (select(s.c.id, s.c.user_id, s.c.terminal_id, s.c.ended_at, u.c.full_name,
+                   u.c.active.label("user_active"), u.c.locked, r.c.role, t.c.kind.label("terminal_kind"),
+                   t.c.active.label("terminal_active"), t.c.key_hash.label("terminal_key_hash"))
+            .select_from(s.join(u, u.c.id == s.c.user_id).outerjoin(r, r.c.user_id == u.c.id)
+                         .outerjoin(t, t.c.id == s.c.terminal_id))
+            .where(s.c.id == bindparam("sid")))
+
+
+def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
+    """The live session for a cookie secret; ends it (audited) if idle too long or if its
+    account can no longer be used."""
+    sid = hashing.digest(secret)
+    rows = db.session.connection().execute(_live_session_stmt(), {"sid": sid}).all()
+    if not rows or rows[0].ended_at is not None:
         raise SessionExpired("The session has ended; log in again.")
-    kind = row.terminal
-    user = row.user
-    if not user.active or user.locked:
-        end_session(row, "account_unusable")
+    first = rows[0]
+    if not first.user_active or first.locked:
+        end_session(db.session.get(UserSession, sid), "account_unusable")
         raise SessionExpired("This account can no longer be used; log in again.")
     policy = Policy.current()
-    idle = policy.kiosk_idle if kind and kind.kind == TerminalKind.KIOSK.value else policy.workstation_idle
+    idle = policy.kiosk_idle if first.terminal_kind == TerminalKind.KIOSK.value else policy.workstation_idle
     if last_activity is not None and utcnow() - last_activity > idle:
-        end_session(row, "idle_timeout")
+        end_session(db.session.get(UserSession, sid), "idle_timeout")
         raise SessionExpired("The session timed out after inactivity; log in again.")
-    return row
+    return LiveSession(id=sid, user_id=first.user_id, full_name=first.full_name,
+                       roles=frozenset(row.role for row in rows if row.role is not None),
+                       terminal_id=first.terminal_id, terminal_kind=first.terminal_kind,
+                       terminal_active=bool(first.terminal_active), terminal_key_hash=first.terminal_key_hash)
 
 
 def end_session(row: UserSession, reason: str) -> None:

@@ -1,0 +1,52 @@
+"""mes/db.py: the connection pool replaces a connection that died while idle, without
+pinging the ones in constant use."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from mes import db as mes_db
+from mes.db import db
+
+
+def _backend_pid(conn) -> int | None:
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.execute(text("SELECT pg_backend_pid()")).scalar()
+
+
+def test_a_connection_killed_while_idle_is_replaced_before_use(app: Flask, monkeypatch) -> None:
+    with app.app_context():
+        engine = db.engine
+        engine.dispose()  # the pool holds exactly the one connection below
+        with engine.connect() as conn:
+            pid = _backend_pid(conn)
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        if pid is not None:
+            # the database ends the pooled connection (a restart or a firewall would, too)
+            admin = create_engine(engine.url, poolclass=NullPool)
+            with admin.connect() as other:
+                assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            admin.dispose()
+        monkeypatch.setattr(mes_db, "PING_AFTER_IDLE_S", 0)  # it has sat idle long enough
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            assert pid is None or _backend_pid(conn) != pid
+
+
+def test_a_connection_in_constant_use_is_not_pinged(app: Flask, monkeypatch) -> None:
+    with app.app_context():
+        engine = db.engine
+        pings: list[object] = []
+        real = engine.dialect.do_ping
+        monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or real(c))
+        for _ in range(5):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        assert pings == []
+        monkeypatch.setattr(mes_db, "PING_AFTER_IDLE_S", 0)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert len(pings) == (1 if engine.dialect.name == "postgresql" else 0)
