@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Engine, MetaData, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import Connection, DateTime, Engine, MetaData, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, registry
 from sqlalchemy.types import TypeDecorator
 
@@ -89,6 +89,57 @@ def tune_sqlite_engine(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get("mes_read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """Send the statements executed inside in one round trip where the driver can
+    (psycopg's pipeline mode on PostgreSQL); elsewhere they run one by one as usual.
+
+    Inside, run only statements whose results are not read through SQLAlchemy (writes);
+    a query whose rows are needed goes through a driver cursor, fetched after the block.
+    A database error surfaces when the block ends, as SQLAlchemy's exception class for it
+    (an ``IntegrityError`` stays an ``IntegrityError``)."""
+    if conn.dialect.driver != "psycopg":
+        yield
+        return
+    import psycopg
+
+    try:
+        with conn.connection.driver_connection.pipeline():
+            yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+def driver_queries(conn: Connection, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
+    """Run read queries (SQL with ``?`` placeholders) through the driver and return their
+    rows, as the driver gives them (no SQLAlchemy type processing: timestamps may be
+    SQLite text, booleans SQLite integers).
+
+    On PostgreSQL they go in one round trip, with the transaction's ``BEGIN`` if it is
+    still to be sent; each runs after the one before it finished, so a ``FOR UPDATE``
+    first makes the later reads see everything committed before its lock was granted.
+    For the few queries on every request, where SQLAlchemy's result machinery costs more
+    than the query."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.driver != "psycopg":
+        cursor = driver.cursor()
+        return [cursor.execute(sql, params).fetchall() for sql, params in queries]
+    cursors = [driver.cursor() for _ in queries]
+    with pipelined(conn):
+        for cursor, (sql, params) in zip(cursors, queries):
+            cursor.execute(sql.replace("?", "%s"), params)
+    return [cursor.fetchall() for cursor in cursors]
+
+
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """A timestamp read through the driver, as :class:`UTCDateTime` returns it."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite's stored text (naive UTC)
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @contextmanager

@@ -17,16 +17,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, current_app
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import Executable, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from mes.audit import canonical, checkpoint as notes, keys, merkle
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
-from mes.db import db, utcnow
+from mes.db import db, pipelined, utcnow
 from mes.integration.models import OutboxEvent
 
 ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
@@ -153,9 +153,12 @@ def audit_log() -> AuditLog:
 # --------------------------------------------------------------------------- append
 
 
+_LOCK_SQL = f"SELECT pg_advisory_xact_lock({int(ADVISORY_LOCK_KEY)})"
+
+
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(ADVISORY_LOCK_KEY)})")
+        session.connection().exec_driver_sql(_LOCK_SQL)
 
 
 #: Merkle frontiers of recent log ends, by (seq, leaf hash). A leaf hash covers its entry,
@@ -172,14 +175,35 @@ def _remember_frontier(seq: int, leaf: bytes, frontier: dict[tuple[int, int], by
     _FRONTIERS[(seq, leaf)] = frontier
 
 
-def _head(session: Session) -> _Head | None:
-    """Take the append lock and read the end of the log (once per transaction)."""
+_HEAD_SQL = "SELECT seq, leaf_hash, at FROM audit_entries ORDER BY seq DESC LIMIT 1"
+
+
+def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = ()) -> _Head | None:
+    """Take the append lock and read the end of the log (once per transaction).
+
+    ``statements`` (the change's own writes) are sent first, with the lock and the read,
+    in one round trip on PostgreSQL (:func:`~mes.db.pipelined`)."""
+    conn = session.connection()
     cached = session.info.get("audit_head")
     if cached is not None:
+        for stmt, params in statements:
+            conn.execute(stmt, params)
         return cached
-    _lock(session)
-    row = session.connection().exec_driver_sql(
-        "SELECT seq, leaf_hash, at FROM audit_entries ORDER BY seq DESC LIMIT 1").first()
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection
+        with pipelined(conn):
+            for stmt, params in statements:
+                conn.execute(stmt, params)
+            # the lock first: the read after it, a statement of its own, sees every entry
+            # committed before the lock was granted
+            driver.cursor().execute(_LOCK_SQL)
+            cursor = driver.cursor()
+            cursor.execute(_HEAD_SQL)
+        row = cursor.fetchone()
+    else:  # SQLite: BEGIN IMMEDIATE already holds the one write lock
+        for stmt, params in statements:
+            conn.execute(stmt, params)
+        row = conn.exec_driver_sql(_HEAD_SQL).first()
     if row is None:
         return None
     seq, leaf, at = row
@@ -226,11 +250,15 @@ def record(
     signature: dict[str, Any] | None = None,
     event: Event | None = None,
     session: Session | None = None,
+    statements: Sequence[tuple[Executable, Any]] = (),
 ) -> AppendedEntry:
-    """Append one audit entry (and its outbox event) to the caller's transaction."""
+    """Append one audit entry (and its outbox event) to the caller's transaction.
+
+    ``statements``: Core writes of the change this entry records, with their parameters,
+    run before the entry (sent in the same round trip as the log-end read on PostgreSQL)."""
     session = session or db.session
     session.flush()
-    head = _head(session)
+    head = _head(session, statements)
     seq = 0 if head is None else head.seq + 1
     now = utcnow()
     at = now if head is None or now > head.at else head.at + timedelta(microseconds=1)
@@ -253,14 +281,15 @@ def record(
     leaf = merkle.leaf_hash(entry_bytes)
     conn = session.connection()
     sqlite = conn.dialect.paramstyle == "qmark"
-    conn.exec_driver_sql(
-        _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
-        (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]), batch,
-         entry_bytes, leaf),
-    )
     frontier = {} if head is None else head.frontier
     nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
-    conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
+    with pipelined(conn):  # the entry and its tree nodes: one round trip
+        conn.exec_driver_sql(
+            _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
+            (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
+             batch, entry_bytes, leaf),
+        )
+        conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
     known = {**frontier, **{(l, i): h for l, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)

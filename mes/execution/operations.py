@@ -31,13 +31,12 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from sqlalchemy import bindparam, func, insert, select
-from sqlalchemy.orm import defer
 from sqlalchemy.exc import IntegrityError
 
 from mes.audit import canonical
 from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry, AuditReview
-from mes.db import db, utcnow
+from mes.db import as_utc, db, driver_queries, utcnow
 from mes.equipment import operations as equipment
 from mes.errors import Conflict, Forbidden, MESError, NotFound, ValidationFailed
 from mes.execution import recipes_store
@@ -212,23 +211,47 @@ def cancel_work_order(actor: Actor, work_order_id: str, reason: str) -> WorkOrde
     return wo
 
 
+@dataclass(slots=True)
+class OpenStep:
+    """A step not completed yet, as the completion path reads it (Core, no identity map).
+
+    Same attribute names as :class:`BatchStep`, so the ordering rules and the step handlers
+    take either; its changes are written back by :func:`_write_step_changes`."""
+
+    id: str
+    batch_id: str
+    step_id: str
+    seq: int
+    kind: str
+    title: str
+    up_index: int
+    stage_index: int
+    op_index: int
+    step_index: int
+    state: str
+    attempt: int
+    version: int
+    started_at: datetime | None
+    completed_at: datetime | None = None
+    completed_by: str | None = None
+    result: dict[str, Any] | None = None
+
+
+_OPEN_STEP_COLUMNS = ("id", "batch_id", "step_id", "seq", "kind", "title", "up_index", "stage_index", "op_index",
+                      "step_index", "state", "attempt", "version", "started_at")
+
+
 @functools.cache
 def _stmt(name: str) -> Any:
     """The completion path's statements, built once: SQLAlchemy then finds each compiled
     form by the statement object's memoised cache key instead of rebuilding the statement
     and its key on every request (values go in as bound parameters)."""
-    b, s, d = Batch.__table__, BatchStep.__table__, Deviation.__table__
-    if name == "lock_batch":
-        return select(b.c.id, b.c.work_order_id, b.c.recipe_version_id, b.c.recipe_hash, b.c.batch_size, b.c.unit,
-                      b.c.status, b.c.line, b.c.version).where(b.c.id == bindparam("batch_id")).with_for_update()
-    if name == "open_steps":
-        return select(*(s.c[c] for c in _OPEN_STEP_COLUMNS)).where(
-            s.c.batch_id == bindparam("batch_id"), s.c.state != StepState.COMPLETED.value).order_by(s.c.seq)
+    s, d = BatchStep.__table__, Deviation.__table__
     if name == "blockers":
         return select(d.c.id, d.c.severity, d.c.description, d.c.step_seq).where(
             d.c.batch_id == bindparam("batch_id"), d.c.status == "open", d.c.severity.in_(BLOCKING))
     if name == "write_step":
-        return s.update().where(s.c.id == bindparam("b_id"), s.c.version == bindparam("b_expected")).values(
+        return s.update().where(s.c.id == bindparam("b_id")).values(
             state=bindparam("b_state"), version=bindparam("b_version"), started_at=bindparam("b_started_at"),
             completed_at=bindparam("b_completed_at"), completed_by=bindparam("b_completed_by"),
             result=bindparam("b_result", type_=s.c.result.type))
@@ -241,16 +264,57 @@ def _stmt(name: str) -> Any:
     raise KeyError(name)
 
 
-def _locked_batch(batch_id: str) -> Any:
-    """The batch row, locked, as a read-only row of the columns the engine uses (not the
-    control recipe document: the engine uses the cached control recipe, checked by hash).
-    Read through SQLAlchemy Core on the completion path: the ORM's identity map and unit of
-    work cost more than the rest of a completion; what changes the batch loads it with
-    :func:`_locked`."""
-    row = db.session.connection().execute(_stmt("lock_batch"), {"batch_id": batch_id}).first()
-    if row is None:
+@dataclass(frozen=True, slots=True)
+class LockedBatch:
+    """The batch row as the completion path reads it, under its lock (not the control
+    recipe document: the engine uses the cached control recipe, checked by hash)."""
+
+    id: str
+    work_order_id: str
+    recipe_version_id: str
+    recipe_hash: str
+    batch_size: str
+    unit: str
+    status: str
+    line: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """An open major/critical deviation, as the ordering rules read it."""
+
+    id: str
+    severity: str
+    description: str
+    step_seq: int | None
+
+
+_READ_FOR_COMPLETION = (
+    "SELECT id, work_order_id, recipe_version_id, recipe_hash, batch_size, unit, status, line, version "
+    "FROM batches WHERE id = ?",
+    f"SELECT {', '.join(_OPEN_STEP_COLUMNS)} FROM batch_steps "
+    f"WHERE batch_id = ? AND state <> '{StepState.COMPLETED.value}' ORDER BY seq",
+    "SELECT id, severity, description, step_seq FROM deviations "
+    f"WHERE batch_id = ? AND status = 'open' AND severity IN ({', '.join(repr(s) for s in BLOCKING)})",
+)
+
+
+def _read_for_completion(batch_id: str) -> tuple[LockedBatch, list[OpenStep], list[Blocker]]:
+    """Lock the batch row, then read its open steps and its open blocking deviations.
+
+    Three statements in one round trip on PostgreSQL (:func:`~mes.db.driver_queries`: the
+    reads see everything committed before the lock was granted)."""
+    db.session.flush()
+    conn = db.session.connection()
+    lock_sql, steps_sql, blockers_sql = _READ_FOR_COMPLETION
+    if conn.dialect.name == "postgresql":
+        lock_sql += " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE already holds the one write lock
+    found, steps, blockers = driver_queries(conn, [(sql, (batch_id,)) for sql in (lock_sql, steps_sql, blockers_sql)])
+    if not found:
         raise NotFound(f"Batch {batch_id} is not known.")
-    return row
+    return (LockedBatch(*found[0]), [OpenStep(*row[:-1], as_utc(row[-1])) for row in steps],
+            [Blocker(*row) for row in blockers])
 
 
 def _locked(model: Any, key: str) -> Any:
@@ -295,56 +359,17 @@ def steps_of(batch_id: str, *, fresh: bool = False) -> list[BatchStep]:
     return list(db.session.execute(stmt).scalars())
 
 
-@dataclass(slots=True)
-class OpenStep:
-    """A step not completed yet, as the completion path reads it (Core, no identity map).
-
-    Same attribute names as :class:`BatchStep`, so the ordering rules and the step handlers
-    take either; its changes are written back by :func:`_write_step_changes`."""
-
-    id: str
-    batch_id: str
-    step_id: str
-    seq: int
-    kind: str
-    title: str
-    up_index: int
-    stage_index: int
-    op_index: int
-    step_index: int
-    state: str
-    attempt: int
-    version: int
-    started_at: datetime | None
-    completed_at: datetime | None = None
-    completed_by: str | None = None
-    result: dict[str, Any] | None = None
-
-
-_OPEN_STEP_COLUMNS = ("id", "batch_id", "step_id", "seq", "kind", "title", "up_index", "stage_index", "op_index",
-                      "step_index", "state", "attempt", "version", "started_at")
-
-
-def _open_steps(batch_id: str) -> list[OpenStep]:
-    """The batch's steps not completed yet, in document order (read under the batch lock)."""
-    return [OpenStep(*row) for row in db.session.connection().execute(_stmt("open_steps"), {"batch_id": batch_id})]
-
-
-def _write_step_changes(step: OpenStep, expected_version: int, rows: list[OpenStep],
-                        states_before: dict[str, str]) -> None:
-    """Write the completed (or recorded) step and the states the refresh changed, in two
-    statements; the batch row lock serialises every change of the batch's steps."""
-    conn = db.session.connection()
-    done = conn.execute(_stmt("write_step"), {
-        "b_id": step.id, "b_expected": expected_version, "b_state": step.state, "b_version": step.version,
-        "b_started_at": step.started_at, "b_completed_at": step.completed_at, "b_completed_by": step.completed_by,
-        "b_result": step.result})
-    if done.rowcount != 1:  # cannot happen under the batch lock; never write over a change
-        raise Conflict(f"Step {step.step_id} was changed by someone else at the same moment; reload it.")
-    moved = [{"b_id": r.id, "b_state": r.state} for r in rows
-             if r is not step and r.state != states_before[r.id]]
+def _step_writes(step: OpenStep, rows: list[OpenStep], states_before: dict[str, str]) -> list[tuple[Any, Any]]:
+    """The statements that write the completed (or recorded) step and the states the
+    refresh changed; the batch row lock serialises every change of the batch's steps, so
+    the step is written as read under it."""
+    writes: list[tuple[Any, Any]] = [(_stmt("write_step"), {
+        "b_id": step.id, "b_state": step.state, "b_version": step.version, "b_started_at": step.started_at,
+        "b_completed_at": step.completed_at, "b_completed_by": step.completed_by, "b_result": step.result})]
+    moved = [{"b_id": r.id, "b_state": r.state} for r in rows if r is not step and r.state != states_before[r.id]]
     if moved:
-        conn.execute(_stmt("move_step"), moved)
+        writes.append((_stmt("move_step"), moved))
+    return writes
 
 
 def get_step(batch_id: str, step_id: str) -> BatchStep:
@@ -608,9 +633,8 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
     step's version moved on with the first one, so the repeat is refused before it writes,
     and only then is its key looked up and the first answer returned; two requests with one
     key at the same moment collide on the key's primary key at commit (see complete_step)."""
-    batch = _locked_batch(batch_id)
     try:
-        return _complete_locked(actor, batch, step_id, payload, key, expected_version, session_row, readings,
+        return _complete_locked(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
                                 max_reading_age_ms)
     except MESError:
         db.session.rollback()  # what this attempt wrote is gone; only a committed first request counts
@@ -621,16 +645,15 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
         return replay
 
 
-def _complete_locked(actor: Actor, batch: Any, step_id: str, payload: dict[str, Any], key: str,
+def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str,
                      expected_version: int, session_row: SessionSource, readings: ReadingStore | None,
                      max_reading_age_ms: int) -> dict[str, Any]:
-    batch_id = batch.id
-    rows = _open_steps(batch_id)  # ordering and states depend only on the steps not completed yet
+    # ordering and states depend only on the steps not completed yet
+    batch, rows, blockers = _read_for_completion(batch_id)
     step = next((r for r in rows if r.step_id == step_id), None)
     if step is None:
         get_step(batch_id, step_id)  # NotFound, else it is completed
         raise Conflict(f"Step {step_id} is already completed.", step_state=StepState.COMPLETED.value)
-    blockers = _blocking_deviations(batch_id)
     _check_can_act(batch, step, rows, blockers)
     if step.version != expected_version:
         raise Conflict(f"Step {step_id} changed (version {step.version}, you had {expected_version}); reload it.",
@@ -663,20 +686,21 @@ def _complete_locked(actor: Actor, batch: Any, step_id: str, payload: dict[str, 
         result["deviations"] = [d.id for d in deviations]
     ready = _refresh(batch, rows, blockers + [d for d in deviations if d.severity in BLOCKING])
     result["ready"] = ready
-    _write_step_changes(step, expected_version, rows, states_before)
-    conn = db.session.connection()
-    conn.execute(_stmt("insert_request"), {
+    writes = _step_writes(step, rows, states_before)
+    writes.append((_stmt("insert_request"), {
         "key": key, "batch_id": batch_id, "batch_step_id": step.id, "action": "complete", "actor_id": actor.id,
-        "outcome": "ok", "result": result, "created_at": ctx.now})
+        "outcome": "ok", "result": result, "created_at": ctx.now}))
     for effect in ctx.effects:  # consumption, produced lot, equipment status: same transaction
         effect()
     if ctx.records:
-        conn.execute(_stmt("insert_records"), [_record_row(r) for r in ctx.records])
+        writes.append((_stmt("insert_records"), [_record_row(r) for r in ctx.records]))
+    # the step's writes go with the audit entry's lock and log-end read (one round trip on
+    # PostgreSQL); all of it commits or none
     record(actor, "batch.step.completed" if ctx.complete else "batch.step.recorded", ("batch_step", step.id),
            batch=batch_id, before={"state": before_state, "version": expected_version},
            after={"state": step.state, "version": step.version, "kind": step.kind, "attempt": step.attempt,
                   "records": [_record_json(r) for r in ctx.records], "ready": ready,
-                  "deviations": [d.id for d in deviations]})
+                  "deviations": [d.id for d in deviations]}, statements=writes)
     for dev in deviations:
         _record_deviation(actor, dev)
     if ctx.complete and all(r.state == StepState.COMPLETED.value for r in rows):

@@ -8,17 +8,15 @@ never look at the web request, so the web layer and the CLI are thin shells over
 
 from __future__ import annotations
 
-import functools
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
 from mes.audit.log import Actor, record
-from mes.db import db, utcnow
+from mes.db import db, driver_queries, utcnow
 from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -346,37 +344,32 @@ class LiveSession:
                 and self.terminal_key_hash is not None and hashing.digest_matches(self.terminal_key_hash, key))
 
 
-@functools.cache
-def _live_session_stmt() -> Any:
-    s, u, r, t = UserSession.__table__, User.__table__, UserRole.__table__, Terminal.__table__
-    return (select(s.c.id, s.c.user_id, s.c.terminal_id, s.c.ended_at, u.c.full_name,
-                   u.c.active.label("user_active"), u.c.locked, r.c.role, t.c.kind.label("terminal_kind"),
-                   t.c.active.label("terminal_active"), t.c.key_hash.label("terminal_key_hash"))
-            .select_from(s.join(u, u.c.id == s.c.user_id).outerjoin(r, r.c.user_id == u.c.id)
-                         .outerjoin(t, t.c.id == s.c.terminal_id))
-            .where(s.c.id == bindparam("sid")))
+_LIVE_SESSION_SQL = (
+    "SELECT s.id, s.user_id, s.terminal_id, s.ended_at, u.full_name, u.active, u.locked, r.role, "
+    "t.kind, t.active, t.key_hash FROM user_sessions s JOIN users u ON u.id = s.user_id "
+    "LEFT JOIN user_roles r ON r.user_id = u.id LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
 
 
 def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
     """The live session for a cookie secret; ends it (audited) if idle too long or if its
-    account can no longer be used."""
+    account can no longer be used. One query through the driver (with the transaction's
+    ``BEGIN`` in the same round trip on PostgreSQL): it runs on every request."""
     sid = hashing.digest(secret)
-    rows = db.session.connection().execute(_live_session_stmt(), {"sid": sid}).all()
-    if not rows or rows[0].ended_at is not None:
+    [rows] = driver_queries(db.session.connection(), [(_LIVE_SESSION_SQL, (sid,))])
+    if not rows or rows[0][3] is not None:
         raise SessionExpired("The session has ended; log in again.")
-    first = rows[0]
-    if not first.user_active or first.locked:
+    _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash = rows[0]
+    if not user_active or locked:
         end_session(db.session.get(UserSession, sid), "account_unusable")
         raise SessionExpired("This account can no longer be used; log in again.")
     policy = Policy.current()
-    idle = policy.kiosk_idle if first.terminal_kind == TerminalKind.KIOSK.value else policy.workstation_idle
+    idle = policy.kiosk_idle if terminal_kind == TerminalKind.KIOSK.value else policy.workstation_idle
     if last_activity is not None and utcnow() - last_activity > idle:
         end_session(db.session.get(UserSession, sid), "idle_timeout")
         raise SessionExpired("The session timed out after inactivity; log in again.")
-    return LiveSession(id=sid, user_id=first.user_id, full_name=first.full_name,
-                       roles=frozenset(row.role for row in rows if row.role is not None),
-                       terminal_id=first.terminal_id, terminal_kind=first.terminal_kind,
-                       terminal_active=bool(first.terminal_active), terminal_key_hash=first.terminal_key_hash)
+    return LiveSession(id=sid, user_id=user_id, full_name=full_name,
+                       roles=frozenset(row[7] for row in rows if row[7] is not None), terminal_id=terminal_id,
+                       terminal_kind=terminal_kind, terminal_active=bool(terminal_active), terminal_key_hash=key_hash)
 
 
 def end_session(row: UserSession, reason: str) -> None:
