@@ -218,3 +218,31 @@ def test_access_changes_are_audited(app: Flask) -> None:
         select(AuditEntry).where(AuditEntry.action == "user.role.granted")).scalars()]
     assert entries and entries[-1]["actor"]["id"] == "admin1" and entries[-1]["reason"] == "requalified"
     assert entries[-1]["terminal"] == "QA-WS-01"
+
+
+def test_a_session_works_only_from_its_own_active_terminal(app: Flask) -> None:
+    """The terminal check reads the session's terminal in the same query as the session."""
+    seeded = seed()
+    op = logged_in(app.test_client(), seeded, "operator")  # on KIOSK-01
+    assert op.get("/api/v1/auth/me").get_json()["terminal"] == "KIOSK-01"
+    other = {"X-MES-Terminal": f"{seeded.workstation[0]}:{seeded.workstation[1]}"}
+    r = op.get("/api/v1/auth/me", headers=other)
+    assert r.status_code == 401 and r.get_json()["type"].endswith("/session-expired")
+    op = logged_in(app.test_client(), seeded, "operator")
+    wrong_key = {"X-MES-Terminal": f"{seeded.kiosk[0]}:not-the-key"}
+    assert op.get("/api/v1/auth/me", headers=wrong_key).status_code == 401
+    op = logged_in(app.test_client(), seeded, "operator")
+    ops.deactivate_terminal(SEED, "KIOSK-01", "panel PC replaced")
+    assert op.get("/api/v1/auth/me").status_code == 401
+
+
+def test_roles_are_read_on_every_request(app: Flask) -> None:
+    """A role granted (or a user deactivated) counts from the next request of a live session."""
+    seeded = seed()
+    op = logged_in(app.test_client(), seeded, "operator")
+    body = {"item": "FG-1", "quantity": "1", "unit": "kg", "recipe_version_id": "none@1"}
+    assert op.post("/api/v1/work-orders", body).status_code == 403
+    ops.grant_role(SEED, seeded.users["operator"], "supervisor", None, "covers the night shift")
+    assert op.post("/api/v1/work-orders", body).status_code != 403
+    ops.deactivate_user(SEED, seeded.users["operator"], "left the company")
+    assert op.get("/api/v1/auth/me").status_code == 401

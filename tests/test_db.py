@@ -1,10 +1,14 @@
 """mes/db.py: the connection pool replaces a connection that died while idle, without
-pinging the ones in constant use."""
+pinging the ones in constant use; pipelined statements and driver-level reads."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from mes import db as mes_db
@@ -50,3 +54,29 @@ def test_a_connection_in_constant_use_is_not_pinged(app: Flask, monkeypatch) -> 
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         assert len(pings) == (1 if engine.dialect.name == "postgresql" else 0)
+
+
+def test_statements_in_a_pipeline_run_in_order_and_fail_as_sqlalchemy_errors(app: Flask) -> None:
+    with app.app_context():
+        conn = db.session.connection()
+        conn.execute(text("CREATE TEMP TABLE pipeline_probe (id INTEGER PRIMARY KEY, lot TEXT)"))
+        with mes_db.pipelined(conn):
+            conn.execute(text("INSERT INTO pipeline_probe VALUES (1, 'L-1')"))
+            conn.execute(text("UPDATE pipeline_probe SET lot = 'L-2' WHERE id = 1"))
+        first, second = mes_db.driver_queries(conn, [
+            ("SELECT lot FROM pipeline_probe WHERE id = ?", (1,)),
+            ("SELECT count(*) FROM pipeline_probe WHERE lot = ?", ("L-1",))])
+        assert first == [("L-2",)] and second == [(0,)]
+        with pytest.raises(IntegrityError):
+            with mes_db.pipelined(conn):
+                conn.execute(text("INSERT INTO pipeline_probe VALUES (2, 'L-3')"))
+                conn.execute(text("INSERT INTO pipeline_probe VALUES (2, 'L-4')"))
+        db.session.rollback()
+
+
+def test_timestamps_read_through_the_driver_come_back_utc() -> None:
+    aware = datetime(2026, 11, 23, 18, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert mes_db.as_utc(aware) == datetime(2026, 11, 23, 17, 0, tzinfo=timezone.utc)
+    assert mes_db.as_utc("2026-11-23 17:00:00.000001") == datetime(2026, 11, 23, 17, 0, 0, 1, tzinfo=timezone.utc)
+    assert mes_db.as_utc(datetime(2026, 11, 23, 17, 0)).tzinfo is timezone.utc
+    assert mes_db.as_utc(None) is None
