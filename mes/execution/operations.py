@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -290,6 +290,13 @@ class Blocker:
     step_seq: int | None
 
 
+#: What the ordering rules and the step handlers take: the ORM rows, or what the
+#: completion path reads through the driver (same attribute names).
+BatchLike = Batch | LockedBatch
+StepLike = BatchStep | OpenStep
+BlockerLike = Deviation | Blocker
+
+
 _READ_FOR_COMPLETION = (
     "SELECT id, work_order_id, recipe_version_id, recipe_hash, batch_size, unit, status, line, version "
     "FROM batches WHERE id = ?",
@@ -332,7 +339,7 @@ def _locked(model: Any, key: str) -> Any:
 _CONTROL: dict[str, ControlRecipe] = {}
 
 
-def control_recipe(batch: Batch) -> ControlRecipe:
+def control_recipe(batch: BatchLike) -> ControlRecipe:
     """The frozen control recipe of a batch (rebuilt from its master and size, checked by hash)."""
     cached = _CONTROL.get(batch.recipe_hash)
     if cached is None:
@@ -429,23 +436,23 @@ def _blocking_deviations(batch_id: str) -> list[Any]:
     return list(db.session.connection().execute(_stmt("blockers"), {"batch_id": batch_id}))
 
 
-def _blocker_for(step: BatchStep, blockers: list[Deviation]) -> Deviation | None:
+def _blocker_for(step: StepLike, blockers: Sequence[BlockerLike]) -> BlockerLike | None:
     """The open major/critical deviation that blocks ``step``: one raised on an earlier step,
     or on the batch as a whole."""
     return next((d for d in blockers if d.step_seq is None or d.step_seq < step.seq), None)
 
 
-def _precedes(a: BatchStep, b: BatchStep) -> bool:
+def _precedes(a: StepLike, b: StepLike) -> bool:
     if (a.up_index, a.op_index) == (b.up_index, b.op_index):
         return a.step_index < b.step_index
     return (a.up_index, a.stage_index) < (b.up_index, b.stage_index)
 
 
-def open_predecessors(step: BatchStep, rows: list[BatchStep]) -> list[BatchStep]:
+def open_predecessors(step: StepLike, rows: Sequence[StepLike]) -> list[StepLike]:
     return [r for r in rows if r.state != StepState.COMPLETED.value and _precedes(r, step)]
 
 
-def _refresh(batch: Batch, rows: list[BatchStep], blockers: list[Deviation] | None = None) -> list[str]:
+def _refresh(batch: BatchLike, rows: Sequence[StepLike], blockers: Sequence[BlockerLike] | None = None) -> list[str]:
     """Recompute pending/ready/blocked; returns the ids of steps that became ready."""
     if blockers is None:
         blockers = _blocking_deviations(batch.id)
@@ -474,8 +481,8 @@ def _refresh(batch: Batch, rows: list[BatchStep], blockers: list[Deviation] | No
     return became_ready
 
 
-def _check_can_act(batch: Batch, step: BatchStep, rows: list[BatchStep],
-                   blockers: list[Deviation] | None = None) -> None:
+def _check_can_act(batch: BatchLike, step: StepLike, rows: Sequence[StepLike],
+                   blockers: Sequence[BlockerLike] | None = None) -> None:
     if batch.status != BatchStatus.IN_PROGRESS.value:
         raise Conflict(f"Batch {batch.id} is {batch.status}; its steps cannot be done.")
     if step.state == StepState.COMPLETED.value:
@@ -497,9 +504,9 @@ def _check_can_act(batch: Batch, step: BatchStep, rows: list[BatchStep],
 @dataclass
 class _Ctx:
     actor: Actor
-    batch: Batch
-    step: BatchStep
-    rows: list[BatchStep]  # the steps not completed yet
+    batch: LockedBatch
+    step: OpenStep
+    rows: list[OpenStep]  # the steps not completed yet
     control: ControlRecipe
     spec: rm.Step
     payload: dict[str, Any]
@@ -1331,7 +1338,7 @@ def _recompute_yield(actor: Actor, batch: Batch, row: BatchStep, spec: rm.Produc
 # ------------------------------------------------------------------------ deviations
 
 
-def _new_deviation(actor: Actor, batch: Batch, step: BatchStep | None, severity: str, category: str, description: str,
+def _new_deviation(actor: Actor, batch: BatchLike, step: StepLike | None, severity: str, category: str, description: str,
                    evidence: dict[str, Any], *, automatic: bool, commit_record: bool = True) -> Deviation:
     if severity not in {s.value for s in Severity}:
         raise ValidationFailed("The severity is minor, major or critical.", field="severity")

@@ -143,17 +143,51 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     k.page.keyboard.press("Enter")
     k.page.wait_for_timeout(300)
     assert scanned.inner_text() == "-" and k.page.evaluate(bound) == "", "slow typing was read as a scan"
-    k.scan("BOOTH-01")  # a scanner
-    until(k.page, "() => document.querySelector('[data-field=scanned]').innerText === 'BOOTH-01'")
-    assert k.page.evaluate(bound) == "BOOTH-01"
-    forget()
-    k.scan("BOOTH-01")  # the same label again at once: ignored
-    k.page.wait_for_timeout(300)
-    assert scanned.inner_text() == "-", "a duplicate scan within 2 s was not ignored"
+    shown = "() => document.querySelector('[data-field=scanned]').innerText === 'BOOTH-01'"
+    # Each assertion below is made only on a burst whose keys the page received less than
+    # the scanner gap apart (measured in the page): on a loaded machine a real key event can
+    # lag past it, and such a burst is, by the rule, not a scan. A scanner's user would scan
+    # again; so does the test, after the 2 s in which a repeat is ignored.
+    for _ in range(_SCAN_TRIES):
+        forget()
+        if not _scanner_burst(k, "BOOTH-01"):
+            k.page.wait_for_timeout(2100)
+            continue
+        until(k.page, shown)  # a scanner
+        assert k.page.evaluate(bound) == "BOOTH-01"
+        forget()
+        if not _scanner_burst(k, "BOOTH-01"):  # the same label again at once
+            k.page.wait_for_timeout(2100)
+            continue
+        k.page.wait_for_timeout(300)
+        assert scanned.inner_text() == "-", "a duplicate scan within 2 s was not ignored"
+        break
+    else:
+        pytest.fail(f"the browser never delivered a scan's keys less than {_FAST_MS} ms apart")
     k.page.wait_for_timeout(2100)
-    k.scan("BOOTH-01")  # after 2 s it is a new scan
-    until(k.page, "() => document.querySelector('[data-field=scanned]').innerText === 'BOOTH-01'")
+    for _ in range(_SCAN_TRIES):  # after 2 s it is a new scan
+        if _scanner_burst(k, "BOOTH-01"):
+            until(k.page, shown)
+            break
+        k.page.wait_for_timeout(2100)
+    else:
+        pytest.fail(f"the browser never delivered a scan's keys less than {_FAST_MS} ms apart")
     k.shot("scan")
+
+
+_SCAN_TRIES = 4
+_FAST_MS = 50  # below the kiosk's 60 ms scanner gap, with a margin
+
+
+def _scanner_burst(k: Any, code: str) -> bool:
+    """Scan ``code`` (real key events, as fast as the browser takes them, then Enter) and
+    say whether the page received every key less than ``_FAST_MS`` after the one before."""
+    k.page.evaluate("() => { window.__keyTimes = []; if (!window.__keyHook) { window.__keyHook = true; "
+                    "document.addEventListener('keydown', () => window.__keyTimes.push(performance.now()), true); } }")
+    k.scan(code)
+    times = k.page.evaluate("() => window.__keyTimes") or []
+    assert len(times) == len(code) + 1, f"the page saw {len(times)} keys of {len(code) + 1}"
+    return max(b - a for a, b in zip(times, times[1:])) < _FAST_MS
 
 
 # ------------------------------------------------------------------------------ rule 9
