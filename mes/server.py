@@ -54,6 +54,9 @@ def serve(bind: str, workers: int, threads: int, config_file: str | None = None,
         "accesslog": None,
         "errorlog": "-",
         "forwarded_allow_ips": os.environ.get("MES_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # as deploy/gunicorn.conf.py: gunicorn's own 2 s closes a kiosk's idle connection
+        # while it may be sending its next request (a reset the client cannot tell apart)
+        "keepalive": int(os.environ.get("MES_KEEPALIVE", "75")),
         **extra,
     }
     MESServer(options, config_file).run()
