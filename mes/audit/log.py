@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from mes.audit import canonical, checkpoint as notes, keys, merkle
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
-from mes.db import db, pipelined, utcnow
+from mes.db import as_utc, db, pipelined, utcnow
 from mes.integration.models import OutboxEvent
 
 ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
@@ -208,9 +208,7 @@ def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = ()) -
         return None
     seq, leaf, at = row
     leaf = bytes(leaf)
-    if isinstance(at, str):  # SQLite hands back its stored text
-        at = datetime.fromisoformat(at)
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    at = as_utc(at)  # SQLite hands back its stored text
     frontier = _FRONTIERS.get((seq, leaf))
     if frontier is None:
         frontier = _node_getter(session)(merkle.frontier(seq + 1))

@@ -246,10 +246,7 @@ def _stmt(name: str) -> Any:
     """The completion path's statements, built once: SQLAlchemy then finds each compiled
     form by the statement object's memoised cache key instead of rebuilding the statement
     and its key on every request (values go in as bound parameters)."""
-    s, d = BatchStep.__table__, Deviation.__table__
-    if name == "blockers":
-        return select(d.c.id, d.c.severity, d.c.description, d.c.step_seq).where(
-            d.c.batch_id == bindparam("batch_id"), d.c.status == "open", d.c.severity.in_(BLOCKING))
+    s = BatchStep.__table__
     if name == "write_step":
         return s.update().where(s.c.id == bindparam("b_id")).values(
             state=bindparam("b_state"), version=bindparam("b_version"), started_at=bindparam("b_started_at"),
@@ -430,10 +427,11 @@ def start_batch(actor: Actor, work_order_id: str, *, batch_id: str | None = None
 # ---------------------------------------------------------------------- step ordering
 
 
-def _blocking_deviations(batch_id: str) -> list[Any]:
-    """The batch's open major/critical deviations (id, severity, description, step_seq rows)."""
-    db.session.flush()  # a Core read does not autoflush: see deviations raised or closed in this transaction
-    return list(db.session.connection().execute(_stmt("blockers"), {"batch_id": batch_id}))
+def _blocking_deviations(batch_id: str) -> list[Blocker]:
+    """The batch's open major/critical deviations."""
+    db.session.flush()  # a driver read does not autoflush: see deviations raised or closed in this transaction
+    [rows] = driver_queries(db.session.connection(), [(_READ_FOR_COMPLETION[2], (batch_id,))])
+    return [Blocker(*row) for row in rows]
 
 
 def _blocker_for(step: StepLike, blockers: Sequence[BlockerLike]) -> BlockerLike | None:
