@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import socketio
@@ -112,17 +113,69 @@ def test_publish_crosses_web_workers_through_redis(app: Flask, seeded: Seeded) -
         live_b.stop()
 
 
+def _websocket(url: str, headers: dict[str, str] | None = None) -> Any:
+    """A simple-websocket client that keeps the frames which arrive with the 101 response.
+
+    simple-websocket 1.1's ``Client.handshake`` stops at the first wsproto event (the accept)
+    and leaves any frame read in the same ``recv`` in wsproto's buffer, where its reader
+    thread looks only after more bytes arrive. The server sends the Engine.IO open packet
+    straight after the 101, so on a busy machine that packet sat unread until the next
+    frame, and the first ``receive`` timed out. Browsers do not lose it; this client must not.
+    """
+    import simple_websocket
+
+    class Client(simple_websocket.Client):  # type: ignore[misc]
+        def handshake(self) -> None:
+            super().handshake()
+            self._handle_events()  # the frames that came in with the 101, before the reader starts
+
+    return Client.connect(url, headers=headers)
+
+
+def test_a_frame_sent_with_the_101_response_is_received() -> None:
+    """The helper above, against a server that writes the 101 and a frame in one ``send``."""
+    import base64
+    import hashlib
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            frame = b"\x81\x05hello"  # FIN + text, unmasked, 5 bytes
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frame)
+            conn.recv(4096)  # hold the connection until the client closes it
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    ws = _websocket(f"ws://127.0.0.1:{port}/")
+    try:
+        assert ws.receive(timeout=5) == "hello"
+    finally:
+        ws.close()
+        server.join(5)
+        listener.close()
+
+
 def test_the_websocket_transport_works_under_the_threaded_server(app: Flask, seeded: Seeded,
                                                                   live: LiveServer) -> None:
     """What a browser does: Engine.IO over a WebSocket (simple-websocket on the server), then /live."""
     import json
 
-    import simple_websocket
-
     user = LiveUser(live, seeded, "operator")
     cookie = "; ".join(f"{k}={v}" for k, v in user.http.cookies.items())
     url = live.base.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-    ws = simple_websocket.Client.connect(url, headers={"Cookie": cookie, **user.headers})
+    ws = _websocket(url, headers={"Cookie": cookie, **user.headers})
     try:
         opened = ws.receive(timeout=10)
         assert opened.startswith("0") and json.loads(opened[1:])["upgrades"] == []
@@ -141,7 +194,7 @@ def test_the_websocket_transport_works_under_the_threaded_server(app: Flask, see
             "batch_changed", {"batch_id": "B-9", "line": "LINE-1", "step_id": None}]
     finally:
         ws.close()
-    anonymous = simple_websocket.Client.connect(url)
+    anonymous = _websocket(url)
     try:
         anonymous.receive(timeout=10)
         anonymous.send("40/live,")
