@@ -1,9 +1,11 @@
 # Gunicorn configuration for the open-mes web application.
 #
-# `mes run` starts gunicorn with this file; `--bind` / `--workers` given to
-# `mes run` are passed to gunicorn on its command line and override the values
-# computed here. Everything else is tuned through MES_* environment variables
-# (see deploy/systemd/mes.env.example):
+# `mes run` starts gunicorn with this file when it finds it under the working
+# directory (or with --config FILE / MES_GUNICORN_CONFIG=FILE); `--bind`,
+# `--workers` and `--threads` given to `mes run` override the values computed
+# here. Everything else is tuned through MES_* environment variables (see
+# deploy/systemd/mes.env.example); `mes run` checks them before it starts, so a
+# bad value stops it with one line naming the variable:
 #
 #   MES_BIND                  listen address(es), comma separated
 #                             (default 127.0.0.1:8000; "unix:/run/mes/web.sock" works too)
@@ -49,51 +51,11 @@ import traceback
 from gunicorn.glogging import Logger as _GunicornLogger
 
 
-def _env_str(name, default):
-    value = os.environ.get(name, "").strip()
-    return value or default
+# The MES_* values are read and checked in one place, shared with `mes run`
+# without a config file: a bad one raises mes.config.ConfigError naming it.
+from mes.server import options_from_env as _options_from_env
 
-
-def _env_int(name, default, minimum=0, maximum=None):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name}={value} is outside {minimum}..{maximum}")
-    return value
-
-
-def _env_bool(name, default=False):
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean (use 1/0)")
-
-
-def _cpu_count():
-    # Honour CPU affinity / cpusets (containers, systemd CPUAffinity=).
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _workers():
-    raw = os.environ.get("MES_WORKERS", "").strip().lower()
-    if raw == "auto":
-        # Classic 2 x cores, capped: each worker holds its own DB pool and
-        # MES_THREADS threads, and beyond ~8 processes per host the database
-        # connection count grows faster than throughput.
-        return max(1, min(2 * _cpu_count(), 8))
-    return _env_int("MES_WORKERS", 1, minimum=1, maximum=64)
+_env = _options_from_env()
 
 
 # --- Application and sockets -------------------------------------------------
@@ -101,7 +63,7 @@ def _workers():
 # Used when gunicorn is started without an app argument; `mes run` may pass it.
 wsgi_app = "mes.wsgi:app"
 
-bind = [b.strip() for b in _env_str("MES_BIND", "127.0.0.1:8000").split(",") if b.strip()]
+bind = _env["bind"]
 backlog = 2048
 
 # --- Workers -----------------------------------------------------------------
@@ -109,8 +71,8 @@ backlog = 2048
 # gthread: WebSocket-capable with simple-websocket (the socket is taken over
 # by a worker thread for the lifetime of the connection).
 worker_class = "gthread"
-workers = _workers()
-threads = _env_int("MES_THREADS", 50, minimum=1, maximum=1000)
+workers = _env["workers"]
+threads = _env["threads"]
 
 # Total connections per worker (threads + idle keep-alive connections).
 worker_connections = max(1000, threads * 4)
@@ -123,26 +85,26 @@ preload_app = False
 # The arbiter kills a worker whose main loop has not checked in for this long.
 # With gthread the main loop keeps checking in while threads serve long
 # requests or WebSockets, so this catches a hung process, not a slow request.
-timeout = _env_int("MES_WORKER_TIMEOUT", 60, minimum=10)
+timeout = _env["timeout"]
 
 # On SIGTERM (systemctl stop/restart) workers stop accepting and get this long
 # to finish in-flight requests; open WebSockets are then closed and the
 # kiosks reconnect to another instance. Keep systemd's TimeoutStopSec above it.
-graceful_timeout = _env_int("MES_GRACEFUL_TIMEOUT", 30, minimum=1)
+graceful_timeout = _env["graceful_timeout"]
 
 # Must exceed nginx's upstream `keepalive_timeout` (60s in deploy/nginx/mes.conf)
 # so that nginx, not gunicorn, closes idle upstream connections (otherwise
 # nginx can reuse a connection gunicorn is just closing -> sporadic 502).
-keepalive = _env_int("MES_KEEPALIVE", 75, minimum=1)
+keepalive = _env["keepalive"]
 
 # Off by default: recycling a worker drops every WebSocket it holds. Enable
 # (with jitter) only if a memory leak is being worked around.
-max_requests = _env_int("MES_MAX_REQUESTS", 0, minimum=0)
-max_requests_jitter = max_requests // 10
+max_requests = _env["max_requests"]
+max_requests_jitter = _env["max_requests_jitter"]
 
 # Heartbeat file on tmpfs; on a disk-backed /tmp fchmod() can stall workers.
-if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-    worker_tmp_dir = "/dev/shm"
+if "worker_tmp_dir" in _env:
+    worker_tmp_dir = _env["worker_tmp_dir"]
 
 proc_name = "mes-web"
 
@@ -150,10 +112,9 @@ proc_name = "mes-web"
 # $XDG_RUNTIME_DIR or ~/.gunicorn). It allows changing the worker count at run
 # time, so it is opt-in here (set a distinct path per instance, e.g. under the
 # instance's RuntimeDirectory).
-_control_socket = _env_str("MES_CONTROL_SOCKET", "")
-if _control_socket:
-    control_socket = _control_socket
-    control_socket_mode = 0o600
+if "control_socket" in _env:
+    control_socket = _env["control_socket"]
+    control_socket_mode = _env["control_socket_mode"]
 else:
     control_socket_disable = True
 
@@ -162,12 +123,12 @@ else:
 # Only these peers may tell gunicorn the original scheme. nginx runs on the
 # same host in the reference deployment; in containers set the proxy's address
 # or network, never "*" on a port that other hosts can reach.
-forwarded_allow_ips = _env_str("MES_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = _env["forwarded_allow_ips"]
 
 # Trust exactly the one header nginx sets. gunicorn's default also honours
 # X-Forwarded-Protocol / X-Forwarded-Ssl, which nginx passes through from the
 # client untouched.
-secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+secure_scheme_headers = _env["secure_scheme_headers"]
 
 # --- Logging -----------------------------------------------------------------
 # The application logs JSON itself; gunicorn's own messages and (optional)
@@ -231,8 +192,8 @@ class JsonLogger(_GunicornLogger):
 
 logger_class = JsonLogger
 errorlog = "-"  # stderr -> journald / docker logs
-accesslog = "-" if _env_bool("MES_ACCESS_LOG", False) else None
-loglevel = _env_str("MES_LOG_LEVEL", "info").lower()
+accesslog = _env["accesslog"]
+loglevel = os.environ.get("MES_LOG_LEVEL", "").strip().lower() or "info"
 if loglevel not in ("debug", "info", "warning", "error", "critical"):
     loglevel = "info"
 capture_output = False

@@ -305,14 +305,20 @@ def terminals_add(terminal_id: str, kind: str, description: str, line: str | Non
 
 
 @main.command()
-@click.option("--bind", default=lambda: os.environ.get("MES_BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
-@click.option("--workers", type=int, default=lambda: int(os.environ.get("MES_WORKERS", "1")),
-              help="1 per process for Socket.IO long-polling; scale with more processes behind nginx")
-@click.option("--threads", type=int, default=lambda: int(os.environ.get("MES_THREADS", "32")))
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="gunicorn config file")
+@click.option("--bind", help="HOST:PORT or unix:PATH [default: MES_BIND, else 127.0.0.1:8000]")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="worker processes [default: MES_WORKERS, else 1]; 1 per instance for Socket.IO long-polling, "
+                   "scale with more instances behind nginx")
+@click.option("--threads", type=click.IntRange(1, 1000), help="threads per worker [default: MES_THREADS, else 50]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="gunicorn config file [default: MES_GUNICORN_CONFIG, else ./deploy/gunicorn.conf.py if present]")
 @handle_errors
-def run(bind: str, workers: int, threads: int, config_file: str | None) -> None:
+def run(bind: str | None, workers: int | None, threads: int | None, config_file: str | None) -> None:
     """Run the production server (gunicorn, threaded workers, WebSocket-capable)."""
+    from mes.server import config_file_for, options_from_env
+
+    options_from_env()  # a bad MES_* server setting stops here, in one line
+    config_file = config_file_for(config_file)
     app = make_app()
     reachable(app)
     from mes.server import serve
