@@ -1,9 +1,11 @@
 """Benchmark: batch step completion through the HTTP API (the production server, ``mes run``:
 gunicorn with threaded workers, in its own process on loopback; real database) with 1, 10
-and 30 batches running at once (one thread, operator and kiosk per
-batch), p50/p99 per level, beside a bare database commit and an empty request to the same
-server (``/healthz``: the HTTP floor, back to back and at the operators' pace) measured
-in the same run. The
+and 30 batches running at once (one operator and kiosk per batch, each kiosk a client
+process of its own, as each is a machine of its own on the floor, with one keep-alive
+connection as a browser keeps: see :class:`KioskHttp`), p50/p99 per level, beside a bare
+database commit and an empty request to the same server through the same client
+(``/healthz``: the HTTP floor, back to back and at the operators' pace) measured in the
+same run. The
 recipe has only instruction and numeric steps, so the measurement is the completion path
 itself (authenticate, lock batch and step, check order and version, record, audit, refresh
 states, commit).
@@ -19,13 +21,15 @@ Two ways of driving the batches, both reported:
   the server's throughput (completions/s), where the latency is mostly queueing.
 
     python -m tests.bench.execution [--db sqlite|postgresql] [--batches 1,10,30] [--steps 40]
-                                    [--think-ms 1000] [--workers 1]
+                                    [--think-ms 1000] [--workers 1] [--kiosks processes|threads]
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import multiprocessing
 import os
 import random
 import socket
@@ -45,6 +49,7 @@ from tests.bench.common import (
 )
 
 PASSWORD = "Bench-Passw0rd-1"
+DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "gunicorn.conf.py"
 
 
 def recipe_yaml(steps: int) -> str:
@@ -119,16 +124,63 @@ def _seed(steps: int, work_orders: int, operators: int) -> dict[str, Any]:
     return {"kiosks": kiosks, "work_orders": wos}
 
 
+class KioskHttp:
+    """The timed side of a kiosk: one keep-alive HTTP/1.1 connection (``http.client``) that
+    sends what the kiosk's browser sends (session cookie, CSRF token, terminal header,
+    Idempotency-Key, JSON body) and keeps the cookie the server sets.
+
+    The log-in and the batch start go through ``sim_operator`` (``requests``). The timed
+    requests do not: ``requests`` spends about 2 ms of client Python per call (prepared
+    request, cookie jar, urllib3 pool), which would be counted as the server's latency and
+    which a kiosk's browser does not spend. Measured on one kiosk, paced: p50 12.4 ms
+    through ``requests`` against 10.5 ms through this client, for the same completions."""
+
+    def __init__(self, base: str, client: Any = None) -> None:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.client = client
+        self.headers: dict[str, str] = {}
+        self.cookies: dict[str, str] = {}
+        if client is not None:
+            self.headers = {"X-MES-Terminal": client.http.headers["X-MES-Terminal"], "X-CSRF-Token": client.csrf or "",
+                            "Content-Type": "application/json"}
+            self.cookies = dict(client.http.cookies.items())
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        h = {**self.headers, **(headers or {})}
+        if self.cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        self.conn.request(method, path, json.dumps(body) if body is not None else None, h)
+        response = self.conn.getresponse()
+        data = response.read()
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, val = value.split(";", 1)[0].partition("=")
+                self.cookies[key.strip()] = val
+        if response.status >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+    def complete_step(self, batch_id: str, step_id: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/batches/{batch_id}/steps/{step_id}/complete",
+                            {"expected_version": version, "payload": payload},
+                            {"Idempotency-Key": self.client.key()})
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[float], errors: list[str],
            barrier: threading.Barrier, think_s: float = 0.0) -> None:
     """Log in, start the batch, wait for the others, then complete every step in order
     (with ``think_s`` on average between an answer and the next tap)."""
-    from mes.execution.sim_operator import ApiError, Login, login
+    from mes.execution.sim_operator import login, Login
 
     try:
         client = login(base, kiosk, Login(badge=badge, pin="2468"))
         batch = client.post(f"/api/v1/work-orders/{work_order}/batches", {})
         steps = [(s["id"], s["kind"], s["version"]) for s in batch["steps"] if s["kind"] in ("instruction", "numeric")]
+        timed_http = KioskHttp(base, client)
     except Exception as exc:  # noqa: BLE001
         errors.append(f"set-up: {exc}")
         barrier.abort()
@@ -144,25 +196,57 @@ def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[flo
         for step_id, kind, version in steps:
             payload = {"confirm": True} if kind == "instruction" else {"value": "1.5"}
             t = time.perf_counter()
-            out = client.complete_step(batch["id"], step_id, version, payload)
+            out = timed_http.complete_step(batch["id"], step_id, version, payload)
             samples.append(time.perf_counter() - t)
             assert out["state"] == "completed", out
             if think_s:
                 time.sleep(pace.uniform(0.5 * think_s, 1.5 * think_s))
-    except (ApiError, AssertionError, requests.RequestException) as exc:
+    except (AssertionError, RuntimeError, OSError, http.client.HTTPException) as exc:
         errors.append(f"{work_order}: {exc}")
+    finally:
+        timed_http.close()
 
 
-def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: float) -> dict[str, Any]:
-    """``level`` batches at once; their completions' percentiles and the rate achieved."""
+def _kiosk_process(base: str, kiosk: str, badge: str, work_order: str, barrier: Any, think_s: float,
+                   out: Any) -> None:
+    """One kiosk in its own process: drive one batch, send back its samples and errors."""
     samples: list[float] = []
     errors: list[str] = []
-    barrier = threading.Barrier(level)
-    workers = [threading.Thread(target=_drive, args=(base, seeded["kiosks"][n], f"B{n}", next(wos), samples,
-                                                     errors, barrier, think_s)) for n in range(level)]
+    try:
+        _drive(base, kiosk, badge, work_order, samples, errors, barrier, think_s)
+    finally:
+        out.put((samples, errors))
+
+
+def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: float,
+           kiosks_as: str = "processes") -> dict[str, Any]:
+    """``level`` batches at once; their completions' percentiles and the rate achieved.
+
+    Each batch's kiosk runs in its own process by default, as on the floor, where every
+    kiosk is a machine of its own: in one process, 30 client threads would queue for the
+    client's interpreter lock whenever requests coincide, and that queue would be counted
+    as the server's latency. ``kiosks_as="threads"`` keeps them in this process."""
+    samples: list[float] = []
+    errors: list[str] = []
+    if kiosks_as == "threads":
+        barrier: Any = threading.Barrier(level)
+        workers: list[Any] = [threading.Thread(target=_drive, args=(base, seeded["kiosks"][n], f"B{n}", next(wos),
+                                                                    samples, errors, barrier, think_s))
+                              for n in range(level)]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(level)
+        out = ctx.Queue()
+        workers = [ctx.Process(target=_kiosk_process, args=(base, seeded["kiosks"][n], f"B{n}", next(wos), barrier,
+                                                            think_s, out)) for n in range(level)]
     started = time.perf_counter()
     for w in workers:
         w.start()
+    if kiosks_as != "threads":
+        for _ in workers:
+            got, failed = out.get(timeout=600)
+            samples.extend(got)
+            errors.extend(failed)
     for w in workers:
         w.join()
     if errors:
@@ -171,14 +255,14 @@ def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: flo
     return {**percentiles(samples), "completions_per_s": round(len(samples) / elapsed, 1)}
 
 
-def _paced_floor(http: requests.Session, base: str, n: int, think_s: float) -> dict[str, float]:
+def _paced_floor(http: KioskHttp, n: int, think_s: float) -> dict[str, float]:
     """``/healthz`` with the paced operators' pause before each request."""
     pace = random.Random(n)
     samples = []
     for _ in range(n):
         time.sleep(pace.uniform(0.5 * think_s, 1.5 * think_s))
         t = time.perf_counter()
-        http.get(f"{base}/healthz", timeout=10).raise_for_status()
+        http.request("GET", "/healthz")
         samples.append(time.perf_counter() - t)
     return percentiles(samples)
 
@@ -200,7 +284,7 @@ def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen,
                 "MES_LOGIN_RATE_PER_MINUTE": "100000"})
     log = open(home / "server.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen([sys.executable, "-c", "from mes.cli import main; main()", "run", "--bind",
-                             f"127.0.0.1:{port}", "--workers", str(workers)],
+                             f"127.0.0.1:{port}", "--workers", str(workers), "--config", str(DEPLOY_CONFIG)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     base = f"http://127.0.0.1:{port}"
@@ -218,7 +302,8 @@ def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen,
     raise RuntimeError("the server did not answer /healthz within 60 s")
 
 
-def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, workers: int = 1) -> dict:
+def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, workers: int = 1,
+        kiosks_as: str = "processes") -> dict:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     from mes.db import db
 
@@ -243,14 +328,15 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
             # the floor of any request through this server and client: an empty GET, back to
             # back, and at the operators' pace (after a pause the server, the database and the
             # CPUs start from idle: the paced completions pay that too)
-            http = requests.Session()
-            floor = percentiles(timed(lambda: http.get(f"{base}/healthz", timeout=10).raise_for_status(),
+            http = KioskHttp(base)  # the client of the timed completions
+            floor = percentiles(timed(lambda: http.request("GET", "/healthz"),
                                       max(50, steps * 5)))
-            floor_paced = _paced_floor(http, base, max(10, min(steps, 30)), think_ms / 1000)
+            floor_paced = _paced_floor(http, max(10, min(steps, 30)), think_ms / 1000)
+            http.close()
             for level in levels:
-                paced[str(level)] = _level(base, seeded, wos, level, think_ms / 1000)
+                paced[str(level)] = _level(base, seeded, wos, level, think_ms / 1000, kiosks_as)
             for level in levels:
-                saturated[str(level)] = _level(base, seeded, wos, level, 0.0)
+                saturated[str(level)] = _level(base, seeded, wos, level, 0.0, kiosks_as)
             with app.app_context():
                 engine = db.engine
                 seq = iter(range(10**9))
@@ -273,7 +359,10 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
     top = paced[str(max(levels))]
     return {
         "benchmark": "execution", "db": backend, "steps_per_batch": steps, "batches": levels,
-        "think_ms": think_ms, "server": f"mes run, {workers} worker(s), 32 threads", "step_completion": paced, "step_completion_saturated": saturated,
+        "think_ms": think_ms, "server": f"mes run (deploy/gunicorn.conf.py), {workers} worker(s), 50 threads",
+        "kiosks": "one process per batch" if kiosks_as == "processes" else "one thread per batch, one process",
+        "client": "http.client, one keep-alive connection per kiosk (log-in and batch start through requests)",
+        "step_completion": paced, "step_completion_saturated": saturated,
         "bare_commit": bare, "http_floor_healthz": floor, "http_floor_healthz_paced": floor_paced,
         "ratio_p50_to_http_floor_p50": {k: ratio(v["p50_ms"], floor["p50_ms"]) for k, v in paced.items()},
         "ratio_p50_to_paced_http_floor_p50": {k: ratio(v["p50_ms"], floor_paced["p50_ms"])
@@ -291,10 +380,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (mes run --workers)")
     ap.add_argument("--think-ms", type=int, default=1000,
                     help="paced mode: mean pause of an operator between an answer and the next tap")
+    ap.add_argument("--kiosks", choices=["processes", "threads"], default="processes",
+                    help="one client process per batch (as on the floor), or threads in one process")
     args = ap.parse_args()
     levels = [int(x) for x in args.batches.split(",") if x.strip()]
     started = time.perf_counter()
-    result = run(args.db, levels, args.steps, args.think_ms, args.workers)
+    result = run(args.db, levels, args.steps, args.think_ms, args.workers, args.kiosks)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 
