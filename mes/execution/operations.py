@@ -294,13 +294,14 @@ StepLike = BatchStep | OpenStep
 BlockerLike = Deviation | Blocker
 
 
+_BLOCKERS_SQL = ("SELECT id, severity, description, step_seq FROM deviations "
+                 f"WHERE batch_id = ? AND status = 'open' AND severity IN ({', '.join(repr(s) for s in BLOCKING)})")
 _READ_FOR_COMPLETION = (
     "SELECT id, work_order_id, recipe_version_id, recipe_hash, batch_size, unit, status, line, version "
     "FROM batches WHERE id = ?",
     f"SELECT {', '.join(_OPEN_STEP_COLUMNS)} FROM batch_steps "
     f"WHERE batch_id = ? AND state <> '{StepState.COMPLETED.value}' ORDER BY seq",
-    "SELECT id, severity, description, step_seq FROM deviations "
-    f"WHERE batch_id = ? AND status = 'open' AND severity IN ({', '.join(repr(s) for s in BLOCKING)})",
+    _BLOCKERS_SQL,
 )
 
 
@@ -430,7 +431,7 @@ def start_batch(actor: Actor, work_order_id: str, *, batch_id: str | None = None
 def _blocking_deviations(batch_id: str) -> list[Blocker]:
     """The batch's open major/critical deviations."""
     db.session.flush()  # a driver read does not autoflush: see deviations raised or closed in this transaction
-    [rows] = driver_queries(db.session.connection(), [(_READ_FOR_COMPLETION[2], (batch_id,))])
+    [rows] = driver_queries(db.session.connection(), [(_BLOCKERS_SQL, (batch_id,))])
     return [Blocker(*row) for row in rows]
 
 
