@@ -253,13 +253,57 @@ def test_line_states_and_counters_go_to_the_oee_sink() -> None:
         thread.stop()
 
 
+def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order() -> None:
+    """A passing database error must not lose a state change: the sample waits, first in
+    line, and goes with its own time once the service takes samples again; a sample the
+    service refuses outright is dropped and does not block the rest."""
+    from devices.drivers.opcua import PackMLCommand
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.runner import LineSampleRefused
+    from mes.gateway.simulation import Simulation
+
+    machine = PackMLMachine(acting_s=0.1, item_interval_s=0.05, defect_every=5)
+    taken: list[LineSample] = []
+    offered: list[LineSample] = []
+    database_down = threading.Event()
+
+    def sink(sample: LineSample) -> None:
+        offered.append(sample)
+        if sample.state == "stopped" and not any(s.state == "stopped" for s in offered[:-1]):
+            raise LineSampleRefused("the first sample is refused")  # dropped, never offered again
+        if database_down.is_set():
+            raise OSError("connection to the database lost")
+        taken.append(sample)
+
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=sink,
+                      simulation=Simulation(scales=(), machine=machine))
+    thread = GatewayThread(gateway).start(timeout=90)
+    try:
+        wait_for(lambda: offered, timeout=30, what="the first line sample")
+        database_down.set()
+        machine.command(PackMLCommand.RESET)
+        wait_for(lambda: any(s.state == "idle" for s in offered), timeout=20, what="Idle offered")
+        time.sleep(0.5)  # several polls while the service is down
+        assert not any(s.state in ("resetting", "idle") for s in taken)
+        database_down.clear()
+        wait_for(lambda: any(s.state == "idle" for s in taken), timeout=20, what="Idle taken after the outage")
+    finally:
+        thread.stop()
+    states = [s.state for s in taken if s.state]
+    assert "stopped" not in states and states[-1] == "idle"  # "resetting" too, if a poll saw it
+    assert [s.at for s in taken] == sorted(s.at for s in taken)
+    assert len([s for s in offered if s.state == "stopped"]) == 1
+    idle_offers = [s for s in offered if s.state == "idle"]
+    assert len(idle_offers) >= 2 and len({s.at for s in idle_offers}) == 1  # the same sample, its own time
+
+
 def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
     """The real sink: state changes and counters of the simulated PackML line land in the OEE records."""
     from sqlalchemy import select
 
     from devices.drivers.opcua import PackMLCommand
     from devices.sim.opcua import PackMLMachine
-    from mes.db import db
+    from mes.db import read_only_session
     from mes.gateway.service import line_sink
     from mes.gateway.simulation import Simulation
     from mes.oee.models import LineStateInterval
@@ -270,9 +314,11 @@ def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
     thread = GatewayThread(gateway).start(timeout=90)
 
     def states() -> list[str]:
-        db.session.rollback()  # see the gateway's commits
-        return list(db.session.scalars(select(LineStateInterval.state).where(LineStateInterval.line_id == "LINE-1")
-                                       .order_by(LineStateInterval.seq)))
+        # A fresh read-only transaction each poll: it sees the gateway's commits and never
+        # takes SQLite's write lock, which the gateway's writes would otherwise wait for.
+        with read_only_session() as session:
+            return list(session.scalars(select(LineStateInterval.state).where(LineStateInterval.line_id == "LINE-1")
+                                        .order_by(LineStateInterval.seq)))
 
     try:
         wait_for(lambda: states(), timeout=30, what="the first state interval")

@@ -21,6 +21,7 @@ browsers watching the line (``line_state``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -44,12 +45,16 @@ from mes.gateway.config import DeviceSpec
 from mes.gateway.health import HEARTBEAT_S, DeviceState, HealthBoard
 from mes.gateway.store import CapturedReading, ReadingStore
 
-__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "Gateway", "GatewayThread", "LineSample", "outcome"]
+__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "Gateway", "GatewayThread", "LineSample", "LineSampleRefused",
+           "UNSENT_LINE_SAMPLES_MAX", "outcome"]
 
 log = logging.getLogger("mes.gateway")
 
 #: Counters go to the OEE service at most this often (state changes go at once).
 COUNTER_EVERY_S = 10.0
+#: Line samples kept per line while the OEE service cannot take them (a database restart);
+#: beyond this the oldest are dropped, with an error in the log.
+UNSENT_LINE_SAMPLES_MAX = 10_000
 #: Unparseable replies in a row after which the link is reopened.
 MAX_BAD_REPLIES = 5
 #: Redis channel on which web workers send device commands to a separate gateway process.
@@ -70,6 +75,12 @@ class LineSample:
     processed: int | None
     defective: int | None
     stop_reason: str | None
+
+
+class LineSampleRefused(Exception):
+    """Raised by a line sink that will never accept this sample (it is invalid or older
+    than what the service has): the gateway drops it. Any other exception from the sink
+    is taken as passing trouble, and the sample is offered again at the next poll."""
 
 
 def outcome(ok: bool, status: int = 200, slug: str = "ok", detail: str = "", **extra: Any) -> dict[str, Any]:
@@ -111,6 +122,7 @@ class _Device:
         self.last_emit = 0.0
         self.last_line_state: str | None = None
         self.last_counters_at = 0.0
+        self.unsent: collections.deque[LineSample] = collections.deque()
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -320,19 +332,41 @@ class Gateway:
                    "at": status.timestamp.isoformat()}
         if changed or now - device.last_emit >= device.spec.emit_every_s:
             self.emit("line_state", payload, f"line:{line}")
-        if not changed and now - device.last_counters_at < COUNTER_EVERY_S:
-            return
-        device.last_line_state = state
-        device.last_counters_at = now
-        reason = str(status.stop_reason) if status.stop_reason else None
-        sample = LineSample(line_id=line, device_id=device.spec.device_id, at=status.timestamp,
-                            state=state if changed else None, processed=status.processed,
-                            defective=status.defective, stop_reason=reason)
-        if self.line_sink is not None:
+        if changed or now - device.last_counters_at >= COUNTER_EVERY_S:
+            device.last_line_state = state
+            device.last_counters_at = now
+            if self.line_sink is not None:
+                reason = str(status.stop_reason) if status.stop_reason else None
+                self._queue_line_sample(device, LineSample(
+                    line_id=line, device_id=device.spec.device_id, at=status.timestamp,
+                    state=state if changed else None, processed=status.processed,
+                    defective=status.defective, stop_reason=reason))
+        await self._send_line_samples(device, line)
+
+    def _queue_line_sample(self, device: _Device, sample: LineSample) -> None:
+        if len(device.unsent) >= UNSENT_LINE_SAMPLES_MAX:
+            lost = device.unsent.popleft()
+            log.error("line %s: %d samples wait for the OEE service; the oldest (%s) is dropped",
+                      sample.line_id, len(device.unsent) + 1, lost.at.isoformat())
+        device.unsent.append(sample)
+
+    async def _send_line_samples(self, device: _Device, line: str) -> None:
+        """Hand the waiting samples to the OEE service in order. A state change must not be
+        lost to a passing database error: a sample the sink could not take stays first in
+        line and is offered again at the next poll, with its original time."""
+        loop = asyncio.get_running_loop()
+        while device.unsent and self.line_sink is not None:
+            sample = device.unsent[0]
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.line_sink, sample)
+                await loop.run_in_executor(None, self.line_sink, sample)
+            except LineSampleRefused as exc:
+                log.error("line %s: the OEE service refused the sample from %s: %s", line, sample.at.isoformat(), exc)
             except Exception:  # noqa: BLE001 - OEE trouble must not stop the line feed
-                log.exception("line %s: the OEE service refused a sample", line)
+                log.warning("line %s: the OEE service could not take the sample from %s (%d waiting); "
+                            "it is offered again at the next poll", line, sample.at.isoformat(), len(device.unsent),
+                            exc_info=True)
+                return
+            device.unsent.popleft()
 
     # ----------------------------------------------------------------- commands
     async def command(self, device_id: str, action: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:

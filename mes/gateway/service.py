@@ -20,7 +20,15 @@ from flask import Flask
 
 from mes.gateway.config import DeviceSpec, load_gateway_config
 from mes.gateway.health import health_board
-from mes.gateway.runner import COMMAND_CHANNEL, REPLY_PREFIX, Gateway, GatewayThread, LineSample, outcome
+from mes.gateway.runner import (
+    COMMAND_CHANNEL,
+    REPLY_PREFIX,
+    Gateway,
+    GatewayThread,
+    LineSample,
+    LineSampleRefused,
+    outcome,
+)
 from mes.gateway.store import reading_store
 
 __all__ = ["configured_specs", "embedded", "line_sink", "run_foreground", "send_command", "start_embedded"]
@@ -48,11 +56,15 @@ def line_sink(app: Flask) -> Any:
                 warned.append(True)
             return
         from mes.audit.log import Actor
+        from mes.errors import MESError
 
         with app.app_context():
-            record_line_sample(Actor.system("gateway"), sample.line_id, at=sample.at, state=sample.state,
-                               processed=sample.processed, defective=sample.defective,
-                               stop_reason=sample.stop_reason, source=f"gateway:{sample.device_id}")
+            try:
+                record_line_sample(Actor.system("gateway"), sample.line_id, at=sample.at, state=sample.state,
+                                   processed=sample.processed, defective=sample.defective,
+                                   stop_reason=sample.stop_reason, source=f"gateway:{sample.device_id}")
+            except MESError as exc:  # a refusal (invalid, older than the last): sending again cannot help
+                raise LineSampleRefused(str(exc)) from exc
 
     return sink
 
