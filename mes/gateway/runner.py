@@ -12,7 +12,8 @@ value and never the end of the gateway; after several in a row the link is reope
 Line equipment (``mode: packml``, an OPC UA server with PackML state and counters) is
 polled; state changes, and the counters at most every :data:`COUNTER_EVERY_S`, go to the
 OEE service (``mes.oee.operations.record_line_sample``) when it is installed, and to the
-browsers watching the line (``line_state``).
+browsers watching the line (``line_state``). Samples the service cannot take for now (its
+database is restarting) wait in order and go at the next poll with their own time.
 
 :class:`GatewayThread` runs a gateway in a background thread (inside the web server for
 ``mes demo``, and in tests); ``mes gateway`` runs it in the foreground of its own process.
@@ -123,6 +124,7 @@ class _Device:
         self.last_line_state: str | None = None
         self.last_counters_at = 0.0
         self.unsent: collections.deque[LineSample] = collections.deque()
+        self.sink_failing = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -362,11 +364,15 @@ class Gateway:
             except LineSampleRefused as exc:
                 log.error("line %s: the OEE service refused the sample from %s: %s", line, sample.at.isoformat(), exc)
             except Exception:  # noqa: BLE001 - OEE trouble must not stop the line feed
-                log.warning("line %s: the OEE service could not take the sample from %s (%d waiting); "
-                            "it is offered again at the next poll", line, sample.at.isoformat(), len(device.unsent),
-                            exc_info=True)
+                if not device.sink_failing:  # once per outage, not once per poll
+                    log.warning("line %s: the OEE service could not take the sample from %s; samples wait "
+                                "and are offered again at every poll", line, sample.at.isoformat(), exc_info=True)
+                device.sink_failing = True
                 return
             device.unsent.popleft()
+            if device.sink_failing:
+                device.sink_failing = False
+                log.warning("line %s: the OEE service takes samples again", line)
 
     # ----------------------------------------------------------------- commands
     async def command(self, device_id: str, action: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
