@@ -89,6 +89,15 @@ def test_security_headers(client) -> None:
     assert r.headers["X-Frame-Options"] == "DENY"
 
 
+def test_every_answer_says_how_long_the_app_took(client) -> None:
+    """W3C Server-Timing: developer tools and load tests see the app's share of a slow answer."""
+    import re
+
+    for r in (client.get("/healthz"), client.get("/api/v1/nope")):
+        match = re.fullmatch(r"app;dur=(\d+\.\d{2})", r.headers["Server-Timing"])
+        assert match and 0 <= float(match.group(1)) < 10_000
+
+
 def test_session_cookie_flags(app: Flask) -> None:
     app.config["SESSION_COOKIE_SECURE"] = True
     c = app.test_client()

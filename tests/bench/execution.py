@@ -141,6 +141,7 @@ class KioskHttp:
         self.client = client
         self.headers: dict[str, str] = {}
         self.cookies: dict[str, str] = {}
+        self.last_app_s: float | None = None  # the server's Server-Timing "app" of the last answer
         if client is not None:
             self.headers = {"X-MES-Terminal": client.http.headers["X-MES-Terminal"], "X-CSRF-Token": client.csrf or "",
                             "Content-Type": "application/json"}
@@ -153,10 +154,13 @@ class KioskHttp:
         self.conn.request(method, path, json.dumps(body) if body is not None else None, h)
         response = self.conn.getresponse()
         data = response.read()
+        self.last_app_s = None
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, val = value.split(";", 1)[0].partition("=")
                 self.cookies[key.strip()] = val
+            elif name.lower() == "server-timing" and value.startswith("app;dur="):
+                self.last_app_s = float(value.removeprefix("app;dur=")) / 1000
         if response.status >= 400:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
         return json.loads(data) if data else {}
@@ -171,9 +175,10 @@ class KioskHttp:
 
 
 def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[float], errors: list[str],
-           barrier: threading.Barrier, think_s: float = 0.0) -> None:
+           barrier: threading.Barrier, think_s: float = 0.0, in_app: list[float] | None = None) -> None:
     """Log in, start the batch, wait for the others, then complete every step in order
-    (with ``think_s`` on average between an answer and the next tap)."""
+    (with ``think_s`` on average between an answer and the next tap). ``in_app`` gets the
+    server's own time for each completion (its Server-Timing header)."""
     from mes.execution.sim_operator import login, Login
 
     try:
@@ -198,6 +203,8 @@ def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[flo
             t = time.perf_counter()
             out = timed_http.complete_step(batch["id"], step_id, version, payload)
             samples.append(time.perf_counter() - t)
+            if in_app is not None and timed_http.last_app_s is not None:
+                in_app.append(timed_http.last_app_s)
             assert out["state"] == "completed", out
             if think_s:
                 time.sleep(pace.uniform(0.5 * think_s, 1.5 * think_s))
@@ -211,11 +218,12 @@ def _kiosk_process(base: str, kiosk: str, badge: str, work_order: str, barrier: 
                    out: Any) -> None:
     """One kiosk in its own process: drive one batch, send back its samples and errors."""
     samples: list[float] = []
+    in_app: list[float] = []
     errors: list[str] = []
     try:
-        _drive(base, kiosk, badge, work_order, samples, errors, barrier, think_s)
+        _drive(base, kiosk, badge, work_order, samples, errors, barrier, think_s, in_app)
     finally:
-        out.put((samples, errors))
+        out.put((samples, in_app, errors))
 
 
 def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: float,
@@ -227,11 +235,12 @@ def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: flo
     client's interpreter lock whenever requests coincide, and that queue would be counted
     as the server's latency. ``kiosks_as="threads"`` keeps them in this process."""
     samples: list[float] = []
+    in_app: list[float] = []
     errors: list[str] = []
     if kiosks_as == "threads":
         barrier: Any = threading.Barrier(level)
         workers: list[Any] = [threading.Thread(target=_drive, args=(base, seeded["kiosks"][n], f"B{n}", next(wos),
-                                                                    samples, errors, barrier, think_s))
+                                                                    samples, errors, barrier, think_s, in_app))
                               for n in range(level)]
     else:
         ctx = multiprocessing.get_context("fork")
@@ -244,15 +253,17 @@ def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: flo
         w.start()
     if kiosks_as != "threads":
         for _ in workers:
-            got, failed = out.get(timeout=600)
+            got, got_in_app, failed = out.get(timeout=600)
             samples.extend(got)
+            in_app.extend(got_in_app)
             errors.extend(failed)
     for w in workers:
         w.join()
     if errors:
         raise RuntimeError(f"{len(errors)} batch(es) failed at {level} batches: {errors[0]}")
     elapsed = time.perf_counter() - started
-    return {**percentiles(samples), "completions_per_s": round(len(samples) / elapsed, 1)}
+    return {**percentiles(samples), "completions_per_s": round(len(samples) / elapsed, 1),
+            "in_app": percentiles(in_app)}
 
 
 def _paced_floor(http: KioskHttp, n: int, think_s: float) -> dict[str, float]:
