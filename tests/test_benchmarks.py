@@ -40,3 +40,30 @@ def test_benchmark_runs_and_prints_one_json_object(name: str, db: str) -> None:
     assert len(lines) == 1, done.stdout
     result = json.loads(lines[0])
     assert result["benchmark"] == name and result["db"] == db
+
+
+def test_the_execution_benchmark_also_runs_without_the_proxy() -> None:
+    """``--instances 0``: the kiosks talk to one ``mes run`` directly (the default run above
+    is the deployed topology, two instances behind nginx)."""
+    done = subprocess.run([sys.executable, "-m", "tests.bench.execution", "--db", "sqlite", *TINY["execution"],
+                           "--instances", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert "no proxy" in result["server"] and "requests_per_instance" not in result
+
+
+def test_the_benchmark_nginx_is_the_deployed_site(tmp_path: Path) -> None:
+    """The bench's nginx.conf is deploy/nginx/mes.conf with only the listener, TLS, log paths
+    and upstream servers changed: every proxy setting a kiosk's request meets is the deployed one."""
+    from tests.bench.execution import NGINX_SITE, nginx_config
+
+    conf = nginx_config(tmp_path, [18001, 18002], 19000)
+    deployed = NGINX_SITE.read_text()
+    for directive in ("proxy_set_header", "proxy_http_version", "proxy_next_upstream", "hash $remote_addr",
+                      "keepalive ", "proxy_read_timeout", "location "):
+        lines = {line.split("#")[0].strip() for line in deployed.splitlines() if line.strip().startswith(directive)}
+        assert lines and all(line in conf for line in lines), directive
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    assert "listen 127.0.0.1:19000;" in code and "ssl_" not in code.replace("$ssl_protocol", "")
+    assert "server 127.0.0.1:18001 " in conf and "server 127.0.0.1:18002 " in conf and ":8001" not in conf
+    assert "/var/log" not in code and "return 301" not in code

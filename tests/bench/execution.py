@@ -1,11 +1,15 @@
-"""Benchmark: batch step completion through the HTTP API (the production server, ``mes run``:
-gunicorn with threaded workers, in its own process on loopback; real database) with 1, 10
-and 30 batches running at once (one operator and kiosk per batch, each kiosk a client
-process of its own, as each is a machine of its own on the floor, with one keep-alive
-connection as a browser keeps: see :class:`KioskHttp`), p50/p99 per level, beside a bare
-database commit and an empty request to the same server through the same client
-(``/healthz``: the HTTP floor, back to back and at the operators' pace) measured in the
-same run. The
+"""Benchmark: batch step completion through the HTTP API with 1, 10 and 30 batches running
+at once, p50/p99 per level, beside a bare database commit and an empty request through the
+same servers and client (``/healthz``: the HTTP floor, back to back and at the operators'
+pace) measured in the same run.
+
+The servers are deployed as ``deploy/`` says (real database, loopback): by default two
+``mes run`` instances (gunicorn, one threaded worker each, ``deploy/gunicorn.conf.py``)
+behind nginx with the site of ``deploy/nginx/mes.conf`` (plain HTTP here, see
+:func:`nginx_config`); ``--instances 0`` talks to one instance directly. One operator and
+kiosk per batch, each kiosk a client process of its own with an address of its own, as each
+is a machine of its own on the floor, with one keep-alive connection as a browser keeps (see
+:class:`KioskHttp`). Each answer's Server-Timing gives the app's share (``in_app``). The
 recipe has only instruction and numeric steps, so the measurement is the completion path
 itself (authenticate, lock batch and step, check order and version, record, audit, refresh
 states, commit).
@@ -21,7 +25,8 @@ Two ways of driving the batches, both reported:
   the server's throughput (completions/s), where the latency is mostly queueing.
 
     python -m tests.bench.execution [--db sqlite|postgresql] [--batches 1,10,30] [--steps 40]
-                                    [--think-ms 1000] [--workers 1] [--kiosks processes|threads]
+                                    [--think-ms 1000] [--instances 2] [--workers 1]
+                                    [--kiosks processes|threads]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +56,7 @@ from tests.bench.common import (
 
 PASSWORD = "Bench-Passw0rd-1"
 DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "gunicorn.conf.py"
+NGINX_SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "mes.conf"
 
 
 def recipe_yaml(steps: int) -> str:
@@ -135,9 +142,10 @@ class KioskHttp:
     which a kiosk's browser does not spend. Measured on one kiosk, paced: p50 12.4 ms
     through ``requests`` against 10.5 ms through this client, for the same completions."""
 
-    def __init__(self, base: str, client: Any = None) -> None:
+    def __init__(self, base: str, client: Any = None, source: str | None = None) -> None:
         host, port = base.removeprefix("http://").rsplit(":", 1)
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30,
+                                               source_address=(source, 0) if source else None)
         self.client = client
         self.headers: dict[str, str] = {}
         self.cookies: dict[str, str] = {}
@@ -175,7 +183,8 @@ class KioskHttp:
 
 
 def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[float], errors: list[str],
-           barrier: threading.Barrier, think_s: float = 0.0, in_app: list[float] | None = None) -> None:
+           barrier: threading.Barrier, think_s: float = 0.0, in_app: list[float] | None = None,
+           source: str | None = None) -> None:
     """Log in, start the batch, wait for the others, then complete every step in order
     (with ``think_s`` on average between an answer and the next tap). ``in_app`` gets the
     server's own time for each completion (its Server-Timing header)."""
@@ -185,7 +194,7 @@ def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[flo
         client = login(base, kiosk, Login(badge=badge, pin="2468"))
         batch = client.post(f"/api/v1/work-orders/{work_order}/batches", {})
         steps = [(s["id"], s["kind"], s["version"]) for s in batch["steps"] if s["kind"] in ("instruction", "numeric")]
-        timed_http = KioskHttp(base, client)
+        timed_http = KioskHttp(base, client, source)
     except Exception as exc:  # noqa: BLE001
         errors.append(f"set-up: {exc}")
         barrier.abort()
@@ -215,19 +224,25 @@ def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[flo
 
 
 def _kiosk_process(base: str, kiosk: str, badge: str, work_order: str, barrier: Any, think_s: float,
-                   out: Any) -> None:
+                   out: Any, source: str | None = None) -> None:
     """One kiosk in its own process: drive one batch, send back its samples and errors."""
     samples: list[float] = []
     in_app: list[float] = []
     errors: list[str] = []
     try:
-        _drive(base, kiosk, badge, work_order, samples, errors, barrier, think_s, in_app)
+        _drive(base, kiosk, badge, work_order, samples, errors, barrier, think_s, in_app, source)
     finally:
         out.put((samples, in_app, errors))
 
 
+def kiosk_address(n: int) -> str:
+    """Kiosk ``n``'s own loopback address (127.0.1.n+1): on the floor each kiosk is a machine
+    with its own address, which is what nginx's sticky ``hash $remote_addr`` spreads."""
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
 def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: float,
-           kiosks_as: str = "processes") -> dict[str, Any]:
+           kiosks_as: str = "processes", own_addresses: bool = False) -> dict[str, Any]:
     """``level`` batches at once; their completions' percentiles and the rate achieved.
 
     Each batch's kiosk runs in its own process by default, as on the floor, where every
@@ -240,14 +255,16 @@ def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: flo
     if kiosks_as == "threads":
         barrier: Any = threading.Barrier(level)
         workers: list[Any] = [threading.Thread(target=_drive, args=(base, seeded["kiosks"][n], f"B{n}", next(wos),
-                                                                    samples, errors, barrier, think_s, in_app))
+                                                                    samples, errors, barrier, think_s, in_app,
+                                                                    kiosk_address(n) if own_addresses else None))
                               for n in range(level)]
     else:
         ctx = multiprocessing.get_context("fork")
         barrier = ctx.Barrier(level)
         out = ctx.Queue()
         workers = [ctx.Process(target=_kiosk_process, args=(base, seeded["kiosks"][n], f"B{n}", next(wos), barrier,
-                                                            think_s, out)) for n in range(level)]
+                                                            think_s, out, kiosk_address(n) if own_addresses else None))
+                   for n in range(level)]
     started = time.perf_counter()
     for w in workers:
         w.start()
@@ -284,6 +301,111 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def nginx_config(home: Path, instance_ports: list[int], port: int) -> str:
+    """The deployed nginx site (``deploy/nginx/mes.conf``) as a complete nginx.conf for the
+    bench: its upstream (sticky ``hash $remote_addr consistent``, upstream keep-alive) lists
+    the bench's instances, its HTTPS server listens on loopback ``port`` in plain HTTP (no
+    certificate here; TLS costs a handshake per kiosk connection and little per request),
+    logs go to ``home``; the HTTP-to-HTTPS redirect servers are left out. Every proxy setting
+    (headers, buffering, time-outs, access log) is the deployed one."""
+    site = NGINX_SITE.read_text()
+    blocks: list[str] = []
+    depth, current = 0, []
+    for line in site.splitlines():
+        code = line.split("#", 1)[0]
+        current.append(line)
+        depth += code.count("{") - code.count("}")
+        if depth == 0 and code.strip().endswith(("}", ";")) or depth == 0 and not code.strip():
+            blocks.append("\n".join(current))
+            current = []
+    kept = []
+    for block in blocks:
+        if block.lstrip().startswith("server {") or "\nserver {" in block:
+            if "listen 443 ssl http2;" not in block:
+                continue  # the redirect and default servers
+            lines = []
+            for line in block.splitlines():
+                stripped = line.strip()
+                if stripped.startswith("listen 443 "):
+                    lines.append(f"    listen 127.0.0.1:{port};")
+                elif stripped.startswith(("listen [::]", "ssl_")):
+                    continue
+                elif stripped.split(None, 1)[:1] == ["access_log"] and "off" not in stripped:
+                    lines.append(f"    access_log {home}/nginx-access.log mes_json;")
+                elif stripped.split(None, 1)[:1] == ["error_log"]:
+                    lines.append(f"    error_log {home}/nginx-error.log warn;")
+                else:
+                    lines.append(line)
+            block = "\n".join(lines)
+        elif "upstream mes_web" in block:
+            lines = [line for line in block.splitlines() if not line.strip().startswith("server ")]
+            at = next(i for i, line in enumerate(lines) if "hash $remote_addr" in line) + 1
+            lines[at:at] = [f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in instance_ports]
+            block = "\n".join(lines)
+        kept.append(block)
+    temp = home / "nginx-temp"
+    temp.mkdir(exist_ok=True)
+    user = "user root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
+    return (f"{user}worker_processes auto;\ndaemon off;\npid {home}/nginx.pid;\nerror_log {home}/nginx-error.log warn;\n"
+            "events { worker_connections 4096; }\nhttp {\n"
+            + "".join(f"    {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                           "scgi"))
+            + "\n".join(kept) + "\n}\n")
+
+
+def _start_nginx(home: Path, instance_ports: list[int]) -> tuple[subprocess.Popen, str]:
+    """nginx (Debian's) in front of the instances, configured as deployed: see :func:`nginx_config`."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        raise RuntimeError("the deployed topology needs nginx (apt-get install nginx-light)")
+    port = _free_port()
+    conf = home / "nginx.conf"
+    conf.write_text(nginx_config(home, instance_ports, port))
+    check = subprocess.run([nginx, "-t", "-q", "-c", str(conf), "-p", str(home)], capture_output=True, text=True)
+    if check.returncode:
+        raise RuntimeError(f"nginx refused the bench configuration: {check.stderr.strip()}")
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(home)], stdout=subprocess.DEVNULL,
+                            stderr=open(home / "nginx-stderr.log", "ab"), start_new_session=True)  # noqa: SIM115
+    base = f"http://127.0.0.1:{port}"
+    _wait_healthy(proc, base, home / "nginx-stderr.log")
+    return proc, base
+
+
+def _wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{base} exited:\n" + log.read_text(errors="replace")[-3000:])
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{base} did not answer /healthz within 60 s")
+
+
+def _upstream_spread(access_log: Path) -> dict[str, int]:
+    """Requests nginx sent to each instance (its JSON access log): the sticky hash's spread."""
+    counts: dict[str, int] = {}
+    for line in access_log.read_text().splitlines():
+        upstream = json.loads(line).get("upstream", "")
+        counts[upstream] = counts.get(upstream, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``mes run`` on a free loopback port, configured from ``MES_*`` variables as deployed."""
     port = _free_port()
@@ -299,22 +421,15 @@ def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen,
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited:\n" + (home / "server.log").read_text(errors="replace")[-3000:])
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not answer /healthz within 60 s")
+    _wait_healthy(proc, base, home / "server.log")
+    return proc, base
 
 
 def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, workers: int = 1,
-        kiosks_as: str = "processes") -> dict:
+        kiosks_as: str = "processes", instances: int = 2) -> dict:
+    """``instances`` = 0: the kiosks talk to one ``mes run`` directly. ``instances`` >= 1:
+    the deployed topology, that many ``mes run`` instances behind nginx (see
+    :func:`nginx_config`), each kiosk from an address of its own."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     from mes.db import db
 
@@ -327,7 +442,20 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
                 create_bare_table(conn, backend)
             db.session.remove()
             db.engine.dispose()
-        server, base = _start_server(url, Path(tmp), workers)
+        processes: list[subprocess.Popen] = []
+        try:
+            bases = []
+            for _ in range(max(1, instances)):
+                server, base = _start_server(url, Path(tmp), workers)
+                processes.append(server)
+                bases.append(base)
+            if instances:
+                proxy, base = _start_nginx(Path(tmp), [int(b.rsplit(":", 1)[1]) for b in bases])
+                processes.append(proxy)
+        except BaseException:
+            _stop(processes)
+            raise
+        own = bool(instances)
         wos = iter(seeded["work_orders"])
         paced: dict[str, Any] = {}
         saturated: dict[str, Any] = {}
@@ -339,15 +467,15 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
             # the floor of any request through this server and client: an empty GET, back to
             # back, and at the operators' pace (after a pause the server, the database and the
             # CPUs start from idle: the paced completions pay that too)
-            http = KioskHttp(base)  # the client of the timed completions
+            http = KioskHttp(base, source=kiosk_address(0) if own else None)  # the client of the timed completions
             floor = percentiles(timed(lambda: http.request("GET", "/healthz"),
                                       max(50, steps * 5)))
             floor_paced = _paced_floor(http, max(10, min(steps, 30)), think_ms / 1000)
             http.close()
             for level in levels:
-                paced[str(level)] = _level(base, seeded, wos, level, think_ms / 1000, kiosks_as)
+                paced[str(level)] = _level(base, seeded, wos, level, think_ms / 1000, kiosks_as, own)
             for level in levels:
-                saturated[str(level)] = _level(base, seeded, wos, level, 0.0, kiosks_as)
+                saturated[str(level)] = _level(base, seeded, wos, level, 0.0, kiosks_as, own)
             with app.app_context():
                 engine = db.engine
                 seq = iter(range(10**9))
@@ -360,20 +488,20 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
 
                 bare = percentiles(timed(bare_commit, max(50, steps * 5)))
                 engine.dispose()
+            spread = _upstream_spread(Path(tmp) / "nginx-access.log") if instances else {}
         finally:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
+            _stop(processes)
     top = paced[str(max(levels))]
     return {
         "benchmark": "execution", "db": backend, "steps_per_batch": steps, "batches": levels,
-        "think_ms": think_ms, "server": f"mes run (deploy/gunicorn.conf.py), {workers} worker(s), 50 threads",
+        "think_ms": think_ms,
+        "server": (f"{instances} x mes run (deploy/gunicorn.conf.py, {workers} worker(s), 50 threads) behind nginx "
+                   "(deploy/nginx/mes.conf in plain HTTP, kiosks from addresses of their own)" if instances else
+                   f"mes run (deploy/gunicorn.conf.py), {workers} worker(s), 50 threads, no proxy"),
         "kiosks": "one process per batch" if kiosks_as == "processes" else "one thread per batch, one process",
         "client": "http.client, one keep-alive connection per kiosk (log-in and batch start through requests)",
         "step_completion": paced, "step_completion_saturated": saturated,
+        **({"requests_per_instance": spread} if instances else {}),
         "bare_commit": bare, "http_floor_healthz": floor, "http_floor_healthz_paced": floor_paced,
         "ratio_p50_to_http_floor_p50": {k: ratio(v["p50_ms"], floor["p50_ms"]) for k, v in paced.items()},
         "ratio_p50_to_paced_http_floor_p50": {k: ratio(v["p50_ms"], floor_paced["p50_ms"])
@@ -388,15 +516,19 @@ def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,10,30", help="concurrency levels, comma-separated")
     ap.add_argument("--steps", type=int, default=40, help="steps per batch")
-    ap.add_argument("--workers", type=int, default=1, help="server worker processes (mes run --workers)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes per instance (mes run --workers)")
     ap.add_argument("--think-ms", type=int, default=1000,
                     help="paced mode: mean pause of an operator between an answer and the next tap")
+    ap.add_argument("--instances", type=int, default=2,
+                    help="mes run instances behind nginx, as deployed (0: the kiosks talk to one instance directly)")
     ap.add_argument("--kiosks", choices=["processes", "threads"], default="processes",
                     help="one client process per batch (as on the floor), or threads in one process")
     args = ap.parse_args()
+    if args.instances < 0 or args.workers < 1:
+        ap.error("--instances is 0 or more and --workers 1 or more")
     levels = [int(x) for x in args.batches.split(",") if x.strip()]
     started = time.perf_counter()
-    result = run(args.db, levels, args.steps, args.think_ms, args.workers, args.kiosks)
+    result = run(args.db, levels, args.steps, args.think_ms, args.workers, args.kiosks, args.instances)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 
