@@ -396,11 +396,12 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
         return None
     now = utcnow().replace(microsecond=0)
     time = now if last is None or now >= last.time else last.time
-    body = notes.checkpoint_body(log.key_name, size, root(size, session), time)
+    tree_root = root(size, session)
+    body = notes.checkpoint_body(log.key_name, size, tree_root, time)
     key = log.signing_key()
     note = notes.sign_checkpoint(body, log.key_name, key)
     cp = AuditCheckpoint(
-        id=0 if last is None else last.id + 1, size=size, root=root(size, session), time=time,
+        id=0 if last is None else last.id + 1, size=size, root=tree_root, time=time,
         key_id=notes.key_id(log.key_name, keys.public_bytes(key)).hex(), note=note,
     )
     session.add(cp)
