@@ -64,6 +64,34 @@ def test_unknown_user_and_wrong_password_look_the_same(app: Flask) -> None:
     assert a.get_json()["detail"] == b.get_json()["detail"]
 
 
+def test_an_unknown_account_costs_the_same_hash_check_as_a_known_one(app: Flask, monkeypatch) -> None:
+    """Timing must not tell which user ids and badges exist: every refused log-in runs one
+    argon2 verification, whether the account exists, is locked or has the wrong secret."""
+    from mes.users import secrets
+
+    seeded = seed()
+    checks: list[str] = []
+    real = secrets._hasher
+
+    class Counting:
+        def hash(self, value: str) -> str:
+            return real.hash(value)
+
+        def verify(self, stored: str, value: str) -> bool:
+            checks.append(stored)
+            return real.verify(stored, value)
+
+    monkeypatch.setattr(secrets, "_hasher", Counting())
+    s = Session(app.test_client(), seeded.workstation)
+    kiosk = Session(app.test_client(), seeded.kiosk)
+    for attempt in (lambda: s.login("nobody", "whatever-Passw0rd"), lambda: s.login("qa1", "whatever-Passw0rd"),
+                    lambda: kiosk.badge_login("B-nobody", "1357"), lambda: kiosk.badge_login("B-operator", "1357")):
+        checks.clear()
+        assert attempt().status_code == 401
+        assert len(checks) == 1 and checks[0].startswith("$argon2id$")
+    assert not secrets.verify_secret(None, "anything") and not secrets.verify_secret("", "")
+
+
 def _idle_for(s: Session, seconds: float) -> None:
     """Move the session's last activity back, as if the terminal had been left alone."""
     with s.client.session_transaction() as cookie:

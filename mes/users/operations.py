@@ -218,7 +218,8 @@ def reset_credentials(
 def change_password(user_id: str, old_password: str, new_password: str, terminal: str | None = None) -> None:
     """A user changes their own password (also the way out of an expired one)."""
     user = db.session.get(User, user_id)
-    if user is None or not user.active or user.locked or not hashing.verify_secret(user.password_hash, old_password):
+    matches = hashing.verify_secret(user.password_hash if user is not None else None, old_password)  # same time
+    if user is None or not user.active or user.locked or not matches:
         raise AuthenticationFailed("The user id or current password is wrong.")
     _check_password(user_id, new_password)
     recent = db.session.execute(
@@ -286,7 +287,8 @@ def login_with_password(user_id: str, password: str, terminal: Terminal | None) 
     """Log in with user id + password; returns the session and its bearer secret."""
     user = db.session.execute(select(User).where(User.id.ilike(user_id.strip()))).scalar()
     tid = terminal.id if terminal else None
-    if user is None or not user.active or user.locked or not hashing.verify_secret(user.password_hash, password):
+    matches = hashing.verify_secret(user.password_hash if user is not None else None, password)  # always: same time
+    if user is None or not user.active or user.locked or not matches:
         _fail(user, user_id, "wrong user id or password" if user is None or (user.active and not user.locked) else "unusable account", tid)
         if user is not None:
             _refuse_unusable(user)
@@ -302,7 +304,8 @@ def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tupl
     if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
         raise TerminalRequired("Badge log-in works only on a registered kiosk.")
     user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
-    if user is None or not user.active or user.locked or not hashing.verify_secret(user.pin_hash, pin):
+    matches = hashing.verify_secret(user.pin_hash if user is not None else None, pin)  # always: same time
+    if user is None or not user.active or user.locked or not matches:
         _fail(user, f"badge:{badge_id}", "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account", terminal.id)
         if user is not None:
             _refuse_unusable(user)

@@ -30,12 +30,23 @@ def hash_secret(value: str) -> str:
     return _hasher.hash(value)
 
 
+_no_account_hash: list[str] = []
+
+
 def verify_secret(stored: str | None, value: str) -> bool:
-    """True if ``value`` matches the argon2 hash; False for no hash or a mismatch."""
+    """True if ``value`` matches the argon2 hash; False for no hash or a mismatch.
+
+    Without a hash (no such account, no PIN set) a dummy hash is checked all the same, so
+    the answer takes as long either way and its timing does not tell a caller which user
+    ids or badges exist."""
     if not stored:
-        return False
+        if not _no_account_hash:
+            _no_account_hash.append(_hasher.hash(_random.token_urlsafe(16)))
+        stored, value_matters = _no_account_hash[0], False
+    else:
+        value_matters = True
     try:
-        return _hasher.verify(stored, value)
+        return _hasher.verify(stored, value) and value_matters
     except (VerificationError, InvalidHashError):
         return False
 
