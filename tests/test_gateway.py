@@ -257,7 +257,7 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
     """A passing database error must not lose a state change: the sample waits, first in
     line, and goes with its own time once the service takes samples again; a sample the
     service refuses outright is dropped and does not block the rest."""
-    from devices.drivers.opcua import PackMLCommand
+    from devices.drivers.opcua import PackMLCommand, PackMLState
     from devices.sim.opcua import PackMLMachine
     from mes.gateway.runner import LineSampleRefused
     from mes.gateway.simulation import Simulation
@@ -282,8 +282,10 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
         wait_for(lambda: offered, timeout=30, what="the first line sample")
         database_down.set()
         machine.command(PackMLCommand.RESET)
-        wait_for(lambda: any(s.state == "idle" for s in offered), timeout=20, what="Idle offered")
-        time.sleep(0.5)  # several polls while the service is down
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=20, what="the line in Idle")
+        after_idle = len(offered)
+        # two more polls while the service is down: the state changes wait, first in line
+        wait_for(lambda: len(offered) >= after_idle + 2, timeout=20, what="two more offers")
         assert not any(s.state in ("resetting", "idle") for s in taken)
         database_down.clear()
         wait_for(lambda: any(s.state == "idle" for s in taken), timeout=20, what="Idle taken after the outage")
@@ -293,8 +295,9 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
     assert "stopped" not in states and states[-1] == "idle"  # "resetting" too, if a poll saw it
     assert [s.at for s in taken] == sorted(s.at for s in taken)
     assert len([s for s in offered if s.state == "stopped"]) == 1
-    idle_offers = [s for s in offered if s.state == "idle"]
-    assert len(idle_offers) >= 2 and len({s.at for s in idle_offers}) == 1  # the same sample, its own time
+    # the state change that waited was offered again and again as one sample, with its own time
+    again = [s for s in offered if s.state in ("resetting", "idle") and offered.count(s) >= 2]
+    assert again and again[0] in taken
 
 
 def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
@@ -409,13 +412,17 @@ def test_tare_and_zero_are_forwarded_to_the_driver(app: Flask, seeded: Seeded, l
                                                    simulated: GatewayThread) -> None:
     operator = LiveUser(live, seeded, "operator")
     balance = simulated.gateway.simulation.scales["SCALE-BENCH-01"].balance
-    wait_for(lambda: operator.get("/api/v1/devices/SCALE-BENCH-01").status_code == 200, what="the bench balance")
+    def reading() -> dict[str, Any] | None:
+        r = operator.get("/api/v1/devices/SCALE-BENCH-01")
+        return r.json()["reading"] if r.status_code == 200 else None
+
+    # connected and reading (the device is listed before its driver has its first reading)
+    wait_for(reading, what="the bench balance's first reading")
     balance.set_weight("200.0")  # an empty container on the pan
     r = operator.post("/api/v1/devices/SCALE-BENCH-01/tare")
     assert r.status_code == 200, r.text
     assert r.json()["ok"] is True and r.json()["tare"] == {"value": "200.0", "unit": "g"}
-    wait_for(lambda: operator.get("/api/v1/devices/SCALE-BENCH-01").json()["reading"]["value"] == "0.0",
-             what="net zero after tare")
+    wait_for(lambda: (now := reading()) is not None and now["value"] == "0.0", what="net zero after tare")
     # Zero with a load beyond the zero range (2 % of 6100 g): the balance refuses, and the API says why.
     r = operator.post("/api/v1/devices/SCALE-BENCH-01/zero")
     assert r.status_code == 409 and r.headers["Content-Type"].startswith("application/problem+json")

@@ -56,6 +56,8 @@ COUNTER_EVERY_S = 10.0
 #: Line samples kept per line while the OEE service cannot take them (a database restart);
 #: beyond this the oldest are dropped, with an error in the log.
 UNSENT_LINE_SAMPLES_MAX = 10_000
+#: Waiting samples sent per poll, so a backlog after an outage does not hold up the polling.
+LINE_SAMPLES_PER_POLL = 50
 #: Unparseable replies in a row after which the link is reopened.
 MAX_BAD_REPLIES = 5
 #: Redis channel on which web workers send device commands to a separate gateway process.
@@ -125,6 +127,7 @@ class _Device:
         self.last_counters_at = 0.0
         self.unsent: collections.deque[LineSample] = collections.deque()
         self.sink_failing = False
+        self.dropping = 0  # samples dropped since the queue was full
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -199,6 +202,10 @@ class Gateway:
                 with contextlib.suppress(BaseException):
                     await task
             for device in self.devices.values():
+                if device.unsent:
+                    log.error("line %s: the gateway stops with %d samples the OEE service has not taken (%s to %s)",
+                              device.spec.line or device.spec.device_id, len(device.unsent),
+                              device.unsent[0].at.isoformat(), device.unsent[-1].at.isoformat())
                 with contextlib.suppress(Exception):
                     await device.driver.close()
                 device.state.connected = False
@@ -348,8 +355,10 @@ class Gateway:
     def _queue_line_sample(self, device: _Device, sample: LineSample) -> None:
         if len(device.unsent) >= UNSENT_LINE_SAMPLES_MAX:
             lost = device.unsent.popleft()
-            log.error("line %s: %d samples wait for the OEE service; the oldest (%s) is dropped",
-                      sample.line_id, len(device.unsent) + 1, lost.at.isoformat())
+            if not device.dropping:  # once per outage; the recovery message gives the count
+                log.error("line %s: %d samples wait for the OEE service; from now on the oldest are dropped "
+                          "(the first from %s)", sample.line_id, UNSENT_LINE_SAMPLES_MAX, lost.at.isoformat())
+            device.dropping += 1
         device.unsent.append(sample)
 
     async def _send_line_samples(self, device: _Device, line: str) -> None:
@@ -357,7 +366,9 @@ class Gateway:
         lost to a passing database error: a sample the sink could not take stays first in
         line and is offered again at the next poll, with its original time."""
         loop = asyncio.get_running_loop()
-        while device.unsent and self.line_sink is not None:
+        for _ in range(LINE_SAMPLES_PER_POLL):
+            if not device.unsent or self.line_sink is None:
+                return
             sample = device.unsent[0]
             try:
                 await loop.run_in_executor(None, self.line_sink, sample)
@@ -372,7 +383,9 @@ class Gateway:
             device.unsent.popleft()
             if device.sink_failing:
                 device.sink_failing = False
-                log.warning("line %s: the OEE service takes samples again", line)
+                log.warning("line %s: the OEE service takes samples again (%d waiting, %d dropped)", line,
+                            len(device.unsent), device.dropping)
+                device.dropping = 0
 
     # ----------------------------------------------------------------- commands
     async def command(self, device_id: str, action: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
