@@ -95,9 +95,11 @@ def init_app(app: Flask) -> None:
         metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
         metrics.latency.labels(request.method, endpoint).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        # The time spent in the app (W3C Server-Timing: browsers' developer tools show it
-        # beside the network time, so a slow tap shows where it was slow).
-        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
+        if g.get("principal") is not None:
+            # The time spent in the app (W3C Server-Timing: browsers' developer tools show it
+            # beside the network time, so a slow tap shows where it was slow). Only to
+            # signed-in users: an anonymous caller learns nothing about the server's work.
+            response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
         access.info("request", extra={"method": request.method, "path": request.path,
                                       "status": response.status_code, "ms": round(elapsed * 1000, 2)})
         return response
