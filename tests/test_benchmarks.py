@@ -49,7 +49,7 @@ def test_the_execution_benchmark_also_runs_without_the_proxy() -> None:
                            "--instances", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert "no proxy" in result["server"] and "requests_per_instance" not in result
+    assert "no proxy" in result["server"] and "completions_per_instance" not in result
 
 
 def test_the_benchmark_nginx_is_the_deployed_site(tmp_path: Path) -> None:

@@ -31,13 +31,16 @@ Two ways of driving the batches, both reported:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import multiprocessing
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -167,8 +170,11 @@ class KioskHttp:
             if name.lower() == "set-cookie":
                 key, _, val = value.split(";", 1)[0].partition("=")
                 self.cookies[key.strip()] = val
-            elif name.lower() == "server-timing" and value.startswith("app;dur="):
-                self.last_app_s = float(value.removeprefix("app;dur=")) / 1000
+            elif name.lower() == "server-timing":
+                for metric in value.split(","):
+                    metric_name, _, params = metric.strip().partition(";")
+                    if metric_name == "app" and params.startswith("dur="):
+                        self.last_app_s = float(params.split(";")[0].removeprefix("dur=")) / 1000
         if response.status >= 400:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
         return json.loads(data) if data else {}
@@ -278,6 +284,8 @@ def _level(base: str, seeded: dict[str, Any], wos: Any, level: int, think_s: flo
         w.join()
     if errors:
         raise RuntimeError(f"{len(errors)} batch(es) failed at {level} batches: {errors[0]}")
+    if len(in_app) != len(samples):
+        raise RuntimeError(f"{len(samples) - len(in_app)} completion answers had no Server-Timing app;dur")
     elapsed = time.perf_counter() - started
     return {**percentiles(samples), "completions_per_s": round(len(samples) / elapsed, 1),
             "in_app": percentiles(in_app)}
@@ -318,17 +326,19 @@ def nginx_config(home: Path, instance_ports: list[int], port: int) -> str:
         if depth == 0 and code.strip().endswith(("}", ";")) or depth == 0 and not code.strip():
             blocks.append("\n".join(current))
             current = []
-    kept = []
+    kept, served = [], False
     for block in blocks:
-        if block.lstrip().startswith("server {") or "\nserver {" in block:
-            if "listen 443 ssl http2;" not in block:
+        code = "\n".join(line.split("#", 1)[0] for line in block.splitlines())
+        if re.search(r"^\s*server\s*\{", code, re.M):
+            if not re.search(r"^\s*listen\s+443\s+ssl\b(?![^;]*default_server)", code, re.M):
                 continue  # the redirect and default servers
+            served = True
             lines = []
             for line in block.splitlines():
                 stripped = line.strip()
-                if stripped.startswith("listen 443 "):
+                if re.match(r"listen\s+443\b", stripped):
                     lines.append(f"    listen 127.0.0.1:{port};")
-                elif stripped.startswith(("listen [::]", "ssl_")):
+                elif stripped.startswith(("listen [::]", "ssl_", "http2 ")):
                     continue
                 elif stripped.split(None, 1)[:1] == ["access_log"] and "off" not in stripped:
                     lines.append(f"    access_log {home}/nginx-access.log mes_json;")
@@ -343,6 +353,8 @@ def nginx_config(home: Path, instance_ports: list[int], port: int) -> str:
             lines[at:at] = [f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in instance_ports]
             block = "\n".join(lines)
         kept.append(block)
+    if not served:
+        raise RuntimeError(f"{NGINX_SITE} has no 'listen 443 ssl' server for the MES: the bench cannot follow it")
     temp = home / "nginx-temp"
     temp.mkdir(exist_ok=True)
     user = "user root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
@@ -364,8 +376,9 @@ def _start_nginx(home: Path, instance_ports: list[int]) -> tuple[subprocess.Pope
     check = subprocess.run([nginx, "-t", "-q", "-c", str(conf), "-p", str(home)], capture_output=True, text=True)
     if check.returncode:
         raise RuntimeError(f"nginx refused the bench configuration: {check.stderr.strip()}")
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(home)], stdout=subprocess.DEVNULL,
-                            stderr=open(home / "nginx-stderr.log", "ab"), start_new_session=True)  # noqa: SIM115
+    with open(home / "nginx-stderr.log", "ab") as stderr:
+        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(home)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     _wait_healthy(proc, base, home / "nginx-stderr.log")
     return proc, base
@@ -382,27 +395,32 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.1)
-    proc.kill()
+    _stop([proc])
     raise RuntimeError(f"{base} did not answer /healthz within 60 s")
 
 
 def _upstream_spread(access_log: Path) -> dict[str, int]:
-    """Requests nginx sent to each instance (its JSON access log): the sticky hash's spread."""
+    """Step completions nginx sent to each instance (its JSON access log), over every level:
+    how the sticky hash spread the kiosks."""
     counts: dict[str, int] = {}
     for line in access_log.read_text().splitlines():
-        upstream = json.loads(line).get("upstream", "")
-        counts[upstream] = counts.get(upstream, 0) + 1
+        entry = json.loads(line)
+        if entry.get("method") == "POST" and entry.get("uri", "").endswith("/complete"):
+            counts[entry.get("upstream", "")] = counts.get(entry.get("upstream", ""), 0) + 1
     return dict(sorted(counts.items()))
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """Stop each process and its children (gunicorn's and nginx's workers: each was started in
+    a session of its own), the whole group killed if it does not stop in 20 s."""
     for proc in processes:
         proc.terminate()
     for proc in processes:
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
 
@@ -501,7 +519,7 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
         "kiosks": "one process per batch" if kiosks_as == "processes" else "one thread per batch, one process",
         "client": "http.client, one keep-alive connection per kiosk (log-in and batch start through requests)",
         "step_completion": paced, "step_completion_saturated": saturated,
-        **({"requests_per_instance": spread} if instances else {}),
+        **({"completions_per_instance": spread} if instances else {}),
         "bare_commit": bare, "http_floor_healthz": floor, "http_floor_healthz_paced": floor_paced,
         "ratio_p50_to_http_floor_p50": {k: ratio(v["p50_ms"], floor["p50_ms"]) for k, v in paced.items()},
         "ratio_p50_to_paced_http_floor_p50": {k: ratio(v["p50_ms"], floor_paced["p50_ms"])
