@@ -7,6 +7,7 @@ enough and keeps every API request cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets as _random
@@ -42,11 +43,11 @@ def verify_secret(stored: str | None, value: str) -> bool:
     if not stored:
         if not _no_account_hash:
             _no_account_hash.append(_hasher.hash(_random.token_urlsafe(16)))
-        stored, value_matters = _no_account_hash[0], False
-    else:
-        value_matters = True
+        with contextlib.suppress(VerificationError):  # a random secret: never a match
+            _hasher.verify(_no_account_hash[0], value)
+        return False
     try:
-        return _hasher.verify(stored, value) and value_matters
+        return _hasher.verify(stored, value)
     except (VerificationError, InvalidHashError):
         return False
 
