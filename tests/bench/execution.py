@@ -369,7 +369,7 @@ def _start_nginx(home: Path, instance_ports: list[int]) -> tuple[subprocess.Pope
     """nginx (Debian's) in front of the instances, configured as deployed: see :func:`nginx_config`."""
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
-        raise RuntimeError("the deployed topology needs nginx (apt-get install nginx-light)")
+        raise RuntimeError("the deployed topology needs nginx (apt-get install nginx, or --instances 0)")
     port = _free_port()
     conf = home / "nginx.conf"
     conf.write_text(nginx_config(home, instance_ports, port))
