@@ -50,7 +50,6 @@ import traceback
 
 from gunicorn.glogging import Logger as _GunicornLogger
 
-
 # The MES_* values are read and checked in one place, shared with `mes run`
 # without a config file: a bad one raises mes.config.ConfigError naming it.
 from mes.server import options_from_env as _options_from_env
@@ -140,7 +139,7 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record):
         entry = {
             "ts": datetime.datetime.fromtimestamp(
-                record.created, tz=datetime.timezone.utc
+                record.created, tz=datetime.UTC
             ).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,

@@ -41,7 +41,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 import jsonschema
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> datetime:
     """Current wall-clock time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

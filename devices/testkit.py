@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
@@ -86,7 +86,7 @@ def check_reading(reading: Reading, device_id: str | None = None) -> None:
     assert isinstance(reading.raw, bytes) and reading.raw, "raw bytes as received"
     assert reading.timestamp.tzinfo is not None
     assert reading.timestamp.utcoffset() == timedelta(0)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert now - timedelta(minutes=5) <= reading.timestamp <= now + timedelta(seconds=1)
     assert abs(time.monotonic() - reading.monotonic) < 300
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import serial
@@ -185,7 +185,7 @@ class LineTransport:
                     self._post(self._fail, DeviceUnavailable(f"{self.url}: link lost: {exc}"))
                 return
             if data:
-                self._post(self._feed, data, time.monotonic(), datetime.now(timezone.utc))
+                self._post(self._feed, data, time.monotonic(), datetime.now(UTC))
 
     def _post(self, callback: Any, *args: Any) -> None:
         assert self._loop is not None
@@ -298,7 +298,7 @@ class LineTransport:
         """Drop waiting frames *and* the partial line: start from a clean slate."""
         dropped = self.discard_frames()
         if self._buffer:
-            dropped.append(Frame(bytes(self._buffer), time.monotonic(), datetime.now(timezone.utc)))
+            dropped.append(Frame(bytes(self._buffer), time.monotonic(), datetime.now(UTC)))
             self._buffer.clear()
         return dropped
 

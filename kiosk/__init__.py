@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask, g, session
 import flask_babel
+from flask import Flask, g, session
 from flask_babel import Babel
 
 HERE = Path(__file__).resolve().parent

@@ -39,7 +39,14 @@ from mes.signatures.operations import Credentials
 from mes.users import operations as users
 from mes.users.permissions import Permission as P
 from mes.web import (
-    csrf_token, current_terminal, endpoint, establish_session, leave_session_cookie_alone, limit_login, principal, problem,
+    csrf_token,
+    current_terminal,
+    endpoint,
+    establish_session,
+    leave_session_cookie_alone,
+    limit_login,
+    principal,
+    problem,
 )
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", template_folder="templates")

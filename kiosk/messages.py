@@ -9,7 +9,7 @@ lead-in before the original sentence, so nothing the engine said is hidden.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from flask_babel import gettext as _
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import current_app
 from flask_babel import gettext as _
+
 from mes.execution import operations as ex
 from mes.execution import queries as q
 from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, StepState, WorkOrder

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -11,7 +12,7 @@ __all__ = ["create_app"]
 __version__ = "0.1.0"
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory (see :func:`mes.app.create_app`)."""
     from mes.app import create_app as _create_app
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask
 
@@ -12,6 +13,7 @@ from mes import observability, web
 from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
 from mes.db import db, engine_options, ping_idle_connections, tune_sqlite_engine
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the MES web app: settings from ``MES_*`` variables, overridden by ``config``."""

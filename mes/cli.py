@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 from flask import Flask
 
-from mes.config import ConfigError, InstanceFolder, SETTINGS, load_config
+from mes.config import SETTINGS, ConfigError, InstanceFolder, load_config
 from mes.errors import MESError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -10,9 +10,10 @@ appends anyway).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Connection, DateTime, Engine, MetaData, event
@@ -42,7 +43,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return as_utc(value)
@@ -62,7 +63,7 @@ db = SQLAlchemy(model_class=Base)
 
 def utcnow() -> datetime:
     """Server time, UTC-aware: the only clock records are stamped with."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def tune_sqlite_engine(engine: Engine) -> None:
@@ -135,7 +136,7 @@ def as_utc(value: datetime | str | None) -> datetime | None:
         return None
     if isinstance(value, str):  # SQLite's stored text (naive UTC)
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @contextmanager

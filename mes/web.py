@@ -16,10 +16,11 @@ import hmac
 import secrets
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from threading import Lock
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
@@ -171,7 +172,7 @@ def _principal() -> Principal:
     if not sid:
         raise AuthenticationFailed("Log in first.")
     last = session.get("last")
-    last_dt = datetime.fromtimestamp(last, timezone.utc) if isinstance(last, (int, float)) else None
+    last_dt = datetime.fromtimestamp(last, UTC) if isinstance(last, (int, float)) else None
     try:
         live = users.resolve_session(sid, last_dt)
     except SessionExpired:
@@ -380,8 +381,9 @@ ERROR_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 
 def html_error(status: int, detail: str) -> Response:
     """A plain sentence for people at a screen; a log-in page when the session is gone."""
-    from flask import redirect, render_template_string
     from urllib.parse import quote
+
+    from flask import redirect, render_template_string
 
     if status == 401 and request.path.startswith("/qa/"):
         return redirect("/qa/login?next=" + quote(request.full_path.rstrip("?")))  # type: ignore[return-value]

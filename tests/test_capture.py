@@ -24,7 +24,16 @@ from mes.gateway.store import reading_store
 from mes.integration.models import OutboxEvent
 from mes.materials import operations as mat
 from tests.execution_helpers import (
-    World, do_step, effective_recipe, make_world, put_reading, run_until, scale_for, start, stock, weigh,
+    World,
+    do_step,
+    effective_recipe,
+    make_world,
+    put_reading,
+    run_until,
+    scale_for,
+    start,
+    stock,
+    weigh,
 )
 from tests.helpers import SEED, logged_in
 

@@ -3,7 +3,7 @@ pinging the ones in constant use; pipelined statements and driver-level reads.""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from flask import Flask
@@ -76,7 +76,7 @@ def test_statements_in_a_pipeline_run_in_order_and_fail_as_sqlalchemy_errors(app
 
 def test_timestamps_read_through_the_driver_come_back_utc() -> None:
     aware = datetime(2026, 11, 23, 18, 0, tzinfo=timezone(timedelta(hours=1)))
-    assert mes_db.as_utc(aware) == datetime(2026, 11, 23, 17, 0, tzinfo=timezone.utc)
-    assert mes_db.as_utc("2026-11-23 17:00:00.000001") == datetime(2026, 11, 23, 17, 0, 0, 1, tzinfo=timezone.utc)
-    assert mes_db.as_utc(datetime(2026, 11, 23, 17, 0)).tzinfo is timezone.utc
+    assert mes_db.as_utc(aware) == datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+    assert mes_db.as_utc("2026-11-23 17:00:00.000001") == datetime(2026, 11, 23, 17, 0, 0, 1, tzinfo=UTC)
+    assert mes_db.as_utc(datetime(2026, 11, 23, 17, 0)).tzinfo is UTC
     assert mes_db.as_utc(None) is None

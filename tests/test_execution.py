@@ -4,7 +4,6 @@ correction, second-person verification, two-level genealogy, idempotency and a r
 
 from __future__ import annotations
 
-import json
 import threading
 from decimal import Decimal
 
@@ -16,15 +15,26 @@ from mes.db import db
 from mes.errors import Conflict
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
-from mes.execution.models import StepRecord, StepRequest
+from mes.execution.models import StepRequest
 from mes.integration.models import OutboxEvent
 from mes.materials import operations as mat
 from mes.recipes.units import to_text
 from tests.execution_helpers import (
-    CREAM, PACK_RECIPE, PCM, do_step, effective_recipe, make_world, ready_steps, review_and_release, run_until,
-    start, stock, weigh, weigh_payload,
+    CREAM,
+    PACK_RECIPE,
+    PCM,
+    do_step,
+    effective_recipe,
+    make_world,
+    ready_steps,
+    review_and_release,
+    run_until,
+    start,
+    stock,
+    weigh,
+    weigh_payload,
 )
-from tests.helpers import SEED, logged_in
+from tests.helpers import logged_in
 
 PCM_VALUES = {
     "granule_weight": {"value": "109.30"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +27,7 @@ from tests.helpers import logged_in, seed
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
 SUP = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
 OP = Actor("operator1", "Operator One", "operator", "KIOSK-01")
-NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
 def _items() -> None:
@@ -158,9 +158,9 @@ def test_every_refusal_reason_of_check_usable(app: Flask) -> None:
         u = ops.check_usable(lot_id, item, NOW)
         assert not u and (u.code, u.reason) == (code, sentence), lot_id
     # a lot may be used through its expiry date, at the plant's local date
-    assert ops.check_usable("L-EXP", "API-PARA", datetime(2026, 11, 22, 23, 59, tzinfo=timezone.utc)).ok
+    assert ops.check_usable("L-EXP", "API-PARA", datetime(2026, 11, 22, 23, 59, tzinfo=UTC)).ok
     app.config["MES_TIMEZONE"] = "Asia/Shanghai"  # 23:59 UTC is already the 23rd in Shanghai
-    assert ops.check_usable("L-EXP", "API-PARA", datetime(2026, 11, 22, 23, 59, tzinfo=timezone.utc)).code == "expired"
+    assert ops.check_usable("L-EXP", "API-PARA", datetime(2026, 11, 22, 23, 59, tzinfo=UTC)).code == "expired"
     # QA records a retest: usable again
     ops.set_retest_date(QA, "L-RT", date(2027, 11, 1), "Retested: assay 99.8 %")
     assert ops.check_usable("L-RT", "API-PARA", NOW).ok

@@ -5,7 +5,7 @@ records, and the /qa/oee page for the right roles only."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,7 +37,7 @@ def L(hour: int, minute: int = 0, day: int = 2, month: int = 3) -> datetime:
 
 
 def iso(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def sample(at: datetime, state: str | None, processed: int | None = None, defective: int | None = None,
@@ -75,9 +75,9 @@ def scripted_day(app: Flask, monkeypatch: Any) -> Any:
     world = make_world(monkeypatch)
     pack_rv = effective_recipe(world, PACK_RECIPE, "pack.yaml")
     blister_rv = effective_recipe(world, BLISTER_RECIPE, "blister.yaml")
-    world.clock.now = L(5, 30).astimezone(timezone.utc)
+    world.clock.now = L(5, 30).astimezone(UTC)
     start(world, pack_rv, "10", "kg")
-    world.clock.now = L(10).astimezone(timezone.utc)
+    world.clock.now = L(10).astimezone(UTC)
     start(world, blister_rv, "10", "kg")
     sup = world.actor("supervisor")
     ops.set_ideal_rate(sup, "LINE-1", "5", product=PACK, effective_from=L(0, day=1))  # superseded next day
@@ -171,7 +171,7 @@ def test_scripted_day_by_shift_and_by_product(app: Flask, monkeypatch: Any) -> N
                                     "0.9556", "0.9000", "0.9920", "0.8531")
 
     # the page shows the same figures with two charts and no script
-    page = sup.get(f"/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T22:00")
+    page = sup.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T22:00")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "text/html" in page.content_type
     assert html.count("<svg") == 2 and "<script" not in html and "style=" not in html
@@ -226,11 +226,11 @@ def test_shifts_on_dst_days(app: Flask) -> None:
     # fall back (2026-10-25 03:00 CEST -> 02:00 CET): the night shift is 9 h
     night = [s for s in ops.shifts_between(L(23, day=24, month=10), L(5, day=25, month=10)) if s.name == "night"]
     assert len(night) == 1 and night[0].end - night[0].start == timedelta(hours=9)
-    assert night[0].start == datetime(2026, 10, 24, 20, tzinfo=timezone.utc)
+    assert night[0].start == datetime(2026, 10, 24, 20, tzinfo=UTC)
     # a start time that does not exist that night (02:30) is taken an hour later, 03:30 CEST
     app.config["MES_SHIFTS"] = "02:30,14:30"
     first = [s for s in ops.shifts_between(L(0, day=29), L(23, day=29)) if s.day.isoformat() == "2026-03-29"][0]
-    assert first.name == "Shift 1" and first.start == datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc)
+    assert first.name == "Shift 1" and first.start == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
 
     # OEE over the short night: running all night, 7 h planned, 7 h run
     app.config["MES_SHIFTS"] = "early=06:00,late=14:00,night=22:00"
@@ -255,7 +255,7 @@ def test_bad_input_is_refused_with_reasons(app: Flask) -> None:
     with pytest.raises(ValidationFailed, match="time zone"):
         sample(datetime(2026, 3, 2, 6), "Execute")
     with pytest.raises(ValidationFailed, match="future"):
-        sample(datetime.now(timezone.utc) + timedelta(hours=1), "Execute")
+        sample(datetime.now(UTC) + timedelta(hours=1), "Execute")
     with pytest.raises(ValidationFailed, match="state or a counter"):
         sample(L(6), None)
     with pytest.raises(ValidationFailed, match="line id"):

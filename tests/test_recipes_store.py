@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
-from mes.errors import Conflict, ValidationFailed
+from mes.errors import Conflict
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from mes.recipes.errors import RecipeError

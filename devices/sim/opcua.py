@@ -328,7 +328,7 @@ def make_certificate(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "open-mes")]
     )
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
     names: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(application_uri),
@@ -478,7 +478,7 @@ class OpcUaSimulator:
             product_name="Packaging line simulator",
             software_version="1.0",
             build_number="1",
-            build_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
+            build_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
         )
         self.namespace_index = await server.register_namespace(NAMESPACE_URI)
         await self._build_address_space(server)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 ENTRY_VERSION: Final = "mes.audit.entry/v1"
@@ -71,7 +71,7 @@ def format_at(dt: datetime) -> str:
         raise AuditValueError(f"expected a datetime, got {type(dt).__name__}")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise AuditValueError("naive datetime: pass a timezone-aware (UTC) datetime")
-    u = dt.astimezone(timezone.utc)
+    u = dt.astimezone(UTC)
     return (f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:"
             f"{u.second:02d}.{u.microsecond:06d}Z")
 
@@ -83,7 +83,7 @@ def parse_at(text: str) -> datetime:
                               "like 2026-11-23T10:04:05.123456Z")
     try:
         return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
-                        int(text[14:16]), int(text[17:19]), int(text[20:26]), tzinfo=timezone.utc)
+                        int(text[14:16]), int(text[17:19]), int(text[20:26]), tzinfo=UTC)
     except ValueError as exc:
         raise AuditValueError(f"{text!r} is not a valid date and time: {exc}") from None
 

@@ -24,8 +24,8 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import datetime, timezone
 from typing import Final, Union
 
 from cryptography.exceptions import InvalidSignature
@@ -166,7 +166,7 @@ def format_time(time: datetime) -> str:
     """Checkpoint time: RFC 3339 UTC to the second (microseconds are dropped)."""
     if not isinstance(time, datetime) or time.tzinfo is None or time.utcoffset() is None:
         raise CheckpointError("checkpoint time must be a timezone-aware datetime")
-    u = time.astimezone(timezone.utc)
+    u = time.astimezone(UTC)
     return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"
 
 
@@ -226,7 +226,7 @@ def parse_checkpoint(note_text: str) -> Checkpoint:
     if m is None:
         raise CheckpointError(f"checkpoint time line {time_s!r} is not 'time YYYY-MM-DDTHH:MM:SSZ'")
     try:
-        time = datetime(*(int(g) for g in m.groups()), tzinfo=timezone.utc)
+        time = datetime(*(int(g) for g in m.groups()), tzinfo=UTC)
     except ValueError:
         raise CheckpointError(f"checkpoint time {time_s[5:]!r} is not a valid date and time") from None
     if not sig_line.startswith(SIGNATURE_PREFIX):
@@ -256,7 +256,7 @@ def sign_checkpoint(body: str, name: str, private_key: Ed25519PrivateKey) -> str
     return text
 
 
-VerifierKeys = Union[str, VerifierKey, Iterable[Union[str, VerifierKey]]]
+VerifierKeys = Union[str, VerifierKey, Iterable[str | VerifierKey]]
 """One verifier key (text or parsed) or several (current and rotated-out keys)."""
 
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, current_app
 from sqlalchemy import Executable, event, func, insert, select
 from sqlalchemy.orm import Session
 
-from mes.audit import canonical, checkpoint as notes, keys, merkle
+from mes.audit import canonical, keys, merkle
+from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
 from mes.db import as_utc, db, pipelined, utcnow
 from mes.integration.models import OutboxEvent
@@ -49,7 +51,7 @@ _INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %
 def _stored_at(at: datetime) -> str:
     """``at`` as SQLAlchemy's SQLite DateTime stores it (naive UTC text), so the ORM reads
     it back like every other timestamp."""
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class UnauditedChangeError(RuntimeError):
@@ -66,7 +68,7 @@ class Actor:
     terminal: str | None = None
 
     @classmethod
-    def system(cls, component: str, terminal: str | None = None) -> "Actor":
+    def system(cls, component: str, terminal: str | None = None) -> Actor:
         return cls(id=f"system:{component}", name=f"MES {component}", role="system", terminal=terminal)
 
     def as_entry(self) -> dict[str, str]:

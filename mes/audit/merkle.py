@@ -442,7 +442,7 @@ class MerkleTree:
         self.size = 0
 
     @classmethod
-    def from_leaf_hashes(cls, leaf_hashes: Iterable[bytes]) -> "MerkleTree":
+    def from_leaf_hashes(cls, leaf_hashes: Iterable[bytes]) -> MerkleTree:
         tree = cls()
         tree.extend(leaf_hashes)
         return tree

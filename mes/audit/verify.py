@@ -71,9 +71,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mes.audit.canonical import AuditValueError, ZERO_HASH, is_valid_date, parse_entry
+from mes.audit.canonical import ZERO_HASH, AuditValueError, is_valid_date, parse_entry
 from mes.audit.checkpoint import (
-    Checkpoint, CheckpointError, VerifierKey, parse_vkeys, verify_checkpoint,
+    Checkpoint,
+    CheckpointError,
+    VerifierKey,
+    parse_vkeys,
+    verify_checkpoint,
 )
 from mes.audit.merkle import MerkleTree, subtree_nodes, verify_inclusion
 

@@ -35,10 +35,11 @@ import itertools
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -187,7 +188,7 @@ def parse_at(text: str | None) -> datetime | None:
 
 
 def format_at(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def quantize(value: Decimal, places: int, rounding: str | None = None) -> Decimal:
@@ -250,7 +251,7 @@ class GatewayScales:
 
     def weigh(self, device_id: str, load: Decimal, unit: str) -> dict[str, Any]:
         """Put ``load`` on the scale; the first stable reading of it newer than the request."""
-        asked = datetime.now(timezone.utc)
+        asked = datetime.now(UTC)
         self.set_load(device_id, load, unit)
         deadline = time.monotonic() + self.timeout_s
         last: dict[str, Any] | None = None
@@ -337,7 +338,7 @@ class SimOperator:
     def server_now(self) -> datetime:
         """The server clock, estimated from the latest stamp it gave (runs ``time_factor`` fast)."""
         if self._anchor is None:
-            return datetime.now(timezone.utc)
+            return datetime.now(UTC)
         at, mono = self._anchor
         return at + timedelta(seconds=(time.monotonic() - mono) * self.time_factor)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mes.gateway.store import CapturedReading, reading_store
@@ -25,7 +25,7 @@ STALE_AFTER_S = 10
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class DeviceState:
         return json.dumps(data)
 
     @classmethod
-    def loads(cls, text: str | bytes) -> "DeviceState":
+    def loads(cls, text: str | bytes) -> DeviceState:
         data = json.loads(text)
         for key in ("last_error_at", "connected_since", "updated_at"):
             data[key] = datetime.fromisoformat(data[key]) if data.get(key) else None
@@ -84,7 +84,7 @@ class DeviceState:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 class HealthBoard(Protocol):

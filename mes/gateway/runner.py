@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from devices.backoff import Backoff
@@ -92,7 +92,7 @@ def outcome(ok: bool, status: int = 200, slug: str = "ok", detail: str = "", **e
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _describe(exc: BaseException) -> str:
@@ -485,7 +485,7 @@ class GatewayThread:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mes-gateway", daemon=True)
 
-    def start(self, timeout: float = 60.0, *, wait: bool = True) -> "GatewayThread":
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> GatewayThread:
         """Start the thread; return once every device task runs (simulators started), or at
         once with ``wait=False`` (a web worker must not delay serving for its devices)."""
         self._thread.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -46,11 +46,11 @@ class CapturedReading:
             raise TypeError("CapturedReading.value must be a Decimal")
 
     @classmethod
-    def from_reading(cls, reading: Any, identity: dict[str, str] | None = None) -> "CapturedReading":
+    def from_reading(cls, reading: Any, identity: dict[str, str] | None = None) -> CapturedReading:
         """Wrap a :class:`devices.reading.Reading` (duck-typed: devices/ stays independent)."""
         return cls(device_id=reading.device_id, sequence=reading.sequence, status=reading.status.value,
                    value=reading.value, unit=reading.unit, stable=reading.stable, raw=reading.raw,
-                   at=reading.timestamp.astimezone(timezone.utc), identity=dict(identity or {}))
+                   at=reading.timestamp.astimezone(UTC), identity=dict(identity or {}))
 
     def age_ms(self, now: datetime) -> int:
         """Milliseconds between the reading and ``now`` (negative if the clocks disagree)."""
@@ -62,11 +62,11 @@ class CapturedReading:
         return {"device_id": self.device_id, "sequence": self.sequence, "status": self.status,
                 "value": None if self.value is None else str(self.value), "unit": self.unit,
                 "stable": self.stable, "raw": self.raw.decode("latin-1"),
-                "raw_hex": self.raw.hex(), "at": self.at.astimezone(timezone.utc).isoformat(),
+                "raw_hex": self.raw.hex(), "at": self.at.astimezone(UTC).isoformat(),
                 "identity": dict(self.identity)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CapturedReading":
+    def from_json(cls, data: dict[str, Any]) -> CapturedReading:
         """Inverse of :meth:`to_json`; the raw bytes come back from ``raw_hex``."""
         return cls(device_id=str(data["device_id"]), sequence=int(data["sequence"]), status=str(data["status"]),
                    value=None if data.get("value") is None else Decimal(str(data["value"])),

@@ -39,11 +39,12 @@ import bisect
 import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
@@ -103,7 +104,7 @@ def _aware(value: Any, field_name: str) -> datetime:
         raise ValidationFailed(f"{field_name} must be a date-time.", field=field_name)
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationFailed(f"{field_name} needs a time zone.", field=field_name)
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _counter(value: Any, field_name: str) -> int | None:
@@ -453,7 +454,7 @@ def shifts_between(start: datetime, end: datetime) -> list[Shift]:
     while day <= last:
         for name, minute in pattern:
             local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
-            bounds.append((local.astimezone(timezone.utc), name, day))
+            bounds.append((local.astimezone(UTC), name, day))
         day += timedelta(days=1)
     bounds.sort(key=lambda b: b[0])
     out = []

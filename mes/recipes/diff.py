@@ -12,10 +12,11 @@ with a longest common subsequence, so an insertion does not make everything afte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 from mes.recipes.model import BatchSize, MasterRecipe, Operation, ScaleRequirement, Step, Tolerance, UnitProcedure
 from mes.recipes.units import Duration, UnitError, convert, decimal_places, round_half_even, to_text

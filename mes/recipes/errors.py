@@ -13,8 +13,8 @@ CLI as one line per problem.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from mes.errors import ValidationFailed
 

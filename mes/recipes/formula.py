@@ -21,11 +21,12 @@ that names the divisor sub-expression.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
-from typing import Final, Mapping, Union
+from typing import Final, Union
 
 from mes.recipes.units import exact_decimal, round_half_even
 
@@ -76,7 +77,7 @@ class Unary:
     """``+x`` or ``-x``."""
 
     op: str
-    operand: "Node"
+    operand: Node
     start: int
     end: int
 
@@ -86,8 +87,8 @@ class Binary:
     """``left op right`` with op one of ``+ - * /``."""
 
     op: str
-    left: "Node"
-    right: "Node"
+    left: Node
+    right: Node
     start: int
     end: int
 
@@ -232,7 +233,7 @@ class Formula:
     references: tuple[str, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "Formula":
+    def parse(cls, text: str) -> Formula:
         """Parse ``text``; FormulaError (with the character position) if it is not valid."""
         return parse_formula(text)
 

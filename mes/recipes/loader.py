@@ -24,9 +24,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path as FsPath
-from typing import Any, Final, Iterable, Iterator, Mapping
+from typing import Any, Final
 
 import jsonschema
 import yaml
@@ -244,6 +245,40 @@ class _Builder:
 _KEY_TAGS: Final = frozenset(_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
 
 
+def _too_deep_flow(text: str) -> tuple[int, int] | None:
+    """(line, column) where flow collections (``[`` / ``{``) outside quotes and comments
+    first nest deeper than :data:`MAX_DEPTH`, or None.
+
+    PyYAML's scanner has a depth limit of its own that can stop it before our event-level
+    check sees the document; when parsing fails, this tells which limit it was.
+    """
+    depth, line, col, quote, comment, prev = 0, 1, 0, "", False, " "
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, comment, prev = line + 1, 0, False, " "
+            continue
+        if comment:
+            continue
+        if quote:
+            if ch == quote and not (quote == '"' and prev == "\\"):
+                quote = ""
+            prev = ch
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch == "#" and prev in " \t":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line, col
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        prev = ch
+    return None
+
+
 def parse_yaml(text: str, source: str | None = None) -> tuple[Any, SourceMap]:
     """Strictly turn YAML text into plain data and a :class:`SourceMap`; RecipeError if it
     is not well-formed YAML or uses what recipes refuse (see the module docstring)."""
@@ -254,6 +289,10 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, SourceMap]:
     try:
         data = builder.run(yaml.parse(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
+        deep = _too_deep_flow(text)
+        if deep is not None:  # the parser's own depth limit stopped it: say it as we do
+            builder.problems.append(Problem(f"nested more than {MAX_DEPTH} levels deep", "", deep[0], deep[1], source))
+            raise RecipeError(builder.problems) from None
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         builder.problems.append(Problem(f"YAML syntax error: {what}", "", mark.line + 1 if mark else None,

@@ -10,11 +10,12 @@ happens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from fractions import Fraction
 from functools import cached_property
-from typing import Any, ClassVar, Final, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 from mes.recipes.formula import Formula, parse_formula
 from mes.recipes.units import Duration, convert, decimal_places, round_half_even, to_text

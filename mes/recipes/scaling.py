@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Final, Iterator
+from typing import Any, Final
 
 from mes.recipes.errors import Problem, RecipeError
 from mes.recipes.model import (

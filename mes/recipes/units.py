@@ -223,7 +223,7 @@ class Duration:
             raise ValueError(f"a duration is a non-negative whole number of seconds, got {self.seconds!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "Duration":
+    def parse(cls, text: str) -> Duration:
         """Parse ``PnDTnHnMnS`` (each part optional, whole numbers); ValueError otherwise."""
         match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:

@@ -116,7 +116,7 @@ class UserSession(db.Model):
     end_reason: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User] = relationship(lazy="joined")
-    terminal: Mapped["Terminal | None"] = relationship(lazy="select")
+    terminal: Mapped[Terminal | None] = relationship(lazy="select")
 
 
 class ApiToken(db.Model):

@@ -46,7 +46,7 @@ class Policy:
     workstation_idle: timedelta
 
     @classmethod
-    def current(cls) -> "Policy":
+    def current(cls) -> Policy:
         c = current_app.config
         return cls(
             lockout_threshold=c["MES_LOCKOUT_THRESHOLD"],

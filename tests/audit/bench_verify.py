@@ -15,7 +15,7 @@ import json
 import os
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,7 +32,7 @@ NAMES = ["Jane Doe", "Li Wei 李伟", "Max Müller"]
 def generate(directory: Path, n: int) -> None:
     rnd = random.Random(1)
     directory.mkdir(parents=True, exist_ok=True)
-    prev, t = ZERO_HASH, datetime(2026, 11, 23, 10, tzinfo=timezone.utc)
+    prev, t = ZERO_HASH, datetime(2026, 11, 23, 10, tzinfo=UTC)
     tree = MerkleTree()
     leaves: list[bytes] = []
     with open(directory / "entries.jsonl", "wb") as f:
@@ -60,7 +60,7 @@ def generate(directory: Path, n: int) -> None:
     notes = []
     sizes = sorted(set(range(1000, n, 1000)) | {n})
     for k, size in enumerate(sizes):
-        body = cpm.checkpoint_body(name, size, tree.root(size), datetime(2026, 11, 23, tzinfo=timezone.utc)
+        body = cpm.checkpoint_body(name, size, tree.root(size), datetime(2026, 11, 23, tzinfo=UTC)
                                    + timedelta(seconds=60 * k))
         notes.append(cpm.sign_checkpoint(body, name, key))
     (directory / "checkpoints.jsonl").write_text("".join(json.dumps(x) + "\n" for x in notes))

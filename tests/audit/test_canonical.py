@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -40,12 +40,12 @@ def test_constants() -> None:
 
 
 def test_format_at() -> None:
-    dt = datetime(2026, 11, 23, 10, 4, 5, 123456, tzinfo=timezone.utc)
+    dt = datetime(2026, 11, 23, 10, 4, 5, 123456, tzinfo=UTC)
     assert c.format_at(dt) == "2026-11-23T10:04:05.123456Z"
     assert c.format_at(dt.replace(microsecond=0)) == "2026-11-23T10:04:05.000000Z"
     cet = timezone(timedelta(hours=1))
     assert c.format_at(datetime(2026, 11, 23, 11, 4, 5, 7, tzinfo=cet)) == "2026-11-23T10:04:05.000007Z"
-    assert c.format_at(datetime(999, 1, 2, tzinfo=timezone.utc)) == "0999-01-02T00:00:00.000000Z"
+    assert c.format_at(datetime(999, 1, 2, tzinfo=UTC)) == "0999-01-02T00:00:00.000000Z"
     assert c.parse_at(c.format_at(dt)) == dt
 
 
@@ -82,7 +82,7 @@ def test_canonical_bytes_is_json_dumps_in_the_value_space() -> None:
     ({"n": 2**53}, "after.n", "integer outside"),
     ({"n": -(2**53)}, "after.n", "integer outside"),
     ({"q": Decimal("1.5")}, "after.q", "Decimal"),
-    ({"t": datetime(2026, 1, 1, tzinfo=timezone.utc)}, "after.t", "datetime"),
+    ({"t": datetime(2026, 1, 1, tzinfo=UTC)}, "after.t", "datetime"),
     ({"s": {1, 2}}, "after.s", "set"),
     ({1: "x"}, "after", "non-string key"),
     ({"ключ": "x"}, "after", "non-ASCII key"),
@@ -171,7 +171,7 @@ def test_reader_is_laxer_than_writer_but_checks_types() -> None:
 
 
 def test_build_entry() -> None:
-    e = c.build_entry(seq=0, prev=c.ZERO_HASH, at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    e = c.build_entry(seq=0, prev=c.ZERO_HASH, at=datetime(2026, 1, 1, tzinfo=UTC),
                       actor={"id": "system:erp", "name": "ERP", "role": "system"}, action="lot.hold.placed",
                       entity={"type": "lot", "id": "L-1"})
     assert c.canonical_bytes(e).endswith(b',"terminal":null,"v":"mes.audit.entry/v1"}')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -13,7 +13,7 @@ from mes.audit.merkle import EMPTY_ROOT
 from .factory import NAME, signing_key, vkey
 
 ROOT = bytes(range(32))
-TIME = datetime(2026, 11, 23, 10, 7, 0, 999999, tzinfo=timezone.utc)
+TIME = datetime(2026, 11, 23, 10, 7, 0, 999999, tzinfo=UTC)
 
 
 def make(size: int = 7, root: bytes = ROOT, time: datetime = TIME, seed: int = 7, name: str = NAME) -> str:
@@ -28,7 +28,7 @@ def test_layout_and_round_trip() -> None:
     assert lines[5].startswith("\u2014 " + NAME + " ") and lines[6] == ""
     cp = cpm.verify_checkpoint(text, vkey(signing_key()))
     assert (cp.origin, cp.size, cp.root) == (NAME, 7, ROOT)
-    assert cp.time == datetime(2026, 11, 23, 10, 7, tzinfo=timezone.utc)
+    assert cp.time == datetime(2026, 11, 23, 10, 7, tzinfo=UTC)
     assert cp.body == "\n".join(lines[:4]) + "\n"
     assert cp.signatures[0].key_id == cpm.key_id(NAME, cpm.public_key_bytes(signing_key()))
     assert cp.text == text

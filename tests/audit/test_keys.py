@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from mes.audit import keys
 
 SITE = "plant-07.example"
 NAME = cpm.key_name(SITE)
-TIME = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+TIME = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 

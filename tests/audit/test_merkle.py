@@ -4,7 +4,7 @@ recursive definitions, and the stored-subtree variants against both."""
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import given, settings
@@ -32,7 +32,7 @@ def k_of(n: int) -> int:
     return k
 
 
-@lru_cache(maxsize=None)
+@cache
 def ref_mth(lo: int, hi: int) -> bytes:
     """MTH(D[lo:hi]) over LEAVES (leaf hashes), as in §2.1.1."""
     n = hi - lo

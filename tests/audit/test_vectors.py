@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mes.audit import canonical, merkle
+from mes.audit import canonical, merkle, verify
 from mes.audit import checkpoint as cpm
-from mes.audit import verify
 
 from .vectors import vectors_dir
 

@@ -16,8 +16,17 @@ from mes.audit import canonical, verify
 from mes.audit.merkle import MerkleTree, leaf_hash
 
 from .factory import (
-    T0, batch_files, checkpoints_for, default_sizes, entry_dict, export_files, make_lines, note, signing_key,
-    vkey, write,
+    T0,
+    batch_files,
+    checkpoints_for,
+    default_sizes,
+    entry_dict,
+    export_files,
+    make_lines,
+    note,
+    signing_key,
+    vkey,
+    write,
 )
 
 KEY = signing_key()

@@ -17,7 +17,7 @@ import json
 import random
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import insert, select, text
@@ -97,7 +97,7 @@ def fill_log(n: int) -> None:
     from mes.db import db
 
     db.session.commit()
-    start_at = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    start_at = datetime(2026, 11, 23, tzinfo=UTC)
     prev = canonical.ZERO_HASH
     tree = merkle.MerkleTree()
     chunk: list[dict] = []

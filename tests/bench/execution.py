@@ -54,7 +54,14 @@ import requests
 from sqlalchemy import text
 
 from tests.bench.common import (
-    BARE_TABLE, bench_database, create_bare_table, make_bench_app, parser, percentiles, ratio, timed,
+    BARE_TABLE,
+    bench_database,
+    create_bare_table,
+    make_bench_app,
+    parser,
+    percentiles,
+    ratio,
+    timed,
 )
 
 PASSWORD = "Bench-Passw0rd-1"
@@ -194,7 +201,7 @@ def _drive(base: str, kiosk: str, badge: str, work_order: str, samples: list[flo
     """Log in, start the batch, wait for the others, then complete every step in order
     (with ``think_s`` on average between an answer and the next tap). ``in_app`` gets the
     server's own time for each completion (its Server-Timing header)."""
-    from mes.execution.sim_operator import login, Login
+    from mes.execution.sim_operator import Login, login
 
     try:
         client = login(base, kiosk, Login(badge=badge, pin="2468"))

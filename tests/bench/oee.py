@@ -16,14 +16,14 @@ import json
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.bench.common import bench_database, make_bench_app, parser, percentiles, ratio
 
-DAY = datetime(2026, 3, 2, tzinfo=timezone.utc)
+DAY = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 def measure_recording(n: int) -> dict:
@@ -60,7 +60,7 @@ def _fill_day(n: int) -> None:
     from mes.db import db
     from mes.oee.models import CounterSample, LineStateInterval
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     step = timedelta(seconds=86400 / n)
     rows: list = []
     for k in range(144):

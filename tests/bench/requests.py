@@ -18,7 +18,14 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from tests.bench.common import (
-    BARE_TABLE, bench_database, create_bare_table, make_bench_app, parser, percentiles, ratio, timed,
+    BARE_TABLE,
+    bench_database,
+    create_bare_table,
+    make_bench_app,
+    parser,
+    percentiles,
+    ratio,
+    timed,
 )
 
 

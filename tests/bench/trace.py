@@ -19,10 +19,11 @@ import json
 import random
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import insert, select, text
 
@@ -46,7 +47,7 @@ def build(lots: int, links: int, seed: int = 7) -> dict[str, Any]:
     from mes.materials.models import GenealogyLink, Item, Lot
 
     rng = random.Random(seed)
-    at = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 23, tzinfo=UTC)
     sizes = _level_sizes(lots)
     levels: list[list[str]] = []
     n = 0

@@ -14,7 +14,6 @@ from devices.errors import DeviceTimeout, DeviceUnavailable, NotSupported, Proto
 from devices.reading import ReadingStatus
 from devices.sim import AandDSimulator, BalanceModel, Fault
 from devices.sim.server import GARBAGE
-
 from tests.devices.helpers import LINKS, aandd, read_until, run, wait_until
 
 over_links = pytest.mark.parametrize("link", LINKS)

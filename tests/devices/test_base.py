@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -22,7 +22,6 @@ from devices.errors import (
     ProtocolError,
 )
 from devices.reading import DeviceIdentity, ReadingStatus, Sample, Weight
-
 from tests.devices.helpers import run
 
 
@@ -101,7 +100,7 @@ async def connected(**config: Any) -> ScriptedScale:
 def test_read_builds_sequenced_readings_with_frame_times() -> None:
     async def body() -> None:
         scale = await connected()
-        stamp = datetime(2026, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+        stamp = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
         scale.frames.extend([Frame(b"ok 1.50 g", 123.5, stamp), b"dynamic 1.60 g"])
         first = await scale.read()
         assert (first.sequence, first.value, first.unit, first.stable) == (1, Decimal("1.50"), "g", True)
@@ -109,7 +108,7 @@ def test_read_builds_sequenced_readings_with_frame_times() -> None:
         assert first.raw == b"ok 1.50 g"
         second = await scale.read()
         assert second.sequence == 2 and second.status is ReadingStatus.DYNAMIC
-        assert second.timestamp.tzinfo is timezone.utc
+        assert second.timestamp.tzinfo is UTC
 
     run(body())
 

@@ -26,7 +26,6 @@ from devices.errors import (
 from devices.reading import ReadingStatus, Weight
 from devices.sim import BalanceModel, Fault, MtSicsSimulator
 from devices.sim.server import GARBAGE
-
 from tests.devices.helpers import LINKS, closed_tcp_port, mtsics, run, wait_until
 
 over_links = pytest.mark.parametrize("link", LINKS)

@@ -15,7 +15,7 @@ import math
 import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -227,7 +227,7 @@ def test_non_numeric_values_are_protocol_errors(value: ua.DataValue) -> None:
 
 
 def test_datavalue_encoding_round_trip_and_garbage() -> None:
-    source = datetime(2025, 5, 1, 12, 0, tzinfo=timezone.utc)
+    source = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
     value = ua.DataValue(ua.Variant(21.5, ua.VariantType.Float), SourceTimestamp=source)
     raw = encode_datavalue(value)
     back = decode_datavalue(raw)

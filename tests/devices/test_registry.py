@@ -15,7 +15,6 @@ from devices.drivers.mtsics import MtSicsScale
 from devices.drivers.virtual import VirtualScale
 from devices.errors import DriverLoadError, DriverNotFound
 from devices.registry import BUILTIN_DRIVERS, ENTRY_POINT_GROUP, DriverRegistry
-
 from tests.devices.helpers import run
 from tests.devices.plugins import (  # noqa: F401 - fixture
     BROKEN_PLUGIN,

@@ -10,7 +10,6 @@ import pytest
 
 from devices.sim import AandDSimulator, BalanceModel
 from devices.transport import LineTransport
-
 from tests.devices.helpers import LINKS, run
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from devices.sim import BalanceModel, Fault, MtSicsSimulator
 from devices.transport import LineTransport
-
 from tests.devices.helpers import LINKS, run
 
 

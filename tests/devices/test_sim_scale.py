@@ -17,9 +17,9 @@ from devices.drivers.mtsics import MtSicsScale
 from devices.reading import ReadingStatus
 from devices.sim import AandDSimulator, FaultPlan, MtSicsSimulator
 from devices.sim.faults import Fault
-from devices.sim.scale import build_parser, create_simulator, main, run as run_sim
+from devices.sim.scale import build_parser, create_simulator, main
+from devices.sim.scale import run as run_sim
 from devices.sim.server import SimulatorServer
-
 from tests.devices.helpers import run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,6 @@ from devices.errors import DeviceUnavailable
 from devices.sim import BalanceModel, Fault, MtSicsSimulator, SimulatorThread
 from devices.sim.server import GARBAGE, Session, SimulatorServer
 from devices.transport import LineTransport
-
 from tests.devices.helpers import LINKS, run, wait_until
 
 

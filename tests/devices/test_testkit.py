@@ -18,7 +18,6 @@ from devices.reading import DeviceIdentity, ReadingStatus, Sample
 from devices.registry import DriverRegistry
 from devices.sim import AandDSimulator, BalanceModel, MtSicsSimulator
 from devices.testkit import DriverConformance, DriverFactory, LinkedDriverConformance, check_reading, run_async
-
 from tests.devices.helpers import FAST_BAUD, closed_tcp_port
 from tests.devices.plugins import EXAMPLE_PLUGIN, forget_plugin_modules, install_on_path  # noqa: F401
 

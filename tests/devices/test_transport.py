@@ -14,7 +14,6 @@ import pytest
 
 from devices.errors import DeviceTimeout, DeviceUnavailable, ProtocolError
 from devices.transport import LineTransport, SerialDriver, bits_per_character, serial_config_schema
-
 from tests.devices.helpers import closed_tcp_port, run
 
 

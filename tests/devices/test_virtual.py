@@ -12,7 +12,6 @@ from devices import create_driver
 from devices.drivers.virtual import VirtualScale
 from devices.errors import DeviceBusy, DeviceFault, DeviceTimeout, DeviceUnavailable, ProtocolError
 from devices.reading import ReadingStatus, Weight
-
 from tests.devices.helpers import run
 
 

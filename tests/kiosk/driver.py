@@ -8,14 +8,15 @@ simulated operator (mes.execution.sim_operator) chooses them, so the values are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 
-from tests.kiosk.checks import until
 from tests.kiosk import flows
+from tests.kiosk.checks import until
 
 TARE = Decimal("0.80")  # an empty lined container on the floor scale, kg
 SMALL_TARE = Decimal("0.25")  # a smaller one on a bench balance, kg
@@ -306,9 +307,7 @@ class Driver:
     def sim(self) -> Any:
         if self._sim is None:
             from mes.execution import operations as ex
-            from mes.execution.sim_operator import Login, SimOperator
-
-            from mes.execution.sim_operator import Client
+            from mes.execution.sim_operator import Client, Login, SimOperator
 
             self._sim = SimOperator(self.server.url, "KIOSK-01:x", Login(badge="-"), echo=None)
             self._sim.operator = Client(self.server.url, None)  # never called: only its entry rules are used

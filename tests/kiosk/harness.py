@@ -19,11 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 from sqlalchemy import create_engine, text
@@ -70,8 +71,8 @@ def seeded_database(backend: str, templates: dict[str, str], home: Path) -> Iter
 
 def seed_like_demo(url: str, home: Path) -> None:
     from mes.app import create_app
-    from mes.db import db
     from mes.audit.log import Actor
+    from mes.db import db
     from mes.demo import seed_demo, seed_equipment, seed_production
     from mes.equipment.plant import equip_for_recipe
     from mes.execution import recipes_store as store

@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from tests.conftest import BACKENDS
 from tests.kiosk import checks, flows
-from tests.kiosk.harness import QA_TERMINAL, running_server
 from tests.kiosk.driver import Driver
+from tests.kiosk.harness import QA_TERMINAL, running_server
 
 pytestmark = pytest.mark.browser
 

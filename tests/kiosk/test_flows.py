@@ -8,13 +8,14 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from tests.kiosk.checks import until
 from tests.kiosk import checks, flows
+from tests.kiosk.checks import until
 from tests.kiosk.harness import KioskServer, running_server
 
 pytestmark = pytest.mark.browser

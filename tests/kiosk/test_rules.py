@@ -8,8 +8,9 @@ same checks. Each screen is visited once per size; the rule tests read that meas
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 

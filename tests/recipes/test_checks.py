@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from mes.recipes.checks import check
 from mes.recipes.errors import RecipeError
 from mes.recipes.loader import from_dict
-
 from tests.recipes.helpers import minimal, step
 
 Edit = Callable[[dict[str, Any]], None]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
 from mes.recipes.diff import diff
 from mes.recipes.loader import from_dict, load_recipe
 from mes.recipes.model import MasterRecipe
-
 from tests.recipes.helpers import CREAM, PARACETAMOL, minimal, recipe_dicts, step
 
 

@@ -4,9 +4,10 @@ property tests (generated recipes load and round-trip; garbage only ever raises 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +17,6 @@ from hypothesis import strategies as st
 from mes.recipes.errors import RecipeError
 from mes.recipes.loader import MAX_BYTES, from_dict, load_recipe, parse_yaml, validate_file
 from mes.recipes.model import MasterRecipe, WeighStep
-
 from tests.recipes.helpers import CREAM, EXAMPLES, PARACETAMOL, dump, minimal, recipe_dicts
 
 TEXT = PARACETAMOL.read_text(encoding="utf-8")

@@ -24,7 +24,6 @@ from mes.recipes.model import (
     in_limits,
 )
 from mes.recipes.units import Duration
-
 from tests.recipes.helpers import PARACETAMOL, minimal
 
 D = Decimal

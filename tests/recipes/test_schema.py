@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from mes.recipes.loader import _Validator, schema_errors
 from mes.recipes.model import MEANINGS, ROLES, STEP_KINDS
 from mes.recipes.schema import SCHEMA, STEP_FIELDS, schema_json
-
-from tests.recipes.helpers import EXAMPLES, REPO, RECIPES, minimal
+from tests.recipes.helpers import EXAMPLES, RECIPES, REPO, minimal
 from tests.recipes.test_loader import mutated_dicts, semantically_mutated_dicts
 
 PUBLISHED = RECIPES / "master-recipe.schema.json"
