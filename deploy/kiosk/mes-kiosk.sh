@@ -18,10 +18,11 @@
 #
 # Configuration: environment variables, or KEY=VALUE lines in
 # /etc/mes/kiosk.env (MES_KIOSK_CONFIG); the environment wins.
-#   MES_KIOSK_URL        kiosk page, required. "{terminal}" is replaced by the
-#                        terminal id, e.g.
-#                        https://mes.plant-01.example/kiosk/?terminal={terminal}
-#                        Without the placeholder the URL is used as is.
+#   MES_KIOSK_URL        kiosk page, required, e.g.
+#                        https://mes.plant-01.example/kiosk/
+#                        "{terminal}" in it is replaced by the terminal id (the
+#                        MES itself knows the terminal from its enrolment
+#                        cookie, see OPERATIONS.md §10).
 #   MES_TERMINAL_ID      terminal id (default: host name); [A-Za-z0-9._-] only
 #   MES_KIOSK_BROWSER    browser binary (default: chromium, chromium-browser)
 #   MES_KIOSK_WAIT_SECONDS  wait this long for the server's /healthz before
