@@ -202,15 +202,15 @@ capture_output = False
 
 def when_ready(server):
     server.log.info(
-        "mes-web ready: bind=%s workers=%s threads=%s"
-        % (",".join(server.cfg.bind), server.cfg.workers, server.cfg.threads)
+        "mes-web ready: bind=%s workers=%s threads=%s",
+        ",".join(server.cfg.bind), server.cfg.workers, server.cfg.threads,
     )
     if server.cfg.workers > 1:
         server.log.warning(
             "workers=%d: Socket.IO long-polling needs every request of a session "
             "on the same process; run one worker per instance and scale with "
-            "more instances behind nginx unless all clients use WebSocket only"
-            % server.cfg.workers
+            "more instances behind nginx unless all clients use WebSocket only",
+            server.cfg.workers,
         )
 
 
@@ -222,6 +222,5 @@ def worker_abort(worker):
         frame = frames.get(thread.ident)
         if frame is not None:
             worker.log.critical(
-                "worker timeout, thread %s:\n%s"
-                % (thread.name, "".join(traceback.format_stack(frame)))
+                "worker timeout, thread %s:\n%s", thread.name, "".join(traceback.format_stack(frame))
             )

@@ -325,10 +325,12 @@ class Driver(abc.ABC):
         return await self._read_raw(False)
 
     async def _stream_stop(self) -> None:
-        """Leave continuous mode after a stream ends (default: nothing to do)."""
+        """Leave continuous mode after a stream ends (optional hook; default: nothing to do)."""
+        return None
 
     def _after_error(self, exc: Exception) -> None:
-        """Called (lock held) after any failed operation, e.g. to schedule a resync."""
+        """Called (lock held) after any failed operation, e.g. to schedule a resync (optional hook)."""
+        return None
 
     async def _tare(self) -> Weight:
         raise NotSupported("tare not implemented", device_id=self.device_id)

@@ -125,7 +125,7 @@ def driver_queries(conn: Connection, queries: Sequence[tuple[str, tuple[Any, ...
         return [cursor.execute(sql, params).fetchall() for sql, params in queries]
     cursors = [driver.cursor() for _ in queries]
     with pipelined(conn):
-        for cursor, (sql, params) in zip(cursors, queries):
+        for cursor, (sql, params) in zip(cursors, queries, strict=True):
             cursor.execute(sql.replace("?", "%s"), params)
     return [cursor.fetchall() for cursor in cursors]
 

@@ -39,7 +39,8 @@ version: 1
 product: {code: FG-PCM500-PACK, name: "Paracetamol 500 mg tablets, packed"}
 batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
 bill_of_materials:
-  - {item: BLK-PCM500-TAB, name: Paracetamol 500 mg tablets bulk, role: intermediate, quantity: "10.000", unit: kg, tolerance: {percent: "1.0"}}
+  - {item: BLK-PCM500-TAB, name: Paracetamol 500 mg tablets bulk, role: intermediate, quantity: "10.000", unit: kg,
+     tolerance: {percent: "1.0"}}
 procedure:
   - id: packing
     title: Packing
@@ -144,7 +145,7 @@ def stock(world: World, recipe: rm.MasterRecipe, *, extra_lots: int = 0) -> None
             continue
         size = line.quantity * 2 if line.unit == "pcs" else (line.quantity * 2 + 1)
         unit = "pcs" if line.unit == "pcs" else "kg"
-        for n in range(1 + extra_lots):
+        for _ in range(1 + extra_lots):
             lot = mat.receive_lot(SEED, line.item, [mat.ContainerIn(to_text(size), unit), mat.ContainerIn(to_text(size), unit)],
                                   manufactured_date=date.today() - timedelta(days=10))
             mat.release_lot(qa, lot.id, "tested and released")

@@ -251,7 +251,7 @@ def test_tamper_rewrite_the_chain_from_an_entry_on(tampered_log: str) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_tree_nodes"))
         conn.execute(text("INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (:l, :i, :h)"),
-                     [{"l": l, "i": i, "h": h} for l, i, h in tree.node_rows()])
+                     [{"l": level, "i": i, "h": h} for level, i, h in tree.node_rows()])
     result = verify_database()
     assert not result.ok and result.first_bad_seq == 30  # the last consistent checkpoint covered 0..29
 

@@ -49,7 +49,8 @@ procedure:
         steps:
           - {id: d1, kind: instruction, title: D1, instruction: Do D1.}
           - {id: x1, kind: identify, title: X1, instruction: Scan., item: RM-PROP}
-          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-PROP, quantity: "10.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
+          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-PROP, quantity: "10.000", unit: kg,
+             yield_low: "90.0", yield_high: "101.0"}
 """
 STEPS = ["a1", "a2", "b1", "b2", "c1", "d1"]
 ACTIONS = st.one_of(

@@ -318,7 +318,7 @@ def test_signature_and_second_person_verification(app: Flask, world: eh.World) -
 def test_idle_logout_ends_the_session_and_says_so(app: Flask, world: eh.World) -> None:
     k = Kiosk(app.test_client(), world.seeded.kiosk)
     k.login("B-operator", "2468")
-    r = k.post("/kiosk/logout", {"reason": "idle"})
+    k.post("/kiosk/logout", {"reason": "idle"})
     assert screen(k.page) == "login" and "inactivity" in k.page and not message(k.page)
     row = db.session.query(UserSession).filter_by(user_id="operator1", method="badge").one()
     assert row.end_reason == "idle_timeout"

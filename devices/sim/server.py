@@ -403,10 +403,12 @@ class SimulatorServer(abc.ABC):
 
     # ------------------------------------------------------------ protocol
     async def on_session(self, session: Session) -> None:
-        """Called once per client session (start continuous output here)."""
+        """Called once per client session (start continuous output here); optional."""
+        return None
 
+    @abc.abstractmethod
     async def on_line(self, session: Session, line: bytes) -> None:
-        """Called for each complete command line (with CR LF) from the client."""
+        """Called for each complete command line (with CR LF) from the client: the protocol."""
 
 
 class SimulatorThread:

@@ -345,7 +345,7 @@ def parse_canonical(line: bytes) -> Any:
         raise AuditValueError("nested too deeply") from None
     expected = _encode(value)
     if expected != line:
-        i = next((i for i, (a, b) in enumerate(zip(expected, line)) if a != b), min(len(expected), len(line)))
+        i = next((i for i, (a, b) in enumerate(zip(expected, line, strict=False)) if a != b), min(len(expected), len(line)))
         raise AuditValueError(f"not in canonical form (re-serialising changes the bytes from byte {i} on: "
                               f"expected {expected[i:i + 20]!r}, found {line[i:i + 20]!r})")
     return value

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final, Union
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -256,7 +256,7 @@ def sign_checkpoint(body: str, name: str, private_key: Ed25519PrivateKey) -> str
     return text
 
 
-VerifierKeys = Union[str, VerifierKey, Iterable[str | VerifierKey]]
+VerifierKeys = str | VerifierKey | Iterable[str | VerifierKey]
 """One verifier key (text or parsed) or several (current and rotated-out keys)."""
 
 

@@ -79,7 +79,7 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
     parsed, cp_errors = verify_checkpoint_history([c.note for c in cps], verifier_keys(), stream.tree,
                                                   label="checkpoint")
     result.fail_all(cp_errors, None)
-    for row, cp in zip(cps, parsed):
+    for row, cp in zip(cps, parsed, strict=True):
         if cp is not None and (cp.size != row.size or cp.root != bytes(row.root)):
             result.fail(f"checkpoint {row.id}: stored size or root differs from its signed note", None)
     _check_columns(bytes(stored_leaves), stream, result)

@@ -290,7 +290,7 @@ def record(
              batch, entry_bytes, leaf),
         )
         conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
-    known = {**frontier, **{(l, i): h for l, i, h in nodes}}
+    known = {**frontier, **{(level, i): h for level, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)
     session.info["audit_head"] = new_head

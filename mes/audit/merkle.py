@@ -97,7 +97,7 @@ def mth(leaf_hashes: Sequence[bytes]) -> bytes:
     sha = _sha256
     while len(level) > 1:
         it = iter(level)
-        nxt = [sha(b"\x01" + a + b).digest() for a, b in zip(it, it)]
+        nxt = [sha(b"\x01" + a + b).digest() for a, b in zip(it, it, strict=False)]
         if len(level) & 1:
             nxt.append(level[-1])
         level = nxt

@@ -161,7 +161,7 @@ _keys_ok: dict[tuple[bytes | None, ...], bool] = {}
 def _keys_in_order(keys: tuple[bytes | None, ...]) -> bool:
     """Captured keys of a flat object: ASCII, strictly increasing (so sorted and unique)."""
     ks = [k for k in keys if k is not None]
-    ok = all(k.isascii() for k in ks) and all(a < b for a, b in zip(ks, ks[1:]))
+    ok = all(k.isascii() for k in ks) and all(a < b for a, b in zip(ks, ks[1:], strict=False))
     if len(_keys_ok) > 4096:
         _keys_ok.clear()
     _keys_ok[keys] = ok
@@ -259,7 +259,7 @@ def _check_lines_unpaused(lines: Sequence[bytes], start: int, max_errors: int, p
     hexlify = binascii.hexlify
     if n and None not in fields:
         # The common case, checked for the whole block at C speed.
-        seqs, prevs, ats = zip(*fields)
+        seqs, prevs, ats = zip(*fields, strict=True)
         if seqs == tuple(range(start, start + n)) and b"".join(prevs[1:]) == hexlify(packed[:-32]) \
                 and list(ats) == sorted(ats):
             return start, n, packed, subtree_nodes(start, packed), prevs[0], ats[0], ats[-1], []
@@ -453,13 +453,13 @@ def verify_entry_stream(lines: Iterable[bytes], *, workers: int | None = None,
 
     def blocks() -> Iterator[list[bytes]]:
         while True:
-            block = [bytes(b) for _, b in zip(range(STREAM_BLOCK_LINES), it)]
+            block = [bytes(b) for _, b in zip(range(STREAM_BLOCK_LINES), it, strict=False)]
             if not block:
                 return
             yield block
 
     gen = blocks()
-    head = [b for _, b in zip(range(3), gen)]
+    head = [b for _, b in zip(range(3), gen, strict=False)]
     start = 0
     if workers <= 1 or len(head) < 3:
         for block in head:

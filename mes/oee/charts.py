@@ -92,7 +92,7 @@ def shift_chart(groups: list[dict[str, Any]]) -> Chart:
     if len(points) > 1:
         chart.polylines.append({"points": " ".join(points), "stroke": OEE_COLOUR, "fill": "none"})
     lx = left
-    for key, letter, colour in SERIES:
+    for key, _letter, colour in SERIES:
         chart.legend.append({"x": _px(lx), "y": "8", "fill": colour, "tx": _px(lx + 16), "ty": "18",
                              "text": key.capitalize()})
         lx += 110
@@ -115,7 +115,7 @@ def pareto_chart(reasons: list[dict[str, Any]]) -> Chart:
     _axis(chart, left, top, plot_h, plot_w, Decimal(100), " %", right=True)
     base = Decimal(top + plot_h)
     points, running = [], Decimal(0)
-    for i, (r, m) in enumerate(zip(rows, minutes)):
+    for i, (r, m) in enumerate(zip(rows, minutes, strict=True)):
         x = Decimal(left + i * slot + 14)
         y = base - Decimal(plot_h) * m / top_min
         chart.rects.append({"x": _px(x), "y": _px(y), "width": _px(slot - 28), "height": _px(base - y),

@@ -458,7 +458,7 @@ def shifts_between(start: datetime, end: datetime) -> list[Shift]:
         day += timedelta(days=1)
     bounds.sort(key=lambda b: b[0])
     out = []
-    for (b0, name, d), (b1, _, _) in zip(bounds, bounds[1:]):
+    for (b0, name, d), (b1, _, _) in zip(bounds, bounds[1:], strict=False):
         if b1 > b0 and b1 > start and b0 < end:
             out.append(Shift(name, d, b0, b1))
     return out
@@ -630,7 +630,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
         cuts.update(t for t in (run.start, run.end) if t is not None and start < t < until)
     cuts.update(s.start for s in shifts if start < s.start < until)
     points = sorted(cuts)
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         us = int((b - a) / EPSILON)
         interval = interval_at(a)
         for fig in (total, figures(key_at(a))):

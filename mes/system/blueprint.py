@@ -82,7 +82,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 "parameters": params,
                 "responses": {
                     "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "default": {"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+                    "default": {"description": "Problem", "content": {
+                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
                 },
             }
             if access and access.permission is not None:

@@ -62,7 +62,7 @@ def test_leaf_hashes_and_chain(lines: list[bytes], expected: dict) -> None:
     leaves = [merkle.leaf_hash(b) for b in lines]
     assert [h.hex() for h in leaves] == expected["leaf_hashes"]
     prev = canonical.ZERO_HASH
-    for line, leaf in zip(lines, leaves):
+    for line, leaf in zip(lines, leaves, strict=True):
         assert json.loads(line)["prev"] == prev
         prev = leaf.hex()
 

@@ -102,7 +102,8 @@ procedure:
         title: Finish
         steps:
           - {id: x1, kind: identify, title: X1, instruction: Scan., item: RM-BENCH}
-          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-BENCH, quantity: "10.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
+          - {id: out, kind: produce_output, title: Out, instruction: Weigh., item: FG-BENCH, quantity: "10.000", unit: kg,
+             yield_low: "90.0", yield_high: "101.0"}
 """
 
 

@@ -44,7 +44,7 @@ def measure_recording(n: int) -> dict:
              "counters": {"seq": 1, "processed": 3, "defective": 0, "processed_delta": 3, "defective_delta": 0,
                           "processed_reset": False, "defective_reset": False}}
     bare = []
-    for i in range(n):
+    for _ in range(n):
         t = time.perf_counter()
         log.record(gateway, "oee.line_sample_recorded", ("line", "BENCH-BARE"), after=after)
         db.session.commit()

@@ -51,7 +51,7 @@ def build(lots: int, links: int, seed: int = 7) -> dict[str, Any]:
     sizes = _level_sizes(lots)
     levels: list[list[str]] = []
     n = 0
-    for (code, _, _), size in zip(LEVELS, sizes):
+    for size in sizes:
         levels.append([f"L{n + i:07d}" for i in range(size)])
         n += size
     produced = sum(sizes[1:])
@@ -62,7 +62,7 @@ def build(lots: int, links: int, seed: int = 7) -> dict[str, Any]:
             {"code": code, "name": f"Bench {kind}", "kind": kind, "base_uom": "kg", "active": True, "created_at": at,
              "created_by": "bench"} for code, kind, _ in LEVELS])
         rows: list[dict[str, Any]] = []
-        for (code, _, _), ids in zip(LEVELS, levels):
+        for (code, _, _), ids in zip(LEVELS, levels, strict=True):
             for lot_id in ids:
                 rows.append({"id": lot_id, "item_code": code, "status": "released", "created_at": at,
                              "created_by": "bench"})
@@ -76,7 +76,7 @@ def build(lots: int, links: int, seed: int = 7) -> dict[str, Any]:
     made = 0
     child_index = 0
     table = GenealogyLink.__table__
-    for below, level in zip(levels, levels[1:]):
+    for below, level in zip(levels, levels[1:], strict=False):
         rows = []
         for j, child in enumerate(level):
             k = per_child + (1 if child_index < extra else 0)

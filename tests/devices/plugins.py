@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import importlib
 import re
-import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,14 +40,3 @@ def install_on_path(project: Path, site: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.syspath_prepend(str(project))  # the package itself, as an install would
     importlib.invalidate_caches()
     return name
-
-
-@pytest.fixture
-def forget_plugin_modules() -> Iterator[None]:
-    """Drop plugin modules imported during a test from ``sys.modules``."""
-    before = set(sys.modules)
-    yield
-    for module in set(sys.modules) - before:
-        if module.startswith(("mes_example_scale", "mes_broken_scale")):
-            del sys.modules[module]
-    importlib.invalidate_caches()

@@ -16,12 +16,7 @@ from devices.drivers.virtual import VirtualScale
 from devices.errors import DriverLoadError, DriverNotFound
 from devices.registry import BUILTIN_DRIVERS, ENTRY_POINT_GROUP, DriverRegistry
 from tests.devices.helpers import run
-from tests.devices.plugins import (  # noqa: F401 - fixture
-    BROKEN_PLUGIN,
-    EXAMPLE_PLUGIN,
-    forget_plugin_modules,
-    install_on_path,
-)
+from tests.devices.plugins import BROKEN_PLUGIN, EXAMPLE_PLUGIN, install_on_path
 
 
 def test_builtins_are_known_and_listing_imports_nothing() -> None:
@@ -60,9 +55,8 @@ def test_builtin_targets_match_the_entry_points_to_declare() -> None:
         assert getattr(__import__(module, fromlist=[attr]), attr).name == name
 
 
-def test_example_plugin_is_found_through_its_entry_point(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_plugin_modules: None
-) -> None:
+@pytest.mark.usefixtures("forget_plugin_modules")
+def test_example_plugin_is_found_through_its_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = DriverRegistry()
     assert "example" not in registry.names()
     install_on_path(EXAMPLE_PLUGIN, tmp_path / "site", monkeypatch)
@@ -82,11 +76,9 @@ def test_example_plugin_is_found_through_its_entry_point(
     run(body())
 
 
+@pytest.mark.usefixtures("forget_plugin_modules")
 def test_broken_plugins_are_isolated(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    forget_plugin_modules: None,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     install_on_path(EXAMPLE_PLUGIN, tmp_path / "site-a", monkeypatch)
     install_on_path(BROKEN_PLUGIN, tmp_path / "site-b", monkeypatch)
@@ -115,9 +107,8 @@ def test_broken_plugins_are_isolated(
         registry.load("broken")  # cached, same clear error
 
 
-def test_two_plugins_claiming_one_name_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_plugin_modules: None
-) -> None:
+@pytest.mark.usefixtures("forget_plugin_modules")
+def test_two_plugins_claiming_one_name_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_on_path(EXAMPLE_PLUGIN, tmp_path / "site-a", monkeypatch)
     clone = tmp_path / "clone"
     clone.mkdir()

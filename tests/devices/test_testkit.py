@@ -19,7 +19,7 @@ from devices.registry import DriverRegistry
 from devices.sim import AandDSimulator, BalanceModel, MtSicsSimulator
 from devices.testkit import DriverConformance, DriverFactory, LinkedDriverConformance, check_reading, run_async
 from tests.devices.helpers import FAST_BAUD, closed_tcp_port
-from tests.devices.plugins import EXAMPLE_PLUGIN, forget_plugin_modules, install_on_path  # noqa: F401
+from tests.devices.plugins import EXAMPLE_PLUGIN, install_on_path
 
 
 def _unreachable(link: str) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class TestExamplePluginConformance(DriverConformance):
 
     @pytest.fixture
     def driver_factory(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_plugin_modules: None  # noqa: F811
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_plugin_modules: None
     ) -> DriverFactory:
         install_on_path(EXAMPLE_PLUGIN, tmp_path / "site", monkeypatch)
         driver_class = DriverRegistry().load("example")

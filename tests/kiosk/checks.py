@@ -49,7 +49,8 @@ TARGETS_JS = _VISIBLE + """
   els.forEach((el, i) => {
     const r = rects[i];
     const shorter = Math.min(r.width, r.height);
-    if (shorter + 0.01 < minPx) out.push(`${name(el)} is ${r.width.toFixed(1)}x${r.height.toFixed(1)} px; shorter side must be >= ${minPx} px`);
+    if (shorter + 0.01 < minPx)
+      out.push(`${name(el)} is ${r.width.toFixed(1)}x${r.height.toFixed(1)} px; shorter side must be >= ${minPx} px`);
   });
   for (let i = 0; i < els.length; i++) for (let j = i + 1; j < els.length; j++) {
     if (els[i].contains(els[j]) || els[j].contains(els[i])) continue;
@@ -57,7 +58,8 @@ TARGETS_JS = _VISIBLE + """
     const dx = Math.max(0, Math.max(a.left - b.right, b.left - a.right));
     const dy = Math.max(0, Math.max(a.top - b.bottom, b.top - a.bottom));
     const gap = Math.hypot(dx, dy);
-    if (gap + 0.01 < gapPx) out.push(`${name(els[i])} and ${name(els[j])} are ${gap.toFixed(1)} px apart; need >= ${gapPx.toFixed(1)} px (2 mm)`);
+    if (gap + 0.01 < gapPx)
+      out.push(`${name(els[i])} and ${name(els[j])} are ${gap.toFixed(1)} px apart; need >= ${gapPx.toFixed(1)} px (2 mm)`);
   }
   return {count: els.length, violations: out};
 }
@@ -81,12 +83,17 @@ TEXT_JS = _VISIBLE + """
     const size = parseFloat(getComputedStyle(el).fontSize);
     let need = body, kind = 'body text';
     if (el.closest('#live-weight [data-field=value]')) { need = weight; kind = 'the live weight'; }
-    else if (el.closest('[data-field=instruction], [data-field=entry], [data-field=scanned], [data-field=value]')) { need = value; kind = 'a value or instruction'; }
-    if (size + 0.01 < need) out.push(`${kind} "${node.textContent.trim().slice(0, 40)}" (${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}) is ${size} px; need >= ${need} px`);
+    else if (el.closest('[data-field=instruction], [data-field=entry], [data-field=scanned], [data-field=value]')) {
+      need = value; kind = 'a value or instruction';
+    }
+    if (size + 0.01 < need)
+      out.push(`${kind} "${node.textContent.trim().slice(0, 40)}" (${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}) `
+               + `is ${size} px; need >= ${need} px`);
   }
   for (const sel of ['#live-weight [data-field=value]']) {
     for (const el of document.querySelectorAll(sel)) {
-      if (visible(el) && parseFloat(getComputedStyle(el).fontSize) + 0.01 < weight) out.push(`${sel} is ${getComputedStyle(el).fontSize}; need >= ${weight} px`);
+      if (visible(el) && parseFloat(getComputedStyle(el).fontSize) + 0.01 < weight)
+        out.push(`${sel} is ${getComputedStyle(el).fontSize}; need >= ${weight} px`);
     }
   }
   return out;
@@ -99,7 +106,8 @@ TEXT_JS = _VISIBLE + """
 COLOUR_JS = _VISIBLE + """
 () => {
   const parse = (c) => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
-    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1}; };
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1}; };
   const hsl = ({r, g, b}) => { r /= 255; g /= 255; b /= 255; const mx = Math.max(r, g, b), mn = Math.min(r, g, b);
     const l = (mx + mn) / 2; if (mx === mn) return {h: 0, s: 0, l};
     const d = mx - mn; const s = l > 0.5 ? d / (2 - mx - mn) : d / (mx + mn); let h;
@@ -107,12 +115,14 @@ COLOUR_JS = _VISIBLE + """
     return {h: h * 60, s, l}; };
   const alarm = (c) => { const p = parse(c); if (!p || p.a < 0.3) return null; const {h, s, l} = hsl(p);
     if (s < 0.5 || l <= 0.2 || l >= 0.8) return null;
-    if (h <= 15 || h >= 345) return 'red'; if (h >= 25 && h <= 50) return 'amber'; if (h >= 285 && h <= 335) return 'magenta'; return null; };
+    if (h <= 15 || h >= 345) return 'red'; if (h >= 25 && h <= 50) return 'amber';
+    if (h >= 285 && h <= 335) return 'magenta'; return null; };
   const found = [];
   for (const el of document.querySelectorAll('body *')) {
     if (!visible(el)) continue;
     const cs = getComputedStyle(el);
-    const props = [['background-color', cs.backgroundColor], ['border-top-color', cs.borderTopWidth !== '0px' && cs.borderTopStyle !== 'none' ? cs.borderTopColor : ''],
+    const props = [['background-color', cs.backgroundColor],
+                   ['border-top-color', cs.borderTopWidth !== '0px' && cs.borderTopStyle !== 'none' ? cs.borderTopColor : ''],
                    ['border-left-color', cs.borderLeftWidth !== '0px' && cs.borderLeftStyle !== 'none' ? cs.borderLeftColor : ''],
                    ['outline-color', cs.outlineStyle !== 'none' && cs.outlineWidth !== '0px' ? cs.outlineColor : ''],
                    ['fill', el instanceof SVGElement ? cs.fill : '']];
@@ -128,7 +138,8 @@ COLOUR_JS = _VISIBLE + """
         const icon = ctx.matches('svg, img, [data-icon], .icon') || ctx.querySelector('svg, img, [data-icon], .icon');
         if (txt && icon) { ok = true; break; }
       }
-      found.push({el: el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + (el.className && typeof el.className === 'string' ? '.' + el.className.trim().split(/\\s+/).join('.') : ''),
+      found.push({el: el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+                      + (el.className && typeof el.className === 'string' ? '.' + el.className.trim().split(/\\s+/).join('.') : ''),
                   prop, value, hue, labelled: ok, text: (el.innerText || '').trim().slice(0, 40)});
     }
   }
@@ -146,8 +157,11 @@ HOVER_RULES_JS = """
       out.push(`${href}: ${r.selectorText} { ${r.style.cssText} }`);
     if (r.cssRules) walk(r.cssRules, href);
   } };
-  for (const sheet of document.styleSheets) { try { walk(sheet.cssRules, sheet.href || 'inline'); } catch (e) { out.push('unreadable stylesheet ' + sheet.href); } }
-  for (const el of document.querySelectorAll('[ondblclick], [onmouseover], [onmouseenter]')) out.push('inline hover/dblclick handler on ' + el.tagName);
+  for (const sheet of document.styleSheets) {
+    try { walk(sheet.cssRules, sheet.href || 'inline'); } catch (e) { out.push('unreadable stylesheet ' + sheet.href); }
+  }
+  for (const el of document.querySelectorAll('[ondblclick], [onmouseover], [onmouseenter]'))
+    out.push('inline hover/dblclick handler on ' + el.tagName);
   return out;
 }
 """

@@ -35,7 +35,7 @@ def new_work_order(server: Any, erp_ref: str) -> str:
     from mes.execution import recipes_store as store
     from mes.users import operations as ops
 
-    with server.db() as db:
+    with server.db():
         author = ops.actor_for(ops.get_user("sup1"), "supervisor", "QA-WS-01")
         rv = store.list_versions(status="effective")[0]
         master = store.master_of(rv)

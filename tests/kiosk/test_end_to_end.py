@@ -173,7 +173,7 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
         assert len(summary) == len(steps)
         names = {u: n for u, n in _names()}
         records = ex.records_of(batch_id)
-        for row, s in zip(summary, steps):
+        for row, s in zip(summary, steps, strict=True):
             seq, title, recorded, by = row[0], row[1], row[2], row[3]
             assert (seq, title, by) == (str(s.seq + 1), s.title, s.completed_by or ""), (row, s.step_id)
             current = [r for r in records if r.batch_step_id == s.id and r.attempt == s.attempt

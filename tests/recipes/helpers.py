@@ -140,7 +140,8 @@ def recipe_dicts(draw: st.DrawFn) -> dict[str, Any]:
         steps.append(step(f"charge_{i}", "identify", item=line["item"], scan="dispensed"))
     if draw(st.booleans()):
         steps.append(step("eq", "equipment_check", equipment_class="Blender",
-                          required_states=draw(st.lists(st.sampled_from(["calibrated", "qualified", "not_in_use"]), min_size=0, max_size=3, unique=True)) + ["clean"],
+                          required_states=draw(st.lists(st.sampled_from(["calibrated", "qualified", "not_in_use"]),
+                                                        min_size=0, max_size=3, unique=True)) + ["clean"],
                           max_since_cleaning=draw(st.sampled_from(["P3D", "PT72H", "PT12H30M"]))))
     low = draw(st.integers(-500, 500))
     high = low + draw(st.integers(0, 500))
@@ -167,7 +168,7 @@ def recipe_dicts(draw: st.DrawFn) -> dict[str, Any]:
 
     # cut the steps into operations (never before the first step) and maybe unit procedures
     cuts = sorted(draw(st.sets(st.integers(1, len(steps) - 1), max_size=4)))
-    chunks = [steps[a:b] for a, b in zip([0, *cuts], [*cuts, len(steps)])]
+    chunks = [steps[a:b] for a, b in zip([0, *cuts], [*cuts, len(steps)], strict=True)]
     operations: list[dict[str, Any]] = [{"id": f"op{i}", "title": f"Operation {i}", "steps": chunk} for i, chunk in enumerate(chunks)]
     if draw(st.booleans()):  # an operation of instructions that may run beside the previous one
         operations.append({"id": "side", "title": "Side work", "parallel_with": [operations[-1]["id"]],

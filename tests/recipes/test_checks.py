@@ -114,7 +114,8 @@ def test_bom_rules() -> None:
     expect(bom(0, tolerance={"percent": "10.5"}), "bill_of_materials[0].tolerance", "at most 10 %")
     expect(bom(0, tolerance={"percent": "1", "unit": "kg"}), "bill_of_materials[0].tolerance", "a percent tolerance has no unit")
     expect(bom(0, tolerance={"absolute": "10", "unit": "kg"}), "bill_of_materials[0].tolerance", "is not smaller than the quantity")
-    expect(bom(0, tolerance={"absolute": "1", "unit": "L"}), "bill_of_materials[0].tolerance", "the tolerance is in L but the quantity is in kg")
+    expect(bom(0, tolerance={"absolute": "1", "unit": "L"}), "bill_of_materials[0].tolerance",
+           "the tolerance is in L but the quantity is in kg")
     expect(bom(0, tolerance={"absolute": "0", "unit": "g"}), "bill_of_materials[0].tolerance", "greater than zero")
     assert problems(bom(0, tolerance={"absolute": "50", "unit": "g"})) == []
 

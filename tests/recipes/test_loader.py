@@ -102,12 +102,14 @@ CASES = {
     "calculation uses a later step": ("formula: granule_weight / (", "formula: blend_weight / (", "blend_weight",
                                       "procedure[1].operations[5].steps[3].formula: step 'blend_weight' comes later"),
     "duplicate step id": ("id: w_mgst", "id: w_pvp", "w_pvp\n",
-                          "procedure[0].operations[2].steps[10].id: duplicate id 'w_pvp': already used at procedure[0].operations[2].steps[3]"),
+                          "procedure[0].operations[2].steps[10].id: duplicate id 'w_pvp': "
+                          "already used at procedure[0].operations[2].steps[3]"),
     "unknown unit": ("unit: mm", "unit: MM", "MM", "'MM' is not a known unit (did you mean 'mm'?)"),
     "unknown field": ("            max_containers: 6\n", "            max_container: 6\n", "max_container",
                       "unknown field 'max_container' in a weigh step (did you mean 'max_containers'?)"),
     "not a boolean": ("second_person: true", "second_person: yes", "yes", "'yes' is not a boolean"),
-    "duplicate key": ('            precision: 2\n            high: "2.0"', '            precision: 2\n            high: "2.0"\n            high: "2.5"',
+    "duplicate key": ('            precision: 2\n            high: "2.0"',
+                      '            precision: 2\n            high: "2.0"\n            high: "2.5"',
                       'high: "2.5"', "duplicate key 'high'"),
     "too many decimals": ('high: "2.0"', 'high: "2.005"', '"2.005"', "2.005 has 3 decimals but the step records 2"),
     "function call in formula": ("formula: granule_weight / (", "formula: abs(granule_weight) / (", "abs(",
@@ -288,7 +290,8 @@ def test_from_dict_accepts_tuples_and_reports_paths_without_lines() -> None:
     data["id"] = "bad id"
     with pytest.raises(RecipeError) as info:
         from_dict(data, source="db:recipe/7")
-    assert info.value.messages() == ["db:recipe/7: id: 'bad id' is not a valid item code: letters, digits and . _ / - (at most 64 characters)"]
+    assert info.value.messages() == [
+        "db:recipe/7: id: 'bad id' is not a valid item code: letters, digits and . _ / - (at most 64 characters)"]
 
 
 # ----------------------------------------------------------------------------- properties
