@@ -154,11 +154,6 @@ class Table(str, enum.Enum):
         """True for coils and discrete inputs (one bit per address)."""
         return self in (Table.COILS, Table.DISCRETE_INPUTS)
 
-    @property
-    def max_count(self) -> int:
-        """Most addresses one read request may cover."""
-        return MAX_BITS if self.is_bits else MAX_REGISTERS
-
 
 _FUNCTION_CODES = {
     Table.COILS: 1,

@@ -434,11 +434,6 @@ class ModbusSimulator:
             await server.shutdown()
             await asyncio.sleep(0)  # let the transports finish closing
 
-    @property
-    def serving(self) -> bool:
-        """True between start() and stop()."""
-        return self._server is not None
-
     @contextlib.asynccontextmanager
     async def serve(self, port: int = 0, host: str = "127.0.0.1") -> AsyncIterator[ModbusSimulator]:
         """``async with sim.serve():`` – start, yield, always stop."""

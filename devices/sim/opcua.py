@@ -454,11 +454,6 @@ class OpcUaSimulator:
         """The server's certificate (DER) when serving securely."""
         return self.certificate.certificate if self.certificate else None
 
-    @property
-    def online(self) -> bool:
-        """True while clients can connect (between start/come_back and go_away/stop)."""
-        return self._online
-
     # -------------------------------------------------------------- serving
     async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
         """Build the address space and serve on ``host:port`` (0 = a free port); return :attr:`url`."""

@@ -112,9 +112,6 @@ class VerifierKey:
     def text(self) -> str:
         return vkey_text(self.name, self.public_key)
 
-    def ed25519(self) -> Ed25519PublicKey:
-        return Ed25519PublicKey.from_public_bytes(self.public_key)
-
 
 def vkey_text(name: str, public_key: bytes) -> str:
     """Verifier key text: ``<name>+<key id, 8 hex>+<base64(0x01 || public key)>`` (no newline)."""

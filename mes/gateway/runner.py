@@ -530,11 +530,6 @@ class GatewayThread:
             future.cancel()
             return outcome(False, 504, "gateway-timeout", f"{device_id} did not finish {action} within {timeout:g} s.")
 
-    def run_in_loop(self, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
-        """Run the coroutine function ``fn`` on the gateway's loop (tests, simulation)."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(timeout)
-
     def stop(self, timeout: float = 20.0) -> None:
         """Stop every device, close the drivers and join the thread."""
         if self._loop is not None and self._stop is not None:
