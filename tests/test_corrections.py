@@ -9,10 +9,11 @@ from decimal import Decimal
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mes.audit.models import AuditEntry
 from mes.db import db
+from mes.errors import ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from tests.execution_helpers import do_step, effective_recipe, make_world, run_until, start, stock
@@ -91,6 +92,24 @@ def test_correcting_an_input_recomputes_the_calculations_that_used_it(app: Flask
     assert ex.get_step(batch_id, "note").state == "blocked"
     with pytest.raises(ex.StepBlocked):
         do_step(world, batch_id, "note")
+
+
+def test_a_correction_without_a_reason_is_refused(app: Flask, monkeypatch) -> None:
+    """Annex 11 §8.2: a changed value carries its reason; without one nothing changes."""
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, RECIPE, "corr.yaml")
+    stock(world, store.master_of(store.get_version(rv)))
+    batch_id = start(world, rv, "10.000", "kg")
+    run_until(world, batch_id, stop_before="note", overrides={"mass_in": {"value": "10.00"}, "mass_out": {"value": "9.80"}})
+    old = _current(batch_id, "mass_out")
+    entries = db.session.execute(select(func.count()).select_from(AuditEntry)).scalar()
+    for reason in ("", "   "):
+        with pytest.raises(ValidationFailed, match="reason for the correction is required") as refused:
+            ex.correct_value(world.actor("operator"), batch_id, old.id, "9.90", reason)
+        assert refused.value.extra.get("field") == "reason"
+        db.session.rollback()
+    assert _current(batch_id, "mass_out").id == old.id and old.value == "9.80"
+    assert db.session.execute(select(func.count()).select_from(AuditEntry)).scalar() == entries
 
 
 def test_a_correction_that_changes_no_result_records_no_recomputation(app: Flask, monkeypatch) -> None:
