@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mes.audit import canonical, verify
+from mes.audit import canonical, entry_stream, verify
 from mes.audit.merkle import MerkleTree, leaf_hash
 
 from .factory import (
@@ -341,9 +341,9 @@ def test_batch_export_optional_checkpoints(batch: dict[str, bytes], lines: list[
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(verify, "FILE_BLOCK_BYTES", 3000)
-    monkeypatch.setattr(verify, "STREAM_BLOCK_LINES", 7)
+    monkeypatch.setattr(entry_stream, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(entry_stream, "FILE_BLOCK_BYTES", 3000)
+    monkeypatch.setattr(entry_stream, "STREAM_BLOCK_LINES", 7)
 
 
 @pytest.fixture(scope="module")
