@@ -90,7 +90,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_SITE_ID", "MES_SITE_ID", _parse_site_id, "plant-01.example",
             "Site id: origin of audit checkpoints and CloudEvents source"),
     Setting("MES_TIMEZONE", "MES_TIMEZONE", parse_zone, "UTC",
-            "Plant time zone for displayed times (records are stored in UTC)"),
+            "Plant time zone: displayed times, shifts, expiry and calibration dates (records are stored in UTC)"),
     Setting("MES_SHIFTS", "MES_SHIFTS", parse_shifts, "06:00,14:00,22:00",
             "Shift start times in plant time (MES_TIMEZONE), optionally named: early=06:00,late=14:00,night=22:00"),
     Setting("MES_PANEL_PPI", "MES_PANEL_PPI", _parse_positive_int, "141",

@@ -17,8 +17,8 @@ without a cleaning record.
 The checks (:func:`check_equipment`, :func:`check_scale_for_weighing`,
 :func:`check_reading`) never raise for a refusal: they return a :class:`Check` whose
 ``reason`` is the sentence the kiosk shows as it is, and whose ``code`` says why for
-machines. Calibration due dates are calendar dates at the plant (``MES_TIMEZONE``): a scale
-may be used through its due date and not from the day after.
+machines. Calibration due dates are calendar dates at the plant (``MES_TIMEZONE``, see
+:mod:`mes.plant_time`): a scale may be used through its due date and not from the day after.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ at ``t`` reports the units made up to ``t``, so it belongs to the shift and prod
 instant just before ``t`` (a sample at 14:00:00 closes the shift that ends at 14:00). The
 product is the item of the work order of the batch running on the line (started, not yet
 completed or decided); when two batches overlap, the one started last. Shifts come from
-``MES_SHIFTS`` in ``MES_TIMEZONE``, so on DST days a shift is an hour shorter or longer.
+``MES_SHIFTS`` in ``MES_TIMEZONE`` (:mod:`mes.plant_time`), so on DST days a shift is an hour
+shorter or longer.
 """
 
 from __future__ import annotations
