@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from mes.plant_time import parse_shifts, parse_zone
+
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
@@ -62,31 +64,6 @@ def _parse_database_url(raw: str) -> str:
     return raw
 
 
-def _parse_timezone(raw: str) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(raw.strip())
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {raw!r}; use an IANA name such as Europe/Zurich") from None
-    return raw.strip()
-
-
-def _parse_shifts(raw: str) -> tuple[tuple[str, int], ...]:
-    """``06:00,14:00,22:00`` (or ``early=06:00,...``) -> ((name, minute of the day), ...)."""
-    shifts: list[tuple[str, int]] = []
-    for n, part in enumerate((p.strip() for p in raw.split(",")), start=1):
-        name, _, at = part.rpartition("=")
-        hours, _, minutes = at.strip().partition(":")
-        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and int(hours) < 24 and int(minutes) < 60):
-            raise ValueError(f"expected shift start times such as 06:00,14:00,22:00, got {part!r}")
-        shifts.append((name.strip() or f"Shift {n}", int(hours) * 60 + int(minutes)))
-    starts = [m for _, m in shifts]
-    if starts != sorted(set(starts)):
-        raise ValueError("shift start times must be given in rising order, each once")
-    return tuple(shifts)
-
-
 def _parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -112,9 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Session signing key; default generated once into MES_HOME/secret_key"),
     Setting("MES_SITE_ID", "MES_SITE_ID", _parse_site_id, "plant-01.example",
             "Site id: origin of audit checkpoints and CloudEvents source"),
-    Setting("MES_TIMEZONE", "MES_TIMEZONE", _parse_timezone, "UTC",
-            "Plant time zone for displayed times (records are stored in UTC)"),
-    Setting("MES_SHIFTS", "MES_SHIFTS", _parse_shifts, "06:00,14:00,22:00",
+    Setting("MES_TIMEZONE", "MES_TIMEZONE", parse_zone, "UTC",
+            "Plant time zone: displayed times, shifts, expiry and calibration dates (records are stored in UTC)"),
+    Setting("MES_SHIFTS", "MES_SHIFTS", parse_shifts, "06:00,14:00,22:00",
             "Shift start times in plant time (MES_TIMEZONE), optionally named: early=06:00,late=14:00,night=22:00"),
     Setting("MES_PANEL_PPI", "MES_PANEL_PPI", _parse_positive_int, "141",
             "Kiosk panel pixels per inch (touch target sizing)"),

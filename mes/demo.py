@@ -59,12 +59,13 @@ def seed_production() -> bool:
     """The example recipe (approved by QA with an e-signature and made effective), its
     materials with released lots (and one lot on hold, to show a refusal), and a work
     order dispatched to LINE-1. Skipped when a recipe is already there."""
-    from datetime import date, timedelta
+    from datetime import timedelta
 
-    from mes.db import db
+    from mes.db import db, utcnow
     from mes.execution import operations as ex
     from mes.execution import recipes_store as store
     from mes.materials import operations as mat
+    from mes.plant_time import plant_date
     from mes.signatures.operations import Credentials
     from mes.users import operations as ops
     from mes.users.models import Terminal
@@ -82,17 +83,18 @@ def seed_production() -> bool:
     store.make_effective(author, rv.id)
     master = store.master_of(rv)
     receiving = Actor.system("demo")
+    made = plant_date(utcnow()) - timedelta(days=10)
     for line in master.bill_of_materials:
         unit = "pcs" if line.unit == "pcs" else "kg"
         if db.session.get(mat.Item, line.item) is None:
             mat.create_item(receiving, line.item, line.name, unit, BOM_KIND.get(line.role, "raw_material"), shelf_life_days=720)
         size = str(line.quantity * 2 if unit == "pcs" else (line.quantity + 1))
         lot = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit), mat.ContainerIn(size, unit)],
-                              manufactured_date=date.today() - timedelta(days=10), supplier="Demo Supplier")
+                              manufactured_date=made, supplier="Demo Supplier")
         mat.release_lot(qa, lot.id, "CoA reviewed, tested and released (demo)")
         if line.role == "api":
             held = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit)],
-                                   manufactured_date=date.today() - timedelta(days=10), supplier="Demo Supplier")
+                                   manufactured_date=made, supplier="Demo Supplier")
             mat.release_lot(qa, held.id, "tested and released (demo)")
             mat.place_hold(qa, held.id, "all", "Supplier CoA mismatch under investigation", ncr_id="NCR-0001")
     out = master.produce_output()
@@ -115,7 +117,7 @@ def seed_equipment() -> bool:
     from mes.equipment import operations as eq
     from mes.equipment.models import Equipment
     from mes.gateway.simulation import LINE_DEVICE, SIMULATED_SCALES
-    from mes.materials.operations import plant_date
+    from mes.plant_time import plant_date
 
     actor = Actor.system("demo")
     created = False

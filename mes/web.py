@@ -38,6 +38,7 @@ from mes.errors import (
     TerminalRequired,
     ValidationFailed,
 )
+from mes.plant_time import plant_zone
 from mes.users import operations as users
 from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
@@ -256,13 +257,11 @@ def created(payload: dict[str, Any]) -> Response:
 
 def local_time(value: datetime | str | None) -> str:
     """A UTC time shown in the plant's zone with the zone named (Part 11 §11.50)."""
-    from zoneinfo import ZoneInfo
-
     if value is None:
         return ""
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    local = value.astimezone(ZoneInfo(current_app.config.get("MES_TIMEZONE", "UTC")))
+    local = value.astimezone(plant_zone())
     offset = local.strftime("%z")
     return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
 

@@ -19,7 +19,7 @@ from mes.db import db, utcnow
 from mes.equipment import operations as ops
 from mes.equipment.models import Equipment
 from mes.errors import Conflict, NotFound, ValidationFailed
-from mes.materials.operations import plant_date
+from mes.plant_time import plant_date
 from tests.helpers import logged_in, seed
 
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")

@@ -13,17 +13,16 @@ from sqlalchemy import func, select
 from mes.audit import log
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import db, utcnow
-from mes.errors import NotFound, ValidationFailed
+from mes.errors import ValidationFailed
 from mes.signatures import operations as esig
 from mes.users.models import UserSession
+from mes.validation import get_or_404
 
 
 @esig.record_provider("audit_review")
 def review_record(review_id: str) -> dict[str, Any]:
     """The signable content of a review."""
-    review = db.session.get(AuditReview, review_id)
-    if review is None:
-        raise NotFound(f"no audit review {review_id!r}")
+    review = get_or_404(AuditReview, review_id, "Audit review")
     return {"id": review.id, "batch": review.batch_id, "through_seq": review.through_seq,
             "entries_reviewed": review.entries_reviewed, "tree_size": review.tree_size, "root": review.root,
             "comment": review.comment, "reviewer": review.reviewer_id}

@@ -15,15 +15,17 @@ from flask import Blueprint, Response, g, jsonify, request
 from mes.equipment import operations as ops
 from mes.equipment.models import AccuracyClass, CalibrationResult, EquipmentKind, EquipmentStatus
 from mes.errors import ValidationFailed
+from mes.quantities import DECIMAL_PATTERN
 from mes.users.permissions import Permission as P
+from mes.validation import ID_JSON_PATTERN
 from mes.web import STR, created, endpoint, obj, parse_date, parse_utc, principal
 
 bp = Blueprint("equipment", __name__)
 API = "/api/v1/equipment"
 TAGS = ("equipment",)
 
-ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
-DECIMAL = {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,9})?$"}
+ID = {"type": "string", "pattern": ID_JSON_PATTERN}
+DECIMAL = {"type": "string", "pattern": DECIMAL_PATTERN}
 MASS = obj({"value": DECIMAL, "uom": {"enum": ["mg", "g", "kg"]}}, ("value", "uom"))
 DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 DATETIME = {"type": "string", "minLength": 10, "maxLength": 40}

@@ -4,7 +4,7 @@ cleaning and calibration records.
 Equipment is never deleted (database triggers refuse it): it is deactivated, with a
 reason. Cleaning and calibration records are immutable: a wrong record is corrected by a
 new one, never by changing the old. Scale capacities, minimum weights and readabilities
-are exact :class:`~mes.materials.quantities.Quantity` values, each with its own unit.
+are exact :class:`~mes.quantities.Quantity` values, each with its own unit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db, utcnow
-from mes.materials.quantities import Quantity
+from mes.quantities import Quantity
 
 
 class EquipmentKind(str, enum.Enum):

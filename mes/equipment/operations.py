@@ -17,13 +17,12 @@ without a cleaning record.
 The checks (:func:`check_equipment`, :func:`check_scale_for_weighing`,
 :func:`check_reading`) never raise for a refusal: they return a :class:`Check` whose
 ``reason`` is the sentence the kiosk shows as it is, and whose ``code`` says why for
-machines. Calibration due dates are calendar dates at the plant (``MES_TIMEZONE``): a scale
-may be used through its due date and not from the day after.
+machines. Calibration due dates are calendar dates at the plant (``MES_TIMEZONE``, see
+:mod:`mes.plant_time`): a scale may be used through its due date and not from the day after.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from mes import quantities as q
 from mes.audit.canonical import format_at
 from mes.audit.log import ADVISORY_LOCK_KEY, Actor, record
 from mes.db import db, utcnow
@@ -47,10 +47,9 @@ from mes.equipment.models import (
     EquipmentStatus,
 )
 from mes.errors import Conflict, NotFound, ValidationFailed
-from mes.materials import quantities as q
-from mes.materials.operations import plant_date
+from mes.plant_time import plant_date
+from mes.validation import NAME_MAX, SHORT_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
 
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 S = EquipmentStatus
 
 #: States a check may require. ``not_in_use``: not in use by anyone; ``available``: free
@@ -72,30 +71,6 @@ MAX_CLOCK_SKEW = timedelta(seconds=2)
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def _id(value: str | None, what: str, field_name: str) -> str:
-    value = (value or "").strip()
-    if not ID_RE.fullmatch(value):
-        raise ValidationFailed(f"A {what} is 1 to 64 letters, digits, dots, dashes or underscores, "
-                               "starting with a letter or digit.", field=field_name)
-    return value
-
-
-def _text(value: str | None, what: str, field_name: str, max_len: int = 500) -> str:
-    value = (value or "").strip()
-    if not value:
-        raise ValidationFailed(f"{what} is required.", field=field_name)
-    if len(value) > max_len:
-        raise ValidationFailed(f"{what} is at most {max_len} characters.", field=field_name)
-    return value
-
-
-def _optional(value: str | None, max_len: int = 64, field_name: str = "") -> str | None:
-    value = (value or "").strip() if value is not None else None
-    if value and len(value) > max_len:
-        raise ValidationFailed(f"{field_name or 'The value'} is at most {max_len} characters.", field=field_name)
-    return value or None
 
 
 def _iso(value: date | datetime | None) -> str | None:
@@ -120,8 +95,8 @@ def _mass(value: Any, field_name: str) -> tuple[Decimal, str]:
         raise ValidationFailed(f"{field_name} is a value with its unit.", field=field_name)
     raw, unit = value
     try:
-        amount = q.parse(raw)
-        if q.dimension(unit) != "mass":
+        amount = q.parse_quantity(raw)
+        if q.material_dimension(unit) != "mass":
             raise q.QuantityError(f"{unit} is not a unit of mass")
         q.storable(amount, unit)
     except q.QuantityError as exc:
@@ -181,10 +156,7 @@ def _human_span(delta: timedelta) -> str:
 
 
 def get_equipment(equipment_id: str) -> Equipment:
-    eq = db.session.get(Equipment, equipment_id)
-    if eq is None:
-        raise NotFound(f"Equipment {equipment_id} is not registered.")
-    return eq
+    return get_or_404(Equipment, equipment_id, detail=f"Equipment {equipment_id} is not registered.")
 
 
 def equipment_for_device(device_id: str) -> Equipment | None:
@@ -268,11 +240,11 @@ def register_equipment(
     """Register equipment. A scale needs ``capacity``, ``min_weight`` and ``readability``
     (each ``(Decimal|str, unit)`` or ``{"value": "6.1", "uom": "kg"}``); ``device_id`` ties it
     to the ``devices/`` driver instance that reads it."""
-    equipment_id = _id(equipment_id, "equipment id", "id")
+    equipment_id = identifier(equipment_id, "equipment id", "id")
     if kind not in {k.value for k in EquipmentKind}:
         raise ValidationFailed(f"The kind must be one of {', '.join(k.value for k in EquipmentKind)}.", field="kind")
-    equipment_class = _text(equipment_class, "The equipment class", "class", 200)
-    description = _text(description, "The description", "description", 200)
+    equipment_class = required_text(equipment_class, "The equipment class", "class", NAME_MAX)
+    description = required_text(description, "The description", "description", NAME_MAX)
     if status not in (S.AVAILABLE.value, S.DIRTY.value, S.MAINTENANCE.value):
         raise ValidationFailed("New equipment starts available, dirty or in maintenance; "
                                "record a cleaning to make it clean.", field="status")
@@ -292,8 +264,8 @@ def register_equipment(
             raise ValidationFailed("The readability must not be coarser than the minimum weight.", field="readability")
         if accuracy_class is not None and accuracy_class not in ACCURACY_RANK:
             raise ValidationFailed("The accuracy class is one of I, II, III, IIII.", field="accuracy_class")
-        scale = {"device_id": _id(device_id, "device id", "device_id") if device_id else None,
-                 "driver": _optional(driver, 32, "driver"),
+        scale = {"device_id": identifier(device_id, "device id", "device_id") if device_id else None,
+                 "driver": optional_text(driver, "The driver", "driver", 32),
                  "capacity": cap[0], "capacity_uom": cap[1], "min_weight": minimum[0], "min_weight_uom": minimum[1],
                  "readability": read[0], "readability_uom": read[1], "accuracy_class": accuracy_class}
         if scale["device_id"] and equipment_for_device(scale["device_id"]) is not None:
@@ -305,7 +277,8 @@ def register_equipment(
         raise Conflict(f"Equipment {equipment_id} is registered already; equipment ids are never reused.")
     now = utcnow()
     eq = Equipment(id=equipment_id, kind=kind, equipment_class=equipment_class, description=description,
-                   location=_optional(location, 64, "location"), line=_optional(line, 64, "line"), status=status,
+                   location=optional_text(location, "The location", "location", SHORT_MAX),
+                   line=optional_text(line, "The line", "line", SHORT_MAX), status=status,
                    clean_hold_s=hold_s, active=True, created_at=now, created_by=actor.id, **scale)
     db.session.add(eq)
     record(actor, "equipment.registered", ("equipment", equipment_id), after=_audit_view(eq))
@@ -333,7 +306,7 @@ def _scale_json(eq: Equipment) -> dict[str, Any]:
 
 def deactivate_equipment(actor: Actor, equipment_id: str, reason: str) -> Equipment:
     """Take equipment out of service for good (never deleted); a reason is required."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason", TEXT_MAX)
     eq = _locked_equipment(equipment_id)
     if not eq.active:
         raise Conflict(f"{eq.label} is already deactivated.")
@@ -357,7 +330,7 @@ def set_status(actor: Actor, equipment_id: str, status: str, reason: str | None 
     ``commit=False`` leaves the change in the caller's transaction."""
     if status not in {s.value for s in S}:
         raise ValidationFailed(f"The status must be one of {', '.join(s.value for s in S)}.", field="status")
-    reason = _optional(reason, 2000, "reason")
+    reason = optional_text(reason, "The reason", "reason", TEXT_MAX)
     eq = _locked_equipment(equipment_id)
     if not eq.active:
         raise Conflict(f"{eq.label} is deactivated; its status cannot change.")
@@ -402,7 +375,7 @@ def record_cleaning(
 ) -> CleaningRecord:
     """Record a cleaning; the equipment becomes ``clean`` until ``clean_until`` (given, or
     ``cleaned_at`` + ``valid_for``, or + the equipment's clean hold time)."""
-    cleaning_type = _text(cleaning_type, "The cleaning type", "type", 64)
+    cleaning_type = required_text(cleaning_type, "The cleaning type", "type", SHORT_MAX)
     now = utcnow()
     cleaned_at = _aware(cleaned_at, "cleaned_at") if cleaned_at is not None else now
     if cleaned_at > now + MAX_CLOCK_SKEW:
@@ -422,8 +395,8 @@ def record_cleaning(
     if clean_until <= cleaned_at:
         raise ValidationFailed("The cleaning must be valid until after it was done.", field="clean_until")
     rec = CleaningRecord(id=str(uuid.uuid4()), equipment_id=eq.id, cleaning_type=cleaning_type, cleaned_at=cleaned_at,
-                         cleaned_by=_optional(cleaned_by, 100, "cleaned_by") or actor.id, clean_until=clean_until,
-                         comment=_optional(comment, 2000, "comment"), recorded_at=now, recorded_by=actor.id)
+                         cleaned_by=optional_text(cleaned_by, "Cleaned by", "cleaned_by", 100) or actor.id, clean_until=clean_until,
+                         comment=optional_text(comment, "The comment", "comment", TEXT_MAX), recorded_at=now, recorded_by=actor.id)
     db.session.add(rec)
     before = eq.status
     eq.status = S.CLEAN.value
@@ -452,7 +425,7 @@ def record_calibration(
     passing one is recorded."""
     if result not in {r.value for r in CalibrationResult}:
         raise ValidationFailed("The result is pass or fail.", field="result")
-    certificate = _text(certificate, "The certificate or reference", "certificate", 200)
+    certificate = required_text(certificate, "The certificate or reference", "certificate", NAME_MAX)
     now = utcnow()
     calibrated_at = _aware(calibrated_at, "calibrated_at") if calibrated_at is not None else now
     if calibrated_at > now + MAX_CLOCK_SKEW:
@@ -466,9 +439,9 @@ def record_calibration(
     if not eq.active:
         raise Conflict(f"{eq.label} is deactivated; no calibration can be recorded for it.")
     rec = CalibrationRecord(id=str(uuid.uuid4()), equipment_id=eq.id, calibrated_at=calibrated_at,
-                            calibrated_by=_optional(calibrated_by, 200, "calibrated_by") or actor.id,
+                            calibrated_by=optional_text(calibrated_by, "Calibrated by", "calibrated_by", NAME_MAX) or actor.id,
                             certificate=certificate, result=result, due=due,
-                            comment=_optional(comment, 2000, "comment"), recorded_at=now, recorded_by=actor.id)
+                            comment=optional_text(comment, "The comment", "comment", TEXT_MAX), recorded_at=now, recorded_by=actor.id)
     db.session.add(rec)
     record(actor, "equipment.calibration_recorded", ("equipment", eq.id), after={"calibration": calibration_json(rec)})
     _commit(f"{eq.label} changed at the same moment; reload and try again.")
@@ -640,8 +613,8 @@ def check_scale_for_weighing(
     if refused is not None:
         return refused
     try:
-        amount = q.parse(target)
-        if q.dimension(unit) != "mass":
+        amount = q.parse_quantity(target)
+        if q.material_dimension(unit) != "mass":
             raise q.QuantityError(f"{unit} is not a unit of mass")
         grams = _grams(amount, unit)
     except q.QuantityError as exc:
@@ -649,21 +622,21 @@ def check_scale_for_weighing(
                                    f"{unit} cannot be weighed on it ({exc}).", eq.id)
     assert eq.capacity is not None and eq.capacity_uom and eq.min_weight is not None and eq.min_weight_uom
     assert eq.readability is not None and eq.readability_uom
-    wanted = q.text(amount, unit)
+    wanted = q.with_unit(amount, unit)
     if grams > _grams(eq.capacity, eq.capacity_uom):
         return Check("above_capacity", f"{wanted} is above the capacity of {eq.label} "
-                                       f"({q.text(eq.capacity, eq.capacity_uom)}). Use a larger scale.", eq.id)
+                                       f"({q.with_unit(eq.capacity, eq.capacity_uom)}). Use a larger scale.", eq.id)
     if grams < _grams(eq.min_weight, eq.min_weight_uom):
         return Check("below_minimum", f"{wanted} is below the minimum weight of {eq.label} "
-                                      f"({q.text(eq.min_weight, eq.min_weight_uom)}). Use a finer balance.", eq.id)
+                                      f"({q.with_unit(eq.min_weight, eq.min_weight_uom)}). Use a finer balance.", eq.id)
     if readability_required is not None:
         try:
-            needed = _grams(q.parse(readability_required), unit)
+            needed = _grams(q.parse_quantity(readability_required), unit)
         except q.QuantityError as exc:
             raise ValidationFailed(f"The required readability: {exc}.", field="readability") from None
         if _grams(eq.readability, eq.readability_uom) > needed:
-            return Check("readability", f"{eq.label} reads to {q.text(eq.readability, eq.readability_uom)}; this "
-                                        f"weighing needs {q.text(q.parse(readability_required), unit)} or finer. "
+            return Check("readability", f"{eq.label} reads to {q.with_unit(eq.readability, eq.readability_uom)}; this "
+                                        f"weighing needs {q.with_unit(q.parse_quantity(readability_required), unit)} or finer. "
                                         "Use a finer balance.", eq.id)
     if accuracy_class_required is not None:
         if accuracy_class_required not in ACCURACY_RANK:
@@ -718,10 +691,10 @@ def check_reading(
     if not isinstance(value, str):
         return Check("bad_reading", f"The reading from {eq.label} has no decimal value. Weigh again.", eq.id)
     try:
-        amount = q.parse(value)
+        amount = q.parse_quantity(value)
     except q.QuantityError:
         return Check("bad_reading", f"The reading from {eq.label} has no decimal value. Weigh again.", eq.id)
-    if not isinstance(r_unit, str) or r_unit not in q.UNITS or q.dimension(r_unit) != "mass":
+    if not isinstance(r_unit, str) or r_unit not in q.MATERIAL_UNITS or q.material_dimension(r_unit) != "mass":
         return Check("wrong_unit", f"{eq.label} shows {r_unit or 'no unit'}; set it to {unit or 'g'} and weigh again.",
                      eq.id)
     if unit is not None and r_unit != unit:

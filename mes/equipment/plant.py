@@ -23,10 +23,10 @@ from mes.audit.log import Actor
 from mes.db import db, utcnow
 from mes.equipment import operations as ops
 from mes.equipment.models import Equipment, EquipmentKind
-from mes.materials.operations import plant_date
+from mes.plant_time import plant_date
+from mes.quantities import convert, to_text
 from mes.recipes import model as rm
 from mes.recipes.scaling import scale
-from mes.recipes.units import convert, to_text
 
 CLEAN_FOR = timedelta(days=7)
 CALIBRATION_VALID = timedelta(days=365)

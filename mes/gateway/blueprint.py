@@ -17,13 +17,14 @@ from mes.errors import NotFound
 from mes.gateway import service
 from mes.gateway.health import device_state, device_states
 from mes.users.permissions import Permission as P
+from mes.validation import ID_JSON_PATTERN
 from mes.web import endpoint, obj, problem
 
 bp = Blueprint("devices", __name__)
 simulation_bp = Blueprint("simulation", __name__)
 API = "/api/v1/devices"
 TAGS = ("devices",)
-ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ID = ID_JSON_PATTERN
 SIMULATE_SCHEMA = obj({"load": {"type": "string", "pattern": r"^-?[0-9]{1,9}(\.[0-9]{1,9})?$"},
                        "unit": {"enum": ["mg", "g", "kg"]}, "unstable": {"type": "boolean"}, "connected": {"type": "boolean"}},
                       ("load",))

@@ -29,6 +29,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mes.validation import ID_JSON_PATTERN
+
 __all__ = ["DeviceSpec", "GatewayConfigError", "load_gateway_config", "parse_gateway_config"]
 
 MODES = ("stream", "poll", "packml")
@@ -46,12 +48,12 @@ SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["device_id", "driver"],
                 "properties": {
-                    "device_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+                    "device_id": {"type": "string", "pattern": ID_JSON_PATTERN},
                     "driver": {"type": "string", "minLength": 1, "maxLength": 64},
                     "config": {"type": "object"},
                     "mode": {"enum": list(MODES)},
                     "kind": {"enum": list(KINDS)},
-                    "line": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+                    "line": {"type": "string", "pattern": ID_JSON_PATTERN},
                     "interval_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
                     "emit_every_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
                     "reconnect_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},

@@ -12,17 +12,18 @@ from flask import Blueprint, Response, g, jsonify, request
 from mes.errors import ValidationFailed
 from mes.materials import operations as ops
 from mes.materials.models import HoldDisposition, HoldScope, ItemKind, LotStatus
-from mes.materials.quantities import UNITS
+from mes.quantities import DECIMAL_PATTERN, MATERIAL_UNITS
 from mes.users.permissions import Permission as P
+from mes.validation import ID_JSON_PATTERN
 from mes.web import STR, created, endpoint, obj, parse_date, principal
 
 bp = Blueprint("materials", __name__)
 API = "/api/v1"
 TAGS = ("materials",)
 
-ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
-DECIMAL = {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,9})?$"}
-UOM = {"enum": list(UNITS)}
+ID = {"type": "string", "pattern": ID_JSON_PATTERN}
+DECIMAL = {"type": "string", "pattern": DECIMAL_PATTERN}
+UOM = {"enum": list(MATERIAL_UNITS)}
 DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 DAYS = {"type": "integer", "minimum": 1, "maximum": 36500}
 REASON = obj({"reason": STR}, ("reason",))

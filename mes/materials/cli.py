@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from mes.materials import quantities as q
+from mes import quantities as q
 from mes.materials.operations import MAX_TRACE_DEPTH, Trace, TraceLot, trace_backward, trace_forward
 
 
@@ -30,7 +30,7 @@ def render_tree(trace: Trace) -> str:
         if link is None:
             lines.append(_lot_text(lot))
             continue
-        qty = q.text(link.qty, link.uom)
+        qty = q.with_unit(link.qty, link.uom)
         how = f"{qty} used in batch {link.batch_id}" if backward else f"took {qty} in batch {link.batch_id}"
         more = "  (see above)" if repeated and trace.next_links(lot.lot_id) else ""
         lines.append(f"{'  ' * level}{arrow} {_lot_text(lot)}  {how}{more}")

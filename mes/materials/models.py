@@ -5,7 +5,7 @@ and genealogy links are immutable as well: a reversal is a record of its own, at
 per consumption (a unique key), and the quantity it gives back goes onto the container.
 
 Container stock is kept in the storage unit of its dimension (g, mL, pcs; see
-:mod:`mes.materials.quantities`) and can never go below zero or above what was received:
+:mod:`mes.quantities`) and can never go below zero or above what was received:
 CHECK constraints refuse it in the database, whatever the code does.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Int
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db, utcnow
-from mes.materials.quantities import UNITS, Quantity
+from mes.quantities import MATERIAL_UNITS, Quantity
 
 
 class ItemKind(str, enum.Enum):
@@ -59,7 +59,7 @@ class Item(db.Model):
     __tablename__ = "material_items"
     __table_args__ = (
         CheckConstraint(_in("kind", ItemKind), name="kind"),
-        CheckConstraint(f"base_uom IN ({', '.join(repr(u) for u in UNITS)})", name="base_uom"),
+        CheckConstraint(f"base_uom IN ({', '.join(repr(u) for u in MATERIAL_UNITS)})", name="base_uom"),
     )
 
     code: Mapped[str] = mapped_column(String(64), primary_key=True)

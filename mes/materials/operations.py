@@ -17,13 +17,13 @@ both succeed, and a caller that recorded its own entry first cannot deadlock wit
 CHECK constraints keep container stock between zero and what was received even if code
 were wrong.
 
-Dates (expiry, retest, manufacture) are calendar dates at the plant (``MES_TIMEZONE``): a
-lot may be used through its expiry date and its retest date, and not from the day after.
+Dates (expiry, retest, manufacture) are calendar dates at the plant (``MES_TIMEZONE``, see
+:mod:`mes.plant_time`): a lot may be used through its expiry date and its retest date, and
+not from the day after.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -32,20 +32,18 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
 
-from flask import current_app, has_app_context
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mes import quantities as q
 from mes.audit.canonical import format_at
 from mes.audit.log import ADVISORY_LOCK_KEY, Actor, Event, record
 from mes.audit.models import AuditEntry
 from mes.db import db, utcnow
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.integration.models import OutboxEvent
-from mes.materials import quantities as q
 from mes.materials.models import (
     Consumption,
     ConsumptionReversal,
@@ -59,8 +57,9 @@ from mes.materials.models import (
     Lot,
     LotStatus,
 )
+from mes.plant_time import plant_date
+from mes.validation import NAME_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
 
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TRACE_DEPTH = 32
 CONSUMED = "mes.material.consumed.v1"
 CONSUMPTION_REVERSED = "mes.material.consumption_reversed.v1"
@@ -83,31 +82,11 @@ class InsufficientQuantity(Conflict):
 # --------------------------------------------------------------------------- helpers
 
 
-def _id(value: str | None, what: str, field_name: str) -> str:
-    value = (value or "").strip()
-    if not ID_RE.fullmatch(value):
-        raise ValidationFailed(f"A {what} is 1 to 64 letters, digits, dots, dashes or underscores, "
-                               "starting with a letter or digit.", field=field_name)
-    return value
-
-
-def _text(value: str | None, what: str, field_name: str) -> str:
-    value = (value or "").strip()
-    if not value:
-        raise ValidationFailed(f"{what} is required.", field=field_name)
-    return value
-
-
-def _optional(value: str | None) -> str | None:
-    value = (value or "").strip() if value is not None else None
-    return value or None
-
-
 def _quantity(value: Any, unit: str, field_name: str = "qty") -> Decimal:
     """A positive quantity in a known unit."""
     try:
-        amount = q.parse(value)
-        q.dimension(unit)
+        amount = q.parse_quantity(value)
+        q.material_dimension(unit)
     except q.QuantityError as exc:
         raise ValidationFailed(f"{exc}.", field=field_name) from None
     if amount <= 0:
@@ -116,6 +95,9 @@ def _quantity(value: Any, unit: str, field_name: str = "qty") -> Decimal:
 
 
 def _to_storage(amount: Decimal, unit: str, storage_uom: str, field_name: str = "qty") -> Decimal:
+    d_unit, d_storage = q.material_dimension(unit), q.material_dimension(storage_uom)
+    if d_unit != d_storage:
+        raise ValidationFailed(f"{unit} ({d_unit}) cannot be converted to {storage_uom} ({d_storage}).", field=field_name)
     try:
         return q.storable(q.convert(amount, unit, storage_uom), storage_uom)
     except q.QuantityError as exc:
@@ -126,12 +108,6 @@ def _same_dimension(unit: str, base_uom: str, item_code: str, field_name: str) -
     if q.dimension(unit) != q.dimension(base_uom):
         raise ValidationFailed(f"Item {item_code} is counted in {base_uom}; {unit} is a different kind of unit.",
                                field=field_name)
-
-
-def plant_date(at: datetime) -> date:
-    """The calendar date at the plant (``MES_TIMEZONE``) at instant ``at``."""
-    zone = current_app.config.get("MES_TIMEZONE", "UTC") if has_app_context() else "UTC"
-    return at.astimezone(ZoneInfo(zone)).date()
 
 
 def _iso(value: date | datetime | None) -> str | None:
@@ -192,10 +168,7 @@ def _short(text_: str) -> str:
 
 
 def get_item(code: str) -> Item:
-    item = db.session.get(Item, code)
-    if item is None:
-        raise NotFound(f"Item {code} is not known.")
-    return item
+    return get_or_404(Item, code, "Item")
 
 
 def list_items(*, kind: str | None = None, include_inactive: bool = False) -> list[Item]:
@@ -218,10 +191,10 @@ def create_item(
     retest_days: int | None = None,
 ) -> Item:
     """Create an item (material master record)."""
-    code = _id(code, "item code", "code")
-    name = _text(name, "The item name", "name")
-    if base_uom not in q.UNITS:
-        raise ValidationFailed(f"The base unit must be one of {', '.join(q.UNITS)}.", field="base_uom")
+    code = identifier(code, "item code", "code")
+    name = required_text(name, "The item name", "name", NAME_MAX)
+    if base_uom not in q.MATERIAL_UNITS:
+        raise ValidationFailed(f"The base unit must be one of {', '.join(q.MATERIAL_UNITS)}.", field="base_uom")
     if kind not in {k.value for k in ItemKind}:
         raise ValidationFailed(f"The kind must be one of {', '.join(k.value for k in ItemKind)}.", field="kind")
     for value, name_ in ((shelf_life_days, "shelf_life_days"), (retest_days, "retest_days")):
@@ -253,10 +226,7 @@ class ContainerIn:
 
 
 def get_lot(lot_id: str) -> Lot:
-    lot = db.session.get(Lot, lot_id)
-    if lot is None:
-        raise NotFound(f"Lot {lot_id} is not known to the MES.")
-    return lot
+    return get_or_404(Lot, lot_id, detail=f"Lot {lot_id} is not known to the MES.")
 
 
 def containers_of(lot_id: str) -> list[Container]:
@@ -312,9 +282,10 @@ def _new_container(lot: Lot, spec: ContainerIn, item: Item, index: int, location
     _same_dimension(spec.uom, item.base_uom, item.code, f"containers/{index}/uom")
     storage = q.storage_unit(spec.uom)
     stored = _to_storage(amount, spec.uom, storage, f"containers/{index}/qty")
-    label = _id(spec.label, "container label", f"containers/{index}/label") if spec.label else f"{lot.id}-C{index + 1:03d}"
+    label = identifier(spec.label, "container label", f"containers/{index}/label") if spec.label else f"{lot.id}-C{index + 1:03d}"
     return Container(id=label, lot_id=lot.id, uom=spec.uom, storage_uom=storage, received_qty=stored,
-                     remaining_qty=stored, location=_optional(spec.location) or location, created_at=utcnow())
+                     remaining_qty=stored, created_at=utcnow(),
+                     location=optional_text(spec.location, "The location", f"containers/{index}/location") or location)
 
 
 def _container_json(c: Container) -> dict[str, Any]:
@@ -340,7 +311,7 @@ def receive_lot(
     item = get_item(item_code)
     if not item.active:
         raise Conflict(f"Item {item.code} is inactive; lots of it cannot be received.")
-    lot_id = _id(lot_id, "lot id", "id") if lot_id else f"L-{uuid.uuid4().hex[:10].upper()}"
+    lot_id = identifier(lot_id, "lot id", "id") if lot_id else f"L-{uuid.uuid4().hex[:10].upper()}"
     if db.session.get(Lot, lot_id) is not None:
         raise Conflict(f"Lot {lot_id} exists already; lot ids are never reused.")
     if not containers:
@@ -355,10 +326,13 @@ def receive_lot(
     if retest_date is not None and expiry_date is not None and retest_date > expiry_date:
         raise ValidationFailed("The retest date is after the expiry date.", field="retest_date")
     now = utcnow()
-    lot = Lot(id=lot_id, item_code=item.code, status=LotStatus.QUARANTINE.value, supplier=_optional(supplier),
-              supplier_lot=_optional(supplier_lot), manufactured_date=manufactured_date, expiry_date=expiry_date,
+    supplier = optional_text(supplier, "The supplier", "supplier", NAME_MAX)
+    supplier_lot = optional_text(supplier_lot, "The supplier lot", "supplier_lot", 100)
+    location = optional_text(location, "The location", "location")
+    lot = Lot(id=lot_id, item_code=item.code, status=LotStatus.QUARANTINE.value, supplier=supplier,
+              supplier_lot=supplier_lot, manufactured_date=manufactured_date, expiry_date=expiry_date,
               retest_date=retest_date, created_at=now, created_by=actor.id)
-    rows = [_new_container(lot, spec, item, i, _optional(location)) for i, spec in enumerate(containers)]
+    rows = [_new_container(lot, spec, item, i, location) for i, spec in enumerate(containers)]
     labels = [c.id for c in rows]
     if len(set(labels)) != len(labels):
         raise ValidationFailed("Two containers have the same label.", field="containers")
@@ -377,7 +351,7 @@ def receive_lot(
 
 
 def _status_change(actor: Actor, lot_id: str, new: LotStatus, reason: str, action: str) -> Lot:
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     _append_lock_first()
     lot = _locked(select(Lot).where(Lot.id == lot_id))
     if lot is None:
@@ -411,7 +385,7 @@ def reject_lot(actor: Actor, lot_id: str, reason: str) -> Lot:
 
 def set_retest_date(actor: Actor, lot_id: str, retest_date: date, reason: str) -> Lot:
     """QA records the next retest date after a retest (audited, with a reason)."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     _append_lock_first()
     lot = _locked(select(Lot).where(Lot.id == lot_id))
     if lot is None:
@@ -431,10 +405,7 @@ def set_retest_date(actor: Actor, lot_id: str, retest_date: date, reason: str) -
 
 
 def get_hold(hold_id: str) -> Hold:
-    hold = db.session.get(Hold, hold_id)
-    if hold is None:
-        raise NotFound(f"Hold {hold_id} is not known.")
-    return hold
+    return get_or_404(Hold, hold_id, "Hold")
 
 
 def _hold_json(h: Hold) -> dict[str, Any]:
@@ -445,18 +416,18 @@ def _hold_json(h: Hold) -> dict[str, Any]:
 def place_hold(actor: Actor, lot_id: str, scope: str, reason: str, *, ncr_id: str | None = None,
                hold_id: str | None = None) -> Hold:
     """Put a lot on hold (QA, or QMS through ``qms.lot.hold_placed.v1`` with its hold id)."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     if scope not in {s.value for s in HoldScope}:
         raise ValidationFailed(f"The scope must be one of {', '.join(s.value for s in HoldScope)}.", field="scope")
-    hold_id = _id(hold_id, "hold id", "hold_id") if hold_id else f"H-{uuid.uuid4().hex[:10].upper()}"
+    hold_id = identifier(hold_id, "hold id", "hold_id") if hold_id else f"H-{uuid.uuid4().hex[:10].upper()}"
     _append_lock_first()
     lot = _locked(select(Lot).where(Lot.id == lot_id))
     if lot is None:
         raise NotFound(f"Lot {lot_id} is not known to the MES.")
     if db.session.get(Hold, hold_id) is not None:
         raise Conflict(f"Hold {hold_id} exists already.")
-    hold = Hold(id=hold_id, lot_id=lot.id, scope=scope, reason=reason, ncr_id=_optional(ncr_id), placed_by=actor.id,
-                placed_at=utcnow())
+    hold = Hold(id=hold_id, lot_id=lot.id, scope=scope, reason=reason, ncr_id=optional_text(ncr_id, "The NCR id", "ncr_id"),
+                placed_by=actor.id, placed_at=utcnow())
     db.session.add(hold)
     record(actor, "material.hold.placed", ("lot", lot.id), after=_hold_json(hold), reason=reason)
     _commit(f"Hold {hold_id} exists already.")
@@ -465,9 +436,7 @@ def place_hold(actor: Actor, lot_id: str, scope: str, reason: str, *, ncr_id: st
 
 def _locked_hold(hold_id: str) -> tuple[Lot, Hold]:
     _append_lock_first()
-    hold = db.session.get(Hold, hold_id)
-    if hold is None:
-        raise NotFound(f"Hold {hold_id} is not known.")
+    hold = get_hold(hold_id)
     lot = _locked(select(Lot).where(Lot.id == hold.lot_id))  # lock order: lot, then hold
     hold = _locked(select(Hold).where(Hold.id == hold_id))
     return lot, hold
@@ -478,11 +447,11 @@ def release_hold(actor: Actor, hold_id: str, disposition: str, reason: str, *,
     """QA (or QMS through ``qms.lot.hold_released.v1``) releases a hold with a disposition:
     ``release``; ``conditional_release`` (consumption goes ahead, every consuming batch is
     flagged, ``conditions`` required); or ``reject`` (the lot is rejected as well)."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     if disposition not in {d.value for d in HoldDisposition}:
         raise ValidationFailed(f"The disposition must be one of {', '.join(d.value for d in HoldDisposition)}.",
                                field="disposition")
-    conditions = _optional(conditions)
+    conditions = optional_text(conditions, "The conditions", "conditions", TEXT_MAX)
     if disposition == HoldDisposition.CONDITIONAL_RELEASE.value and not conditions:
         raise ValidationFailed("A conditional release must state its conditions.", field="conditions")
     lot, hold = _locked_hold(hold_id)
@@ -511,7 +480,7 @@ def release_hold(actor: Actor, hold_id: str, disposition: str, reason: str, *,
 def meet_conditions(actor: Actor, hold_id: str, reason: str) -> Hold:
     """QA declares the conditions of a conditional release met: the lot is fully usable
     again and batches that consumed it are no longer held back by it."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     lot, hold = _locked_hold(hold_id)
     if hold.disposition != HoldDisposition.CONDITIONAL_RELEASE.value:
         raise Conflict(f"Hold {hold_id} was not released conditionally.")
@@ -643,7 +612,7 @@ def consume(
     consumptions commit or roll back together.
     """
     amount = _quantity(qty, unit)
-    batch_id = _id(batch_id, "batch id", "batch_id")
+    batch_id = identifier(batch_id, "batch id", "batch_id")
     _append_lock_first()
     lot = _locked(select(Lot).where(Lot.id == lot_id), shared=True)
     if lot is None:
@@ -664,7 +633,7 @@ def consume(
         if left == 0:
             message = f"Container {container.id} of lot {lot.id} is empty. Use another container."
         else:
-            message = (f"Container {container.id} of lot {lot.id} holds only {q.text(left, container.uom)}; "
+            message = (f"Container {container.id} of lot {lot.id} holds only {q.with_unit(left, container.uom)}; "
                        f"{q.fmt(amount, keep_places=True)} {unit} cannot be taken from it.")
         raise InsufficientQuantity(message, lot_id=lot.id, container_id=container.id,
                                    remaining=q.as_json(left, container.uom))
@@ -672,8 +641,10 @@ def consume(
     container.remaining_qty = container.remaining_qty - deducted
     consumption = Consumption(
         id=str(uuid.uuid4()), lot_id=lot.id, container_id=container.id, item_code=lot.item_code, qty=amount, uom=unit,
-        deducted_qty=deducted, storage_uom=container.storage_uom, batch_id=batch_id, step_id=_optional(step_id),
-        work_order_id=_optional(work_order_id), location=_optional(location), conditional=usable.conditional,
+        deducted_qty=deducted, storage_uom=container.storage_uom, batch_id=batch_id,
+        step_id=optional_text(step_id, "The step id", "step_id"),
+        work_order_id=optional_text(work_order_id, "The work order id", "work_order_id"),
+        location=optional_text(location, "The location", "location"), conditional=usable.conditional,
         conditional_hold_id=usable.hold_id if usable.conditional else None, consumed_at=now, consumed_by=actor.id,
     )
     db.session.add(consumption)
@@ -697,10 +668,7 @@ def consume(
 
 
 def get_consumption(consumption_id: str) -> Consumption:
-    row = db.session.get(Consumption, consumption_id)
-    if row is None:
-        raise NotFound(f"Consumption {consumption_id} is not known.")
-    return row
+    return get_or_404(Consumption, consumption_id, "Consumption")
 
 
 def reversal_of(consumption_id: str) -> ConsumptionReversal | None:
@@ -731,7 +699,7 @@ def reverse_consumption(actor: Actor, consumption_id: str, reason: str) -> Consu
     """Give a consumption's quantity back to its container (explicit, with a reason; at most
     once; refused once the batch has produced a lot from it). Posts
     ``mes.material.consumption_reversed.v1``. Nothing is deleted: the reversal is a record."""
-    reason = _text(reason, "A reason", "reason")
+    reason = required_text(reason, "A reason", "reason")
     _append_lock_first()
     consumption = _locked(select(Consumption).where(Consumption.id == consumption_id))
     if consumption is None:
@@ -822,8 +790,9 @@ def produce(
     item = get_item(item_code)
     amount = _quantity(qty, unit)
     _same_dimension(unit, item.base_uom, item.code, "unit")
-    batch_id = _id(batch_id, "batch id", "batch_id")
-    lot_id = _id(lot_id, "lot id", "lot_id")
+    batch_id = identifier(batch_id, "batch id", "batch_id")
+    lot_id = identifier(lot_id, "lot id", "lot_id")
+    work_order_id = optional_text(work_order_id, "The work order id", "work_order_id")
     if db.session.get(Lot, lot_id) is not None:
         raise Conflict(f"Lot {lot_id} exists already; lot ids are never reused.")
     not_reversed = ~exists().where(ConsumptionReversal.consumption_id == Consumption.id)
@@ -872,7 +841,7 @@ def produce(
     qty_json = q.as_json(amount, unit, keep_places=True)
     conditional = sorted({c.lot_id for c in used if c.conditional})
     data = {
-        "work_order_id": _optional(work_order_id), "batch_id": batch_id, "lot_id": lot_id, "item": item.code,
+        "work_order_id": work_order_id, "batch_id": batch_id, "lot_id": lot_id, "item": item.code,
         "qty": qty_json, "material_use": "Produced", "consumed_lot_ids": consumed_lot_ids,
         "produced_at": format_at(now), "performed_by": actor.id,
     }
@@ -881,7 +850,7 @@ def produce(
                   "expiry_date": _iso(lot.expiry_date), "retest_date": _iso(lot.retest_date),
                   "inputs": [{"lot": link.parent_lot_id, "qty": q.as_json(link.qty, link.uom)} for link in links],
                   "conditional_inputs": conditional},
-           event=Event(PRODUCED, "batch", batch_id, data, correlation_id=_optional(work_order_id), time=now))
+           event=Event(PRODUCED, "batch", batch_id, data, correlation_id=work_order_id, time=now))
     _finish(commit, f"Lot {lot_id} or container {container.id} was created by someone else at the same moment.")
     return lot
 

@@ -12,20 +12,22 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+from flask import Blueprint, Response, g, jsonify, render_template, request
 
 from mes.db import utcnow
 from mes.errors import MESError, ValidationFailed
 from mes.oee import charts
 from mes.oee import operations as ops
+from mes.plant_time import plant_zone
 from mes.users.permissions import Permission as P
+from mes.validation import ID_JSON_PATTERN
 from mes.web import STR, created, csrf_token, endpoint, obj, parse_utc, principal
 
 bp = Blueprint("oee", __name__, template_folder="templates")
 API = "/api/v1/oee"
 TAGS = ("oee",)
 
-ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+ID = {"type": "string", "pattern": ID_JSON_PATTERN}
 DECIMAL = {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"}
 DATETIME = {"type": "string", "minLength": 10, "maxLength": 40}
 REASON_SCHEMA = obj({"reason": {"type": "string", "minLength": 1, "maxLength": 100}, "planned": {"type": "boolean"},
@@ -110,7 +112,7 @@ def _local_input(value: str, field: str, zone: ZoneInfo) -> datetime:
 @endpoint(P.OEE_VIEW, tags=("qa",))
 def oee_page() -> Any:
     """OEE per shift with A, P and Q, and the downtime Pareto, for one line and time range."""
-    zone = ZoneInfo(current_app.config.get("MES_TIMEZONE", "UTC"))
+    zone = plant_zone()
     lines = ops.known_lines()
     now_local = utcnow().astimezone(zone)
     yesterday = datetime.combine(now_local.date() - timedelta(days=1), datetime.min.time())

@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, T
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db
-from mes.materials.quantities import Quantity
+from mes.quantities import Quantity
 
 #: PackML states (ISA-TR88.00.02) by their PackTags ``StateCurrent`` number.
 PACKML_STATES: tuple[str, ...] = (

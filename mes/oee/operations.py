@@ -30,34 +30,32 @@ at ``t`` reports the units made up to ``t``, so it belongs to the shift and prod
 instant just before ``t`` (a sample at 14:00:00 closes the shift that ends at 14:00). The
 product is the item of the work order of the batch running on the line (started, not yet
 completed or decided); when two batches overlap, the one started last. Shifts come from
-``MES_SHIFTS`` in ``MES_TIMEZONE``, so on DST days a shift is an hour shorter or longer.
+``MES_SHIFTS`` in ``MES_TIMEZONE`` (:mod:`mes.plant_time`), so on DST days a shift is an hour
+shorter or longer.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import current_app, has_app_context
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from mes import quantities as q
 from mes.audit.canonical import format_at
 from mes.audit.log import ADVISORY_LOCK_KEY, Actor, record
-from mes.config import _parse_shifts
 from mes.db import db, utcnow
 from mes.errors import Conflict, MESError, NotFound, ValidationFailed
 from mes.execution.models import Batch, WorkOrder
-from mes.materials import quantities as q
 from mes.oee.models import (
     PACKML_STATES,
     RUNNING_STATE,
@@ -67,8 +65,9 @@ from mes.oee.models import (
     IdealRate,
     LineStateInterval,
 )
+from mes.plant_time import Shift, plant_zone, shifts_between
+from mes.validation import ID_RE, TEXT_MAX, get_or_404, identifier, required_text
 
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 STATE_BY_NAME: dict[str, str] = {s.lower(): s for s in PACKML_STATES} | {str(n): s for n, s in enumerate(PACKML_STATES)}
 MAX_FUTURE = timedelta(seconds=60)  # line clocks may run a little ahead of the server
 MAX_RANGE = timedelta(days=93)
@@ -83,20 +82,7 @@ EPSILON = timedelta(microseconds=1)
 
 
 def _line(line_id: Any) -> str:
-    value = line_id.strip() if isinstance(line_id, str) else ""
-    if not ID_RE.fullmatch(value):
-        raise ValidationFailed("A line id is 1 to 64 letters, digits, dots, dashes or underscores, "
-                               "starting with a letter or digit.", field="line")
-    return value
-
-
-def _text(value: Any, what: str, field_name: str, max_len: int) -> str:
-    value = value.strip() if isinstance(value, str) else ""
-    if not value:
-        raise ValidationFailed(f"{what} is required.", field=field_name)
-    if len(value) > max_len:
-        raise ValidationFailed(f"{what} is at most {max_len} characters.", field=field_name)
-    return value
+    return identifier(line_id, "line id", "line")
 
 
 def _aware(value: Any, field_name: str) -> datetime:
@@ -163,15 +149,6 @@ def _ratio(value: Decimal | None) -> str | None:
     return None if value is None else str(value.quantize(RATIO, rounding=ROUND_HALF_EVEN))
 
 
-def _plant_zone() -> ZoneInfo:
-    return ZoneInfo(current_app.config.get("MES_TIMEZONE", "UTC") if has_app_context() else "UTC")
-
-
-def _shift_pattern() -> tuple[tuple[str, int], ...]:
-    raw = current_app.config.get("MES_SHIFTS", "06:00,14:00,22:00") if has_app_context() else "06:00,14:00,22:00"
-    return _parse_shifts(raw) if isinstance(raw, str) else tuple(raw)
-
-
 # ------------------------------------------------------------------------ data in
 
 
@@ -232,7 +209,7 @@ def record_line_sample(
     defective = _counter(defective, "defective")
     if state is None and processed is None and defective is None:
         raise ValidationFailed("A line sample needs a state or a counter.", field="state")
-    source = _text(source, "The source", "source", 200)
+    source = required_text(source, "The source", "source", 200)
     if stop_reason is not None and not isinstance(stop_reason, str):
         stop_reason = str(stop_reason) if isinstance(stop_reason, int) and not isinstance(stop_reason, bool) else None
         if stop_reason is None:
@@ -294,10 +271,7 @@ def record_line_sample(
 
 
 def get_interval(interval_id: str) -> LineStateInterval:
-    row = db.session.get(LineStateInterval, interval_id) if isinstance(interval_id, str) else None
-    if row is None:
-        raise NotFound(f"Line state interval {interval_id} is not known.")
-    return row
+    return get_or_404(LineStateInterval, interval_id, "Line state interval")
 
 
 def current_reason(interval_id: str) -> DowntimeReason | None:
@@ -323,11 +297,11 @@ def assign_downtime_reason(
 ) -> DowntimeReason:
     """Give a stop interval its downtime reason (``planned`` stops leave planned production
     time). A new assignment supersedes the previous one; both stay on record."""
-    reason = _text(reason, "The downtime reason", "reason", 100)
+    reason = required_text(reason, "The downtime reason", "reason", 100)
     if not isinstance(planned, bool):
         raise ValidationFailed("planned is true or false.", field="planned")
     if comment is not None:
-        comment = _text(comment, "The comment", "comment", 2000)
+        comment = required_text(comment, "The comment", "comment", TEXT_MAX)
     with _locked():
         interval = get_interval(interval_id)
         if interval.state == RUNNING_STATE:
@@ -377,7 +351,7 @@ def set_ideal_rate(
             raise ValidationFailed("A product is an item code of 1 to 64 letters, digits, dots, dashes or underscores.",
                                    field="product")
     try:
-        rate = q.storable(q.parse(units_per_minute), "units/min")
+        rate = q.storable(q.parse_quantity(units_per_minute), "units/min")
     except q.QuantityError as exc:
         raise ValidationFailed(f"The ideal rate: {exc}.", field="units_per_minute") from None
     if rate <= 0:
@@ -385,7 +359,7 @@ def set_ideal_rate(
     now = utcnow()
     effective_from = _aware(effective_from, "effective_from") if effective_from is not None else now
     if comment is not None:
-        comment = _text(comment, "The comment", "comment", 2000)
+        comment = required_text(comment, "The comment", "comment", TEXT_MAX)
     with _locked():
         row = IdealRate(id=str(uuid.uuid4()), line_id=line_id, product=product, units_per_minute=rate,
                         effective_from=effective_from, comment=comment, recorded_at=now, recorded_by=actor.id)
@@ -420,48 +394,11 @@ def known_lines() -> list[str]:
 # ---------------------------------------------------------------------------- shifts
 
 
-@dataclass(frozen=True)
-class Shift:
-    """One shift: its name, the plant date it starts on, and its UTC start and end."""
-
-    name: str
-    day: date
-    start: datetime
-    end: datetime
-
-    @property
-    def label(self) -> str:
-        return f"{self.day.isoformat()} {self.name}"
-
-    def as_json(self, zone: ZoneInfo) -> dict[str, Any]:
-        return {"name": self.name, "date": self.day.isoformat(), "start": format_at(self.start),
-                "end": format_at(self.end), "start_local": self.start.astimezone(zone).isoformat(),
-                "end_local": self.end.astimezone(zone).isoformat(),
-                "length_s": _seconds(int((self.end - self.start) / EPSILON))}
-
-
-def shifts_between(start: datetime, end: datetime) -> list[Shift]:
-    """The shifts overlapping ``[start, end)``, from ``MES_SHIFTS`` in ``MES_TIMEZONE``.
-
-    Each start time is a wall-clock time at the plant; a time that does not exist on a
-    spring-forward day is taken an hour later and an ambiguous one on a fall-back day at
-    its first occurrence, so the shift around the change is an hour shorter or longer."""
-    zone, pattern = _plant_zone(), _shift_pattern()
-    first = start.astimezone(zone).date() - timedelta(days=1)
-    last = end.astimezone(zone).date() + timedelta(days=1)
-    bounds: list[tuple[datetime, str, date]] = []
-    day = first
-    while day <= last:
-        for name, minute in pattern:
-            local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
-            bounds.append((local.astimezone(UTC), name, day))
-        day += timedelta(days=1)
-    bounds.sort(key=lambda b: b[0])
-    out = []
-    for (b0, name, d), (b1, _, _) in zip(bounds, bounds[1:], strict=False):
-        if b1 > b0 and b1 > start and b0 < end:
-            out.append(Shift(name, d, b0, b1))
-    return out
+def _shift_json(shift: Shift, zone: ZoneInfo) -> dict[str, Any]:
+    return {"name": shift.name, "date": shift.day.isoformat(), "start": format_at(shift.start),
+            "end": format_at(shift.end), "start_local": shift.start.astimezone(zone).isoformat(),
+            "end_local": shift.end.astimezone(zone).isoformat(),
+            "length_s": _seconds(int((shift.end - shift.start) / EPSILON))}
 
 
 # ------------------------------------------------------------------------- the figures
@@ -576,7 +513,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
         raise ValidationFailed(f"The range is at most {MAX_RANGE.days} days.", field="to")
     if not has_reported(line_id):
         raise NotFound(f"Line {line_id} has never reported a state or counters to the MES.")
-    zone = _plant_zone()
+    zone = plant_zone()
     until = min(end, utcnow())
 
     # states in effect: the one at `start`, then every change inside the range
@@ -678,7 +615,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
     for key, fig in groups.items():
         item: dict[str, Any] = {"key": key, "label": key}
         if group == "shift":
-            item["shift"] = next(s for s in shifts if s.label == key).as_json(zone)
+            item["shift"] = _shift_json(next(s for s in shifts if s.label == key), zone)
         else:
             item["product"] = None if key == NO_PRODUCT else key
         item.update(fig.as_json())

@@ -6,10 +6,11 @@ dataclasses, checked beyond the schema with line-numbered problems, scaled into 
 recipes with a content hash, and compared version to version for QA review. Nothing here
 touches the database or Flask; the database-backed execution engine builds on it.
 
-Modules: :mod:`~mes.recipes.units` (units, exact conversion, durations),
-:mod:`~mes.recipes.formula` (safe calculation formulas), :mod:`~mes.recipes.model`
-(the dataclasses), :mod:`~mes.recipes.schema` (the JSON Schema), :mod:`~mes.recipes.loader`
-(YAML/dict to model, :func:`~mes.recipes.loader.validate_file`), :mod:`~mes.recipes.checks`
-(rules beyond the schema), :mod:`~mes.recipes.scaling` (control recipes and their hash),
+Quantities, units, exact conversion and durations are :mod:`mes.quantities` (shared with
+materials and equipment). Modules: :mod:`~mes.recipes.formula` (safe calculation
+formulas), :mod:`~mes.recipes.model` (the dataclasses), :mod:`~mes.recipes.schema` (the
+JSON Schema), :mod:`~mes.recipes.loader` (YAML/dict to model,
+:func:`~mes.recipes.loader.validate_file`), :mod:`~mes.recipes.checks` (rules beyond the
+schema), :mod:`~mes.recipes.scaling` (control recipes and their hash),
 :mod:`~mes.recipes.diff` (version comparison) and :mod:`~mes.recipes.errors`.
 """

@@ -18,8 +18,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from mes.quantities import Duration, UnitError, convert, decimal_places, round_half_even, to_text
 from mes.recipes.model import BatchSize, MasterRecipe, Operation, ScaleRequirement, Step, Tolerance, UnitProcedure
-from mes.recipes.units import Duration, UnitError, convert, decimal_places, round_half_even, to_text
 
 __all__ = ["diff"]
 

@@ -28,7 +28,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Final, Union
 
-from mes.recipes.units import exact_decimal, round_half_even
+from mes.quantities import exact_decimal, round_half_even
 
 __all__ = ["Binary", "Formula", "FormulaError", "Num", "Ref", "Unary", "parse_formula"]
 

@@ -26,6 +26,7 @@ from mes.audit.log import AppendedEntry, record
 from mes.audit.models import AuditEntry
 from mes.db import db, utcnow
 from mes.errors import AuthenticationFailed, Conflict, Forbidden, ValidationFailed
+from mes.plant_time import plant_date
 from mes.users import operations as users
 from mes.users import secrets as hashing
 from mes.users.models import User, UserSession
@@ -124,7 +125,7 @@ def sign(
         raise Forbidden(f"Signing as {role} for {permission.value} is not permitted.")
     qualification = user.qualification(role)
     if qualification is not None and qualification.qualified_until is not None and qualification.qualified_until < utcnow():
-        raise Forbidden(f"Your qualification as {role} expired on {qualification.qualified_until.date().isoformat()}; "
+        raise Forbidden(f"Your qualification as {role} expired on {plant_date(qualification.qualified_until).isoformat()}; "
                         "signing is refused until it is renewed.")
     if user.esig_acknowledged_at is None:
         raise Forbidden("Acknowledge that your electronic signature is binding before your first signature.")

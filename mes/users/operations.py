@@ -21,7 +21,6 @@ from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
     Conflict,
-    NotFound,
     PasswordExpired,
     SessionExpired,
     TerminalRequired,
@@ -30,6 +29,7 @@ from mes.errors import (
 from mes.users import secrets as hashing
 from mes.users.models import Alarm, ApiToken, PasswordHistory, Role, Terminal, TerminalKind, User, UserRole, UserSession
 from mes.users.permissions import Permission, check_role_combination
+from mes.validation import NAME_MAX, SHORT_MAX, get_or_404, identifier, optional_text, required_text
 
 PASSWORD_HISTORY_DEPTH = 5
 AUTH = Actor.system("auth")
@@ -67,10 +67,7 @@ def actor_for(user: User, role: str | None = None, terminal: str | None = None) 
 
 
 def get_user(user_id: str) -> User:
-    user = db.session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"no user {user_id!r}")
-    return user
+    return get_or_404(User, user_id, "User")
 
 
 def _check_password(user_id: str, password: str) -> None:
@@ -99,11 +96,8 @@ def create_user(
     email: str | None = None,
 ) -> User:
     """Create a user. User ids are never reused: a deactivated user's id stays taken."""
-    user_id = user_id.strip()
-    if not user_id or not all(c.isalnum() or c in "._-" for c in user_id) or len(user_id) > 64:
-        raise ValidationFailed("A user id is 1 to 64 letters, digits, dots, dashes or underscores.", field="id")
-    if not full_name.strip():
-        raise ValidationFailed("The printed name is required.", field="full_name")
+    user_id = identifier(user_id, "user id", "id")
+    full_name = required_text(full_name, "The printed name", "full_name", NAME_MAX)
     try:
         check_role_combination(roles)
     except ValueError as exc:
@@ -173,8 +167,7 @@ def grant_role(actor: Actor, user_id: str, role: str, qualified_until: datetime 
 
 def deactivate_user(actor: Actor, user_id: str, reason: str) -> None:
     """Deactivate (never delete) a user and end their open sessions."""
-    if not reason.strip():
-        raise ValidationFailed("A reason is required to deactivate a user.", field="reason")
+    reason = required_text(reason, "A reason to deactivate a user", "reason")
     user = get_user(user_id)
     if not user.active:
         raise Conflict(f"User {user_id!r} is already deactivated.")
@@ -195,8 +188,7 @@ def reset_credentials(
     actor: Actor, user_id: str, reason: str, *, password: str | None = None, pin: str | None = None
 ) -> None:
     """Unlock and set a temporary password (which must be changed at next log-in) or PIN."""
-    if not reason.strip():
-        raise ValidationFailed("A reason is required to reset credentials.", field="reason")
+    reason = required_text(reason, "A reason to reset credentials", "reason")
     user = get_user(user_id)
     before = {"locked": user.locked, "failed_attempts": user.failed_attempts}
     after = {"locked": False, "failed_attempts": 0}
@@ -394,8 +386,9 @@ def register_terminal(actor: Actor, terminal_id: str, kind: str, description: st
     """Register a kiosk or workstation; returns it and its enrolment key (shown once)."""
     if kind not in {k.value for k in TerminalKind}:
         raise ValidationFailed("A terminal is a kiosk or a workstation.", field="kind")
-    if not terminal_id or not all(c.isalnum() or c in "-_." for c in terminal_id):
-        raise ValidationFailed("A terminal id is letters, digits, dashes, dots or underscores.", field="id")
+    terminal_id = identifier(terminal_id, "terminal id", "id")
+    description = optional_text(description, "The description", "description", NAME_MAX) or ""
+    line = optional_text(line, "The line", "line", SHORT_MAX)
     if db.session.get(Terminal, terminal_id) is not None:
         raise Conflict(f"Terminal {terminal_id!r} is already registered.")
     key = key or hashing.new_token_secret()
@@ -407,9 +400,7 @@ def register_terminal(actor: Actor, terminal_id: str, kind: str, description: st
 
 
 def deactivate_terminal(actor: Actor, terminal_id: str, reason: str) -> None:
-    terminal = db.session.get(Terminal, terminal_id)
-    if terminal is None:
-        raise NotFound(f"no terminal {terminal_id!r}")
+    terminal = get_or_404(Terminal, terminal_id, "Terminal")
     if not terminal.active:
         raise Conflict(f"Terminal {terminal_id!r} is already deactivated.")
     terminal.active = False
@@ -453,9 +444,7 @@ def issue_token(actor: Actor, user_id: str, scopes: list[str], description: str 
 
 
 def revoke_token(actor: Actor, token_id: str, reason: str) -> None:
-    token = db.session.get(ApiToken, token_id)
-    if token is None:
-        raise NotFound(f"no API token {token_id!r}")
+    token = get_or_404(ApiToken, token_id, "API token")
     if token.revoked_at is not None:
         raise Conflict("The token is already revoked.")
     token.revoked_at = utcnow()
@@ -493,9 +482,7 @@ def raise_alarm(actor: Actor, kind: str, message: str, details: dict | None = No
 
 
 def acknowledge_alarm(actor: Actor, alarm_id: int, comment: str) -> None:
-    alarm = db.session.get(Alarm, alarm_id)
-    if alarm is None:
-        raise NotFound(f"no alarm {alarm_id}")
+    alarm = get_or_404(Alarm, alarm_id, "Alarm")
     if alarm.acknowledged_at is not None:
         raise Conflict("The alarm is already acknowledged.")
     alarm.acknowledged_at = utcnow()

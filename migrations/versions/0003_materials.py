@@ -12,7 +12,7 @@ Create Date: 2026-11-23 07:06:33.419398
 from alembic import op
 import sqlalchemy as sa
 import mes.db
-import mes.materials.quantities
+import mes.quantities
 
 
 revision = '0003'
@@ -66,8 +66,8 @@ def upgrade() -> None:
     sa.Column('lot_id', sa.String(length=64), nullable=False),
     sa.Column('uom', sa.String(length=8), nullable=False),
     sa.Column('storage_uom', sa.String(length=8), nullable=False),
-    sa.Column('received_qty', mes.materials.quantities.Quantity(), nullable=False),
-    sa.Column('remaining_qty', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('received_qty', mes.quantities.Quantity(), nullable=False),
+    sa.Column('remaining_qty', mes.quantities.Quantity(), nullable=False),
     sa.Column('location', sa.String(length=64), nullable=True),
     sa.Column('created_at', mes.db.UTCDateTime(timezone=True), nullable=False),
     sa.CheckConstraint('received_qty > 0', name=op.f('ck_material_containers_received_positive')),
@@ -84,7 +84,7 @@ def upgrade() -> None:
     sa.Column('parent_lot_id', sa.String(length=64), nullable=False),
     sa.Column('child_lot_id', sa.String(length=64), nullable=False),
     sa.Column('batch_id', sa.String(length=64), nullable=False),
-    sa.Column('qty', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('qty', mes.quantities.Quantity(), nullable=False),
     sa.Column('uom', sa.String(length=8), nullable=False),
     sa.Column('created_at', mes.db.UTCDateTime(timezone=True), nullable=False),
     sa.CheckConstraint('parent_lot_id <> child_lot_id', name=op.f('ck_material_genealogy_not_self')),
@@ -124,9 +124,9 @@ def upgrade() -> None:
     sa.Column('lot_id', sa.String(length=64), nullable=False),
     sa.Column('container_id', sa.String(length=64), nullable=False),
     sa.Column('item_code', sa.String(length=64), nullable=False),
-    sa.Column('qty', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('qty', mes.quantities.Quantity(), nullable=False),
     sa.Column('uom', sa.String(length=8), nullable=False),
-    sa.Column('deducted_qty', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('deducted_qty', mes.quantities.Quantity(), nullable=False),
     sa.Column('storage_uom', sa.String(length=8), nullable=False),
     sa.Column('batch_id', sa.String(length=64), nullable=False),
     sa.Column('step_id', sa.String(length=64), nullable=True),
@@ -150,7 +150,7 @@ def upgrade() -> None:
     op.create_table('material_consumption_reversals',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('consumption_id', sa.String(length=36), nullable=False),
-    sa.Column('restored_qty', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('restored_qty', mes.quantities.Quantity(), nullable=False),
     sa.Column('storage_uom', sa.String(length=8), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('reversed_at', mes.db.UTCDateTime(timezone=True), nullable=False),

@@ -11,7 +11,7 @@ Create Date: 2026-11-23 07:54:11.145738
 from alembic import op
 import sqlalchemy as sa
 import mes.db
-import mes.materials.quantities
+import mes.quantities
 
 
 revision = '0005'
@@ -36,11 +36,11 @@ def upgrade() -> None:
     sa.Column('clean_hold_s', sa.Integer(), nullable=True),
     sa.Column('device_id', sa.String(length=64), nullable=True),
     sa.Column('driver', sa.String(length=32), nullable=True),
-    sa.Column('capacity', mes.materials.quantities.Quantity(), nullable=True),
+    sa.Column('capacity', mes.quantities.Quantity(), nullable=True),
     sa.Column('capacity_uom', sa.String(length=8), nullable=True),
-    sa.Column('min_weight', mes.materials.quantities.Quantity(), nullable=True),
+    sa.Column('min_weight', mes.quantities.Quantity(), nullable=True),
     sa.Column('min_weight_uom', sa.String(length=8), nullable=True),
-    sa.Column('readability', mes.materials.quantities.Quantity(), nullable=True),
+    sa.Column('readability', mes.quantities.Quantity(), nullable=True),
     sa.Column('readability_uom', sa.String(length=8), nullable=True),
     sa.Column('accuracy_class', sa.String(length=4), nullable=True),
     sa.Column('active', sa.Boolean(), nullable=False),

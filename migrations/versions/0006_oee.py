@@ -10,7 +10,7 @@ Create Date: 2026-11-23 08:57:13.774885
 from alembic import op
 import sqlalchemy as sa
 import mes.db
-import mes.materials.quantities
+import mes.quantities
 
 
 revision = '0006'
@@ -50,7 +50,7 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('line_id', sa.String(length=64), nullable=False),
     sa.Column('product', sa.String(length=64), nullable=True),
-    sa.Column('units_per_minute', mes.materials.quantities.Quantity(), nullable=False),
+    sa.Column('units_per_minute', mes.quantities.Quantity(), nullable=False),
     sa.Column('effective_from', mes.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('comment', sa.Text(), nullable=True),
     sa.Column('recorded_at', mes.db.UTCDateTime(timezone=True), nullable=False),

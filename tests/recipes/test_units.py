@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mes.recipes.units import (
+from mes.quantities import (
     UNITS,
     Duration,
     UnitError,
