@@ -6,9 +6,9 @@ from typing import Any
 
 from mes.recipes import checks
 from mes.recipes.formula import FormulaError, parse_formula
-from mes.recipes.model import CalculationStep, MasterRecipe, StepRef
+from mes.recipes.model import CalculationStep, MasterRecipe, Step, StepRef
 from mes.recipes.units import to_text
-from mes.steps.base import Report, StepKind, decimal_or_none, ref
+from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt
 
 
@@ -69,3 +69,16 @@ class Calculation(StepKind):
             ctx.deviate("limits_missed", f"{spec.title}: {to_text(result)} {spec.unit} is outside "
                         f"{limits_text(spec.low, spec.high, spec.unit)}",
                         {"step": spec.id, "formula": spec.formula, "inputs": shown, "value": to_text(result)})
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """The inputs recorded so far and a preview of the result (the server computes again)."""
+        assert isinstance(spec, CalculationStep)
+        values = page.values()
+        inputs = [(r, page.dec(values.get(r))) for r in spec.references]
+        preview = None
+        if all(values.get(r) is not None for r in spec.references):
+            try:
+                preview = page.dec(spec.compute(values))
+            except Exception:  # noqa: BLE001 - the server computes again on Record
+                preview = None
+        return {"inputs": inputs, "preview": preview, "limits": page.limits_text(spec.low, spec.high, spec.unit)}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from mes.recipes.model import EQUIPMENT_STATES, EquipmentCheckStep, MasterRecipe, StepRef
+from mes.recipes.model import EQUIPMENT_STATES, EquipmentCheckStep, MasterRecipe, Step, StepRef
 from mes.steps.base import Report, StepKind, duration, ref
 from mes.steps.context import StepContext
 
@@ -78,3 +79,7 @@ class EquipmentCheck(StepKind):
             actor, batch_id = ctx.actor, ctx.batch.id
             ctx.effects.append(lambda: equipment.set_status(actor, equipment_id, equipment.S.IN_USE.value,
                                                             claim_reason(batch_id), batch=batch_id, commit=False))
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """The scanned equipment (the ticked label states are the kiosk's ``label`` check)."""
+        return {"equipment_id": form.get("equipment_id", "").strip()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mes.recipes import checks
@@ -66,3 +67,7 @@ class Identify(StepKind):
             data["conditional"] = usable.conditional
         ctx.record("identification", data)
         ctx.result = {"lot": lot_id, "item": spec.item}
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """The scanned lot."""
+        return {"lot_id": form.get("lot_id", "").strip()}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mes.recipes import checks
-from mes.recipes.model import MasterRecipe, NumericStep, StepRef
+from mes.recipes.model import MasterRecipe, NumericStep, Step, StepRef
 from mes.recipes.units import to_text
-from mes.steps.base import Report, StepKind, decimal_or_none, ref
+from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt, places_ok
 
 
@@ -45,3 +46,12 @@ class Numeric(StepKind):
                         f"{limits_text(spec.low, spec.high, spec.unit)}",
                         {"step": spec.id, "value": to_text(value), "unit": spec.unit, "low": opt(spec.low),
                          "high": opt(spec.high)})
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """The limits as a phrase."""
+        assert isinstance(spec, NumericStep)
+        return {"limits": page.limits_text(spec.low, spec.high, spec.unit)}
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """The value typed on the keypad."""
+        return {"value": form.get("value", "").strip()}

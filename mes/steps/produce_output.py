@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, ProduceOutputStep, Step, StepRef
 from mes.recipes.units import UnitError, convert, dimension, to_text
-from mes.steps.base import Report, ScaleContext, StepKind, decimal_or_none, ref
+from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext
 
 _DECIMALS = ("quantity", "expected_yield", "yield_low", "yield_high")
@@ -100,3 +100,15 @@ class ProduceOutput(StepKind):
         actor, batch, wo = ctx.actor, ctx.batch.id, ctx.batch.work_order_id
         ctx.effects.append(lambda: materials.produce(actor, spec.item, lot_id, to_text(qty), unit, batch,
                                                      work_order_id=wo, commit=False) and None)
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """The theoretical quantity (scaled, or from its calculation) and the yield limits."""
+        assert isinstance(spec, ProduceOutputStep)
+        theoretical = spec.quantity
+        if spec.theoretical_from:
+            theoretical = page.values().get(spec.theoretical_from, spec.quantity)
+        return {"theoretical": page.dec(theoretical), "yield_limits": f"{page.dec(spec.yield_low)} – {page.dec(spec.yield_high)} %"}
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """The quantity typed on the keypad."""
+        return {"quantity": form.get("value", "").strip()}

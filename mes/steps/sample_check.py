@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mes.recipes import checks
-from mes.recipes.model import MasterRecipe, SampleCheckStep, StepRef
+from mes.recipes.model import MasterRecipe, SampleCheckStep, Step, StepRef
 from mes.recipes.units import to_text
-from mes.steps.base import Report, StepKind, decimal_or_none, ref
+from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt, places_ok
 
 _LIMITS = ("target", "low", "high", "mean_low", "mean_high")
@@ -60,3 +61,13 @@ class SampleCheck(StepKind):
             ctx.deviate("limits_missed", f"{spec.title}: results outside the limits "
                         f"(individual {limits_text(spec.low, spec.high, spec.unit)}, mean {to_text(verdict.mean)})",
                         {"step": spec.id, **data})
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """Individual and mean limits as phrases."""
+        assert isinstance(spec, SampleCheckStep)
+        return {"limits": page.limits_text(spec.low, spec.high, spec.unit),
+                "mean_limits": page.limits_text(spec.mean_low, spec.mean_high, spec.unit)}
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """The results entered, separated by ``;``."""
+        return {"results": [r for r in form.get("results", "").split(";") if r.strip()]}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mes.recipes import checks
 from mes.recipes.model import MEANINGS, ROLES, MasterRecipe, SignatureStep, Step, StepRef
-from mes.steps.base import Report, StepKind, ref
+from mes.steps.base import KioskPage, Report, StepKind, ref
 from mes.steps.context import StepContext
 
 
@@ -127,3 +128,13 @@ class Signature(StepKind):
                                  "record_hash": sig["record_hash"], "audit_seq": entry.seq,
                                  "second_person": spec.second_person, "performed_by": performed_by})
         ctx.result = {"signer": sig["signer"], "meaning": sig["meaning"], "audit_seq": entry.seq}
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """Meaning, roles, whether the signer still acknowledges, and whether another person verifies."""
+        assert isinstance(spec, SignatureStep)
+        return {"meaning": spec.meaning, "roles": ", ".join(spec.roles),
+                "needs_ack": page.user.esig_acknowledged_at is None}
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """Badge and PIN."""
+        return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip()}

@@ -6,9 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 from mes.recipes import checks
-from mes.recipes.model import MasterRecipe, StepRef, TimerStep
+from mes.recipes.model import MasterRecipe, Step, StepRef, TimerStep
 from mes.recipes.units import Duration
-from mes.steps.base import Report, StepKind, duration, ref
+from mes.steps.base import KioskPage, Report, StepKind, duration, ref
 from mes.steps.context import StepContext, at_text
 
 
@@ -64,3 +64,15 @@ class Timer(StepKind):
                         f"{spec.title}: {what} ({elapsed.human}; allowed "
                         f"{spec.minimum.human if spec.minimum else '0 s'} to {spec.maximum.human if spec.maximum else 'no limit'})",
                         {"step": spec.id, **data})
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """When the timer started (server clock), its window, and whether the form starts it."""
+        assert isinstance(spec, TimerStep)
+        started = page.completed_at_text(spec.from_step) if spec.from_step else page.at_text(page.step.started_at)
+        return {"started": started,
+                "minimum": spec.minimum.seconds if spec.minimum else None,
+                "maximum": spec.maximum.seconds if spec.maximum else None,
+                "minimum_text": spec.minimum.human if spec.minimum else "",
+                "maximum_text": spec.maximum.human if spec.maximum else "",
+                "server_now": page.now_text(),
+                "start_action": not started and not spec.from_step}

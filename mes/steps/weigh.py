@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
@@ -13,7 +13,7 @@ from mes.recipes import checks
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
 from mes.recipes.units import UnitError, convert, dimension, to_text
-from mes.steps.base import Report, ScaleContext, StepKind, decimal_or_none, ref
+from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, opt
 
 
@@ -187,6 +187,37 @@ class Weigh(StepKind):
             rec.data = {**rec.data, "consumption": used.id}
 
         ctx.effects.append(take)
+
+    # ------------------------------------------------------------------- kiosk
+
+    def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
+        """Window, containers weighed, the line's scales (the chosen one first usable), the lot."""
+        assert isinstance(spec, WeighStep)
+        low, high = spec.window()
+        weighed = page.containers_weighed()
+        scales = page.scales_for(spec)
+        chosen = page.args.get("device") or next((s["device_id"] for s in scales if s["ok"]), None)
+        if page.args.get("lot"):
+            lot = page.resolve_label(page.args["lot"], spec.item)
+        else:
+            identified = page.identified_lot(spec.item)
+            lot = page.resolve_label(identified, spec.item) if identified else None
+        return {"low": page.dec(low), "high": page.dec(high), "target": page.dec(spec.target), "unit": spec.unit,
+                "weighed": weighed, "weighed_total": page.dec(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
+                "scales": scales, "device": chosen, "scale": next((s for s in scales if s["device_id"] == chosen), None),
+                "lot": lot}
+
+    def kiosk_blocked(self, spec: Step, context: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Blocked when the line has scales and none suits the weighing."""
+        scales = context["scales"]
+        if scales and not any(s["ok"] for s in scales):
+            return {"scale_problems": scales}
+        return None
+
+    def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
+        """Scale, lot, container, and whether another container follows."""
+        return {"device_id": form.get("device_id", "").strip(), "lot_id": form.get("lot_id", "").strip(),
+                "container_id": form.get("container_id", "").strip(), "more": form.get("more") == "1"}
 
 
 def _scale_fits(step: WeighStep, target: Decimal, unit: str, tolerance: Tolerance, path: Path, report: Report) -> None:
