@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path as FsPath
@@ -234,9 +235,10 @@ class StepKind(ABC):
         return its summary, or None to send one :meth:`simulate` payload."""
         return None
 
-    def sim_waits(self, spec: Step) -> bool:
-        """Whether the simulated operator waits for this step in real time (a timer)."""
-        return False
+    def sim_wait(self, spec: Step) -> timedelta | None:
+        """How long after its start the simulated operator completes the step, waiting in
+        real time (a timer), or None: done at once."""
+        return None
 
     # ------------------------------------------------------------------- batch record
 

@@ -82,3 +82,7 @@ class Calculation(StepKind):
             except Exception:  # noqa: BLE001 - the server computes again on Record
                 preview = None
         return {"inputs": inputs, "preview": preview, "limits": page.limits_text(spec.low, spec.high, spec.unit)}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """Nothing to send: the server calculates."""
+        return {}, sim.operator, "calculated"

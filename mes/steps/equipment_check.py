@@ -83,3 +83,10 @@ class EquipmentCheck(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """The scanned equipment (the ticked label states are the kiosk's ``label`` check)."""
         return {"equipment_id": form.get("equipment_id", "").strip()}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """Free registered equipment of the class."""
+        assert isinstance(spec, EquipmentCheckStep)
+        eq = sim._pick_equipment(spec)
+        return {"equipment_id": eq}, sim.operator, f"{eq}: {', '.join(spec.required_states)}" + \
+            (" (claimed for the batch)" if spec.claim else "")

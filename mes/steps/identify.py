@@ -71,3 +71,17 @@ class Identify(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """The scanned lot."""
         return {"lot_id": form.get("lot_id", "").strip()}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """The lot chosen for the item, or the lot dispensed into this batch."""
+        from mes.execution.sim_operator import SimulationStopped, dispensed_lots
+
+        assert isinstance(spec, IdentifyStep)
+        if spec.scan == "dispensed":
+            lots = dispensed_lots(batch, spec.item, spec.dispensed_by)
+            if not lots:
+                raise SimulationStopped(f"Step {spec.id}: nothing of {spec.item} was dispensed into the batch.")
+            return {"lot_id": lots[0]}, sim.operator, f"scanned dispensed lot {lots[0]}"
+        lot = sim.chosen_lots.get(spec.item) or sim._pick_lot(spec.item, None, None)[0]
+        sim.chosen_lots[spec.item] = lot
+        return {"lot_id": lot}, sim.operator, f"scanned lot {lot} ({spec.item})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from mes.recipes import checks
@@ -55,3 +56,55 @@ class Numeric(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """The value typed on the keypad."""
         return {"value": form.get("value", "").strip()}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """A value mid-limits (or one that puts a later calculation mid-limits)."""
+        from mes.recipes.units import to_text
+
+        assert isinstance(spec, NumericStep)
+        value = sim_value(sim, batch, spec)
+        return {"value": to_text(value) if spec.precision == 0 else str(value)}, sim.operator, f"{value} {spec.unit}"
+
+
+def sim_value(sim: Any, batch: dict[str, Any], spec: NumericStep) -> Decimal:
+    """The value the simulated operator enters: mid-limits, or (without limits) one that
+    puts the first later calculation using it mid-limits."""
+    from mes.execution.sim_operator import midpoint, quantize
+
+    if spec.target is None and spec.low is None and spec.high is None:
+        solved = _solve_for(sim, batch, spec)
+        if solved is not None:
+            return solved
+    return quantize(midpoint(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
+
+
+def _solve_for(sim: Any, batch: dict[str, Any], spec: NumericStep) -> Decimal | None:
+    """A value for ``spec`` that puts the first later calculation using it mid-limits."""
+    from mes.execution.sim_operator import current_values, midpoint, quantize
+    from mes.recipes.model import CalculationStep
+
+    assert sim.recipe is not None
+    values = current_values(batch)
+    for sref in sim.recipe.steps():
+        calc = sref.step
+        if not isinstance(calc, CalculationStep) or spec.id not in calc.references:
+            continue
+        if calc.low is None and calc.high is None:
+            continue
+        if any(r not in values for r in calc.references if r != spec.id):
+            continue
+        goal = midpoint(calc.low, calc.high, None, Decimal(1))
+        try:
+            f = lambda v: calc.compute({**values, spec.id: v})  # noqa: E731, B023 - used in this iteration only
+            a, b = Decimal(1), Decimal(1_000_000)  # far apart: the result's rounding does not matter
+            fa, fb = f(a), f(b)
+            for _ in range(6):  # secant steps (one is enough for a linear formula)
+                if fa == fb:
+                    break
+                a, fa, b = b, fb, quantize(b + (goal - fb) * (b - a) / (fb - fa), spec.precision)
+                fb = f(b)
+                if b > 0 and calc.in_limits(fb):
+                    return b
+        except Exception:  # noqa: BLE001 - a formula we cannot invert: fall back
+            continue
+    return None

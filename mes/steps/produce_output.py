@@ -112,3 +112,15 @@ class ProduceOutput(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """The quantity typed on the keypad."""
         return {"quantity": form.get("value", "").strip()}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """The theoretical quantity at the expected yield (or mid yield limits)."""
+        from mes.execution.sim_operator import _places, current_values, midpoint, quantize
+
+        assert isinstance(spec, ProduceOutputStep)
+        theoretical = spec.quantity
+        if spec.theoretical_from:
+            theoretical = current_values(batch).get(spec.theoretical_from, theoretical)
+        expected = getattr(spec, "expected_yield", None) or midpoint(spec.yield_low, spec.yield_high, None, Decimal(100))
+        qty = quantize(Decimal(theoretical) * Decimal(expected) / 100, max(3, _places(Decimal(theoretical))))
+        return {"quantity": str(qty), "unit": spec.unit}, sim.operator, f"{qty} {spec.unit} ({expected} % yield)"

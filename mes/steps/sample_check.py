@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from mes.recipes import checks
@@ -71,3 +72,26 @@ class SampleCheck(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """The results entered, separated by ``;``."""
         return {"results": [r for r in form.get("results", "").split(";") if r.strip()]}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """Results scattered around the middle of the limits, all passing."""
+        assert isinstance(spec, SampleCheckStep)
+        shown = [str(r) for r in sim_results(sim, spec)]
+        return {"results": shown}, sim.operator, f"{len(shown)} results {shown[0]}..{shown[-1]} {spec.unit}"
+
+
+def sim_results(sim: Any, spec: SampleCheckStep) -> list[Decimal]:
+    """Results the simulated operator enters: random around the middle, within the limits."""
+    from mes.execution.sim_operator import midpoint, quantize
+
+    centre = midpoint(spec.low, spec.high, spec.target, Decimal(1))
+    spread = (spec.high - spec.low) / 20 if spec.low is not None and spec.high is not None else Decimal(0)
+    for _ in range(20):
+        results = [quantize(centre + spread * Decimal(sim.rng.uniform(-1, 1)), spec.precision)
+                   for _ in range(spec.samples)]
+        try:
+            if spec.evaluate(results).ok:
+                return results
+        except Exception:  # noqa: BLE001
+            break
+    return [quantize(centre, spec.precision)] * spec.samples

@@ -138,3 +138,29 @@ class Signature(StepKind):
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """Badge and PIN."""
         return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip()}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """Signed by the operator, or by the verifier's session (second person, or a role the
+        operator does not hold)."""
+        assert isinstance(spec, SignatureStep)
+        signer = _sim_signer(sim, spec)
+        signer.acknowledge_esig()
+        assert signer.login_with is not None
+        return {**signer.login_with.sign_fields(), "comment": "Simulated operator run."}, signer, f"signed ({spec.meaning})"
+
+
+def _sim_signer(sim: Any, spec: SignatureStep) -> Any:
+    from mes.execution.sim_operator import SimulationStopped
+
+    assert sim.operator is not None
+    candidates: list[Any] = [] if spec.second_person else [sim.operator]
+    verifier = sim._verifier()
+    if verifier is not None:
+        candidates.append(verifier)
+    for c in candidates:
+        if set(spec.roles) & c.roles:
+            return c
+    raise SimulationStopped(
+        f"Step {spec.id} needs a signature by {' or '.join(spec.roles)}"
+        + (" (a second person)" if spec.second_person else "")
+        + "; give --verifier-badge / --verifier-pin of someone with that role.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -76,3 +77,21 @@ class Timer(StepKind):
                 "maximum_text": spec.maximum.human if spec.maximum else "",
                 "server_now": page.now_text(),
                 "start_action": not started and not spec.from_step}
+
+    def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
+        """Stop the timer (the simulator waited for :meth:`sim_wait` first)."""
+        return {}, sim.operator, "timer stopped"
+
+    def sim_wait(self, spec: Step) -> timedelta | None:
+        """When to stop a timer: a little after its minimum. The client's estimate of the server
+        clock errs late (requests take time), so the target sits in the first fifth of the window.
+        A hold time (``from_step``) is not waited for."""
+        assert isinstance(spec, TimerStep)
+        if spec.from_step:
+            return None
+        low = spec.minimum.seconds if spec.minimum else 0
+        if spec.maximum is not None:
+            extra = min((spec.maximum.seconds - low) / 5, 300)
+        else:
+            extra = min(max(low * 0.1, 5), 300)
+        return timedelta(seconds=low + extra)

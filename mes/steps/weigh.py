@@ -11,7 +11,7 @@ from typing import Any
 
 from mes.recipes import checks
 from mes.recipes.errors import Path, Problem
-from mes.recipes.model import TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
+from mes.recipes.model import SCALE_CLASSES, TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
 from mes.recipes.units import UnitError, convert, dimension, to_text
 from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, opt
@@ -218,6 +218,92 @@ class Weigh(StepKind):
         """Scale, lot, container, and whether another container follows."""
         return {"device_id": form.get("device_id", "").strip(), "lot_id": form.get("lot_id", "").strip(),
                 "container_id": form.get("container_id", "").strip(), "more": form.get("more") == "1"}
+
+    # --------------------------------------------------------------- simulator
+
+    def simulate_step(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> str | None:
+        """Weigh container by container: a lot with enough stock, a scale that suits every
+        piece, loaded through the gateway; the server takes each weight from the scale."""
+        assert isinstance(spec, WeighStep)
+        return _sim_weigh(sim, batch, step, spec)
+
+
+def _sim_pick_scale(sim: Any, spec: WeighStep, pieces: list[Decimal]) -> dict[str, Any]:
+    """A registered scale with a device that meets the step's requirement and suits every piece."""
+    from mes.execution.sim_operator import API, SimulationStopped
+
+    assert sim.operator is not None and spec.unit is not None
+    rows = sim.operator.get(f"{API}/equipment", params={"kind": "scale"})["equipment"]
+    classes = SCALE_CLASSES
+    for eq in rows:
+        sc = eq.get("scale") or {}
+        if not sc.get("device_id") or eq["status"] == "maintenance" or not eq.get("active", True):
+            continue
+        read, cap, low = sc["readability"], sc["capacity"], sc["min_weight"]
+        if convert(Decimal(read["value"]), read["uom"], spec.scale.unit) > spec.scale.readability:
+            continue
+        need = spec.scale.accuracy_class
+        if need and (sc.get("accuracy_class") not in classes
+                     or classes.index(sc["accuracy_class"]) > classes.index(need)):
+            continue
+        if any(convert(p, spec.unit, cap["uom"]) > Decimal(cap["value"])
+               or convert(p, spec.unit, low["uom"]) < Decimal(low["value"]) for p in pieces):
+            continue
+        return eq  # type: ignore[no-any-return]
+    raise SimulationStopped(f"Step {spec.id}: no registered scale meets {spec.scale} for "
+                            f"{' + '.join(to_text(p) for p in pieces)} {spec.unit}.")
+
+
+def _sim_weigh(sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: WeighStep) -> str:
+    import time
+    from decimal import ROUND_DOWN
+
+    from mes.execution.sim_operator import SimulationStopped, _in_unit, _places, quantize
+
+    assert sim.operator is not None and spec.target is not None and spec.unit is not None
+    places = max(_places(spec.target), _places(convert(spec.scale.readability, spec.scale.unit, spec.unit)))
+    already = sum((Decimal(r["value"]) for r in step.get("records", [])
+                   if r["kind"] == "container" and r.get("superseded_by") is None
+                   and r["attempt"] == step["attempt"]), Decimal(0))
+    need = quantize(spec.target - already, places)
+    lot, containers = sim._pick_lot(spec.item, need, spec.unit)
+    sim.chosen_lots.setdefault(spec.item, lot)
+    pieces: list[tuple[str, Decimal]] = []
+    left = need
+    for c in sorted(containers, key=lambda c: -_in_unit(c["remaining"], spec.unit)):
+        have = quantize(_in_unit(c["remaining"], spec.unit), places, ROUND_DOWN)
+        if have <= 0:
+            continue
+        take = min(have, left)
+        pieces.append((c["id"], take))
+        left -= take
+        if left <= 0:
+            break
+    if left > 0:
+        raise SimulationStopped(f"Lot {lot} cannot supply {to_text(need)} {spec.unit} for step {spec.id}.")
+    if len(pieces) > 1 and not spec.multiple_containers:
+        raise SimulationStopped(f"Step {spec.id} takes one container, and no container of lot {lot} holds "
+                                f"{to_text(need)} {spec.unit}.")
+    eq = _sim_pick_scale(sim, spec, [amount for _, amount in pieces])
+    device, scale_unit = eq["scale"]["device_id"], eq["scale"]["readability"]["uom"]
+    scale_places = _places(Decimal(eq["scale"]["readability"]["value"]))
+    version = step["version"]
+    shown = []
+    out: dict[str, Any] = {}
+    for i, (container, amount) in enumerate(pieces):
+        more = i < len(pieces) - 1
+        on_scale = quantize(convert(amount, spec.unit, scale_unit), scale_places, ROUND_DOWN)
+        reading = sim.scales.weigh(device, on_scale, scale_unit)
+        payload: dict[str, Any] = {"lot_id": lot, "container_id": container, "device_id": device,
+                                   "sequence": reading["sequence"]}
+        if more:
+            payload["more"] = True
+        sim._last_write = time.monotonic()
+        out = sim.operator.complete_step(batch["id"], step["id"], version, payload)
+        version = out["version"]
+        shown.append(f"{out.get('value', reading['value'])} {out.get('reading_unit', reading['unit'])} "
+                     f"from {container} on {device}")
+    return f"lot {lot}: " + " + ".join(shown) + sim.outcome(out)
 
 
 def _scale_fits(step: WeighStep, target: Decimal, unit: str, tolerance: Tolerance, path: Path, report: Report) -> None:
