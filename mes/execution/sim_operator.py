@@ -388,7 +388,7 @@ class SimOperator:
                 done = self.do_step(batch, step)
                 result.steps.append(done)
                 self._timers.pop(step["id"], None)
-                if step_kinds.kind_of(done.kind).sim_wait(self.recipe.step(step["id"])) is None:  # waited-for steps aside
+                if step_kinds.kind_of(done.kind).sim_timed:
                     self._step_s[done.kind] = max(self._step_s.get(done.kind, 0.0), done.ms / 1000)
             else:
                 raise SimulationStopped(f"Gave up after {max_steps} steps.")

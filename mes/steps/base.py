@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import MasterRecipe, Step, StepRef
-from mes.recipes.units import Duration, decimal_places, round_half_even, to_text
+from mes.recipes.units import Duration, decimal_places, round_half_even
 
 if TYPE_CHECKING:
     from mes.steps.context import StepContext
@@ -235,6 +235,10 @@ class StepKind(ABC):
         return its summary, or None to send one :meth:`simulate` payload."""
         return None
 
+    sim_timed: ClassVar[bool] = True
+    """Whether the time its steps take counts in the simulated operator's estimate of how long
+    a step of the kind takes (while a timer runs); False for timers themselves."""
+
     def sim_wait(self, spec: Step) -> timedelta | None:
         """How long after its start the simulated operator completes the step, waiting in
         real time (a timer), or None: done at once."""
@@ -256,8 +260,3 @@ class StepKind(ABC):
 
     def __repr__(self) -> str:
         return f"<step kind {self.name!r} ({type(self).__module__}.{type(self).__qualname__})>"
-
-
-def text_or_dash(value: Decimal | None) -> str:
-    """A limit as text, ``-`` when open."""
-    return to_text(value) if value is not None else "-"

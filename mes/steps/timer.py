@@ -20,6 +20,7 @@ class Timer(StepKind):
     name = "timer"
     step_class = TimerStep
     converters = {"minimum": duration, "maximum": duration}
+    sim_timed = False
 
     def properties(self) -> dict[str, Any]:
         """Minimum, maximum, the step the hold time counts from."""
