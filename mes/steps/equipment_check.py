@@ -17,8 +17,10 @@ OUT_OF_CALIBRATION = ("not_calibrated", "calibration_failed", "calibration_expir
 
 
 def claim_reason(batch_id: str) -> str:
-    """The status reason of equipment a batch claimed (the engine frees it at the batch's end)."""
-    return f"in use by batch {batch_id}"
+    """The status reason of equipment a batch claimed: the engine's, which frees it at the batch's end."""
+    from mes.execution.operations import _claim_reason
+
+    return _claim_reason(batch_id)
 
 
 class EquipmentCheck(StepKind):
