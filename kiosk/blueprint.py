@@ -9,7 +9,6 @@ and checks every value itself. Refusals come back as one plain sentence in ``#me
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from typing import Any
 
 from flask import (
@@ -25,17 +24,19 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from jinja2 import ChoiceLoader, FileSystemLoader
 
-from kiosk import HERE, html_lang, locale
+from kiosk import HERE, html_lang, locale, step_pages
 from kiosk import views as v
 from kiosk.messages import sentence
-from mes.audit.canonical import format_at
+from kiosk.step_pages import KindTemplates, StepPage
 from mes.errors import AuthenticationFailed, Conflict, Forbidden, MESError, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution.models import BatchStatus, StepState
 from mes.gateway.store import reading_store
 from mes.recipes import model as rm
 from mes.signatures.operations import Credentials
+from mes.steps import registry as step_kinds
 from mes.users import operations as users
 from mes.users.permissions import Permission as P
 from mes.web import (
@@ -50,6 +51,8 @@ from mes.web import (
 )
 
 bp = Blueprint("kiosk", __name__, url_prefix="/kiosk", template_folder="templates")
+# the kiosk's templates, then the partials plugin step kinds ship beside their code
+bp.jinja_loader = ChoiceLoader([FileSystemLoader(str(HERE / "templates")), KindTemplates()])
 STATIC = HERE / "static"
 
 
@@ -267,48 +270,9 @@ def _step_context(batch_id: str, step_id: str) -> dict[str, Any]:
                                       and r.id != step.id],
                            "dev_here": [d for d in ex.deviations_of(b.id) if d.status == "open"
                                         and d.batch_step_id == step.id]}
-    if isinstance(spec, rm.WeighStep):
-        low, high = spec.window()
-        weighed = v.containers_weighed(step)
-        scales = v.scales_for(b, spec)
-        chosen = request.args.get("device") or next((s["device_id"] for s in scales if s["ok"]), None)
-        ctx.update(low=v.dec(low), high=v.dec(high), target=v.dec(spec.target), unit=spec.unit, weighed=weighed,
-                   weighed_total=v.dec(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
-                   scales=scales, device=chosen, scale=next((s for s in scales if s["device_id"] == chosen), None),
-                   lot=v.resolve_label(request.args["lot"], spec.item) if request.args.get("lot")
-                   else (v.resolve_label(v.identified_lot(b, spec.item), spec.item)
-                         if v.identified_lot(b, spec.item) else None))
-    elif isinstance(spec, rm.CalculationStep):
-        values = v.values_of(b)
-        inputs = [(ref, v.dec(values.get(ref))) for ref in spec.references]
-        preview = None
-        if all(values.get(ref) is not None for ref in spec.references):
-            try:
-                preview = v.dec(spec.compute(values))
-            except Exception:  # noqa: BLE001 - the server computes again on Record
-                preview = None
-        ctx.update(inputs=inputs, preview=preview, limits=v.limits_text(spec.low, spec.high, spec.unit))
-    elif isinstance(spec, rm.NumericStep):
-        ctx.update(limits=v.limits_text(spec.low, spec.high, spec.unit))
-    elif isinstance(spec, rm.SampleCheckStep):
-        ctx.update(limits=v.limits_text(spec.low, spec.high, spec.unit),
-                   mean_limits=v.limits_text(spec.mean_low, spec.mean_high, spec.unit))
-    elif isinstance(spec, rm.TimerStep):
-        origin = ex.get_step(b.id, spec.from_step) if spec.from_step else None
-        started = origin.completed_at if origin is not None else step.started_at
-        ctx.update(started=format_at(started) if started else None,
-                   minimum=spec.minimum.seconds if spec.minimum else None,
-                   maximum=spec.maximum.seconds if spec.maximum else None,
-                   minimum_text=spec.minimum.human if spec.minimum else "",
-                   maximum_text=spec.maximum.human if spec.maximum else "",
-                   server_now=format_at(ex.clock()))
-    elif isinstance(spec, rm.ProduceOutputStep):
-        theoretical = spec.quantity
-        if spec.theoretical_from:
-            theoretical = v.values_of(b).get(spec.theoretical_from, spec.quantity)
-        ctx.update(theoretical=v.dec(theoretical), yield_limits=f"{v.dec(spec.yield_low)} – {v.dec(spec.yield_high)} %")
-    elif isinstance(spec, rm.SignatureStep):
-        ctx.update(meaning=spec.meaning, roles=", ".join(spec.roles), needs_ack=principal().user.esig_acknowledged_at is None)
+    kind = step_kinds.kind_of(spec)
+    ctx.update(step_template=kind.template, verify_form=kind.second_person(spec), start_action=False)
+    ctx.update(kind.kiosk_context(spec, StepPage(b, step, request.args, principal().user)))
     return ctx
 
 
@@ -324,9 +288,9 @@ def _render_step(batch_id: str, step_id: str, status: int = 200, message: str | 
     if step.state in (StepState.BLOCKED.value, StepState.PENDING.value) or dev is not None:
         return _page("blocked.html", "blocked", status, message=message, deviation=dev,
                      waiting=ex.open_predecessors(step, ctx["rows"]), **ctx)
-    if isinstance(ctx["spec"], rm.WeighStep) and ctx["scales"] and not any(s["ok"] for s in ctx["scales"]):
-        return _page("blocked.html", "blocked", status, message=message, deviation=None, waiting=[],
-                     scale_problems=ctx["scales"], **ctx)
+    cannot = step_kinds.kind_of(ctx["spec"]).kiosk_blocked(ctx["spec"], ctx)
+    if cannot is not None:
+        return _page("blocked.html", "blocked", status, message=message, deviation=None, waiting=[], **cannot, **ctx)
     return _page("step.html", "step", status, message=message, **ctx)
 
 
@@ -339,25 +303,7 @@ def step(batch_id: str, step_id: str) -> Any:
 
 def _payload(spec: rm.Step, form: Any) -> dict[str, Any]:
     """The engine payload for a step kind, from the form (values stay strings: the server checks them)."""
-    kind = spec.kind
-    if kind == "instruction":
-        return {"confirm": True}
-    if kind == "numeric":
-        return {"value": form.get("value", "").strip()}
-    if kind == "weigh":
-        return {"device_id": form.get("device_id", "").strip(), "lot_id": form.get("lot_id", "").strip(),
-                "container_id": form.get("container_id", "").strip(), "more": form.get("more") == "1"}
-    if kind == "identify":
-        return {"lot_id": form.get("lot_id", "").strip()}
-    if kind == "equipment_check":
-        return {"equipment_id": form.get("equipment_id", "").strip()}
-    if kind == "sample_check":
-        return {"results": [r for r in form.get("results", "").split(";") if r.strip()]}
-    if kind == "produce_output":
-        return {"quantity": form.get("value", "").strip()}
-    if kind == "signature":
-        return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip()}
-    return {}
+    return step_kinds.kind_of(spec).payload(spec, form)
 
 
 @bp.post("/batches/<batch_id>/steps/<step_id>")
@@ -380,10 +326,8 @@ def do_step(batch_id: str, step_id: str) -> Any:
             return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
         _confirmed()
         payload = _payload(spec, request.form)
-        if isinstance(spec, rm.EquipmentCheckStep):
-            _check_label(spec, request.form.getlist("states"))
-        if isinstance(spec, rm.SignatureStep):
-            _check_signer(who.user, payload, request.form.get("esig_ack") == "1")
+        for check in step_kinds.kind_of(spec).kiosk_checks:  # what the kiosk checks before the engine
+            _KIOSK_CHECKS[check](spec, payload, who)
         result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, payload, key, version,
                                   session_row=lambda: who.session, readings=reading_store(current_app),
                                   max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
@@ -401,9 +345,9 @@ def do_step(batch_id: str, step_id: str) -> Any:
 
 
 def _recorded_text(spec: rm.Step, result: dict[str, Any]) -> str:
-    if spec.kind == "weigh":
-        return _("Recorded %(net)s %(unit)s (total %(total)s %(unit)s).", net=result.get("net"), unit=result.get("unit"),
-                 total=result.get("total"))
+    own = step_pages.notice(spec, result)  # the kind's own sentence (its partial's notice macro)
+    if own:
+        return own
     if result.get("deviations"):
         return _("Recorded, outside the limits: deviation %(dev)s was raised.", dev=", ".join(result["deviations"]))
     return _("Recorded: %(title)s.", title=spec.title)
@@ -434,6 +378,13 @@ def _check_signer(user: Any, payload: dict[str, Any], acknowledged: bool) -> Non
         users.acknowledge_esig_accountability(user.id, current_terminal().id if current_terminal() else None)
 
 
+_KIOSK_CHECKS: dict[str, Any] = {
+    "label": lambda spec, payload, who: _check_label(spec, request.form.getlist("states")),
+    "signer": lambda spec, payload, who: _check_signer(who.user, payload, request.form.get("esig_ack") == "1"),
+}
+"""The checks a step kind asks the kiosk to make (``StepKind.kiosk_checks``), by name."""
+
+
 @bp.post("/batches/<batch_id>/steps/<step_id>/verify")
 @endpoint(P.BATCH_VERIFY, terminal=True, tags=("kiosk",))
 def verify(batch_id: str, step_id: str) -> Any:
@@ -444,7 +395,7 @@ def verify(batch_id: str, step_id: str) -> Any:
     terminal = current_terminal()
     try:
         _confirmed()
-        if not isinstance(spec, rm.SignatureStep) or not spec.second_person:
+        if not step_kinds.kind_of(spec).second_person(spec):
             raise Conflict(_("This step is not a second-person verification."))
         badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
         if not badge or not pin:

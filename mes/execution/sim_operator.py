@@ -47,6 +47,7 @@ from mes.recipes import model as rm
 from mes.recipes.loader import from_dict
 from mes.recipes.scaling import ControlRecipe, scale
 from mes.recipes.units import convert, to_text
+from mes.steps import registry as step_kinds
 
 API = "/api/v1"
 
@@ -387,7 +388,7 @@ class SimOperator:
                 done = self.do_step(batch, step)
                 result.steps.append(done)
                 self._timers.pop(step["id"], None)
-                if done.kind != "timer":
+                if step_kinds.kind_of(done.kind).sim_timed:
                     self._step_s[done.kind] = max(self._step_s.get(done.kind, 0.0), done.ms / 1000)
             else:
                 raise SimulationStopped(f"Gave up after {max_steps} steps.")
@@ -415,7 +416,8 @@ class SimOperator:
         timers: list[tuple[datetime, dict[str, Any]]] = []
         for step in open_steps:
             spec = self.recipe.step(step["id"])
-            if not (self.timers == "wait" and isinstance(spec, rm.TimerStep) and not spec.from_step):
+            wait = step_kinds.kind_of(spec).sim_wait(spec)
+            if not (self.timers == "wait" and wait is not None):
                 others.append(step)
                 continue
             due = self._timers.get(step["id"])
@@ -430,7 +432,7 @@ class SimOperator:
                         self._anchor = (started, self._last_write)
                     step = {**step, "state": "in_progress", "version": out["version"], "started_at": out["started_at"]}
                     self.echo(f"      timer {spec.id} started ({spec.title})")
-                due = started + self._timer_target(spec)
+                due = started + wait
                 self._timers[step["id"]] = due
             timers.append((due, step))
         now = self.server_now()
@@ -507,13 +509,14 @@ class SimOperator:
         t0 = time.perf_counter()
         client = self.operator
         version = step["version"]
-        if isinstance(spec, rm.TimerStep) and not spec.from_step:
-            version, summary_extra = self._run_timer(batch["id"], step, spec)
+        kind = step_kinds.kind_of(spec)
+        wait = kind.sim_wait(spec)
+        if wait is not None:  # a timer: started, then waited for in real time
+            version, summary_extra = self._run_timer(batch["id"], step, spec, wait)
         else:
             summary_extra = ""
-        if isinstance(spec, rm.WeighStep):
-            summary = self._weigh(batch, step, spec)
-        else:
+        summary = kind.simulate_step(self, batch, step, spec)  # e.g. weighing, container by container
+        if summary is None:
             payload, client, summary = self.payload(batch, step, spec)
             self._last_write = time.monotonic()
             out = client.complete_step(batch["id"], step["id"], version, payload)
@@ -524,6 +527,10 @@ class SimOperator:
         self.echo(f"{step['seq'] + 1:>3} {step['id']:<24} {spec.kind:<15} {client.user_id:<6} {summary}")
         return done
 
+    def outcome(self, out: dict[str, Any]) -> str:
+        """What the server said beyond the record: deviations raised, the batch's new state."""
+        return self._outcome(out)
+
     def _outcome(self, out: dict[str, Any]) -> str:
         extra = ""
         if out.get("deviations"):
@@ -532,7 +539,7 @@ class SimOperator:
             extra += f"  batch {out['batch_state']}"
         return extra
 
-    def _run_timer(self, batch_id: str, step: dict[str, Any], spec: rm.TimerStep) -> tuple[int, str]:
+    def _run_timer(self, batch_id: str, step: dict[str, Any], spec: rm.Step, target: timedelta) -> tuple[int, str]:
         assert self.operator is not None
         version = step["version"]
         if step["state"] != "in_progress":
@@ -548,7 +555,6 @@ class SimOperator:
             assert started is not None
         if self.timers == "skip":
             return version, "timer not waited for; "
-        target = self._timer_target(spec)
         due = started + target
         wait = (due - self.server_now()).total_seconds() / self.time_factor
         if wait > 0:
@@ -557,123 +563,14 @@ class SimOperator:
             time.sleep(wait)
         return version, ""
 
-    @staticmethod
-    def _timer_target(spec: rm.TimerStep) -> timedelta:
-        """When to stop a timer: a little after its minimum. The client's estimate of the server
-        clock errs late (requests take time), so the target sits in the first fifth of the window."""
-        low = spec.minimum.seconds if spec.minimum else 0
-        if spec.maximum is not None:
-            extra = min((spec.maximum.seconds - low) / 5, 300)
-        else:
-            extra = min(max(low * 0.1, 5), 300)
-        return timedelta(seconds=low + extra)
-
     def payload(self, batch: dict[str, Any], step: dict[str, Any],
                 spec: rm.Step) -> tuple[dict[str, Any], Client, str]:
-        """(payload, session that completes it, one-line summary) for a non-weigh step."""
+        """(payload, session that completes it, one-line summary): what the step's kind sends."""
         assert self.operator is not None
-        op = self.operator
-        if isinstance(spec, rm.InstructionStep):
-            return {"confirm": True}, op, "confirmed"
-        if isinstance(spec, rm.NumericStep):
-            value = self._numeric_value(batch, spec)
-            return {"value": to_text(value) if spec.precision == 0 else str(value)}, op, f"{value} {spec.unit}"
-        if isinstance(spec, rm.SampleCheckStep):
-            results = self._samples(spec)
-            shown = [str(r) for r in results]
-            return {"results": shown}, op, f"{len(shown)} results {shown[0]}..{shown[-1]} {spec.unit}"
-        if isinstance(spec, rm.EquipmentCheckStep):
-            eq = self._pick_equipment(spec)
-            return {"equipment_id": eq}, op, f"{eq}: {', '.join(spec.required_states)}" + \
-                (" (claimed for the batch)" if spec.claim else "")
-        if isinstance(spec, rm.IdentifyStep):
-            if spec.scan == "dispensed":
-                lots = dispensed_lots(batch, spec.item, spec.dispensed_by)
-                if not lots:
-                    raise SimulationStopped(f"Step {spec.id}: nothing of {spec.item} was dispensed into the batch.")
-                return {"lot_id": lots[0]}, op, f"scanned dispensed lot {lots[0]}"
-            lot = self.chosen_lots.get(spec.item) or self._pick_lot(spec.item, None, None)[0]
-            self.chosen_lots[spec.item] = lot
-            return {"lot_id": lot}, op, f"scanned lot {lot} ({spec.item})"
-        if isinstance(spec, (rm.CalculationStep, rm.TimerStep)):
-            return {}, op, "calculated" if isinstance(spec, rm.CalculationStep) else "timer stopped"
-        if isinstance(spec, rm.SignatureStep):
-            signer = self._signer(spec)
-            signer.acknowledge_esig()
-            assert signer.login_with is not None
-            return {**signer.login_with.sign_fields(), "comment": "Simulated operator run."}, signer, \
-                f"signed ({spec.meaning})"
-        if isinstance(spec, rm.ProduceOutputStep):
-            theoretical = spec.quantity
-            if spec.theoretical_from:
-                theoretical = current_values(batch).get(spec.theoretical_from, theoretical)
-            expected = getattr(spec, "expected_yield", None) or midpoint(spec.yield_low, spec.yield_high, None,
-                                                                           Decimal(100))
-            qty = quantize(Decimal(theoretical) * Decimal(expected) / 100, max(3, _places(Decimal(theoretical))))
-            return {"quantity": str(qty), "unit": spec.unit}, op, f"{qty} {spec.unit} ({expected} % yield)"
-        raise SimulationStopped(f"Step {spec.id}: the simulation does not know step kind {spec.kind}.")
-
-    def _signer(self, spec: rm.SignatureStep) -> Client:
-        assert self.operator is not None
-        candidates: list[Client] = [] if spec.second_person else [self.operator]
-        verifier = self._verifier()
-        if verifier is not None:
-            candidates.append(verifier)
-        for c in candidates:
-            if set(spec.roles) & c.roles:
-                return c
-        raise SimulationStopped(
-            f"Step {spec.id} needs a signature by {' or '.join(spec.roles)}"
-            + (" (a second person)" if spec.second_person else "")
-            + "; give --verifier-badge / --verifier-pin of someone with that role.")
-
-    def _numeric_value(self, batch: dict[str, Any], spec: rm.NumericStep) -> Decimal:
-        if spec.target is None and spec.low is None and spec.high is None:
-            solved = self._solve_for(batch, spec)
-            if solved is not None:
-                return solved
-        return quantize(midpoint(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
-
-    def _solve_for(self, batch: dict[str, Any], spec: rm.NumericStep) -> Decimal | None:
-        """A value for ``spec`` that puts the first later calculation using it mid-limits."""
-        assert self.recipe is not None
-        values = current_values(batch)
-        for ref in self.recipe.steps():
-            calc = ref.step
-            if not isinstance(calc, rm.CalculationStep) or spec.id not in calc.references:
-                continue
-            if calc.low is None and calc.high is None:
-                continue
-            if any(r not in values for r in calc.references if r != spec.id):
-                continue
-            goal = midpoint(calc.low, calc.high, None, Decimal(1))
-            try:
-                f = lambda v: calc.compute({**values, spec.id: v})  # noqa: E731
-                a, b = Decimal(1), Decimal(1_000_000)  # far apart: the result's rounding does not matter
-                fa, fb = f(a), f(b)
-                for _ in range(6):  # secant steps (one is enough for a linear formula)
-                    if fa == fb:
-                        break
-                    a, fa, b = b, fb, quantize(b + (goal - fb) * (b - a) / (fb - fa), spec.precision)
-                    fb = f(b)
-                    if b > 0 and calc.in_limits(fb):
-                        return b
-            except Exception:  # noqa: BLE001 - a formula we cannot invert: fall back
-                continue
-        return None
-
-    def _samples(self, spec: rm.SampleCheckStep) -> list[Decimal]:
-        centre = midpoint(spec.low, spec.high, spec.target, Decimal(1))
-        spread = (spec.high - spec.low) / 20 if spec.low is not None and spec.high is not None else Decimal(0)
-        for _ in range(20):
-            results = [quantize(centre + spread * Decimal(self.rng.uniform(-1, 1)), spec.precision)
-                       for _ in range(spec.samples)]
-            try:
-                if spec.evaluate(results).ok:
-                    return results
-            except Exception:  # noqa: BLE001
-                break
-        return [quantize(centre, spec.precision)] * spec.samples
+        try:
+            return step_kinds.kind_of(spec).simulate(self, batch, step, spec)
+        except NotImplementedError:
+            raise SimulationStopped(f"Step {spec.id}: the simulation does not know step kind {spec.kind}.") from None
 
     # -- weighing
     def _lots(self, item: str) -> list[dict[str, Any]]:
@@ -727,74 +624,6 @@ class SimOperator:
         raise SimulationStopped(f"Step {spec.id}: no {spec.equipment_class} can be used now"
                                 + (f" ({'; '.join(why)})" if why else " (none is registered)") + ".")
 
-    def _pick_scale(self, spec: rm.WeighStep, pieces: list[Decimal]) -> dict[str, Any]:
-        """A registered scale with a device that meets the step's requirement and suits every piece."""
-        assert self.operator is not None and spec.unit is not None
-        rows = self.operator.get(f"{API}/equipment", params={"kind": "scale"})["equipment"]
-        classes = rm.SCALE_CLASSES
-        for eq in rows:
-            sc = eq.get("scale") or {}
-            if not sc.get("device_id") or eq["status"] == "maintenance" or not eq.get("active", True):
-                continue
-            read, cap, low = sc["readability"], sc["capacity"], sc["min_weight"]
-            if convert(Decimal(read["value"]), read["uom"], spec.scale.unit) > spec.scale.readability:
-                continue
-            need = spec.scale.accuracy_class
-            if need and (sc.get("accuracy_class") not in classes
-                         or classes.index(sc["accuracy_class"]) > classes.index(need)):
-                continue
-            if any(convert(p, spec.unit, cap["uom"]) > Decimal(cap["value"])
-                   or convert(p, spec.unit, low["uom"]) < Decimal(low["value"]) for p in pieces):
-                continue
-            return eq
-        raise SimulationStopped(f"Step {spec.id}: no registered scale meets {spec.scale} for "
-                                f"{' + '.join(to_text(p) for p in pieces)} {spec.unit}.")
-
-    def _weigh(self, batch: dict[str, Any], step: dict[str, Any], spec: rm.WeighStep) -> str:
-        assert self.operator is not None and spec.target is not None and spec.unit is not None
-        places = max(_places(spec.target), _places(convert(spec.scale.readability, spec.scale.unit, spec.unit)))
-        already = sum((Decimal(r["value"]) for r in step.get("records", [])
-                       if r["kind"] == "container" and r.get("superseded_by") is None
-                       and r["attempt"] == step["attempt"]), Decimal(0))
-        need = quantize(spec.target - already, places)
-        lot, containers = self._pick_lot(spec.item, need, spec.unit)
-        self.chosen_lots.setdefault(spec.item, lot)
-        pieces: list[tuple[str, Decimal]] = []
-        left = need
-        for c in sorted(containers, key=lambda c: -_in_unit(c["remaining"], spec.unit)):
-            have = quantize(_in_unit(c["remaining"], spec.unit), places, ROUND_DOWN)
-            if have <= 0:
-                continue
-            take = min(have, left)
-            pieces.append((c["id"], take))
-            left -= take
-            if left <= 0:
-                break
-        if left > 0:
-            raise SimulationStopped(f"Lot {lot} cannot supply {to_text(need)} {spec.unit} for step {spec.id}.")
-        if len(pieces) > 1 and not spec.multiple_containers:
-            raise SimulationStopped(f"Step {spec.id} takes one container, and no container of lot {lot} holds "
-                                    f"{to_text(need)} {spec.unit}.")
-        eq = self._pick_scale(spec, [amount for _, amount in pieces])
-        device, scale_unit = eq["scale"]["device_id"], eq["scale"]["readability"]["uom"]
-        scale_places = _places(Decimal(eq["scale"]["readability"]["value"]))
-        version = step["version"]
-        shown = []
-        out: dict[str, Any] = {}
-        for i, (container, amount) in enumerate(pieces):
-            more = i < len(pieces) - 1
-            on_scale = quantize(convert(amount, spec.unit, scale_unit), scale_places, ROUND_DOWN)
-            reading = self.scales.weigh(device, on_scale, scale_unit)
-            payload: dict[str, Any] = {"lot_id": lot, "container_id": container, "device_id": device,
-                                       "sequence": reading["sequence"]}
-            if more:
-                payload["more"] = True
-            self._last_write = time.monotonic()
-            out = self.operator.complete_step(batch["id"], step["id"], version, payload)
-            version = out["version"]
-            shown.append(f"{out.get('value', reading['value'])} {out.get('reading_unit', reading['unit'])} "
-                         f"from {container} on {device}")
-        return f"lot {lot}: " + " + ".join(shown) + self._outcome(out)
 
 
 def _in_unit(quantity: dict[str, str], unit: str) -> Decimal:

@@ -21,34 +21,26 @@ line-numbered problems. The rules (each documented in ``recipes/README.md``):
   no sense for ``performed`` and needs something to verify; ``covers`` names earlier steps;
 * exactly one produce-output step, with 0 < yield_low <= expected <= yield_high, and
   ``theoretical_from`` an earlier calculation in a compatible unit.
+
+The rules of one step kind live with the kind (``mes/steps/<kind>.py``: ``check`` per step,
+``check_recipe`` once per recipe); this module holds the rules of the recipe's structure
+and the helpers the kinds share (:func:`ordered`, :func:`decimals`, :func:`earlier`,
+:func:`tolerance_problem`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from decimal import Decimal
 from fractions import Fraction
 from typing import Final
 
 from mes.recipes.errors import Path, format_path
-from mes.recipes.formula import FormulaError, parse_formula
-from mes.recipes.model import (
-    CalculationStep,
-    EquipmentCheckStep,
-    IdentifyStep,
-    MasterRecipe,
-    NumericStep,
-    ProduceOutputStep,
-    SampleCheckStep,
-    SignatureStep,
-    StepRef,
-    TimerStep,
-    Tolerance,
-    WeighStep,
-)
+from mes.recipes.model import MasterRecipe, StepRef, Tolerance
 from mes.recipes.units import UnitError, convert, decimal_places, dimension, to_text
+from mes.steps import registry
+from mes.steps.base import Report
 
-__all__ = ["MAX_TOLERANCE_PERCENT", "Finding", "check", "tolerance_problem"]
+__all__ = ["MAX_TOLERANCE_PERCENT", "Finding", "check", "decimals", "earlier", "ordered", "tolerance_problem"]
 
 MAX_TOLERANCE_PERCENT: Final = Decimal(10)
 """The widest percentage tolerance accepted for dispensing."""
@@ -74,9 +66,9 @@ def check(recipe: MasterRecipe) -> list[Finding]:
     _batch_size(recipe, report)
     _bom(recipe, refs, report)
     for ref in refs:
-        _step(recipe, ref, report, unique)
-    _weigh_totals(recipe, refs, report)
-    _outputs(refs, report)
+        registry.kind_of(ref.step).check(recipe, ref, report, unique)
+    for kind in registry.kinds():
+        kind.check_recipe(recipe, refs, report)
     return report.findings
 
 
@@ -162,7 +154,7 @@ def tolerance_problem(tol: Tolerance, target: Decimal, unit: str) -> str | None:
 
 def _bom(recipe: MasterRecipe, refs: list[StepRef], report: _Report) -> None:
     seen: dict[str, int] = {}
-    used = {r.step.item for r in refs if isinstance(r.step, (WeighStep, IdentifyStep))}
+    used = {item for r in refs for item in registry.kind_of(r.step).bom_items(r.step)}
     for i, line in enumerate(recipe.bill_of_materials):
         path: Path = ("bill_of_materials", i)
         if line.item in seen:
@@ -181,12 +173,13 @@ def _bom(recipe: MasterRecipe, refs: list[StepRef], report: _Report) -> None:
             report(path + ("item",), f"item {line.item!r} is never weighed or identified; add a weigh or identify step for it")
 
 
-def _decimals(report: _Report, path: Path, name: str, value: Decimal | None, places: int) -> None:
+def decimals(report: Report, path: Path, name: str, value: Decimal | None, places: int) -> None:
+    """Report a limit written with more decimals than the step records."""
     if value is not None and decimal_places(value) > places:
         report(path + (name,), f"{to_text(value)} has {decimal_places(value)} decimals but the step records {places}")
 
 
-def _ordered(report: _Report, path: Path, pairs: list[tuple[str, Decimal | None]]) -> None:
+def ordered(report: Report, path: Path, pairs: list[tuple[str, Decimal | None]]) -> None:
     """Report the first adjacent pair (of those given) that is out of order."""
     present = [(n, v) for n, v in pairs if v is not None]
     for (n1, v1), (n2, v2) in zip(present, present[1:]):
@@ -196,7 +189,7 @@ def _ordered(report: _Report, path: Path, pairs: list[tuple[str, Decimal | None]
             return
 
 
-def _earlier(recipe: MasterRecipe, ref: StepRef, other: str, path: Path, report: _Report, what: str) -> StepRef | None:
+def earlier(recipe: MasterRecipe, ref: StepRef, other: str, path: Path, report: Report, what: str) -> StepRef | None:
     """The StepRef of ``other`` if it always completes before ``ref``'s step, else report why."""
     try:
         target = recipe.locate(other)
@@ -214,189 +207,3 @@ def _earlier(recipe: MasterRecipe, ref: StepRef, other: str, path: Path, report:
     else:
         report(path, f"{what} {other!r} comes later; only earlier steps can be used")
     return None
-
-
-def _step(recipe: MasterRecipe, ref: StepRef, report: _Report, unique_ids: bool) -> None:
-    step, path = ref.step, ref.path
-    if isinstance(step, NumericStep):
-        _ordered(report, path, [("low", step.low), ("target", step.target), ("high", step.high)])
-        for name in ("target", "low", "high"):
-            _decimals(report, path, name, getattr(step, name), step.precision)
-    elif isinstance(step, SampleCheckStep):
-        _ordered(report, path, [("low", step.low), ("target", step.target), ("high", step.high)])
-        _ordered(report, path, [("low", step.low), ("mean_low", step.mean_low), ("mean_high", step.mean_high), ("high", step.high)])
-        _ordered(report, path, [("mean_low", step.mean_low), ("target", step.target), ("mean_high", step.mean_high)])
-        for name in ("target", "low", "high"):
-            _decimals(report, path, name, getattr(step, name), step.precision)
-        for name in ("mean_low", "mean_high"):
-            _decimals(report, path, name, getattr(step, name), step.precision + 1)
-    elif isinstance(step, CalculationStep):
-        _calculation(recipe, ref, step, report, unique_ids)
-    elif isinstance(step, WeighStep):
-        _weigh(recipe, step, path, report)
-    elif isinstance(step, IdentifyStep):
-        if recipe.bom_line(step.item) is None:
-            report(path + ("item",), f"no bill-of-materials line for item {step.item!r}")
-        elif step.dispensed_by is not None:
-            if step.scan != "dispensed":
-                report(path + ("dispensed_by",), "dispensed_by needs scan: dispensed")
-            elif unique_ids:
-                source = _earlier(recipe, ref, step.dispensed_by, path + ("dispensed_by",), report, "dispensed_by")
-                if source is not None and not (isinstance(source.step, WeighStep) and source.step.item == step.item):
-                    report(path + ("dispensed_by",), f"step {step.dispensed_by!r} does not weigh {step.item!r}")
-        elif step.scan == "dispensed" and unique_ids:
-            if not any(recipe.precedes(w.id, step.id) for w in recipe.weigh_steps(step.item)):
-                report(path + ("scan",), f"scan: dispensed needs a weigh step for {step.item!r} that completes before this step")
-    elif isinstance(step, EquipmentCheckStep):
-        if step.max_since_cleaning is not None:
-            if "clean" not in step.required_states:
-                report(path + ("max_since_cleaning",), "max_since_cleaning needs 'clean' in required_states")
-            if step.max_since_cleaning.seconds == 0:
-                report(path + ("max_since_cleaning",), "max_since_cleaning must be longer than zero")
-        if step.claim and "not_in_use" not in step.required_states:
-            report(path + ("claim",), "claim needs 'not_in_use' in required_states")
-    elif isinstance(step, TimerStep):
-        if step.minimum is None and step.maximum is None:
-            report(path, "a timer needs a minimum, a maximum or both")
-        if step.maximum is not None and step.maximum.seconds == 0:
-            report(path + ("maximum",), "the maximum must be longer than zero")
-        if step.minimum is not None and step.maximum is not None and step.minimum > step.maximum:
-            report(path + ("maximum",), f"the maximum {step.maximum.iso} is shorter than the minimum {step.minimum.iso}")
-        if step.from_step is not None and unique_ids:
-            _earlier(recipe, ref, step.from_step, path + ("from_step",), report, "from_step")
-    elif isinstance(step, SignatureStep):
-        _signature(recipe, ref, step, report, unique_ids)
-    elif isinstance(step, ProduceOutputStep):
-        _produce(recipe, ref, step, report, unique_ids)
-
-
-def _calculation(recipe: MasterRecipe, ref: StepRef, step: CalculationStep, report: _Report, unique_ids: bool) -> None:
-    path = ref.path
-    _ordered(report, path, [("low", step.low), ("high", step.high)])
-    for name in ("low", "high"):
-        _decimals(report, path, name, getattr(step, name), step.precision)
-    try:
-        formula = parse_formula(step.formula)
-    except FormulaError as exc:
-        report(path + ("formula",), f"{exc.message} in formula {step.formula!r}")
-        return
-    if not unique_ids:
-        return
-    for name in formula.references:
-        target = _earlier(recipe, ref, name, path + ("formula",), report, "step")
-        if target is not None and not target.step.produces_value:
-            report(path + ("formula",), f"step {name!r} is a {target.step.kind} step and records no value")
-
-
-def _weigh(recipe: MasterRecipe, step: WeighStep, path: Path, report: _Report) -> None:
-    line = recipe.bom_line(step.item)
-    if line is None:
-        report(path + ("item",), f"no bill-of-materials line for item {step.item!r}")
-        return
-    if dimension(line.unit) != "mass":
-        report(path + ("item",), f"item {step.item!r} is measured in {line.unit} on the bill of materials; "
-                                 f"weigh steps dispense by mass (use identify plus a numeric entry)")
-        return
-    unit = step.unit or line.unit
-    if dimension(unit) != "mass":
-        report(path + ("unit",), f"a weigh step weighs in a mass unit (mg, g, kg), not {unit}")
-        return
-    if step.target is not None and step.target <= 0:
-        report(path + ("target",), "the target must be greater than zero")
-        return
-    target = step.target if step.target is not None else convert(line.quantity, line.unit, unit)
-    tolerance = step.tolerance or line.tolerance
-    if tolerance is None:
-        report(path, f"no tolerance: give one on this step or on the bill-of-materials line for {step.item!r}")
-    else:
-        why = tolerance_problem(tolerance, target, unit)
-        if why:
-            report(path + ("tolerance",) if step.tolerance else path, why if step.tolerance else f"the BOM tolerance for {step.item!r}: {why}")
-        else:
-            _scale(step, target, unit, tolerance, path, report)
-    if step.max_containers is not None and not step.multiple_containers:
-        report(path + ("max_containers",), "max_containers needs multiple_containers: true")
-    if step.tare == "none" and step.multiple_containers:
-        report(path + ("tare",), "tare: none cannot add up several containers; tare each container or use preset tares")
-
-
-def _scale(step: WeighStep, target: Decimal, unit: str, tolerance: Tolerance, path: Path, report: _Report) -> None:
-    scale = step.scale
-    if dimension(scale.unit) != "mass":
-        report(path + ("scale", "unit"), f"the scale readability is a mass, not {scale.unit}")
-        return
-    if scale.readability <= 0:
-        report(path + ("scale", "readability"), "the readability must be greater than zero")
-        return
-    amount = Fraction(tolerance.amount(target, unit))
-    if Fraction(convert(scale.readability, scale.unit, unit)) > amount:
-        report(path + ("scale", "readability"),
-               f"a scale with d = {to_text(scale.readability)} {scale.unit} cannot resolve the tolerance {tolerance} "
-               f"of {to_text(target)} {unit}")
-
-
-def _weigh_totals(recipe: MasterRecipe, refs: list[StepRef], report: _Report) -> None:
-    by_item: dict[str, list[tuple[StepRef, WeighStep]]] = defaultdict(list)
-    for ref in refs:
-        if isinstance(ref.step, WeighStep):
-            by_item[ref.step.item].append((ref, ref.step))
-    for i, line in enumerate(recipe.bill_of_materials):
-        weighs = by_item.get(line.item, [])
-        if dimension(line.unit) != "mass" or not weighs:
-            continue
-        if any(dimension(w.unit or line.unit) != "mass" for _, w in weighs):
-            continue  # reported on the step
-        whole = [r for r, w in weighs if w.target is None]
-        if whole and len(weighs) > 1:
-            for r in whole:
-                report(r.path, f"item {line.item!r} is weighed in {len(weighs)} steps; give each of them a target")
-            continue
-        targets = [(w.target, w.unit or line.unit) for _, w in weighs if w.target is not None]
-        if whole or len(targets) != len(weighs):
-            continue
-        total = sum((Fraction(convert(t, u, line.unit)) for t, u in targets), Fraction(0))
-        if total != Fraction(line.quantity):
-            shown = ", ".join(f"{to_text(t)} {u}" for t, u in targets)
-            report(("bill_of_materials", i, "quantity"),
-                   f"the weigh steps for {line.item!r} ({shown}) do not add up to {to_text(line.quantity)} {line.unit}")
-
-
-def _signature(recipe: MasterRecipe, ref: StepRef, step: SignatureStep, report: _Report, unique_ids: bool) -> None:
-    path = ref.path
-    if step.meaning in ("released", "rejected") and set(step.roles) != {"qa"}:
-        report(path + ("roles",), f"only qa may sign {step.meaning!r}; roles must be [qa]")
-    if step.second_person and step.meaning == "performed":
-        report(path + ("second_person",), "a 'performed' signature is by the performer; second-person verification needs "
-                                          "meaning 'verified' (or reviewed/approved)")
-    if step.second_person and not step.covers and ref.index == 0:
-        report(path + ("second_person",), "nothing to verify: put the gate after the steps it verifies or list them in covers")
-    if unique_ids:
-        for other in step.covers:
-            _earlier(recipe, ref, other, path + ("covers",), report, "covers step")
-
-
-def _produce(recipe: MasterRecipe, ref: StepRef, step: ProduceOutputStep, report: _Report, unique_ids: bool) -> None:
-    path = ref.path
-    if step.quantity <= 0:
-        report(path + ("quantity",), "the theoretical quantity must be greater than zero")
-    if step.yield_low <= 0:
-        report(path + ("yield_low",), "yield_low must be greater than zero")
-    _ordered(report, path, [("yield_low", step.yield_low), ("expected_yield", step.expected_yield), ("yield_high", step.yield_high)])
-    if step.theoretical_from is not None and unique_ids:
-        target = _earlier(recipe, ref, step.theoretical_from, path + ("theoretical_from",), report, "theoretical_from")
-        if target is not None:
-            if not isinstance(target.step, CalculationStep):
-                report(path + ("theoretical_from",), f"theoretical_from must name a calculation step, {step.theoretical_from!r} is a {target.step.kind} step")
-            else:
-                if dimension(target.step.unit) != dimension(step.unit):
-                    report(path + ("theoretical_from",), f"step {step.theoretical_from!r} computes {target.step.unit}, "
-                                                         f"which cannot be compared with {step.unit}")
-
-
-def _outputs(refs: list[StepRef], report: _Report) -> None:
-    outputs = [r for r in refs if isinstance(r.step, ProduceOutputStep)]
-    if not outputs:
-        report(("procedure",), "the recipe has no produce_output step; exactly one is required", key=True)
-    for extra in outputs[1:]:
-        report(extra.path + ("kind",), f"a second produce_output step (the first is {outputs[0].step.id!r}); exactly one is required")
-

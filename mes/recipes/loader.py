@@ -25,6 +25,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path as FsPath
 from typing import Any, Final
@@ -32,22 +33,21 @@ from typing import Any, Final
 import jsonschema
 import yaml
 
-from mes.recipes import checks
+from mes.recipes import checks, schema
 from mes.recipes.errors import Path, Problem, RecipeError, format_path
 from mes.recipes.model import (
-    STEP_CLASSES,
     BatchSize,
     BomLine,
     MasterRecipe,
     Operation,
     Product,
-    ScaleRequirement,
     Step,
     Tolerance,
     UnitProcedure,
 )
-from mes.recipes.schema import SCHEMA, STEP_FIELDS
-from mes.recipes.units import UNITS, Duration, suggest_unit
+from mes.recipes.schema import SCHEMA
+from mes.recipes.units import UNITS, suggest_unit
+from mes.steps import registry
 
 __all__ = ["MAX_BYTES", "SourceMap", "from_dict", "load_recipe", "parse_yaml", "schema_errors", "validate_data", "validate_file"]
 
@@ -343,15 +343,40 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
     return node
 
 
-# The published schema dispatches on a step's kind with ten if/then branches, which
+# The published schema dispatches on a step's kind with one if/then branch per kind, which
 # jsonschema evaluates for every step. Internally the same rules are applied in two
 # cheaper parts: the recipe with steps checked only for being mappings, then each step
 # against the common step members and the definition of its own kind (same errors,
-# several times faster). test_schema checks both agree.
-_DEFS: Final = {**SCHEMA["$defs"], "step": {"type": "object"}}
-_MAIN = _Validator(_inline({k: v for k, v in SCHEMA.items() if k != "$defs"}, _DEFS))
-_STEP = _Validator(_inline({k: v for k, v in SCHEMA["$defs"]["step"].items() if k != "allOf"}, _DEFS))
-_KINDS: Final = {kind: _Validator(_inline(SCHEMA["$defs"][f"step_{kind}"], _DEFS)) for kind in STEP_FIELDS}
+# several times faster). test_schema checks both agree. The validators follow the step
+# kind registry: they are rebuilt when a kind is registered.
+
+
+@dataclass(frozen=True)
+class _Validators:
+    main: Any
+    step: Any
+    kinds: dict[str, Any]
+    step_fields: dict[str, tuple[str, ...]]
+
+
+_VALIDATORS: list[tuple[int, _Validators]] = []
+
+
+def _validators() -> _Validators:
+    current = schema.current()
+    gen = registry.generation()
+    if _VALIDATORS and _VALIDATORS[0][0] == gen:
+        return _VALIDATORS[0][1]
+    full = current.schema
+    defs = {**full["$defs"], "step": {"type": "object"}}
+    made = _Validators(
+        main=_Validator(_inline({k: v for k, v in full.items() if k != "$defs"}, defs)),
+        step=_Validator(_inline({k: v for k, v in full["$defs"]["step"].items() if k != "allOf"}, defs)),
+        kinds={kind: _Validator(_inline(full["$defs"][f"step_{kind}"], defs)) for kind in current.step_fields},
+        step_fields=current.step_fields,
+    )
+    _VALIDATORS[:] = [(gen, made)]
+    return made
 
 
 def _show(value: Any) -> str:
@@ -405,13 +430,14 @@ def _describe(error: jsonschema.ValidationError, smap: SourceMap, prefix: Path =
             return []
         missing = [name for name in error.validator_value if name not in value]
         kind = value.get("kind")
-        known = isinstance(kind, str) and kind in STEP_FIELDS and isinstance(value.get("id"), str)
+        known = isinstance(kind, str) and kind in _validators().step_fields and isinstance(value.get("id"), str)
         suffix = f" (needed by step {value['id']!r} of kind {kind!r})" if known else ""
         return [smap.problem(path, f"missing required field {name!r}{suffix}") for name in missing]
     if v == "additionalProperties" and isinstance(value, dict):
         allowed = list(schema.get("properties", {}))
         kind = value.get("kind")
-        what = f"a {kind} step" if isinstance(kind, str) and tuple(allowed) == STEP_FIELDS.get(kind) else (format_path(path) or "the recipe")
+        fields = _validators().step_fields
+        what = f"a {kind} step" if isinstance(kind, str) and tuple(allowed) == fields.get(kind) else (format_path(path) or "the recipe")
         return _unknown_fields(value, allowed, what, path, smap)
     if v == "type":
         expected = error.validator_value
@@ -488,14 +514,15 @@ def _step_dicts(data: Any) -> Iterator[tuple[Path, dict[str, Any]]]:
 def _schema_problems(data: Any, smap: SourceMap) -> list[Problem]:
     """Every schema violation, as problems with source positions."""
     problems: list[Problem] = []
-    for error in _MAIN.iter_errors(data):
+    validators = _validators()
+    for error in validators.main.iter_errors(data):
         problems.extend(_describe(error, smap))
     for path, step in _step_dicts(data):
-        for error in _STEP.iter_errors(step):
+        for error in validators.step.iter_errors(step):
             problems.extend(_describe(error, smap, path))
         kind = step.get("kind")
-        if isinstance(kind, str) and kind in _KINDS:
-            for error in _KINDS[kind].iter_errors(step):
+        if isinstance(kind, str) and kind in validators.kinds:
+            for error in validators.kinds[kind].iter_errors(step):
                 problems.extend(_describe(error, smap, path))
     return problems
 
@@ -513,38 +540,12 @@ def _dec(value: str | None) -> Decimal | None:
 
 
 def _tolerance(data: Mapping[str, Any] | None) -> Tolerance | None:
-    if data is None:
-        return None
-    if "percent" in data:
-        return Tolerance(kind="percent", value=Decimal(data["percent"]), unit=data.get("unit"))
-    return Tolerance(kind="absolute", value=Decimal(data["absolute"]), unit=data["unit"])
-
-
-_DECIMAL_PARAMS: Final = frozenset({"target", "low", "high", "mean_low", "mean_high", "quantity",
-                                    "expected_yield", "yield_low", "yield_high"})
-_DURATION_PARAMS: Final = frozenset({"minimum", "maximum", "max_since_cleaning"})
-_TUPLE_PARAMS: Final = frozenset({"required_states", "roles", "covers"})
+    return None if data is None else Tolerance.from_file(data)
 
 
 def _step(data: Mapping[str, Any]) -> Step:
-    cls = STEP_CLASSES[data["kind"]]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        if name == "kind":
-            continue
-        if name in _DECIMAL_PARAMS:
-            value = Decimal(value)
-        elif name in _DURATION_PARAMS:
-            value = Duration.parse(value)
-        elif name in _TUPLE_PARAMS:
-            value = tuple(value)
-        elif name == "tolerance":
-            value = _tolerance(value)
-        elif name == "scale":
-            value = ScaleRequirement(readability=Decimal(value["readability"]), unit=value["unit"],
-                                     accuracy_class=value.get("accuracy_class"))
-        kwargs[name] = value
-    return cls(**kwargs)
+    """The step's dataclass, built by its kind."""
+    return registry.get(data["kind"]).build(data)
 
 
 def _build(data: Mapping[str, Any]) -> MasterRecipe:

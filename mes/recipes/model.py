@@ -150,6 +150,13 @@ class Tolerance:
     value: Decimal
     unit: str | None = None
 
+    @classmethod
+    def from_file(cls, data: Mapping[str, Any]) -> Tolerance:
+        """The tolerance from its schema-valid file form."""
+        if "percent" in data:
+            return cls(kind="percent", value=Decimal(data["percent"]), unit=data.get("unit"))
+        return cls(kind="absolute", value=Decimal(data["absolute"]), unit=data["unit"])
+
     def amount(self, target: Decimal, target_unit: str) -> Decimal:
         """The tolerance as an absolute amount in ``target_unit`` (exact)."""
         return _exact_amount(self, target, target_unit)

@@ -17,6 +17,9 @@
 * the batch size must lie in the master's validated range, and every weigh step's scale
   readability must still resolve its (scaled) tolerance, else RecipeError.
 
+Each step kind scales its own steps (:meth:`StepKind.scale <mes.steps.base.StepKind.scale>`);
+the rules above are those of the built-in weigh and produce-output kinds.
+
 Split weigh steps are scaled one by one, so after rounding their sum can differ from the
 scaled BOM line by a few units of its last decimal; the weigh steps are what the engine
 enforces, the BOM line of a control recipe is for information and material planning.
@@ -36,18 +39,10 @@ from fractions import Fraction
 from typing import Any, Final
 
 from mes.recipes.errors import Problem, RecipeError
-from mes.recipes.model import (
-    BatchSize,
-    BomLine,
-    MasterRecipe,
-    ProduceOutputStep,
-    Product,
-    Step,
-    StepRef,
-    UnitProcedure,
-    WeighStep,
-)
+from mes.recipes.model import BatchSize, BomLine, MasterRecipe, Product, Step, StepRef, UnitProcedure
 from mes.recipes.units import UnitError, convert, decimal_places, dimension, round_half_even, to_text
+from mes.steps import registry
+from mes.steps.base import ScaleContext
 
 __all__ = ["CONTROL_FORMAT", "ControlRecipe", "canonical_json", "recipe_hash", "scale"]
 
@@ -122,9 +117,7 @@ class ControlRecipe:
             u["stages"] = [list(stage) for stage in up.stages()]
             for o, op in zip(u["operations"], up.operations):
                 for s, step in zip(o["steps"], op.steps):
-                    if isinstance(step, WeighStep):
-                        low, high = step.window()
-                        s["low"], s["high"] = to_text(low), to_text(high)
+                    s.update(registry.kind_of(step).control_members(step))
             procedure.append(u)
         out["procedure"] = procedure
         return out
@@ -165,24 +158,18 @@ def scale(recipe: MasterRecipe, batch_size: Decimal, unit: str) -> ControlRecipe
         raise fail(f"{to_text(batch_size)} {unit} is outside the validated batch size range {lo} to {hi} {nominal.unit}")
     factor = Fraction(in_nominal) / Fraction(nominal.quantity)
 
-    problems: list[Problem] = []
     bom = tuple(replace(line, quantity=_scaled(line.quantity, factor)) for line in recipe.bill_of_materials)
     scaled_master = replace(recipe, bill_of_materials=bom)
+    ctx = ScaleContext(recipe, scaled_master, factor)
     procedure = []
     for up in recipe.procedure:
         ops = []
         for op in up.operations:
-            steps: list[Step] = []
-            for step in op.steps:
-                if isinstance(step, WeighStep):
-                    step = _resolve_weigh(recipe, scaled_master, step, factor, problems)
-                elif isinstance(step, ProduceOutputStep):
-                    step = replace(step, quantity=_scaled(step.quantity, factor))
-                steps.append(step)
+            steps: list[Step] = [registry.kind_of(step).scale(step, ctx) for step in op.steps]
             ops.append(replace(op, steps=tuple(steps)))
         procedure.append(replace(up, operations=tuple(ops)))
-    if problems:
-        raise RecipeError(problems)
+    if ctx.problems:
+        raise RecipeError(ctx.problems)
     scaled = replace(scaled_master, batch_size=BatchSize(quantity=batch_size, unit=unit), procedure=tuple(procedure))
     return ControlRecipe(
         master_id=recipe.id,
@@ -191,27 +178,6 @@ def scale(recipe: MasterRecipe, batch_size: Decimal, unit: str) -> ControlRecipe
         nominal_batch_size=nominal,
         recipe=scaled,
     )
-
-
-def _resolve_weigh(master: MasterRecipe, scaled_master: MasterRecipe, step: WeighStep, factor: Fraction,
-                   problems: list[Problem]) -> WeighStep:
-    """The weigh step with target (scaled), unit and tolerance written out."""
-    if step.target is not None:
-        resolved = master.resolved_weigh(replace(step, target=_scaled(step.target, factor)))
-    else:
-        resolved = scaled_master.resolved_weigh(step)
-    assert resolved.target is not None and resolved.unit is not None and resolved.tolerance is not None
-    where = f"step {step.id}"
-    if resolved.target <= 0:
-        problems.append(Problem(f"the scaled target of {step.id!r} rounds to zero", where))
-        return resolved
-    amount = Fraction(resolved.tolerance.amount(resolved.target, resolved.unit))
-    readability = Fraction(convert(step.scale.readability, step.scale.unit, resolved.unit))
-    if readability > amount:
-        problems.append(Problem(
-            f"at this batch size the tolerance of {step.id!r} is ±{to_text(resolved.tolerance.amount(resolved.target, resolved.unit))} "
-            f"{resolved.unit}, finer than the required scale readability {to_text(step.scale.readability)} {step.scale.unit}", where))
-    return resolved
 
 
 def _check_json(value: Any, path: str = "$") -> None:

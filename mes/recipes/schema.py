@@ -10,18 +10,26 @@ as they are typed; ``errorMessage`` members give the same wording the loader rep
 The schema checks shape: required members, types, enumerations and the text form of
 decimals, ids and durations. Everything that relates one part of a recipe to another
 (references, ordering, limits, units, sums) is checked by :mod:`mes.recipes.checks`.
+
+Each step kind gives the schema of its own parameters (:meth:`StepKind.properties
+<mes.steps.base.StepKind.properties>`); :func:`build_schema` puts them together for the
+registered kinds, and :func:`current` follows the registry when a plugin kind is added.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
-from mes.recipes.model import BOM_ROLES, EQUIPMENT_STATES, FORMAT, MEANINGS, ROLES, SCALE_CLASSES, SCAN_MODES, STEP_KINDS, TARE_MODES
+from mes.recipes.model import BOM_ROLES, FORMAT, SCALE_CLASSES
 from mes.recipes.units import DECIMAL_PATTERN, DURATION_PATTERN, SIGNED_DECIMAL_PATTERN, UNITS
+from mes.steps import registry
+from mes.steps.base import StepKind
 
-__all__ = ["SCHEMA", "SCHEMA_ID", "STEP_FIELDS", "STEP_REQUIRED", "schema_json"]
+__all__ = ["SCHEMA", "SCHEMA_ID", "STEP_FIELDS", "STEP_REQUIRED", "RecipeSchema", "build_schema", "current", "schema_json"]
 
 SCHEMA_ID: Final = "urn:open-mes:schema:master-recipe:v1"
 
@@ -75,134 +83,138 @@ DEFS: Final[dict[str, Any]] = {
 
 STEP_COMMON: Final[dict[str, Any]] = {
     "id": _ref("id"),
-    "kind": {"enum": list(STEP_KINDS)},
+    "kind": {"enum": []},  # the registered kinds, filled in by build_schema
     "title": _ref("title"),
     "instruction": _ref("text"),
 }
 
-# kind -> (required parameters, parameter schemas)
-_STEP_PARAMS: Final[dict[str, tuple[tuple[str, ...], dict[str, Any]]]] = {
-    "instruction": ((), {}),
-    "numeric": (("unit", "precision"), {
-        "unit": _ref("unit"), "precision": _ref("precision"),
-        "target": _ref("signed_decimal"), "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
-    }),
-    "weigh": (("item", "scale"), {
-        "item": _ref("code"), "target": _ref("decimal"), "unit": _ref("unit"), "tolerance": _ref("tolerance"),
-        "scale": _ref("scale"), "stable_reading": {"type": "boolean"}, "tare": {"enum": list(TARE_MODES)},
-        "multiple_containers": {"type": "boolean"}, "max_containers": {"type": "integer", "minimum": 1, "maximum": 999},
-    }),
-    "identify": (("item",), {"item": _ref("code"), "scan": {"enum": list(SCAN_MODES)}, "dispensed_by": _ref("id")}),
-    "equipment_check": (("equipment_class", "required_states"), {
-        "equipment_class": _ref("title"),
-        "required_states": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(EQUIPMENT_STATES)}},
-        "max_since_cleaning": _ref("duration"), "claim": {"type": "boolean"},
-    }),
-    "timer": ((), {"minimum": _ref("duration"), "maximum": _ref("duration"), "from_step": _ref("id")}),
-    "calculation": (("formula", "unit", "precision"), {
-        "formula": {"type": "string", "minLength": 1, "maxLength": 500},
-        "unit": _ref("unit"), "precision": _ref("precision"),
-        "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
-    }),
-    "sample_check": (("samples", "unit", "precision"), {
-        "samples": {"type": "integer", "minimum": 1, "maximum": 100},
-        "unit": _ref("unit"), "precision": _ref("precision"),
-        "target": _ref("signed_decimal"), "low": _ref("signed_decimal"), "high": _ref("signed_decimal"),
-        "mean_low": _ref("signed_decimal"), "mean_high": _ref("signed_decimal"),
-    }),
-    "signature": (("meaning", "roles"), {
-        "meaning": {"enum": list(MEANINGS)},
-        "roles": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(ROLES)}},
-        "second_person": {"type": "boolean"},
-        "covers": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ref("id")},
-    }),
-    "produce_output": (("item", "quantity", "unit", "yield_low", "yield_high"), {
-        "item": _ref("code"), "name": _ref("title"), "quantity": _ref("decimal"), "unit": _ref("unit"),
-        "expected_yield": _ref("decimal"), "yield_low": _ref("decimal"), "yield_high": _ref("decimal"),
-        "theoretical_from": _ref("id"),
-    }),
-}
 
-STEP_FIELDS: Final[dict[str, tuple[str, ...]]] = {k: tuple(STEP_COMMON) + tuple(p) for k, (_, p) in _STEP_PARAMS.items()}
-"""Step kind -> every member a step of that kind may have."""
+def _structure(defs: dict[str, Any]) -> None:
+    defs["operation"] = {
+        "type": "object",
+        "required": ["id", "title", "steps"],
+        "properties": {
+            "id": _ref("id"), "title": _ref("title"), "description": _ref("text"),
+            "parallel_with": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ref("id"),
+                              "description": "Earlier operations of the same unit procedure this one may run in parallel with."},
+            "steps": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("step")},
+        },
+        "additionalProperties": False,
+    }
+    defs["unit_procedure"] = {
+        "type": "object",
+        "required": ["id", "title", "operations"],
+        "properties": {
+            "id": _ref("id"), "title": _ref("title"), "unit_class": _ref("title"),
+            "operations": {"type": "array", "minItems": 1, "maxItems": 200, "items": _ref("operation")},
+        },
+        "additionalProperties": False,
+    }
+    defs["bom_line"] = {
+        "type": "object",
+        "required": ["item", "name", "role", "quantity", "unit"],
+        "properties": {
+            "item": _ref("code"), "name": _ref("title"), "role": {"enum": list(BOM_ROLES)},
+            "quantity": _ref("decimal"), "unit": _ref("unit"), "tolerance": _ref("tolerance"), "note": _ref("text"),
+        },
+        "additionalProperties": False,
+    }
 
-STEP_REQUIRED: Final[dict[str, tuple[str, ...]]] = {k: r for k, (r, _) in _STEP_PARAMS.items()}
+
+@dataclass(frozen=True)
+class RecipeSchema:
+    """The schema for a set of step kinds, with each kind's members and required parameters."""
+
+    schema: dict[str, Any]
+    step_fields: dict[str, tuple[str, ...]]
+    """Step kind -> every member a step of that kind may have."""
+    step_required: dict[str, tuple[str, ...]]
+    """Step kind -> its required parameters (beyond id, kind, title, instruction)."""
+
+
+def build_schema(kinds: Iterable[StepKind]) -> RecipeSchema:
+    """The master recipe schema for these step kinds (each gives its parameters' schema)."""
+    kinds = list(kinds)
+    names = [k.name for k in kinds]
+    common = {**STEP_COMMON, "kind": {"enum": names}}
+    defs: dict[str, Any] = dict(DEFS)
+    fields: dict[str, tuple[str, ...]] = {}
+    required: dict[str, tuple[str, ...]] = {}
+    for kind in kinds:
+        for name, fragment in kind.schema_defs().items():
+            defs.setdefault(name, fragment)
+        params = kind.properties()
+        fields[kind.name] = tuple(common) + tuple(params)
+        required[kind.name] = tuple(kind.required)
+        step_def: dict[str, Any] = {"properties": {**common, **params}, "additionalProperties": False}
+        if kind.required:
+            step_def["required"] = list(kind.required)
+        defs[f"step_{kind.name}"] = step_def
+    defs["step"] = {
+        "type": "object",
+        "description": "A step; its kind decides which parameters it has (see recipes/README.md).",
+        "required": ["id", "kind", "title", "instruction"],
+        "properties": common,
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": _ref(f"step_{k}")}
+            for k in names
+        ],
+    }
+    _structure(defs)
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "open-mes master recipe",
+        "description": "An ISA-88 master recipe for open-mes (format mes.master-recipe/v1). See recipes/README.md.",
+        "type": "object",
+        "required": ["format", "id", "version", "product", "batch_size", "bill_of_materials", "procedure"],
+        "properties": {
+            "format": {"const": FORMAT},
+            "id": _ref("code"),
+            "version": {"type": ["integer", "string"], "minimum": 1, "pattern": VERSION_PATTERN, "errorMessage": VERSION_MESSAGE},
+            "product": {
+                "type": "object", "required": ["code", "name"],
+                "properties": {"code": _ref("code"), "name": _ref("title")}, "additionalProperties": False,
+            },
+            "description": _ref("text"),
+            "batch_size": {
+                "type": "object", "required": ["quantity", "unit"],
+                "properties": {"quantity": _ref("decimal"), "unit": _ref("unit"), "minimum": _ref("decimal"),
+                               "maximum": _ref("decimal")},
+                "additionalProperties": False,
+            },
+            "bill_of_materials": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("bom_line")},
+            "procedure": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("unit_procedure")},
+        },
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+    return RecipeSchema(schema, fields, required)
+
+
+_CURRENT: list[tuple[int, RecipeSchema]] = []
+
+
+def current() -> RecipeSchema:
+    """The schema of the kinds registered now (rebuilt when a kind is registered)."""
+    gen = registry.generation()
+    cached = _CURRENT[0] if _CURRENT else None
+    if cached is None or cached[0] != gen:
+        cached = (gen, build_schema(registry.kinds()))
+        _CURRENT[:] = [cached]
+    return cached[1]
+
+
+_AT_IMPORT = current()
+SCHEMA: Final[dict[str, Any]] = _AT_IMPORT.schema
+"""The master recipe JSON Schema (draft 2020-12) of the kinds registered at import (the
+built-ins and installed plugins): what is published."""
+
+STEP_FIELDS: Final[dict[str, tuple[str, ...]]] = _AT_IMPORT.step_fields
+"""Step kind -> every member a step of that kind may have (kinds registered at import)."""
+
+STEP_REQUIRED: Final[dict[str, tuple[str, ...]]] = _AT_IMPORT.step_required
 """Step kind -> its required parameters (beyond id, kind, title, instruction)."""
-
-for _kind, (_required, _params) in _STEP_PARAMS.items():
-    _def: dict[str, Any] = {"properties": {**STEP_COMMON, **_params}, "additionalProperties": False}
-    if _required:
-        _def["required"] = list(_required)
-    DEFS[f"step_{_kind}"] = _def
-
-DEFS["step"] = {
-    "type": "object",
-    "description": "A step; its kind decides which parameters it has (see recipes/README.md).",
-    "required": ["id", "kind", "title", "instruction"],
-    "properties": STEP_COMMON,
-    "allOf": [
-        {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": _ref(f"step_{k}")}
-        for k in STEP_KINDS
-    ],
-}
-DEFS["operation"] = {
-    "type": "object",
-    "required": ["id", "title", "steps"],
-    "properties": {
-        "id": _ref("id"), "title": _ref("title"), "description": _ref("text"),
-        "parallel_with": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ref("id"),
-                          "description": "Earlier operations of the same unit procedure this one may run in parallel with."},
-        "steps": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("step")},
-    },
-    "additionalProperties": False,
-}
-DEFS["unit_procedure"] = {
-    "type": "object",
-    "required": ["id", "title", "operations"],
-    "properties": {
-        "id": _ref("id"), "title": _ref("title"), "unit_class": _ref("title"),
-        "operations": {"type": "array", "minItems": 1, "maxItems": 200, "items": _ref("operation")},
-    },
-    "additionalProperties": False,
-}
-DEFS["bom_line"] = {
-    "type": "object",
-    "required": ["item", "name", "role", "quantity", "unit"],
-    "properties": {
-        "item": _ref("code"), "name": _ref("title"), "role": {"enum": list(BOM_ROLES)},
-        "quantity": _ref("decimal"), "unit": _ref("unit"), "tolerance": _ref("tolerance"), "note": _ref("text"),
-    },
-    "additionalProperties": False,
-}
-
-SCHEMA: Final[dict[str, Any]] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": SCHEMA_ID,
-    "title": "open-mes master recipe",
-    "description": "An ISA-88 master recipe for open-mes (format mes.master-recipe/v1). See recipes/README.md.",
-    "type": "object",
-    "required": ["format", "id", "version", "product", "batch_size", "bill_of_materials", "procedure"],
-    "properties": {
-        "format": {"const": FORMAT},
-        "id": _ref("code"),
-        "version": {"type": ["integer", "string"], "minimum": 1, "pattern": VERSION_PATTERN, "errorMessage": VERSION_MESSAGE},
-        "product": {
-            "type": "object", "required": ["code", "name"],
-            "properties": {"code": _ref("code"), "name": _ref("title")}, "additionalProperties": False,
-        },
-        "description": _ref("text"),
-        "batch_size": {
-            "type": "object", "required": ["quantity", "unit"],
-            "properties": {"quantity": _ref("decimal"), "unit": _ref("unit"), "minimum": _ref("decimal"), "maximum": _ref("decimal")},
-            "additionalProperties": False,
-        },
-        "bill_of_materials": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("bom_line")},
-        "procedure": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("unit_procedure")},
-    },
-    "additionalProperties": False,
-    "$defs": DEFS,
-}
-"""The master recipe JSON Schema (draft 2020-12)."""
 
 
 def schema_json() -> str:

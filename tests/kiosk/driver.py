@@ -301,8 +301,9 @@ class Driver:
         if step["kind"] == "produce_output":
             payload, _, _ = sim.payload(batch, {"id": step["id"]}, spec)
             return str(payload["quantity"])
-        value = sim._numeric_value(batch, spec)
-        return str(value)
+        from mes.steps.numeric import sim_value
+
+        return str(sim_value(sim, batch, spec))
 
     def sim(self) -> Any:
         if self._sim is None:
@@ -335,7 +336,9 @@ class Driver:
         self.commit(step)
 
     def samples(self, step: dict[str, Any], spec: Any) -> None:
-        results = [str(r) for r in self.sim()._samples(spec)]
+        from mes.steps.sample_check import sim_results
+
+        results = [str(r) for r in sim_results(self.sim(), spec)]
         for r in results:
             self.enter(r)
             self.k.page.locator("[data-action=add-result]").click()

@@ -1,0 +1,1 @@
+"""Step kinds: the registry, a toy kind added from a test module alone, the architecture rule."""
