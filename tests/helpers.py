@@ -48,6 +48,7 @@ def seed(roles: tuple[str, ...] = ROLES) -> Seeded:
     for tid, (kind, description, line, key) in TERMINALS.items():
         if db.session.get(Terminal, tid) is None:
             ops.register_terminal(SEED, tid, kind, description, line=line, key=key)
+    db.session.commit()  # end the look-ups' transaction: on SQLite it holds the write lock
     return Seeded(users=users, kiosk=("KIOSK-01", TERMINALS["KIOSK-01"][3]),
                   workstation=("QA-WS-01", TERMINALS["QA-WS-01"][3]))
 
