@@ -36,12 +36,6 @@ def order(server: KioskServer, size: str, request: pytest.FixtureRequest) -> str
     return ref
 
 
-def _settled(page: Any) -> None:
-    """Return once the page has run every task queued so far (a macrotask round trip): what a
-    tap or key set going synchronously is done, so its absence can be asserted without a sleep."""
-    page.evaluate("() => new Promise(resolve => setTimeout(resolve, 0))")
-
-
 def _batch(server: KioskServer, ref: str) -> str:
     batch = flows.batch_of(server, flows.work_order_id(server, ref))
     assert batch, f"no batch was started for {ref}"
@@ -74,7 +68,7 @@ def test_rule5_confirm_before_commit(open_kiosk, server, size, order) -> None:
     k.shot("confirm-dialog")
     assert "Line clearance" in dialog.inner_text(), "the dialog does not say what will be recorded"
     assert checks.targets(k.page) == []
-    _settled(k.page)  # everything the tap set going in the page has run
+    checks.settled(k.page)  # everything the tap set going in the page has run
     k.page.remove_listener("request", on_request)
     assert sent == [], f"the tap sent {sent} before Confirm"
     assert flows.step_records(server, batch) == before, "something was stored before Confirm"
@@ -157,7 +151,7 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     k.page.mouse.click(5, k.page.viewport_size["height"] - 5)  # focus nowhere in particular
     k.page.keyboard.type("BOOTH-99", delay=150)  # a person typing: 150 ms between keys
     k.page.keyboard.press("Enter")
-    _settled(k.page)  # the scanner decides on Enter's keydown, synchronously
+    checks.settled(k.page)  # the scanner decides on Enter's keydown, synchronously
     assert scanned.inner_text() == "-" and k.page.evaluate(bound) == "", "slow typing was read as a scan"
     shown = "() => document.querySelector('[data-field=scanned]').innerText === 'BOOTH-01'"
     # Each assertion below is made only on a burst whose keys the page received less than
@@ -175,7 +169,7 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
         if not _scanner_burst(k, "BOOTH-01"):  # the same label again at once
             k.page.wait_for_timeout(2100)  # the kiosk's 2 s repeat window must pass: the rule is about time
             continue
-        _settled(k.page)  # the scan was handled on Enter's keydown, synchronously
+        checks.settled(k.page)  # the scan was handled on Enter's keydown, synchronously
         assert scanned.inner_text() == "-", "a duplicate scan within 2 s was not ignored"
         break
     else:
