@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,43 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+class _Dropper:
+    """Drops finished PostgreSQL test databases on a background thread, so that a test does
+    not wait for the server to remove its files (seconds on a busy machine). The queue is
+    short, so drops cannot fall far behind; the session waits for the last ones."""
+
+    def __init__(self) -> None:
+        self.names: queue.Queue[str | None] = queue.Queue(maxsize=4)
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="drop-test-databases", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        admin = _pg_admin()
+        while (name := self.names.get()) is not None:
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except Exception as exc:  # noqa: BLE001 - reported when the session ends
+                self.errors.append(f"{name}: {exc}")
+        admin.dispose()
+
+    def drop(self, name: str) -> None:
+        self.names.put(name)
+
+    def close(self) -> None:
+        self.names.put(None)
+        self.thread.join(120)
+        assert not self.errors, f"test databases that could not be dropped: {self.errors}"
+
+
+@pytest.fixture(scope="session")
+def _dropper() -> Iterator[_Dropper]:
+    dropper = _Dropper()
+    yield dropper
+    dropper.close()
+
+
 def _uses_standard_seed(request: pytest.FixtureRequest) -> bool:
     """True for a test module that seeds the standard people: it imports
     :func:`tests.helpers.seed` or :func:`tests.execution_helpers.make_world`."""
@@ -148,14 +187,14 @@ def database_url(request: pytest.FixtureRequest, templates: dict[str, str], tmp_
         shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
         return
+    dropper: _Dropper = request.getfixturevalue("_dropper")
     name = f"mes_t_{_worker()}_{next(_counter)}"
     admin = _pg_admin()
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield _pg_url(name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+    yield _pg_url(name)
+    dropper.drop(name)
 
 
 @pytest.fixture
