@@ -71,6 +71,15 @@ def _parse_log_level(raw: str) -> str:
     return value
 
 
+#: argon2id cost of password and PIN hashes in production: argon2-cffi's defaults, the
+#: second recommendation of RFC 9106 (3 passes over 64 MiB in 4 lanes). The MES_ARGON2_*
+#: settings lower it only where hashing time matters more than resistance to guessing
+#: (the test suite); a stored hash keeps the cost it was made with, so verifying never depends on them.
+ARGON2_TIME_COST = 3
+ARGON2_MEMORY_KIB = 65536
+ARGON2_PARALLELISM = 4
+
+
 @dataclass(frozen=True)
 class Setting:
     """One ``MES_*`` variable: its Flask config key, parser, default and meaning."""
@@ -117,7 +126,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Audit checkpoint signing key; default MES_HOME/audit-signing.key"),
     Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "21600",
             "How often each server re-verifies the whole audit log (also at start-up)"),
-    Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO", "Log level"),
+    Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO",
+            "Log level of the MES's own logs; libraries (alembic, asyncua, pymodbus, ...) log warnings only, "
+            "unless DEBUG"),
+    Setting("MES_ARGON2_TIME_COST", "MES_ARGON2_TIME_COST", _parse_positive_int, str(ARGON2_TIME_COST),
+            "argon2id passes for new password and PIN hashes (lower only for tests)"),
+    Setting("MES_ARGON2_MEMORY_KIB", "MES_ARGON2_MEMORY_KIB", _parse_positive_int, str(ARGON2_MEMORY_KIB),
+            "argon2id memory (KiB) for new password and PIN hashes; at least 8 per lane (lower only for tests)"),
+    Setting("MES_ARGON2_PARALLELISM", "MES_ARGON2_PARALLELISM", _parse_positive_int, str(ARGON2_PARALLELISM),
+            "argon2id lanes for new password and PIN hashes (lower only for tests)"),
     Setting("MES_CAPTURE_MAX_AGE_MS", "MES_CAPTURE_MAX_AGE_MS", _parse_positive_int, "3000",
             "Oldest scale reading (ms) a weigh step accepts from the device gateway"),
     Setting("MES_GATEWAY_CONFIG", "MES_GATEWAY_CONFIG", str, "",
@@ -188,6 +205,9 @@ def load_config(
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{setting.env} is invalid: {exc}") from None
     config.update(overrides)
+    if config["MES_ARGON2_MEMORY_KIB"] < 8 * config["MES_ARGON2_PARALLELISM"]:
+        raise ConfigError("MES_ARGON2_MEMORY_KIB is invalid: argon2 needs at least 8 KiB per lane "
+                          f"(8 × MES_ARGON2_PARALLELISM = {8 * config['MES_ARGON2_PARALLELISM']})")
     if "SQLALCHEMY_DATABASE_URI" not in config:
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{folder.database_path}"
     if "SECRET_KEY" not in config:

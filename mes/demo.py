@@ -157,12 +157,9 @@ def run_demo(host: str, port: int) -> None:
     os.environ.setdefault("MES_SESSION_COOKIE_SECURE", "false")
     os.environ.setdefault("MES_SIMULATION", "true")  # simulated scales and line in the server's gateway
     os.environ.pop("MES_DATABASE_URL", None)  # the demo is always embedded SQLite
-    import logging
-
     from mes.cli import make_app, upgrade_database
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    app = make_app()
+    app = make_app()  # also quiets the libraries' INFO lines (mes.observability.configure_logging)
     upgrade_database(app)
     with app.app_context():
         from mes.audit.log import audit_log

@@ -48,16 +48,46 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+#: The MES's own loggers: they log at ``MES_LOG_LEVEL``.
+OWN_LOGGERS = ("mes", "devices", "kiosk")
+#: Libraries whose INFO lines are chatter to the person at the console (asyncua's server
+#: alone writes about a thousand "add_node ..." lines when the simulated line starts).
+QUIET_LIBRARIES = ("alembic", "asyncua", "pymodbus", "engineio", "socketio", "werkzeug", "urllib3", "apscheduler")
+
+
+def _is_own(name: str) -> bool:
+    return any(name == own or name.startswith(own + ".") for own in OWN_LOGGERS)
+
+
+class LibraryFilter(logging.Filter):
+    """On the console, a library's records pass from WARNING up, unless the level is DEBUG;
+    the MES's own records pass at the configured level (their loggers' level decides)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.level <= logging.DEBUG or record.levelno >= logging.WARNING or _is_own(record.name)
+
+
 def configure_logging(level: str) -> None:
-    """Send JSON lines to stderr (journald / docker collect them)."""
+    """Send JSON lines to stderr (journald / docker collect them): the MES's own logs at
+    ``level``, libraries' warnings and errors only (everything when ``level`` is DEBUG)."""
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
     root = logging.getLogger()
-    if any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
-        root.setLevel(level)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    handler = next((h for h in root.handlers if isinstance(h.formatter, JSONFormatter)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JSONFormatter())
+        root.handlers[:] = [handler]
+    for old in [f for f in handler.filters if isinstance(f, LibraryFilter)]:
+        handler.removeFilter(old)
+    handler.addFilter(LibraryFilter(numeric))
+    root.setLevel(numeric)
+    library_level = logging.NOTSET if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
+    for name in QUIET_LIBRARIES:  # not even made into records: asyncua's are a thousand at start-up
+        logging.getLogger(name).setLevel(library_level)
 
 
 class Metrics:

@@ -8,6 +8,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from mes.audit.log import Actor
+from mes.db import db
 from mes.users import operations as ops
 
 PASSWORD = "Corr3ct-Horse-Battery"
@@ -21,19 +22,35 @@ class Seeded:
     workstation: tuple[str, str]
 
 
-def seed(roles: tuple[str, ...] = ("operator", "supervisor", "qa", "admin", "integrator")) -> Seeded:
-    """One user per role (password login; operators also get a badge and PIN) and two terminals."""
+ROLES = ("operator", "supervisor", "qa", "admin", "integrator")
+TERMINALS = {  # id -> (kind, description, line, enrolment key)
+    "KIOSK-01": ("kiosk", "Dispensary kiosk", "LINE-1", "test-kiosk-01-enrolment-key"),
+    "QA-WS-01": ("workstation", "QA office", None, "test-qa-ws-01-enrolment-key"),
+}
+
+
+def seed(roles: tuple[str, ...] = ROLES) -> Seeded:
+    """One user per role (password login; operators also get a badge and PIN) and two terminals.
+
+    The test database of a module that uses this already holds them (seeded once into its
+    template, see ``tests/conftest.py``): then they are found, not created again."""
+    from mes.users.models import Terminal, User
+
     users = {}
     for role in roles:
         uid = f"{role}1"
-        extra: dict[str, Any] = {}
-        if role in {"operator", "supervisor"}:
-            extra = {"badge_id": f"B-{role}", "pin": "2468"}
-        ops.create_user(SEED, uid, f"{role.title()} One", {role}, password=PASSWORD, **extra)
+        if db.session.get(User, uid) is None:
+            extra: dict[str, Any] = {}
+            if role in {"operator", "supervisor"}:
+                extra = {"badge_id": f"B-{role}", "pin": "2468"}
+            ops.create_user(SEED, uid, f"{role.title()} One", {role}, password=PASSWORD, **extra)
         users[role] = uid
-    _, kiosk_key = ops.register_terminal(SEED, "KIOSK-01", "kiosk", "Dispensary kiosk", line="LINE-1")
-    _, ws_key = ops.register_terminal(SEED, "QA-WS-01", "workstation", "QA office")
-    return Seeded(users=users, kiosk=("KIOSK-01", kiosk_key), workstation=("QA-WS-01", ws_key))
+    for tid, (kind, description, line, key) in TERMINALS.items():
+        if db.session.get(Terminal, tid) is None:
+            ops.register_terminal(SEED, tid, kind, description, line=line, key=key)
+    db.session.commit()  # end the look-ups' transaction: on SQLite it holds the write lock
+    return Seeded(users=users, kiosk=("KIOSK-01", TERMINALS["KIOSK-01"][3]),
+                  workstation=("QA-WS-01", TERMINALS["QA-WS-01"][3]))
 
 
 def terminal_header(terminal: tuple[str, str]) -> dict[str, str]:

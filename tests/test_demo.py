@@ -1,12 +1,15 @@
-"""``mes demo`` on a fresh folder: serves, seeds once, reuses its data on the second run."""
+"""``mes demo`` on a fresh folder: serves, seeds once, reuses its data on the second run;
+its console shows the URLs, badges and the MES's own log lines, not the libraries' chatter."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,18 +24,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(home: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
-    env.update({"MES_HOME": str(home), "MES_LOG_LEVEL": "WARNING"})
-    return subprocess.Popen([MES, "demo", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+class Demo:
+    """``mes demo`` in its own process group, its console (stdout and stderr) read as it comes."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        # the user's defaults (MES_LOG_LEVEL unset: INFO), only the suite's cheap password hashing kept
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
+        env["MES_HOME"] = str(home)
+        self.proc = subprocess.Popen([MES, "demo", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"demo exited before printing {text!r}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"demo did not print {text!r} within {timeout} s:\n{self.output[-3000:]}")
+            time.sleep(0.1)
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def _wait_ready(base: str, demo: Demo, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"demo exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        if demo.proc.poll() is not None:
+            demo._reader.join(5)
+            raise AssertionError(f"demo exited early:\n{demo.output}")
         try:
             if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -42,13 +72,26 @@ def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise AssertionError("demo did not become ready")
 
 
-def _stop(proc: subprocess.Popen) -> str:
+def _stop(demo: Demo) -> str:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(demo.proc.pid, signal.SIGTERM)
     except ProcessLookupError:  # it already exited; its output says why
         pass
-    out, _ = proc.communicate(timeout=60)
-    return out
+    demo.proc.wait(timeout=60)
+    demo._reader.join(10)
+    return demo.output
+
+
+def _library_info_lines(out: str) -> list[str]:
+    """Console lines that are a library's INFO (or DEBUG) record: alembic, asyncua, and the like."""
+    noisy = []
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record["level"] in ("INFO", "DEBUG") and record["logger"].split(".")[0] not in ("mes", "devices", "kiosk"):
+            noisy.append(line[:200])
+    return noisy
 
 
 def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
@@ -56,9 +99,11 @@ def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
     for run in ("seeded", "reusing"):
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = _start(home, port)
+        demo = Demo(home, port)
         try:
-            _wait_ready(base, proc)
+            _wait_ready(base, demo)
+            # the simulated scales and the OPC UA line are up (asyncua's server has built its address space)
+            demo.wait_for_line("gateway running 3 device(s)")
             checks = requests.get(f"{base}/readyz", timeout=5).json()["checks"]
             assert checks["audit"]["ok"] and checks["migrations"]["ok"]
             http = requests.Session()
@@ -69,6 +114,10 @@ def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
             assert r.status_code == 200, r.text
             assert r.json()["user"]["id"] == "op1"
         finally:
-            out = _stop(proc)
+            out = _stop(demo)
         assert run in out, out
         assert "1001 / 2468" in out and "http://127.0.0.1:" in out
+        assert f"{base}/terminal/enroll?terminal=KIOSK-01&key=demo-kiosk-01-key" in out, out
+        assert "alembic" not in out and "add_node" not in out, out[-3000:]
+        assert _library_info_lines(out) == [], _library_info_lines(out)[:20]
+        assert '"logger": "mes.gateway"' in out  # the MES's own INFO lines still show

@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from mes.db import db
-from mes.errors import Conflict
+from mes.errors import AuthenticationFailed, Conflict
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from mes.execution.models import StepRequest
@@ -114,10 +114,14 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
     with pytest.raises(ex.StepBlocked, match=dev_id):
         do_step(world, batch_id, "id_ccs")
     assert ex.get_step(batch_id, "id_ccs").state == "blocked"
-    with pytest.raises(Exception):
+    # a wrong signature password is refused as an authentication failure and changes nothing
+    with pytest.raises(AuthenticationFailed, match="The signature was refused: wrong password") as wrong_secret:
         ex.disposition_deviation(world.sessions["qa"], ex.esig.Credentials("wrong", user_id="qa1"), dev_id,
                                  "use_as_is", "re-weighed within tolerance", terminal="QA-WS-01")
+    assert wrong_secret.value.slug == "authentication-failed" and wrong_secret.value.status == 401
     db.session.rollback()
+    assert ex.get_deviation(dev_id).status == "open"
+    assert ex.get_step(batch_id, "id_ccs").state == "blocked"
     ex.disposition_deviation(world.sessions["qa"], world.creds("qa"), dev_id, "use_as_is",
                              "re-weighed within tolerance", terminal="QA-WS-01")
     assert ex.get_step(batch_id, "id_ccs").state == "ready"

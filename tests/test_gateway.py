@@ -226,7 +226,7 @@ def test_a_device_that_is_never_there_is_reported_and_retried() -> None:
 
 
 def test_line_states_and_counters_go_to_the_oee_sink() -> None:
-    from devices.drivers.opcua import PackMLCommand
+    from devices.drivers.opcua import PackMLCommand, PackMLState
     from devices.sim.opcua import PackMLMachine
     from mes.gateway.simulation import Simulation
 
@@ -239,9 +239,9 @@ def test_line_states_and_counters_go_to_the_oee_sink() -> None:
     try:
         first = wait_for(lambda: samples[:1], timeout=30, what="the first line sample")[0]
         assert first.line_id == "LINE-1" and first.state == "stopped" and first.processed == 0
-        for command in (PackMLCommand.RESET, PackMLCommand.START):
-            machine.command(command)
-            time.sleep(0.3)
+        assert machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="the line reset to idle")
+        assert machine.command(PackMLCommand.START)
         wait_for(lambda: any(s.state == "execute" for s in samples), timeout=20, what="execute forwarded")
         machine.command(PackMLCommand.HOLD, 102)
         held = wait_for(lambda: [s for s in samples if s.state == "held"], timeout=20, what="held forwarded")[0]

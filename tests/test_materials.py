@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
 
@@ -323,6 +324,53 @@ def test_racing_consumptions_for_the_last_kilogram_exactly_one_wins(app: Flask, 
     assert len(_events("mes.material.consumed.v1")) == rounds
 
 
+class _WaitingInDatabase:
+    """Tells when another transaction is blocked in the database behind ours.
+
+    PostgreSQL says so itself (a backend of this database waiting for a lock). SQLite has no
+    such view; there every write transaction begins with ``BEGIN IMMEDIATE`` and waits in
+    the busy handler while another writer holds the lock, so another thread being inside
+    that statement is the same condition."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._in_begin: set[int] = set()
+        if engine.dialect.name == "sqlite":
+            sa_event.listen(engine, "before_cursor_execute", self._before)
+            sa_event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.strip().upper() == "BEGIN IMMEDIATE":
+            with self._lock:
+                self._in_begin.add(threading.get_ident())
+
+    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        with self._lock:
+            self._in_begin.discard(threading.get_ident())
+
+    def _other_is_waiting(self) -> bool:
+        if self.engine.dialect.name == "sqlite":
+            with self._lock:
+                return bool(self._in_begin - {threading.get_ident()})
+        with self.engine.connect() as conn:
+            return bool(conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalar())
+
+    def wait_for_other(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._other_is_waiting():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no other transaction came to wait behind this one within {timeout} s")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            sa_event.remove(self.engine, "before_cursor_execute", self._before)
+            sa_event.remove(self.engine, "after_cursor_execute", self._after)
+
+
 def test_a_caller_that_recorded_first_cannot_deadlock_with_a_consumption(app: Flask) -> None:
     """The batch engine records its step entry, then consumes, in one transaction. A direct
     consumption of the same container that starts in between must queue, not deadlock."""
@@ -332,13 +380,14 @@ def test_a_caller_that_recorded_first_cannot_deadlock_with_a_consumption(app: Fl
     _lot("L-1", containers=[("10", "kg")])
     recorded = threading.Event()
     errors: list[BaseException] = []
+    waiting = _WaitingInDatabase(db.engine)
 
     def engine() -> None:
         with app.app_context():
             try:
                 record(OP, "batch.step.completed", ("batch_step", "B-1/S-1"), batch="B-1", after={"ok": True})
                 recorded.set()
-                time.sleep(0.5)  # the other consumption locks what it can meanwhile
+                waiting.wait_for_other()  # the other consumption has locked what it can and waits for us
                 ops.consume(OP, "L-1", "L-1-C1", "1", "kg", "B-1", "S-1")
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
@@ -361,6 +410,7 @@ def test_a_caller_that_recorded_first_cannot_deadlock_with_a_consumption(app: Fl
         t.start()
     for t in threads:
         t.join(60)
+    waiting.close()
     assert not errors, errors
     assert _remaining("L-1-C1") == Decimal(7)
     assert sorted(c.batch_id for c in ops.consumptions(lot_id="L-1")) == ["B-1", "B-2"]

@@ -91,9 +91,32 @@ def test_components_first_then_secret_only(people) -> None:
 
 def test_badge_sessions_sign_with_badge_and_pin(people) -> None:
     s = _session("operator1", method="badge")
-    esig.sign(s, esig.Credentials("2468", badge="B-operator"), "test_record", "R-1", "performed", role="operator",
-              terminal="KIOSK-01")
-    esig.sign(s, esig.Credentials("2468"), "test_record", "R-2", "performed", role="operator", terminal="KIOSK-01")
+    # the first signature of a badge session needs the badge, not the user id, and the PIN, not the password
+    with pytest.raises(AuthenticationFailed, match="needs your badge and PIN"):
+        esig.sign(s, esig.Credentials("2468", user_id="operator1"), "test_record", "R-1", "performed",
+                  role="operator", terminal="KIOSK-01")
+    db.session.rollback()
+    with pytest.raises(AuthenticationFailed, match="do not belong"):
+        esig.sign(s, esig.Credentials("2468", badge="B-supervisor"), "test_record", "R-1", "performed",
+                  role="operator", terminal="KIOSK-01")
+    db.session.rollback()
+    with pytest.raises(AuthenticationFailed, match="wrong PIN"):
+        esig.sign(s, esig.Credentials(PASSWORD, badge="B-operator"), "test_record", "R-1", "performed",
+                  role="operator", terminal="KIOSK-01")
+    db.session.rollback()
+    first = esig.sign(s, esig.Credentials("2468", badge="B-operator"), "test_record", "R-1", "performed",
+                      role="operator", terminal="KIOSK-01")
+    # later in the same session the PIN alone is enough, and it must be right
+    with pytest.raises(AuthenticationFailed, match="wrong PIN"):
+        esig.sign(s, esig.Credentials("1357"), "test_record", "R-2", "performed", role="operator", terminal="KIOSK-01")
+    db.session.rollback()
+    second = esig.sign(s, esig.Credentials("2468"), "test_record", "R-2", "performed", role="operator",
+                       terminal="KIOSK-01")
+    for entry, record_id in ((first, "R-1"), (second, "R-2")):
+        sig = json.loads(entry.entry_bytes)["signature"]
+        assert sig["signer"] == "operator1" and sig["meaning"] == "performed"
+        assert sig["record_hash"] == esig.record_hash(RECORDS[record_id])
+        assert [(c.signer, c.valid) for c in esig.signatures_for("test_record", record_id)] == [("operator1", True)]
 
 
 def test_second_person_must_differ_and_hold_a_permitted_role(people) -> None:

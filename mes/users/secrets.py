@@ -8,14 +8,33 @@ enough and keeps every API request cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
+import itertools
 import secrets as _random
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app, has_app_context
 
-_hasher = PasswordHasher()
+from mes.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COST
+
+
+@functools.cache
+def _hasher_with(time_cost: int, memory_kib: int, parallelism: int) -> PasswordHasher:
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+
+
+def hasher() -> PasswordHasher:
+    """The argon2id hasher at the app's configured cost (``MES_ARGON2_*``); outside an app,
+    the production cost. Only new hashes use it: a stored hash carries its own cost."""
+    if has_app_context():
+        c = current_app.config
+        return _hasher_with(c.get("MES_ARGON2_TIME_COST", ARGON2_TIME_COST),
+                            c.get("MES_ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB),
+                            c.get("MES_ARGON2_PARALLELISM", ARGON2_PARALLELISM))
+    return _hasher_with(ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM)
 
 COMMON_PASSWORDS = frozenset(
     {
@@ -28,10 +47,10 @@ COMMON_PASSWORDS = frozenset(
 
 def hash_secret(value: str) -> str:
     """argon2id hash of a password or PIN."""
-    return _hasher.hash(value)
+    return hasher().hash(value)
 
 
-_no_account_hash: list[str] = []
+_no_account_hash: dict[PasswordHasher, str] = {}  # per cost: it must take as long as a real hash
 
 
 def verify_secret(stored: str | None, value: str) -> bool:
@@ -40,14 +59,15 @@ def verify_secret(stored: str | None, value: str) -> bool:
     Without a hash (no such account, no PIN set) a dummy hash is checked all the same, so
     the answer takes as long either way and its timing does not tell a caller which user
     ids or badges exist."""
+    h = hasher()
     if not stored:
-        if not _no_account_hash:
-            _no_account_hash.append(_hasher.hash(_random.token_urlsafe(16)))
+        if h not in _no_account_hash:
+            _no_account_hash[h] = h.hash(_random.token_urlsafe(16))
         with contextlib.suppress(VerificationError):  # a random secret: never a match
-            _hasher.verify(_no_account_hash[0], value)
+            h.verify(_no_account_hash[h], value)
         return False
     try:
-        return _hasher.verify(stored, value)
+        return h.verify(stored, value)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -82,7 +102,7 @@ def pin_problems(pin: str) -> list[str]:
     if not pin.isdigit() or not 4 <= len(pin) <= 8:
         return ["must be 4 to 8 digits"]
     digits = [int(c) for c in pin]
-    steps = {b - a for a, b in zip(digits, digits[1:])}
+    steps = {b - a for a, b in itertools.pairwise(digits)}
     if len(set(digits)) == 1 or steps in ({1}, {-1}):
         return ["must not be one repeated digit or a simple sequence"]
     return []

@@ -102,8 +102,13 @@ def test_float_message() -> None:
 
 
 def test_integer_limits_and_booleans_are_fine() -> None:
-    for n in (2**53 - 1, -(2**53 - 1), 0, True, False):
-        c.canonical_bytes(entry(after={"n": n}))
+    for n, written in ((2**53 - 1, b"9007199254740991"), (-(2**53 - 1), b"-9007199254740991"), (0, b"0"),
+                       (True, b"true"), (False, b"false")):
+        line = c.canonical_bytes(entry(after={"n": n}))
+        assert b'"after":{"n":' + written + b"}" in line, line
+        assert line == dumps(entry(after={"n": n}))
+        parsed = c.parse_entry(line)["after"]["n"]
+        assert parsed == n and type(parsed) is type(n)
 
 
 def test_lone_surrogate_is_refused() -> None:

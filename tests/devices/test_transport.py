@@ -14,7 +14,7 @@ import pytest
 
 from devices.errors import DeviceTimeout, DeviceUnavailable, ProtocolError
 from devices.transport import LineTransport, SerialDriver, bits_per_character, serial_config_schema
-from tests.devices.helpers import closed_tcp_port, run
+from tests.devices.helpers import closed_tcp_port, run, wait_until
 
 
 class Pty:
@@ -106,7 +106,7 @@ def test_complete_frames_before_a_disconnect_are_still_delivered() -> None:
             await asyncio.sleep(0)
             first = await link.readline(2)
             pty.hang_up()
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: link._error is not None, what="the link noticing the hang-up")
             frames = [first.raw]
             while True:
                 try:
@@ -143,14 +143,14 @@ def test_discard_frames_keeps_partial_line_discard_input_drops_it() -> None:
             await link.write(b"old\r\npar")
             await link.readline(2)  # wait for the data to arrive
             await link.write(b"x\r\n")
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: len(link._frames) == 1, what="the frame 'parx'")
             await link.write(b"tial")
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: bytes(link._buffer) == b"tial", what="the partial line 'tial'")
             assert [f.raw for f in link.discard_frames()] == [b"parx\r\n"]
             await link.write(b"\r\n")
             assert (await link.readline(2)).raw == b"tial\r\n"
             await link.write(b"junk")
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: bytes(link._buffer) == b"junk", what="the partial line 'junk'")
             assert [f.raw for f in link.discard_input()] == [b"junk"]
             await link.write(b"fresh\r\n")
             assert (await link.readline(2)).raw == b"fresh\r\n"
@@ -180,7 +180,7 @@ def test_overflowing_queue_drops_oldest_and_counts() -> None:
         await link.open()
         try:
             await link.write(b"".join(b"%d\r\n" % i for i in range(6)))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: link.frames_dropped == 3, what="three frames dropped")
             assert [f.raw for f in link.discard_frames()] == [b"3\r\n", b"4\r\n", b"5\r\n"]
             assert link.frames_dropped == 3
         finally:

@@ -282,6 +282,28 @@ def generic(page: Any, *, normal: bool = True) -> dict[str, Any]:
     return out
 
 
+def settled(page: Any) -> None:
+    """Return once the page has run every task queued so far (a macrotask round trip): what a
+    tap or key set going synchronously is done, so its absence can be asserted without a sleep."""
+    page.evaluate("() => new Promise(resolve => setTimeout(resolve, 0))")
+
+
+def rendered(page: Any) -> None:
+    """Return once the page's fonts are loaded and two frames have been drawn since: what it
+    shows now is what a person sees (for screenshots and layout measurements)."""
+    page.evaluate("() => document.fonts.ready.then(() => new Promise(resolve => "
+                  "requestAnimationFrame(() => requestAnimationFrame(resolve))))")
+
+
+def live(page: Any, timeout: float = 10_000) -> None:
+    """Return once the kiosk script is ready and its connection check has been answered since
+    (it pings every 0.7 s): the banners show what the page knows about the server."""
+    until(page, "() => window.__kioskReady === true", timeout=timeout)
+    with page.expect_response(lambda r: "/kiosk/ping" in r.url, timeout=timeout):
+        pass
+    rendered(page)
+
+
 def until(page: Any, js: str, arg: Any = None, timeout: float = 10_000, interval_ms: float = 50) -> Any:
     """Poll ``js`` in the page until it is truthy (Playwright's wait_for_function compiles its
     predicate with eval, which the kiosk's strict CSP rightly refuses; evaluate does not)."""

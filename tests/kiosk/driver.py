@@ -320,15 +320,14 @@ class Driver:
         """Type ``text`` on the keypad; it must appear in [data-field=entry]."""
         k = self.k
         k.keypad(text)
-        shown = k.page.locator("[data-field=entry]").inner_text().strip()
-        if text not in shown.replace(" ", ""):
-            k.page.wait_for_timeout(500)
+        try:
+            until(k.page, "t => document.querySelector('[data-field=entry]').innerText.replace(/\\s/g, '').includes(t)",
+                  arg=text)
+        except TimeoutError:
             shown = k.page.locator("[data-field=entry]").inner_text().strip()
-            assert text in shown.replace(" ", ""), \
-                f"the keypad does not write into [data-field=entry] on step {k.page.evaluate('document.body.dataset.step')}" \
-                f" ({k.page.evaluate('document.body.dataset.kind')}): typed {text!r}, shown {shown!r}"
-        until(k.page, "t => document.querySelector('[data-field=entry]').innerText.replace(/\\s/g, '').includes(t)",
-                                 arg=text)
+            raise AssertionError(
+                f"the keypad does not write into [data-field=entry] on step {k.page.evaluate('document.body.dataset.step')}"
+                f" ({k.page.evaluate('document.body.dataset.kind')}): typed {text!r}, shown {shown!r}") from None
 
     def numeric(self, step: dict[str, Any], spec: Any, value: str | None = None) -> None:
         self.enter(value or self.value_for(step, spec))

@@ -290,7 +290,7 @@ class Kiosk:
             except TimeoutError:
                 if attempt == tries - 1:
                     raise
-                self.page.wait_for_timeout(2100)
+                self.page.wait_for_timeout(2100)  # the kiosk ignores a repeat for 2 s: a rule about time
 
     def keypad(self, digits: str) -> None:
         """Tap digits on the on-screen keypad (clear first)."""

@@ -38,7 +38,7 @@ class ScreenLog:
     def __call__(self, label: str, k: Any) -> None:
         if label in self.seen:
             return
-        k.page.wait_for_timeout(150)
+        checks.rendered(k.page)
         k.shot(f"e2e-{label}")
         # a weight above the tolerance window is an abnormal state, whatever the screen is called
         normal = (not any(label.startswith(a) for a in ALARM_LABELS)

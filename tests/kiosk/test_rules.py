@@ -69,7 +69,7 @@ def measure(open_kiosk: Callable[..., Any], server: KioskServer, size: str, scre
         k = open_kiosk(server, size, **({"terminal": terminal} if terminal else {}), start="")
         try:
             reach(k, server, screen)
-            k.page.wait_for_timeout(300)  # let live data settle (sockets connect, banners decide)
+            checks.live(k.page)  # the banners have decided (the connection check answered)
             k.shot(f"rules-{screen}")
             result = checks.generic(k.page, normal=screen not in ALARM_SCREENS)
             result["hover_css"] = checks.hover_rules(k.page)
@@ -102,7 +102,7 @@ def hover_sweep(page: Any) -> list[str]:
         if not box:
             continue
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.wait_for_timeout(20)
+        checks.rendered(page)  # the hover state is drawn
         after = page.evaluate(checks.VISIBLE_SET_JS)
         if after != before:
             out.append(f"hovering control {i} ({el.evaluate('e => e.outerHTML.slice(0, 80)')}) changed the visible "
