@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 
 from mes.execution import operations as ex
 from mes.execution import queries as q
-from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, StepState, WorkOrder
+from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, StepState, WorkOrder
 from mes.materials import operations as mat
 from mes.recipes import model as rm
 from mes.recipes.units import to_text
@@ -97,13 +97,9 @@ def values_of(batch: Batch) -> dict[str, Decimal]:
 
 
 def blocker(batch: Batch, step: BatchStep) -> Deviation | None:
-    """The open major/critical deviation that stops ``step``: raised on an earlier step or the
-    batch (the engine refuses the step), or on this step itself (the kiosk waits for QA's
-    disposition before the step is done again, as the disposition may be to repeat it)."""
-    for dev in ex.deviations_of(batch.id):
-        if dev.status == "open" and dev.severity in ex.BLOCKING and (dev.step_seq is None or dev.step_seq <= step.seq):
-            return dev
-    return None
+    """The open major/critical deviation that blocks ``step``, by the engine's one rule
+    (:func:`mes.execution.batches.blocks`: raised on an earlier step or the whole batch)."""
+    return ex.blocker_of(step, ex.deviations_of(batch.id))
 
 
 def identified_lot(batch: Batch, item: str) -> str | None:
@@ -214,8 +210,9 @@ def board(line: str) -> list[dict[str, Any]]:
     for batch in batches_on(line, (BatchStatus.IN_PROGRESS.value, BatchStatus.COMPLETED.value)):
         rows = ex.steps_of(batch.id)
         step = current_step(rows)
-        devs = [d for d in ex.deviations_of(batch.id) if d.status == "open"]
+        devs = [d for d in ex.deviations_of(batch.id) if d.status == DeviationStatus.OPEN.value]
         out.append({"batch": batch, "product": product_name(batch), "step": step, "total": len(rows),
                     "done": sum(1 for r in rows if r.state == StepState.COMPLETED.value),
-                    "blocked": [r for r in rows if r.state == StepState.BLOCKED.value], "deviations": devs})
+                    "blocked": [r for r in rows if r.state == StepState.BLOCKED.value], "deviations": devs,
+                    "blocking": [d for d in devs if ex.blocks_any(d, rows)]})
     return out

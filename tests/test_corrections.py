@@ -88,7 +88,7 @@ def test_correcting_an_input_recomputes_the_calculations_that_used_it(app: Flask
     assert _current(batch_id, "yield_pct").value == "80.0"
     devs = [d for d in ex.deviations_of(batch_id) if d.category == "limits_missed"]
     assert {d.batch_step_id.split(":")[1] for d in devs} == {"yield_pct", "loss_pct"}
-    assert all(d.severity == "major" and d.status == "open" for d in devs)
+    assert all(d.severity == "major" and d.status == ex.DeviationStatus.OPEN.value for d in devs)
     assert ex.get_step(batch_id, "note").state == "blocked"
     with pytest.raises(ex.StepBlocked):
         do_step(world, batch_id, "note")
@@ -180,5 +180,5 @@ def test_correcting_the_theoretical_quantity_recomputes_the_yield(app: Flask, mo
     third = _current(batch_id, "out")
     assert third.data["yield"] == "90.0" and "out_of_limits" in third.flags
     devs = [d for d in ex.deviations_of(batch_id) if d.category == "yield_out_of_limits"]
-    assert len(devs) == 1 and devs[0].severity == "major" and devs[0].status == "open"
+    assert len(devs) == 1 and devs[0].severity == "major" and devs[0].status == ex.DeviationStatus.OPEN.value
     assert devs[0].batch_step_id == f"{batch_id}:out"

@@ -109,7 +109,7 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
         do_step(world, batch_id, "w_pvp", payload=weigh_payload(world, spec, lot_pvp, cont, heavy))
     dev_id = refused.value.extra["deviation_id"]
     assert len(mat.consumptions(batch_id=batch_id)) == before_consumptions  # nothing taken
-    assert ex.get_deviation(dev_id).severity == "major" and ex.get_deviation(dev_id).status == "open"
+    assert ex.get_deviation(dev_id).severity == "major" and ex.get_deviation(dev_id).status == ex.DeviationStatus.OPEN.value
     do_step(world, batch_id, "w_pvp")  # the correct weighing of the same step is allowed
     with pytest.raises(ex.StepBlocked, match=dev_id):
         do_step(world, batch_id, "id_ccs")

@@ -100,14 +100,14 @@ def test_no_sequence_breaks_the_order(world, actions) -> None:
             except MESError:
                 db.session.rollback()
         elif kind == "dispose":
-            open_devs = [d for d in ex.deviations_of(batch_id) if d.status == "open"]
+            open_devs = [d for d in ex.deviations_of(batch_id) if d.status == ex.DeviationStatus.OPEN.value]
             if open_devs:
                 dev = open_devs[a % len(open_devs)]
                 ex.disposition_deviation(world.sessions["qa"], world.creds("qa"), dev.id, b, "assessed",
                                          terminal="QA-WS-01")
         else:
             open_steps = [s for s in ex.steps_of(batch_id) if s.state != "completed"]
-            open_devs = [d for d in ex.deviations_of(batch_id) if d.status == "open"]
+            open_devs = [d for d in ex.deviations_of(batch_id) if d.status == ex.DeviationStatus.OPEN.value]
             try:
                 ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
                 released = True

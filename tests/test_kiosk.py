@@ -236,7 +236,7 @@ def test_out_of_tolerance_raises_a_deviation_and_blocks_with_an_explanation(app:
                 "container_id": mat.containers_of(lot)[0].id})
     assert r.status_code == 409 and "outside the tolerance window" in message(k.page)
     devs = ex.deviations_of(batch_id)
-    assert len(devs) == 1 and devs[0].category == "out_of_tolerance" and devs[0].status == "open"
+    assert len(devs) == 1 and devs[0].category == "out_of_tolerance" and devs[0].status == ex.DeviationStatus.OPEN.value
     assert not [x for x in ex.records_of(batch_id) if x.kind == "container"]
     # the step after it is blocked, and the screen says why, who lifts it, what to do now
     k.get(f"/kiosk/batches/{batch_id}/steps/packed_out")
@@ -256,12 +256,12 @@ def test_out_of_tolerance_raises_a_deviation_and_blocks_with_an_explanation(app:
     # the first signature of the session needs both components (Part 11 §11.200): the password alone is refused
     r = qa.post(f"/kiosk/deviations/{devs[0].id}/disposition",
                 {"confirmed": "1", "disposition": "use_as_is", "reason": "weighed again", "password": eh.PASSWORD})
-    assert r.status_code >= 400 and ex.get_deviation(devs[0].id).status != "closed"
+    assert r.status_code >= 400 and ex.get_deviation(devs[0].id).status != ex.DeviationStatus.CLOSED.value
     r = qa.post(f"/kiosk/deviations/{devs[0].id}/disposition",
                 {"confirmed": "1", "disposition": "use_as_is", "reason": "weighed again", "user_id": "qa1",
                  "password": eh.PASSWORD})
     assert r.status_code == 200, message(qa.page)
-    assert ex.get_deviation(devs[0].id).status == "closed"
+    assert ex.get_deviation(devs[0].id).status == ex.DeviationStatus.CLOSED.value
 
 
 def test_a_deviation_raised_by_hand_needs_a_confirmation(app: Flask, world: eh.World) -> None:

@@ -12,6 +12,7 @@ from mes.audit import log
 from mes.audit.models import AuditCheckpoint, AuditEntry
 from mes.db import db
 from mes.errors import NotFound, ValidationFailed
+from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
 from mes.web import created, endpoint, parse_utc
 
@@ -88,16 +89,6 @@ def proof(seq: int) -> Response:
 
 SIGN_FIELDS = {"password": {"type": "string", "maxLength": 500}, "pin": {"type": "string", "maxLength": 16},
                "user_id": {"type": "string", "maxLength": 64}, "badge": {"type": "string", "maxLength": 64}}
-
-
-def credentials_from(body: dict[str, Any]) -> Any:
-    """The signature components from a request body (secret: password or PIN)."""
-    from mes.signatures.operations import Credentials
-
-    secret = body.get("password") or body.get("pin")
-    if not secret:
-        raise ValidationFailed("Signing needs your password (or PIN on a kiosk).", field="password")
-    return Credentials(secret=secret, user_id=body.get("user_id"), badge=body.get("badge"))
 
 
 def _review_json(r: Any) -> dict[str, Any]:

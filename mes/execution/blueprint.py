@@ -11,11 +11,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from mes.audit.blueprint import SIGN_FIELDS, credentials_from
+from mes.audit.blueprint import SIGN_FIELDS
 from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
 from mes.execution import recipes_store as store
 from mes.gateway.store import reading_store
+from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
 from mes.web import STR, created, endpoint, obj, principal
 

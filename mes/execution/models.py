@@ -59,6 +59,13 @@ class Severity(str, enum.Enum):
     CRITICAL = "critical"
 
 
+class DeviationStatus(str, enum.Enum):
+    """A deviation is open until QA closes it with a disposition."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 class Disposition(str, enum.Enum):
     USE_AS_IS = "use_as_is"
     REPEAT_STEP = "repeat_step"
@@ -181,7 +188,7 @@ class Deviation(db.Model):
     description: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
     automatic: Mapped[bool]
-    status: Mapped[str] = mapped_column(String(16))  # open | closed
+    status: Mapped[str] = mapped_column(String(16))  # DeviationStatus
     raised_at: Mapped[datetime]
     raised_by: Mapped[str] = mapped_column(String(100))
     disposition: Mapped[str | None] = mapped_column(String(16))

@@ -162,14 +162,8 @@ def at_text(value: datetime | None) -> str | None:
 
 
 def recorded_values(batch_id: str) -> dict[str, Decimal]:
-    """Current (not superseded) values of completed value steps: step id -> Decimal."""
-    from sqlalchemy import select
+    """Current (not superseded) values of completed value steps: step id -> Decimal (the
+    engine's :func:`mes.execution.records._values`, the one home of that query)."""
+    from mes.execution.records import _values
 
-    from mes.db import db
-    from mes.execution.models import BatchStep, StepRecord
-
-    rows = db.session.execute(
-        select(BatchStep.step_id, StepRecord.value).join(StepRecord, StepRecord.batch_step_id == BatchStep.id).where(
-            BatchStep.batch_id == batch_id, StepRecord.kind == "value", StepRecord.superseded_by.is_(None),
-            StepRecord.attempt == BatchStep.attempt)).all()
-    return {sid: Decimal(v) for sid, v in rows if v is not None}
+    return _values(batch_id)

@@ -93,7 +93,7 @@ class Signature(StepKind):
         """Signed in the step's transaction by the session's user (credentials in the payload)."""
         from sqlalchemy import select
 
-        from mes.audit.blueprint import credentials_from
+        from mes.signatures.credentials import credentials_from
         from mes.db import db
         from mes.errors import Conflict, Forbidden
         from mes.execution.models import BatchStep

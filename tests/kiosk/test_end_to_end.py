@@ -125,15 +125,22 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
     low, high = m_spec.window()
     heavy = (high + Decimal("0.40")).quantize(Decimal("0.01"))
     drv.weigh(step, m_spec, out_of_tolerance=heavy)
-    k.wait_screen("blocked")
-    screens("blocked", k)
+    # the deviation blocks the steps after this one (mes.execution.batches.blocks), not the
+    # weighing itself, which may be done again: the step screen names the deviation
+    k.wait_screen("step")
     with server.db() as db:
         devs = db.session.execute(select(Deviation).where(Deviation.batch_id == batch_id)).scalars().all()
-        assert [(d.category, d.severity, d.status) for d in devs] == [("out_of_tolerance", "major", "open")], devs
+        assert [(d.category, d.severity, d.status) for d in devs] == [("out_of_tolerance", "major", ex.DeviationStatus.OPEN.value)], devs
         dev_id = devs[0].id
-    assert dev_id in k.page.locator("#blocked-reason").inner_text()
+        rows = ex.steps_of(batch_id)
+        after = next(r.step_id for r in rows if r.seq > next(s.seq for s in rows if s.step_id == "w_mcc101"))
+    assert dev_id in k.page.locator(".deviation-note").inner_text()
     assert not [r for r in flows.step_records(server, batch_id) if r["step"] == "w_mcc101"], \
         "the out-of-tolerance weight was recorded as dispensed"
+    k.goto(f"/kiosk/batches/{batch_id}/steps/{after}")
+    k.wait_screen("blocked")
+    screens("blocked", k)
+    assert dev_id in k.page.locator("#blocked-reason").inner_text()
 
     # 5. QA decides in a second browser context (QA workstation): repeat the step
     qa = open_kiosk(server, size, terminal=QA_TERMINAL, start="")
@@ -150,11 +157,13 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
     with qa.page.expect_navigation():
         qa.page.locator("#confirm-dialog [data-action=confirm]").click()
     assert not flows.message(qa), flows.message(qa)
-    # the operator's blocked screen updates by itself
-    k.wait_screen("step", timeout=15_000)
+    # the operator's blocked screen updates by itself: the deviation no longer blocks
+    checks.until(k.page, "dev => document.body.dataset.screen === 'blocked' && !document.body.innerText.includes(dev)",
+                 arg=dev_id, timeout=15_000)
+    drv.ensure_on_step(flows.current_step(server, batch_id))
     with server.db() as db:
         dev = db.session.get(Deviation, dev_id)
-        assert dev.status != "open" and dev.disposition == "repeat_step", (dev.status, dev.disposition)
+        assert dev.status != ex.DeviationStatus.OPEN.value and dev.disposition == "repeat_step", (dev.status, dev.disposition)
 
     # 6. everything else, to the end (the supervisor signs his own step himself)
     drv.finish()
