@@ -21,6 +21,7 @@ from mes.db import db, utcnow
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution.models import BatchStatus, Severity
 from mes.recipes.units import parse_decimal
+from mes.steps.context import DEFAULT_MAX_READING_AGE_MS  # noqa: F401  (re-exported for the engine)
 from mes.users.models import UserSession
 
 WORK_ORDER_STARTED = "mes.work_order.started.v1"
@@ -29,7 +30,6 @@ DEVIATION_CLOSED = "mes.deviation.closed.v1"
 BATCH_COMPLETED = "mes.batch.completed.v1"
 BATCH_RELEASED = "mes.batch.released.v1"
 BLOCKING = (Severity.MAJOR.value, Severity.CRITICAL.value)
-DEFAULT_MAX_READING_AGE_MS = 3000
 OPEN_BATCH = (BatchStatus.CREATED.value, BatchStatus.IN_PROGRESS.value)
 #: The signer's session for a signature step: the row, or a function that loads it (only a
 #: signature step calls it, so other completions never load the session row).
