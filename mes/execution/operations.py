@@ -39,6 +39,7 @@ from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import as_utc, db, driver_queries, utcnow
 from mes.equipment import operations as equipment
+from mes.equipment.labels import confirm_labels
 from mes.errors import Conflict, Forbidden, MESError, NotFound, ValidationFailed
 from mes.execution import recipes_store
 from mes.execution.models import (
@@ -955,11 +956,12 @@ def _equipment(ctx: _Ctx) -> None:
     With ``claim`` the equipment becomes in use by the batch until the batch ends."""
     spec: rm.EquipmentCheckStep = ctx.spec  # type: ignore[assignment]
     equipment_id = _text(ctx.payload.get("equipment_id"), "The equipment id", "equipment_id")
+    label_states = confirm_labels(spec.required_states, ctx.payload.get("label_states"))
     max_since = timedelta(seconds=spec.max_since_cleaning.seconds) if spec.max_since_cleaning else None
     check = equipment.check_equipment(equipment_id, spec.required_states, ctx.now,
                                       equipment_class=spec.equipment_class, max_since_cleaning=max_since)
     evidence = {"step": spec.id, "equipment_id": equipment_id, "equipment_class": spec.equipment_class,
-                "required": list(spec.required_states), "check": check.as_json()}
+                "required": list(spec.required_states), "label_states": label_states, "check": check.as_json()}
     if not check.ok:
         if check.code in NOT_CLEAN:
             raise _RefuseWithDeviation(check.reason, Severity.MINOR.value, "equipment_not_clean", evidence)
@@ -969,7 +971,8 @@ def _equipment(ctx: _Ctx) -> None:
     _rec(ctx, "equipment", {"equipment_id": equipment_id, "equipment_class": spec.equipment_class,
                             "required": list(spec.required_states),
                             "max_since_cleaning": spec.max_since_cleaning.iso if spec.max_since_cleaning else None,
-                            "registry_checked": True, "registry": check.details, "claimed": spec.claim})
+                            "registry_checked": True, "registry": check.details, "claimed": spec.claim,
+                            "label_states": label_states})
     ctx.result = {"equipment_id": equipment_id, "status": check.details.get("status"), "claimed": spec.claim}
     if spec.claim:
         actor, batch_id = ctx.actor, ctx.batch.id
@@ -1011,6 +1014,9 @@ def _values(batch_id: str) -> dict[str, Decimal]:
             BatchStep.batch_id == batch_id, StepRecord.kind == "value", StepRecord.superseded_by.is_(None),
             StepRecord.attempt == BatchStep.attempt)).all()
     return {sid: Decimal(v) for sid, v in rows if v is not None}
+
+
+values_of = _values  # public: what the kiosk shows is what the calculations compute with
 
 
 def _calculation(ctx: _Ctx) -> None:
@@ -1103,7 +1109,8 @@ def _signature(ctx: _Ctx) -> None:
     entry = esig.sign(session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
                       terminal=ctx.actor.terminal, batch=ctx.batch.id, performed_by=performed_by,
                       permission=Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN,
-                      comment=ctx.payload.get("comment"), commit=False)
+                      comment=ctx.payload.get("comment"), acknowledged=ctx.payload.get("esig_acknowledged") is True,
+                      commit=False)
     sig = json.loads(entry.entry_bytes)["signature"]
     _rec(ctx, "signature", {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"], "role": role,
                             "record_hash": sig["record_hash"], "audit_seq": entry.seq,

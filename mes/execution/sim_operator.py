@@ -584,7 +584,9 @@ class SimOperator:
             return {"results": shown}, op, f"{len(shown)} results {shown[0]}..{shown[-1]} {spec.unit}"
         if isinstance(spec, rm.EquipmentCheckStep):
             eq = self._pick_equipment(spec)
-            return {"equipment_id": eq}, op, f"{eq}: {', '.join(spec.required_states)}" + \
+            # the operator reads the status label and confirms each state the step requires
+            return {"equipment_id": eq, "label_states": list(spec.required_states)}, op, \
+                f"{eq}: {', '.join(spec.required_states)}" + \
                 (" (claimed for the batch)" if spec.claim else "")
         if isinstance(spec, rm.IdentifyStep):
             if spec.scan == "dispensed":
