@@ -105,7 +105,6 @@ def _refusal(exc: MESError) -> Any:
         try:
             return _render_step(batch_id, step_id, exc.status, sentence(exc))
         except MESError as again:  # the step itself cannot be shown: say that instead
-            db.session.rollback()
             exc = again
     if not _wants_html():
         return problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
