@@ -30,12 +30,13 @@ from kiosk import HERE, html_lang, locale, step_pages
 from kiosk import views as v
 from kiosk.messages import sentence
 from kiosk.step_pages import KindTemplates, StepPage
-from mes.errors import AuthenticationFailed, Conflict, Forbidden, MESError, ValidationFailed
+from mes.db import db
+from mes.errors import AuthenticationFailed, Conflict, MESError, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution.models import BatchStatus, StepState
 from mes.gateway.store import reading_store
 from mes.recipes import model as rm
-from mes.signatures.operations import Credentials
+from mes.signatures import operations as esig
 from mes.steps import registry as step_kinds
 from mes.users import operations as users
 from mes.users.permissions import Permission as P
@@ -93,10 +94,21 @@ def _wants_html() -> bool:
 
 @bp.errorhandler(MESError)
 def _refusal(exc: MESError) -> Any:
-    """A refusal: a plain sentence on a kiosk screen for browsers, problem+json for machines."""
-    from mes.db import db
+    """A refusal: a plain sentence on a kiosk screen for browsers, problem+json for machines.
 
+    A refusal of a step's own action (see :func:`_refusals_show_step`) shows that step again
+    with the sentence. This is the one place a kiosk request's session is cleaned after a
+    refusal: the services roll back what they wrote; what the request still holds (rows
+    read, locks) is let go here, so the page is rendered from what is committed."""
     db.session.rollback()
+    shown = g.pop("kiosk_step", None)
+    if shown is not None:
+        batch_id, line, step_id = shown
+        _publish(batch_id, line, step_id)  # a refusal may have committed a deviation
+        try:
+            return _render_step(batch_id, step_id, exc.status, sentence(exc))
+        except MESError as again:  # the step itself cannot be shown: say that instead
+            exc = again
     if not _wants_html():
         return problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
     if exc.status == 401:
@@ -110,6 +122,19 @@ def _refusal(exc: MESError) -> Any:
 def _next_target() -> str:
     path = request.full_path.rstrip("?") if request.method == "GET" else ""
     return path if path.startswith("/kiosk/") and not path.startswith("/kiosk/login") else ""
+
+
+def _refusals_show_step(batch_id: str, line: str | None, step_id: str) -> None:
+    """From here on, a refusal of this request shows the step again with the sentence (see
+    :func:`_refusal`)."""
+    g.kiosk_step = (batch_id, line, step_id)
+
+
+def _expected_version() -> int:
+    try:
+        return int(request.form.get("expected_version", ""))
+    except ValueError:
+        raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
 
 
 def _notice(text: str) -> None:
@@ -314,29 +339,18 @@ def do_step(batch_id: str, step_id: str) -> Any:
     step_row = ex.get_step(batch_id, step_id)
     spec = ex.control_recipe(b).step(step_row.step_id)
     who = principal()
-    try:
-        try:
-            version = int(request.form.get("expected_version", ""))
-        except ValueError:
-            raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
-        key = f"{who.user_id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
-        if request.form.get("action") == "start":  # starts a timer: nothing is recorded but the start time
-            ex.start_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, key, version)
-            _publish(b.id, b.line, step_id)
-            return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
-        _confirmed()
-        payload = _payload(spec, request.form)
-        for check in step_kinds.kind_of(spec).kiosk_checks:  # what the kiosk checks before the engine
-            _KIOSK_CHECKS[check](spec, payload, who)
-        result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, payload, key, version,
-                                  session_row=lambda: who.session, readings=reading_store(current_app),
-                                  max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
-    except MESError as exc:
-        from mes.db import db
-
-        db.session.rollback()
+    _refusals_show_step(b.id, b.line, step_id)
+    version = _expected_version()
+    key = f"{who.user_id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+    if request.form.get("action") == "start":  # starts a timer: nothing is recorded but the start time
+        ex.start_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, key, version)
         _publish(b.id, b.line, step_id)
-        return _render_step(batch_id, step_id, exc.status, sentence(exc))
+        return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
+    _confirmed()
+    # every rule (the label confirmed, the signer's own badge, the acknowledgement) is the engine's
+    result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, _payload(spec, request.form), key,
+                              version, session_row=lambda: who.session, readings=reading_store(current_app),
+                              max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
     _publish(b.id, b.line, step_id)
     _notice(_recorded_text(spec, result))
     if result.get("state") == StepState.IN_PROGRESS.value:
@@ -353,38 +367,6 @@ def _recorded_text(spec: rm.Step, result: dict[str, Any]) -> str:
     return _("Recorded: %(title)s.", title=spec.title)
 
 
-def _check_label(spec: rm.EquipmentCheckStep, ticked: list[str]) -> None:
-    """The operator ticks what the equipment's status label shows; the engine then checks the registry."""
-    missing = [s for s in spec.required_states if s not in ticked]
-    if missing:
-        raise ValidationFailed(_("Check the equipment label: it must show %(states)s. Nothing was recorded.",
-                                 states=", ".join(_state_name(m) for m in missing)), field="states")
-
-
-def _state_name(state: str) -> str:
-    return {"clean": _("clean"), "calibrated": _("calibrated"), "qualified": _("qualified"),
-            "not_in_use": _("not in use")}.get(state, state)
-
-
-def _check_signer(user: Any, payload: dict[str, Any], acknowledged: bool) -> None:
-    """The signer re-authenticates: their own badge and PIN; a first signer acknowledges first."""
-    if not payload.get("badge") or not payload.get("pin"):
-        raise ValidationFailed(_("Scan your badge and enter your PIN to sign."), field="pin")
-    if (user.badge_id or "").lower() != payload["badge"].lower():
-        raise AuthenticationFailed(_("That badge is not yours; sign with your own badge."))
-    if user.esig_acknowledged_at is None:
-        if not acknowledged:
-            raise Forbidden(_("Acknowledge that your electronic signature is binding before your first signature."))
-        users.acknowledge_esig_accountability(user.id, current_terminal().id if current_terminal() else None)
-
-
-_KIOSK_CHECKS: dict[str, Any] = {
-    "label": lambda spec, payload, who: _check_label(spec, request.form.getlist("states")),
-    "signer": lambda spec, payload, who: _check_signer(who.user, payload, request.form.get("esig_ack") == "1"),
-}
-"""The checks a step kind asks the kiosk to make (``StepKind.kiosk_checks``), by name."""
-
-
 @bp.post("/batches/<batch_id>/steps/<step_id>/verify")
 @endpoint(P.BATCH_VERIFY, terminal=True, tags=("kiosk",))
 def verify(batch_id: str, step_id: str) -> Any:
@@ -393,38 +375,25 @@ def verify(batch_id: str, step_id: str) -> Any:
     step_row = ex.get_step(batch_id, step_id)
     spec = ex.control_recipe(b).step(step_row.step_id)
     terminal = current_terminal()
+    _refusals_show_step(b.id, b.line, step_id)
+    _confirmed()
+    if not step_kinds.kind_of(spec).second_person(spec):
+        raise Conflict(_("This step is not a second-person verification."))
+    payload = _payload(spec, request.form)
+    if not payload["badge"] or not payload["pin"]:  # the verifier logs in with them first
+        raise ValidationFailed(_("The verifier scans their badge and enters their PIN."), field="badge")
+    version = _expected_version()
+    limit_login()
+    verifier_session, _secret = users.login_with_badge(payload["badge"], payload["pin"], terminal)
     try:
-        _confirmed()
-        if not step_kinds.kind_of(spec).second_person(spec):
-            raise Conflict(_("This step is not a second-person verification."))
-        badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
-        if not badge or not pin:
-            raise ValidationFailed(_("The verifier scans their badge and enters their PIN."), field="badge")
-        try:
-            version = int(request.form.get("expected_version", ""))
-        except ValueError:
-            raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
-        limit_login()
-        verifier_session, _secret = users.login_with_badge(badge, pin, terminal)
-        try:
-            verifier = verifier_session.user
-            if verifier.esig_acknowledged_at is None:
-                if request.form.get("esig_ack") != "1":
-                    raise Forbidden(_("Acknowledge that your electronic signature is binding before your first signature."))
-                users.acknowledge_esig_accountability(verifier.id, terminal.id if terminal else None)
-            role = next((r for r in spec.roles if r in verifier.role_names()), None)
-            actor = users.actor_for(verifier, role, terminal.id if terminal else None)
-            key = f"{verifier.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
-            ex.complete_step(actor, batch_id, step_id, {"badge": badge, "pin": pin}, key, version,
-                             session_row=verifier_session)
-        finally:
-            users.end_session(verifier_session, "verification_done")
-    except MESError as exc:
-        from mes.db import db
-
-        db.session.rollback()
-        _publish(b.id, b.line, step_id)
-        return _render_step(batch_id, step_id, exc.status, sentence(exc))
+        verifier = verifier_session.user
+        role = next((r for r in spec.roles if r in verifier.role_names()), None)
+        actor = users.actor_for(verifier, role, terminal.id if terminal else None)
+        key = f"{verifier.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+        # the engine checks the signer and takes the acknowledgement, as for any signature
+        ex.complete_step(actor, batch_id, step_id, payload, key, version, session_row=verifier_session)
+    finally:
+        users.end_session(verifier_session, "verification_done")
     _publish(b.id, b.line, step_id)
     _notice(_("Verified by %(name)s.", name=verifier.full_name))
     return redirect(url_for("kiosk.batch", batch_id=batch_id))
@@ -447,22 +416,17 @@ def raise_deviation(batch_id: str) -> Any:
     """Raise a deviation on the current step (or the batch)."""
     b = ex.get_batch(batch_id)
     step_id = request.form.get("step") or None
-    try:
-        _confirmed()
-        category = request.form.get("category", "")
-        if category not in CATEGORIES:
-            raise ValidationFailed(_("Choose what happened."), field="category")
-        severity = request.form.get("severity", "major")
-        description = request.form.get("description", "").strip() or CATEGORIES[category]()
-        dev = ex.raise_deviation(principal().actor(P.DEVIATION_RAISE), batch_id, severity, category, description,
-                                 step_id=step_id)
-    except MESError as exc:
-        from mes.db import db
-
-        db.session.rollback()
-        if step_id:
-            return _render_step(batch_id, step_id, exc.status, sentence(exc))
-        raise
+    if step_id:
+        ex.get_step(batch_id, step_id)  # a step that does not exist is not shown again
+        _refusals_show_step(b.id, b.line, step_id)
+    _confirmed()
+    category = request.form.get("category", "")
+    if category not in CATEGORIES:
+        raise ValidationFailed(_("Choose what happened."), field="category")
+    severity = request.form.get("severity", "major")
+    description = request.form.get("description", "").strip() or CATEGORIES[category]()
+    dev = ex.raise_deviation(principal().actor(P.DEVIATION_RAISE), batch_id, severity, category, description,
+                             step_id=step_id)
     _publish(b.id, b.line, step_id)
     _notice(_("Deviation %(dev)s raised; QA has been told.", dev=dev.id))
     return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id) if step_id
@@ -487,7 +451,7 @@ def lot_status(label: str) -> Any:
 @endpoint(P.BATCH_VIEW, tags=("kiosk",))
 def board(line: str) -> Any:
     """QA status board of a line: what runs, what is blocked, open deviations (live)."""
-    return _page("board.html", "board", line=line, rows=v.board(line),
+    return _page("board.html", "board", line=line, rows=v.board(line), dispositions=v.dispositions(),
                  can_dispose="qa" in principal().roles)
 
 
@@ -495,11 +459,8 @@ def board(line: str) -> Any:
 @endpoint(P.BATCH_VIEW, tags=("kiosk",))
 def board_rows(line: str) -> Any:
     """The board's table alone, refreshed live."""
-    return render_template("kiosk/_board_rows.html", line=line, rows=v.board(line),
+    return render_template("kiosk/_board_rows.html", line=line, rows=v.board(line), dispositions=v.dispositions(),
                            can_dispose="qa" in principal().roles, csrf=csrf_token())
-
-
-DISPOSITIONS = ("use_as_is", "repeat_step", "rework", "scrap", "reject_batch")
 
 
 @bp.post("/deviations/<deviation_id>/disposition")
@@ -510,18 +471,13 @@ def dispose(deviation_id: str) -> Any:
     dev = ex.get_deviation(deviation_id)
     b = ex.get_batch(dev.batch_id)
     _confirmed()
-    if who.session is None:
-        raise Forbidden(_("Only a person in an interactive session can sign."))
-    disposition = request.form.get("disposition", "")
-    if disposition not in DISPOSITIONS:
-        raise ValidationFailed(_("Choose a disposition."), field="disposition")
-    secret = request.form.get("password", "")
-    if not secret:
-        raise ValidationFailed(_("Signing needs your password."), field="password")
+    session_row = esig.signing_session(who.session)
+    disposition = request.form.get("disposition", "")  # the engine refuses one that is not a Disposition
     # Part 11 §11.200(a)(1): the signer types both components for the first signature of a
     # session; the engine refuses a missing id then, and an id that is not the session's user
-    creds = Credentials(secret=secret, user_id=request.form.get("user_id", "").strip() or None)
-    ex.disposition_deviation(who.session, creds, deviation_id, disposition,
+    creds = esig.Credentials(secret=request.form.get("password", ""),
+                             user_id=request.form.get("user_id", "").strip() or None)
+    ex.disposition_deviation(session_row, creds, deviation_id, disposition,
                              request.form.get("reason", "").strip() or disposition.replace("_", " "),
                              terminal=who.terminal.id if who.terminal else None)
     _publish(b.id, b.line, dev.batch_step_id.split(":", 1)[1] if dev.batch_step_id else None)

@@ -49,7 +49,20 @@ PATTERNS: list[Pattern] = [
     (re.compile(r"The signature was refused: wrong PIN\."), lambda m: _("The signature was refused: wrong PIN.")),
     (re.compile(r"Acknowledge that your electronic signature is binding.*", re.S),
      lambda m: _("Acknowledge that your electronic signature is binding before your first signature.")),
+    (re.compile(r"That badge is not yours; sign with your own badge\."),
+     lambda m: _("That badge is not yours; sign with your own badge.")),
+    (re.compile(r"Only a person in an interactive session can sign.*", re.S),
+     lambda m: _("Only a person in an interactive session can sign.")),
+    (re.compile(r"Check the equipment label: it must show (?P<states>.+)\. Nothing was recorded\.", re.S),
+     lambda m: _("Check the equipment label: it must show %(states)s. Nothing was recorded.",
+                 states=", ".join(_state_name(s) for s in m["states"].split(", ")))),
 ]
+
+
+def _state_name(name: str) -> str:
+    """A label state as the engine writes it for people, in the operator's language."""
+    return {"clean": _("clean"), "calibrated": _("calibrated"), "qualified": _("qualified"),
+            "not in use": _("not in use")}.get(name, name)
 
 LEAD_IN = {
     "validation-failed": lambda: _("The entry is not valid."),

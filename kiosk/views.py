@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 
 from mes.execution import operations as ex
 from mes.execution import queries as q
-from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, StepState, WorkOrder
+from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, Disposition, StepState, WorkOrder
 from mes.materials import operations as mat
 from mes.recipes import model as rm
 from mes.recipes.units import to_text
@@ -86,14 +86,9 @@ def current_step(rows: list[BatchStep]) -> BatchStep | None:
 
 
 def values_of(batch: Batch) -> dict[str, Decimal]:
-    """Current values of the batch's value-producing steps (as the engine's calculations see them)."""
-    out: dict[str, Decimal] = {}
-    attempts = {s.id: s.attempt for s in ex.steps_of(batch.id)}
-    names = {s.id: s.step_id for s in ex.steps_of(batch.id)}
-    for r in ex.records_of(batch.id):
-        if r.kind == "value" and r.superseded_by is None and r.value is not None and attempts.get(r.batch_step_id) == r.attempt:
-            out[names[r.batch_step_id]] = Decimal(r.value)
-    return out
+    """Current values of the batch's value-producing steps: the engine's own (what its
+    calculations compute with), never a second reading of the records."""
+    return ex.values_of(batch.id)
 
 
 def blocker(batch: Batch, step: BatchStep) -> Deviation | None:
@@ -202,6 +197,22 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
         out.append({"seq": s.seq + 1, "id": s.step_id, "title": s.title, "state": s.state, "recorded": "; ".join(shown),
                     "by": s.completed_by or "", "flags": sorted({f for r in recs for f in (r.flags or [])})})
     return out
+
+
+DISPOSITION_LABELS = {
+    Disposition.USE_AS_IS: lambda: _("use as is"),
+    Disposition.REPEAT_STEP: lambda: _("repeat the step"),
+    Disposition.REWORK: lambda: _("rework"),
+    Disposition.SCRAP: lambda: _("scrap"),
+    Disposition.REJECT_BATCH: lambda: _("reject the batch"),
+}
+
+
+def dispositions() -> list[tuple[str, str]]:
+    """(value, label) of every disposition QA may choose: the engine's ``Disposition`` enum, in
+    its order (a new one shows, by its value, until it gets a translated label)."""
+    return [(d.value, DISPOSITION_LABELS[d]() if d in DISPOSITION_LABELS else d.value.replace("_", " "))
+            for d in Disposition]
 
 
 def board(line: str) -> list[dict[str, Any]]:

@@ -246,7 +246,8 @@ def payload_for(world: World, batch_id: str, step: ex.BatchStep, spec: rm.Step,
         v = _q(_mid(spec.low, spec.high, spec.target, Decimal(1)), spec.precision)
         return {"results": [v] * spec.samples}, "operator"
     if isinstance(spec, rm.EquipmentCheckStep):
-        return {"equipment_id": world.equipment[spec.equipment_class]}, "operator"
+        return {"equipment_id": world.equipment[spec.equipment_class],
+                "label_states": list(spec.required_states)}, "operator"
     if isinstance(spec, rm.IdentifyStep):
         if spec.scan == "dispensed":
             used = [c.lot_id for c in mat.consumptions(batch_id=batch_id) if c.item_code == spec.item]

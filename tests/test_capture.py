@@ -241,7 +241,8 @@ def test_equipment_check_uses_the_registry_and_claims_for_the_batch(app: Flask, 
     scale_eq = world.equipment[scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step("w_raw")).equipment_class]
 
     def check(equipment_id: str) -> dict[str, Any]:
-        return do_step(world, batch_id, "booth", payload={"equipment_id": equipment_id})
+        return do_step(world, batch_id, "booth", payload={"equipment_id": equipment_id,
+                                                          "label_states": ["clean", "not_in_use"]})
 
     with pytest.raises(ex.StepRefused, match="not registered") as refused:
         check("EQ-NOWHERE")

@@ -117,6 +117,7 @@ from mes.execution.records import (
     _record_row,
     _values,
     records_of,
+    values_of,
 )
 from mes.execution.release import (
     batch_record,
@@ -202,6 +203,7 @@ __all__ = [
     "_record_json",
     "records_of",
     "_values",
+    "values_of",
     "_record_row",
     "_new_deviation",
     "_record_deviation",

@@ -44,6 +44,9 @@ def _values(batch_id: str) -> dict[str, Decimal]:
     return {sid: Decimal(v) for sid, v in rows if v is not None}
 
 
+values_of = _values  # public: what the kiosk shows is what the calculations compute with
+
+
 def _record_row(r: StepRecord) -> dict[str, Any]:
     """The column values of a new step record (written with one Core insert per completion)."""
     return {"id": r.id, "batch_id": r.batch_id, "batch_step_id": r.batch_step_id, "attempt": r.attempt,

@@ -81,18 +81,54 @@ def _session_has_signed(session_row: UserSession) -> bool:
 def _check_components(user: User, session_row: UserSession, creds: Credentials) -> None:
     needs_id = not _session_has_signed(session_row)
     by_badge = session_row.method == "badge"
-    if needs_id:
-        given = creds.badge if by_badge else creds.user_id
-        expected = user.badge_id if by_badge else user.id
-        if not given:
-            raise AuthenticationFailed(
-                "The first signature of a session needs your " + ("badge" if by_badge else "user id") + " and "
-                + ("PIN" if by_badge else "password") + ".", components="both")
-        if str(given).strip().lower() != str(expected).lower():
-            raise AuthenticationFailed("The signature components do not belong to the logged-in user.")
+    if needs_id and not (creds.badge if by_badge else creds.user_id):
+        raise AuthenticationFailed(
+            "The first signature of a session needs your " + ("badge" if by_badge else "user id") + " and "
+            + ("PIN" if by_badge else "password") + ".", components="both")
+    # whose the identification component is: check_signer (on every signature)
     stored = user.pin_hash if by_badge else user.password_hash
     if not hashing.verify_secret(stored, creds.secret):
         raise AuthenticationFailed("The signature was refused: wrong " + ("PIN" if by_badge else "password") + ".")
+
+
+ACKNOWLEDGE_FIRST = "Acknowledge that your electronic signature is binding before your first signature."
+
+
+def signing_session(session_row: UserSession | None) -> UserSession:
+    """The session a signature is made in: only a person in an interactive session signs
+    (API tokens never do), so the signer can be asked for their components."""
+    if session_row is None:
+        raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
+    return session_row
+
+
+def check_signer(user: User, credentials: Credentials) -> None:
+    """Sign with your own badge: an identification component the signer gives (badge or user
+    id) must be their own, on every signature, also where the session no longer needs it
+    (Part 11 §11.200(a)(2), §11.300: one person's components are never used by another).
+    A secret (password or PIN) is always needed."""
+    if not isinstance(credentials.secret, str) or not credentials.secret:
+        raise ValidationFailed("Signing needs your password (or PIN on a kiosk).", field="password")
+    badge = str(credentials.badge).strip() if credentials.badge is not None else ""
+    if badge and badge.lower() != (user.badge_id or "").lower():
+        raise AuthenticationFailed("That badge is not yours; sign with your own badge.")
+    user_id = str(credentials.user_id).strip() if credentials.user_id is not None else ""
+    if user_id and user_id.lower() != user.id.lower():
+        raise AuthenticationFailed("The signature components do not belong to the logged-in user.")
+
+
+def check_acknowledged(user: User, acknowledged: bool) -> bool:
+    """A signer acknowledges once that their electronic signature binds like a handwritten one
+    (Part 11 §11.100(c)), before or with their first signature; without it the signature is
+    refused. ``acknowledged`` is the signer's tick (the kiosk's box, an API step payload's
+    ``esig_acknowledged: true``). Returns whether this signature carries the acknowledgement:
+    :func:`sign` then writes it in the signature's transaction, so a signature refused for
+    another reason leaves no acknowledgement behind either."""
+    if user.esig_acknowledged_at is not None:
+        return False
+    if acknowledged is not True:
+        raise Forbidden(ACKNOWLEDGE_FIRST)
+    return True
 
 
 def sign(
@@ -108,14 +144,16 @@ def sign(
     performed_by: str | None = None,
     permission: Permission = Permission.ESIG_SIGN,
     comment: str | None = None,
+    acknowledged: bool = False,
     commit: bool = True,
 ) -> AppendedEntry:
     """Sign the current version of a record; the signature is itself an audit entry.
 
     ``performed_by`` marks a second-person verification: the signer must be someone else.
+    ``acknowledged``: the signer acknowledges with this signature that it binds (needed
+    once, see :func:`check_acknowledged`).
     """
-    if session_row is None:
-        raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
+    session_row = signing_session(session_row)
     if meaning not in MEANINGS:
         raise ValidationFailed(f"The meaning must be one of: {', '.join(MEANINGS)}.", field="meaning")
     user = session_row.user
@@ -127,11 +165,13 @@ def sign(
     if qualification is not None and qualification.qualified_until is not None and qualification.qualified_until < utcnow():
         raise Forbidden(f"Your qualification as {role} expired on {plant_date(qualification.qualified_until).isoformat()}; "
                         "signing is refused until it is renewed.")
-    if user.esig_acknowledged_at is None:
-        raise Forbidden("Acknowledge that your electronic signature is binding before your first signature.")
+    acknowledging = check_acknowledged(user, acknowledged)
     if performed_by is not None and performed_by == user.id:
         raise Conflict("Second-person verification must be done by a different person.")
+    check_signer(user, credentials)
     _check_components(user, session_row, credentials)
+    if acknowledging:
+        users.acknowledge_esig_accountability(user.id, terminal, commit=False)
     content = current_record(record_type, record_id)
     at = utcnow()
     signature = {"signer": user.id, "name": user.full_name, "meaning": meaning, "record_hash": record_hash(content),

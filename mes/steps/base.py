@@ -140,10 +140,6 @@ class StepKind(ABC):
     converters: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
     """Parameter name -> function from its schema-valid file form to the dataclass value
     (e.g. ``Decimal``, :func:`duration`, ``tuple``); others are taken as they are."""
-    kiosk_checks: ClassVar[tuple[str, ...]] = ()
-    """Named checks the kiosk makes before it asks the engine to complete the step
-    (``"label"``: the operator ticked what the equipment label shows; ``"signer"``: the
-    signer's own badge and acknowledgement)."""
     template_dir: ClassVar[FsPath | None] = None
     """A directory holding this kind's kiosk partial (a plugin ships its own); None: the
     partial is among the kiosk's templates."""

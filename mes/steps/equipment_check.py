@@ -31,7 +31,6 @@ class EquipmentCheck(StepKind):
     step_class = EquipmentCheckStep
     required = ("equipment_class", "required_states")
     converters = {"required_states": tuple, "max_since_cleaning": duration}
-    kiosk_checks = ("label",)
 
     def properties(self) -> dict[str, Any]:
         """Class, required states, cleaning age, claim."""
@@ -57,15 +56,17 @@ class EquipmentCheck(StepKind):
         calibration refuses and raises a deviation; any other failure refuses with the reason.
         With ``claim`` the equipment becomes in use by the batch until the batch ends."""
         from mes.equipment import operations as equipment
+        from mes.equipment.labels import confirm_labels
         from mes.execution.models import Severity
 
         spec: EquipmentCheckStep = ctx.spec  # type: ignore[assignment]
         equipment_id = ctx.text("equipment_id", "The equipment id")
+        label_states = confirm_labels(spec.required_states, ctx.payload.get("label_states"))
         max_since = timedelta(seconds=spec.max_since_cleaning.seconds) if spec.max_since_cleaning else None
         check = equipment.check_equipment(equipment_id, spec.required_states, ctx.now,
                                           equipment_class=spec.equipment_class, max_since_cleaning=max_since)
         evidence = {"step": spec.id, "equipment_id": equipment_id, "equipment_class": spec.equipment_class,
-                    "required": list(spec.required_states), "check": check.as_json()}
+                    "required": list(spec.required_states), "label_states": label_states, "check": check.as_json()}
         if not check.ok:
             if check.code in NOT_CLEAN:
                 ctx.refuse_with_deviation(check.reason, Severity.MINOR.value, "equipment_not_clean", evidence)
@@ -75,7 +76,8 @@ class EquipmentCheck(StepKind):
         ctx.record("equipment", {"equipment_id": equipment_id, "equipment_class": spec.equipment_class,
                                  "required": list(spec.required_states),
                                  "max_since_cleaning": spec.max_since_cleaning.iso if spec.max_since_cleaning else None,
-                                 "registry_checked": True, "registry": check.details, "claimed": spec.claim})
+                                 "registry_checked": True, "registry": check.details, "claimed": spec.claim,
+                                 "label_states": label_states})
         ctx.result = {"equipment_id": equipment_id, "status": check.details.get("status"), "claimed": spec.claim}
         if spec.claim:
             actor, batch_id = ctx.actor, ctx.batch.id
@@ -83,12 +85,15 @@ class EquipmentCheck(StepKind):
                                                             claim_reason(batch_id), batch=batch_id, commit=False))
 
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
-        """The scanned equipment (the ticked label states are the kiosk's ``label`` check)."""
-        return {"equipment_id": form.get("equipment_id", "").strip()}
+        """The scanned equipment and the label states the operator ticked (the engine checks them)."""
+        ticked = form.getlist("states") if hasattr(form, "getlist") else form.get("states", [])
+        return {"equipment_id": form.get("equipment_id", "").strip(), "label_states": list(ticked)}
 
     def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
         """Free registered equipment of the class."""
         assert isinstance(spec, EquipmentCheckStep)
         eq = sim._pick_equipment(spec)
-        return {"equipment_id": eq}, sim.operator, f"{eq}: {', '.join(spec.required_states)}" + \
+        # the operator reads the status label and confirms each state the step requires
+        return {"equipment_id": eq, "label_states": list(spec.required_states)}, sim.operator, \
+            f"{eq}: {', '.join(spec.required_states)}" + \
             (" (claimed for the batch)" if spec.claim else "")

@@ -55,7 +55,6 @@ class Signature(StepKind):
     step_class = SignatureStep
     required = ("meaning", "roles")
     converters = {"roles": tuple, "covers": tuple}
-    kiosk_checks = ("signer",)
 
     def __init__(self) -> None:
         from mes.signatures import operations as esig
@@ -122,7 +121,8 @@ class Signature(StepKind):
         entry = esig.sign(session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
                           terminal=ctx.actor.terminal, batch=ctx.batch.id, performed_by=performed_by,
                           permission=Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN,
-                          comment=ctx.payload.get("comment"), commit=False)
+                          comment=ctx.payload.get("comment"),
+                          acknowledged=ctx.payload.get("esig_acknowledged") is True, commit=False)
         sig = json.loads(entry.entry_bytes)["signature"]
         ctx.record("signature", {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"], "role": role,
                                  "record_hash": sig["record_hash"], "audit_seq": entry.seq,
@@ -136,8 +136,9 @@ class Signature(StepKind):
                 "needs_ack": page.user.esig_acknowledged_at is None}
 
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
-        """Badge and PIN."""
-        return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip()}
+        """Badge, PIN and the first signature's acknowledgement (the engine checks all three)."""
+        return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip(),
+                "esig_acknowledged": form.get("esig_ack") == "1"}
 
     def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
         """Signed by the operator, or by the verifier's session (second person, or a role the

@@ -229,8 +229,9 @@ def change_password(user_id: str, old_password: str, new_password: str, terminal
     db.session.commit()
 
 
-def acknowledge_esig_accountability(user_id: str, terminal: str | None) -> None:
-    """Store the user's acknowledgement that their e-signature binds like a handwritten one."""
+def acknowledge_esig_accountability(user_id: str, terminal: str | None, *, commit: bool = True) -> None:
+    """Store the user's acknowledgement that their e-signature binds like a handwritten one
+    (``commit=False``: in the caller's transaction, e.g. with the signature it comes with)."""
     user = get_user(user_id)
     if user.esig_acknowledged_at is not None:
         return
@@ -240,7 +241,8 @@ def acknowledge_esig_accountability(user_id: str, terminal: str | None) -> None:
         after={"statement": "My electronic signature is the legally binding equivalent of my handwritten signature.",
                "acknowledged_at": user.esig_acknowledged_at.isoformat()},
     )
-    db.session.commit()
+    if commit:
+        db.session.commit()
 
 
 # ------------------------------------------------------------------ authentication
