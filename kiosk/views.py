@@ -19,8 +19,8 @@ from mes.execution import operations as ex
 from mes.execution import queries as q
 from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, Disposition, StepState, WorkOrder
 from mes.materials import operations as mat
+from mes.quantities import to_text
 from mes.recipes import model as rm
-from mes.recipes.units import to_text
 
 OPEN_STATES = (StepState.IN_PROGRESS.value, StepState.READY.value, StepState.BLOCKED.value)
 

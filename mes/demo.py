@@ -177,7 +177,7 @@ def run_demo(host: str, port: int) -> None:
     click.echo(f"  API description:    {base}/api/v1/openapi.json")
     click.echo(f"  health:             {base}/healthz  {base}/readyz")
     click.echo("  badges (badge / PIN):")
-    for uid, name, roles, badge, pin, _ in DEMO_USERS:
+    for _uid, name, roles, badge, pin, _ in DEMO_USERS:
         if badge:
             click.echo(f"    {badge} / {pin}   {name} ({', '.join(sorted(roles))})")
     click.echo("  production: the paracetamol recipe is effective, its materials are received and released")

@@ -18,8 +18,8 @@ from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from mes.gateway.store import CapturedReading, MemoryReadingStore
 from mes.materials import operations as mat
+from mes.quantities import convert, to_text
 from mes.recipes import model as rm
-from mes.recipes.units import convert, to_text
 from mes.signatures.operations import Credentials
 from mes.users import operations as users
 from mes.users.models import UserSession

@@ -18,7 +18,7 @@ from mes.execution import recipes_store as store
 from mes.execution.models import StepRequest
 from mes.integration.models import OutboxEvent
 from mes.materials import operations as mat
-from mes.recipes.units import to_text
+from mes.quantities import to_text
 from tests.execution_helpers import (
     CREAM,
     PACK_RECIPE,

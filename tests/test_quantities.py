@@ -64,16 +64,6 @@ def test_material_units_are_the_mass_volume_and_count_units_of_the_one_table() -
             material_dimension(unit)  # type: ignore[arg-type]
 
 
-def test_the_old_module_paths_re_export_the_one_model() -> None:
-    from mes.materials import quantities as old_materials
-    from mes.recipes import units as old_recipes
-
-    assert old_recipes.convert is convert and old_recipes.UNITS is UNITS and old_recipes.UnitError is UnitError
-    assert old_materials.Quantity is q.Quantity and old_materials.convert is convert
-    assert old_materials.parse is parse_quantity and old_materials.text is with_unit
-    assert tuple(old_materials.UNITS) == MATERIAL_UNITS
-
-
 def test_conversion_across_dimensions_is_refused() -> None:
     with pytest.raises(UnitError, match="cannot convert kg"):
         convert(D(1), "kg", "L")

@@ -20,7 +20,7 @@ from mes.audit import canonical
 from mes.db import db, utcnow
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution.models import BatchStatus, Severity
-from mes.recipes.units import parse_decimal
+from mes.quantities import parse_decimal
 from mes.steps.context import DEFAULT_MAX_READING_AGE_MS  # noqa: F401  (re-exported for the engine)
 from mes.users.models import UserSession
 

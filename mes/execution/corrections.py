@@ -15,9 +15,9 @@ from mes.execution.common import _dec, _locked, _new_id, _text
 from mes.execution.deviations import _new_deviation, _record_deviation
 from mes.execution.models import Batch, BatchStatus, BatchStep, Severity, StepRecord, StepState
 from mes.execution.records import _current_records, _values
+from mes.quantities import to_text
 from mes.recipes import model as rm
 from mes.recipes.formula import FormulaError
-from mes.recipes.units import to_text
 from mes.steps.context import limits_text as _limits_text
 from mes.steps.context import places_ok as _places_ok
 

@@ -43,10 +43,10 @@ from typing import Any
 
 import requests
 
+from mes.quantities import convert, to_text
 from mes.recipes import model as rm
 from mes.recipes.loader import from_dict
 from mes.recipes.scaling import ControlRecipe, scale
-from mes.recipes.units import convert, to_text
 from mes.steps import registry as step_kinds
 
 API = "/api/v1"

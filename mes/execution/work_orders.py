@@ -14,8 +14,8 @@ from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution import recipes_store
 from mes.execution.common import _at, _dec, _locked, _new_id, _text
 from mes.execution.models import Batch, WorkOrder, WorkOrderStatus
+from mes.quantities import to_text
 from mes.recipes.scaling import scale
-from mes.recipes.units import to_text
 
 
 def get_work_order(work_order_id: str) -> WorkOrder:

@@ -34,9 +34,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Final
 
+from mes.quantities import UnitError, convert, decimal_places, dimension, to_text
 from mes.recipes.errors import Path, format_path
 from mes.recipes.model import MasterRecipe, StepRef, Tolerance
-from mes.recipes.units import UnitError, convert, decimal_places, dimension, to_text
 from mes.steps import registry
 from mes.steps.base import Report
 
@@ -103,7 +103,8 @@ def _operations(recipe: MasterRecipe, report: _Report) -> None:
                 if ref == op.id:
                     report(path, "an operation cannot run in parallel with itself")
                 elif ref not in index:
-                    report(path, f"no operation {ref!r} in unit procedure {up.id!r} (parallel operations belong to the same unit procedure)")
+                    report(path, f"no operation {ref!r} in unit procedure {up.id!r} "
+                                 "(parallel operations belong to the same unit procedure)")
                 elif index[ref] > oi:
                     report(path, f"operation {ref!r} comes later; put parallel_with on the later operation")
                 elif not stages or ref not in stages[-1]:
@@ -124,7 +125,8 @@ def _batch_size(recipe: MasterRecipe, report: _Report) -> None:
     if dimension(bs.unit) not in ("mass", "volume", "count"):
         report(("batch_size", "unit"), f"a batch size is a mass, a volume or a count (pcs), not {bs.unit}")
     if bs.minimum is not None and (bs.minimum <= 0 or bs.minimum > bs.quantity):
-        report(("batch_size", "minimum"), f"the minimum batch size must be greater than zero and at most the nominal {to_text(bs.quantity)} {bs.unit}")
+        report(("batch_size", "minimum"),
+               f"the minimum batch size must be greater than zero and at most the nominal {to_text(bs.quantity)} {bs.unit}")
     if bs.maximum is not None and bs.maximum < bs.quantity:
         report(("batch_size", "maximum"), f"the maximum batch size must be at least the nominal {to_text(bs.quantity)} {bs.unit}")
 
@@ -182,7 +184,7 @@ def decimals(report: Report, path: Path, name: str, value: Decimal | None, place
 def ordered(report: Report, path: Path, pairs: list[tuple[str, Decimal | None]]) -> None:
     """Report the first adjacent pair (of those given) that is out of order."""
     present = [(n, v) for n, v in pairs if v is not None]
-    for (n1, v1), (n2, v2) in zip(present, present[1:]):
+    for (n1, v1), (n2, v2) in zip(present, present[1:], strict=False):
         assert v1 is not None and v2 is not None
         if v1 > v2:
             report(path + (n2,), f"{n2} {to_text(v2)} is below {n1} {to_text(v1)}; limits must be ordered low <= target <= high")

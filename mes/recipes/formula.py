@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
-from typing import Final, Union
+from typing import Final
 
 from mes.quantities import exact_decimal, round_half_even
 
@@ -93,7 +93,7 @@ class Binary:
     end: int
 
 
-Node = Union[Num, Ref, Unary, Binary]
+Node = Num | Ref | Unary | Binary
 
 
 @dataclass(frozen=True, slots=True)

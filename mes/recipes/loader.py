@@ -33,6 +33,7 @@ from typing import Any, Final
 import jsonschema
 import yaml
 
+from mes.quantities import UNITS, suggest_unit
 from mes.recipes import checks, schema
 from mes.recipes.errors import Path, Problem, RecipeError, format_path
 from mes.recipes.model import (
@@ -46,7 +47,6 @@ from mes.recipes.model import (
     UnitProcedure,
 )
 from mes.recipes.schema import SCHEMA
-from mes.recipes.units import UNITS, suggest_unit
 from mes.steps import registry
 
 __all__ = ["MAX_BYTES", "SourceMap", "from_dict", "load_recipe", "parse_yaml", "schema_errors", "validate_data", "validate_file"]

@@ -4,7 +4,7 @@ operation -> step), Decimal-only, plus the small pure rules the engine applies p
 Objects are built by :mod:`mes.recipes.loader` (which validates them) and serialised back
 with ``to_dict()`` into exactly the file format (quantities as decimal strings, durations
 as ISO 8601 text), so ``load(to_dict(r)) == r``. Nothing here rounds silently: every
-rounding goes through :func:`mes.recipes.units.round_half_even` and is documented where it
+rounding goes through :func:`mes.quantities.round_half_even` and is documented where it
 happens.
 """
 
@@ -17,8 +17,8 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any, ClassVar, Final
 
+from mes.quantities import Duration, convert, decimal_places, round_half_even, to_text
 from mes.recipes.formula import Formula, parse_formula
-from mes.recipes.units import Duration, convert, decimal_places, round_half_even, to_text
 
 __all__ = [
     "BOM_ROLES",

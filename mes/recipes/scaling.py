@@ -38,9 +38,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Final
 
+from mes.quantities import UnitError, convert, decimal_places, dimension, round_half_even, to_text
 from mes.recipes.errors import Problem, RecipeError
 from mes.recipes.model import BatchSize, BomLine, MasterRecipe, Product, Step, StepRef, UnitProcedure
-from mes.recipes.units import UnitError, convert, decimal_places, dimension, round_half_even, to_text
 from mes.steps import registry
 from mes.steps.base import ScaleContext
 
@@ -115,8 +115,8 @@ class ControlRecipe:
         for up in r.procedure:
             u = up.to_dict()
             u["stages"] = [list(stage) for stage in up.stages()]
-            for o, op in zip(u["operations"], up.operations):
-                for s, step in zip(o["steps"], op.steps):
+            for o, op in zip(u["operations"], up.operations, strict=True):
+                for s, step in zip(o["steps"], op.steps, strict=True):
                     s.update(registry.kind_of(step).control_members(step))
             procedure.append(u)
         out["procedure"] = procedure

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mes.quantities import DECIMAL_PATTERN, DURATION_PATTERN, SIGNED_DECIMAL_PATTERN, UNITS
 from mes.recipes.model import BOM_ROLES, FORMAT, SCALE_CLASSES
-from mes.recipes.units import DECIMAL_PATTERN, DURATION_PATTERN, SIGNED_DECIMAL_PATTERN, UNITS
 from mes.steps import registry
 from mes.steps.base import StepKind
 

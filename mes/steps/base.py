@@ -24,9 +24,9 @@ from fractions import Fraction
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from mes.quantities import Duration, decimal_places, round_half_even
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import MasterRecipe, Step, StepRef
-from mes.recipes.units import Duration, decimal_places, round_half_even
 
 if TYPE_CHECKING:
     from mes.steps.context import StepContext

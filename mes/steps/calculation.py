@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mes.quantities import to_text
 from mes.recipes import checks
 from mes.recipes.formula import FormulaError, parse_formula
 from mes.recipes.model import CalculationStep, MasterRecipe, Step, StepRef
-from mes.recipes.units import to_text
 from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt
 

@@ -18,8 +18,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from mes.quantities import decimal_places, to_text
 from mes.recipes import model as rm
-from mes.recipes.units import decimal_places, to_text
 
 if TYPE_CHECKING:
     from mes.audit.log import Actor

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from mes.quantities import to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, NumericStep, Step, StepRef
-from mes.recipes.units import to_text
 from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt, places_ok
 
@@ -59,7 +59,7 @@ class Numeric(StepKind):
 
     def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
         """A value mid-limits (or one that puts a later calculation mid-limits)."""
-        from mes.recipes.units import to_text
+        from mes.quantities import to_text
 
         assert isinstance(spec, NumericStep)
         value = sim_value(sim, batch, spec)

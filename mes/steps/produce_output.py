@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from mes.quantities import UnitError, convert, dimension, to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, ProduceOutputStep, Step, StepRef
-from mes.recipes.units import UnitError, convert, dimension, to_text
 from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext
 

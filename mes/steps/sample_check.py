@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from mes.quantities import to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, SampleCheckStep, Step, StepRef
-from mes.recipes.units import to_text
 from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, limits_text, opt, places_ok
 

@@ -92,11 +92,11 @@ class Signature(StepKind):
         """Signed in the step's transaction by the session's user (credentials in the payload)."""
         from sqlalchemy import select
 
-        from mes.signatures.credentials import credentials_from
         from mes.db import db
         from mes.errors import Conflict, Forbidden
         from mes.execution.models import BatchStep
         from mes.signatures import operations as esig
+        from mes.signatures.credentials import credentials_from
         from mes.users.permissions import Permission
 
         spec: SignatureStep = ctx.spec  # type: ignore[assignment]

@@ -6,9 +6,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from mes.quantities import Duration
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, Step, StepRef, TimerStep
-from mes.recipes.units import Duration
 from mes.steps.base import KioskPage, Report, StepKind, duration, ref
 from mes.steps.context import StepContext, at_text
 

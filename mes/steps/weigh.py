@@ -9,10 +9,10 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from mes.quantities import UnitError, convert, dimension, to_text
 from mes.recipes import checks
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import SCALE_CLASSES, TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
-from mes.recipes.units import UnitError, convert, dimension, to_text
 from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext, opt
 

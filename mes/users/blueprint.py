@@ -190,7 +190,8 @@ def users_reset(user_id: str) -> Response:
 def users_grant_role(user_id: str) -> Response:
     """Grant a role or renew a qualification."""
     b = g.body
-    ops.grant_role(principal().actor(P.USERS_ADMIN), user_id, b["role"], parse_utc(b.get("qualified_until"), "qualified_until"), b["reason"])
+    ops.grant_role(principal().actor(P.USERS_ADMIN), user_id, b["role"], parse_utc(b.get("qualified_until"), "qualified_until"),
+                   b["reason"])
     return jsonify({"user": _user_json(ops.get_user(user_id))})
 
 

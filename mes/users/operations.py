@@ -300,7 +300,8 @@ def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tupl
     user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
     matches = hashing.verify_secret(user.pin_hash if user is not None else None, pin)  # always: same time
     if user is None or not user.active or user.locked or not matches:
-        _fail(user, f"badge:{badge_id}", "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account", terminal.id)
+        why = "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account"
+        _fail(user, f"badge:{badge_id}", why, terminal.id)
         if user is not None:
             _refuse_unusable(user)
         raise AuthenticationFailed("The badge or PIN is wrong.")

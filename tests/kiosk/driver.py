@@ -178,7 +178,7 @@ class Driver:
         """Tare, then dispense ``amounts`` (default: the target, in one container) from the lot's
         containers; with ``out_of_tolerance`` report that weight instead (deviation)."""
         from mes.materials import operations as mat
-        from mes.recipes.units import convert
+        from mes.quantities import convert
 
         k = self.k
         device = self.choose_scale(spec)

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from mes.quantities import Duration
 from mes.recipes.loader import from_dict, load_recipe
 from mes.recipes.model import (
     FORMAT,
@@ -23,7 +24,6 @@ from mes.recipes.model import (
     WeighStep,
     in_limits,
 )
-from mes.recipes.units import Duration
 from tests.recipes.helpers import PARACETAMOL, minimal
 
 D = Decimal

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mes.quantities import convert, decimal_places, round_half_even, to_text
 from mes.recipes.errors import RecipeError
 from mes.recipes.loader import from_dict, load_recipe
 from mes.recipes.model import MasterRecipe, ProduceOutputStep, WeighStep
 from mes.recipes.scaling import CONTROL_FORMAT, ControlRecipe, canonical_json, recipe_hash, scale
-from mes.recipes.units import convert, decimal_places, round_half_even, to_text
 from tests.recipes.helpers import CREAM, PARACETAMOL, minimal, recipe_dicts
 
 D = Decimal

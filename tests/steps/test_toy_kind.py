@@ -17,10 +17,10 @@ from flask.testing import FlaskClient
 
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
+from mes.quantities import to_text
 from mes.recipes.errors import RecipeError
 from mes.recipes.loader import load_recipe
 from mes.recipes.model import MasterRecipe, Step, StepRef, in_limits
-from mes.recipes.units import to_text
 from mes.steps import registry
 from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext
