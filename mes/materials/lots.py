@@ -1,0 +1,461 @@
+"""Items, lots and their QA status, holds, and whether a lot may be used
+(:func:`check_usable`, the one answer the kiosk, the API and the engine get).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select
+
+from mes import quantities as q
+from mes.audit.log import Actor, record
+from mes.db import db, utcnow
+from mes.errors import Conflict, NotFound, ValidationFailed
+from mes.materials.common import (
+    _append_lock_first,
+    _commit,
+    _iso,
+    _locked,
+    _quantity,
+    _same_dimension,
+    _short,
+    _to_storage,
+)
+from mes.materials.models import (
+    Container,
+    Hold,
+    HoldDisposition,
+    HoldScope,
+    Item,
+    ItemKind,
+    Lot,
+    LotStatus,
+)
+from mes.plant_time import plant_date
+from mes.validation import NAME_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
+
+# ----------------------------------------------------------------------------- items
+
+
+def get_item(code: str) -> Item:
+    return get_or_404(Item, code, "Item")
+
+
+def list_items(*, kind: str | None = None, include_inactive: bool = False) -> list[Item]:
+    stmt = select(Item).order_by(Item.code)
+    if kind:
+        stmt = stmt.where(Item.kind == kind)
+    if not include_inactive:
+        stmt = stmt.where(Item.active.is_(True))
+    return list(db.session.execute(stmt).scalars())
+
+
+def create_item(
+    actor: Actor,
+    code: str,
+    name: str,
+    base_uom: str,
+    kind: str,
+    *,
+    shelf_life_days: int | None = None,
+    retest_days: int | None = None,
+) -> Item:
+    """Create an item (material master record)."""
+    code = identifier(code, "item code", "code")
+    name = required_text(name, "The item name", "name", NAME_MAX)
+    if base_uom not in q.MATERIAL_UNITS:
+        raise ValidationFailed(f"The base unit must be one of {', '.join(q.MATERIAL_UNITS)}.", field="base_uom")
+    if kind not in {k.value for k in ItemKind}:
+        raise ValidationFailed(f"The kind must be one of {', '.join(k.value for k in ItemKind)}.", field="kind")
+    for value, name_ in ((shelf_life_days, "shelf_life_days"), (retest_days, "retest_days")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValidationFailed(f"{name_} must be a whole number of days above zero.", field=name_)
+    if db.session.get(Item, code) is not None:
+        raise Conflict(f"Item {code} exists already.")
+    item = Item(code=code, name=name, base_uom=base_uom, kind=kind, shelf_life_days=shelf_life_days,
+                retest_days=retest_days, active=True, created_at=utcnow(), created_by=actor.id)
+    db.session.add(item)
+    record(actor, "material.item.created", ("material_item", code),
+           after={"name": name, "base_uom": base_uom, "kind": kind, "shelf_life_days": shelf_life_days,
+                  "retest_days": retest_days})
+    _commit(f"Item {code} exists already.")
+    return item
+
+
+# ------------------------------------------------------------------------------ lots
+
+
+@dataclass(frozen=True)
+class ContainerIn:
+    """One container of a receipt: quantity and unit as on its label."""
+
+    qty: Decimal | str | int
+    uom: str
+    label: str | None = None
+    location: str | None = None
+
+
+def get_lot(lot_id: str) -> Lot:
+    return get_or_404(Lot, lot_id, detail=f"Lot {lot_id} is not known to the MES.")
+
+
+def containers_of(lot_id: str) -> list[Container]:
+    return list(db.session.execute(select(Container).where(Container.lot_id == lot_id).order_by(Container.id)).scalars())
+
+
+def holds_of(lot_id: str, *, active_only: bool = False) -> list[Hold]:
+    stmt = select(Hold).where(Hold.lot_id == lot_id).order_by(Hold.placed_at, Hold.id)
+    if active_only:
+        stmt = stmt.where(Hold.released_at.is_(None))
+    return list(db.session.execute(stmt).scalars())
+
+
+def container_remaining(container: Container) -> Decimal:
+    """What is left in the container, in the unit on its label (exact)."""
+    return q.convert(container.remaining_qty, container.storage_uom, container.uom)
+
+
+def lot_remaining(lot_id: str) -> tuple[Decimal, str]:
+    """What is left of the lot over all its containers, in the item's base unit (exact)."""
+    lot = get_lot(lot_id)
+    item = get_item(lot.item_code)
+    total = sum((c.remaining_qty for c in containers_of(lot_id)), Decimal(0))
+    return q.convert(total, q.storage_unit(item.base_uom), item.base_uom), item.base_uom
+
+
+def list_lots(
+    *,
+    item_code: str | None = None,
+    status: str | None = None,
+    supplier_lot: str | None = None,
+    produced_by_batch: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> list[Lot]:
+    """Lots by id, filtered; ``after`` is the last id of the previous page."""
+    stmt = select(Lot).order_by(Lot.id).limit(max(1, min(limit, 1000)))
+    if item_code:
+        stmt = stmt.where(Lot.item_code == item_code)
+    if status:
+        stmt = stmt.where(Lot.status == status)
+    if supplier_lot:
+        stmt = stmt.where(Lot.supplier_lot == supplier_lot)
+    if produced_by_batch:
+        stmt = stmt.where(Lot.produced_by_batch == produced_by_batch)
+    if after:
+        stmt = stmt.where(Lot.id > after)
+    return list(db.session.execute(stmt).scalars())
+
+
+def _new_container(lot: Lot, spec: ContainerIn, item: Item, index: int, location: str | None) -> Container:
+    amount = _quantity(spec.qty, spec.uom, f"containers/{index}/qty")
+    _same_dimension(spec.uom, item.base_uom, item.code, f"containers/{index}/uom")
+    storage = q.storage_unit(spec.uom)
+    stored = _to_storage(amount, spec.uom, storage, f"containers/{index}/qty")
+    label = identifier(spec.label, "container label", f"containers/{index}/label") if spec.label else f"{lot.id}-C{index + 1:03d}"
+    return Container(id=label, lot_id=lot.id, uom=spec.uom, storage_uom=storage, received_qty=stored,
+                     remaining_qty=stored, created_at=utcnow(),
+                     location=optional_text(spec.location, "The location", f"containers/{index}/location") or location)
+
+
+def _container_json(c: Container) -> dict[str, Any]:
+    return {"id": c.id, "received": q.as_json(q.convert(c.received_qty, c.storage_uom, c.uom), c.uom),
+            "remaining": q.as_json(container_remaining(c), c.uom), "location": c.location}
+
+
+def receive_lot(
+    actor: Actor,
+    item_code: str,
+    containers: Sequence[ContainerIn],
+    *,
+    lot_id: str | None = None,
+    supplier: str | None = None,
+    supplier_lot: str | None = None,
+    manufactured_date: date | None = None,
+    expiry_date: date | None = None,
+    retest_date: date | None = None,
+    location: str | None = None,
+) -> Lot:
+    """Receive a lot into quarantine with its containers. Expiry and retest dates not given
+    are worked out from the manufacture date and the item's shelf life / retest interval."""
+    item = get_item(item_code)
+    if not item.active:
+        raise Conflict(f"Item {item.code} is inactive; lots of it cannot be received.")
+    lot_id = identifier(lot_id, "lot id", "id") if lot_id else f"L-{uuid.uuid4().hex[:10].upper()}"
+    if db.session.get(Lot, lot_id) is not None:
+        raise Conflict(f"Lot {lot_id} exists already; lot ids are never reused.")
+    if not containers:
+        raise ValidationFailed("A lot needs at least one container.", field="containers")
+    if manufactured_date is not None:
+        if expiry_date is None and item.shelf_life_days:
+            expiry_date = manufactured_date + timedelta(days=item.shelf_life_days)
+        if retest_date is None and item.retest_days:
+            retest_date = manufactured_date + timedelta(days=item.retest_days)
+        if expiry_date is not None and expiry_date < manufactured_date:
+            raise ValidationFailed("The expiry date is before the manufacture date.", field="expiry_date")
+    if retest_date is not None and expiry_date is not None and retest_date > expiry_date:
+        raise ValidationFailed("The retest date is after the expiry date.", field="retest_date")
+    now = utcnow()
+    supplier = optional_text(supplier, "The supplier", "supplier", NAME_MAX)
+    supplier_lot = optional_text(supplier_lot, "The supplier lot", "supplier_lot", 100)
+    location = optional_text(location, "The location", "location")
+    lot = Lot(id=lot_id, item_code=item.code, status=LotStatus.QUARANTINE.value, supplier=supplier,
+              supplier_lot=supplier_lot, manufactured_date=manufactured_date, expiry_date=expiry_date,
+              retest_date=retest_date, created_at=now, created_by=actor.id)
+    rows = [_new_container(lot, spec, item, i, location) for i, spec in enumerate(containers)]
+    labels = [c.id for c in rows]
+    if len(set(labels)) != len(labels):
+        raise ValidationFailed("Two containers have the same label.", field="containers")
+    taken = db.session.execute(select(Container.id).where(Container.id.in_(labels))).scalars().first()
+    if taken is not None:
+        raise Conflict(f"Container label {taken} is already in use.")
+    db.session.add(lot)
+    db.session.flush()
+    db.session.add_all(rows)
+    record(actor, "material.lot.received", ("lot", lot_id),
+           after={"item": item.code, "status": lot.status, "supplier": lot.supplier, "supplier_lot": lot.supplier_lot,
+                  "manufactured_date": _iso(manufactured_date), "expiry_date": _iso(expiry_date),
+                  "retest_date": _iso(retest_date), "containers": [_container_json(c) for c in rows]})
+    _commit(f"Lot {lot_id} or one of its container labels was taken at the same moment; try again.")
+    return lot
+
+
+def _status_change(actor: Actor, lot_id: str, new: LotStatus, reason: str, action: str) -> Lot:
+    reason = required_text(reason, "A reason", "reason")
+    _append_lock_first()
+    lot = _locked(select(Lot).where(Lot.id == lot_id))
+    if lot is None:
+        raise NotFound(f"Lot {lot_id} is not known to the MES.")
+    old = lot.status
+    if old == new.value:
+        raise Conflict(f"Lot {lot_id} is already {old}.")
+    if old == LotStatus.REJECTED.value:
+        raise Conflict(f"Lot {lot_id} was rejected; a rejected lot is never released again.")
+    lot.status = new.value
+    lot.status_changed_at = utcnow()
+    lot.status_changed_by = actor.id
+    lot.status_reason = reason
+    record(actor, action, ("lot", lot_id), before={"status": old}, after={"status": new.value}, reason=reason)
+    return lot
+
+
+def release_lot(actor: Actor, lot_id: str, reason: str) -> Lot:
+    """QA releases a lot from quarantine (a reason is required; audited)."""
+    lot = _status_change(actor, lot_id, LotStatus.RELEASED, reason, "material.lot.released")
+    _commit(f"Lot {lot_id} changed at the same moment; reload and try again.")
+    return lot
+
+
+def reject_lot(actor: Actor, lot_id: str, reason: str) -> Lot:
+    """QA rejects a lot (from quarantine or after release); final."""
+    lot = _status_change(actor, lot_id, LotStatus.REJECTED, reason, "material.lot.rejected")
+    _commit(f"Lot {lot_id} changed at the same moment; reload and try again.")
+    return lot
+
+
+def set_retest_date(actor: Actor, lot_id: str, retest_date: date, reason: str) -> Lot:
+    """QA records the next retest date after a retest (audited, with a reason)."""
+    reason = required_text(reason, "A reason", "reason")
+    _append_lock_first()
+    lot = _locked(select(Lot).where(Lot.id == lot_id))
+    if lot is None:
+        raise NotFound(f"Lot {lot_id} is not known to the MES.")
+    if lot.expiry_date is not None and retest_date > lot.expiry_date:
+        raise ValidationFailed(f"The retest date is after the lot's expiry date {lot.expiry_date.isoformat()}.",
+                               field="retest_date")
+    before = _iso(lot.retest_date)
+    lot.retest_date = retest_date
+    record(actor, "material.lot.retest_date_set", ("lot", lot_id), before={"retest_date": before},
+           after={"retest_date": _iso(retest_date)}, reason=reason)
+    _commit(f"Lot {lot_id} changed at the same moment; reload and try again.")
+    return lot
+
+
+# ----------------------------------------------------------------------------- holds
+
+
+def get_hold(hold_id: str) -> Hold:
+    return get_or_404(Hold, hold_id, "Hold")
+
+
+def _hold_json(h: Hold) -> dict[str, Any]:
+    return {"hold_id": h.id, "scope": h.scope, "reason": h.reason, "ncr_id": h.ncr_id,
+            "disposition": h.disposition, "conditions": h.conditions}
+
+
+def place_hold(actor: Actor, lot_id: str, scope: str, reason: str, *, ncr_id: str | None = None,
+               hold_id: str | None = None) -> Hold:
+    """Put a lot on hold (QA, or QMS through ``qms.lot.hold_placed.v1`` with its hold id)."""
+    reason = required_text(reason, "A reason", "reason")
+    if scope not in {s.value for s in HoldScope}:
+        raise ValidationFailed(f"The scope must be one of {', '.join(s.value for s in HoldScope)}.", field="scope")
+    hold_id = identifier(hold_id, "hold id", "hold_id") if hold_id else f"H-{uuid.uuid4().hex[:10].upper()}"
+    _append_lock_first()
+    lot = _locked(select(Lot).where(Lot.id == lot_id))
+    if lot is None:
+        raise NotFound(f"Lot {lot_id} is not known to the MES.")
+    if db.session.get(Hold, hold_id) is not None:
+        raise Conflict(f"Hold {hold_id} exists already.")
+    hold = Hold(id=hold_id, lot_id=lot.id, scope=scope, reason=reason, ncr_id=optional_text(ncr_id, "The NCR id", "ncr_id"),
+                placed_by=actor.id, placed_at=utcnow())
+    db.session.add(hold)
+    record(actor, "material.hold.placed", ("lot", lot.id), after=_hold_json(hold), reason=reason)
+    _commit(f"Hold {hold_id} exists already.")
+    return hold
+
+
+def _locked_hold(hold_id: str) -> tuple[Lot, Hold]:
+    _append_lock_first()
+    hold = get_hold(hold_id)
+    lot = _locked(select(Lot).where(Lot.id == hold.lot_id))  # lock order: lot, then hold
+    hold = _locked(select(Hold).where(Hold.id == hold_id))
+    return lot, hold
+
+
+def release_hold(actor: Actor, hold_id: str, disposition: str, reason: str, *,
+                 conditions: str | None = None) -> Hold:
+    """QA (or QMS through ``qms.lot.hold_released.v1``) releases a hold with a disposition:
+    ``release``; ``conditional_release`` (consumption goes ahead, every consuming batch is
+    flagged, ``conditions`` required); or ``reject`` (the lot is rejected as well)."""
+    reason = required_text(reason, "A reason", "reason")
+    if disposition not in {d.value for d in HoldDisposition}:
+        raise ValidationFailed(f"The disposition must be one of {', '.join(d.value for d in HoldDisposition)}.",
+                               field="disposition")
+    conditions = optional_text(conditions, "The conditions", "conditions", TEXT_MAX)
+    if disposition == HoldDisposition.CONDITIONAL_RELEASE.value and not conditions:
+        raise ValidationFailed("A conditional release must state its conditions.", field="conditions")
+    lot, hold = _locked_hold(hold_id)
+    if not hold.active:
+        raise Conflict(f"Hold {hold_id} was already released ({hold.disposition}).")
+    before = _hold_json(hold)
+    hold.released_at = utcnow()
+    hold.released_by = actor.id
+    hold.disposition = disposition
+    hold.conditions = conditions
+    hold.release_reason = reason
+    record(actor, "material.hold.released", ("lot", lot.id), before={**before, "active": True},
+           after={**_hold_json(hold), "active": False}, reason=reason)
+    if disposition == HoldDisposition.REJECT.value and lot.status != LotStatus.REJECTED.value:
+        old = lot.status
+        lot.status = LotStatus.REJECTED.value
+        lot.status_changed_at = hold.released_at
+        lot.status_changed_by = actor.id
+        lot.status_reason = reason
+        record(actor, "material.lot.rejected", ("lot", lot.id), before={"status": old},
+               after={"status": lot.status, "hold_id": hold.id}, reason=reason)
+    _commit(f"Hold {hold_id} changed at the same moment; reload and try again.")
+    return hold
+
+
+def meet_conditions(actor: Actor, hold_id: str, reason: str) -> Hold:
+    """QA declares the conditions of a conditional release met: the lot is fully usable
+    again and batches that consumed it are no longer held back by it."""
+    reason = required_text(reason, "A reason", "reason")
+    lot, hold = _locked_hold(hold_id)
+    if hold.disposition != HoldDisposition.CONDITIONAL_RELEASE.value:
+        raise Conflict(f"Hold {hold_id} was not released conditionally.")
+    if hold.conditions_met_at is not None:
+        raise Conflict(f"The conditions of hold {hold_id} were already declared met.")
+    hold.conditions_met_at = utcnow()
+    hold.conditions_met_by = actor.id
+    record(actor, "material.hold.conditions_met", ("lot", lot.id),
+           before={"hold_id": hold.id, "conditional": True}, after={"hold_id": hold.id, "conditional": False},
+           reason=reason)
+    _commit(f"Hold {hold_id} changed at the same moment; reload and try again.")
+    return hold
+
+
+# ------------------------------------------------------------------------- usability
+
+
+@dataclass(frozen=True)
+class Usability:
+    """Whether a lot may be consumed now, and if not the sentence that says why.
+
+    ``code`` is one of ``ok``, ``unknown_lot``, ``wrong_item``, ``rejected``, ``quarantine``,
+    ``expired``, ``retest_due``, ``on_hold``, ``empty``. ``conditional`` marks a lot that
+    may be used under a conditional release: the consuming batch will be flagged.
+    """
+
+    lot_id: str
+    code: str
+    reason: str
+    conditional: bool = False
+    hold_id: str | None = None
+    ncr_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "code": self.code, "reason": self.reason, "conditional": self.conditional,
+                "hold_id": self.hold_id, "ncr_id": self.ncr_id}
+
+
+def _item_label(item: Item | None, code: str) -> str:
+    return f"{item.name} ({code})" if item is not None else code
+
+
+def _usability(lot: Lot, item_code: str | None, at: datetime) -> Usability:
+    lid = lot.id
+    if item_code is not None and lot.item_code != item_code:
+        have, want = db.session.get(Item, lot.item_code), db.session.get(Item, item_code)
+        return Usability(lid, "wrong_item",
+                         f"Lot {lid} is {_item_label(have, lot.item_code)}, but this step needs "
+                         f"{_item_label(want, item_code)}. Take the right material.")
+    if lot.status == LotStatus.REJECTED.value:
+        return Usability(lid, "rejected", f"Lot {lid} was rejected by QA and must not be used. "
+                                          "Put it aside and tell QA.")
+    if lot.status == LotStatus.QUARANTINE.value:
+        return Usability(lid, "quarantine", f"Lot {lid} is in quarantine: QA has not released it yet. "
+                                            "Do not use it; ask QA.")
+    today = plant_date(at)
+    if lot.expiry_date is not None and today > lot.expiry_date:
+        return Usability(lid, "expired", f"Lot {lid} expired on {lot.expiry_date.isoformat()}. "
+                                         "Do not use it; put it aside and tell QA.")
+    if lot.retest_date is not None and today > lot.retest_date:
+        return Usability(lid, "retest_due", f"Lot {lid} was due for retest on {lot.retest_date.isoformat()} "
+                                            "and has not been retested. Do not use it; ask QA.")
+    holds = list(db.session.execute(
+        select(Hold).where(Hold.lot_id == lid, or_(
+            Hold.released_at.is_(None),
+            and_(Hold.disposition == HoldDisposition.CONDITIONAL_RELEASE.value, Hold.conditions_met_at.is_(None)),
+        )).order_by(Hold.placed_at, Hold.id)
+    ).scalars())
+    blocking = next((h for h in holds if h.blocks_consumption), None)
+    if blocking is not None:
+        what = f"{blocking.ncr_id} {_short(blocking.reason)}" if blocking.ncr_id else _short(blocking.reason)
+        return Usability(lid, "on_hold", f"Lot {lid} is on hold: {what}. QA can release the hold.",
+                         hold_id=blocking.id, ncr_id=blocking.ncr_id)
+    has_stock = db.session.execute(
+        select(exists().where(Container.lot_id == lid, Container.remaining_qty > Decimal(0)))
+    ).scalar()
+    if not has_stock:
+        return Usability(lid, "empty", f"Lot {lid} has no material left. Use another lot.")
+    conditional = next((h for h in holds if h.conditional), None)
+    if conditional is not None:
+        ncr = f" ({conditional.ncr_id})" if conditional.ncr_id else ""
+        return Usability(lid, "ok", f"Lot {lid} is released under conditions{ncr}: {_short(conditional.conditions or '')}. "
+                                    "You may use it; this batch will be flagged for QA.",
+                         conditional=True, hold_id=conditional.id, ncr_id=conditional.ncr_id)
+    return Usability(lid, "ok", "")
+
+
+def check_usable(lot_id: str, item_code: str | None = None, at: datetime | None = None) -> Usability:
+    """Whether lot ``lot_id`` may be consumed as item ``item_code`` (None: any) at ``at``
+    (default now), with the reason in words an operator acts on when it may not."""
+    lot = db.session.get(Lot, lot_id)
+    if lot is None:
+        return Usability(lot_id, "unknown_lot", f"Lot {lot_id} is not known to the MES. "
+                                                "Check the label and scan again.")
+    return _usability(lot, item_code, at or utcnow())
