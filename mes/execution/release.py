@@ -34,6 +34,7 @@ from mes.execution.records import _record_json, records_of
 from mes.execution.work_orders import _wo_transition
 from mes.materials import operations as materials
 from mes.signatures import operations as esig
+from mes.steps import registry as step_kinds
 from mes.users.models import UserSession
 from mes.users.operations import actor_for
 from mes.users.permissions import Permission
@@ -173,10 +174,12 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     before = batch.status
     batch.status = BatchStatus.RELEASED.value if decision == "released" else BatchStatus.REJECTED.value
     batch.decided_at, batch.decided_by, batch.version = now, session_row.user_id, batch.version + 1
-    lot = db.session.execute(select(StepRecord.data).join(BatchStep, BatchStep.id == StepRecord.batch_step_id).where(
-        StepRecord.batch_id == batch_id, BatchStep.kind == "produce_output", StepRecord.superseded_by.is_(None),
-        StepRecord.kind == "value")).scalars().first()
-    lot_id = lot.get("lot") if lot else None
+    values = db.session.execute(select(BatchStep.kind, StepRecord.data).join(
+        BatchStep, BatchStep.id == StepRecord.batch_step_id).where(
+        StepRecord.batch_id == batch_id, StepRecord.superseded_by.is_(None), StepRecord.kind == "value")).all()
+    # the lot this batch made: asked of each step's kind (the produce-output kind knows it)
+    lot_id = next((lot for kind, data in values if (lot := step_kinds.get(kind).produced_lot([{"data": data or {}}]))),
+                  None)
     record(actor, f"batch.{decision}", ("batch", batch_id), batch=batch_id, before={"status": before},
            after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr}, reason=comment,
            event=Event(BATCH_RELEASED, "batch", batch_id,

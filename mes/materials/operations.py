@@ -95,6 +95,19 @@ from mes.materials.lots import (  # noqa: F401
     release_lot,
     set_retest_date,
 )
+from mes.materials.models import (  # noqa: F401  the records these functions return
+    Consumption,
+    ConsumptionReversal,
+    Container,
+    GenealogyLink,
+    Hold,
+    HoldDisposition,
+    HoldScope,
+    Item,
+    ItemKind,
+    Lot,
+    LotStatus,
+)
 from mes.materials.views import (  # noqa: F401
     consumption_json,
     hold_json,
@@ -103,6 +116,17 @@ from mes.materials.views import (  # noqa: F401
 )
 
 __all__ = [
+    "Consumption",
+    "ConsumptionReversal",
+    "Container",
+    "GenealogyLink",
+    "Hold",
+    "HoldDisposition",
+    "HoldScope",
+    "Item",
+    "ItemKind",
+    "Lot",
+    "LotStatus",
     "MAX_TRACE_DEPTH",
     "CONSUMED",
     "CONSUMPTION_REVERSED",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path as FsPath
@@ -192,6 +192,20 @@ class StepKind(ABC):
         """Validate ``ctx.payload`` against ``ctx.spec``, record (``ctx.record``), raise
         deviations (``ctx.deviate``), set ``ctx.result``; refuse by raising. Writes of other
         features go to ``ctx.effects`` (run after every check passed, same transaction)."""
+
+    def recompute(self, actor: Any, batch: Any, row: Any, spec: Step, changed: set[str], cause: str,
+                  why: str, now: datetime) -> Any:
+        """After the value of step ``cause`` was corrected (``why``): recompute a completed
+        step of this kind that used one of the ``changed`` step ids (add the step's own id to ``changed`` when its
+        value depends on them, so later steps follow). Returns the new record superseding the
+        old one (audited, with a deviation where it now misses its limits), or None when
+        nothing changes (default: a kind whose record depends on no other value)."""
+        return None
+
+    def produced_lot(self, records: Sequence[Mapping[str, Any]]) -> str | None:
+        """The lot a step of this kind produced, from its current value records' data
+        (default: none); release names it in ``batch.released``."""
+        return None
 
     def second_person(self, spec: Step) -> bool:
         """Whether a different person completes the step at the kiosk (verification)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from mes.quantities import to_text
@@ -69,6 +70,64 @@ class Calculation(StepKind):
             ctx.deviate("limits_missed", f"{spec.title}: {to_text(result)} {spec.unit} is outside "
                         f"{limits_text(spec.low, spec.high, spec.unit)}",
                         {"step": spec.id, "formula": spec.formula, "inputs": shown, "value": to_text(result)})
+
+    def recompute(self, actor: Any, batch: Any, row: Any, spec: Step, changed: set[str], cause: str,
+                  why: str, now: datetime) -> Any:
+        """A completed calculation that used a changed value is computed again: a new record
+        flagged ``recomputed`` supersedes the old one (audited as ``batch.value.recomputed``),
+        with a deviation when the result now misses its limits."""
+        from decimal import Decimal
+
+        from mes.audit.log import record
+        from mes.db import db
+        from mes.errors import Conflict
+        from mes.execution.common import _new_id
+        from mes.execution.deviations import _new_deviation, _record_deviation
+        from mes.execution.models import Severity, StepRecord
+        from mes.execution.records import _current_records, _values
+
+        assert isinstance(spec, CalculationStep)
+        if not changed & set(spec.references):
+            return None
+        old = next(iter(_current_records(row, "value")), None)
+        if old is None:
+            return None
+        values = _values(batch.id)
+        try:
+            result = spec.compute(values)
+        except FormulaError as exc:
+            raise Conflict(f"The correction makes calculation {spec.id} impossible ({exc}); nothing was changed.") \
+                from None
+        changed.add(row.step_id)
+        if old.value is not None and Decimal(old.value) == result:
+            return None
+        ok = spec.in_limits(result)
+        inputs = {ref: to_text(values[ref]) for ref in spec.references if ref in values}
+        new = StepRecord(id=_new_id("R"), batch_id=batch.id, batch_step_id=row.id, attempt=old.attempt, kind="value",
+                         value=to_text(result), unit=old.unit,
+                         data={**old.data, "inputs": inputs, "recomputed_because": cause},
+                         flags=["recomputed"] + ([] if ok else ["out_of_limits"]), comment=None, corrects=old.id,
+                         reason=f"recomputed after the correction of {cause}: {why}", recorded_at=now,
+                         recorded_by=actor.id)
+        db.session.add(new)
+        old.superseded_by = new.id
+        old.flags = sorted(set(old.flags or []) | {"corrected"})
+        row.result = {**(row.result or {}), "value": new.value, "inputs": inputs, "in_limits": ok,
+                      "recomputed": True}
+        row.version += 1
+        db.session.flush()
+        record(actor, "batch.value.recomputed", ("step_record", old.id), batch=batch.id,
+               before={"value": old.value, "unit": old.unit, "record": old.id},
+               after={"value": new.value, "unit": new.unit, "record": new.id, "inputs": inputs, "in_limits": ok,
+                      "formula": spec.formula}, reason=new.reason)
+        if not ok:
+            dev = _new_deviation(actor, batch, row, Severity.MAJOR.value, "limits_missed",
+                                 f"{spec.title}: recomputed {to_text(result)} {spec.unit} is outside "
+                                 f"{limits_text(spec.low, spec.high, spec.unit)}",
+                                 {"record": new.id, "corrects": old.id, "formula": spec.formula, "inputs": inputs},
+                                 automatic=True, commit_record=False)
+            _record_deviation(actor, dev)
+        return new
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """The inputs recorded so far and a preview of the result (the server computes again)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -100,6 +101,72 @@ class ProduceOutput(StepKind):
         actor, batch, wo = ctx.actor, ctx.batch.id, ctx.batch.work_order_id
         ctx.effects.append(lambda: materials.produce(actor, spec.item, lot_id, to_text(qty), unit, batch,
                                                      work_order_id=wo, commit=False) and None)
+
+    def recompute(self, actor: Any, batch: Any, row: Any, spec: Step, changed: set[str], cause: str,
+                  why: str, now: datetime) -> Any:
+        """A completed produce-output step whose theoretical quantity comes from a changed step:
+        the quantity produced stays what was weighed, the theoretical and the yield are computed
+        again (a new record superseding the old, audited, with a deviation when the yield now
+        misses its limits)."""
+        from mes.audit.log import record
+        from mes.db import db
+        from mes.errors import Conflict
+        from mes.execution.common import _new_id
+        from mes.execution.deviations import _new_deviation, _record_deviation
+        from mes.execution.models import Severity, StepRecord
+        from mes.execution.records import _current_records, _values
+
+        assert isinstance(spec, ProduceOutputStep)
+        if not spec.theoretical_from or spec.theoretical_from not in changed:
+            return None
+        old = next(iter(_current_records(row, "value")), None)
+        if old is None or old.value is None:
+            return None
+        theoretical = _values(batch.id).get(spec.theoretical_from)
+        if theoretical is None:
+            return None
+        actual = Decimal(old.value)
+        try:
+            percent = spec.yield_percent(actual, theoretical)
+        except (ArithmeticError, ValueError) as exc:
+            raise Conflict(f"The correction makes the yield of step {spec.id} impossible to compute ({exc}); "
+                           "nothing was changed.") from None
+        if old.data.get("theoretical") == to_text(theoretical) and old.data.get("yield") == to_text(percent):
+            return None
+        ok = spec.yield_in_limits(percent)
+        data = {**old.data, "theoretical": to_text(theoretical), "yield": to_text(percent),
+                "recomputed_because": spec.theoretical_from}
+        new = StepRecord(id=_new_id("R"), batch_id=batch.id, batch_step_id=row.id, attempt=old.attempt, kind="value",
+                         value=old.value, unit=old.unit, data=data,
+                         flags=["recomputed"] + ([] if ok else ["out_of_limits"]), comment=None, corrects=old.id,
+                         reason=f"yield recomputed after the correction of {spec.theoretical_from}: {why}",
+                         recorded_at=now, recorded_by=actor.id)
+        db.session.add(new)
+        old.superseded_by = new.id
+        old.flags = sorted(set(old.flags or []) | {"corrected"})
+        row.result = {**(row.result or {}), "theoretical": data["theoretical"], "yield": data["yield"], "in_limits": ok,
+                      "recomputed": True}
+        row.version += 1
+        db.session.flush()
+        record(actor, "batch.value.recomputed", ("step_record", old.id), batch=batch.id,
+               before={"value": old.value, "unit": old.unit, "record": old.id, "theoretical": old.data.get("theoretical"),
+                       "yield": old.data.get("yield")},
+               after={"value": new.value, "unit": new.unit, "record": new.id, "theoretical": data["theoretical"],
+                      "yield": data["yield"], "in_limits": ok}, reason=new.reason)
+        if not ok:
+            dev = _new_deviation(actor, batch, row, Severity.MAJOR.value, "yield_out_of_limits",
+                                 f"{spec.title}: recomputed yield {data['yield']} % is outside "
+                                 f"{to_text(spec.yield_low)} to {to_text(spec.yield_high)} %",
+                                 {"record": new.id, "corrects": old.id, "step": spec.id,
+                                  "theoretical": data["theoretical"], "yield": data["yield"]},
+                                 automatic=True, commit_record=False)
+            _record_deviation(actor, dev)
+        return new
+
+    def produced_lot(self, records: Sequence[Mapping[str, Any]]) -> str | None:
+        """The output lot this step recorded."""
+        return next((r["data"].get("lot") for r in records if r.get("data") and r["data"].get("lot")), None)
+
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """The theoretical quantity (scaled, or from its calculation) and the yield limits."""

@@ -85,15 +85,11 @@ _CHAIN = re.compile(
     r"|\bkind\s*(==|!=|in)\s*\(?['\"](" + _KIND_NAMES + r")['\"]"
     r"|['\"](" + _KIND_NAMES + r")['\"]\s*(==|!=)\s*[\w.]*kind\b")
 
-# Places that still name one kind (none is a chain over kinds; each is a known gap of issue
-# 13): the engine's corrections recompute completed calculations and the produce-output
-# yield after a corrected value (a "recompute after correction" hook on StepKind is next),
-# and release reads the lot the produce-output step recorded; the demo plant registers the scales weigh steps
-# and the equipment checks need; the recipe model's helpers return the weigh steps of an
-# item and the output; the kiosk's summary names the *record* kind "signature".
+# Places that still name one kind (none is a chain over kinds): the demo plant registers
+# the scales weigh steps and the equipment checks need; the recipe model's helpers return
+# the weigh steps of an item and the output; the kiosk's summary names the *record* kind
+# "signature".
 _KNOWN = {
-    "mes/execution/corrections.py": 2,
-    "mes/execution/release.py": 1,
     "kiosk/views.py": 1,
     "mes/equipment/plant.py": 2,
     "mes/recipes/model.py": 2,
