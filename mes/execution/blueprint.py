@@ -188,7 +188,9 @@ def start_step(batch_id: str, step_id: str) -> Response:
 @endpoint(P.BATCH_EXECUTE, terminal=True, schema=STEP_BODY, tags=("batches",))
 def complete_step(batch_id: str, step_id: str) -> Response:
     """Complete a step (idempotent with the Idempotency-Key header). A weigh step names the
-    scale (``device_id``); the server takes the weight from the gateway's latest reading."""
+    scale (``device_id``); the server takes the weight from the gateway's latest reading. An
+    equipment check confirms what the status label shows (``label_states``); a signer's
+    first signature may carry the acknowledgement (``esig_acknowledged: true``)."""
     who = principal()
     return jsonify(ops.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, g.body.get("payload") or {},
                                      _key(), g.body["expected_version"], session_row=lambda: who.session,
