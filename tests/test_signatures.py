@@ -96,7 +96,7 @@ def test_badge_sessions_sign_with_badge_and_pin(people) -> None:
         esig.sign(s, esig.Credentials("2468", user_id="operator1"), "test_record", "R-1", "performed",
                   role="operator", terminal="KIOSK-01")
     db.session.rollback()
-    with pytest.raises(AuthenticationFailed, match="do not belong"):
+    with pytest.raises(AuthenticationFailed, match="That badge is not yours; sign with your own badge"):
         esig.sign(s, esig.Credentials("2468", badge="B-supervisor"), "test_record", "R-1", "performed",
                   role="operator", terminal="KIOSK-01")
     db.session.rollback()
