@@ -44,6 +44,7 @@ from mes.execution.models import (
 )
 from mes.execution.work_orders import _wo_transition
 from mes.recipes.scaling import ControlRecipe, recipe_hash, scale
+from mes.validation import get_or_404
 
 
 @dataclass(slots=True)
@@ -179,10 +180,7 @@ def control_recipe(batch: BatchLike) -> ControlRecipe:
 
 def get_batch(batch_id: str) -> Batch:
     """The batch ``batch_id`` (NotFound if none)."""
-    batch = db.session.get(Batch, batch_id)
-    if batch is None:
-        raise NotFound(f"Batch {batch_id} is not known.")
-    return batch
+    return get_or_404(Batch, batch_id, "Batch")
 
 
 def steps_of(batch_id: str, *, fresh: bool = False) -> list[BatchStep]:

@@ -23,6 +23,7 @@ from mes.execution.models import BatchStatus, Severity
 from mes.quantities import parse_decimal
 from mes.steps.context import DEFAULT_MAX_READING_AGE_MS  # noqa: F401  (re-exported for the engine)
 from mes.users.models import UserSession
+from mes.validation import required_text as _text  # the one required-text rule  # noqa: F401
 
 WORK_ORDER_STARTED = "mes.work_order.started.v1"
 DEVIATION_RAISED = "mes.deviation.raised.v1"
@@ -65,13 +66,6 @@ class _RefuseWithDeviation(Exception):
     def __init__(self, detail: str, severity: str, category: str, evidence: dict[str, Any]) -> None:
         super().__init__(detail)
         self.detail, self.severity, self.category, self.evidence = detail, severity, category, evidence
-
-
-def _text(value: str | None, what: str, field_name: str) -> str:
-    """``value`` stripped; ValidationFailed naming ``what`` when it is missing or blank."""
-    if value is None or not str(value).strip():
-        raise ValidationFailed(f"{what} is required.", field=field_name)
-    return str(value).strip()
 
 
 def _dec(value: Any, field_name: str, *, signed: bool = False) -> Decimal:

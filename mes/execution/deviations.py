@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mes.audit.log import Actor, Event, record
 from mes.db import db
-from mes.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from mes.errors import Conflict, Forbidden, ValidationFailed
 from mes.execution import common
 from mes.execution.batches import BatchLike, StepLike, _refresh, blocks_any, get_step, steps_of
 from mes.execution.claims import _release_claims
@@ -29,6 +29,7 @@ from mes.signatures import operations as esig
 from mes.users.models import UserSession
 from mes.users.operations import actor_for
 from mes.users.permissions import Permission
+from mes.validation import get_or_404
 
 
 def _new_deviation(actor: Actor, batch: BatchLike, step: StepLike | None, severity: str, category: str, description: str,
@@ -84,10 +85,7 @@ def raise_deviation(actor: Actor, batch_id: str, severity: str, category: str, d
 
 def get_deviation(deviation_id: str) -> Deviation:
     """The deviation ``deviation_id`` (NotFound if none)."""
-    dev = db.session.get(Deviation, deviation_id)
-    if dev is None:
-        raise NotFound(f"Deviation {deviation_id} is not known.")
-    return dev
+    return get_or_404(Deviation, deviation_id, "Deviation")
 
 
 def deviations_of(batch_id: str) -> list[Deviation]:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mes.audit.log import Actor, record
 from mes.db import db, utcnow
-from mes.errors import Conflict, NotFound, ValidationFailed
+from mes.errors import Conflict, ValidationFailed
 from mes.execution.models import RecipeStatus, RecipeVersion
 from mes.recipes.diff import diff
 from mes.recipes.loader import from_dict, load_recipe
@@ -27,6 +27,7 @@ from mes.signatures import operations as esig
 from mes.users.models import UserSession
 from mes.users.operations import actor_for
 from mes.users.permissions import Permission
+from mes.validation import get_or_404
 
 USABLE = (RecipeStatus.APPROVED.value, RecipeStatus.EFFECTIVE.value)
 _MASTERS: dict[str, MasterRecipe] = {}
@@ -40,10 +41,7 @@ def recipe_version_record(version_id: str) -> dict[str, Any]:
 
 
 def get_version(version_id: str) -> RecipeVersion:
-    rv = db.session.get(RecipeVersion, version_id)
-    if rv is None:
-        raise NotFound(f"Recipe version {version_id} is not known.")
-    return rv
+    return get_or_404(RecipeVersion, version_id, "Recipe version")
 
 
 def list_versions(recipe_id: str | None = None, status: str | None = None) -> list[RecipeVersion]:

@@ -10,20 +10,18 @@ from sqlalchemy import select
 
 from mes.audit.log import Actor, Event, record
 from mes.db import db, utcnow
-from mes.errors import Conflict, NotFound, ValidationFailed
+from mes.errors import Conflict, ValidationFailed
 from mes.execution import recipes_store
 from mes.execution.common import _at, _dec, _locked, _new_id, _text
 from mes.execution.models import Batch, WorkOrder, WorkOrderStatus
 from mes.quantities import to_text
 from mes.recipes.scaling import scale
+from mes.validation import get_or_404
 
 
 def get_work_order(work_order_id: str) -> WorkOrder:
     """The work order ``work_order_id`` (NotFound if none)."""
-    wo = db.session.get(WorkOrder, work_order_id)
-    if wo is None:
-        raise NotFound(f"Work order {work_order_id} is not known.")
-    return wo
+    return get_or_404(WorkOrder, work_order_id, "Work order")
 
 
 def work_order_json(wo: WorkOrder) -> dict[str, Any]:
