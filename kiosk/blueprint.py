@@ -33,7 +33,7 @@ from kiosk.step_pages import KindTemplates, StepPage
 from mes.db import db
 from mes.errors import AuthenticationFailed, Conflict, MESError, ValidationFailed
 from mes.execution import operations as ex
-from mes.execution.models import BatchStatus, StepState
+from mes.execution.models import BatchStatus, DeviationStatus, StepState
 from mes.gateway.store import reading_store
 from mes.recipes import model as rm
 from mes.signatures import operations as esig
@@ -293,7 +293,7 @@ def _step_context(batch_id: str, step_id: str) -> dict[str, Any]:
                            "position": step.seq + 1, "product": v.product_name(b), "key": uuid.uuid4().hex,
                            "others": [r for r in rows if r.state in (StepState.READY.value, StepState.IN_PROGRESS.value)
                                       and r.id != step.id],
-                           "dev_here": [d for d in ex.deviations_of(b.id) if d.status == "open"
+                           "dev_here": [d for d in ex.deviations_of(b.id) if d.status == DeviationStatus.OPEN.value
                                         and d.batch_step_id == step.id]}
     kind = step_kinds.kind_of(spec)
     ctx.update(step_template=kind.template, verify_form=kind.second_person(spec), start_action=False)

@@ -43,6 +43,7 @@ from typing import Any
 
 import requests
 
+from mes.execution.models import DeviationStatus
 from mes.quantities import convert, to_text
 from mes.recipes import model as rm
 from mes.recipes.loader import from_dict
@@ -454,7 +455,7 @@ class SimOperator:
         sign = self.qa_login.sign_fields()
         batch = qa.batch(batch_id)
         for d in batch.get("deviations", []):
-            if d["status"] == "open":
+            if d["status"] == DeviationStatus.OPEN.value:
                 qa.post(f"{API}/deviations/{d['id']}/disposition",
                         {"disposition": "use_as_is", "reason": "Simulated run: assessed, no impact (simulation).",
                          **sign})
