@@ -5,12 +5,23 @@ progress. One test per rule, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 
+from mes.errors import Forbidden
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
-from tests.execution_helpers import PCM, effective_recipe, make_world, start, stock
-from tests.helpers import logged_in
+from mes.signatures import operations as esig
+from tests.execution_helpers import (
+    PACK_RECIPE,
+    PCM,
+    effective_recipe,
+    make_world,
+    run_until,
+    start,
+    stock,
+)
+from tests.helpers import PASSWORD, logged_in
 
 
 def test_reused_idempotency_key_with_another_payload_is_refused(app: Flask, client, monkeypatch) -> None:
@@ -38,3 +49,82 @@ def test_reused_idempotency_key_with_another_payload_is_refused(app: Flask, clie
 
     stored = db.session.get(ex.StepRequest, f"{world.seeded.users['operator']}:k-same")
     assert stored is not None and len(stored.request_sha256) == 64
+
+
+GATE_RECIPE = PACK_RECIPE.replace("""          - id: packed_out""", """          - id: hardness
+            kind: numeric
+            title: Tablet hardness
+            instruction: Record the mean hardness.
+            unit: N
+            precision: 0
+            low: "80"
+            high: "120"
+          - id: qa_gate
+            kind: signature
+            title: Bulk approved by QA
+            instruction: QA approves the packing on the hardness result.
+            meaning: approved
+            roles: [qa]
+          - id: packed_out""")
+
+
+def _gate_batch(world) -> str:
+    """A packing batch run up to its QA gate (hardness recorded as 100 N)."""
+    pack = effective_recipe(world, GATE_RECIPE, "gate.yaml")
+    stock(world, store.master_of(store.get_version(pack)))
+    batch_id = start(world, pack, "10.000", "kg")
+    run_until(world, batch_id, stop_before="qa_gate", overrides={"hardness": {"value": "100"}})
+    return batch_id
+
+
+def test_a_qa_gate_is_signed_by_qa_without_batch_execute(app: Flask, client, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    batch_id = _gate_batch(world)
+    step = ex.get_step(batch_id, "qa_gate")
+    assert step.state == "ready"
+    qa = logged_in(client, world.seeded, "qa")  # QA holds esig.sign, not batch.execute
+    url = f"/api/v1/batches/{batch_id}/steps/qa_gate"
+    body = {"expected_version": step.version, "password": PASSWORD, "user_id": world.seeded.users["qa"]}
+    # the execution endpoint stays closed to QA ...
+    r = qa.post(url + "/complete", {"expected_version": step.version, "payload": body},
+                headers={"Idempotency-Key": "qa-1"})
+    assert r.status_code == 403
+    # ... but QA signs the gate the recipe gives them
+    r = qa.post(url + "/sign", body, headers={"Idempotency-Key": "qa-2"})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["state"] == "completed" and r.get_json()["meaning"] == "approved"
+    [rec] = [x for x in ex.records_of(batch_id) if x.kind == "signature"]
+    assert rec.recorded_by == world.seeded.users["qa"] and rec.data["role"] == "qa"
+    # an operator cannot sign a QA gate, by the same service
+    batch2 = start(world, store.list_versions("MR-PCM500-PACK")[0].id, "10.000", "kg")
+    run_until(world, batch2, stop_before="qa_gate", overrides={"hardness": {"value": "100"}})
+    with pytest.raises(Forbidden, match="needs the role qa"):
+        ex.sign_gate(world.sessions["operator"], batch2, "qa_gate", {"password": PASSWORD}, "op-1",
+                     ex.get_step(batch2, "qa_gate").version, terminal="KIOSK-01")
+    # the QA workstation lists the gate and signs it
+    page = qa.get(f"/qa/batches/{batch2}/gates")
+    assert page.status_code == 200 and "qa_gate" in page.get_data(as_text=True)
+    form = {"csrf_token": qa.csrf, "expected_version": str(ex.get_step(batch2, "qa_gate").version),
+            "idempotency_key": "qa-page-1", "password": PASSWORD}
+    r = qa.client.post(f"/qa/batches/{batch2}/steps/qa_gate/sign", data=form, headers=qa.headers)
+    assert r.status_code == 302, r.get_data(as_text=True)
+    assert ex.get_step(batch2, "qa_gate").state == "completed"
+    assert ex.get_step(batch2, "qa_gate").completed_by == world.seeded.users["qa"]
+
+
+def test_a_gate_binds_the_earlier_steps_of_its_operation(app: Flask, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    batch_id = _gate_batch(world)
+    ex.sign_gate(world.sessions["qa"], batch_id, "qa_gate", {"password": PASSWORD, "user_id": "qa1"}, "qa-3",
+                 ex.get_step(batch_id, "qa_gate").version, terminal="QA-WS-01")
+    gate = ex.get_step(batch_id, "qa_gate")
+    bound = esig.current_record("batch_step", gate.id)["covers"]
+    assert set(bound) == {"id_bulk", "w_bulk", "hardness"}  # the steps before it in its operation
+    assert [c.valid for c in esig.signatures_for("batch_step", gate.id)] == [True]
+    assert ex.broken_gates(batch_id) == []
+    # the verified value is corrected: the verification no longer holds, and release says so
+    [hardness] = [r for r in ex.records_of(batch_id) if r.batch_step_id == f"{batch_id}:hardness"]
+    ex.correct_value(world.actor("operator"), batch_id, hardness.id, "110", "transcription error")
+    assert [c.valid for c in esig.signatures_for("batch_step", gate.id)] == [False]
+    assert ex.broken_gates(batch_id) == ["qa_gate"]
+    assert any("qa_gate" in p for p in ex.release_blockers(batch_id))

@@ -107,9 +107,28 @@ def release_blockers(batch_id: str) -> list[str]:
     lots = materials.open_conditional_lots(batch_id)
     if lots:
         problems.append(f"conditionally released lot(s) {', '.join(lots)} still have open conditions")
+    broken = broken_gates(batch_id)
+    if broken:
+        problems.append(f"signature gate(s) {', '.join(broken)} no longer match the values they signed "
+                        "(changed after signing)")
     if not _reviewed_trail(batch.id):
         problems.append("no signed audit-trail review covers the batch's current record")
     return problems
+
+
+def broken_gates(batch_id: str) -> list[str]:
+    """Completed signature gates whose signature fails verification now: a value they bound
+    (the steps they cover, or the earlier steps of their operation) was corrected after signing."""
+    signed = db.session.execute(select(AuditEntry.entity_id).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.action == "esig.signed",
+        AuditEntry.entity_type == "batch_step").distinct()).scalars().all()
+    names = {s.id: s.step_id for s in steps_of(batch_id) if s.state == StepState.COMPLETED.value}
+    broken = []
+    for step_id in sorted(set(signed) & set(names), key=lambda i: list(names).index(i)):
+        checks = esig.signatures_for("batch_step", step_id)
+        if checks and not checks[-1].valid:
+            broken.append(names[step_id])
+    return broken
 
 
 def _reviewed_trail(batch_id: str) -> bool:

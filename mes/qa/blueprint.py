@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
@@ -103,3 +104,48 @@ def audit_csv() -> Response:
                          d["reason"] or "", sig.get("meaning", ""), sig.get("name", ""), sig.get("at", "")])
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=audit-trail.csv"})
+
+
+# ------------------------------------------------------------------- signature gates
+
+
+def _gates_page(batch_id: str, error: str | None = None, status: int = 200) -> Any:
+    from mes.execution import operations as ex
+
+    who = principal()
+    batch = ex.get_batch(batch_id)
+    gates = ex.gates_awaiting(batch.id, set(who.roles))
+    return render_template("qa/gates.html", batch=batch, gates=gates, error=error, key=uuid.uuid4().hex,
+                           user=who.user, csrf=csrf_token()), status
+
+
+@bp.get("/batches/<batch_id>/gates")
+@endpoint(P.ESIG_SIGN, tags=("qa",))
+def gates(batch_id: str) -> Any:
+    """The batch's signature gates the signed-in person may sign (a QA gate for QA)."""
+    return _gates_page(batch_id)
+
+
+@bp.post("/batches/<batch_id>/steps/<step_id>/sign")
+@endpoint(P.ESIG_SIGN, terminal=True, tags=("qa",))
+def sign_gate(batch_id: str, step_id: str) -> Any:
+    """Sign a gate from the QA workstation with the password (meaning as the recipe says)."""
+    from mes.execution import operations as ex
+
+    who = principal()
+    form = request.form
+    try:
+        version = int(form.get("expected_version", ""))
+    except ValueError:
+        return _gates_page(batch_id, "The page is out of date; it was reloaded.", 409)
+    payload = {"password": form.get("password", ""), "user_id": who.user_id,
+               "esig_acknowledged": form.get("esig_ack") == "1"}
+    if form.get("comment", "").strip():
+        payload["comment"] = form["comment"].strip()
+    key = f"{who.user_id}:qa:{form.get('idempotency_key') or uuid.uuid4().hex}"
+    try:
+        ex.sign_gate(who.session, batch_id, step_id, payload, key, version,
+                     terminal=who.terminal.id if who.terminal else None)
+    except MESError as exc:
+        return _gates_page(batch_id, exc.detail, exc.status)
+    return redirect(url_for("qa.gates", batch_id=batch_id))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mes.recipes import checks
@@ -25,9 +25,27 @@ def performers(batch_id: str, step_ids: list[str]) -> set[str]:
                                   .where(BatchStep.batch_id == batch_id, BatchStep.step_id.in_(step_ids))).scalars())
 
 
+def gate_permission(spec: SignatureStep) -> Any:
+    """What signing the gate needs: ``batch.verify`` for a second-person verification, else
+    ``esig.sign`` (never ``batch.execute``: QA signs a gate without executing the batch)."""
+    from mes.users.permissions import Permission
+
+    return Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN
+
+
+def covered_steps(spec: SignatureStep, step: Any, steps: Iterable[Any]) -> list[str]:
+    """The steps a gate binds and verifies: its ``covers``, or else the earlier steps of its
+    own operation (``steps``: the batch's step rows, or any with the same position fields)."""
+    if spec.covers:
+        return list(spec.covers)
+    return [r.step_id for r in sorted(steps, key=lambda r: r.step_index)
+            if (r.up_index, r.op_index) == (step.up_index, step.op_index) and r.step_index < step.step_index]
+
+
 def batch_step_record(batch_step_id: str) -> dict[str, Any]:
-    """What a signature gate signs: the step, its attempt and the current values of the steps it covers
-    (the e-signature record provider ``batch_step``, registered when the kinds load)."""
+    """What a signature gate signs: the step, its attempt and the current values of the steps it
+    binds (:func:`covered_steps`), so a value corrected after signing makes the signature fail
+    verification (the e-signature record provider ``batch_step``, registered when the kinds load)."""
     from mes.db import db
     from mes.errors import NotFound
     from mes.execution import operations as ex
@@ -38,7 +56,7 @@ def batch_step_record(batch_step_id: str) -> dict[str, Any]:
         raise NotFound(f"No batch step {batch_step_id}.")
     batch = ex.get_batch(step.batch_id)
     spec = ex.control_recipe(batch).step(step.step_id)
-    covers = list(getattr(spec, "covers", ()) or ())
+    covers = covered_steps(spec, step, ex.steps_of(batch.id)) if isinstance(spec, SignatureStep) else []
     covered = {}
     for sid in covers:
         recs = ex._current_records(ex.get_step(batch.id, sid))
@@ -88,6 +106,16 @@ class Signature(StepKind):
         """A second-person verification is signed by another person at the kiosk."""
         return bool(spec.second_person)  # type: ignore[attr-defined]
 
+    signs = True
+
+    def signing_role(self, spec: Step, roles: set[str]) -> str | None:
+        """The first of the gate's roles that ``roles`` holds and that may sign it."""
+        from mes.users.permissions import allowed
+
+        assert isinstance(spec, SignatureStep)
+        permission = gate_permission(spec)
+        return next((r for r in spec.roles if r in roles and allowed({r}, permission)), None)
+
     def complete(self, ctx: StepContext) -> None:
         """Signed in the step's transaction by the session's user (credentials in the payload)."""
         from sqlalchemy import select
@@ -97,7 +125,6 @@ class Signature(StepKind):
         from mes.execution.models import BatchStep
         from mes.signatures import operations as esig
         from mes.signatures.credentials import credentials_from
-        from mes.users.permissions import Permission
 
         spec: SignatureStep = ctx.spec  # type: ignore[assignment]
         session_row = ctx.signer_session()
@@ -110,9 +137,13 @@ class Signature(StepKind):
             raise Forbidden(f"This signature needs the role {' or '.join(spec.roles)}.")
         performed_by = None
         if spec.second_person:
-            earlier = list(spec.covers) or list(db.session.execute(
-                select(BatchStep.step_id).where(BatchStep.batch_id == ctx.batch.id, BatchStep.seq < ctx.step.seq)
-                .order_by(BatchStep.seq.desc()).limit(1)).scalars())
+            earlier = covered_steps(spec, ctx.step, db.session.execute(
+                select(BatchStep).where(BatchStep.batch_id == ctx.batch.id, BatchStep.up_index == ctx.step.up_index,
+                                        BatchStep.op_index == ctx.step.op_index)).scalars())
+            if not earlier:  # the first step of its operation: the step just before it
+                earlier = list(db.session.execute(
+                    select(BatchStep.step_id).where(BatchStep.batch_id == ctx.batch.id, BatchStep.seq < ctx.step.seq)
+                    .order_by(BatchStep.seq.desc()).limit(1)).scalars())
             people = performers(ctx.batch.id, earlier)
             if user.id in people:
                 raise Conflict("Second-person verification must be done by a different person than the one who "
@@ -120,7 +151,7 @@ class Signature(StepKind):
             performed_by = sorted(people)[0] if people else None
         entry = esig.sign(session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
                           terminal=ctx.actor.terminal, batch=ctx.batch.id, performed_by=performed_by,
-                          permission=Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN,
+                          permission=gate_permission(spec),
                           comment=ctx.payload.get("comment"),
                           acknowledged=ctx.payload.get("esig_acknowledged") is True, commit=False)
         sig = json.loads(entry.entry_bytes)["signature"]
@@ -132,8 +163,12 @@ class Signature(StepKind):
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """Meaning, roles, whether the signer still acknowledges, and whether another person verifies."""
         assert isinstance(spec, SignatureStep)
+        # signed by the signed-in person in the gate's role (kiosk.sign), or by another person
+        # with their own badge and PIN here (kiosk.verify): a second person, or the role holder
+        own = not spec.second_person and self.signing_role(spec, set(page.user.role_names())) is not None
         return {"meaning": spec.meaning, "roles": ", ".join(spec.roles),
-                "needs_ack": page.user.esig_acknowledged_at is None}
+                "needs_ack": page.user.esig_acknowledged_at is None,
+                "verify_form": not own, "sign_endpoint": "kiosk.sign", "signed_by_other": not own and not spec.second_person}
 
     def payload(self, spec: Step, form: Mapping[str, Any]) -> dict[str, Any]:
         """Badge, PIN and the first signature's acknowledgement (the engine checks all three)."""
