@@ -128,3 +128,15 @@ def test_a_gate_binds_the_earlier_steps_of_its_operation(app: Flask, monkeypatch
     assert [c.valid for c in esig.signatures_for("batch_step", gate.id)] == [False]
     assert ex.broken_gates(batch_id) == ["qa_gate"]
     assert any("qa_gate" in p for p in ex.release_blockers(batch_id))
+
+
+def test_recipe_checker_flags_gate_roles_that_can_never_sign() -> None:
+    from mes.recipes.errors import RecipeError
+    from mes.recipes.loader import load_recipe
+
+    ok = load_recipe(GATE_RECIPE, name="gate.yaml")  # a QA gate meaning 'approved': QA can sign it
+    assert ok.step("qa_gate").roles == ("qa",)
+    stuck = GATE_RECIPE.replace("meaning: approved\n            roles: [qa]", "meaning: performed\n            roles: [qa]")
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(stuck, name="stuck.yaml")
+    assert any("role 'qa' can never sign this gate" in m and "roles" in m for m in refused.value.messages())

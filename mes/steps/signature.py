@@ -33,6 +33,20 @@ def gate_permission(spec: SignatureStep) -> Any:
     return Permission.BATCH_VERIFY if spec.second_person else Permission.ESIG_SIGN
 
 
+def unreachable_roles(spec: SignatureStep) -> list[str]:
+    """The gate's roles that can never sign it under the role × action matrix: a role without
+    the gate's permission, or, for a 'performed' signature, a role that never performs
+    (does not hold ``batch.execute``)."""
+    from mes.users.permissions import Permission, allowed
+
+    out = []
+    for role in spec.roles:
+        if not allowed({role}, gate_permission(spec)) or (
+                spec.meaning == "performed" and not allowed({role}, Permission.BATCH_EXECUTE)):
+            out.append(role)
+    return out
+
+
 def covered_steps(spec: SignatureStep, step: Any, steps: Iterable[Any]) -> list[str]:
     """The steps a gate binds and verifies: its ``covers``, or else the earlier steps of its
     own operation (``steps``: the batch's step rows, or any with the same position fields)."""
@@ -98,6 +112,10 @@ class Signature(StepKind):
                                               "meaning 'verified' (or reviewed/approved)")
         if step.second_person and not step.covers and sref.index == 0:
             report(path + ("second_person",), "nothing to verify: put the gate after the steps it verifies or list them in covers")
+        for role in unreachable_roles(step):
+            report(path + ("roles",), f"role {role!r} can never sign this gate: {role} does not hold "
+                                      + ("batch.execute, and a 'performed' signature is by the performer"
+                                         if step.meaning == "performed" else gate_permission(step).value))
         if unique_ids:
             for other in step.covers:
                 checks.earlier(recipe, sref, other, path + ("covers",), report, "covers step")
