@@ -262,9 +262,11 @@ def review(batch_id: str) -> Response:
 
 @bp.post(f"{API}/batches/<batch_id>/release")
 @endpoint(P.BATCH_RELEASE, terminal=True, tags=("batches",),
-          schema=obj({"decision": {"enum": ["released", "rejected"]}, "comment": TEXT, **SIGN_FIELDS}, ("decision",)))
+          schema=obj({"decision": {"enum": ["released", "conditionally_released", "rejected"]}, "comment": TEXT,
+                      "conditions": TEXT, **SIGN_FIELDS}, ("decision",)))
 def release(batch_id: str) -> Response:
-    """QA releases or rejects the batch with an e-signature."""
+    """QA releases (outright or under conditions) or rejects the batch with an e-signature;
+    the batch's output lot follows the decision."""
     batch = ops.release_batch(_session_row(), credentials_from(g.body), batch_id, g.body["decision"],
-                              terminal=_terminal(), comment=g.body.get("comment"))
+                              terminal=_terminal(), comment=g.body.get("comment"), conditions=g.body.get("conditions"))
     return jsonify(ops.batch_json(batch, steps=False))
