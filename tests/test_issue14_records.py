@@ -5,12 +5,19 @@ progress. One test per rule, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
-from mes.errors import Forbidden
+from mes.db import db, utcnow
+from mes.errors import Conflict, Forbidden, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
+from mes.integration.models import OutboxEvent
+from mes.materials import operations as mat
+from mes.plant_time import plant_date
 from mes.signatures import operations as esig
 from tests.execution_helpers import (
     PACK_RECIPE,
@@ -21,7 +28,7 @@ from tests.execution_helpers import (
     start,
     stock,
 )
-from tests.helpers import PASSWORD, logged_in
+from tests.helpers import PASSWORD, SEED, logged_in, release_lot_as_qa
 
 
 def test_reused_idempotency_key_with_another_payload_is_refused(app: Flask, client, monkeypatch) -> None:
@@ -70,7 +77,9 @@ GATE_RECIPE = PACK_RECIPE.replace("""          - id: packed_out""", """         
 
 def _gate_batch(world) -> str:
     """A packing batch run up to its QA gate (hardness recorded as 100 N)."""
-    pack = effective_recipe(world, GATE_RECIPE, "gate.yaml")
+    known = store.list_versions("MR-PCM500-PACK")
+    pack = known[0].id if known else effective_recipe(world, GATE_RECIPE, "gate.yaml")
+    world.lots.pop("BLK-PCM500-TAB", None)  # a fresh lot of bulk for each batch
     stock(world, store.master_of(store.get_version(pack)))
     batch_id = start(world, pack, "10.000", "kg")
     run_until(world, batch_id, stop_before="qa_gate", overrides={"hardness": {"value": "100"}})
@@ -140,3 +149,93 @@ def test_recipe_checker_flags_gate_roles_that_can_never_sign() -> None:
     with pytest.raises(RecipeError) as refused:
         load_recipe(stuck, name="stuck.yaml")
     assert any("role 'qa' can never sign this gate" in m and "roles" in m for m in refused.value.messages())
+
+
+def _completed_gate_batch(world) -> tuple[str, str]:
+    """A packing batch completed (QA gate signed), with the lot it made."""
+    batch_id = _gate_batch(world)
+    ex.sign_gate(world.sessions["qa"], batch_id, "qa_gate", {"password": PASSWORD, "user_id": "qa1"}, world.key(),
+                 ex.get_step(batch_id, "qa_gate").version, terminal="QA-WS-01")
+    lot_id = f"LOT-PACK-{world.key()}"
+    run_until(world, batch_id, overrides={"packed_out": {"quantity": "9.900", "unit": "kg", "lot_id": lot_id}})
+    assert ex.get_batch(batch_id).status == "completed"
+    return batch_id, lot_id
+
+
+def _review(world, batch_id: str) -> None:
+    from mes.audit.review import review_trail
+
+    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
+    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+
+
+def test_batch_disposition_controls_its_output_lot(app: Flask, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    qa, creds = world.sessions["qa"], world.creds("qa")
+    # released: the lot it made is released with it, never by hand before
+    batch_id, lot_id = _completed_gate_batch(world)
+    assert mat.get_lot(lot_id).status == "quarantine"
+    with pytest.raises(Conflict, match="released with the batch's disposition"):
+        mat.release_lot(qa, creds, lot_id, "looks fine", terminal="QA-WS-01")
+    _review(world, batch_id)
+    ex.release_batch(qa, creds, batch_id, "released", terminal="QA-WS-01")
+    assert mat.get_lot(lot_id).status == "released" and mat.check_usable(lot_id).ok
+    # conditionally released: the lot is usable under the conditions, and consumers are flagged
+    batch_id, lot_id = _completed_gate_batch(world)
+    _review(world, batch_id)
+    with pytest.raises(ValidationFailed, match="conditions"):
+        ex.release_batch(qa, creds, batch_id, "conditionally_released", terminal="QA-WS-01")
+    ex.release_batch(qa, creds, batch_id, "conditionally_released", terminal="QA-WS-01",
+                     conditions="Ship only after the stability pull at 3 months passes")
+    usable = mat.check_usable(lot_id)
+    assert mat.get_lot(lot_id).status == "released" and usable.ok and usable.conditional
+    assert "stability pull" in usable.reason
+    event = db.session.execute(select(OutboxEvent).where(OutboxEvent.type == ex.BATCH_RELEASED)
+                               .order_by(OutboxEvent.id.desc())).scalars().first()
+    assert event is not None
+    # rejected: the lot is rejected, the work order closed, and the lot is never released by hand
+    batch_id, lot_id = _completed_gate_batch(world)
+    ex.release_batch(qa, creds, batch_id, "rejected", terminal="QA-WS-01", comment="hardness trend out of control")
+    assert mat.get_lot(lot_id).status == "rejected"
+    assert ex.get_work_order(ex.get_batch(batch_id).work_order_id).status == "completed"
+    with pytest.raises(Conflict, match="rejected"):
+        mat.release_lot(qa, creds, lot_id, "changed my mind", terminal="QA-WS-01")
+
+
+def test_an_expired_lot_is_neither_received_nor_released(app: Flask, monkeypatch) -> None:
+    make_world(monkeypatch)
+    mat.create_item(SEED, "RM-EXP", "Expiring material", "kg", "raw_material")
+    today = plant_date(utcnow())
+    with pytest.raises(Conflict, match="expired .* not received"):
+        mat.receive_lot(SEED, "RM-EXP", [mat.ContainerIn("5", "kg")], lot_id="L-OLD",
+                        expiry_date=today - timedelta(days=1))
+    assert db.session.get(mat.Lot, "L-OLD") is None
+    # received while good, it expires in quarantine: QA cannot release it any more
+    with monkeypatch.context() as earlier:
+        earlier.setattr("mes.materials.lots.utcnow", lambda: utcnow() - timedelta(days=10))
+        mat.receive_lot(SEED, "RM-EXP", [mat.ContainerIn("5", "kg")], lot_id="L-LATE",
+                        expiry_date=today - timedelta(days=2))
+    with pytest.raises(Conflict, match="expired .* not released"):
+        release_lot_as_qa("L-LATE", "CoA reviewed")
+    assert mat.get_lot("L-LATE").status == "quarantine"
+
+
+def test_qa_lot_release_is_an_e_signature(app: Flask, client, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    mat.create_item(SEED, "RM-SIG", "Signed material", "kg", "raw_material", shelf_life_days=365)
+    mat.receive_lot(SEED, "RM-SIG", [mat.ContainerIn("5", "kg")], lot_id="L-SIG", manufactured_date=date.today())
+    qa = logged_in(client, world.seeded, "qa")
+    r = qa.post("/api/v1/lots/L-SIG/release", {"reason": "CoA reviewed"})  # a plain reason is not enough
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    r = qa.post("/api/v1/lots/L-SIG/release", {"reason": "CoA reviewed", "password": PASSWORD,
+                                               "user_id": world.seeded.users["qa"]})
+    assert r.status_code == 200, r.get_json()
+    lot = r.get_json()["lot"]
+    assert lot["status"] == "released"
+    # the signature shows the printed name, date and time with zone, and meaning (Part 11 §11.50)
+    [sig] = lot["signatures"]
+    assert sig["meaning"] == "released" and sig["name"] == "Qa One" and sig["valid"] is True
+    assert sig["at"].endswith("Z") and sig["comment"] == "CoA reviewed"
+    # the QA workstation shows it the same way
+    page = qa.get("/qa/lots/L-SIG").get_data(as_text=True)
+    assert "released" in page and "Qa One" in page and "CoA reviewed" in page

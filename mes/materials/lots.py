@@ -238,6 +238,27 @@ def lot_record(lot_id: str) -> dict[str, Any]:
             "retest_date": _iso(lot.retest_date), "produced_by_batch": lot.produced_by_batch}
 
 
+def lot_signatures(lot_id: str) -> list[dict[str, Any]]:
+    """QA's e-signatures on the lot, each as shown (Part 11 §11.50: printed name, date and time
+    with zone, meaning) with its comment and whether it still verifies against the lot."""
+    import json
+
+    from mes.audit.models import AuditEntry
+    from mes.signatures import operations as esig
+
+    current = esig.record_hash(lot_record(lot_id))
+    out = []
+    for row in db.session.execute(select(AuditEntry).where(
+            AuditEntry.action == "esig.signed", AuditEntry.entity_type == "lot",
+            AuditEntry.entity_id == lot_id).order_by(AuditEntry.seq)).scalars():
+        entry = json.loads(row.entry_bytes)
+        check = esig.check_entry(entry, current)
+        out.append({"signer": check.signer, "name": check.name, "meaning": check.meaning, "at": check.at,
+                    "role": entry["actor"]["role"], "comment": (entry.get("after") or {}).get("comment"),
+                    "valid": check.valid})
+    return out
+
+
 def _expired(lot: Lot, at: datetime | None = None) -> bool:
     """Whether the lot is past its expiry date (judged by the plant's local date)."""
     return lot.expiry_date is not None and plant_date(at or utcnow()) > lot.expiry_date

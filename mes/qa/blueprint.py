@@ -149,3 +149,43 @@ def sign_gate(batch_id: str, step_id: str) -> Any:
     except MESError as exc:
         return _gates_page(batch_id, exc.detail, exc.status)
     return redirect(url_for("qa.gates", batch_id=batch_id))
+
+
+# ------------------------------------------------------------------------------ lots
+
+
+def _lot_page(lot_id: str, error: str | None = None, status: int = 200) -> Any:
+    from mes.materials import operations as mat
+
+    lot = mat.get_lot(lot_id)
+    return render_template("qa/lot.html", lot=mat.lot_json(lot, detail=True), error=error, user=principal().user,
+                           csrf=csrf_token()), status
+
+
+@bp.get("/lots/<lot_id>")
+@endpoint(P.MATERIAL_VIEW, tags=("qa",))
+def lot(lot_id: str) -> Any:
+    """A lot with its status, dates and QA's e-signatures (name, time with zone, meaning)."""
+    return _lot_page(lot_id)
+
+
+@bp.post("/lots/<lot_id>/disposition")
+@endpoint(P.MATERIAL_RELEASE, terminal=True, tags=("qa",))
+def lot_disposition(lot_id: str) -> Any:
+    """QA releases or rejects a lot with an e-signature: the password, the meaning and a reason."""
+    from mes.materials import operations as mat
+    from mes.signatures.operations import Credentials
+
+    who = principal()
+    form = request.form
+    action = mat.release_lot if form.get("meaning") == "released" else mat.reject_lot if form.get(
+        "meaning") == "rejected" else None
+    try:
+        if action is None:
+            raise MESError("Choose the meaning of your signature: released or rejected.")
+        action(who.session, Credentials(form.get("password", ""), user_id=who.user_id), lot_id,
+               form.get("reason", ""), terminal=who.terminal.id if who.terminal else None,
+               acknowledged=form.get("esig_ack") == "1")
+    except MESError as exc:
+        return _lot_page(lot_id, exc.detail, exc.status)
+    return redirect(url_for("qa.lot", lot_id=lot_id))
