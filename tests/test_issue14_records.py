@@ -6,6 +6,7 @@ progress. One test per rule, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 
 import pytest
 from flask import Flask
@@ -239,3 +240,32 @@ def test_qa_lot_release_is_an_e_signature(app: Flask, client, monkeypatch) -> No
     # the QA workstation shows it the same way
     page = qa.get("/qa/lots/L-SIG").get_data(as_text=True)
     assert "released" in page and "Qa One" in page and "CoA reviewed" in page
+
+
+def test_forward_trace_includes_work_in_progress(app: Flask, client, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    mat.create_item(SEED, "RM-WIP", "Traced material", "kg", "raw_material", shelf_life_days=365)
+    mat.create_item(SEED, "INT-WIP", "Intermediate", "kg", "intermediate", shelf_life_days=365)
+    mat.receive_lot(SEED, "RM-WIP", [mat.ContainerIn("50", "kg", "L-WIP-C1")], lot_id="L-WIP",
+                    manufactured_date=date.today())
+    release_lot_as_qa("L-WIP")
+    op = world.actor("operator")
+    # batch B-DONE made a lot from it; batch B-RUN is still running: it has made nothing yet
+    mat.consume(op, "L-WIP", "L-WIP-C1", "10", "kg", "B-DONE", "S-1", "WO-DONE")
+    mat.produce(op, "INT-WIP", "L-INT-DONE", "9.8", "kg", "B-DONE", work_order_id="WO-DONE")
+    mat.consume(op, "L-WIP", "L-WIP-C1", "4", "kg", "B-RUN", "S-1", "WO-RUN")
+    mat.consume(op, "L-WIP", "L-WIP-C1", "1500", "g", "B-RUN", "S-2", "WO-RUN")
+    wrong = mat.consume(op, "L-WIP", "L-WIP-C1", "2", "kg", "B-UNDONE", "S-1", "WO-X")
+    mat.reverse_consumption(op, wrong.id, "weighed into the wrong vessel")
+    trace = mat.trace_forward("L-WIP")
+    assert [(link.child_lot_id, link.batch_id) for link in trace.links] == [("L-INT-DONE", "B-DONE")]
+    assert [(w.lot_id, w.batch_id, w.work_order_id, w.qty, w.uom) for w in trace.work_in_progress] == [
+        ("L-WIP", "B-RUN", "WO-RUN", Decimal("5.5"), "kg")]  # a reversed consumption is no use
+    # the API and the CLI's tree show it too (a recall must see the running batch)
+    sup = logged_in(client, world.seeded, "supervisor")
+    body = sup.get("/api/v1/lots/L-WIP/trace?direction=forward").get_json()["trace"]
+    assert body["work_in_progress"] == [{"lot_id": "L-WIP", "batch_id": "B-RUN", "work_order_id": "WO-RUN",
+                                         "qty": {"value": "5.5", "uom": "kg"}}]
+    from mes.materials.cli import render_tree
+
+    assert "in progress: batch B-RUN took 5.5 kg of lot L-WIP" in render_tree(trace)

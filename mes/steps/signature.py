@@ -193,9 +193,24 @@ class Signature(StepKind):
         return {"badge": form.get("badge", "").strip(), "pin": form.get("pin", "").strip(),
                 "esig_acknowledged": form.get("esig_ack") == "1"}
 
+    def simulate_step(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> str | None:
+        """Signed through the gate endpoint (``/sign``) by the operator, or by the verifier's or
+        QA's session (a second person, or a role the operator does not hold: QA signs a QA gate
+        without executing the batch)."""
+        import time
+
+        assert isinstance(spec, SignatureStep)
+        signer = _sim_signer(sim, spec)
+        signer.acknowledge_esig()
+        assert signer.login_with is not None
+        sim._last_write = time.monotonic()
+        out = signer.post(f"/api/v1/batches/{batch['id']}/steps/{step['id']}/sign",
+                          {"expected_version": step["version"], "comment": "Simulated operator run.",
+                           **signer.login_with.sign_fields()}, headers={"Idempotency-Key": signer.key()})
+        return f"signed ({spec.meaning}) by {signer.user_id}" + sim.outcome(out)
+
     def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:
-        """Signed by the operator, or by the verifier's session (second person, or a role the
-        operator does not hold)."""
+        """The signature fields of the signer (see :meth:`simulate_step`, which the simulation uses)."""
         assert isinstance(spec, SignatureStep)
         signer = _sim_signer(sim, spec)
         signer.acknowledge_esig()
@@ -211,10 +226,14 @@ def _sim_signer(sim: Any, spec: SignatureStep) -> Any:
     verifier = sim._verifier()
     if verifier is not None:
         candidates.append(verifier)
+    if "qa" in spec.roles:  # QA signs from the QA workstation's session
+        qa = sim._qa()
+        if qa is not None:
+            candidates.append(qa)
     for c in candidates:
         if set(spec.roles) & c.roles:
             return c
     raise SimulationStopped(
         f"Step {spec.id} needs a signature by {' or '.join(spec.roles)}"
         + (" (a second person)" if spec.second_person else "")
-        + "; give --verifier-badge / --verifier-pin of someone with that role.")
+        + "; give --verifier-badge / --verifier-pin (or --qa-user / --qa-password) of someone with that role.")
