@@ -269,3 +269,24 @@ def test_forward_trace_includes_work_in_progress(app: Flask, client, monkeypatch
     from mes.materials.cli import render_tree
 
     assert "in progress: batch B-RUN took 5.5 kg of lot L-WIP" in render_tree(trace)
+
+
+def test_a_qa_gate_is_signed_at_the_kiosk_by_qa_with_their_own_badge(app: Flask, monkeypatch) -> None:
+    from mes.users import operations as users
+    from tests.test_kiosk import Kiosk, message
+
+    world = make_world(monkeypatch)
+    users.create_user(SEED, "qa2", "Quinn Kiosk", {"qa"}, password=PASSWORD, badge_id="B-qa2", pin="1357")
+    users.acknowledge_esig_accountability("qa2", None)
+    batch_id = _gate_batch(world)
+    k = Kiosk(app.test_client(), world.seeded.kiosk)
+    k.login("B-operator", "2468")
+    url = f"/kiosk/batches/{batch_id}/steps/qa_gate"
+    k.get(url)
+    assert f'action="{url}/verify"' in k.page  # the operator cannot sign it: the QA signer badges in here
+    r = k.post(url + "/verify", {**k.form(), "confirmed": "1", "badge": "B-operator", "pin": "2468"})
+    assert r.status_code == 403 and "needs the role qa" in message(k.page)
+    r = k.post(url + "/verify", {**k.form(), "confirmed": "1", "badge": "B-qa2", "pin": "1357"})
+    assert r.status_code == 200, message(k.page)
+    gate = ex.get_step(batch_id, "qa_gate")
+    assert gate.state == "completed" and gate.completed_by == "qa2"
