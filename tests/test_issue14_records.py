@@ -23,6 +23,7 @@ from mes.signatures import operations as esig
 from tests.execution_helpers import (
     PACK_RECIPE,
     PCM,
+    do_step,
     effective_recipe,
     make_world,
     run_until,
@@ -290,3 +291,55 @@ def test_a_qa_gate_is_signed_at_the_kiosk_by_qa_with_their_own_badge(app: Flask,
     assert r.status_code == 200, message(k.page)
     gate = ex.get_step(batch_id, "qa_gate")
     assert gate.state == "completed" and gate.completed_by == "qa2"
+
+
+WATER_RECIPE = PACK_RECIPE.replace("""     tolerance: {percent: "1.0"}}
+""", """     tolerance: {percent: "1.0"}}
+  - {item: PA-WATER, name: Purified water, role: processing_aid, quantity: "2.0", unit: L}
+""", 1).replace("id: MR-PCM500-PACK", "id: MR-PCM500-PACK-W").replace("""          - id: packed_out""", """          - id: rinse_water
+            kind: meter
+            title: Purified water for the rinse
+            instruction: Meter purified water from the point of use.
+            item: PA-WATER
+            unit: L
+            precision: 1
+            low: "1.5"
+            high: "2.5"
+            source: PW point of use 3
+          - id: packed_out""")
+
+
+def test_a_process_aid_by_volume_is_recorded_without_inventing_a_lot(app: Flask, monkeypatch) -> None:
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, WATER_RECIPE, "water.yaml")
+    mat.create_item(SEED, "PA-WATER", "Purified water", "L", "raw_material")
+    world.lots["PA-WATER"] = []  # water from the point of use: no lot
+    stock(world, store.master_of(store.get_version(rv)))
+    # without a lot: the volume and the point of use are recorded, no lot is made up
+    first = start(world, rv, "10.000", "kg")
+    run_until(world, first, stop_before="rinse_water")
+    out = do_step(world, first, "rinse_water", payload={"volume": "2.0"})
+    assert out["state"] == "completed" and out["lot"] is None
+    [rec] = [r for r in ex.records_of(first) if r.batch_step_id == f"{first}:rinse_water"]
+    assert (rec.value, rec.unit, rec.data["lot"], rec.data["source"]) == ("2.0", "L", None, "PW point of use 3")
+    assert not [c for c in mat.consumptions(batch_id=first) if c.item_code == "PA-WATER"]
+    # with a lot (water drawn from a tested tank): consumed, and in the genealogy of the output
+    mat.receive_lot(SEED, "PA-WATER", [mat.ContainerIn("100", "L", "TANK-7")], lot_id="L-PW-7",
+                    manufactured_date=date.today())
+    release_lot_as_qa("L-PW-7", "conductivity and TOC tested")
+    world.lots.pop("BLK-PCM500-TAB", None)
+    stock(world, store.master_of(store.get_version(rv)))
+    second = start(world, rv, "10.000", "kg")
+    run_until(world, second, stop_before="rinse_water")
+    do_step(world, second, "rinse_water", payload={"volume": "1.8", "lot_id": "L-PW-7"})
+    run_until(world, second, overrides={"packed_out": {"quantity": "9.900", "unit": "kg", "lot_id": "LOT-PW-OUT"}})
+    trace = mat.trace_backward("LOT-PW-OUT")
+    assert "L-PW-7" in trace.lots
+    assert mat.lot_remaining("L-PW-7") == (Decimal("98.2"), "L")
+    # the checker keeps metering for process aids measured by volume
+    from mes.recipes.errors import RecipeError
+    from mes.recipes.loader import load_recipe
+
+    with pytest.raises(RecipeError, match="not a volume unit"):
+        load_recipe(WATER_RECIPE.replace("unit: L\n            precision: 1", "unit: kg\n            precision: 1"),
+                    name="bad.yaml")
