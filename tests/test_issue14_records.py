@@ -318,8 +318,16 @@ def test_a_process_aid_by_volume_is_recorded_without_inventing_a_lot(app: Flask,
     # without a lot: the volume and the point of use are recorded, no lot is made up
     first = start(world, rv, "10.000", "kg")
     run_until(world, first, stop_before="rinse_water")
-    out = do_step(world, first, "rinse_water", payload={"volume": "2.0"})
-    assert out["state"] == "completed" and out["lot"] is None
+    from tests.test_kiosk import Kiosk, message
+
+    k = Kiosk(app.test_client(), world.seeded.kiosk)  # at the kiosk: the volume, no lot
+    k.login("B-operator", "2468")
+    url = f"/kiosk/batches/{first}/steps/rinse_water"
+    k.get(url)
+    assert 'name="volume"' in k.page and "PW point of use 3" in k.page
+    r = k.post(url, {**k.form(), "confirmed": "1", "action": "complete", "volume": "2.0", "lot_id": ""})
+    assert r.status_code == 200, message(k.page)
+    assert ex.get_step(first, "rinse_water").state == "completed"
     [rec] = [r for r in ex.records_of(first) if r.batch_step_id == f"{first}:rinse_water"]
     assert (rec.value, rec.unit, rec.data["lot"], rec.data["source"]) == ("2.0", "L", None, "PW point of use 3")
     assert not [c for c in mat.consumptions(batch_id=first) if c.item_code == "PA-WATER"]
