@@ -31,7 +31,7 @@ from kiosk import views as v
 from kiosk.messages import sentence
 from kiosk.step_pages import KindTemplates, StepPage
 from mes.db import db
-from mes.errors import AuthenticationFailed, Conflict, MESError, ValidationFailed
+from mes.errors import AuthenticationFailed, MESError, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution.models import BatchStatus, DeviationStatus, StepState
 from mes.gateway.store import reading_store
@@ -296,7 +296,8 @@ def _step_context(batch_id: str, step_id: str) -> dict[str, Any]:
                            "dev_here": [d for d in ex.deviations_of(b.id) if d.status == DeviationStatus.OPEN.value
                                         and d.batch_step_id == step.id]}
     kind = step_kinds.kind_of(spec)
-    ctx.update(step_template=kind.template, verify_form=kind.second_person(spec), start_action=False)
+    ctx.update(step_template=kind.template, verify_form=kind.second_person(spec), start_action=False,
+               sign_endpoint=None)
     ctx.update(kind.kiosk_context(spec, StepPage(b, step, request.args, principal().user)))
     return ctx
 
@@ -370,32 +371,51 @@ def _recorded_text(spec: rm.Step, result: dict[str, Any]) -> str:
 @bp.post("/batches/<batch_id>/steps/<step_id>/verify")
 @endpoint(P.BATCH_VERIFY, terminal=True, tags=("kiosk",))
 def verify(batch_id: str, step_id: str) -> Any:
-    """Second-person verification: another person signs with their own badge and PIN at this kiosk."""
+    """A signature gate signed by another person at this kiosk with their own badge and PIN:
+    a second-person verification, or a gate whose role the signed-in person does not hold
+    (QA signs a QA gate here)."""
     b = ex.get_batch(batch_id)
-    step_row = ex.get_step(batch_id, step_id)
-    spec = ex.control_recipe(b).step(step_row.step_id)
+    ex.get_step(batch_id, step_id)
     terminal = current_terminal()
     _refusals_show_step(b.id, b.line, step_id)
     _confirmed()
-    if not step_kinds.kind_of(spec).second_person(spec):
-        raise Conflict(_("This step is not a second-person verification."))
-    payload = _payload(spec, request.form)
-    if not payload["badge"] or not payload["pin"]:  # the verifier logs in with them first
+    payload = {"badge": request.form.get("badge", "").strip(), "pin": request.form.get("pin", "").strip(),
+               "esig_acknowledged": request.form.get("esig_ack") == "1"}
+    if not payload["badge"] or not payload["pin"]:  # the signer logs in with them first
         raise ValidationFailed(_("The verifier scans their badge and enters their PIN."), field="badge")
     version = _expected_version()
     limit_login()
-    verifier_session, _secret = users.login_with_badge(payload["badge"], payload["pin"], terminal)
+    signer_session, _secret = users.login_with_badge(payload["badge"], payload["pin"], terminal)
     try:
-        verifier = verifier_session.user
-        role = next((r for r in spec.roles if r in verifier.role_names()), None)
-        actor = users.actor_for(verifier, role, terminal.id if terminal else None)
-        key = f"{verifier.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
-        # the engine checks the signer and takes the acknowledgement, as for any signature
-        ex.complete_step(actor, batch_id, step_id, payload, key, version, session_row=verifier_session)
+        signer = signer_session.user
+        key = f"{signer.id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+        # the service picks the gate's role the signer holds and checks the signer as for any signature
+        ex.sign_gate(signer_session, batch_id, step_id, payload, key, version,
+                     terminal=terminal.id if terminal else None)
     finally:
-        users.end_session(verifier_session, "verification_done")
+        users.end_session(signer_session, "verification_done")
     _publish(b.id, b.line, step_id)
-    _notice(_("Verified by %(name)s.", name=verifier.full_name))
+    _notice(_("Verified by %(name)s.", name=signer.full_name))
+    return redirect(url_for("kiosk.batch", batch_id=batch_id))
+
+
+@bp.post("/batches/<batch_id>/steps/<step_id>/sign")
+@endpoint(P.ESIG_SIGN, terminal=True, tags=("kiosk",))
+def sign(batch_id: str, step_id: str) -> Any:
+    """The signed-in person signs a signature gate in the role the recipe names (no
+    ``batch.execute`` needed: QA signs a QA gate)."""
+    b = ex.get_batch(batch_id)
+    step_row = ex.get_step(batch_id, step_id)
+    spec = ex.control_recipe(b).step(step_row.step_id)
+    who = principal()
+    _refusals_show_step(b.id, b.line, step_id)
+    _confirmed()
+    version = _expected_version()
+    key = f"{who.user_id}:kiosk:{request.form.get('idempotency_key') or uuid.uuid4().hex}"
+    result = ex.sign_gate(who.session, batch_id, step_id, _payload(spec, request.form), key, version,
+                          terminal=who.terminal.id if who.terminal else None)
+    _publish(b.id, b.line, step_id)
+    _notice(_recorded_text(spec, result))
     return redirect(url_for("kiosk.batch", batch_id=batch_id))
 
 

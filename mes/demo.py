@@ -78,8 +78,8 @@ def seed_production() -> bool:
     store.submit_for_review(author, rv.id)
     ops.acknowledge_esig_accountability("qa1", "QA-WS-01")
     qa_session, _ = ops.login_with_password("qa1", DEMO_PASSWORD, db.session.get(Terminal, "QA-WS-01"))
-    store.approve(qa_session, Credentials(DEMO_PASSWORD, user_id="qa1"), rv.id, terminal="QA-WS-01")
-    ops.end_session(qa_session, "logout")
+    qa_creds = Credentials(DEMO_PASSWORD, user_id="qa1")
+    store.approve(qa_session, qa_creds, rv.id, terminal="QA-WS-01")
     store.make_effective(author, rv.id)
     master = store.master_of(rv)
     receiving = Actor.system("demo")
@@ -91,12 +91,13 @@ def seed_production() -> bool:
         size = str(line.quantity * 2 if unit == "pcs" else (line.quantity + 1))
         lot = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit), mat.ContainerIn(size, unit)],
                               manufactured_date=made, supplier="Demo Supplier")
-        mat.release_lot(qa, lot.id, "CoA reviewed, tested and released (demo)")
+        mat.release_lot(qa_session, qa_creds, lot.id, "CoA reviewed, tested and released (demo)", terminal="QA-WS-01")
         if line.role == "api":
             held = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit)],
                                    manufactured_date=made, supplier="Demo Supplier")
-            mat.release_lot(qa, held.id, "tested and released (demo)")
+            mat.release_lot(qa_session, qa_creds, held.id, "tested and released (demo)", terminal="QA-WS-01")
             mat.place_hold(qa, held.id, "all", "Supplier CoA mismatch under investigation", ncr_id="NCR-0001")
+    ops.end_session(qa_session, "logout")  # the lots were released with QA's e-signature
     out = master.produce_output()
     if db.session.get(mat.Item, out.item) is None:
         mat.create_item(receiving, out.item, out.name or out.item, "pcs" if out.unit == "pcs" else "kg", "intermediate",

@@ -23,7 +23,7 @@ from mes.recipes import model as rm
 from mes.signatures.operations import Credentials
 from mes.users import operations as users
 from mes.users.models import UserSession
-from tests.helpers import PASSWORD, SEED, seed
+from tests.helpers import PASSWORD, SEED, release_lot_as_qa, seed
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PCM = RECIPES / "paracetamol-500mg-tablets.yaml"
@@ -136,7 +136,6 @@ def effective_recipe(world: World, source: Path | str, name: str = "test.yaml") 
 
 def stock(world: World, recipe: rm.MasterRecipe, *, extra_lots: int = 0) -> None:
     """Items for the BOM and the outputs, and a released lot per BOM item with two big containers."""
-    qa = world.actor("qa")
     for line in recipe.bill_of_materials:
         if db.session.get(mat.Item, line.item) is None:
             base = "pcs" if line.unit == "pcs" else "kg"
@@ -148,7 +147,7 @@ def stock(world: World, recipe: rm.MasterRecipe, *, extra_lots: int = 0) -> None
         for _ in range(1 + extra_lots):
             lot = mat.receive_lot(SEED, line.item, [mat.ContainerIn(to_text(size), unit), mat.ContainerIn(to_text(size), unit)],
                                   manufactured_date=date.today() - timedelta(days=10))
-            mat.release_lot(qa, lot.id, "tested and released")
+            release_lot_as_qa(lot.id, "tested and released")
             world.lots.setdefault(line.item, []).append(lot.id)
     plant = equip_for_recipe(SEED, recipe, line="LINE-1")
     for sc in plant.scales:

@@ -93,3 +93,31 @@ def logged_in(client: FlaskClient, seeded: Seeded, role: str) -> Session:
     r = s.login(seeded.users[role])
     assert r.status_code == 200, r.get_json()
     return s
+
+
+def qa_signer(user_id: str = "qa1") -> tuple[Any, Any]:
+    """A QA person's session on the QA workstation and their signature components (the QA
+    user and the terminals are seeded if missing; the e-signature acknowledged)."""
+    from mes.signatures.operations import Credentials
+    from mes.users.models import Terminal
+
+    seed(("qa",))
+    ops.acknowledge_esig_accountability(user_id, None)
+    row, _secret = ops.login_with_password(user_id, PASSWORD, db.session.get(Terminal, "QA-WS-01"))
+    return row, Credentials(PASSWORD, user_id=user_id)
+
+
+def release_lot_as_qa(lot_id: str, reason: str = "CoA reviewed, tested and released") -> Any:
+    """QA releases a lot the way the plant does: with an e-signature on the QA workstation."""
+    from mes.materials import operations as mat
+
+    row, creds = qa_signer()
+    return mat.release_lot(row, creds, lot_id, reason, terminal="QA-WS-01")
+
+
+def reject_lot_as_qa(lot_id: str, reason: str) -> Any:
+    """QA rejects a lot with an e-signature on the QA workstation."""
+    from mes.materials import operations as mat
+
+    row, creds = qa_signer()
+    return mat.reject_lot(row, creds, lot_id, reason, terminal="QA-WS-01")

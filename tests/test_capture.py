@@ -35,7 +35,7 @@ from tests.execution_helpers import (
     stock,
     weigh,
 )
-from tests.helpers import SEED, logged_in
+from tests.helpers import SEED, logged_in, release_lot_as_qa
 
 RECIPE = """\
 format: mes.master-recipe/v1
@@ -277,7 +277,7 @@ def test_a_failure_midway_leaves_nothing_behind(app: Flask, monkeypatch) -> None
     lot that cannot be created, rolls back the step record, audit entries and events too."""
     world, batch_id = _ready_to_weigh(monkeypatch)
     small = mat.receive_lot(SEED, "RM-CAP", [mat.ContainerIn("1.000", "kg")], manufactured_date=date.today())
-    mat.release_lot(world.actor("qa"), small.id, "released")
+    release_lot_as_qa(small.id, "released")
     device = _scale(world, batch_id)
     put_reading(world, device, "2000", "g")
     before = _snapshot(batch_id)

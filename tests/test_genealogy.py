@@ -22,7 +22,7 @@ from mes.materials import operations as ops
 from mes.materials.cli import register_cli, render_tree
 from mes.materials.models import GenealogyLink, Lot
 from tests.conftest import BACKENDS
-from tests.helpers import logged_in, seed
+from tests.helpers import logged_in, release_lot_as_qa, seed
 
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
 SUP = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _receive(lot_id: str, item: str, qty: str, uom: str = "kg") -> None:
     ops.receive_lot(SUP, item, [ops.ContainerIn(qty, uom, f"{lot_id}-C1")], lot_id=lot_id)
-    ops.release_lot(QA, lot_id, "CoA reviewed")
+    release_lot_as_qa(lot_id, "CoA reviewed")
 
 
 def build_two_levels() -> dict[str, str]:
@@ -51,7 +51,7 @@ def build_two_levels() -> dict[str, str]:
     ops.consume(OP, "L-MCC", "L-MCC-C1", "10", "kg", "B-BLEND", "S-2", "WO-1")
     blend = ops.produce(SUP, "INT-BLEND", "L-BLEND", "49.8", "kg", "B-BLEND", work_order_id="WO-1")
     assert blend.status == "quarantine" and blend.produced_by_batch == "B-BLEND"
-    ops.release_lot(QA, "L-BLEND", "Blend uniformity passed")
+    release_lot_as_qa("L-BLEND", "Blend uniformity passed")
     ops.consume(OP, "L-BLEND", "L-BLEND-C001", "20", "kg", "B-TAB-1", "S-1", "WO-2")
     ops.produce(SUP, "FG-TAB", "L-TAB-1", "40000", "pcs", "B-TAB-1", work_order_id="WO-2")
     ops.consume(OP, "L-BLEND", "L-BLEND-C001", "29.8", "kg", "B-TAB-2", "S-1", "WO-3")

@@ -23,7 +23,7 @@ from mes.materials import operations as mat
 from mes.users import operations as users
 from mes.users.models import UserSession
 from tests import execution_helpers as eh
-from tests.helpers import SEED, terminal_header
+from tests.helpers import SEED, release_lot_as_qa, terminal_header
 
 CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
@@ -184,7 +184,7 @@ def test_a_batch_end_to_end_with_scan_weigh_and_output(app: Flask, world: eh.Wor
     frag = k.get(f"/kiosk/lots/{lot}?item=BLK-PCM500-TAB").get_data(as_text=True)
     assert 'data-field="lot-status"' in frag and 'data-lot-ok="true"' in frag
     held = mat.receive_lot(SEED, "BLK-PCM500-TAB", [mat.ContainerIn("5", "kg")])
-    mat.release_lot(world.actor("qa"), held.id, "released")
+    release_lot_as_qa(held.id, "released")
     mat.place_hold(world.actor("qa"), held.id, "all", "under investigation")
     frag = k.get(f"/kiosk/lots/{held.id}?item=BLK-PCM500-TAB").get_data(as_text=True)
     assert 'data-lot-ok="false"' in frag and 'data-status="on_hold"' in frag

@@ -27,7 +27,7 @@ from mes.materials import operations as mat
 from mes.signatures import operations as esig
 from mes.users import operations as users
 from tests import execution_helpers as eh
-from tests.helpers import PASSWORD, SEED, Session
+from tests.helpers import PASSWORD, SEED, Session, release_lot_as_qa
 from tests.test_kiosk import Kiosk, message, pack_batch
 
 KIOSK = Path(__file__).resolve().parents[1] / "kiosk"
@@ -241,7 +241,7 @@ def test_the_lot_a_scan_shows_usable_is_the_lot_the_engine_accepts(app: Flask, w
     batch_id = _batch(world)
     eh.run_until(world, batch_id, "id_raw")
     held = mat.receive_lot(SEED, "RM-RULES", [mat.ContainerIn("5", "kg")])
-    mat.release_lot(world.actor("qa"), held.id, "released")
+    release_lot_as_qa(held.id, "released")
     mat.place_hold(world.actor("qa"), held.id, "all", "under investigation")
     shown = kv.resolve_label(held.id, "RM-RULES")
     usable = mat.check_usable(held.id, "RM-RULES")

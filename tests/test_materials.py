@@ -23,7 +23,7 @@ from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.integration.models import OutboxEvent
 from mes.materials import operations as ops
 from mes.materials.models import Consumption, Container, Lot
-from tests.helpers import logged_in, seed
+from tests.helpers import PASSWORD, logged_in, reject_lot_as_qa, release_lot_as_qa, seed
 
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
 SUP = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
@@ -43,7 +43,7 @@ def _lot(lot_id: str, item: str = "API-PARA", containers: list[tuple[str, str]] 
     specs = [ops.ContainerIn(qty, uom, f"{lot_id}-C{i + 1}") for i, (qty, uom) in enumerate(containers or [("10", "kg")])]
     lot = ops.receive_lot(SUP, item, specs, lot_id=lot_id, supplier="Acme Pharma", supplier_lot=f"S-{lot_id}", **kw)
     if release:
-        ops.release_lot(QA, lot_id, "CoA reviewed, identity test passed")
+        release_lot_as_qa(lot_id, "CoA reviewed, identity test passed")
     return lot
 
 
@@ -84,23 +84,28 @@ def test_lot_lifecycle_and_qa_disposition_are_audited_with_reasons(app: Flask) -
     assert lot.retest_date == date(2026, 10, 1) + timedelta(days=365)
     assert ops.lot_remaining("L-100") == (Decimal("37.5"), "kg")
     with pytest.raises(ValidationFailed):
-        ops.release_lot(QA, "L-100", "   ")
-    ops.release_lot(QA, "L-100", "CoA reviewed, identity test passed")
+        release_lot_as_qa("L-100", "   ")
+    release_lot_as_qa("L-100", "CoA reviewed, identity test passed")
     with pytest.raises(Conflict, match="already released"):
-        ops.release_lot(QA, "L-100", "again")
-    ops.reject_lot(QA, "L-100", "Supplier recall R-12")
+        release_lot_as_qa("L-100", "again")
+    reject_lot_as_qa("L-100", "Supplier recall R-12")
     with pytest.raises(Conflict, match="never released again"):
-        ops.release_lot(QA, "L-100", "changed my mind")
+        release_lot_as_qa("L-100", "changed my mind")
     with pytest.raises(Conflict, match="exists already"):
         _lot("L-100")
-    received, released, rejected = _entries("L-100")
+    received, released, rejected = [e for e in _entries("L-100") if e["action"] != "esig.signed"]
+    # QA's release and rejection are e-signatures (meaning, the reason as the comment)
+    signed = [(e["signature"]["meaning"], e["after"]["comment"]) for e in _entries("L-100", "esig.signed")]
+    assert signed == [("released", "CoA reviewed, identity test passed"), ("rejected", "Supplier recall R-12")]
     assert received["action"] == "material.lot.received" and received["after"]["status"] == "quarantine"
     assert received["after"]["containers"][1]["received"] == {"value": "12.5", "uom": "kg"}
     assert (released["action"], released["before"], released["after"], released["reason"]) == (
-        "material.lot.released", {"status": "quarantine"}, {"status": "released"}, "CoA reviewed, identity test passed")
-    assert released["actor"] == {"id": "qa1", "name": "QA One", "role": "qa"} and released["terminal"] == "QA-WS-01"
+        "material.lot.released", {"status": "quarantine"}, {"status": "released", "esig_meaning": "released"},
+        "CoA reviewed, identity test passed")
+    assert released["actor"] == {"id": "qa1", "name": "Qa One", "role": "qa"} and released["terminal"] == "QA-WS-01"
     assert (rejected["action"], rejected["before"], rejected["after"], rejected["reason"]) == (
-        "material.lot.rejected", {"status": "released"}, {"status": "rejected"}, "Supplier recall R-12")
+        "material.lot.rejected", {"status": "released"}, {"status": "rejected", "esig_meaning": "rejected"},
+        "Supplier recall R-12")
 
 
 def test_receipt_is_validated(app: Flask) -> None:
@@ -123,13 +128,15 @@ def test_receipt_is_validated(app: Flask) -> None:
 # -------------------------------------------------------------------- usability
 
 
-def test_every_refusal_reason_of_check_usable(app: Flask) -> None:
+def test_every_refusal_reason_of_check_usable(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     _items()
     _lot("L-OK")
     _lot("L-Q", release=False)
     _lot("L-REJ")
-    ops.reject_lot(QA, "L-REJ", "Failed assay")
-    _lot("L-EXP", expiry_date=date(2026, 11, 22))
+    reject_lot_as_qa("L-REJ", "Failed assay")
+    with monkeypatch.context() as before_expiry:  # received and released while it was still good
+        before_expiry.setattr("mes.materials.lots.utcnow", lambda: datetime(2026, 11, 1, 8, 0, tzinfo=UTC))
+        _lot("L-EXP", expiry_date=date(2026, 11, 22))
     _lot("L-RT", retest_date=date(2026, 11, 1))
     _lot("L-HOLD")
     ops.place_hold(QA, "L-HOLD", "consumption", "supplier CoA mismatch.", ncr_id="NCR-77")
@@ -208,7 +215,7 @@ def test_holds_and_conditional_release_flag_the_consuming_batch(app: Flask) -> N
     c3 = ops.consume(OP, "L-7", "L-7-C1", "1", "kg", "B-3")
     assert not c3.conditional
     assert ops.batches_consuming_conditionally("L-7") == ["B-1", "B-2"]
-    actions = [e["action"] for e in _entries("L-7")]
+    actions = [e["action"] for e in _entries("L-7") if e["action"] != "esig.signed"]
     assert actions == ["material.lot.received", "material.lot.released", "material.hold.placed", "material.hold.placed",
                        "material.hold.released", "material.hold.released", "material.hold.conditions_met"]
     placed = _entries("L-7", "material.hold.placed")[0]
@@ -511,10 +518,14 @@ def test_api_items_lots_holds_release_and_reversal(app: Flask) -> None:
     for who in (op, sup):
         r = who.post("/api/v1/lots/L-API-1/release", {"reason": "looks fine"})
         assert r.status_code == 403 and r.get_json()["type"].endswith("/forbidden")
+    # QA's release is an e-signature: a plain reason is refused
     r = qa.post("/api/v1/lots/L-API-1/release", {"reason": "CoA reviewed"})
-    assert r.status_code == 200 and r.get_json()["lot"]["status"] == "released"
+    assert r.status_code == 422 and r.get_json()["field"] == "password"
+    r = qa.post("/api/v1/lots/L-API-1/release", {"reason": "CoA reviewed", "password": PASSWORD, "user_id": "qa1",
+                                                  "esig_acknowledged": True})
+    assert r.status_code == 200 and r.get_json()["lot"]["status"] == "released", r.get_json()
     assert r.get_json()["lot"]["status_changed_by"] == "qa1"
-    r = qa.post("/api/v1/lots/L-API-1/release", {"reason": "again"})
+    r = qa.post("/api/v1/lots/L-API-1/release", {"reason": "again", "password": PASSWORD, "user_id": "qa1"})
     assert r.status_code == 409 and r.mimetype == "application/problem+json"
     # holds: placed by the supervisor, released by QA only
     r = sup.post("/api/v1/lots/L-API-1/holds", {"scope": "consumption", "reason": "supplier CoA mismatch",

@@ -15,6 +15,7 @@ from mes.config import ConfigError, load_config
 from mes.equipment import operations as equipment
 from mes.materials import operations as materials
 from mes.plant_time import PlantTimeError, plant_date, plant_zone, shift_pattern, shifts_between
+from tests.helpers import release_lot_as_qa
 
 SUP = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
@@ -69,12 +70,14 @@ def test_shifts_are_wall_clock_times_at_the_plant() -> None:
     assert shift_pattern("06:00,18:00") == (("Shift 1", 360), ("Shift 2", 1080))
 
 
-def test_a_lot_expires_at_the_plants_midnight(app: Flask) -> None:
+def test_a_lot_expires_at_the_plants_midnight(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     app.config["MES_TIMEZONE"] = "Europe/Zurich"  # UTC+1 in November
+    # received and released before it expired (an expired lot is neither received nor released)
+    monkeypatch.setattr("mes.materials.lots.utcnow", lambda: datetime(2026, 11, 1, 8, 0, tzinfo=UTC))
     materials.create_item(SUP, "API-X", "Active X", "kg", "api")
     materials.receive_lot(SUP, "API-X", [materials.ContainerIn("5", "kg", "L-X-C1")], lot_id="L-X",
                           expiry_date=date(2026, 11, 22))
-    materials.release_lot(QA, "L-X", "CoA reviewed")
+    release_lot_as_qa("L-X", "CoA reviewed")
     last_minute = datetime(2026, 11, 22, 22, 59, 59, tzinfo=UTC)  # 23:59:59 on the 22nd at the plant
     assert materials.check_usable("L-X", "API-X", last_minute).ok
     midnight = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # 00:00 on the 23rd at the plant, still the 22nd in UTC

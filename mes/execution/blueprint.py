@@ -198,6 +198,19 @@ def complete_step(batch_id: str, step_id: str) -> Response:
                                      max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000))))
 
 
+@bp.post(f"{API}/batches/<batch_id>/steps/<step_id>/sign")
+@endpoint(P.ESIG_SIGN, terminal=True, tags=("batches",),
+          schema=obj({"expected_version": {"type": "integer", "minimum": 1}, "comment": TEXT,
+                      "esig_acknowledged": {"type": "boolean"}, **SIGN_FIELDS}, ("expected_version",)))
+def sign_step(batch_id: str, step_id: str) -> Response:
+    """Sign a signature gate in the role the recipe names (QA signs a QA gate without
+    ``batch.execute``); idempotent with the Idempotency-Key header."""
+    b = g.body
+    payload = {k: b[k] for k in ("password", "pin", "user_id", "badge", "comment", "esig_acknowledged") if k in b}
+    return jsonify(ops.sign_gate(_session_row(), batch_id, step_id, payload, _key(), b["expected_version"],
+                                 terminal=_terminal()))
+
+
 # ------------------------------------------------------------------------- deviations
 
 
@@ -249,9 +262,11 @@ def review(batch_id: str) -> Response:
 
 @bp.post(f"{API}/batches/<batch_id>/release")
 @endpoint(P.BATCH_RELEASE, terminal=True, tags=("batches",),
-          schema=obj({"decision": {"enum": ["released", "rejected"]}, "comment": TEXT, **SIGN_FIELDS}, ("decision",)))
+          schema=obj({"decision": {"enum": ["released", "conditionally_released", "rejected"]}, "comment": TEXT,
+                      "conditions": TEXT, **SIGN_FIELDS}, ("decision",)))
 def release(batch_id: str) -> Response:
-    """QA releases or rejects the batch with an e-signature."""
+    """QA releases (outright or under conditions) or rejects the batch with an e-signature;
+    the batch's output lot follows the decision."""
     batch = ops.release_batch(_session_row(), credentials_from(g.body), batch_id, g.body["decision"],
-                              terminal=_terminal(), comment=g.body.get("comment"))
+                              terminal=_terminal(), comment=g.body.get("comment"), conditions=g.body.get("conditions"))
     return jsonify(ops.batch_json(batch, steps=False))

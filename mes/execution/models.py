@@ -212,3 +212,6 @@ class StepRequest(db.Model):
     outcome: Mapped[str] = mapped_column(String(16))  # ok | refused
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
+    #: SHA-256 of the canonical request (step, action, expected version, payload): only the
+    #: same request replays under its key (None on requests recorded before it was kept)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))

@@ -13,6 +13,7 @@ below it):
 * :mod:`~mes.execution.deviations`: raising and dispositioning deviations
 * :mod:`mes.steps`: what each step kind validates and records (one module per kind, found in its registry)
 * :mod:`~mes.execution.step_requests`: start_step, complete_step (idempotency, versions, dispatch)
+* :mod:`~mes.execution.gates`: sign_gate (a gate signed in its role, without ``batch.execute``), gates_awaiting
 * :mod:`~mes.execution.corrections`, :mod:`~mes.execution.release`, :mod:`~mes.execution.views`
 
 Every change is one transaction with its audit entry (and outbox event where events.md
@@ -97,6 +98,10 @@ from mes.execution.deviations import (
     get_deviation,
     raise_deviation,
 )
+from mes.execution.gates import (
+    gates_awaiting,
+    sign_gate,
+)
 from mes.execution.models import (
     Batch,
     BatchStatus,
@@ -121,6 +126,7 @@ from mes.execution.records import (
 )
 from mes.execution.release import (
     batch_record,
+    broken_gates,
     ebr_sha256,
     exceptions,
     release_batch,
@@ -223,6 +229,9 @@ __all__ = [
     "ebr_sha256",
     "batch_record",
     "release_blockers",
+    "broken_gates",
+    "sign_gate",
+    "gates_awaiting",
     "review_batch",
     "release_batch",
     "step_json",

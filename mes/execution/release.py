@@ -107,9 +107,28 @@ def release_blockers(batch_id: str) -> list[str]:
     lots = materials.open_conditional_lots(batch_id)
     if lots:
         problems.append(f"conditionally released lot(s) {', '.join(lots)} still have open conditions")
+    broken = broken_gates(batch_id)
+    if broken:
+        problems.append(f"signature gate(s) {', '.join(broken)} no longer match the values they signed "
+                        "(changed after signing)")
     if not _reviewed_trail(batch.id):
         problems.append("no signed audit-trail review covers the batch's current record")
     return problems
+
+
+def broken_gates(batch_id: str) -> list[str]:
+    """Completed signature gates whose signature fails verification now: a value they bound
+    (the steps they cover, or the earlier steps of their operation) was corrected after signing."""
+    signed = db.session.execute(select(AuditEntry.entity_id).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.action == "esig.signed",
+        AuditEntry.entity_type == "batch_step").distinct()).scalars().all()
+    names = {s.id: s.step_id for s in steps_of(batch_id) if s.state == StepState.COMPLETED.value}
+    broken = []
+    for step_id in sorted(set(signed) & set(names), key=lambda i: list(names).index(i)):
+        checks = esig.signatures_for("batch_step", step_id)
+        if checks and not checks[-1].valid:
+            broken.append(names[step_id])
+    return broken
 
 
 def _reviewed_trail(batch_id: str) -> bool:
@@ -146,16 +165,27 @@ def review_batch(session_row: UserSession, credentials: esig.Credentials, batch_
     return batch
 
 
-def release_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, decision: str, *,
-                  terminal: str | None, comment: str | None = None) -> Batch:
-    """QA releases or rejects a reviewed batch with an e-signature; posts ``mes.batch.released.v1``.
+DECISIONS = ("released", "conditionally_released", "rejected")
 
-    Refused while steps are open, deviations unresolved, conditional lots open, or no signed
-    audit-trail review covers the batch's record."""
-    if decision not in ("released", "rejected"):
-        raise ValidationFailed("The decision is released or rejected.", field="decision")
+
+def release_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, decision: str, *,
+                  terminal: str | None, comment: str | None = None, conditions: str | None = None) -> Batch:
+    """QA releases (outright or under ``conditions``) or rejects a reviewed batch with an
+    e-signature; posts ``mes.batch.released.v1``. The decision carries to the lot the batch
+    made (:func:`mes.materials.operations.dispose_produced_lot`): released, released under the
+    conditions, or rejected; the work order is closed.
+
+    Release is refused while steps are open, deviations unresolved, conditional lots open, or
+    no signed audit-trail review covers the batch's record."""
+    if decision not in DECISIONS:
+        raise ValidationFailed("The decision is released, conditionally_released or rejected.", field="decision")
+    conditions = conditions.strip() if isinstance(conditions, str) and conditions.strip() else None
+    if decision == "conditionally_released" and conditions is None:
+        raise ValidationFailed("A conditional release states its conditions.", field="conditions")
+    if decision != "conditionally_released" and conditions is not None:
+        raise ValidationFailed("Only a conditional release has conditions.", field="conditions")
     batch = _locked(Batch, batch_id)
-    if decision == "released":
+    if decision != "rejected":
         if batch.status != BatchStatus.REVIEWED.value:
             problems = release_blockers(batch_id)
             detail = f"Batch {batch_id} is {batch.status}; it must be completed and reviewed before release"
@@ -167,12 +197,14 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
         raise Conflict(f"Batch {batch_id} is already {batch.status}.")
     actor = actor_for(session_row.user, "qa", terminal)
     ebr = ebr_sha256(batch_id)
-    entry = esig.sign(session_row, credentials, "batch", batch_id, decision, role="qa", terminal=terminal,
-                      batch=batch_id, permission=Permission.BATCH_RELEASE, comment=comment, commit=False)
+    meaning = "rejected" if decision == "rejected" else "released"
+    signed_comment = comment if conditions is None else f"Conditions: {conditions}" + (f" — {comment}" if comment else "")
+    entry = esig.sign(session_row, credentials, "batch", batch_id, meaning, role="qa", terminal=terminal,
+                      batch=batch_id, permission=Permission.BATCH_RELEASE, comment=signed_comment, commit=False)
     sig = json.loads(entry.entry_bytes)["signature"]
     now = common.clock()
     before = batch.status
-    batch.status = BatchStatus.RELEASED.value if decision == "released" else BatchStatus.REJECTED.value
+    batch.status = BatchStatus.REJECTED.value if decision == "rejected" else BatchStatus.RELEASED.value
     batch.decided_at, batch.decided_by, batch.version = now, session_row.user_id, batch.version + 1
     values = db.session.execute(select(BatchStep.kind, StepRecord.data).join(
         BatchStep, BatchStep.id == StepRecord.batch_step_id).where(
@@ -180,13 +212,16 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     # the lot this batch made: asked of each step's kind (the produce-output kind knows it)
     lot_id = next((lot for kind, data in values if (lot := step_kinds.get(kind).produced_lot([{"data": data or {}}]))),
                   None)
-    record(actor, f"batch.{decision}", ("batch", batch_id), batch=batch_id, before={"status": before},
-           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr}, reason=comment,
+    record(actor, f"batch.{meaning}", ("batch", batch_id), batch=batch_id, before={"status": before},
+           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr, "disposition": decision,
+                  "conditions": conditions}, reason=comment,
            event=Event(BATCH_RELEASED, "batch", batch_id,
-                       {"batch_id": batch_id, "lot_id": lot_id, "disposition": decision, "conditions": None,
+                       {"batch_id": batch_id, "lot_id": lot_id, "disposition": decision, "conditions": conditions,
                         "esig": {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"],
                                  "signed_at": sig["at"], "record_hash": sig["record_hash"]},
                         "ebr_sha256": ebr}, correlation_id=batch.work_order_id, time=now))
+    if lot_id is not None:  # the batch's disposition is its lot's
+        materials.dispose_produced_lot(actor, lot_id, batch_id, decision, comment, conditions)
     if batch.status == BatchStatus.REJECTED.value:
         _release_claims(actor, batch_id)
     wo = _locked(WorkOrder, batch.work_order_id)

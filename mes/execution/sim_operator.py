@@ -19,8 +19,10 @@ plausible entry taken from the control recipe:
 * timer: started, then waited for (``time_factor`` divides the wait when the server clock
   runs faster, as in tests), or completed at once with ``timers="skip"``; while a timer runs
   the steps of parallel operations are done, so timers do not run one after the other;
-* signature: signed by the operator, or by the verifier (a second session with its own
-  badge) for second-person gates and roles the operator does not hold.
+* signature: signed through the gate endpoint (``/sign``) by the operator, or by the
+  verifier (a second session with its own badge) for second-person gates and roles the
+  operator does not hold, or by QA (the QA session) for a gate the recipe gives to QA;
+* meter: the middle of the volume limits, without a lot.
 
 An open blocking deviation is dispositioned ``use_as_is`` by QA when QA credentials are
 given; otherwise the run stops. With QA credentials and ``release=True`` QA finishes the

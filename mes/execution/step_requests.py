@@ -9,6 +9,8 @@ racing on one step exactly one wins and the other gets :class:`Conflict`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -46,14 +48,38 @@ from mes.steps import registry as step_kinds
 from mes.steps.context import StepContext
 
 
-def _replay(key: str, batch_step_id: str, action: str) -> dict[str, Any] | None:
-    """The first answer to a request with this key (None: a new key); a key used for another
-    request is a Conflict."""
+class IdempotencyKeyReused(ValidationFailed):
+    """The key was used for another request (another step, action or payload): refused, as
+    the events contract refuses an inbound command whose key came with a different body."""
+
+    slug, title = "idempotency-key-reused", "The Idempotency-Key was used for another request"
+
+
+_SECRETS = frozenset({"pin", "password", "secret"})
+
+
+def request_hash(batch_step_id: str, action: str, expected_version: int, payload: dict[str, Any] | None) -> str:
+    """SHA-256 of the canonical request (sorted keys, no spaces, UTF-8): what makes two
+    requests under one key the same request. The signer's secrets (PIN, password) are left
+    out: a hash of a short PIN would let anyone reading the table find it."""
+    kept = {k: v for k, v in (payload or {}).items() if k not in _SECRETS}
+    body = {"step": batch_step_id, "action": action, "expected_version": expected_version, "payload": kept}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _replay(key: str, batch_step_id: str, action: str, request_sha256: str) -> dict[str, Any] | None:
+    """The first answer to the same request with this key (None: a new key); a key used for
+    another request (another step, action or payload) is refused (422), never replayed."""
     req = db.session.get(StepRequest, key)
     if req is None:
         return None
-    if req.batch_step_id != batch_step_id or req.action != action:
-        raise Conflict("This Idempotency-Key was already used for another request; use a new key.")
+    same = req.batch_step_id == batch_step_id and req.action == action and (
+        req.request_sha256 is None or req.request_sha256 == request_sha256)
+    if not same:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used for a different request (another step, "
+                                   "action or value); nothing was recorded. Send a new request with a new key.",
+                                   field="Idempotency-Key")
     if req.outcome == "refused":
         raise StepRefused(req.result["detail"], deviation_id=req.result.get("deviation_id"), replayed=True)
     return {**req.result, "replayed": True}
@@ -71,7 +97,8 @@ def start_step(actor: Actor, batch_id: str, step_id: str, idempotency_key: str, 
     key = _check_key(idempotency_key)
     batch = _locked(Batch, batch_id)
     step = _locked(BatchStep, f"{batch_id}:{step_id}")
-    replay = _replay(key, step.id, "start")
+    digest = request_hash(step.id, "start", expected_version, None)
+    replay = _replay(key, step.id, "start", digest)
     if replay is not None:
         db.session.rollback()
         return replay
@@ -85,7 +112,7 @@ def start_step(actor: Actor, batch_id: str, step_id: str, idempotency_key: str, 
     step.state, step.started_at, step.version = StepState.IN_PROGRESS.value, now, step.version + 1
     result = {"batch": batch_id, "step": step_id, "state": step.state, "started_at": _at(now), "version": step.version}
     db.session.add(StepRequest(key=key, batch_id=batch_id, batch_step_id=step.id, action="start", actor_id=actor.id,
-                               outcome="ok", result=result, created_at=now))
+                               outcome="ok", result=result, created_at=now, request_sha256=digest))
     record(actor, "batch.step.started", ("batch_step", step.id), batch=batch_id,
            before={"state": StepState.READY.value}, after={"state": step.state, "started_at": _at(now)})
     _commit_request(key)
@@ -121,35 +148,38 @@ def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, 
     key = _check_key(idempotency_key)
     if not isinstance(payload, dict):
         raise ValidationFailed("The payload is an object.", field="payload")
+    digest = request_hash(f"{batch_id}:{step_id}", "complete", expected_version, payload)
     try:
         return _complete(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
-                         max_reading_age_ms)
+                         max_reading_age_ms, digest)
     except _RefuseWithDeviation as refusal:
         db.session.rollback()
-        return _refuse(actor, batch_id, step_id, key, refusal)
+        return _refuse(actor, batch_id, step_id, key, refusal, digest)
     except MESError:
         db.session.rollback()
         raise
     except IntegrityError:
         db.session.rollback()
-        replay = _replay(key, f"{batch_id}:{step_id}", "complete")
+        replay = _replay(key, f"{batch_id}:{step_id}", "complete", digest)
         if replay is not None:
             return replay
         raise Conflict(f"Step {step_id} was changed by someone else at the same moment; reload it.") from None
 
 
-def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _RefuseWithDeviation) -> dict[str, Any]:
+def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _RefuseWithDeviation,
+            digest: str) -> dict[str, Any]:
     """Commit the refusal's deviation and the refused request (nothing else), then raise StepRefused."""
     batch = _locked(Batch, batch_id)
     step = _locked(BatchStep, f"{batch_id}:{step_id}")
-    replay = _replay(key, step.id, "complete")
+    replay = _replay(key, step.id, "complete", digest)
     if replay is not None:
         return replay
     dev = _new_deviation(actor, batch, step, refusal.severity, refusal.category, refusal.detail, refusal.evidence,
                          automatic=True)
     db.session.add(StepRequest(key=key, batch_id=batch_id, batch_step_id=step.id, action="complete",
                                actor_id=actor.id, outcome="refused",
-                               result={"detail": refusal.detail, "deviation_id": dev.id}, created_at=common.clock()))
+                               result={"detail": refusal.detail, "deviation_id": dev.id}, created_at=common.clock(),
+                               request_sha256=digest))
     _refresh(batch, steps_of(batch_id))
     _commit_request(key)
     raise StepRefused(refusal.detail, deviation_id=dev.id, severity=dev.severity)
@@ -157,7 +187,7 @@ def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _Refus
 
 def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str, expected_version: int,
               session_row: SessionSource, readings: ReadingStore | None = None,
-              max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
+              max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS, digest: str = "") -> dict[str, Any]:
     """One completion, in the order that keeps the locks short: the batch row (it serialises
     every change of the batch, so the step rows need no lock of their own), the steps and
     open blocking deviations in one query each, the checks and the handler in memory, then
@@ -170,10 +200,10 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
     key at the same moment collide on the key's primary key at commit (see complete_step)."""
     try:
         return _complete_locked(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
-                                max_reading_age_ms)
+                                max_reading_age_ms, digest)
     except MESError:
         db.session.rollback()  # what this attempt wrote is gone; only a committed first request counts
-        replay = _replay(key, f"{batch_id}:{step_id}", "complete")
+        replay = _replay(key, f"{batch_id}:{step_id}", "complete", digest)
         db.session.rollback()
         if replay is None:
             raise
@@ -182,7 +212,7 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
 
 def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str,
                      expected_version: int, session_row: SessionSource, readings: ReadingStore | None,
-                     max_reading_age_ms: int) -> dict[str, Any]:
+                     max_reading_age_ms: int, digest: str) -> dict[str, Any]:
     # ordering and states depend only on the steps not completed yet
     batch, rows, blockers = _read_for_completion(batch_id)
     step = next((r for r in rows if r.step_id == step_id), None)
@@ -224,7 +254,7 @@ def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[st
     writes = _step_writes(step, rows, states_before)
     writes.append((_stmt("insert_request"), {
         "key": key, "batch_id": batch_id, "batch_step_id": step.id, "action": "complete", "actor_id": actor.id,
-        "outcome": "ok", "result": result, "created_at": ctx.now}))
+        "outcome": "ok", "result": result, "created_at": ctx.now, "request_sha256": digest}))
     for effect in ctx.effects:  # consumption, produced lot, equipment status: same transaction
         effect()
     if ctx.records:

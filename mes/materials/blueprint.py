@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from mes.errors import ValidationFailed
+from mes.audit.blueprint import SIGN_FIELDS
+from mes.errors import Forbidden, ValidationFailed
 from mes.materials import operations as ops
 from mes.materials.models import HoldDisposition, HoldScope, ItemKind, LotStatus
 from mes.quantities import DECIMAL_PATTERN, MATERIAL_UNITS
+from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
 from mes.validation import ID_JSON_PATTERN
 from mes.web import STR, created, endpoint, obj, parse_date, principal
@@ -127,19 +129,34 @@ def lots_get(lot_id: str) -> Response:
     return jsonify({"lot": ops.lot_json(lot, detail=True, item_code=request.args.get("item") or None)})
 
 
+SIGNED_REASON = obj({"reason": STR, "esig_acknowledged": {"type": "boolean"}, **SIGN_FIELDS}, ("reason",))
+
+
+def _signer() -> tuple[object, str | None]:
+    who = principal()
+    if who.session is None:
+        raise Forbidden("Only a person in an interactive session can sign; API tokens cannot.")
+    return who.session, who.terminal.id if who.terminal else None
+
+
 @bp.post(f"{API}/lots/<lot_id>/release")
-@endpoint(P.MATERIAL_RELEASE, schema=REASON, tags=TAGS)
+@endpoint(P.MATERIAL_RELEASE, terminal=True, schema=SIGNED_REASON, tags=TAGS)
 def lots_release(lot_id: str) -> Response:
-    """QA: release a lot from quarantine."""
-    lot = ops.release_lot(principal().actor(P.MATERIAL_RELEASE), lot_id, g.body["reason"])
+    """QA: release a lot from quarantine with an e-signature (meaning ``released``; the reason
+    is the signature's comment). A lot the plant made is released by its batch's disposition."""
+    session_row, terminal = _signer()
+    lot = ops.release_lot(session_row, credentials_from(g.body), lot_id, g.body["reason"], terminal=terminal,
+                          acknowledged=g.body.get("esig_acknowledged") is True)
     return jsonify({"lot": ops.lot_json(lot, detail=True)})
 
 
 @bp.post(f"{API}/lots/<lot_id>/reject")
-@endpoint(P.MATERIAL_RELEASE, schema=REASON, tags=TAGS)
+@endpoint(P.MATERIAL_RELEASE, terminal=True, schema=SIGNED_REASON, tags=TAGS)
 def lots_reject(lot_id: str) -> Response:
-    """QA: reject a lot (final)."""
-    lot = ops.reject_lot(principal().actor(P.MATERIAL_RELEASE), lot_id, g.body["reason"])
+    """QA: reject a lot with an e-signature (meaning ``rejected``; final)."""
+    session_row, terminal = _signer()
+    lot = ops.reject_lot(session_row, credentials_from(g.body), lot_id, g.body["reason"], terminal=terminal,
+                         acknowledged=g.body.get("esig_acknowledged") is True)
     return jsonify({"lot": ops.lot_json(lot, detail=True)})
 
 

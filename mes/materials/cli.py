@@ -35,6 +35,9 @@ def render_tree(trace: Trace) -> str:
         more = "  (see above)" if repeated and trace.next_links(lot.lot_id) else ""
         lines.append(f"{'  ' * level}{arrow} {_lot_text(lot)}  {how}{more}")
     lines.append(f"{len(trace.lots) - 1} lot(s) {'upstream' if backward else 'downstream'}, {len(trace.links)} link(s)")
+    for wip in trace.work_in_progress:
+        lines.append(f"in progress: batch {wip.batch_id} took {q.with_unit(wip.qty, wip.uom)} of lot {wip.lot_id} "
+                     "and has made no lot yet")
     if trace.truncated:
         lines.append(f"depth limit {trace.max_depth} reached: lots further away are not shown (use --max-depth)")
     return "\n".join(lines)

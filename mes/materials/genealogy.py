@@ -49,6 +49,21 @@ class TraceLink(NamedTuple):
                 "qty": q.as_json(self.qty, self.uom)}
 
 
+class WipUse(NamedTuple):
+    """``qty`` ``uom`` of lot ``lot_id`` consumed by batch ``batch_id``, which has made no lot
+    yet (work in progress: a recall must reach the batch before it makes anything)."""
+
+    lot_id: str
+    batch_id: str
+    work_order_id: str | None
+    qty: Decimal
+    uom: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"lot_id": self.lot_id, "batch_id": self.batch_id, "work_order_id": self.work_order_id,
+                "qty": q.as_json(self.qty, self.uom)}
+
+
 @dataclass
 class Trace:
     """A lot's genealogy in one direction: ``backward`` (what went into it, down to raw
@@ -64,6 +79,8 @@ class Trace:
     links: list[TraceLink]
     truncated: bool = False
     _next: dict[str, list[TraceLink]] | None = field(default=None, repr=False)
+    work_in_progress: list[WipUse] = field(default_factory=list)
+    """Forward traces: batches that consumed a lot reached and have made no lot from it yet."""
 
     def near(self, link: TraceLink) -> str:
         """The end of ``link`` closer to the root."""
@@ -116,7 +133,8 @@ class Trace:
     def as_json(self) -> dict[str, Any]:
         return {"root": self.root.as_json(), "direction": self.direction, "max_depth": self.max_depth,
                 "truncated": self.truncated, "lots": [lot.as_json() for lot in self.lots.values()],
-                "links": [link.as_json() for link in self.links], "tree": self.tree()}
+                "links": [link.as_json() for link in self.links], "tree": self.tree(),
+                "work_in_progress": [w.as_json() for w in self.work_in_progress]}
 
 
 # One statement per trace, on SQLite and PostgreSQL alike. The walk visits each lot once
@@ -189,7 +207,38 @@ def _trace(lot_id: str, direction: str, max_depth: int) -> Trace:
     near, far = (3, 2) if direction == "backward" else (2, 3)
     walked.sort(key=lambda r: (r[1], r[near], r[far], r[4]))  # nearest first, then by lot and batch
     links = [TraceLink(r[2], r[3], r[4], from_db(r[5]), r[6]) for r in walked]
-    return Trace(lots[lot_id], direction, max_depth, lots, links, truncated)
+    trace = Trace(lots[lot_id], direction, max_depth, lots, links, truncated)
+    if direction == "forward":
+        trace.work_in_progress = work_in_progress(lots, links)
+    return trace
+
+
+def work_in_progress(lots: dict[str, TraceLot], links: list[TraceLink]) -> list[WipUse]:
+    """What batches consumed of ``lots`` (not reversed) without a genealogy link from that lot
+    yet: the batches still running, or finished without an output, that a recall must see.
+    Totals per lot and batch in the item's base unit, exact."""
+    from sqlalchemy import exists, select
+
+    from mes.materials.models import Consumption, ConsumptionReversal, Item, Lot
+
+    if not lots:
+        return []
+    linked = {(link.parent_lot_id, link.batch_id) for link in links}
+    not_reversed = ~exists().where(ConsumptionReversal.consumption_id == Consumption.id)
+    with _reading() as session:
+        rows = session.execute(
+            select(Consumption.lot_id, Consumption.batch_id, Consumption.work_order_id, Consumption.qty,
+                   Consumption.uom, Item.base_uom)
+            .join(Lot, Lot.id == Consumption.lot_id).join(Item, Item.code == Lot.item_code)
+            .where(Consumption.lot_id.in_(list(lots)), not_reversed)
+            .order_by(Consumption.lot_id, Consumption.batch_id, Consumption.consumed_at)).all()
+    totals: dict[tuple[str, str], list[Any]] = {}
+    for lot_id, batch_id, wo, qty, uom, base in rows:
+        if (lot_id, batch_id) in linked:
+            continue
+        entry = totals.setdefault((lot_id, batch_id), [wo, Decimal(0), base])
+        entry[1] += q.convert(qty, uom, base)
+    return [WipUse(lot_id, batch_id, wo, total, base) for (lot_id, batch_id), (wo, total, base) in totals.items()]
 
 
 def trace_backward(lot_id: str, max_depth: int = MAX_TRACE_DEPTH) -> Trace:

@@ -202,6 +202,9 @@ def receive_lot(
     if retest_date is not None and expiry_date is not None and retest_date > expiry_date:
         raise ValidationFailed("The retest date is after the expiry date.", field="retest_date")
     now = utcnow()
+    if expiry_date is not None and plant_date(now) > expiry_date:
+        raise Conflict(f"The lot expired on {expiry_date.isoformat()}; an expired lot is not received. "
+                       "Send it back to the supplier.", expiry_date=expiry_date.isoformat())
     supplier = optional_text(supplier, "The supplier", "supplier", NAME_MAX)
     supplier_lot = optional_text(supplier_lot, "The supplier lot", "supplier_lot", 100)
     location = optional_text(location, "The location", "location")
@@ -226,7 +229,60 @@ def receive_lot(
     return lot
 
 
-def _status_change(actor: Actor, lot_id: str, new: LotStatus, reason: str, action: str) -> Lot:
+def lot_record(lot_id: str) -> dict[str, Any]:
+    """What QA signs when releasing or rejecting a lot (the e-signature record provider
+    ``lot``): the lot's identity, dates and origin, not its status, which the signature changes."""
+    lot = get_lot(lot_id)
+    return {"lot": lot.id, "item": lot.item_code, "supplier": lot.supplier, "supplier_lot": lot.supplier_lot,
+            "manufactured_date": _iso(lot.manufactured_date), "expiry_date": _iso(lot.expiry_date),
+            "retest_date": _iso(lot.retest_date), "produced_by_batch": lot.produced_by_batch}
+
+
+def lot_signatures(lot_id: str) -> list[dict[str, Any]]:
+    """QA's e-signatures on the lot, each as shown (Part 11 §11.50: printed name, date and time
+    with zone, meaning) with its comment and whether it still verifies against the lot."""
+    import json
+
+    from mes.audit.models import AuditEntry
+    from mes.signatures import operations as esig
+
+    current = esig.record_hash(lot_record(lot_id))
+    out = []
+    for row in db.session.execute(select(AuditEntry).where(
+            AuditEntry.action == "esig.signed", AuditEntry.entity_type == "lot",
+            AuditEntry.entity_id == lot_id).order_by(AuditEntry.seq)).scalars():
+        entry = json.loads(row.entry_bytes)
+        check = esig.check_entry(entry, current)
+        out.append({"signer": check.signer, "name": check.name, "meaning": check.meaning, "at": check.at,
+                    "role": entry["actor"]["role"], "comment": (entry.get("after") or {}).get("comment"),
+                    "valid": check.valid})
+    return out
+
+
+def _expired(lot: Lot, at: datetime | None = None) -> bool:
+    """Whether the lot is past its expiry date (judged by the plant's local date)."""
+    return lot.expiry_date is not None and plant_date(at or utcnow()) > lot.expiry_date
+
+
+def _set_status(actor: Actor, lot: Lot, new: LotStatus, reason: str, action: str,
+                extra: dict[str, Any] | None = None) -> None:
+    old = lot.status
+    lot.status = new.value
+    lot.status_changed_at = utcnow()
+    lot.status_changed_by = actor.id
+    lot.status_reason = reason
+    record(actor, action, ("lot", lot.id), before={"status": old}, after={"status": new.value, **(extra or {})},
+           reason=reason)
+
+
+def _signed_status_change(session_row: Any, credentials: Any, lot_id: str, new: LotStatus, reason: str, action: str,
+                          terminal: str | None, acknowledged: bool) -> Lot:
+    """QA's e-signed disposition of a lot (meaning ``released`` or ``rejected``, the reason as
+    the signature's comment), refused for a lot whose status its batch decides."""
+    from mes.signatures import operations as esig
+    from mes.users.operations import actor_for
+    from mes.users.permissions import Permission
+
     reason = required_text(reason, "A reason", "reason")
     _append_lock_first()
     lot = _locked(select(Lot).where(Lot.id == lot_id))
@@ -237,25 +293,83 @@ def _status_change(actor: Actor, lot_id: str, new: LotStatus, reason: str, actio
         raise Conflict(f"Lot {lot_id} is already {old}.")
     if old == LotStatus.REJECTED.value:
         raise Conflict(f"Lot {lot_id} was rejected; a rejected lot is never released again.")
-    lot.status = new.value
-    lot.status_changed_at = utcnow()
-    lot.status_changed_by = actor.id
-    lot.status_reason = reason
-    record(actor, action, ("lot", lot_id), before={"status": old}, after={"status": new.value}, reason=reason)
+    if new == LotStatus.RELEASED:
+        _check_releasable_by_hand(lot)
+    meaning = "released" if new == LotStatus.RELEASED else "rejected"
+    user = esig.signing_session(session_row).user
+    esig.sign(session_row, credentials, "lot", lot.id, meaning, role="qa", terminal=terminal,
+              permission=Permission.MATERIAL_RELEASE, comment=reason, acknowledged=acknowledged, commit=False)
+    _set_status(actor_for(user, "qa", terminal), lot, new, reason, action, {"esig_meaning": meaning})
     return lot
 
 
-def release_lot(actor: Actor, lot_id: str, reason: str) -> Lot:
-    """QA releases a lot from quarantine (a reason is required; audited)."""
-    lot = _status_change(actor, lot_id, LotStatus.RELEASED, reason, "material.lot.released")
+def _check_releasable_by_hand(lot: Lot) -> None:
+    """A lot the plant made is released by its batch's disposition, never by hand; an expired
+    lot is never released."""
+    if lot.produced_by_batch is not None:
+        from mes.execution.models import Batch, BatchStatus  # the record of the batch that made it
+
+        batch = db.session.get(Batch, lot.produced_by_batch)
+        if batch is not None and batch.status != BatchStatus.RELEASED.value:
+            raise Conflict(f"Lot {lot.id} was made by batch {batch.id}, which is {batch.status}: the lot is released "
+                           "with the batch's disposition, not by hand.", batch=batch.id, batch_status=batch.status)
+    if _expired(lot):
+        assert lot.expiry_date is not None
+        raise Conflict(f"Lot {lot.id} expired on {lot.expiry_date.isoformat()}; an expired lot is not released.",
+                       expiry_date=lot.expiry_date.isoformat())
+
+
+def release_lot(session_row: Any, credentials: Any, lot_id: str, reason: str, *, terminal: str | None,
+                acknowledged: bool = False) -> Lot:
+    """QA releases a lot from quarantine with an e-signature (meaning ``released``, the reason
+    as its comment). Refused for an expired lot and for a lot the plant made (its batch's
+    disposition releases it: :func:`dispose_produced_lot`)."""
+    lot = _signed_status_change(session_row, credentials, lot_id, LotStatus.RELEASED, reason,
+                                "material.lot.released", terminal, acknowledged)
     _commit(f"Lot {lot_id} changed at the same moment; reload and try again.")
     return lot
 
 
-def reject_lot(actor: Actor, lot_id: str, reason: str) -> Lot:
-    """QA rejects a lot (from quarantine or after release); final."""
-    lot = _status_change(actor, lot_id, LotStatus.REJECTED, reason, "material.lot.rejected")
+def reject_lot(session_row: Any, credentials: Any, lot_id: str, reason: str, *, terminal: str | None,
+               acknowledged: bool = False) -> Lot:
+    """QA rejects a lot (from quarantine or after release) with an e-signature; final."""
+    lot = _signed_status_change(session_row, credentials, lot_id, LotStatus.REJECTED, reason,
+                                "material.lot.rejected", terminal, acknowledged)
     _commit(f"Lot {lot_id} changed at the same moment; reload and try again.")
+    return lot
+
+
+def dispose_produced_lot(actor: Actor, lot_id: str, batch_id: str, disposition: str, reason: str | None,
+                         conditions: str | None = None) -> Lot:
+    """The batch's disposition carried to the lot it made, in the release's transaction (no
+    commit): ``released`` releases it, ``conditionally_released`` releases it under the
+    conditions (a conditional release that flags every consuming batch until QA declares
+    them met), ``rejected`` rejects it."""
+    _append_lock_first()
+    lot = _locked(select(Lot).where(Lot.id == lot_id))
+    if lot is None:
+        raise NotFound(f"Lot {lot_id} is not known to the MES.")
+    if lot.produced_by_batch != batch_id:
+        raise Conflict(f"Lot {lot_id} was not made by batch {batch_id}.")
+    why = reason or f"Disposition of batch {batch_id}: {disposition.replace('_', ' ')}"
+    if disposition == "rejected":
+        if lot.status != LotStatus.REJECTED.value:
+            _set_status(actor, lot, LotStatus.REJECTED, why, "material.lot.rejected", {"batch": batch_id})
+        return lot
+    if lot.status == LotStatus.REJECTED.value:
+        raise Conflict(f"Lot {lot_id} was rejected; a rejected lot is never released again.")
+    if lot.status != LotStatus.RELEASED.value:
+        _set_status(actor, lot, LotStatus.RELEASED, why, "material.lot.released",
+                    {"batch": batch_id, "disposition": disposition, "conditions": conditions})
+    if disposition == "conditionally_released":
+        now = utcnow()
+        hold = Hold(id=f"H-{uuid.uuid4().hex[:10].upper()}", lot_id=lot.id, scope=HoldScope.ALL.value,
+                    reason=f"Batch {batch_id} released under conditions", placed_by=actor.id, placed_at=now,
+                    released_at=now, released_by=actor.id, disposition=HoldDisposition.CONDITIONAL_RELEASE.value,
+                    conditions=conditions, release_reason=why)
+        db.session.add(hold)
+        record(actor, "material.hold.released", ("lot", lot.id), before=None,
+               after={**_hold_json(hold), "active": False, "batch": batch_id}, reason=why)
     return lot
 
 

@@ -74,18 +74,19 @@ from mes.materials.lots import (  # noqa: F401
     _item_label,
     _locked_hold,
     _new_container,
-    _status_change,
     _usability,
     check_usable,
     container_remaining,
     containers_of,
     create_item,
+    dispose_produced_lot,
     get_hold,
     get_item,
     get_lot,
     holds_of,
     list_items,
     list_lots,
+    lot_record,
     lot_remaining,
     meet_conditions,
     place_hold,
@@ -155,7 +156,8 @@ __all__ = [
     "_new_container",
     "_container_json",
     "receive_lot",
-    "_status_change",
+    "lot_record",
+    "dispose_produced_lot",
     "release_lot",
     "reject_lot",
     "set_retest_date",
@@ -193,3 +195,8 @@ __all__ = [
     "consumption_json",
     "item_json",
 ]
+
+# what QA signs when releasing or rejecting a lot
+from mes.signatures import operations as _esig  # noqa: E402
+
+_esig.record_provider("lot")(lot_record)

@@ -20,6 +20,7 @@ from mes.materials.lots import (
     check_usable,
     containers_of,
     holds_of,
+    lot_signatures,
 )
 from mes.materials.models import (
     Consumption,
@@ -50,6 +51,7 @@ def lot_json(lot: Lot, *, detail: bool = False, item_code: str | None = None) ->
         out["holds"] = [hold_json(h) for h in holds_of(lot.id)]
         out["usability"] = check_usable(lot.id, item_code).as_json()
         out["batches_consuming_conditionally"] = batches_consuming_conditionally(lot.id)
+        out["signatures"] = lot_signatures(lot.id)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
@@ -103,3 +104,88 @@ def audit_csv() -> Response:
                          d["reason"] or "", sig.get("meaning", ""), sig.get("name", ""), sig.get("at", "")])
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=audit-trail.csv"})
+
+
+# ------------------------------------------------------------------- signature gates
+
+
+def _gates_page(batch_id: str, error: str | None = None, status: int = 200) -> Any:
+    from mes.execution import operations as ex
+
+    who = principal()
+    batch = ex.get_batch(batch_id)
+    gates = ex.gates_awaiting(batch.id, set(who.roles))
+    return render_template("qa/gates.html", batch=batch, gates=gates, error=error, key=uuid.uuid4().hex,
+                           user=who.user, csrf=csrf_token()), status
+
+
+@bp.get("/batches/<batch_id>/gates")
+@endpoint(P.ESIG_SIGN, tags=("qa",))
+def gates(batch_id: str) -> Any:
+    """The batch's signature gates the signed-in person may sign (a QA gate for QA)."""
+    return _gates_page(batch_id)
+
+
+@bp.post("/batches/<batch_id>/steps/<step_id>/sign")
+@endpoint(P.ESIG_SIGN, terminal=True, tags=("qa",))
+def sign_gate(batch_id: str, step_id: str) -> Any:
+    """Sign a gate from the QA workstation with the password (meaning as the recipe says)."""
+    from mes.execution import operations as ex
+
+    who = principal()
+    form = request.form
+    try:
+        version = int(form.get("expected_version", ""))
+    except ValueError:
+        return _gates_page(batch_id, "The page is out of date; it was reloaded.", 409)
+    payload = {"password": form.get("password", ""), "user_id": who.user_id,
+               "esig_acknowledged": form.get("esig_ack") == "1"}
+    if form.get("comment", "").strip():
+        payload["comment"] = form["comment"].strip()
+    key = f"{who.user_id}:qa:{form.get('idempotency_key') or uuid.uuid4().hex}"
+    try:
+        ex.sign_gate(who.session, batch_id, step_id, payload, key, version,
+                     terminal=who.terminal.id if who.terminal else None)
+    except MESError as exc:
+        return _gates_page(batch_id, exc.detail, exc.status)
+    return redirect(url_for("qa.gates", batch_id=batch_id))
+
+
+# ------------------------------------------------------------------------------ lots
+
+
+def _lot_page(lot_id: str, error: str | None = None, status: int = 200) -> Any:
+    from mes.materials import operations as mat
+
+    lot = mat.get_lot(lot_id)
+    return render_template("qa/lot.html", lot=mat.lot_json(lot, detail=True), error=error, user=principal().user,
+                           csrf=csrf_token()), status
+
+
+@bp.get("/lots/<lot_id>")
+@endpoint(P.MATERIAL_VIEW, tags=("qa",))
+def lot(lot_id: str) -> Any:
+    """A lot with its status, dates and QA's e-signatures (name, time with zone, meaning)."""
+    return _lot_page(lot_id)
+
+
+@bp.post("/lots/<lot_id>/disposition")
+@endpoint(P.MATERIAL_RELEASE, terminal=True, tags=("qa",))
+def lot_disposition(lot_id: str) -> Any:
+    """QA releases or rejects a lot with an e-signature: the password, the meaning and a reason."""
+    from mes.materials import operations as mat
+    from mes.signatures.operations import Credentials
+
+    who = principal()
+    form = request.form
+    action = mat.release_lot if form.get("meaning") == "released" else mat.reject_lot if form.get(
+        "meaning") == "rejected" else None
+    try:
+        if action is None:
+            raise MESError("Choose the meaning of your signature: released or rejected.")
+        action(who.session, Credentials(form.get("password", ""), user_id=who.user_id), lot_id,
+               form.get("reason", ""), terminal=who.terminal.id if who.terminal else None,
+               acknowledged=form.get("esig_ack") == "1")
+    except MESError as exc:
+        return _lot_page(lot_id, exc.detail, exc.status)
+    return redirect(url_for("qa.lot", lot_id=lot_id))

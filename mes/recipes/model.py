@@ -28,6 +28,7 @@ __all__ = [
     "ROLES",
     "SCALE_CLASSES",
     "SCAN_MODES",
+    "MeterStep",
     "STEP_CLASSES",
     "STEP_KINDS",
     "TARE_MODES",
@@ -344,6 +345,26 @@ class IdentifyStep(Step):
 
 
 @dataclass(frozen=True, kw_only=True)
+class MeterStep(Step):
+    """Meter a process aid by volume (purified water from a point of use) with ``precision``
+    decimals in ``unit``, within optional ``low``/``high``. A lot is named only when the aid
+    has one: then it is consumed and appears in the genealogy; without one nothing is invented
+    (the point of use, ``source``, is recorded)."""
+
+    kind: ClassVar[str] = "meter"
+    item: str
+    unit: str
+    precision: int
+    low: Decimal | None = None
+    high: Decimal | None = None
+    source: str | None = None
+
+    def in_limits(self, value: Decimal) -> bool:
+        """Whether ``value`` is within ``[low, high]`` (missing limits are open)."""
+        return in_limits(value, self.low, self.high)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EquipmentCheckStep(Step):
     """Select equipment of a class; the engine checks the required states in the equipment
     registry and, if given, that it was cleaned no longer than ``max_since_cleaning`` ago.
@@ -518,7 +539,7 @@ STEP_CLASSES: Final[dict[str, type[Step]]] = {
     cls.kind: cls
     for cls in (
         InstructionStep, NumericStep, WeighStep, IdentifyStep, EquipmentCheckStep, TimerStep,
-        CalculationStep, SampleCheckStep, SignatureStep, ProduceOutputStep,
+        CalculationStep, SampleCheckStep, SignatureStep, ProduceOutputStep, MeterStep,
     )
 }
 """Step kind -> class."""

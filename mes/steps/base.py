@@ -211,6 +211,15 @@ class StepKind(ABC):
         """Whether a different person completes the step at the kiosk (verification)."""
         return False
 
+    signs: ClassVar[bool] = False
+    """Whether a step of this kind is a signature gate, signed in a role the recipe names
+    (through :func:`mes.execution.gates.sign_gate`, without ``batch.execute``)."""
+
+    def signing_role(self, spec: Step, roles: set[str]) -> str | None:
+        """For a gate: the role, of a person holding ``roles``, in which they may sign it
+        (None: they may not; default: not a gate)."""
+        return None
+
     # -------------------------------------------------------------------------- kiosk
 
     @property

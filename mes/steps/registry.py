@@ -38,6 +38,7 @@ BUILTIN: Final = (
     "mes.steps.sample_check:SampleCheck",
     "mes.steps.signature:Signature",
     "mes.steps.produce_output:ProduceOutput",
+    "mes.steps.meter:Meter",
 )
 """The built-in kinds, in documentation order (``module:class``)."""
 

@@ -158,8 +158,10 @@ def recipe_dicts(draw: st.DrawFn) -> dict[str, Any]:
     steps.append(step("ipc", "sample_check", samples=draw(st.integers(1, 20)), unit="mg", precision=1,
                       target="575.0", low="546.3", high="603.7", mean_low="557.75", mean_high="592.25"))
     meaning = draw(st.sampled_from(["performed", "verified", "reviewed", "approved", "released", "rejected"]))
+    # a 'performed' gate is signed by a role that performs the work (QA never does: issue 14)
+    signers = ["operator", "supervisor"] if meaning == "performed" else ["operator", "supervisor", "qa"]
     roles = ["qa"] if meaning in ("released", "rejected") else draw(
-        st.lists(st.sampled_from(["operator", "supervisor", "qa"]), min_size=1, max_size=3, unique=True))
+        st.lists(st.sampled_from(signers), min_size=1, max_size=3, unique=True))
     second = meaning in ("verified", "approved")
     steps.append(step("sig", "signature", meaning=meaning, roles=roles, second_person=second,
                       **({"covers": ["start"]} if second else {})))

@@ -31,7 +31,7 @@ D = Decimal
 
 def test_step_kinds() -> None:
     assert STEP_KINDS == ("instruction", "numeric", "weigh", "identify", "equipment_check", "timer", "calculation",
-                          "sample_check", "signature", "produce_output")
+                          "sample_check", "signature", "produce_output", "meter")
     assert VALUE_KINDS == ("numeric", "weigh", "calculation", "sample_check", "produce_output")
     assert all(STEP_CLASSES[k].kind == k for k in STEP_KINDS)
 
