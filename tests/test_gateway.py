@@ -188,6 +188,78 @@ def test_gateway_reconnects_after_the_simulator_drops_and_comes_back() -> None:
         sim_thread.stop()
 
 
+def test_a_silent_scale_is_disconnected_within_its_timeout_and_its_link_is_lost_at_once() -> None:
+    """Issue 16: a pulled cable (the scale sends nothing) shows as disconnected within the
+    driver's timeout_s, in device health, in the store's link (the capture rule) and to the
+    kiosk (device_status, which clears the number) - not after three timeouts."""
+    sim, sim_thread, url = scale_sim("55.00")
+    gateway, store, board, events = gateway_for(url)  # timeout_s 1.0
+    try:
+        first = wait_for(lambda: store.latest("BAL-01"), what="a first reading")
+        link = wait_for(lambda: (ln := store.link("BAL-01")) and ln.connected and ln, what="the link up")
+        assert link.epoch == first.epoch == gateway.gateway.epoch and first.at >= link.since
+        sim.silent = True  # the cable is pulled: nothing more reaches the gateway
+        silent_at = time.monotonic()
+        down = wait_for(lambda: (s := board.get("BAL-01")) and not s.connected and s, what="disconnected")
+        took = time.monotonic() - silent_at
+        assert took <= 1.0 + 0.4, f"silence reported after {took:.2f} s with timeout_s 1.0"
+        assert "not reachable" in down.message and "no reply" in down.message
+        lost = store.link("BAL-01")
+        assert lost is not None and not lost.connected and "no reply" in lost.reason
+        assert any(e["device_id"] == "BAL-01" and not e["connected"] for e in events.of("device_status"))
+        held = store.latest("BAL-01").sequence
+        sim.silent = False  # plugged in again
+        back = wait_for(lambda: (r := store.latest("BAL-01")) and r.sequence > held and r, what="readings again")
+        relinked = store.link("BAL-01")
+        assert relinked.connected and back.at >= relinked.since > lost.since
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
+def test_a_restarted_gateway_starts_a_new_epoch_and_its_readings_are_newer() -> None:
+    """Issue 16: sequences restart at 1 with a new gateway run; the epoch (run id, ordered by
+    start) makes the new run's first reading newer than the old run's last one, and the new
+    run marks the link as connecting before any reading, so the old run's reading is unusable."""
+    from datetime import UTC, datetime
+
+    from mes.gateway.capture import device_link_refusal
+    from mes.gateway.store import CapturedReading, LinkState, RedisReadingStore, new_epoch
+
+    old_epoch = new_epoch()
+    store = RedisReadingStore(REDIS_URL)
+    device = f"EPOCH-{uuid.uuid4().hex[:8]}"
+
+    def reading(epoch: str, sequence: int, value: str) -> CapturedReading:
+        return CapturedReading(device_id=device, sequence=sequence, status="ok", value=Decimal(value), unit="g",
+                               stable=True, raw=b"S S 1 g\r\n", at=datetime.now(UTC), epoch=epoch)
+
+    store.put(reading(old_epoch, 5000, "1.00"))
+    new = new_epoch()
+    assert new > old_epoch
+    store.put(reading(new, 1, "2.00"))
+    assert store.latest(device).value == Decimal("2.00") and store.latest(device).epoch == new
+    store.put(reading(old_epoch, 5001, "3.00"))  # a late write from the old run never wins
+    assert store.latest(device).value == Decimal("2.00")
+    store.put(reading(new, 2, "4.00"))
+    assert store.latest(device).sequence == 2
+    store.set_link(LinkState(device, False, datetime.now(UTC), new, "gone"))
+    assert store.link(device) == LinkState(device, False, store.link(device).since, new, "gone")
+    memory = MemoryReadingStore()
+    memory.put(reading(old_epoch, 5000, "1.00"))
+    memory.put(reading(new, 1, "2.00"))
+    memory.put(reading(old_epoch, 5001, "3.00"))
+    assert memory.latest(device).value == Decimal("2.00")
+    # a gateway (re)starting marks the device as connecting before it has read anything
+    memory = MemoryReadingStore()
+    memory.put(reading(old_epoch, 7, "7.00"))
+    restarted = Gateway([], store=memory, board=MemoryHealthBoard())
+    restarted.add(DeviceSpec(device_id=device, driver="mtsics", config={"port": "socket://127.0.0.1:9"}))
+    link = memory.link(device)
+    assert not link.connected and link.epoch == restarted.epoch > old_epoch
+    assert device_link_refusal(memory, memory.latest(device), device) is not None
+
+
 def test_garbage_bytes_become_a_status_never_a_value_and_the_gateway_goes_on() -> None:
     sim, sim_thread, url = scale_sim("12.34")
     gateway, store, board, events = gateway_for(url)

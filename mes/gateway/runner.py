@@ -44,7 +44,7 @@ from devices.errors import (
 )
 from mes.gateway.config import DeviceSpec
 from mes.gateway.health import HEARTBEAT_S, DeviceState, HealthBoard
-from mes.gateway.store import CapturedReading, ReadingStore
+from mes.gateway.store import CapturedReading, LinkState, ReadingStore, new_epoch
 
 __all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "Gateway", "GatewayThread", "LineSample", "LineSampleRefused",
            "UNSENT_LINE_SAMPLES_MAX", "outcome"]
@@ -161,6 +161,8 @@ class Gateway:
         self.line_sink = line_sink
         self.simulation = simulation
         self.redis_url = redis_url
+        #: This run's id: every reading and link state carries it (readings order by epoch, then sequence).
+        self.epoch = new_epoch()
         self.devices: dict[str, _Device] = {}
         self._specs = list(specs)
         self._create_driver = create_driver
@@ -173,6 +175,7 @@ class Gateway:
             raise ValueError(f"device {spec.device_id} is configured twice")
         device = _Device(spec, self._create_driver(spec.driver, spec.device_id, spec.config))
         self.devices[spec.device_id] = device
+        self._put_link(device, "The device gateway is connecting.")  # a previous run's link no longer holds
         self._put_state(device)
         if self.loop is not None:
             device.task = self.loop.create_task(self._run_device(device), name=f"device-{spec.device_id}")
@@ -210,6 +213,7 @@ class Gateway:
                     await device.driver.close()
                 device.state.connected = False
                 device.state.message = "The gateway has stopped."
+                self._put_link(device, device.state.message)
                 self._put_state(device)
             if self.simulation is not None:
                 await self.simulation.stop()
@@ -287,7 +291,7 @@ class Gateway:
 
     # --------------------------------------------------------------- reporting
     def _reading(self, device: _Device, reading: Any) -> None:
-        captured = CapturedReading.from_reading(reading, device.state.identity)
+        captured = CapturedReading.from_reading(reading, device.state.identity, self.epoch)
         self.store.put(captured)
         device.state.reading = captured
         if device.state.message != "Connected." and device.state.connected:
@@ -302,9 +306,12 @@ class Gateway:
     def _set_status(self, device: _Device, connected: bool, message: str, *, identity: dict[str, str] | None = None,
                     error: BaseException | None = None) -> None:
         state = device.state
+        changed = connected != state.connected
         if connected and not state.connected:
             state.connected_since = _now()
         state.connected = connected
+        if changed or not connected:
+            self._put_link(device, message)
         state.message = message
         if identity is not None:
             state.identity = identity
@@ -313,6 +320,17 @@ class Gateway:
             state.last_error_at = _now()
         self._put_state(device)
         self.emit("device_status", state.status_json(), f"device:{device.spec.device_id}")
+
+    def _put_link(self, device: _Device, message: str) -> None:
+        """Tell the store whether the device is heard: the capture rule refuses a silent device's
+        last reading from this moment, whatever its age."""
+        state = device.state
+        since = state.connected_since if state.connected and state.connected_since else _now()
+        try:
+            self.store.set_link(LinkState(state.device_id, state.connected, since, self.epoch,
+                                          "" if state.connected else message))
+        except Exception:  # noqa: BLE001 - e.g. Redis restarting; the next change writes it again
+            log.warning("could not store the link of %s", device.spec.device_id, exc_info=True)
 
     def _put_state(self, device: _Device) -> None:
         device.state.updated_at = _now()

@@ -23,7 +23,7 @@ from devices.errors import (
     ProtocolError,
     TransmissionError,
 )
-from devices.reading import ReadingStatus, Weight
+from devices.reading import Reading, ReadingStatus, Weight
 from devices.sim import BalanceModel, Fault, MtSicsSimulator
 from devices.sim.server import GARBAGE
 from tests.devices.helpers import LINKS, closed_tcp_port, mtsics, run, wait_until
@@ -495,5 +495,33 @@ def test_connect_failures(link: str) -> None:
             with pytest.raises(DeviceTimeout):
                 await silent.connect()
             assert not silent.is_connected
+
+    run(body())
+
+
+@over_links
+def test_a_silent_balance_ends_the_stream_within_timeout_s(link: str) -> None:
+    """Issue 16: the cable is pulled during SIR; the stream raises DeviceTimeout one timeout_s
+    after the last frame (not after leaving repeat mode politely, ~3 x timeout_s), yields no
+    reading after the silence began, and the driver talks again once the line is back."""
+
+    async def body() -> None:
+        async with mtsics(link, config={"timeout_s": 0.5}) as (sim, scale):
+            seen: list[Reading] = []
+            silent_at = 0.0
+            with pytest.raises(DeviceTimeout):
+                async with contextlib.aclosing(scale.stream()) as stream:
+                    async for reading in stream:
+                        seen.append(reading)
+                        if len(seen) == 3:
+                            sim.silent = True
+                            silent_at = time.monotonic()
+            took = time.monotonic() - silent_at
+            assert took < 0.5 + 0.3, f"silence surfaced after {took:.2f} s"
+            # frames already on the wire when the cable went may still arrive; none after
+            assert all(r.monotonic <= silent_at + 0.05 for r in seen)
+            sim.silent = False
+            back = await scale.read()
+            assert back.value == Decimal("100.00") and back.sequence > seen[-1].sequence
 
     run(body())
