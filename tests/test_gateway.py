@@ -470,6 +470,33 @@ def test_readings_reach_a_socketio_client_of_a_logged_in_kiosk(app: Flask, seede
         client.disconnect()
 
 
+def test_a_new_watcher_of_a_silent_scale_gets_no_number(app: Flask, seeded: Seeded, live: LiveServer) -> None:
+    """Issue 16: a kiosk that (re)opens the weigh screen while the scale is disconnected is told
+    so and is not sent the scale's last reading (which it would show as a live number)."""
+    from datetime import UTC, datetime
+
+    from mes.gateway.health import DeviceState, health_board
+    from mes.gateway.store import CapturedReading, reading_store
+
+    for device_id, connected in (("SCALE-SILENT", False), ("SCALE-HEARD", True)):
+        reading_store(app).put(CapturedReading(device_id=device_id, sequence=1, status="ok", value=Decimal("9.99"),
+                                               unit="g", stable=True, raw=b"S S 9.99 g\r\n", at=datetime.now(UTC)))
+        health_board(app).put(DeviceState(device_id=device_id, driver="mtsics", connected=connected,
+                                          message="Connected." if connected else "Device not reachable."))
+    events = Events()
+    client = LiveUser(live, seeded, "operator").socket(events)
+    try:
+        client.call("watch", {"devices": ["SCALE-SILENT"]}, namespace="/live", timeout=10)
+        client.call("watch", {"devices": ["SCALE-HEARD"]}, namespace="/live", timeout=10)
+        wait_for(lambda: [r for r in events.of("reading") if r["device_id"] == "SCALE-HEARD"],
+                 what="the connected scale's reading")  # sent after the silent scale's status
+        statuses = {s["device_id"]: s["connected"] for s in events.of("device_status")}
+        assert statuses == {"SCALE-SILENT": False, "SCALE-HEARD": True}
+        assert [r["device_id"] for r in events.of("reading")] == ["SCALE-HEARD"]
+    finally:
+        client.disconnect()
+
+
 def test_anonymous_socketio_connections_are_refused(app: Flask, live: LiveServer) -> None:
     client = socketio.Client(reconnection=False)
     with pytest.raises(socketio.exceptions.ConnectionError):
