@@ -260,6 +260,26 @@ def test_a_restarted_gateway_starts_a_new_epoch_and_its_readings_are_newer() -> 
     assert device_link_refusal(memory, memory.latest(device), device) is not None
 
 
+def test_scale_identity_is_in_device_health_and_in_every_reading() -> None:
+    """Issue 16: a two-field I2 reply (Excellence) is understood; make, model, serial number and
+    firmware are in device health and in each reading's provenance (the batch record)."""
+    sim = MtSicsSimulator(BalanceModel(load="10.00", model="XS205DU Excellence", serial_number="B812345678",
+                                       firmware="4.20", capacity="220"), baud=9600, balance_data_fields=2)
+    sim_thread = SimulatorThread(sim, link="tcp")
+    url = sim_thread.start()
+    gateway, store, board, _ = gateway_for(url)
+    try:
+        reading = wait_for(lambda: store.latest("BAL-01"), what="a reading")
+        expected = {"make": "Mettler-Toledo", "model": "XS205DU Excellence", "serial_number": "B812345678",
+                    "firmware": "4.20", "driver": "mtsics", "capacity": "220.00 g"}
+        assert reading.identity == expected
+        assert board.get("BAL-01").identity == expected
+        assert reading.to_json()["identity"] == expected
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
 def test_garbage_bytes_become_a_status_never_a_value_and_the_gateway_goes_on() -> None:
     sim, sim_thread, url = scale_sim("12.34")
     gateway, store, board, events = gateway_for(url)

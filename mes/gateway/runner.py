@@ -249,15 +249,21 @@ class Gateway:
             await asyncio.sleep(delay)
 
     async def _identify(self, device: _Device) -> dict[str, str]:
+        """Make, model, serial number and firmware (and capacity when the device gives it): the
+        provenance of every reading the device delivers. A device that cannot say keeps what it
+        said before on this gateway run (the same instrument on the same port)."""
         try:
             ident = await device.driver.identify()
         except DeviceError as exc:
             if isinstance(exc, DeviceUnavailable):
                 raise
             log.warning("device %s: identify failed: %s", device.spec.device_id, exc)
-            return {"driver": device.spec.driver}
-        return {"make": ident.make, "model": ident.model, "serial_number": ident.serial_number,
-                "firmware": ident.firmware, "driver": device.spec.driver}
+            return dict(device.state.identity) or {"driver": device.spec.driver}
+        identity = {"make": ident.make, "model": ident.model, "serial_number": ident.serial_number,
+                    "firmware": ident.firmware, "driver": device.spec.driver}
+        if ident.details.get("capacity"):
+            identity["capacity"] = ident.details["capacity"]
+        return identity
 
     async def _pump(self, device: _Device) -> None:
         """Deliver readings until the link fails (raises) — bad replies are reported and skipped."""
