@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,6 @@ def test_a_restarted_gateway_starts_a_new_epoch_and_its_readings_are_newer() -> 
     """Issue 16: sequences restart at 1 with a new gateway run; the epoch (run id, ordered by
     start) makes the new run's first reading newer than the old run's last one, and the new
     run marks the link as connecting before any reading, so the old run's reading is unusable."""
-    from datetime import UTC, datetime
-
     from mes.gateway.capture import device_link_refusal
     from mes.gateway.store import CapturedReading, LinkState, RedisReadingStore, new_epoch
 
@@ -345,6 +344,53 @@ def test_line_states_and_counters_go_to_the_oee_sink() -> None:
         thread.stop()
 
 
+def test_a_lost_line_link_ends_its_state_as_no_data_and_a_new_stop_code_is_a_new_stop() -> None:
+    """Issue 16: Held 101 -> Held 202 goes to the OEE service as a new stop; when the OPC UA
+    link drops, the line's state ends at once as "undefined" (no data), not running on through
+    the outage; once the link is back the state is read again and sent as a change."""
+    import asyncio
+
+    from devices.drivers.opcua import PackMLCommand, PackMLState
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.simulation import Simulation
+
+    machine = PackMLMachine(acting_s=0.05, item_interval_s=0.05, defect_every=5)
+    samples: list[LineSample] = []
+    simulation = Simulation(scales=(), machine=machine)
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=samples.append,
+                      simulation=simulation)
+    thread = GatewayThread(gateway).start(timeout=90)
+
+    def on_gateway_loop(coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, gateway.loop).result(30)
+
+    try:
+        wait_for(lambda: samples[:1], timeout=30, what="the first line sample")
+        assert machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="idle")
+        assert machine.command(PackMLCommand.START)
+        wait_for(lambda: machine.state is PackMLState.EXECUTE, timeout=10, what="execute")
+        assert machine.command(PackMLCommand.HOLD, 101)
+        wait_for(lambda: [x for x in samples if (x.state, x.stop_reason) == ("held", "101")], timeout=20,
+                 what="Held 101 forwarded")
+        machine.stop_reason = 202  # the PLC publishes another stop code, still Held
+        wait_for(lambda: [x for x in samples if (x.state, x.stop_reason) == ("held", "202")], timeout=20,
+                 what="Held 202 forwarded as a new stop")
+        before = len(samples)
+        gone_at = datetime.now(UTC)
+        on_gateway_loop(simulation.line_sim.go_away())
+        lost = wait_for(lambda: [x for x in samples[before:] if x.state == "undefined"], timeout=20,
+                        what="the line's state ended as no data")[0]
+        assert lost.processed is None and lost.stop_reason is None and lost.at >= gone_at
+        assert not any(x.state for x in samples[before:samples.index(lost)])  # no state change but this one
+        on_gateway_loop(simulation.line_sim.come_back())
+        wait_for(lambda: [x for x in samples[samples.index(lost) + 1:] if (x.state, x.stop_reason) == ("held", "202")],
+                 timeout=30, what="the state read again after the reconnect")
+        assert [x.at for x in samples] == sorted(x.at for x in samples)
+    finally:
+        thread.stop()
+
+
 def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order() -> None:
     """A passing database error must not lose a state change: the sample waits, first in
     line, and goes with its own time once the service takes samples again; a sample the
@@ -390,6 +436,70 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
     # the state change that waited was offered again and again as one sample, with its own time
     again = [s for s in offered if s.state in ("resetting", "idle") and offered.count(s) >= 2]
     assert again and again[0] in taken
+
+
+def test_oee_over_a_lost_line_link_matches_the_hand_computed_reference(app: Flask) -> None:
+    """Issue 16, against the real OEE service (SQLite and PostgreSQL): Held 101, then Held 202,
+    then the OPC UA link drops, then it is back. By hand, from the times the gateway sent:
+    Held 101 and Held 202 are two stops of their own lengths, the outage is no data (not a
+    stop, not running), and nothing runs."""
+    import asyncio
+    from datetime import timedelta
+
+    from devices.drivers.opcua import PackMLCommand, PackMLState
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.service import line_sink
+    from mes.gateway.simulation import Simulation
+    from mes.oee.operations import oee
+
+    machine = PackMLMachine(acting_s=0.05, item_interval_s=0.05, defect_every=5)
+    sent: list[LineSample] = []
+    real_sink = line_sink(app)
+
+    def sink(sample: LineSample) -> None:
+        real_sink(sample)
+        sent.append(sample)
+
+    simulation = Simulation(scales=(), machine=machine)
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=sink, simulation=simulation)
+    thread = GatewayThread(gateway).start(timeout=90)
+
+    def on_gateway_loop(coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, gateway.loop).result(30)
+
+    def first(state: str, reason: str | None, after: LineSample | None = None) -> LineSample:
+        def found() -> LineSample | None:
+            start = sent.index(after) + 1 if after is not None else 0
+            return next((x for x in sent[start:] if (x.state, x.stop_reason) == (state, reason)), None)
+        return wait_for(found, timeout=30, what=f"{state} {reason} recorded")
+
+    try:
+        wait_for(lambda: sent[:1], timeout=30, what="the first line sample")
+        machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="idle")
+        machine.command(PackMLCommand.START)
+        wait_for(lambda: machine.state is PackMLState.EXECUTE, timeout=10, what="execute")
+        machine.command(PackMLCommand.HOLD, 101)
+        held_101 = first("held", "101")
+        machine.stop_reason = 202
+        held_202 = first("held", "202", held_101)
+        on_gateway_loop(simulation.line_sim.go_away())
+        lost = first("undefined", None, held_202)
+        on_gateway_loop(simulation.line_sim.come_back())
+        back = first("held", "202", lost)
+    finally:
+        thread.stop()
+
+    def seconds(a: LineSample, b: LineSample) -> Decimal:
+        return Decimal((b.at - a.at) // timedelta(microseconds=1)) / 1_000_000
+
+    with app.app_context():
+        total = oee("LINE-1", held_101.at, back.at)["total"]
+    assert Decimal(total["no_data_s"]) == seconds(lost, back) > 0
+    assert Decimal(total["run_s"]) == 0
+    by_reason = {r["reason"]: Decimal(r["seconds"]) for r in total["downtime_by_reason"]}
+    assert by_reason == {"unassigned (Held 101)": seconds(held_101, held_202),
+                         "unassigned (Held 202)": seconds(held_202, lost)}
 
 
 def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:

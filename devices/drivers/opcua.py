@@ -118,6 +118,7 @@ __all__ = [
     "decode_datavalue",
     "encode_datavalue",
     "sample_from_datavalue",
+    "unsigned_counter",
 ]
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,29 @@ _INTEGER_VARIANTS = frozenset(
         ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
     }
 )
+
+
+#: Bits of the signed integer types a PLC may hold a PackTags counter in.
+_SIGNED_BITS = {ua.VariantType.SByte: 8, ua.VariantType.Int16: 16, ua.VariantType.Int32: 32,
+                ua.VariantType.Int64: 64}
+
+
+def unsigned_counter(value: int, raw: bytes, role: str, device_id: str | None = None) -> int:
+    """A negative PackTags counter read as the unsigned value the PLC meant.
+
+    PackTags counters (``ProdProcessedCount`` ...) are Int32: past 2^31 - 1 pieces the PLC's
+    counter wraps to negative numbers while it goes on counting. Read from a signed integer
+    type, ``value`` is taken modulo 2^bits; a negative value of any other type is a
+    ProtocolError.
+    """
+    try:
+        vtype = decode_datavalue(raw).Value.VariantType
+    except (ValueError, AttributeError):
+        vtype = None
+    bits = _SIGNED_BITS.get(vtype) if vtype is not None else None
+    if bits is None or value < -(2 ** (bits - 1)):
+        raise ProtocolError(f"PackML {role} counter is negative", device_id=device_id, raw=raw)
+    return value + 2**bits
 
 
 def encode_datavalue(datavalue: ua.DataValue) -> bytes:
@@ -1256,7 +1280,7 @@ class OpcUaDriver(Driver):
             ) from None
         for role in ("processed", "defective"):
             if numbers[role] < 0:
-                raise ProtocolError(f"PackML {role} counter is negative", device_id=self.device_id)
+                numbers[role] = unsigned_counter(numbers[role], by_role[role].raw, role, self.device_id)
         return PackMLStatus(
             state=state,
             processed=numbers["processed"],

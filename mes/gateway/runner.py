@@ -46,8 +46,8 @@ from mes.gateway.config import DeviceSpec
 from mes.gateway.health import HEARTBEAT_S, DeviceState, HealthBoard
 from mes.gateway.store import CapturedReading, LinkState, ReadingStore, new_epoch
 
-__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "Gateway", "GatewayThread", "LineSample", "LineSampleRefused",
-           "UNSENT_LINE_SAMPLES_MAX", "outcome"]
+__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "NO_DATA_STATE", "Gateway", "GatewayThread", "LineSample",
+           "LineSampleRefused", "UNSENT_LINE_SAMPLES_MAX", "line_state_key", "no_data_sample", "outcome"]
 
 log = logging.getLogger("mes.gateway")
 
@@ -58,6 +58,8 @@ COUNTER_EVERY_S = 10.0
 UNSENT_LINE_SAMPLES_MAX = 10_000
 #: Waiting samples sent per poll, so a backlog after an outage does not hold up the polling.
 LINE_SAMPLES_PER_POLL = 50
+#: The state sent for a line whose link is lost: PackML "Undefined", counted as no data.
+NO_DATA_STATE = "undefined"
 #: Unparseable replies in a row after which the link is reopened.
 MAX_BAD_REPLIES = 5
 #: Redis channel on which web workers send device commands to a separate gateway process.
@@ -84,6 +86,19 @@ class LineSampleRefused(Exception):
     """Raised by a line sink that will never accept this sample (it is invalid or older
     than what the service has): the gateway drops it. Any other exception from the sink
     is taken as passing trouble, and the sample is offered again at the next poll."""
+
+
+def line_state_key(status: Any) -> tuple[str, str | None]:
+    """What makes a line state new for the OEE service: the PackML state *and* its stop code,
+    so a stop code that changes within the same state (Held 101 -> Held 202) is a new stop."""
+    return status.state.name.lower(), (str(status.stop_reason) if status.stop_reason else None)
+
+
+def no_data_sample(line: str, device_id: str, at: datetime) -> LineSample:
+    """The sample that ends a line's state when its link is lost: PackML Undefined ("no data",
+    not counted), so the last state never runs on through an outage."""
+    return LineSample(line_id=line, device_id=device_id, at=at, state=NO_DATA_STATE, processed=None,
+                      defective=None, stop_reason=None)
 
 
 def outcome(ok: bool, status: int = 200, slug: str = "ok", detail: str = "", **extra: Any) -> dict[str, Any]:
@@ -123,7 +138,8 @@ class _Device:
         self.identity: dict[str, str] = {}
         self.last_key: tuple[Any, ...] | None = None
         self.last_emit = 0.0
-        self.last_line_state: str | None = None
+        #: (state, stop reason) last sent to the OEE service; ("undefined", None) after a lost link
+        self.last_line_state: tuple[str, str | None] | None = None
         self.last_counters_at = 0.0
         self.unsent: collections.deque[LineSample] = collections.deque()
         self.sink_failing = False
@@ -243,6 +259,7 @@ class Gateway:
                     log.info("device %s: %s", spec.device_id, exc)
                 delay = backoff.next_delay()
                 self._set_status(device, False, f"{_describe(exc)} Reconnecting in {delay:.1f} s.", error=exc)
+                await self._line_lost(device)
             finally:
                 with contextlib.suppress(Exception):
                     await driver.close()
@@ -356,9 +373,9 @@ class Gateway:
     # -------------------------------------------------------------------- lines
     async def _line(self, device: _Device, status: Any) -> None:
         line = device.spec.line or device.spec.device_id
-        state = status.state.name.lower()
+        state, reason = line_state_key(status)
         now = time.monotonic()
-        changed = state != device.last_line_state
+        changed = (state, reason) != device.last_line_state
         payload = {"line": line, "device_id": device.spec.device_id, "state": state,
                    "state_number": int(status.state), "processed": status.processed,
                    "defective": status.defective, "stop_reason": status.stop_reason,
@@ -366,15 +383,30 @@ class Gateway:
         if changed or now - device.last_emit >= device.spec.emit_every_s:
             self.emit("line_state", payload, f"line:{line}")
         if changed or now - device.last_counters_at >= COUNTER_EVERY_S:
-            device.last_line_state = state
+            device.last_line_state = (state, reason)
             device.last_counters_at = now
             if self.line_sink is not None:
-                reason = str(status.stop_reason) if status.stop_reason else None
                 self._queue_line_sample(device, LineSample(
                     line_id=line, device_id=device.spec.device_id, at=status.timestamp,
                     state=state if changed else None, processed=status.processed,
                     defective=status.defective, stop_reason=reason))
         await self._send_line_samples(device, line)
+
+    async def _line_lost(self, device: _Device) -> None:
+        """The link to a line is lost: its state ends now as "no data" (PackML Undefined, not
+        counted), so the last state does not run on through the outage; the state is read
+        again, and sent as a change, once the link is back."""
+        if device.mode != "packml" or device.last_line_state == (NO_DATA_STATE, None):
+            return
+        line = device.spec.line or device.spec.device_id
+        device.last_line_state = (NO_DATA_STATE, None)
+        sample = no_data_sample(line, device.spec.device_id, _now())
+        self.emit("line_state", {"line": line, "device_id": device.spec.device_id, "state": NO_DATA_STATE,
+                                 "state_number": 0, "processed": None, "defective": None, "stop_reason": None,
+                                 "at": sample.at.isoformat()}, f"line:{line}")
+        if self.line_sink is not None:
+            self._queue_line_sample(device, sample)
+            await self._send_line_samples(device, line)
 
     def _queue_line_sample(self, device: _Device, sample: LineSample) -> None:
         if len(device.unsent) >= UNSENT_LINE_SAMPLES_MAX:
