@@ -7,9 +7,13 @@
   simulated MT-SICS balance (9600 baud, in the gateway's loop) gets a new load and the time is
   stamped; a Socket.IO client of a logged-in kiosk, served by the real app on loopback, stamps
   when the ``reading`` with that value arrives. Beside it, in the same run, the baseline: a
-  bare server -> client Socket.IO emit (``publish``) on the same connection.
+  bare server -> client Socket.IO emit (``publish``) on the same connection;
+- a pulled cable (issue 16): from the balance going silent to device health "disconnected" and
+  to the ``device_status`` event on which the kiosk clears the number, beside the configured
+  ``timeout_s`` (target <= timeout_s + 100 ms).
 
     python -m tests.bench.devices [--seconds 5] [--baud 9600] [--tags 100] [--cycles 50] [--latency-samples N]
+                                  [--silence-runs N] [--silence-timeout 1.0]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 from tests.bench.devices_modbus import measure_modbus_cycle
 from tests.bench.devices_scale import measure_mtsics_rate
+from tests.bench.devices_silence import measure_silence
 
 
 def _p(ordered: list[float], q: float) -> float:
@@ -150,13 +155,17 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--latency-samples", type=int, default=None,
                     help="gateway latency samples (default 40 per --seconds)")
+    ap.add_argument("--silence-runs", type=int, default=None, help="cable pulls (default 2 per --seconds)")
+    ap.add_argument("--silence-timeout", type=float, default=1.0, help="the balance driver's timeout_s")
     args = ap.parse_args()
     samples = args.latency_samples or max(10, int(args.seconds * 40))
+    pulls = args.silence_runs or max(1, int(args.seconds * 2))
     print(json.dumps({
         "benchmark": "devices", "db": args.db,
         "mtsics": measure_mtsics_rate(args.seconds, args.baud),
         "modbus": measure_modbus_cycle(args.tags, args.cycles),
         "gateway_to_browser_latency": measure_gateway_latency(samples),
+        "silent_device": measure_silence(pulls, args.silence_timeout, args.baud),
     }, default=str))
 
 
