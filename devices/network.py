@@ -38,7 +38,7 @@ from devices.backoff import Backoff
 from devices.base import Driver
 from devices.errors import ConfigurationError, DeviceError, DeviceTimeout, DeviceUnavailable
 
-__all__ = ["RECONNECT_SCHEMA", "NetworkDriver", "float_to_decimal"]
+__all__ = ["RECONNECT_SCHEMA", "LinkChatterFilter", "NetworkDriver", "float_to_decimal", "quiet_library_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,41 @@ def float_to_decimal(value: float, *, single: bool) -> Decimal:
     return result
 
 
+#: What the protocol libraries log about a link the driver already reports (as a status).
+_CHATTER = ("failed to connect", "connect call failed", "repeating", "connection lost", "connection_lost",
+            "connection is closed", "reconnect", "no response received", "close_secure_channel",
+            "connection refused", "connection reset", "timed out", "timeout")
+_LINK_ERRORS = (OSError, EOFError, TimeoutError, asyncio.CancelledError, asyncio.IncompleteReadError)
+
+
+class LinkChatterFilter(logging.Filter):
+    """Drops what pymodbus and asyncua log about links at run time — their info and debug
+    lines, "Failed to connect", "Repeating…", reconnect tracebacks — because the driver turns
+    each into one DeviceError and the gateway logs one line per state change of the device.
+    Anything else the libraries warn about passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], _LINK_ERRORS):
+            return False
+        text = record.getMessage().lower()
+        return not any(phrase in text for phrase in _CHATTER)
+
+
+_FILTER = LinkChatterFilter()
+
+
+def quiet_library_logs(prefixes: tuple[str, ...] = ("pymodbus", "asyncua")) -> None:
+    """Put :class:`LinkChatterFilter` on every logger of the protocol libraries (a logger's
+    filter does not reach its children, so each existing one gets it; idempotent)."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in prefixes]
+    for name in {*prefixes, *names}:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 class NetworkDriver(Driver):
     """A driver with a network session it keeps up by itself (see the module docstring)."""
 
@@ -96,6 +131,7 @@ class NetworkDriver(Driver):
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(device_id, config)
+        quiet_library_logs()
         self._link_up = False
         self._up: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None

@@ -383,9 +383,16 @@ def test_a_lost_line_link_ends_its_state_as_no_data_and_a_new_stop_code_is_a_new
                         what="the line's state ended as no data")[0]
         assert lost.processed is None and lost.stop_reason is None and lost.at >= gone_at
         assert not any(x.state for x in samples[before:samples.index(lost)])  # no state change but this one
+        driver = gateway.devices["LINE-1"].driver
+        assert driver.is_connected, "the gateway leaves reconnecting to the driver: it does not close it"
         on_gateway_loop(simulation.line_sim.come_back())
+        back_at = time.monotonic()
+        next_attempt = driver._next_attempt_at or back_at  # the driver's own backoff decides
         wait_for(lambda: [x for x in samples[samples.index(lost) + 1:] if (x.state, x.stop_reason) == ("held", "202")],
                  timeout=30, what="the state read again after the reconnect")
+        # back within the driver's next attempt and one poll (interval_s 1), not a gateway backoff on top
+        assert time.monotonic() - max(back_at, next_attempt) <= driver.timeout_s + 1.0 + 1.0
+        assert driver.reconnects == 1 and gateway.devices["LINE-1"].state.reconnects == 1
         assert [x.at for x in samples] == sorted(x.at for x in samples)
     finally:
         thread.stop()
@@ -537,6 +544,33 @@ def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
     assert recorded[0] == "Stopped" and recorded.index("Idle") < recorded.index("Execute")
 
 
+PLC_TAG = {"function": "holding_registers", "address": 0, "type": "uint16", "unit": "1"}
+
+
+def test_one_line_per_state_change_and_no_library_chatter(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16: an unreachable Modbus device retried again and again logs one line for its state
+    change and nothing from pymodbus ("Failed to connect", "Repeating...", tracebacks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = DeviceSpec(device_id="PLC-GONE", driver="modbus", mode="poll",
+                      config={"host": "127.0.0.1", "port": port, "tags": {"t": PLC_TAG},
+                              "reconnect_initial_s": 0.02, "reconnect_max_s": 0.05})
+    events = Events()
+    caplog.set_level(logging.DEBUG)
+    thread = GatewayThread(Gateway([spec], store=MemoryReadingStore(), board=MemoryHealthBoard(), emit=events)).start()
+    try:
+        wait_for(lambda: len([e for e in events.of("device_status") if not e["connected"]]) >= 5,
+                 what="five failed attempts")
+    finally:
+        thread.stop()
+    assert not [r for r in caplog.records if r.name.split(".")[0] in ("pymodbus", "asyncua")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device PLC-GONE:")]
+    assert len(lines) == 1 and "not reachable" in lines[0], lines
+
+
 def test_gateway_configuration_is_checked_before_anything_runs(tmp_path: Path) -> None:
     good = tmp_path / "gateway.yaml"
     good.write_text(yaml.safe_dump({"devices": [
@@ -555,6 +589,10 @@ def test_gateway_configuration_is_checked_before_anything_runs(tmp_path: Path) -
         ({"devices": [{"device_id": "X", "driver": "mtsics", "config": {"port": "a"}}] * 2}, "twice"),
         ({"devices": [{"device_id": "X", "driver": "mtsics", "mode": "packml", "config": {"port": "a"}}]}, "opcua"),
         ({"devices": [{"driver": "mtsics"}]}, "device_id"),
+        # one place for a networked driver's reconnect policy: its own config (issue 16)
+        ({"devices": [{"device_id": "X", "driver": "modbus", "reconnect_max_s": 5,
+                       "config": {"host": "127.0.0.1", "tags": {"t": PLC_TAG}}}]},
+         "reconnects by itself"),
     ):
         with pytest.raises(GatewayConfigError, match=message):
             parse_gateway_config(data)

@@ -102,7 +102,7 @@ from devices.errors import (
     DeviceUnavailable,
     ProtocolError,
 )
-from devices.network import RECONNECT_SCHEMA, NetworkDriver, float_to_decimal
+from devices.network import RECONNECT_SCHEMA, NetworkDriver, float_to_decimal, quiet_library_logs
 from devices.reading import DeviceIdentity, Reading, ReadingStatus, Sample
 
 __all__ = [
@@ -828,6 +828,7 @@ class OpcUaDriver(NetworkDriver):
         """Connect a fresh client, resolve every node, re-attach subscriptions."""
         try:
             client = await self._new_client()
+            quiet_library_logs()  # asyncua names some loggers per client class on first use
         except Exception as exc:  # set_security may already talk to the server
             raise self._connect_error(exc, "connect") from exc
         generation = next(self._generation)

@@ -144,6 +144,7 @@ class _Device:
         self.unsent: collections.deque[LineSample] = collections.deque()
         self.sink_failing = False
         self.dropping = 0  # samples dropped since the queue was full
+        self.logged: tuple[bool, str | None] | None = None  # (connected, error class) last logged
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -235,13 +236,22 @@ class Gateway:
                 await self.simulation.stop()
 
     async def _run_device(self, device: _Device) -> None:
+        """Connect, identify, deliver readings; after a failure, reconnect. Reconnects have one
+        owner: a driver that reconnects by itself (``reconnects_itself``: Modbus, OPC UA) is
+        not closed on a lost link — the gateway reports the device disconnected, waits for the
+        driver's link and goes on, and retries a failed first connect with the driver's own
+        ``reconnect_*`` policy; any other driver is closed and reopened with the device entry's
+        ``reconnect_initial_s`` / ``reconnect_max_s``."""
         spec, driver = device.spec, device.driver
-        backoff = Backoff(spec.reconnect_initial_s, spec.reconnect_max_s)
+        own = bool(getattr(driver, "reconnects_itself", False))
+        initial, maximum = ((driver.reconnect_initial_s, driver.reconnect_max_s) if own
+                            else (spec.reconnect_initial_s, spec.reconnect_max_s))
+        backoff = Backoff(initial, maximum)
         first = True
         while True:
-            delay = spec.reconnect_initial_s
+            delay = initial
             try:
-                await driver.connect()
+                await driver.connect()  # a no-op when the driver kept its link
                 identity = await self._identify(device)
                 if not first:
                     device.state.reconnects += 1
@@ -255,12 +265,15 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - whatever a device does, the gateway stays up
                 if not isinstance(exc, DeviceError):
                     log.exception("device %s: unexpected error", spec.device_id)
-                else:
-                    log.info("device %s: %s", spec.device_id, exc)
+                if own and driver.is_connected and isinstance(exc, DeviceUnavailable):
+                    self._set_status(device, False, f"{_describe(exc)} The driver is reconnecting.", error=exc)
+                    await self._line_lost(device)
+                    with contextlib.suppress(DeviceError):
+                        await driver.wait_connected()
+                        continue  # the driver's link is back: identify and go on at once
                 delay = backoff.next_delay()
                 self._set_status(device, False, f"{_describe(exc)} Reconnecting in {delay:.1f} s.", error=exc)
                 await self._line_lost(device)
-            finally:
                 with contextlib.suppress(Exception):
                     await driver.close()
             await asyncio.sleep(delay)
@@ -306,7 +319,6 @@ class Gateway:
                 if isinstance(exc, DeviceUnavailable) or not device.driver.is_connected:
                     raise
                 bad += 1
-                log.info("device %s: %s", device.spec.device_id, exc)
                 self._set_status(device, True, _describe(exc), error=exc)
                 if bad >= MAX_BAD_REPLIES:
                     raise
@@ -330,6 +342,13 @@ class Gateway:
                     error: BaseException | None = None) -> None:
         state = device.state
         changed = connected != state.connected
+        kind = (connected, type(error).__name__ if error is not None else None)
+        if kind != device.logged:  # one line per state change of the device, not per attempt
+            device.logged = kind
+            if connected and error is None:
+                log.info("device %s: %s", state.device_id, message)
+            else:
+                log.warning("device %s: %s", state.device_id, message)
         if connected and not state.connected:
             state.connected_since = _now()
         state.connected = connected
