@@ -13,17 +13,21 @@ import pytest
 
 from devices.base import Capability, Driver, Frame
 from devices.drivers.aandd import AandDScale
+from devices.drivers.modbus import ModbusTcpDriver
 from devices.drivers.mtsics import MtSicsScale
 from devices.drivers.virtual import VirtualScale
 from devices.errors import DeviceError
 from devices.reading import DeviceIdentity, ReadingStatus, Sample
 from devices.registry import DriverRegistry
 from devices.sim import AandDSimulator, BalanceModel, MtSicsSimulator
+from devices.sim.modbus import ModbusSimulator, RegisterMap
 from devices.testkit import (
     DriverConformance,
     DriverFactory,
     FaultConformance,
     FaultFactory,
+    FaultRig,
+    KitFault,
     LinkedDriverConformance,
     SimulatorRig,
     check_reading,
@@ -181,6 +185,50 @@ class TestAandDFaults(FaultConformance):
                 config = {"port": sim.url, "baudrate": FAST_BAUD, "bytesize": 8, "parity": "N", "timeout_s": 0.5}
                 async with AandDScale("BAL-AD", config) as scale:
                     yield scale, SimulatorRig(sim)
+
+        return factory
+
+
+class ModbusRig(FaultRig):
+    """The Modbus simulator's faults for a float32 weight register: no answer (silent), +inf /
+    -inf (overload / underload, as a weighing terminal publishes them), a connection dropped
+    instead of an answer. A register cannot be unstable, garbled or split: not run."""
+
+    faults = frozenset({KitFault.SILENT, KitFault.OVERLOAD, KitFault.UNDERLOAD, KitFault.DISCONNECT})
+
+    def __init__(self, sim: ModbusSimulator, load: str) -> None:
+        self.sim = sim
+        self.load = Decimal(load)
+        self.sim.registers.set_value("holding_registers", 0, "float32", load)
+
+    async def apply(self, fault: KitFault) -> None:
+        if fault is KitFault.SILENT:
+            self.sim.faults.delay_s = 3600.0
+        elif fault is KitFault.OVERLOAD:
+            self.sim.registers.set_value("holding_registers", 0, "float32", "inf")
+        elif fault is KitFault.UNDERLOAD:
+            self.sim.registers.set_value("holding_registers", 0, "float32", "-inf")
+        elif fault is KitFault.DISCONNECT:
+            self.sim.faults.disconnect_next()
+
+    async def clear(self) -> None:
+        self.sim.faults.clear()
+        self.sim.registers.set_value("holding_registers", 0, "float32", str(self.load))
+
+
+class TestModbusFaults(FaultConformance):
+    @pytest.fixture
+    def fault_factory(self) -> FaultFactory:
+        @contextlib.asynccontextmanager
+        async def factory() -> AsyncIterator[tuple[Driver, FaultRig]]:
+            sim = ModbusSimulator(RegisterMap(20))
+            rig = ModbusRig(sim, "12.5")
+            async with sim.serve():
+                config = sim.driver_config(
+                    tags={"weight": {"function": "holding_registers", "address": 0, "type": "float32", "unit": "kg"}},
+                    timeout_s=0.5, stream_interval_s=0.02)
+                async with ModbusTcpDriver("PLC-1", config) as plc:
+                    yield plc, rig
 
         return factory
 
