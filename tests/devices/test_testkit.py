@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,12 +16,14 @@ from devices.base import Capability, Driver, Frame
 from devices.drivers.aandd import AandDScale
 from devices.drivers.modbus import ModbusTcpDriver
 from devices.drivers.mtsics import MtSicsScale
+from devices.drivers.opcua import OpcUaDriver
 from devices.drivers.virtual import VirtualScale
 from devices.errors import DeviceError
 from devices.reading import DeviceIdentity, ReadingStatus, Sample
 from devices.registry import DriverRegistry
 from devices.sim import AandDSimulator, BalanceModel, MtSicsSimulator
 from devices.sim.modbus import ModbusSimulator, RegisterMap
+from devices.sim.opcua import OpcUaSimulator, PackMLMachine
 from devices.testkit import (
     DriverConformance,
     DriverFactory,
@@ -217,6 +220,7 @@ class ModbusRig(FaultRig):
 
 
 class TestModbusFaults(FaultConformance):
+    faults = ModbusRig.faults
     @pytest.fixture
     def fault_factory(self) -> FaultFactory:
         @contextlib.asynccontextmanager
@@ -229,6 +233,51 @@ class TestModbusFaults(FaultConformance):
                     timeout_s=0.5, stream_interval_s=0.02)
                 async with ModbusTcpDriver("PLC-1", config) as plc:
                     yield plc, rig
+
+        return factory
+
+
+class OpcUaRig(FaultRig):
+    """The OPC UA simulator's faults for a Double node (the seal temperature): +inf / -inf
+    (overload / underload) and the server going away (the link drops). A session cannot be
+    garbled, split or made to say nothing while connected by this simulator: not run."""
+
+    faults = frozenset({KitFault.OVERLOAD, KitFault.UNDERLOAD, KitFault.DISCONNECT})
+
+    def __init__(self, sim: OpcUaSimulator, load: str) -> None:
+        self.sim = sim
+        self.load = Decimal(load)
+        sim.machine.temperature_override = float(load)
+
+    async def apply(self, fault: KitFault) -> None:
+        if fault is KitFault.OVERLOAD:
+            self.sim.machine.temperature_override = math.inf
+        elif fault is KitFault.UNDERLOAD:
+            self.sim.machine.temperature_override = -math.inf
+        elif fault is KitFault.DISCONNECT:
+            await self.sim.go_away()
+
+    async def clear(self) -> None:
+        self.sim.machine.temperature_override = float(self.load)
+        await self.sim.come_back()
+
+
+class TestOpcUaFaults(FaultConformance):
+    faults = OpcUaRig.faults
+    @pytest.fixture
+    def fault_factory(self) -> FaultFactory:
+        @contextlib.asynccontextmanager
+        async def factory() -> AsyncIterator[tuple[Driver, FaultRig]]:
+            sim = OpcUaSimulator(PackMLMachine(), tick_s=0.02)
+            rig = OpcUaRig(sim, "180.25")
+            await sim.start()
+            try:
+                config = sim.driver_config(["temperature"], packml=False, timeout_s=1.0, heartbeat_s=0.1,
+                                           publishing_interval_ms=20)
+                async with OpcUaDriver("LINE-T", config) as line:
+                    yield line, rig
+            finally:
+                await sim.stop()
 
         return factory
 
