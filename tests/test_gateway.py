@@ -244,6 +244,10 @@ def test_a_restarted_gateway_starts_a_new_epoch_and_its_readings_are_newer() -> 
     assert store.latest(device).sequence == 2
     store.set_link(LinkState(device, False, datetime.now(UTC), new, "gone"))
     assert store.link(device) == LinkState(device, False, store.link(device).since, new, "gone")
+    # the link lives as long as the readings: a device connected for hours keeps it
+    store._redis.expire(store.LINK_PREFIX + device, 5)
+    store.put(reading(new, 3, "4.00"))
+    assert store._redis.ttl(store.LINK_PREFIX + device) > 3000 and not store.link(device).connected
     memory = MemoryReadingStore()
     memory.put(reading(old_epoch, 5000, "1.00"))
     memory.put(reading(new, 1, "2.00"))

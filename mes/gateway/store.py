@@ -189,7 +189,8 @@ class RedisReadingStore:
     PREFIX = "mes:reading:"
     LINK_PREFIX = "mes:link:"
     #: Keep the reading only when its (epoch, sequence) is above the stored one's; mark the link
-    #: heard when no link has been reported (the gateway reports it on connect and on loss).
+    #: heard when no link has been reported (the gateway reports it on connect and on loss), and
+    #: keep a reported link as long as the readings (it changes only on connect and on loss).
     _PUT = """
 local old = redis.call('GET', KEYS[1])
 if old then
@@ -201,7 +202,9 @@ if old then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4], 'NX')
+if not redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4], 'NX') then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])  -- a device heard keeps its link as long as its reading
+end
 return 1
 """
 
