@@ -24,6 +24,7 @@ from devices.registry import DriverRegistry
 from devices.sim import AandDSimulator, BalanceModel, MtSicsSimulator
 from devices.sim.modbus import ModbusSimulator, RegisterMap
 from devices.sim.opcua import OpcUaSimulator, PackMLMachine
+from devices.sim.proxy import LinkProxy
 from devices.testkit import (
     DriverConformance,
     DriverFactory,
@@ -238,44 +239,53 @@ class TestModbusFaults(FaultConformance):
 
 
 class OpcUaRig(FaultRig):
-    """The OPC UA simulator's faults for a Double node (the seal temperature): +inf / -inf
-    (overload / underload) and the server going away (the link drops). A session cannot be
-    garbled, split or made to say nothing while connected by this simulator: not run."""
+    """The OPC UA simulator's faults for a Double node (the seal temperature), the driver
+    talking to it through a :class:`LinkProxy`: the cable pulled (silent), +inf / -inf
+    (overload / underload), the link dropped. A session cannot be garbled or split by this
+    simulator, and a moving temperature has no stability: not run."""
 
-    faults = frozenset({KitFault.OVERLOAD, KitFault.UNDERLOAD, KitFault.DISCONNECT})
+    faults = frozenset({KitFault.SILENT, KitFault.OVERLOAD, KitFault.UNDERLOAD, KitFault.DISCONNECT})
 
-    def __init__(self, sim: OpcUaSimulator, load: str) -> None:
+    def __init__(self, sim: OpcUaSimulator, proxy: LinkProxy, load: str) -> None:
         self.sim = sim
+        self.proxy = proxy
         self.load = Decimal(load)
         sim.machine.temperature_override = float(load)
 
     async def apply(self, fault: KitFault) -> None:
-        if fault is KitFault.OVERLOAD:
+        if fault is KitFault.SILENT:
+            self.proxy.silent = True
+        elif fault is KitFault.OVERLOAD:
             self.sim.machine.temperature_override = math.inf
         elif fault is KitFault.UNDERLOAD:
             self.sim.machine.temperature_override = -math.inf
         elif fault is KitFault.DISCONNECT:
-            await self.sim.go_away()
+            self.proxy.drop()
 
     async def clear(self) -> None:
+        self.proxy.silent = False
         self.sim.machine.temperature_override = float(self.load)
-        await self.sim.come_back()
 
 
 class TestOpcUaFaults(FaultConformance):
     faults = OpcUaRig.faults
+
     @pytest.fixture
     def fault_factory(self) -> FaultFactory:
         @contextlib.asynccontextmanager
         async def factory() -> AsyncIterator[tuple[Driver, FaultRig]]:
-            sim = OpcUaSimulator(PackMLMachine(), tick_s=0.02)
-            rig = OpcUaRig(sim, "180.25")
+            machine = PackMLMachine()
+            machine.temperature_override = 180.25  # published from the start
+            sim = OpcUaSimulator(machine, tick_s=0.02)
             await sim.start()
             try:
-                config = sim.driver_config(["temperature"], packml=False, timeout_s=1.0, heartbeat_s=0.1,
-                                           publishing_interval_ms=20)
-                async with OpcUaDriver("LINE-T", config) as line:
-                    yield line, rig
+                async with LinkProxy(sim.host, sim.port).serve() as proxy:
+                    rig = OpcUaRig(sim, proxy, "180.25")
+                    config = sim.driver_config(["temperature"], packml=False, timeout_s=1.0, heartbeat_s=0.1,
+                                               publishing_interval_ms=20)
+                    config["url"] = config["url"].replace(f":{sim.port}", f":{proxy.port}")
+                    async with OpcUaDriver("LINE-T", config) as line:
+                        yield line, rig
             finally:
                 await sim.stop()
 
