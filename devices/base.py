@@ -235,20 +235,31 @@ class Driver(abc.ABC):
         Close it deterministically with ``contextlib.aclosing``. Other commands
         may be issued meanwhile: they wait for the current frame, run, and the
         stream resumes. The stream ends quietly when the driver is closed by
-        its owner and raises :class:`DeviceError` when the device fails.
+        its owner and raises :class:`DeviceError` when the device fails; a device
+        that sends nothing for ``timeout`` (default ``timeout_s``) raises
+        :class:`DeviceTimeout` at that moment, never later.
         """
         self._require(Capability.STREAM)
         self._require_connected()
         limit = timeout or self.timeout_s
+        link_failed = False
         try:
             while True:
                 if not self.is_connected:
                     return
-                async with self._operation("stream", limit):
-                    reading = self._make_reading(await self._stream_frame())
+                try:
+                    async with self._operation("stream", limit):
+                        reading = self._make_reading(await self._stream_frame())
+                except (DeviceUnavailable, asyncio.CancelledError):
+                    # A silent or lost link is reported now (within ``limit``): leaving
+                    # stream mode politely would first wait for a device that is not
+                    # answering. The driver resynchronises before its next command.
+                    link_failed = True
+                    raise
                 yield reading
         finally:
-            await self._finish_stream(limit)
+            if not link_failed:
+                await self._finish_stream(limit)
 
     async def tare(self, *, timeout: float | None = None) -> Weight:
         """Tare the device (waits for stability); return the stored tare weight."""

@@ -174,7 +174,7 @@ def _send_current(devices: list[str]) -> None:
                                                       "message": "The gateway has not reported this device."})
                 continue
             flask_socketio.emit("device_status", state.status_json())
-            if state.reading is not None:
+            if state.reading is not None and state.connected:  # a silent device's last number is not shown
                 flask_socketio.emit("reading", state.reading.to_json())
     except Exception:  # noqa: BLE001 - the watch itself has succeeded
         log.warning("could not send the current device state", exc_info=True)

@@ -315,3 +315,53 @@ def test_capture_through_the_api_reads_the_apps_store(app: Flask, client, monkey
     r = op.post(url, body, headers={"Idempotency-Key": "cap-2"})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["state"] == "completed" and r.get_json()["value"] == "2001"
+
+
+def test_capture_refused_from_a_disconnected_device(app: Flask, monkeypatch) -> None:
+    """Issue 16: the scale falls silent (cable pulled) and the gateway marks its link lost;
+    the last reading, still recent enough for the age rule, is refused because the device is
+    not connected. So is a reading from before a gateway restart or from before the link came
+    back. Nothing is recorded (SQLite and PostgreSQL)."""
+    import time
+
+    from devices.sim import BalanceModel, MtSicsSimulator, SimulatorThread
+    from mes.gateway.config import DeviceSpec
+    from mes.gateway.health import MemoryHealthBoard
+    from mes.gateway.runner import Gateway, GatewayThread
+    from mes.gateway.store import LinkState, new_epoch
+
+    world, batch_id = _ready_to_weigh(monkeypatch)
+    device = _scale(world, batch_id)
+    ok = _payload(world, batch_id, device)
+    sim = MtSicsSimulator(BalanceModel(load="1200", unit="g", decimals=1, capacity="3000"), baud=9600)
+    sim_thread = SimulatorThread(sim, link="tcp")
+    url = sim_thread.start()
+    spec = DeviceSpec(device_id=device, driver="mtsics", config={"port": url, "timeout_s": 1.0}, mode="stream",
+                      reconnect_initial_s=0.05, reconnect_max_s=0.3)
+    gateway = GatewayThread(Gateway([spec], store=world.readings, board=MemoryHealthBoard())).start()
+    try:
+        deadline = time.monotonic() + 15
+        while not ((r := world.readings.latest(device)) and r.value == Decimal("1200.0")):
+            assert time.monotonic() < deadline, "no reading from the simulated scale"
+            time.sleep(0.02)
+        sim.silent = True
+        while (link := world.readings.link(device)) is None or link.connected:
+            assert time.monotonic() < deadline, "the silent scale was never reported"
+            time.sleep(0.01)
+        last = world.readings.latest(device)
+        assert (utcnow() - last.at).total_seconds() < 3  # the age rule alone would take it
+        refused = _refused(world, batch_id, ok, "device_not_connected", "is not connected")
+        assert "no reply" in str(refused)
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+    # a reading of a previous gateway run, and one from before the link came back
+    _add_scale(world, "LINKED")
+    linked = _payload(world, batch_id, "LINKED")
+    world.readings.set_link(LinkState("LINKED", True, utcnow(), new_epoch()))
+    put_reading(world, "LINKED", "1200", "g")  # epoch "": not this run's
+    _refused(world, batch_id, linked, "device_not_connected", "before the device gateway restarted")
+    world.readings.set_link(LinkState("LINKED", True, utcnow() + timedelta(milliseconds=50), ""))
+    _refused(world, batch_id, linked, "device_not_connected", "before its link came back")
+    world.readings.set_link(LinkState("LINKED", True, utcnow() - timedelta(seconds=1), ""))
+    assert _complete(world, batch_id, {**linked, "more": True})["net"] == "1.200"  # the link is up: taken

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,100 @@ def test_gateway_reconnects_after_the_simulator_drops_and_comes_back() -> None:
         sim_thread.stop()
 
 
+def test_a_silent_scale_is_disconnected_within_its_timeout_and_its_link_is_lost_at_once() -> None:
+    """Issue 16: a pulled cable (the scale sends nothing) shows as disconnected within the
+    driver's timeout_s, in device health, in the store's link (the capture rule) and to the
+    kiosk (device_status, which clears the number) - not after three timeouts."""
+    sim, sim_thread, url = scale_sim("55.00")
+    gateway, store, board, events = gateway_for(url)  # timeout_s 1.0
+    try:
+        first = wait_for(lambda: store.latest("BAL-01"), what="a first reading")
+        link = wait_for(lambda: (ln := store.link("BAL-01")) and ln.connected and ln, what="the link up")
+        assert link.epoch == first.epoch == gateway.gateway.epoch and first.at >= link.since
+        sim.silent = True  # the cable is pulled: nothing more reaches the gateway
+        silent_at = time.monotonic()
+        down = wait_for(lambda: (s := board.get("BAL-01")) and not s.connected and s, what="disconnected")
+        took = time.monotonic() - silent_at
+        assert took <= 1.0 + 0.4, f"silence reported after {took:.2f} s with timeout_s 1.0"
+        assert "not reachable" in down.message and "no reply" in down.message
+        lost = store.link("BAL-01")
+        assert lost is not None and not lost.connected and "no reply" in lost.reason
+        assert any(e["device_id"] == "BAL-01" and not e["connected"] for e in events.of("device_status"))
+        held = store.latest("BAL-01").sequence
+        sim.silent = False  # plugged in again
+        back = wait_for(lambda: (r := store.latest("BAL-01")) and r.sequence > held and r, what="readings again")
+        relinked = store.link("BAL-01")
+        assert relinked.connected and back.at >= relinked.since > lost.since
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
+def test_a_restarted_gateway_starts_a_new_epoch_and_its_readings_are_newer() -> None:
+    """Issue 16: sequences restart at 1 with a new gateway run; the epoch (run id, ordered by
+    start) makes the new run's first reading newer than the old run's last one, and the new
+    run marks the link as connecting before any reading, so the old run's reading is unusable."""
+    from mes.gateway.capture import device_link_refusal
+    from mes.gateway.store import CapturedReading, LinkState, RedisReadingStore, new_epoch
+
+    old_epoch = new_epoch()
+    store = RedisReadingStore(REDIS_URL)
+    device = f"EPOCH-{uuid.uuid4().hex[:8]}"
+
+    def reading(epoch: str, sequence: int, value: str) -> CapturedReading:
+        return CapturedReading(device_id=device, sequence=sequence, status="ok", value=Decimal(value), unit="g",
+                               stable=True, raw=b"S S 1 g\r\n", at=datetime.now(UTC), epoch=epoch)
+
+    store.put(reading(old_epoch, 5000, "1.00"))
+    new = new_epoch()
+    assert new > old_epoch
+    store.put(reading(new, 1, "2.00"))
+    assert store.latest(device).value == Decimal("2.00") and store.latest(device).epoch == new
+    store.put(reading(old_epoch, 5001, "3.00"))  # a late write from the old run never wins
+    assert store.latest(device).value == Decimal("2.00")
+    store.put(reading(new, 2, "4.00"))
+    assert store.latest(device).sequence == 2
+    store.set_link(LinkState(device, False, datetime.now(UTC), new, "gone"))
+    assert store.link(device) == LinkState(device, False, store.link(device).since, new, "gone")
+    # the link lives as long as the readings: a device connected for hours keeps it
+    store._redis.expire(store.LINK_PREFIX + device, 5)
+    store.put(reading(new, 3, "4.00"))
+    assert store._redis.ttl(store.LINK_PREFIX + device) > 3000 and not store.link(device).connected
+    memory = MemoryReadingStore()
+    memory.put(reading(old_epoch, 5000, "1.00"))
+    memory.put(reading(new, 1, "2.00"))
+    memory.put(reading(old_epoch, 5001, "3.00"))
+    assert memory.latest(device).value == Decimal("2.00")
+    # a gateway (re)starting marks the device as connecting before it has read anything
+    memory = MemoryReadingStore()
+    memory.put(reading(old_epoch, 7, "7.00"))
+    restarted = Gateway([], store=memory, board=MemoryHealthBoard())
+    restarted.add(DeviceSpec(device_id=device, driver="mtsics", config={"port": "socket://127.0.0.1:9"}))
+    link = memory.link(device)
+    assert not link.connected and link.epoch == restarted.epoch > old_epoch
+    assert device_link_refusal(memory, memory.latest(device), device) is not None
+
+
+def test_scale_identity_is_in_device_health_and_in_every_reading() -> None:
+    """Issue 16: a two-field I2 reply (Excellence) is understood; make, model, serial number and
+    firmware are in device health and in each reading's provenance (the batch record)."""
+    sim = MtSicsSimulator(BalanceModel(load="10.00", model="XS205DU Excellence", serial_number="B812345678",
+                                       firmware="4.20", capacity="220"), baud=9600, balance_data_fields=2)
+    sim_thread = SimulatorThread(sim, link="tcp")
+    url = sim_thread.start()
+    gateway, store, board, _ = gateway_for(url)
+    try:
+        reading = wait_for(lambda: store.latest("BAL-01"), what="a reading")
+        expected = {"make": "Mettler-Toledo", "model": "XS205DU Excellence", "serial_number": "B812345678",
+                    "firmware": "4.20", "driver": "mtsics", "capacity": "220.00 g"}
+        assert reading.identity == expected
+        assert board.get("BAL-01").identity == expected
+        assert reading.to_json()["identity"] == expected
+    finally:
+        gateway.stop()
+        sim_thread.stop()
+
+
 def test_garbage_bytes_become_a_status_never_a_value_and_the_gateway_goes_on() -> None:
     sim, sim_thread, url = scale_sim("12.34")
     gateway, store, board, events = gateway_for(url)
@@ -253,6 +348,60 @@ def test_line_states_and_counters_go_to_the_oee_sink() -> None:
         thread.stop()
 
 
+def test_a_lost_line_link_ends_its_state_as_no_data_and_a_new_stop_code_is_a_new_stop() -> None:
+    """Issue 16: Held 101 -> Held 202 goes to the OEE service as a new stop; when the OPC UA
+    link drops, the line's state ends at once as "undefined" (no data), not running on through
+    the outage; once the link is back the state is read again and sent as a change."""
+    import asyncio
+
+    from devices.drivers.opcua import PackMLCommand, PackMLState
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.simulation import Simulation
+
+    machine = PackMLMachine(acting_s=0.05, item_interval_s=0.05, defect_every=5)
+    samples: list[LineSample] = []
+    simulation = Simulation(scales=(), machine=machine)
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=samples.append,
+                      simulation=simulation)
+    thread = GatewayThread(gateway).start(timeout=90)
+
+    def on_gateway_loop(coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, gateway.loop).result(30)
+
+    try:
+        wait_for(lambda: samples[:1], timeout=30, what="the first line sample")
+        assert machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="idle")
+        assert machine.command(PackMLCommand.START)
+        wait_for(lambda: machine.state is PackMLState.EXECUTE, timeout=10, what="execute")
+        assert machine.command(PackMLCommand.HOLD, 101)
+        wait_for(lambda: [x for x in samples if (x.state, x.stop_reason) == ("held", "101")], timeout=20,
+                 what="Held 101 forwarded")
+        machine.stop_reason = 202  # the PLC publishes another stop code, still Held
+        wait_for(lambda: [x for x in samples if (x.state, x.stop_reason) == ("held", "202")], timeout=20,
+                 what="Held 202 forwarded as a new stop")
+        before = len(samples)
+        gone_at = datetime.now(UTC)
+        on_gateway_loop(simulation.line_sim.go_away())
+        lost = wait_for(lambda: [x for x in samples[before:] if x.state == "undefined"], timeout=20,
+                        what="the line's state ended as no data")[0]
+        assert lost.processed is None and lost.stop_reason is None and lost.at >= gone_at
+        assert not any(x.state for x in samples[before:samples.index(lost)])  # no state change but this one
+        driver = gateway.devices["LINE-1"].driver
+        assert driver.is_connected, "the gateway leaves reconnecting to the driver: it does not close it"
+        on_gateway_loop(simulation.line_sim.come_back())
+        back_at = time.monotonic()
+        next_attempt = driver._next_attempt_at or back_at  # the driver's own backoff decides
+        wait_for(lambda: [x for x in samples[samples.index(lost) + 1:] if (x.state, x.stop_reason) == ("held", "202")],
+                 timeout=30, what="the state read again after the reconnect")
+        # back within the driver's next attempt and one poll (interval_s 1), not a gateway backoff on top
+        assert time.monotonic() - max(back_at, next_attempt) <= driver.timeout_s + 1.0 + 1.0
+        assert driver.reconnects == 1 and gateway.devices["LINE-1"].state.reconnects == 1
+        assert [x.at for x in samples] == sorted(x.at for x in samples)
+    finally:
+        thread.stop()
+
+
 def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order() -> None:
     """A passing database error must not lose a state change: the sample waits, first in
     line, and goes with its own time once the service takes samples again; a sample the
@@ -300,6 +449,70 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
     assert again and again[0] in taken
 
 
+def test_oee_over_a_lost_line_link_matches_the_hand_computed_reference(app: Flask) -> None:
+    """Issue 16, against the real OEE service (SQLite and PostgreSQL): Held 101, then Held 202,
+    then the OPC UA link drops, then it is back. By hand, from the times the gateway sent:
+    Held 101 and Held 202 are two stops of their own lengths, the outage is no data (not a
+    stop, not running), and nothing runs."""
+    import asyncio
+    from datetime import timedelta
+
+    from devices.drivers.opcua import PackMLCommand, PackMLState
+    from devices.sim.opcua import PackMLMachine
+    from mes.gateway.service import line_sink
+    from mes.gateway.simulation import Simulation
+    from mes.oee.operations import oee
+
+    machine = PackMLMachine(acting_s=0.05, item_interval_s=0.05, defect_every=5)
+    sent: list[LineSample] = []
+    real_sink = line_sink(app)
+
+    def sink(sample: LineSample) -> None:
+        real_sink(sample)
+        sent.append(sample)
+
+    simulation = Simulation(scales=(), machine=machine)
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=sink, simulation=simulation)
+    thread = GatewayThread(gateway).start(timeout=90)
+
+    def on_gateway_loop(coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, gateway.loop).result(30)
+
+    def first(state: str, reason: str | None, after: LineSample | None = None) -> LineSample:
+        def found() -> LineSample | None:
+            start = sent.index(after) + 1 if after is not None else 0
+            return next((x for x in sent[start:] if (x.state, x.stop_reason) == (state, reason)), None)
+        return wait_for(found, timeout=30, what=f"{state} {reason} recorded")
+
+    try:
+        wait_for(lambda: sent[:1], timeout=30, what="the first line sample")
+        machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="idle")
+        machine.command(PackMLCommand.START)
+        wait_for(lambda: machine.state is PackMLState.EXECUTE, timeout=10, what="execute")
+        machine.command(PackMLCommand.HOLD, 101)
+        held_101 = first("held", "101")
+        machine.stop_reason = 202
+        held_202 = first("held", "202", held_101)
+        on_gateway_loop(simulation.line_sim.go_away())
+        lost = first("undefined", None, held_202)
+        on_gateway_loop(simulation.line_sim.come_back())
+        back = first("held", "202", lost)
+    finally:
+        thread.stop()
+
+    def seconds(a: LineSample, b: LineSample) -> Decimal:
+        return Decimal((b.at - a.at) // timedelta(microseconds=1)) / 1_000_000
+
+    with app.app_context():
+        total = oee("LINE-1", held_101.at, back.at)["total"]
+    assert Decimal(total["no_data_s"]) == seconds(lost, back) > 0
+    assert Decimal(total["run_s"]) == 0
+    by_reason = {r["reason"]: Decimal(r["seconds"]) for r in total["downtime_by_reason"]}
+    assert by_reason == {"unassigned (Held 101)": seconds(held_101, held_202),
+                         "unassigned (Held 202)": seconds(held_202, lost)}
+
+
 def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
     """The real sink: state changes and counters of the simulated PackML line land in the OEE records."""
     from sqlalchemy import select
@@ -335,6 +548,33 @@ def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
     assert recorded[0] == "Stopped" and recorded.index("Idle") < recorded.index("Execute")
 
 
+PLC_TAG = {"function": "holding_registers", "address": 0, "type": "uint16", "unit": "1"}
+
+
+def test_one_line_per_state_change_and_no_library_chatter(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16: an unreachable Modbus device retried again and again logs one line for its state
+    change and nothing from pymodbus ("Failed to connect", "Repeating...", tracebacks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = DeviceSpec(device_id="PLC-GONE", driver="modbus", mode="poll",
+                      config={"host": "127.0.0.1", "port": port, "tags": {"t": PLC_TAG},
+                              "reconnect_initial_s": 0.02, "reconnect_max_s": 0.05})
+    events = Events()
+    caplog.set_level(logging.DEBUG)
+    thread = GatewayThread(Gateway([spec], store=MemoryReadingStore(), board=MemoryHealthBoard(), emit=events)).start()
+    try:
+        wait_for(lambda: len([e for e in events.of("device_status") if not e["connected"]]) >= 5,
+                 what="five failed attempts")
+    finally:
+        thread.stop()
+    assert not [r for r in caplog.records if r.name.split(".")[0] in ("pymodbus", "asyncua")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device PLC-GONE:")]
+    assert len(lines) == 1 and "not reachable" in lines[0], lines
+
+
 def test_gateway_configuration_is_checked_before_anything_runs(tmp_path: Path) -> None:
     good = tmp_path / "gateway.yaml"
     good.write_text(yaml.safe_dump({"devices": [
@@ -353,6 +593,10 @@ def test_gateway_configuration_is_checked_before_anything_runs(tmp_path: Path) -
         ({"devices": [{"device_id": "X", "driver": "mtsics", "config": {"port": "a"}}] * 2}, "twice"),
         ({"devices": [{"device_id": "X", "driver": "mtsics", "mode": "packml", "config": {"port": "a"}}]}, "opcua"),
         ({"devices": [{"driver": "mtsics"}]}, "device_id"),
+        # one place for a networked driver's reconnect policy: its own config (issue 16)
+        ({"devices": [{"device_id": "X", "driver": "modbus", "reconnect_max_s": 5,
+                       "config": {"host": "127.0.0.1", "tags": {"t": PLC_TAG}}}]},
+         "reconnects by itself"),
     ):
         with pytest.raises(GatewayConfigError, match=message):
             parse_gateway_config(data)
@@ -394,6 +638,33 @@ def test_readings_reach_a_socketio_client_of_a_logged_in_kiosk(app: Flask, seede
         from mes.gateway.store import reading_store
 
         assert reading_store(app).latest("SCALE-BENCH-01").value == Decimal("250.0")
+    finally:
+        client.disconnect()
+
+
+def test_a_new_watcher_of_a_silent_scale_gets_no_number(app: Flask, seeded: Seeded, live: LiveServer) -> None:
+    """Issue 16: a kiosk that (re)opens the weigh screen while the scale is disconnected is told
+    so and is not sent the scale's last reading (which it would show as a live number)."""
+    from datetime import UTC, datetime
+
+    from mes.gateway.health import DeviceState, health_board
+    from mes.gateway.store import CapturedReading, reading_store
+
+    for device_id, connected in (("SCALE-SILENT", False), ("SCALE-HEARD", True)):
+        reading_store(app).put(CapturedReading(device_id=device_id, sequence=1, status="ok", value=Decimal("9.99"),
+                                               unit="g", stable=True, raw=b"S S 9.99 g\r\n", at=datetime.now(UTC)))
+        health_board(app).put(DeviceState(device_id=device_id, driver="mtsics", connected=connected,
+                                          message="Connected." if connected else "Device not reachable."))
+    events = Events()
+    client = LiveUser(live, seeded, "operator").socket(events)
+    try:
+        client.call("watch", {"devices": ["SCALE-SILENT"]}, namespace="/live", timeout=10)
+        client.call("watch", {"devices": ["SCALE-HEARD"]}, namespace="/live", timeout=10)
+        wait_for(lambda: [r for r in events.of("reading") if r["device_id"] == "SCALE-HEARD"],
+                 what="the connected scale's reading")  # sent after the silent scale's status
+        statuses = {s["device_id"]: s["connected"] for s in events.of("device_status")}
+        assert statuses == {"SCALE-SILENT": False, "SCALE-HEARD": True}
+        assert [r["device_id"] for r in events.of("reading")] == ["SCALE-HEARD"]
     finally:
         client.disconnect()
 

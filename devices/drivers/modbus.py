@@ -85,15 +85,14 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from devices.backoff import Backoff
-from devices.base import Capability, Driver, Frame, utc_now
+from devices.base import Capability, Frame, utc_now
 from devices.errors import (
     ConfigurationError,
     DeviceBusy,
@@ -103,6 +102,7 @@ from devices.errors import (
     DeviceUnavailable,
     ProtocolError,
 )
+from devices.network import RECONNECT_SCHEMA, NetworkDriver, float_to_decimal
 from devices.reading import DeviceIdentity, Reading, ReadingStatus, Sample
 
 __all__ = [
@@ -284,38 +284,6 @@ def exception_from_code(
 
 
 # ---------------------------------------------------------------- conversion
-def float_to_decimal(value: float, *, single: bool) -> Decimal:
-    """The shortest decimal that converts back to the same float32 (``single``) or float64.
-
-    Why: ``Decimal(0.1)`` is 0.1000000000000000055511151231257827…, and a
-    float32 read as a Python float shows nine spurious digits; the shortest
-    round-trip form is what the device meant. Integral results are written
-    without an exponent (``1E+1`` becomes ``10``). Raises ValueError for NaN
-    and infinities.
-    """
-    if not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
-    if single:
-        packed = struct.pack(">f", value)
-        text = repr(value)
-        for digits in range(1, 10):  # 9 significant digits always round-trip a float32
-            candidate = f"{value:.{digits}g}"
-            try:
-                if struct.pack(">f", float(candidate)) == packed:
-                    text = candidate
-                    break
-            except OverflowError:  # rounded up past the float32 range: needs more digits
-                continue
-    else:
-        text = repr(value)  # Python's repr is the shortest float64 round-trip form
-    result = Decimal(text)
-    if result.as_tuple().exponent > 0:  # type: ignore[operator]
-        with localcontext() as ctx:
-            ctx.prec = _PRECISION
-            result = result.quantize(Decimal(1))
-    return result
-
-
 def _reorder(raw: bytes, word_order: str, byte_order: str) -> bytes:
     """Registers as received → one big-endian byte string."""
     words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
@@ -639,7 +607,7 @@ _Call = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
 
 
 # -------------------------------------------------------------------- driver
-class ModbusTcpDriver(Driver):
+class ModbusTcpDriver(NetworkDriver):
     """A Modbus TCP device read as named tags (see module docstring)."""
 
     name: ClassVar[str] = "modbus"
@@ -698,8 +666,7 @@ class ModbusTcpDriver(Driver):
                 "default": 1.0,
                 "description": "seconds between readings of stream()",
             },
-            "reconnect_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 0.5},
-            "reconnect_max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30.0},
+            **RECONNECT_SCHEMA,
             "make": {"type": "string", "minLength": 1, "description": "identity when the device does not report it"},
             "model": {"type": "string", "minLength": 1},
             "serial_number": {"type": "string", "minLength": 1},
@@ -728,8 +695,6 @@ class ModbusTcpDriver(Driver):
         """Schema validation plus the tag checks of :func:`parse_tags`."""
         filled = super().validate_config(config)
         parse_tags(filled)
-        if filled["reconnect_max_s"] < filled["reconnect_initial_s"]:
-            raise ConfigurationError("reconnect_max_s must be >= reconnect_initial_s")
         return filled
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None) -> None:
@@ -741,50 +706,15 @@ class ModbusTcpDriver(Driver):
         self._client: AsyncModbusTcpClient | None = None
         self._generation = itertools.count(1)
         self._current_generation = 0
-        self._link_up = False
         self._lost: asyncio.Event | None = None
-        self._up: asyncio.Event | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._backoff = Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
-        self._next_attempt_at: float | None = None
         self._rx: tuple[bytes, float, datetime] = (b"", 0.0, utc_now())
         self._next_stream_at = 0.0
-        #: Reconnects completed since the driver was created.
-        self.reconnects = 0
-        #: The last error of a failed reconnect attempt (None once linked).
-        self.last_error: DeviceError | None = None
 
     # ------------------------------------------------------------ link state
     @property
     def endpoint(self) -> str:
         """``host:port`` of the device."""
         return f"{self.config['host']}:{self.config['port']}"
-
-    @property
-    def link_up(self) -> bool:
-        """True while a TCP connection to the device is open."""
-        return self.is_connected and self._link_up
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the link is up (after a drop, the background reconnect succeeded).
-
-        Raises DeviceUnavailable when the driver is closed and DeviceTimeout
-        when ``timeout`` passes first.
-        """
-        self._require_connected()
-        assert self._up is not None
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._link_up:
-                    self._require_connected()
-                    await self._up.wait()
-        except TimeoutError:
-            raise DeviceTimeout(
-                f"link to {self.endpoint} not back within {timeout:g} s"
-                + (f"; last error: {self.last_error}" if self.last_error else ""),
-                device_id=self.device_id,
-            ) from None
-        self._require_connected()
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """pymodbus hook: remember received bytes and their arrival time."""
@@ -801,18 +731,11 @@ class ModbusTcpDriver(Driver):
         log.info("%s: connection to %s lost", self.device_id, self.endpoint)
         self._mark_down()
 
-    def _mark_down(self) -> None:
-        self._link_up = False
+    def _on_link_down(self) -> None:
         if self._lost is not None:
-            self._lost.set()
-        if self._up is not None:
-            self._up.clear()
-        if self.is_connected and (self._supervisor is None or self._supervisor.done()):
-            self._supervisor = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(), name=f"modbus-reconnect {self.device_id}"
-            )
+            self._lost.set()  # a request in flight fails at once
 
-    async def _open_client(self) -> None:
+    async def _open_link(self) -> None:
         """Open a fresh TCP connection (closing any previous client)."""
         self._drop_client()
         generation = next(self._generation)
@@ -851,43 +774,10 @@ class ModbusTcpDriver(Driver):
             with contextlib.suppress(Exception):
                 client.close()
 
-    async def _reconnect_loop(self) -> None:
-        """Background: reconnect with exponential backoff until linked or closed."""
-        while self.is_connected and not self._link_up:
-            delay = self._backoff.next_delay()
-            self._next_attempt_at = time.monotonic() + delay
-            await asyncio.sleep(delay)
-            if not self.is_connected:
-                return
-            try:
-                await asyncio.wait_for(self._open_client(), self.timeout_s * 2)
-            except Exception as exc:  # keep trying whatever went wrong; report it
-                self.last_error = (
-                    exc
-                    if isinstance(exc, DeviceError)
-                    else DeviceUnavailable(
-                        f"reconnect to {self.endpoint}: {exc or type(exc).__name__}", device_id=self.device_id
-                    )
-                )
-                log.info("%s: reconnect attempt %d failed: %s", self.device_id, self._backoff.attempts, exc)
-                continue
-            self.reconnects += 1
-            self.last_error = None
-            self._next_attempt_at = None
-            self._backoff.reset()
-            log.info("%s: reconnected to %s", self.device_id, self.endpoint)
-            if self._up is not None:
-                self._up.set()
+    async def _drop_link(self) -> None:
+        self._drop_client()
 
     # ------------------------------------------------------------- requests
-    def _down_error(self, what: str) -> DeviceUnavailable:
-        detail = f"{what}: link to {self.endpoint} is down, reconnecting"
-        if self._next_attempt_at is not None:
-            detail += f" (next attempt in {max(0.0, self._next_attempt_at - time.monotonic()):.1f} s)"
-        if self.last_error is not None:
-            detail += f"; last error: {self.last_error.message}"
-        return DeviceUnavailable(detail, device_id=self.device_id)
-
     async def _request(self, what: str, call: _Call) -> tuple[ModbusPDU, Frame]:
         """Run one request; return the response and its PDU as received (with times).
 
@@ -981,23 +871,13 @@ class ModbusTcpDriver(Driver):
 
     # ------------------------------------------------------------------ hooks
     async def _connect(self) -> None:
-        if self._up is None:
-            self._up = asyncio.Event()
-        self._backoff.reset()
-        self.last_error = None
-        self._next_attempt_at = None
-        await self._open_client()
-        self._up.set()
+        await self._start_link()
         if self.config["probe"]:
             tag = self.primary
             await self._read_range(tag.table, tag.address, tag.count, f"probe {tag.name}")
 
     async def _close(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(BaseException):
-                await supervisor
+        await self._stop_link()
         self._drop_client()
         if self._lost is not None:
             self._lost.set()  # wake anything waiting on the old link

@@ -16,8 +16,9 @@ command   meaning                     replies handled
 ``TA``    read/preset tare memory     ``TA A <value> <unit>``, ``TA I``, ``TA L``
 ``TAC``   clear tare memory           ``TAC A``, ``TAC I``
 ``@``     cancel / reset              ``I4 A "<serial number>"``
-``I2``    balance data                ``I2 A "<type> <capacity> <unit>"``
-``I3``    software version            ``I3 A "<version> <type definition>"``
+``I2``    balance data                ``I2 A "<type> <capacity> <unit>"`` (one field, older
+                                      models) or ``I2 A "<type>" "<capacity> <unit>"`` (two)
+``I3``    software version            ``I3 A "<version> <type definition>"`` or ``I3 A "<version>" "<type definition>"``
 ``I4``    serial number               ``I4 A "<serial number>"``
 any       general errors              ``ES`` syntax, ``ET`` transmission, ``EL`` logical
 ========  ==========================  =========================================
@@ -55,7 +56,7 @@ from devices.errors import (
 from devices.reading import DeviceIdentity, ReadingStatus, Sample, Weight
 from devices.transport import CRLF, SerialDriver, serial_config_schema
 
-__all__ = ["MtSicsScale", "parse_weight_response"]
+__all__ = ["MtSicsScale", "parse_balance_data", "parse_software", "parse_weight_response"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ _NUMBER = r"[+-]?\d+(?:\.\d+)?"
 _WEIGHT_RE = re.compile(rf"^(?P<id>[A-Z]+) +(?P<st>[SD]) +(?P<value>{_NUMBER}) +(?P<unit>\S{{1,6}}) *$")
 _CONDITION_RE = re.compile(r"^(?P<id>[A-Z]+) +(?P<st>[I+\-]) *$")
 _TEXT_RE = re.compile(r'^(?P<id>[A-Z0-9]+) +A +"(?P<text>[^"]*)" *$')
+_FIELDS_RE = re.compile(r'^(?P<id>[A-Z0-9]+) +A(?P<fields>(?: +"[^"]*")+) *$')
+_FIELD_RE = re.compile(r'"([^"]*)"')
+_QUANTITY_RE = re.compile(rf"^(?P<capacity>{_NUMBER}) +(?P<unit>\S{{1,6}})$")
 _ACK_RE = re.compile(r"^(?P<id>[A-Z]+) +(?P<st>[AILS+\-])(?: +(?P<value>\S+) +(?P<unit>\S{1,6}))? *$")
 _CAPACITY_RE = re.compile(rf"^(?P<model>.*?\S) +(?P<capacity>{_NUMBER}) +(?P<unit>\S{{1,6}})$")
 
@@ -109,6 +113,41 @@ def parse_weight_response(text: str, raw: bytes | None = None, reply_id: str = "
     if match and match["id"] == reply_id:
         return Sample(_CONDITION[match["st"]], None, "")
     raise ProtocolError(f"not an MT-SICS {reply_id!r} weight reply", raw=raw)
+
+
+def parse_balance_data(fields: list[str]) -> tuple[str, dict[str, str]]:
+    """Model and details from the fields of an ``I2 A`` reply, in every documented form.
+
+    One field ``"<type> <capacity> <unit>"`` (older models), two fields ``"<type>"
+    "<capacity> <unit>"`` (Excellence and later); a part that does not parse is kept as text
+    in the details and the model degrades to ``unknown`` only when there is no type at all.
+    """
+    texts = [f.strip() for f in fields]
+    details: dict[str, str] = {"balance_data": " | ".join(texts)} if texts else {}
+    if not texts or not any(texts):
+        return "unknown", details
+    if len(texts) == 1:
+        match = _CAPACITY_RE.match(texts[0])
+        if match:
+            details["capacity"] = f"{match['capacity']} {_unit(match['unit'])}"
+            return match["model"], details
+        return texts[0], details
+    model = texts[0] or "unknown"
+    for extra in texts[1:]:
+        match = _QUANTITY_RE.match(extra)
+        if match and "capacity" not in details:
+            details["capacity"] = f"{match['capacity']} {_unit(match['unit'])}"
+    return model, details
+
+
+def parse_software(fields: list[str]) -> tuple[str, dict[str, str]]:
+    """Firmware version and details from an ``I3 A`` reply (one or two fields)."""
+    texts = [f.strip() for f in fields if f.strip()]
+    if not texts:
+        return "unknown", {}
+    firmware, _, rest = texts[0].partition(" ")
+    type_definition = " ".join(t for t in [rest.strip(), *texts[1:]] if t)
+    return firmware, ({"type_definition": type_definition} if type_definition else {})
 
 
 class MtSicsScale(SerialDriver):
@@ -222,43 +261,34 @@ class MtSicsScale(SerialDriver):
             raise DeviceBusy(f"{command}: balance busy or not stable in time", raw=frame.raw)
         return frame, match
 
-    async def _query_text(self, command: str, *, optional: bool = False) -> str | None:
-        frame, text = await self._command(command)
-        error = _general_error(text, frame.raw)
-        if error is not None:
-            if optional and text.strip() == "ES":
-                return None  # command not implemented on this balance
-            raise error
-        match = _TEXT_RE.match(text)
-        if not match or match["id"] != command:
-            raise ProtocolError(f"unexpected reply to {command!r}", raw=frame.raw)
-        return match["text"]
-
     # ----------------------------------------------------------------- hooks
+    async def _query_fields(self, command: str) -> list[str] | None:
+        """The quoted fields of an ``<command> A "..." ["..."]`` reply; None when the balance
+        does not implement the command (``ES``) or answers something else (logged): identity
+        degrades field by field, a lost link still raises."""
+        try:
+            frame, text = await self._command(command)
+        except ProtocolError as exc:
+            log.info("%s: %s reply not understood: %s", self.device_id, command, exc)
+            return None
+        match = _FIELDS_RE.match(text)
+        if match and match["id"] == command:
+            return _FIELD_RE.findall(match["fields"])
+        if text.strip() not in ("ES", "EL"):
+            log.info("%s: unexpected reply to %s: %r", self.device_id, command, frame.raw)
+        return None
+
     async def _identify(self) -> DeviceIdentity:
-        serial_number = await self._query_text("I4") or "unknown"
-        balance_data = await self._query_text("I2", optional=True)
-        software = await self._query_text("I3", optional=True)
-        details: dict[str, str] = {}
-        model = "unknown"
-        if balance_data:
-            details["balance_data"] = balance_data
-            match = _CAPACITY_RE.match(balance_data.strip())
-            if match:
-                model = match["model"]
-                details["capacity"] = f"{match['capacity']} {_unit(match['unit'])}"
-            else:
-                model = balance_data.strip() or "unknown"
-        firmware = "unknown"
-        if software and software.strip():
-            firmware, _, type_definition = software.strip().partition(" ")
-            if type_definition.strip():
-                details["type_definition"] = type_definition.strip()
-        self.serial_number = serial_number
+        serial_fields = await self._query_fields("I4")
+        if serial_fields and serial_fields[0].strip():
+            self.serial_number = serial_fields[0].strip()
+        model, details = parse_balance_data(await self._query_fields("I2") or [])
+        firmware, software = parse_software(await self._query_fields("I3") or [])
+        details.update(software)
         return DeviceIdentity(
             make=self.make,
             model=model,
-            serial_number=serial_number.strip() or "unknown",
+            serial_number=(self.serial_number or "").strip() or "unknown",  # read with I4 on connect
             firmware=firmware,
             details=details,
         )

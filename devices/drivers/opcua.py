@@ -75,7 +75,6 @@ import itertools
 import logging
 import math
 import re
-import struct
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,8 +92,7 @@ from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from devices.backoff import Backoff
-from devices.base import Capability, Driver, Frame, utc_now
+from devices.base import Capability, Frame, utc_now
 from devices.errors import (
     ConfigurationError,
     DeviceBusy,
@@ -104,6 +102,7 @@ from devices.errors import (
     DeviceUnavailable,
     ProtocolError,
 )
+from devices.network import RECONNECT_SCHEMA, NetworkDriver, float_to_decimal, quiet_library_logs
 from devices.reading import DeviceIdentity, Reading, ReadingStatus, Sample
 
 __all__ = [
@@ -118,6 +117,7 @@ __all__ = [
     "decode_datavalue",
     "encode_datavalue",
     "sample_from_datavalue",
+    "unsigned_counter",
 ]
 
 log = logging.getLogger(__name__)
@@ -267,26 +267,6 @@ def _status_name(code: int) -> str:
 #: Decimal precision for rounding: enough for any finite double, nothing rounds silently.
 _PRECISION = 800
 
-def _float_to_decimal(value: float, *, single: bool) -> Decimal:
-    """Shortest decimal reading back as the same float32/float64 (see devices.drivers.modbus)."""
-    text = repr(value)
-    if single:
-        packed = struct.pack(">f", value)
-        for digits in range(1, 10):
-            candidate = f"{value:.{digits}g}"
-            try:
-                if struct.pack(">f", float(candidate)) == packed:
-                    text = candidate
-                    break
-            except OverflowError:
-                continue
-    result = Decimal(text)
-    if result.as_tuple().exponent > 0:  # type: ignore[operator]
-        with localcontext() as ctx:
-            ctx.prec = _PRECISION
-            result = result.quantize(Decimal(1))
-    return result
-
 
 _INTEGER_VARIANTS = frozenset(
     {
@@ -294,6 +274,29 @@ _INTEGER_VARIANTS = frozenset(
         ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
     }
 )
+
+
+#: Bits of the signed integer types a PLC may hold a PackTags counter in.
+_SIGNED_BITS = {ua.VariantType.SByte: 8, ua.VariantType.Int16: 16, ua.VariantType.Int32: 32,
+                ua.VariantType.Int64: 64}
+
+
+def unsigned_counter(value: int, raw: bytes, role: str, device_id: str | None = None) -> int:
+    """A negative PackTags counter read as the unsigned value the PLC meant.
+
+    PackTags counters (``ProdProcessedCount`` ...) are Int32: past 2^31 - 1 pieces the PLC's
+    counter wraps to negative numbers while it goes on counting. Read from a signed integer
+    type, ``value`` is taken modulo 2^bits; a negative value of any other type is a
+    ProtocolError.
+    """
+    try:
+        vtype = decode_datavalue(raw).Value.VariantType
+    except (ValueError, AttributeError):
+        vtype = None
+    bits = _SIGNED_BITS.get(vtype) if vtype is not None else None
+    if bits is None or value < -(2 ** (bits - 1)):
+        raise ProtocolError(f"PackML {role} counter is negative", device_id=device_id, raw=raw)
+    return value + 2**bits
 
 
 def encode_datavalue(datavalue: ua.DataValue) -> bytes:
@@ -335,7 +338,7 @@ def sample_from_datavalue(datavalue: ua.DataValue, unit: str, decimals: int | No
             return Sample(ReadingStatus.FAULT, None, unit)
         if math.isinf(value):
             return Sample(ReadingStatus.OVERLOAD if value > 0 else ReadingStatus.UNDERLOAD, None, unit)
-        number = _float_to_decimal(float(value), single=vtype is ua.VariantType.Float)
+        number = float_to_decimal(float(value), single=vtype is ua.VariantType.Float)
     else:
         raise ProtocolError(f"{vtype.name} value is not numeric")
     if decimals is not None:
@@ -562,7 +565,7 @@ class NodeSubscription:
 
 
 # -------------------------------------------------------------------- driver
-class OpcUaDriver(Driver):
+class OpcUaDriver(NetworkDriver):
     """An OPC UA server read as named nodes (see module docstring)."""
 
     name: ClassVar[str] = "opcua"
@@ -633,8 +636,7 @@ class OpcUaDriver(Driver):
                 "default": 1.0,
                 "description": "how often the client checks an idle connection",
             },
-            "reconnect_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 0.5},
-            "reconnect_max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30.0},
+            **RECONNECT_SCHEMA,
             "serial_number": {"type": "string", "minLength": 1},
         },
     }
@@ -664,8 +666,6 @@ class OpcUaDriver(Driver):
             path = spec.get("path")
             if path is not None:
                 _split_path(path, filled["namespaces"], where=f"node {name!r}")
-        if filled["reconnect_max_s"] < filled["reconnect_initial_s"]:
-            raise ConfigurationError("reconnect_max_s must be >= reconnect_initial_s")
         return filled
 
     def __init__(self, device_id: str, config: Mapping[str, Any] | None = None) -> None:
@@ -684,17 +684,8 @@ class OpcUaDriver(Driver):
         self._namespace_array: list[str] = []
         self._generation = itertools.count(1)
         self._current_generation = 0
-        self._link_up = False
-        self._up: asyncio.Event | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._backoff = Backoff(self.config["reconnect_initial_s"], self.config["reconnect_max_s"])
-        self._next_attempt_at: float | None = None
         self._subscriptions: set[NodeSubscription] = set()
         self._stream_sub: NodeSubscription | None = None
-        #: Reconnects completed since the driver was created.
-        self.reconnects = 0
-        #: The last error of a failed reconnect attempt (None once linked).
-        self.last_error: DeviceError | None = None
 
     # ------------------------------------------------------------- link state
     @property
@@ -703,26 +694,9 @@ class OpcUaDriver(Driver):
         return str(self.config["url"])
 
     @property
-    def link_up(self) -> bool:
-        """True while a session with the server is established."""
-        return self.is_connected and self._link_up
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the link is up again; DeviceTimeout after ``timeout`` s."""
-        self._require_connected()
-        assert self._up is not None
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._link_up:
-                    self._require_connected()
-                    await self._up.wait()
-        except TimeoutError:
-            raise DeviceTimeout(
-                f"link to {self.url} not back within {timeout:g} s"
-                + (f"; last error: {self.last_error.message}" if self.last_error else ""),
-                device_id=self.device_id,
-            ) from None
-        self._require_connected()
+    def endpoint(self) -> str:
+        """The server URL (for messages)."""
+        return self.url
 
     async def _new_client(self) -> Client:
         client = Client(self.url, timeout=self.timeout_s, watchdog_intervall=float(self.config["watchdog_s"]))
@@ -854,6 +828,7 @@ class OpcUaDriver(Driver):
         """Connect a fresh client, resolve every node, re-attach subscriptions."""
         try:
             client = await self._new_client()
+            quiet_library_logs()  # asyncua names some loggers per client class on first use
         except Exception as exc:  # set_security may already talk to the server
             raise self._connect_error(exc, "connect") from exc
         generation = next(self._generation)
@@ -890,16 +865,20 @@ class OpcUaDriver(Driver):
             log.info("%s: connection to %s lost: %r", self.device_id, self.url, exc)
             self._mark_down()
 
-    def _mark_down(self) -> None:
-        self._link_up = False
-        if self._up is not None:
-            self._up.clear()
+    def _on_link_down(self) -> None:
         for sub in self._subscriptions:
             sub.attached.clear()
-        if self.is_connected and (self._supervisor is None or self._supervisor.done()):
-            self._supervisor = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(), name=f"opcua-reconnect {self.device_id}"
-            )
+
+    async def _open_link(self) -> None:
+        await self._open()
+
+    def _reconnect_error(self, exc: Exception) -> DeviceError:
+        if isinstance(exc, DeviceError | TimeoutError):
+            return super()._reconnect_error(exc)
+        return self._connect_error(exc, "reconnect")
+
+    async def _drop_link(self) -> None:
+        await self._drop_client()
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -909,35 +888,6 @@ class OpcUaDriver(Driver):
             client.connection_lost_callback = None
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.disconnect(), 2.0)
-
-    async def _reconnect_loop(self) -> None:
-        """Background: reconnect with exponential backoff until linked or closed."""
-        await self._drop_client()
-        while self.is_connected and not self._link_up:
-            delay = self._backoff.next_delay()
-            self._next_attempt_at = time.monotonic() + delay
-            await asyncio.sleep(delay)
-            if not self.is_connected:
-                return
-            try:
-                await asyncio.wait_for(self._open(), self.timeout_s * 2)
-            except Exception as exc:  # keep trying whatever went wrong; report it
-                self.last_error = (
-                    exc
-                    if isinstance(exc, DeviceError)
-                    else DeviceTimeout(f"reconnect to {self.url} timed out", device_id=self.device_id)
-                    if isinstance(exc, TimeoutError)
-                    else self._connect_error(exc, "reconnect")
-                )
-                log.info("%s: reconnect attempt %d failed: %s", self.device_id, self._backoff.attempts, exc)
-                continue
-            self.reconnects += 1
-            self.last_error = None
-            self._next_attempt_at = None
-            self._backoff.reset()
-            log.info("%s: reconnected to %s", self.device_id, self.url)
-            if self._up is not None:
-                self._up.set()
 
     # --------------------------------------------------------------- nodes
     def _expand_node_id(self, text: str) -> ua.NodeId:
@@ -1033,14 +983,6 @@ class OpcUaDriver(Driver):
             raise ProtocolError(f"node {spec.name!r}: {exc}", device_id=self.device_id, raw=raw) from exc
 
     # ------------------------------------------------------------- requests
-    def _down_error(self, what: str) -> DeviceUnavailable:
-        detail = f"{what}: link to {self.url} is down, reconnecting"
-        if self._next_attempt_at is not None:
-            detail += f" (next attempt in {max(0.0, self._next_attempt_at - time.monotonic()):.1f} s)"
-        if self.last_error is not None:
-            detail += f"; last error: {self.last_error.message}"
-        return DeviceUnavailable(detail, device_id=self.device_id)
-
     def _linked_client(self, what: str) -> Client:
         if not self._link_up or self._client is None:
             raise self._down_error(what)
@@ -1084,20 +1026,10 @@ class OpcUaDriver(Driver):
 
     # ------------------------------------------------------------------ hooks
     async def _connect(self) -> None:
-        if self._up is None:
-            self._up = asyncio.Event()
-        self._backoff.reset()
-        self.last_error = None
-        self._next_attempt_at = None
-        await self._open()
-        self._up.set()
+        await self._start_link()
 
     async def _close(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(BaseException):
-                await supervisor
+        await self._stop_link()
         subscriptions = list(self._subscriptions)
         self._subscriptions.clear()
         self._stream_sub = None
@@ -1256,7 +1188,7 @@ class OpcUaDriver(Driver):
             ) from None
         for role in ("processed", "defective"):
             if numbers[role] < 0:
-                raise ProtocolError(f"PackML {role} counter is negative", device_id=self.device_id)
+                numbers[role] = unsigned_counter(numbers[role], by_role[role].raw, role, self.device_id)
         return PackMLStatus(
             state=state,
             processed=numbers["processed"],

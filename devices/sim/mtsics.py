@@ -53,11 +53,16 @@ class MtSicsSimulator(SimulatorServer):
         stability_timeout_s: float = 2.0,
         repeat_interval_s: float = 0.0,
         type_definition: str = "SIM.1.0.0",
+        balance_data_fields: int = 1,
     ) -> None:
         super().__init__(balance, baud=baud, bits_per_char=bits_per_char, faults=faults)
         self.stability_timeout_s = stability_timeout_s
         self.repeat_interval_s = repeat_interval_s
         self.type_definition = type_definition
+        if balance_data_fields not in (1, 2):
+            raise ValueError("balance_data_fields is 1 (older models) or 2 (Excellence and later)")
+        #: ``I2 A "<type> <capacity> <unit>"`` (1) or ``I2 A "<type>" "<capacity> <unit>"`` (2).
+        self.balance_data_fields = balance_data_fields
 
     # ------------------------------------------------------------ replies
     def weight_line(self, reply_id: str = "S") -> bytes:
@@ -122,6 +127,8 @@ class MtSicsSimulator(SimulatorServer):
             return f'I4 A "{balance.serial_number}"'.encode("ascii") + CRLF
         if command == "I2":
             capacity = f"{balance.capacity:.{balance.decimals}f}"
+            if self.balance_data_fields == 2:
+                return f'I2 A "{balance.model}" "{capacity} {balance.unit}"'.encode("ascii") + CRLF
             return f'I2 A "{balance.model} {capacity} {balance.unit}"'.encode("ascii") + CRLF
         if command == "I3":
             return f'I3 A "{balance.firmware} {self.type_definition}"'.encode("ascii") + CRLF

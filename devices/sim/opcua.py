@@ -552,6 +552,8 @@ class OpcUaSimulator:
             if self._published.get(name) == value and name in self._published:
                 continue
             vtype = VARIABLES[name][2]
+            if vtype is ua.VariantType.Int32 and isinstance(value, int):
+                value = (value + 2**31) % 2**32 - 2**31  # a PLC's Int32 counter wraps past 2^31 - 1
             await server.write_attribute_value(self._nodes[name].nodeid, ua.DataValue(ua.Variant(value, vtype)))
             self._published[name] = value
 

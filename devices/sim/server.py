@@ -262,6 +262,9 @@ class SimulatorServer(abc.ABC):
         self.stats = SimStats()
         self.url: str | None = None
         self.split_pause_s = 0.01
+        #: A pulled cable: while set, nothing reaches the client (commands are still heard
+        #: and answered into the void, so the device carries on as a real one would).
+        self.silent = False
         self.sessions: list[Session] = []
         self._server: asyncio.base_events.Server | None = None
         self._pty_link: str | None = None
@@ -382,6 +385,9 @@ class SimulatorServer(abc.ABC):
     # ----------------------------------------------------------- transmit
     async def transmit(self, session: Session, line: bytes, faults: frozenset[Fault]) -> None:
         """Send one reply line (with CR LF) through the link faults chosen for it."""
+        if self.silent:  # the line takes its time on the wire, and the bytes are lost
+            await asyncio.sleep(max(self.line_time_s(len(line)), 0.002))
+            return
         data = line
         if Fault.GARBAGE in faults:
             data = GARBAGE + data

@@ -8,13 +8,17 @@
         config: {port: /dev/ttyUSB0}    # the driver's own configuration (its JSON Schema)
         mode: stream                    # stream (continuous, default when the driver can) or poll
         interval_s: 0.2                 # poll period (poll and packml modes)
+        reconnect_initial_s: 0.5        # serial drivers: the gateway reopens the port with this backoff
+        reconnect_max_s: 30
       - device_id: LINE-1
         driver: opcua
         kind: line
         line: LINE-1                    # PackML state and counters go to the OEE service
         mode: packml
         interval_s: 1
-        config: {url: "opc.tcp://10.0.0.20:4840", nodes: {...}, packml: {...}}
+        config: {url: "opc.tcp://10.0.0.20:4840", nodes: {...}, packml: {...},
+                 reconnect_initial_s: 0.5, reconnect_max_s: 30}   # networked drivers reconnect by
+                                                                  # themselves: the policy is theirs
 
 A mistake names the device and the field; the driver's own configuration is validated by
 the driver class (so a typo in a port name fails at start, not at the first weighing).
@@ -82,6 +86,8 @@ class DeviceSpec:
     interval_s: float = 0.2
     #: An unchanged reading is re-sent this often (kiosks show >= 5 updates/s); a change goes at once.
     emit_every_s: float = 0.15
+    #: Backoff of the gateway reopening a driver that does not reconnect by itself (serial
+    #: balances); a networked driver (``reconnects_itself``) uses its own ``reconnect_*`` config.
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
 
@@ -109,6 +115,10 @@ def parse_gateway_config(data: Any, *, source: str = "gateway configuration") ->
             driver_class.validate_config(item.get("config") or {})
         except (DriverError, ConfigurationError) as exc:
             raise GatewayConfigError(f"{source}: device {device_id}: {exc}") from None
+        if getattr(driver_class, "reconnects_itself", False) and {"reconnect_initial_s", "reconnect_max_s"} & set(item):
+            raise GatewayConfigError(f"{source}: device {device_id}: the {item['driver']} driver reconnects by "
+                                     "itself; set reconnect_initial_s / reconnect_max_s in its config, not on the "
+                                     "device entry (one place for the reconnect policy)")
         mode = item.get("mode")
         if mode == "packml" and driver_class.name != "opcua":
             raise GatewayConfigError(f"{source}: device {device_id}: mode packml needs the opcua driver")

@@ -44,10 +44,10 @@ from devices.errors import (
 )
 from mes.gateway.config import DeviceSpec
 from mes.gateway.health import HEARTBEAT_S, DeviceState, HealthBoard
-from mes.gateway.store import CapturedReading, ReadingStore
+from mes.gateway.store import CapturedReading, LinkState, ReadingStore, new_epoch
 
-__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "Gateway", "GatewayThread", "LineSample", "LineSampleRefused",
-           "UNSENT_LINE_SAMPLES_MAX", "outcome"]
+__all__ = ["COMMAND_CHANNEL", "COUNTER_EVERY_S", "NO_DATA_STATE", "Gateway", "GatewayThread", "LineSample",
+           "LineSampleRefused", "UNSENT_LINE_SAMPLES_MAX", "line_state_key", "no_data_sample", "outcome"]
 
 log = logging.getLogger("mes.gateway")
 
@@ -58,6 +58,8 @@ COUNTER_EVERY_S = 10.0
 UNSENT_LINE_SAMPLES_MAX = 10_000
 #: Waiting samples sent per poll, so a backlog after an outage does not hold up the polling.
 LINE_SAMPLES_PER_POLL = 50
+#: The state sent for a line whose link is lost: PackML "Undefined", counted as no data.
+NO_DATA_STATE = "undefined"
 #: Unparseable replies in a row after which the link is reopened.
 MAX_BAD_REPLIES = 5
 #: Redis channel on which web workers send device commands to a separate gateway process.
@@ -84,6 +86,19 @@ class LineSampleRefused(Exception):
     """Raised by a line sink that will never accept this sample (it is invalid or older
     than what the service has): the gateway drops it. Any other exception from the sink
     is taken as passing trouble, and the sample is offered again at the next poll."""
+
+
+def line_state_key(status: Any) -> tuple[str, str | None]:
+    """What makes a line state new for the OEE service: the PackML state *and* its stop code,
+    so a stop code that changes within the same state (Held 101 -> Held 202) is a new stop."""
+    return status.state.name.lower(), (str(status.stop_reason) if status.stop_reason else None)
+
+
+def no_data_sample(line: str, device_id: str, at: datetime) -> LineSample:
+    """The sample that ends a line's state when its link is lost: PackML Undefined ("no data",
+    not counted), so the last state never runs on through an outage."""
+    return LineSample(line_id=line, device_id=device_id, at=at, state=NO_DATA_STATE, processed=None,
+                      defective=None, stop_reason=None)
 
 
 def outcome(ok: bool, status: int = 200, slug: str = "ok", detail: str = "", **extra: Any) -> dict[str, Any]:
@@ -123,11 +138,13 @@ class _Device:
         self.identity: dict[str, str] = {}
         self.last_key: tuple[Any, ...] | None = None
         self.last_emit = 0.0
-        self.last_line_state: str | None = None
+        #: (state, stop reason) last sent to the OEE service; ("undefined", None) after a lost link
+        self.last_line_state: tuple[str, str | None] | None = None
         self.last_counters_at = 0.0
         self.unsent: collections.deque[LineSample] = collections.deque()
         self.sink_failing = False
         self.dropping = 0  # samples dropped since the queue was full
+        self.logged: tuple[bool, str | None] | None = None  # (connected, error class) last logged
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -161,6 +178,8 @@ class Gateway:
         self.line_sink = line_sink
         self.simulation = simulation
         self.redis_url = redis_url
+        #: This run's id: every reading and link state carries it (readings order by epoch, then sequence).
+        self.epoch = new_epoch()
         self.devices: dict[str, _Device] = {}
         self._specs = list(specs)
         self._create_driver = create_driver
@@ -173,6 +192,7 @@ class Gateway:
             raise ValueError(f"device {spec.device_id} is configured twice")
         device = _Device(spec, self._create_driver(spec.driver, spec.device_id, spec.config))
         self.devices[spec.device_id] = device
+        self._put_link(device, "The device gateway is connecting.")  # a previous run's link no longer holds
         self._put_state(device)
         if self.loop is not None:
             device.task = self.loop.create_task(self._run_device(device), name=f"device-{spec.device_id}")
@@ -210,18 +230,28 @@ class Gateway:
                     await device.driver.close()
                 device.state.connected = False
                 device.state.message = "The gateway has stopped."
+                self._put_link(device, device.state.message)
                 self._put_state(device)
             if self.simulation is not None:
                 await self.simulation.stop()
 
     async def _run_device(self, device: _Device) -> None:
+        """Connect, identify, deliver readings; after a failure, reconnect. Reconnects have one
+        owner: a driver that reconnects by itself (``reconnects_itself``: Modbus, OPC UA) is
+        not closed on a lost link — the gateway reports the device disconnected, waits for the
+        driver's link and goes on, and retries a failed first connect with the driver's own
+        ``reconnect_*`` policy; any other driver is closed and reopened with the device entry's
+        ``reconnect_initial_s`` / ``reconnect_max_s``."""
         spec, driver = device.spec, device.driver
-        backoff = Backoff(spec.reconnect_initial_s, spec.reconnect_max_s)
+        own = bool(getattr(driver, "reconnects_itself", False))
+        initial, maximum = ((driver.reconnect_initial_s, driver.reconnect_max_s) if own
+                            else (spec.reconnect_initial_s, spec.reconnect_max_s))
+        backoff = Backoff(initial, maximum)
         first = True
         while True:
-            delay = spec.reconnect_initial_s
+            delay = initial
             try:
-                await driver.connect()
+                await driver.connect()  # a no-op when the driver kept its link
                 identity = await self._identify(device)
                 if not first:
                     device.state.reconnects += 1
@@ -235,25 +265,35 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - whatever a device does, the gateway stays up
                 if not isinstance(exc, DeviceError):
                     log.exception("device %s: unexpected error", spec.device_id)
-                else:
-                    log.info("device %s: %s", spec.device_id, exc)
+                if own and driver.is_connected and isinstance(exc, DeviceUnavailable):
+                    self._set_status(device, False, f"{_describe(exc)} The driver is reconnecting.", error=exc)
+                    await self._line_lost(device)
+                    with contextlib.suppress(DeviceError):
+                        await driver.wait_connected()
+                        continue  # the driver's link is back: identify and go on at once
                 delay = backoff.next_delay()
                 self._set_status(device, False, f"{_describe(exc)} Reconnecting in {delay:.1f} s.", error=exc)
-            finally:
+                await self._line_lost(device)
                 with contextlib.suppress(Exception):
                     await driver.close()
             await asyncio.sleep(delay)
 
     async def _identify(self, device: _Device) -> dict[str, str]:
+        """Make, model, serial number and firmware (and capacity when the device gives it): the
+        provenance of every reading the device delivers. A device that cannot say keeps what it
+        said before on this gateway run (the same instrument on the same port)."""
         try:
             ident = await device.driver.identify()
         except DeviceError as exc:
             if isinstance(exc, DeviceUnavailable):
                 raise
             log.warning("device %s: identify failed: %s", device.spec.device_id, exc)
-            return {"driver": device.spec.driver}
-        return {"make": ident.make, "model": ident.model, "serial_number": ident.serial_number,
-                "firmware": ident.firmware, "driver": device.spec.driver}
+            return dict(device.state.identity) or {"driver": device.spec.driver}
+        identity = {"make": ident.make, "model": ident.model, "serial_number": ident.serial_number,
+                    "firmware": ident.firmware, "driver": device.spec.driver}
+        if ident.details.get("capacity"):
+            identity["capacity"] = ident.details["capacity"]
+        return identity
 
     async def _pump(self, device: _Device) -> None:
         """Deliver readings until the link fails (raises) — bad replies are reported and skipped."""
@@ -279,7 +319,6 @@ class Gateway:
                 if isinstance(exc, DeviceUnavailable) or not device.driver.is_connected:
                     raise
                 bad += 1
-                log.info("device %s: %s", device.spec.device_id, exc)
                 self._set_status(device, True, _describe(exc), error=exc)
                 if bad >= MAX_BAD_REPLIES:
                     raise
@@ -287,7 +326,7 @@ class Gateway:
 
     # --------------------------------------------------------------- reporting
     def _reading(self, device: _Device, reading: Any) -> None:
-        captured = CapturedReading.from_reading(reading, device.state.identity)
+        captured = CapturedReading.from_reading(reading, device.state.identity, self.epoch)
         self.store.put(captured)
         device.state.reading = captured
         if device.state.message != "Connected." and device.state.connected:
@@ -302,9 +341,19 @@ class Gateway:
     def _set_status(self, device: _Device, connected: bool, message: str, *, identity: dict[str, str] | None = None,
                     error: BaseException | None = None) -> None:
         state = device.state
+        changed = connected != state.connected
+        kind = (connected, type(error).__name__ if error is not None else None)
+        if kind != device.logged:  # one line per state change of the device, not per attempt
+            device.logged = kind
+            if connected and error is None:
+                log.info("device %s: %s", state.device_id, message)
+            else:
+                log.warning("device %s: %s", state.device_id, message)
         if connected and not state.connected:
             state.connected_since = _now()
         state.connected = connected
+        if changed or not connected:
+            self._put_link(device, message)
         state.message = message
         if identity is not None:
             state.identity = identity
@@ -313,6 +362,17 @@ class Gateway:
             state.last_error_at = _now()
         self._put_state(device)
         self.emit("device_status", state.status_json(), f"device:{device.spec.device_id}")
+
+    def _put_link(self, device: _Device, message: str) -> None:
+        """Tell the store whether the device is heard: the capture rule refuses a silent device's
+        last reading from this moment, whatever its age."""
+        state = device.state
+        since = state.connected_since if state.connected and state.connected_since else _now()
+        try:
+            self.store.set_link(LinkState(state.device_id, state.connected, since, self.epoch,
+                                          "" if state.connected else message))
+        except Exception:  # noqa: BLE001 - e.g. Redis restarting; the next change writes it again
+            log.warning("could not store the link of %s", device.spec.device_id, exc_info=True)
 
     def _put_state(self, device: _Device) -> None:
         device.state.updated_at = _now()
@@ -332,9 +392,9 @@ class Gateway:
     # -------------------------------------------------------------------- lines
     async def _line(self, device: _Device, status: Any) -> None:
         line = device.spec.line or device.spec.device_id
-        state = status.state.name.lower()
+        state, reason = line_state_key(status)
         now = time.monotonic()
-        changed = state != device.last_line_state
+        changed = (state, reason) != device.last_line_state
         payload = {"line": line, "device_id": device.spec.device_id, "state": state,
                    "state_number": int(status.state), "processed": status.processed,
                    "defective": status.defective, "stop_reason": status.stop_reason,
@@ -342,15 +402,30 @@ class Gateway:
         if changed or now - device.last_emit >= device.spec.emit_every_s:
             self.emit("line_state", payload, f"line:{line}")
         if changed or now - device.last_counters_at >= COUNTER_EVERY_S:
-            device.last_line_state = state
+            device.last_line_state = (state, reason)
             device.last_counters_at = now
             if self.line_sink is not None:
-                reason = str(status.stop_reason) if status.stop_reason else None
                 self._queue_line_sample(device, LineSample(
                     line_id=line, device_id=device.spec.device_id, at=status.timestamp,
                     state=state if changed else None, processed=status.processed,
                     defective=status.defective, stop_reason=reason))
         await self._send_line_samples(device, line)
+
+    async def _line_lost(self, device: _Device) -> None:
+        """The link to a line is lost: its state ends now as "no data" (PackML Undefined, not
+        counted), so the last state does not run on through the outage; the state is read
+        again, and sent as a change, once the link is back."""
+        if device.mode != "packml" or device.last_line_state == (NO_DATA_STATE, None):
+            return
+        line = device.spec.line or device.spec.device_id
+        device.last_line_state = (NO_DATA_STATE, None)
+        sample = no_data_sample(line, device.spec.device_id, _now())
+        self.emit("line_state", {"line": line, "device_id": device.spec.device_id, "state": NO_DATA_STATE,
+                                 "state_number": 0, "processed": None, "defective": None, "stop_reason": None,
+                                 "at": sample.at.isoformat()}, f"line:{line}")
+        if self.line_sink is not None:
+            self._queue_line_sample(device, sample)
+            await self._send_line_samples(device, line)
 
     def _queue_line_sample(self, device: _Device, sample: LineSample) -> None:
         if len(device.unsent) >= UNSENT_LINE_SAMPLES_MAX:

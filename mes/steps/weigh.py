@@ -361,6 +361,11 @@ def capture(ctx: StepContext, spec: WeighStep) -> tuple[Decimal, dict[str, Any],
     if captured is None:
         ctx.refuse(f"{eq.label} has sent no reading. Check that the scale is on and connected, then weigh "
                    "again.", code="no_reading", device_id=device_id, equipment_id=eq.id)
+    from mes.gateway.capture import device_link_refusal
+
+    unlinked = device_link_refusal(ctx.readings, captured, eq.label)
+    if unlinked is not None:  # a silent scale's last reading is never taken, whatever its age
+        ctx.refuse(unlinked, code="device_not_connected", device_id=device_id, equipment_id=eq.id)
     if seen is not None and captured.sequence < seen:
         ctx.refuse(f"The server has not received the reading the kiosk showed from {eq.label} yet "
                    f"(it has reading {captured.sequence}, the kiosk showed {seen}). Weigh again.",

@@ -7,9 +7,15 @@
   simulated MT-SICS balance (9600 baud, in the gateway's loop) gets a new load and the time is
   stamped; a Socket.IO client of a logged-in kiosk, served by the real app on loopback, stamps
   when the ``reading`` with that value arrives. Beside it, in the same run, the baseline: a
-  bare server -> client Socket.IO emit (``publish``) on the same connection.
+  bare server -> client Socket.IO emit (``publish``) on the same connection;
+- a pulled cable (issue 16): from the balance going silent to device health "disconnected" and
+  to the ``device_status`` event on which the kiosk clears the number, beside the configured
+  ``timeout_s`` (target <= timeout_s + 100 ms); once in the gateway alone (several pulls,
+  ``silent_device``) and once through the web app and Socket.IO to a logged-in kiosk client
+  (``silent_to_kiosk_socketio_ms``, the simulated bench balance with its default timeout_s).
 
     python -m tests.bench.devices [--seconds 5] [--baud 9600] [--tags 100] [--cycles 50] [--latency-samples N]
+                                  [--silence-runs N] [--silence-timeout 1.0]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 from tests.bench.devices_modbus import measure_modbus_cycle
 from tests.bench.devices_scale import measure_mtsics_rate
+from tests.bench.devices_silence import measure_silence
 
 
 def _p(ordered: list[float], q: float) -> float:
@@ -87,8 +94,16 @@ def measure_gateway_latency(samples: int) -> dict[str, Any]:
             arrived[data["id"]] = time.perf_counter()
             wanted.set()
 
+        cleared: list[float] = []
+
+        def on_status(data: dict[str, Any]) -> None:
+            if data.get("device_id") == bench_scale.device_id and not data.get("connected") and expect[0] == "silent":
+                cleared.append(time.perf_counter())
+                wanted.set()
+
         client.on("reading", on_reading, namespace="/live")
         client.on("bench_ping", on_ping, namespace="/live")
+        client.on("device_status", on_status, namespace="/live")
         cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
         client.connect(base, headers={"Cookie": cookie, **http.headers}, namespaces=["/live"], transports=["polling"])
         transport = client.eio.transport()
@@ -118,6 +133,14 @@ def measure_gateway_latency(samples: int) -> dict[str, Any]:
                 if wanted.wait(2.0):
                     emit_s.append(arrived[ping] - started)
                 time.sleep(0.03 + (i % 7) * 0.011)  # not in step with the balance's output
+            # the cable pulled: silence -> gateway -> Socket.IO device_status -> the kiosk clears
+            sim = gateway.gateway.simulation.scales[bench_scale.device_id]
+            timeout_s = gateway.gateway.devices[bench_scale.device_id].driver.timeout_s
+            wanted.clear()
+            expect[0] = "silent"
+            silent_at = time.perf_counter()
+            sim.silent = True
+            wanted.wait(timeout_s * 5 + 5)
         finally:
             client.disconnect()
             server.shutdown()
@@ -125,6 +148,7 @@ def measure_gateway_latency(samples: int) -> dict[str, Any]:
             with app.app_context():
                 db.engine.dispose()
     gateway_summary, emit_summary = _summary(gateway_s), _summary(emit_s)
+    clear_ms = round((cleared[0] - silent_at) * 1000, 1) if cleared else None
     line_ms = round(len(b"S S      100.0 g\r\n") * 10 / 9600 * 1000, 2)
     return {
         "reading_to_client": gateway_summary,
@@ -136,6 +160,9 @@ def measure_gateway_latency(samples: int) -> dict[str, Any]:
         "missed": missed,
         "transport": transport,
         "one_reply_on_the_line_ms": line_ms,
+        "silent_to_kiosk_socketio_ms": clear_ms,
+        "silent_configured_timeout_ms": round(timeout_s * 1000),
+        "silent_ratio_to_timeout": round(clear_ms / (timeout_s * 1000), 3) if clear_ms is not None else None,
         "path": "BalanceModel -> MT-SICS simulator (9600 baud, TCP loopback) -> mtsics driver (SIR stream) -> "
                 "gateway -> reading store + Socket.IO /live -> python-socketio client",
     }
@@ -150,13 +177,17 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--latency-samples", type=int, default=None,
                     help="gateway latency samples (default 40 per --seconds)")
+    ap.add_argument("--silence-runs", type=int, default=None, help="cable pulls (default 2 per --seconds)")
+    ap.add_argument("--silence-timeout", type=float, default=1.0, help="the balance driver's timeout_s")
     args = ap.parse_args()
     samples = args.latency_samples or max(10, int(args.seconds * 40))
+    pulls = args.silence_runs or max(1, int(args.seconds * 2))
     print(json.dumps({
         "benchmark": "devices", "db": args.db,
         "mtsics": measure_mtsics_rate(args.seconds, args.baud),
         "modbus": measure_modbus_cycle(args.tags, args.cycles),
         "gateway_to_browser_latency": measure_gateway_latency(samples),
+        "silent_device": measure_silence(pulls, args.silence_timeout, args.baud),
     }, default=str))
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices.drivers.mtsics import MtSicsScale, parse_weight_response
+from devices.drivers.mtsics import MtSicsScale, parse_balance_data, parse_software, parse_weight_response
 from devices.errors import (
     DeviceBusy,
     DeviceError,
@@ -23,7 +23,7 @@ from devices.errors import (
     ProtocolError,
     TransmissionError,
 )
-from devices.reading import ReadingStatus, Weight
+from devices.reading import Reading, ReadingStatus, Weight
 from devices.sim import BalanceModel, Fault, MtSicsSimulator
 from devices.sim.server import GARBAGE
 from tests.devices.helpers import LINKS, closed_tcp_port, mtsics, run, wait_until
@@ -112,6 +112,63 @@ def test_identify_when_i2_i3_are_not_implemented(link: str) -> None:
             sim.faults.inject(Fault.ERROR_ES, command="I3")
             ident = await scale.identify()
             assert (ident.model, ident.firmware, ident.serial_number) == ("unknown", "unknown", "0123456789")
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "capacity"),
+    [
+        (["XS205DU Excellence", "220.00 g"], "XS205DU Excellence", "220.00 g"),  # two fields (Excellence)
+        (["AX205 Excellence 220.0 g"], "AX205 Excellence", "220.0 g"),  # one field (older models)
+        (["PG5002-S DeltaRange"], "PG5002-S DeltaRange", None),  # type only: kept, no capacity
+        (["XP6U", "6.1 g", "0.0001 mg"], "XP6U", "6.1 g"),  # further fields kept as balance data
+        (["", "220.00 g"], "unknown", "220.00 g"),
+        ([], "unknown", None),
+    ],
+)
+def test_parse_every_documented_i2_form(fields: list[str], model: str, capacity: str | None) -> None:
+    got_model, details = parse_balance_data(fields)
+    assert got_model == model and details.get("capacity") == capacity
+
+
+def test_parse_i3_one_or_two_fields() -> None:
+    assert parse_software(["2.10 10.28.0.493.142"]) == ("2.10", {"type_definition": "10.28.0.493.142"})
+    assert parse_software(["2.10", "10.28.0.493.142"]) == ("2.10", {"type_definition": "10.28.0.493.142"})
+    assert parse_software(["1.00"]) == ("1.00", {})
+    assert parse_software([]) == ("unknown", {})
+
+
+@over_links
+def test_identify_a_two_field_i2_reply(link: str) -> None:
+    """Issue 16: I2 A "XS205DU Excellence" "220.00 g" no longer makes identify() fail."""
+
+    async def body() -> None:
+        balance = BalanceModel(load="1.00", model="XS205DU Excellence", serial_number="B812345678", firmware="4.20")
+        async with mtsics(link, balance, balance_data_fields=2) as (sim, scale):
+            ident = await scale.identify()
+            assert (ident.make, ident.model, ident.serial_number, ident.firmware) == (
+                "Mettler-Toledo", "XS205DU Excellence", "B812345678", "4.20")
+            assert ident.details["capacity"] == "220.00 g"
+
+    run(body())
+
+
+@over_links
+def test_identify_degrades_field_by_field_and_keeps_the_serial_number(link: str) -> None:
+    """A garbled I2 costs the model only; an I4 that fails during identify keeps the serial
+    number read with I4 on connect; a lost link still raises."""
+
+    async def body() -> None:
+        async with mtsics(link) as (sim, scale):
+            sim.faults.inject(Fault.GARBAGE, command="I2")
+            sim.faults.inject(Fault.ERROR_ET, command="I4")
+            ident = await scale.identify()
+            assert (ident.model, ident.serial_number, ident.firmware) == ("unknown", "0123456789", "1.0.0")
+            assert ident.details["type_definition"] == "SIM.1.0.0"
+            sim.silent = True
+            with pytest.raises(DeviceUnavailable):
+                await scale.identify(timeout=0.5)
 
     run(body())
 
@@ -254,13 +311,17 @@ def test_error_replies_map_and_link_recovers(
 ) -> None:
     async def body() -> None:
         async with mtsics(link) as (sim, scale):
-            for operation, command in ((scale.read, "SI"), (scale.tare, "T"), (scale.identify, "I4")):
+            for operation, command in ((scale.read, "SI"), (scale.tare, "T")):
                 sim.faults.inject(fault, command=command)
                 with pytest.raises(error) as info:
                     await operation()
                 assert info.value.retryable is retryable
                 assert info.value.device_id == "BAL-01"
                 assert (await scale.read()).value is not None
+            # identify degrades field by field (issue 16): the serial number read on connect stays
+            sim.faults.inject(fault, command="I4")
+            assert (await scale.identify()).serial_number == "0123456789"
+            assert (await scale.read()).value is not None
             assert sim.stats.max_in_flight == 1
 
     run(body())
@@ -495,5 +556,33 @@ def test_connect_failures(link: str) -> None:
             with pytest.raises(DeviceTimeout):
                 await silent.connect()
             assert not silent.is_connected
+
+    run(body())
+
+
+@over_links
+def test_a_silent_balance_ends_the_stream_within_timeout_s(link: str) -> None:
+    """Issue 16: the cable is pulled during SIR; the stream raises DeviceTimeout one timeout_s
+    after the last frame (not after leaving repeat mode politely, ~3 x timeout_s), yields no
+    reading after the silence began, and the driver talks again once the line is back."""
+
+    async def body() -> None:
+        async with mtsics(link, config={"timeout_s": 0.5}) as (sim, scale):
+            seen: list[Reading] = []
+            silent_at = 0.0
+            with pytest.raises(DeviceTimeout):
+                async with contextlib.aclosing(scale.stream()) as stream:
+                    async for reading in stream:
+                        seen.append(reading)
+                        if len(seen) == 3:
+                            sim.silent = True
+                            silent_at = time.monotonic()
+            took = time.monotonic() - silent_at
+            assert took < 0.5 + 0.3, f"silence surfaced after {took:.2f} s"
+            # frames already on the wire when the cable went may still arrive; none after
+            assert all(r.monotonic <= silent_at + 0.05 for r in seen)
+            sim.silent = False
+            back = await scale.read()
+            assert back.value == Decimal("100.00") and back.sequence > seen[-1].sequence
 
     run(body())

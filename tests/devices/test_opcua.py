@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from devices.drivers.opcua import (
     decode_datavalue,
     encode_datavalue,
     sample_from_datavalue,
+    unsigned_counter,
 )
 from devices.errors import (
     ConfigurationError,
@@ -455,6 +457,36 @@ def test_packml_state_and_counters_for_oee(line: Line) -> None:
                 assert (await drv.read_packml()).stop_reason == 0
 
     run(body(), timeout=60)
+
+
+def test_a_wrapped_int32_counter_is_read_as_the_unsigned_count(line: Line) -> None:
+    """Issue 16: PackTags counters are Int32; past 2^31 - 1 the PLC's counter reads negative
+    while it goes on counting. It is the unsigned count, not a protocol error."""
+
+    async def body() -> None:
+        machine = line.fresh_machine(state=S.STOPPED)
+        machine.processed, machine.defective = 2**31 + 5, 7
+        async with connected(line_config(line)) as drv:
+            deadline = time.monotonic() + 10
+            while (status := await drv.read_packml()).processed != 2**31 + 5:
+                assert time.monotonic() < deadline, f"the wrapped counter was never published: {status}"
+                await asyncio.sleep(0.02)
+            assert status.defective == 7 and status.readings["processed"].value == Decimal(-(2**31) + 5)
+
+    run(body())
+
+
+def test_unsigned_counter_only_for_signed_integer_types() -> None:
+    def raw(value: Any, vtype: ua.VariantType) -> bytes:
+        return encode_datavalue(ua.DataValue(ua.Variant(value, vtype)))
+
+    assert unsigned_counter(-1, raw(-1, ua.VariantType.Int32), "processed") == 2**32 - 1
+    assert unsigned_counter(-(2**31), raw(-(2**31), ua.VariantType.Int32), "processed") == 2**31
+    assert unsigned_counter(-2, raw(-2, ua.VariantType.Int16), "processed") == 2**16 - 2
+    with pytest.raises(ProtocolError, match="negative"):
+        unsigned_counter(-5, raw(-5.0, ua.VariantType.Double), "processed")
+    with pytest.raises(ProtocolError, match="negative"):
+        unsigned_counter(-5, b"junk", "defective")
 
 
 def test_read_packml_refuses_what_is_not_packml(line: Line) -> None:
