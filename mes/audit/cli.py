@@ -20,13 +20,13 @@ def audit() -> None:
 @handle_errors
 def audit_verify(workers: int | None) -> None:
     """Re-verify every entry and checkpoint; name the first bad seq; exit 1 on failure."""
-    from mes.audit.database_check import verify_database
+    from mes.audit.database_check import verify_database_safely
     from mes.jobs import report_verification
 
     app = make_app()
     reachable(app)
     with app.app_context():
-        result = verify_database(workers=workers)
+        result = verify_database_safely(workers=workers)
         report_verification(result, source="mes audit verify")
     click.echo(result.summary())
     for line in result.errors[1:20]:

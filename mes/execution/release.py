@@ -109,6 +109,7 @@ def release_blockers(batch_id: str) -> list[str]:
         problems.append(f"conditionally released lot(s) {', '.join(lots)} still have open conditions")
     if not _reviewed_trail(batch.id):
         problems.append("no signed audit-trail review covers the batch's current record")
+    problems.extend(esig.forged_signatures_in_batch(batch.id))  # issue 17: never release on a forged signature
     return problems
 
 
