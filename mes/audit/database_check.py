@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from mes.audit import checkpoint as notes
 from mes.audit import entry_tags, keys, log, merkle
-from mes.audit.models import AuditCheckpoint, AuditEntry, AuditTreeNode
+from mes.audit.models import AuditCheckpoint, AuditCosignature, AuditEntry, AuditTreeNode
 from mes.audit.verify import first_unprovable, verify_checkpoint_history, verify_entry_stream
 from mes.db import db, read_only_session
+from mes.witness.client import configured_witnesses, sync_witnesses
 
 
 @dataclass
@@ -183,11 +184,23 @@ def _check_frontier(session: Session, stream, result: DatabaseCheck) -> None:
 # ------------------------------------------------------------------------- export
 
 
+def witnessed_notes(session: Session) -> dict[int, str]:
+    """Every checkpoint's note with the witnesses' cosignature lines (one per witness, the
+    first received), by checkpoint id: what exports carry (spec §6)."""
+    lines: dict[int, dict[str, str]] = {}
+    for c in session.execute(select(AuditCosignature).order_by(AuditCosignature.id)).scalars():
+        lines.setdefault(c.checkpoint_id, {}).setdefault(c.witness, c.line)
+    return {c.id: c.note + "".join(lines.get(c.id, {}).values())
+            for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()}
+
+
 def export(out: Path, batch: str | None = None, session: Session | None = None) -> dict[str, int | str]:
     """Write the spec's export (§4) into ``out``; a fresh checkpoint first covers every entry."""
     session = session or db.session
     log.publish_checkpoint(session)
     session.commit()
+    if configured_witnesses():
+        sync_witnesses()  # the export's checkpoint cosigned now, if the witnesses answer
     cp = log.latest_checkpoint(session)
     if cp is None:
         raise ValueError("the audit log is empty; nothing to export")
@@ -200,16 +213,18 @@ def export(out: Path, batch: str | None = None, session: Session | None = None) 
         for seq, data in session.execute(query.execution_options(yield_per=20_000)):
             fh.write(bytes(data) + b"\n")
             seqs.append(seq)
-    history = [c.note for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
-    (out / "checkpoint").write_text(cp.note, encoding="utf-8", newline="")
+    cosigned = witnessed_notes(session)
+    history = [cosigned[c.id] for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
+    (out / "checkpoint").write_text(cosigned[cp.id], encoding="utf-8", newline="")
     with open(out / "checkpoints.jsonl", "w", encoding="utf-8", newline="") as fh:
         for note in history:
             fh.write(json.dumps(note) + "\n")
     (out / "log.vkey").write_text("\n".join(v.text for v in verifier_keys()) + "\n", encoding="utf-8")
+    (out / "witnesses").write_text("".join(w.key.text + "\n" for w in configured_witnesses()), encoding="utf-8")
     if batch is not None:
         if not seqs:
             raise ValueError(f"no audit entries for batch {batch!r}")
-        proofs = {"checkpoint": cp.note,
+        proofs = {"checkpoint": cosigned[cp.id],
                   "entries": [{"seq": s, "proof": [h.hex() for h in log.inclusion_proof(s, cp.size, session)]} for s in seqs]}
         (out / "proofs.json").write_text(json.dumps(proofs, indent=1) + "\n", encoding="utf-8")
     return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}

@@ -376,6 +376,12 @@ def inclusion_proof(index: int, size: int, session: Session | None = None) -> li
     return merkle.inclusion_proof_from_nodes(index, size, _node_getter(session))
 
 
+def consistency_proof(old_size: int, new_size: int, session: Session | None = None) -> list[bytes]:
+    """RFC 9162 consistency proof from ``old_size`` to ``new_size`` (for witnesses): O(log n)."""
+    session = session or db.session
+    return merkle.consistency_proof_from_nodes(old_size, new_size, _node_getter(session))
+
+
 # --------------------------------------------------------------------- checkpoints
 
 
