@@ -95,11 +95,13 @@ def _verified(note: str, vkeys: list[notes.VerifierKey], what: str) -> notes.Che
         raise LogTampered(f"{what} does not verify: {exc}") from None
 
 
-def held_checkpoints(vkeys: list[notes.VerifierKey]) -> list[tuple[notes.Checkpoint, str]]:
-    """The checkpoints held outside the database: the one kept beside the signing key and
-    the newest one each witness cosigned (each verified with the log's keys)."""
+def held_checkpoints(vkeys: list[notes.VerifierKey], *, ask_witnesses: bool = False
+                     ) -> list[tuple[notes.Checkpoint, str]]:
+    """The checkpoints held outside the database: the one kept beside the signing key, the
+    newest one each witness cosigned as kept beside the key, and (``ask_witnesses``: for
+    ``mes audit verify``, never on the signing path) as each witness itself answers."""
     from mes.audit.log import audit_log
-    from mes.witness.client import witnessed_checkpoints
+    from mes.witness.client import live_witnessed_checkpoints, witnessed_checkpoints
 
     al = audit_log()
     out: list[tuple[notes.Checkpoint, str]] = []
@@ -107,7 +109,7 @@ def held_checkpoints(vkeys: list[notes.VerifierKey]) -> list[tuple[notes.Checkpo
     if kept is not None:
         out.append((_verified(kept, vkeys, "the checkpoint kept beside the signing key"),
                     "the checkpoint kept beside the signing key"))
-    for name, note in witnessed_checkpoints(al):
+    for name, note in witnessed_checkpoints(al) + (live_witnessed_checkpoints(al) if ask_witnesses else []):
         try:
             out.append((notes.verify_checkpoint(note, vkeys), f"witness {name}"))
         except notes.CheckpointError:
@@ -228,6 +230,7 @@ def watch_log() -> str | None:
             db.session.commit()
         else:
             db.session.rollback()
+        _watch_witnesses()
         return None
     except LogTampered as exc:
         db.session.rollback()
@@ -236,3 +239,25 @@ def watch_log() -> str | None:
         raise_audit_alarm(f"Audit log verification failed: {line}", {"first_bad_seq": exc.first_bad_seq,
                                                                      "source": "checkpoint watch"})
         return line
+
+
+def _watch_witnesses() -> None:
+    """Resubmit to witnesses that are behind; alarm when one has not cosigned a checkpoint
+    older than ``MES_AUDIT_WITNESS_MAX_AGE_SECONDS``."""
+    from flask import current_app
+
+    from mes.audit.alarms import raise_audit_alarm
+    from mes.audit.log import audit_log, latest_checkpoint
+    from mes.witness.client import stale_witnesses, submit_in_background
+
+    if not current_app.config.get("MES_AUDIT_WITNESSES"):
+        return
+    limit = int(current_app.config.get("MES_AUDIT_WITNESS_MAX_AGE_SECONDS", 900))
+    stale = stale_witnesses(limit)
+    cp = latest_checkpoint()
+    db.session.rollback()
+    if cp is not None:
+        submit_in_background(audit_log(), cp.note)
+    for name in stale:
+        raise_audit_alarm(f"Witness {name} has not cosigned the audit checkpoint of size {cp.size if cp else 0} "
+                          f"for more than {limit} s", {"witness": name})

@@ -103,7 +103,7 @@ def _check_held(stream, result: DatabaseCheck) -> None:
     from mes.audit.checkpoint_guard import LogTampered, held_checkpoints
 
     try:
-        held = held_checkpoints(verifier_keys())
+        held = held_checkpoints(verifier_keys(), ask_witnesses=True)
     except LogTampered as exc:
         result.fail(str(exc), None)
         return

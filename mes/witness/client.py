@@ -156,9 +156,22 @@ def submit(witness: WitnessConfig, note: str, checkpoint_id: int) -> Submission:
     return Submission(witness.key.name, status, text.strip())
 
 
+_submit_lock = threading.Lock()
+
+
 def sync_witnesses() -> list[Submission]:
     """Send the latest checkpoint to every witness that has not cosigned it (app context).
-    Errors (a witness down) are returned, not raised."""
+    Errors (a witness down) are returned, not raised. One submission at a time per process
+    (the background thread and an export may both ask). Ends the caller's transaction
+    first: on SQLite an open one holds the write lock the other submitter needs."""
+    from mes.db import db
+
+    db.session.rollback()
+    with _submit_lock:
+        return _sync_witnesses()
+
+
+def _sync_witnesses() -> list[Submission]:
     from mes.audit import log as audit
     from mes.db import db
 
@@ -200,7 +213,9 @@ def _ensure_worker(app: Flask) -> None:
         if "mes_witness_wake" in app.extensions:
             return
         wake = threading.Event()
+        stop = threading.Event()
         app.extensions["mes_witness_wake"] = wake
+        app.extensions["mes_witness_stop"] = stop
 
         def loop() -> None:
             from mes.db import db
@@ -209,6 +224,8 @@ def _ensure_worker(app: Flask) -> None:
             while True:
                 wake.wait(timeout=delay)
                 wake.clear()
+                if stop.is_set():
+                    return
                 with app.app_context():
                     try:
                         results = sync_witnesses()
@@ -220,7 +237,20 @@ def _ensure_worker(app: Flask) -> None:
                 behind = [r for r in results if r.status != 200]
                 delay = min(delay * 2, 60.0) if behind else 30.0
 
-        threading.Thread(target=loop, name="mes-witness", daemon=True).start()
+        thread = threading.Thread(target=loop, name="mes-witness", daemon=True)
+        app.extensions["mes_witness_thread"] = thread
+        thread.start()
+
+
+def stop_background(app: Flask) -> None:
+    """Stop the app's witness thread (its app is going away) and wait for it."""
+    stop = app.extensions.get("mes_witness_stop")
+    thread = app.extensions.get("mes_witness_thread")
+    if stop is None or thread is None:
+        return
+    stop.set()
+    app.extensions["mes_witness_wake"].set()
+    thread.join(timeout=30)
 
 
 def stale_witnesses(max_age_seconds: int) -> list[str]:
@@ -239,4 +269,34 @@ def stale_witnesses(max_age_seconds: int) -> list[str]:
         kept = _kept(audit.audit_log(), witness)
         if (kept is None or kept.size < cp.size) and utcnow() - cp.time > timedelta(seconds=max_age_seconds):
             out.append(witness.key.name)
+    return out
+
+
+def fetch_witnessed(witness: WitnessConfig, origin: str) -> str | None:
+    """Ask the witness itself for the newest checkpoint it cosigned (``GET /checkpoint/<origin>``);
+    returned only if its cosignature verifies. None when the witness cannot be reached."""
+    from urllib.parse import quote
+
+    try:
+        with urllib.request.urlopen(f"{witness.url}/checkpoint/{quote(origin, safe='')}",  # noqa: S310
+                                    timeout=TIMEOUT_SECONDS) as resp:
+            text = resp.read().decode("utf-8")
+    except (OSError, urllib.error.URLError, UnicodeDecodeError):
+        return None
+    try:
+        cp = notes.parse_checkpoint(text)
+        verify_cosignature(next(ln for ln in text.split("\n")
+                                if ln.startswith(f"{notes.SIGNATURE_PREFIX}{witness.key.name} ")), cp.body, witness.key)
+    except (notes.CheckpointError, StopIteration):
+        return None
+    return text
+
+
+def live_witnessed_checkpoints(al: Any) -> list[tuple[str, str]]:
+    """For ``mes audit verify``: each configured witness's own newest cosigned checkpoint."""
+    out = []
+    for witness in configured_witnesses():
+        text = fetch_witnessed(witness, al.key_name)
+        if text is not None:
+            out.append((f"{witness.key.name} (asked)", text))
     return out
