@@ -248,9 +248,9 @@ def _watch_witnesses() -> None:
 
     from mes.audit.alarms import raise_audit_alarm
     from mes.audit.log import audit_log, latest_checkpoint
-    from mes.witness.client import stale_witnesses, submit_in_background
+    from mes.witness.client import configured_witnesses, stale_witnesses, submit_in_background
 
-    if not current_app.config.get("MES_AUDIT_WITNESSES"):
+    if not configured_witnesses():
         return
     limit = int(current_app.config.get("MES_AUDIT_WITNESS_MAX_AGE_SECONDS", 900))
     stale = stale_witnesses(limit)

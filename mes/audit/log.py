@@ -316,11 +316,29 @@ def record(
     session.info["audit_appended"] = True
     if event is not None:
         _write_event(session, event, seq, at)
-    if action.startswith(CHECKPOINT_NOW_ACTIONS):
-        publish_checkpoint(session)
-    else:
-        _maybe_checkpoint(session, new_head)
+    try:
+        if action.startswith(CHECKPOINT_NOW_ACTIONS):
+            publish_checkpoint(session)
+        else:
+            _maybe_checkpoint(session, new_head)
+    except ValueError as exc:  # LogTampered: nothing is signed; the change itself still commits
+        _flag_tampered(exc)
     return AppendedEntry(seq, at, entry_bytes, leaf)
+
+
+def _flag_tampered(exc: ValueError) -> None:
+    """The log failed the pre-signing check inside a business transaction: /readyz turns
+    red at once; the checkpoint watch raises the alarm (an alarm row here would ride on the
+    caller's transaction)."""
+    import logging
+
+    from mes.audit.checkpoint_guard import LogTampered
+    from mes.system.readiness import record_audit_result
+
+    if not isinstance(exc, LogTampered):
+        raise exc
+    logging.getLogger("mes.audit").error("checkpoint not signed: %s", exc.summary())
+    record_audit_result(False, exc.summary())
 
 
 def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> None:

@@ -33,6 +33,7 @@ from mes.witness.cosignature import WitnessKey, parse_witness_vkey, verify_cosig
 logger = logging.getLogger("mes.witness")
 
 TIMEOUT_SECONDS = 5
+WITNESS_LIST_FILE = "audit-witnesses"
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,15 @@ class WitnessConfig:
 def configured_witnesses(config: Any | None = None) -> list[WitnessConfig]:
     """The witnesses of ``MES_AUDIT_WITNESSES``; a malformed entry is a configuration error."""
     config = current_app.config if config is None else config
+    spec = config.get("MES_AUDIT_WITNESSES") or ""
+    if not spec and config.get("MES_AUDIT_KEY_PATH"):
+        # the plant's witness list kept beside the key (``audit-witnesses``: one <url>=<vkey> a line),
+        # so every `mes` command of this MES_HOME uses the same witnesses (the demo writes it)
+        listed = Path(config["MES_AUDIT_KEY_PATH"]).parent / WITNESS_LIST_FILE
+        if listed.is_file():
+            spec = listed.read_text("utf-8")
     out = []
-    for item in (config.get("MES_AUDIT_WITNESSES") or "").split():
+    for item in spec.split():
         url, sep, vkey = item.partition("=")
         if not sep or not url.startswith(("http://", "https://")):
             raise ValueError(f"MES_AUDIT_WITNESSES: {item!r} is not <url>=<witness verifier key>")
@@ -202,8 +210,9 @@ def submit_in_background(al: Any, note: str) -> None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
     except RuntimeError:
         return
-    if not app.config.get("MES_AUDIT_WITNESSES"):
-        return
+    with app.app_context():
+        if not configured_witnesses():
+            return
     _ensure_worker(app)
     app.extensions["mes_witness_wake"].set()
 
