@@ -57,7 +57,7 @@ def _dba_append(entry: dict, tag: bytes | None = None) -> int:
     return size
 
 
-def _rechain_from(seq: int, change) -> None:
+def _rechain_from(seq: int, change, keep_checkpoints: bool = False) -> None:
     """Rewrite entry ``seq`` with ``change``, re-chain every later entry and rebuild all
     hashes and Merkle nodes, then delete every checkpoint."""
     size = log.tree_size()
@@ -77,7 +77,8 @@ def _rechain_from(seq: int, change) -> None:
     _exec("DELETE FROM audit_tree_nodes")
     _exec("INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (:l, :i, :h)",
           [{"l": lv, "i": i, "h": h} for lv, i, h in tree.node_rows()])
-    _exec("DELETE FROM audit_checkpoints")
+    if not keep_checkpoints:
+        _exec("DELETE FROM audit_checkpoints")
 
 
 @pytest.fixture
@@ -208,3 +209,26 @@ def test_watch_turns_readyz_red_within_one_poll(signed_log: str, client) -> None
     assert client.get("/readyz").status_code == 503
     db.session.rollback()
     assert db.session.query(Alarm).filter(Alarm.kind == "audit").count() == 1
+
+
+def test_legacy_entries_are_tagged_at_upgrade_only_when_they_check_out(signed_log: str) -> None:
+    from mes.audit.database_check import verifier_keys
+
+    key = log.audit_log().tag_key()
+    _exec("UPDATE audit_entries SET tag = NULL")  # as written before tags existed
+    result = verify_database()
+    assert not result.ok and result.first_bad_seq == 0 and "no authentication tag" in result.errors[-1]
+    vkeys = verifier_keys()
+    db.session.rollback()
+    with db.engine.begin() as conn:
+        assert entry_tags.tag_legacy_entries(conn, key, vkeys) == "35 audit entries tagged"
+    assert verify_database().ok
+    # a log that does not check out against its signed checkpoint is not vouched for
+    _exec("UPDATE audit_entries SET tag = NULL WHERE seq >= 20")
+    _rechain_from(25, lambda e: e["after"].update(value="0.00"), keep_checkpoints=True)
+    db.session.rollback()
+    with db.engine.begin() as conn:
+        outcome = entry_tags.tag_legacy_entries(conn, key, vkeys)
+    assert outcome == "audit entries left untagged: the log is not consistent with its latest checkpoint"
+    result = verify_database()
+    assert not result.ok and result.first_bad_seq == 20, result.errors  # flagged, from the first untagged
