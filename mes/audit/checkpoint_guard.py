@@ -178,11 +178,9 @@ def verify_since(session: Session, ref: Reference, size: int) -> bytes:
     leaves: list[bytes] = []
     seq = ref.size
     for row in entry_tags.iter_rows(conn, ref.size, size):
-        problem = entry_tags.row_problem(key, row, seq)
-        if problem is not None:
+        problem, entry = entry_tags.check_row(key, row, seq)
+        if problem is not None or entry is None:
             raise LogTampered(f"seq {seq}: {problem}", seq)
-        data = bytes(row[1])
-        entry = json.loads(data)
         if entry["prev"] != prev_hex:
             raise LogTampered(f"seq {seq}: prev does not match the leaf hash of seq {seq - 1}", seq)
         if entry["at"] < last_at:

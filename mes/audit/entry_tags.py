@@ -103,6 +103,8 @@ class RowProblem:
 
 
 def _same_at(column: datetime | str | None, at: str) -> bool:
+    if isinstance(column, str):  # SQLite's stored text: "YYYY-MM-DD HH:MM:SS.ffffff" (naive UTC)
+        return len(at) == 27 and column == f"{at[:10]} {at[11:26]}"
     value = as_utc(column)
     return value is not None and format_at(value) == at
 
@@ -110,33 +112,40 @@ def _same_at(column: datetime | str | None, at: str) -> bool:
 def row_problem(key: bytes, row: tuple[Any, ...], expected_seq: int | None = None) -> str | None:
     """What is wrong with one ``ROW_COLUMNS`` row, or None. The tag is checked first: a
     forged entry is named a forgery even when its columns happen to agree."""
+    return check_row(key, row, expected_seq)[0]
+
+
+def check_row(key: bytes, row: tuple[Any, ...], expected_seq: int | None = None
+              ) -> tuple[str | None, dict[str, Any] | None]:
+    """:func:`row_problem` and the parsed entry (None when it does not parse)."""
     seq, data, leaf, tag, at, action, actor_id, terminal_id, entity_type, entity_id, batch_id = row
     data = bytes(data)
     if expected_seq is not None and seq != expected_seq:
-        return f"seq {expected_seq} is missing (next stored seq is {seq})"
+        return f"seq {expected_seq} is missing (next stored seq is {seq})", None
     if tag is None:
-        return "the entry has no authentication tag (not written by the MES, or not tagged at upgrade)"
+        return "the entry has no authentication tag (not written by the MES, or not tagged at upgrade)", None
     if not tag_ok(key, data, tag):
-        return "authentication tag does not match the entry bytes: the entry was not written by the MES"
+        return "authentication tag does not match the entry bytes: the entry was not written by the MES", None
     if bytes(leaf) != hashlib.sha256(b"\x00" + data).digest():
-        return "stored leaf hash differs from the hash of the entry bytes"
+        return "stored leaf hash differs from the hash of the entry bytes", None
     try:
         entry = json.loads(data)
         want = {
-            "seq": entry["seq"], "at": entry["at"], "action": entry["action"], "actor_id": entry["actor"]["id"],
+            "seq": entry["seq"], "action": entry["action"], "actor_id": entry["actor"]["id"],
             "terminal_id": entry["terminal"], "entity_type": entry["entity"]["type"],
             "entity_id": entry["entity"]["id"], "batch_id": entry["batch"],
         }
+        want_at = entry["at"]
     except (ValueError, KeyError, TypeError):
-        return "the entry bytes are not an audit entry"
+        return "the entry bytes are not an audit entry", None
     got = {"seq": seq, "action": action, "actor_id": actor_id, "terminal_id": terminal_id,
            "entity_type": entity_type, "entity_id": entity_id, "batch_id": batch_id}
     for name, value in got.items():
         if value != want[name]:
-            return f"index column {name} is {value!r}, the entry bytes say {want[name]!r}"
-    if not _same_at(at, want["at"]):
-        return f"index column at is {at!s}, the entry bytes say {want['at']}"
-    return None
+            return f"index column {name} is {value!r}, the entry bytes say {want[name]!r}", entry
+    if not isinstance(want_at, str) or not _same_at(at, want_at):
+        return f"index column at is {at!s}, the entry bytes say {want_at}", entry
+    return None, entry
 
 
 def iter_rows(conn: Any, first_seq: int = 0, end_seq: int | None = None,
