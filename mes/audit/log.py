@@ -130,6 +130,10 @@ class AuditLog:
         """The entry authentication tag key (a file beside the signing key; created on first use)."""
         if self._tag_key is None:
             assert self.tag_key_path is not None, "AuditLog.init_app was not called"
+            if not self.tag_key_path.exists() and _log_has_tags():
+                # a new key would make every existing entry look forged: the file is missing, not new
+                raise keys.KeyFileError(f"audit tag key {self.tag_key_path} is missing but the audit log holds "
+                                        "tagged entries: restore the key file (MES_AUDIT_TAG_KEY_PATH)")
             self._tag_key = entry_tags.load_or_create_tag_key(self.tag_key_path)
         return self._tag_key
 
@@ -164,6 +168,15 @@ class AuditLog:
 
     def vkey(self) -> str:
         return notes.vkey_text(self.key_name, keys.public_bytes(self.signing_key()))
+
+
+def _log_has_tags() -> bool:
+    """Whether any entry in the database already carries a tag (read on a fresh connection)."""
+    try:
+        with db.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT 1 FROM audit_entries WHERE tag IS NOT NULL LIMIT 1").first() is not None
+    except Exception:  # noqa: BLE001 - no database (yet): nothing tagged to protect
+        return False
 
 
 def audit_log() -> AuditLog:

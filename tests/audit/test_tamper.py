@@ -232,3 +232,21 @@ def test_legacy_entries_are_tagged_at_upgrade_only_when_they_check_out(signed_lo
     assert outcome == "audit entries left untagged: the log is not consistent with its latest checkpoint"
     result = verify_database()
     assert not result.ok and result.first_bad_seq == 20, result.errors  # flagged, from the first untagged
+
+
+def test_a_missing_tag_key_is_never_silently_replaced(app: Flask) -> None:
+    from mes.audit.keys import KeyFileError
+
+    _append(2)
+    al = log.audit_log()
+    moved = al.tag_key_path.with_name("moved-away.key")
+    al.tag_key_path.rename(moved)
+    al._tag_key = None
+    try:
+        with pytest.raises(KeyFileError, match="restore the key file"):
+            al.tag_key()
+        assert not al.tag_key_path.exists()
+    finally:
+        moved.rename(al.tag_key_path)
+        al._tag_key = None
+    assert al.tag_key() and verify_database().ok
