@@ -52,6 +52,10 @@ def _untagged_appends(n: int, batch: str) -> float:
     after = {"device": "SCALE-01", "lot": "L-API-0042", "raw": "S S      12.50 kg", "unit": "kg", "value": "12.50"}
     real = entry_tags.entry_tag
     entry_tags.entry_tag = lambda key, data: None  # type: ignore[assignment]
+    # untagged entries cannot be checkpointed any more: this baseline skips checkpoints (the
+    # tagged run pays for its checkpoint and the verification before it, so the ratio is conservative)
+    every_entries, every = log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY
+    log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY = 10**12, timedelta(days=3650)
     try:
         t = time.perf_counter()
         for i in range(n):
@@ -60,6 +64,7 @@ def _untagged_appends(n: int, batch: str) -> float:
         return n / (time.perf_counter() - t)
     finally:
         entry_tags.entry_tag = real
+        log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY = every_entries, every
 
 
 def measure_appends(n: int) -> dict:
@@ -68,6 +73,9 @@ def measure_appends(n: int) -> dict:
 
     actor = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
     after = {"device": "SCALE-01", "lot": "L-API-0042", "raw": "S S      12.50 kg", "unit": "kg", "value": "12.50"}
+    for i in range(min(50, n)):  # warm-up (connections, caches), discarded with the baseline's log below
+        log.record(actor, "batch.step.completed", ("batch_step", f"B-W/{i}"), batch="B-W", after=after)
+        db.session.commit()
     untagged_1 = _untagged_appends(n, "B-0")
     with db.engine.begin() as conn:  # the untagged rows would fail the pre-signing check: start a new log
         for table in ("audit_entries", "audit_tree_nodes", "audit_checkpoints"):
