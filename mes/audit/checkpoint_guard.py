@@ -130,9 +130,13 @@ def reference(session: Session) -> Reference:
     source = "the database"
     for cp, where in held_checkpoints(vkeys):
         if db_cp is None or cp.size > db_cp.size:
+            from mes.audit.log import tree_size
+
+            size = tree_size(session)
+            lost = f"; the log has {size} entries: entries from seq {size} on were deleted" if size < cp.size else ""
             raise LogTampered(f"{where} holds a checkpoint of size {cp.size}, the database's latest is "
-                              f"{'missing' if db_cp is None else db_cp.size}: checkpoints were deleted",
-                              None if db_cp is None else db_cp.size)
+                              f"{'missing' if db_cp is None else db_cp.size}: checkpoints were deleted{lost}",
+                              size if size < cp.size else None)
         if best is None or cp.size > best.size:
             best, source = cp, where
     if best is None:

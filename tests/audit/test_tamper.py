@@ -250,3 +250,17 @@ def test_a_missing_tag_key_is_never_silently_replaced(app: Flask) -> None:
         moved.rename(al.tag_key_path)
         al._tag_key = None
     assert al.tag_key() and verify_database().ok
+
+
+def test_checkpoint_cli_refuses_to_sign_a_truncated_log(signed_log: str, app: Flask, database_url: str) -> None:
+    log.publish_checkpoint()
+    db.session.commit()
+    _exec("DELETE FROM audit_entries WHERE seq >= 30")
+    _exec("DELETE FROM audit_checkpoints")
+    env = {**os.environ, "MES_HOME": app.config["MES_HOME"], "MES_DATABASE_URL": database_url,
+           "MES_SECRET_KEY": "x", "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"]}
+    r = subprocess.run([*MES, "audit", "checkpoint"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stdout.startswith("FAILED: first bad seq 30"), r.stdout
+    db.session.rollback()
+    assert db.session.execute(text("SELECT count(*) FROM audit_checkpoints")).scalar() == 0
