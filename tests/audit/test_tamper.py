@@ -135,13 +135,13 @@ def test_tamper_forged_esig_entry_is_a_forgery(signed_log: str) -> None:
 def test_signature_lookup_names_a_forged_signature(signed_log: str) -> None:
     from mes.signatures.operations import _PROVIDERS
 
-    _PROVIDERS.setdefault("test_record", lambda rid: {"id": rid})
+    _PROVIDERS.setdefault("tamper_test_record", lambda rid: {"id": rid})
     entry = json.loads(_bytes(34))
-    entry.update(action="esig.signed", entity={"type": "test_record", "id": "R-1"}, after=None,
+    entry.update(action="esig.signed", entity={"type": "tamper_test_record", "id": "R-1"}, after=None,
                  signature={"signer": "u-0007", "name": "Jane Doe", "meaning": "approved",
                             "record_hash": esig.record_hash({"id": "R-1"}), "at": entry["at"]})
     _dba_append(entry)  # no tag at all
-    checks = esig.signatures_for("test_record", "R-1")
+    checks = esig.signatures_for("tamper_test_record", "R-1")
     assert len(checks) == 1 and not checks[0].valid and checks[0].problem.startswith(esig.FORGED)
 
 
