@@ -194,6 +194,16 @@ def witnessed_notes(session: Session) -> dict[int, str]:
             for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()}
 
 
+def witnessed_note(cp: AuditCheckpoint, session: Session | None = None) -> str:
+    """One checkpoint's note with its witnesses' cosignature lines (API answers carry them)."""
+    session = session or db.session
+    lines: dict[str, str] = {}
+    for c in session.execute(select(AuditCosignature).where(AuditCosignature.checkpoint_id == cp.id)
+                             .order_by(AuditCosignature.id)).scalars():
+        lines.setdefault(c.witness, c.line)
+    return cp.note + "".join(lines.values())
+
+
 def export(out: Path, batch: str | None = None, session: Session | None = None) -> dict[str, int | str]:
     """Write the spec's export (§4) into ``out``; a fresh checkpoint first covers every entry."""
     session = session or db.session

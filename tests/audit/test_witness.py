@@ -18,7 +18,7 @@ from flask import Flask
 
 from mes.audit import checkpoint as notes
 from mes.audit import checkpoint_guard, log, merkle
-from mes.audit.database_check import export, verify_database
+from mes.audit.database_check import export, verify_database, witnessed_note
 from mes.audit.models import AuditCosignature
 from mes.audit.verify import verify_export
 from mes.db import db
@@ -113,6 +113,7 @@ def test_witness_cosigns_each_checkpoint_with_a_consistency_proof(app: Flask, wi
     kept = _cosigned()  # old 5, a consistency proof from 5 to 11
     assert notes.parse_checkpoint(kept).size == cp2.size == 11
     assert client.sync_witnesses() == []  # nothing new to cosign
+    assert witnessed_note(cp2) == kept  # what the API and exports carry
     rows = db.session.execute(db.select(AuditCosignature)).scalars().all()
     assert {r.checkpoint_id for r in rows} == {0, 1}
     # the witness's own store is not the MES database
