@@ -124,8 +124,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis URL for the Socket.IO message queue when several web workers run"),
     Setting("MES_AUDIT_KEY_PATH", "MES_AUDIT_KEY_PATH", str, "",
             "Audit checkpoint signing key; default MES_HOME/audit-signing.key"),
-    Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "21600",
-            "How often each server re-verifies the whole audit log (also at start-up)"),
+    Setting("MES_AUDIT_TAG_KEY_PATH", "MES_AUDIT_TAG_KEY_PATH", str, "",
+            "Audit entry authentication tag key (never in the database); default audit-tag.key beside the "
+            "signing key"),
+    Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "86400",
+            "How often each server re-verifies the whole audit log (also at start-up); new entries are "
+            "verified before every checkpoint"),
+    Setting("MES_AUDIT_WITNESSES", "MES_AUDIT_WITNESSES", str, "",
+            "Witnesses of the audit log: space-separated <url>=<verifier key>"),
+    Setting("MES_AUDIT_WITNESS_MAX_AGE_SECONDS", "MES_AUDIT_WITNESS_MAX_AGE_SECONDS", _parse_positive_int, "900",
+            "Alarm when the newest cosigned checkpoint is older than this"),
     Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO",
             "Log level of the MES's own logs; libraries (alembic, asyncua, pymodbus, ...) log warnings only, "
             "unless DEBUG"),
@@ -214,6 +222,8 @@ def load_config(
         config["SECRET_KEY"] = _read_or_create_secret(folder, create_secret)
     if not config["MES_AUDIT_KEY_PATH"]:
         config["MES_AUDIT_KEY_PATH"] = str(folder.audit_key_path)
+    if not config["MES_AUDIT_TAG_KEY_PATH"]:
+        config["MES_AUDIT_TAG_KEY_PATH"] = str(Path(config["MES_AUDIT_KEY_PATH"]).parent / "audit-tag.key")
     return config
 
 

@@ -152,6 +152,34 @@ def seed_equipment() -> bool:
     return created
 
 
+def start_demo_witness(app) -> tuple[str, str]:  # noqa: ANN001 - a Flask app
+    """Start one audit-log witness (``mes witness``) beside the demo server: its own
+    process (in the demo's process group, so it stops with it), key and store under
+    ``MES_HOME/witness``, on a free loopback port. Returns its URL and verifier key."""
+    import subprocess
+    import sys
+
+    from mes.audit.log import audit_log
+
+    home = Path(app.config["MES_HOME"]) / "witness"
+    home.mkdir(parents=True, exist_ok=True)
+    vkey_file = home / "log.vkey"
+    with app.app_context():
+        vkey_file.write_text(audit_log().vkey() + "\n", encoding="utf-8")
+        name = f"witness.{audit_log().site_id}/demo"
+    proc = subprocess.Popen([sys.executable, "-m", "mes.witness.server", "--home", str(home), "--name", name,
+                             "--log-vkey", str(vkey_file), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip().split(" listening on ")[-1]  # printed once it is bound
+    vkey = proc.stdout.readline().strip().split("witness verifier key ")[-1]
+    if not url.startswith("http://") or "+" not in vkey:
+        raise click.ClickException("the demo's audit witness did not start")
+    import atexit
+
+    atexit.register(proc.terminate)
+    return url, vkey
+
+
 def run_demo(host: str, port: int) -> None:
     """Migrate, seed, print the URLs and credentials, and serve until Ctrl-C."""
     os.environ.setdefault("MES_HOME", str(Path("instance").resolve()))
@@ -169,6 +197,10 @@ def run_demo(host: str, port: int) -> None:
         fresh = seed_demo()
         fresh = seed_production() or fresh
         fresh = seed_equipment() or fresh
+    witness_url, witness_vkey = start_demo_witness(app)
+    # kept beside the key, so the served app and every `mes audit ...` of this MES_HOME use it
+    (Path(app.config["MES_AUDIT_KEY_PATH"]).parent / "audit-witnesses").write_text(
+        f"{witness_url}={witness_vkey}\n", encoding="utf-8")
     base = f"http://{host}:{port}"
     click.echo("")
     click.echo(f"open-mes demo ({'seeded' if fresh else 'reusing'} {app.config['SQLALCHEMY_DATABASE_URI']})")
@@ -177,6 +209,7 @@ def run_demo(host: str, port: int) -> None:
     click.echo(f"  QA audit trail:     {base}/qa/audit")
     click.echo(f"  API description:    {base}/api/v1/openapi.json")
     click.echo(f"  health:             {base}/healthz  {base}/readyz")
+    click.echo(f"  audit witness:      {witness_url}  ({witness_vkey.split('+')[0]}, its own process and store)")
     click.echo("  badges (badge / PIN):")
     for _uid, name, roles, badge, pin, _ in DEMO_USERS:
         if badge:

@@ -8,7 +8,6 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import select
 
 from mes.db import db
 
@@ -17,26 +16,22 @@ CHECKPOINT_POLL_SECONDS = 15
 
 
 def report_verification(result, source: str) -> None:
-    """Record a verification result for /readyz; on failure raise an alarm for QA and admin."""
-    from mes.audit.log import Actor
+    """Record a verification result for /readyz; on failure raise an alarm for QA and admin
+    (stored where raising it cannot fail: :mod:`mes.audit.alarms`)."""
+    from mes.audit.alarms import raise_audit_alarm
     from mes.system.readiness import record_audit_result
-    from mes.users.models import Alarm
-    from mes.users.operations import raise_alarm
 
     record_audit_result(result.ok, result.summary())
     if result.ok:
         logger.info("audit log verified", extra={"source": source, "entries": result.entries})
         return
     logger.error("audit log verification failed", extra={"source": source, "detail": result.summary()})
-    message = f"Audit log verification failed ({source}): {result.summary()}"
-    already = db.session.execute(select(Alarm.id).where(Alarm.kind == "audit", Alarm.message == message,
-                                                        Alarm.acknowledged_at.is_(None))).first()
-    if already is None:
-        raise_alarm(Actor.system("audit-verifier"), "audit", message, {"first_bad_seq": result.first_bad_seq})
+    raise_audit_alarm(f"Audit log verification failed: {result.summary()}",
+                      {"first_bad_seq": result.first_bad_seq, "source": source})
 
 
 def verify_now(app: Flask, source: str) -> None:
-    from mes.audit.database_check import verify_database
+    from mes.audit.database_check import verify_database_safely
     from mes.system.readiness import audit_status
 
     with app.app_context():
@@ -45,7 +40,7 @@ def verify_now(app: Flask, source: str) -> None:
             return
         try:
             status.state = "running" if status.state == "pending" else status.state
-            report_verification(verify_database(workers=1), source)
+            report_verification(verify_database_safely(workers=1), source)
         except Exception:  # noqa: BLE001 - a job must not die; the failure is reported
             logger.exception("audit verification could not run")
             db.session.rollback()
@@ -59,10 +54,10 @@ def start_background_jobs(app: Flask) -> threading.Thread:
     existing = app.extensions.get("mes_jobs")
     if existing is not None:
         return existing
-    verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 6 * 3600)
+    verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 24 * 3600)
 
     def loop() -> None:
-        from mes.audit.log import checkpoint_if_due
+        from mes.audit.checkpoint_guard import watch_log
 
         verify_now(app, "start-up")
         last_verify = time.monotonic()
@@ -70,8 +65,7 @@ def start_background_jobs(app: Flask) -> threading.Thread:
             time.sleep(CHECKPOINT_POLL_SECONDS)
             with app.app_context():
                 try:
-                    if checkpoint_if_due() is not None:
-                        db.session.commit()
+                    watch_log()  # new entries verified, checkpoint when due; tamper: /readyz red + alarm
                 except Exception:  # noqa: BLE001
                     logger.exception("scheduled checkpoint failed")
                     db.session.rollback()

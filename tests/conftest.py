@@ -21,6 +21,7 @@ import itertools
 import os
 import queue
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,11 @@ _counter = itertools.count()
 TEST_ARGON2 = {"MES_ARGON2_TIME_COST": 1, "MES_ARGON2_MEMORY_KIB": 8, "MES_ARGON2_PARALLELISM": 1}
 for _name, _value in TEST_ARGON2.items():
     os.environ.setdefault(_name, str(_value))
+# One audit entry tag key per test session (it lives outside every database): the seeded
+# templates' entries are tagged with it, and each test's MES_HOME and `mes` subprocess check
+# them with the same key, as one plant's servers share theirs.
+os.environ.setdefault("MES_AUDIT_TAG_KEY_PATH",
+                      str(Path(tempfile.mkdtemp(prefix="mes-tag-key-")) / "audit-tag.key"))
 
 
 def _worker() -> str:

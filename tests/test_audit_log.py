@@ -253,7 +253,9 @@ def test_tamper_rewrite_the_chain_from_an_entry_on(tampered_log: str) -> None:
         conn.execute(text("INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (:l, :i, :h)"),
                      [{"l": level, "i": i, "h": h} for level, i, h in tree.node_rows()])
     result = verify_database()
-    assert not result.ok and result.first_bad_seq == 30  # the last consistent checkpoint covered 0..29
+    # the signed checkpoints say only "not after seq 29"; the entry tags name the rewritten entry itself
+    assert not result.ok and result.first_bad_seq == 31
+    assert any("seq 31: authentication tag does not match" in e for e in result.errors), result.errors
 
 
 # ---------------------------------------------------------------------- concurrency

@@ -70,10 +70,14 @@ def entries() -> Response:
 @bp.get("/api/v1/audit/checkpoint")
 @endpoint(P.AUDIT_VIEW, tags=("audit",))
 def checkpoint() -> Response:
-    """The latest signed checkpoint and the verifier key."""
+    """The latest signed checkpoint (with its witnesses' cosignatures), the verifier key and
+    the witnesses' verifier keys."""
+    from mes.audit.database_check import witnessed_note
+    from mes.witness.client import configured_witnesses
+
     cp = log.latest_checkpoint()
-    return jsonify({"checkpoint": cp.note if cp else None, "size": cp.size if cp else 0,
-                    "vkey": log.audit_log().vkey()})
+    return jsonify({"checkpoint": witnessed_note(cp) if cp else None, "size": cp.size if cp else 0,
+                    "vkey": log.audit_log().vkey(), "witnesses": [w.key.text for w in configured_witnesses()]})
 
 
 @bp.get("/api/v1/audit/entries/<int:seq>/proof")
@@ -83,8 +87,10 @@ def proof(seq: int) -> Response:
     cp: AuditCheckpoint | None = log.latest_checkpoint()
     if cp is None or seq >= cp.size or seq < 0:
         raise NotFound(f"entry {seq} is not covered by a published checkpoint yet")
+    from mes.audit.database_check import witnessed_note
+
     path = log.inclusion_proof(seq, cp.size)
-    return jsonify({"seq": seq, "checkpoint": cp.note, "proof": [h.hex() for h in path]})
+    return jsonify({"seq": seq, "checkpoint": witnessed_note(cp), "proof": [h.hex() for h in path]})
 
 
 SIGN_FIELDS = {"password": {"type": "string", "maxLength": 500}, "pin": {"type": "string", "maxLength": 16},

@@ -11,9 +11,9 @@ with U+2014 EM DASH and a space)::
     — plant-01.example/mes/audit jqHD7XmhTE/3JYO/...
 
 The signed message is the body (the first four lines). Parsing is strict on purpose:
-exactly that line structure, one signature, canonical base64, no leading zeros, no
-extension lines. Anything else is refused, so that no byte of a checkpoint can change
-without the verifier noticing.
+exactly that line structure, the log's signature first (witness cosignature lines may
+follow it, spec §6), canonical base64, no leading zeros, no extension lines. Anything
+else is refused, so that no byte of a checkpoint can change without the verifier noticing.
 """
 
 from __future__ import annotations
@@ -207,9 +207,13 @@ def parse_checkpoint(note_text: str) -> Checkpoint:
     if not note_text.endswith("\n"):
         raise CheckpointError("checkpoint does not end with a newline")
     lines = note_text[:-1].split("\n")
-    if len(lines) != 6 or lines[4] != "":
-        raise CheckpointError("checkpoint must be exactly: origin, size, root, time, blank line, one signature line")
-    origin, size_s, root_s, time_s, _, sig_line = lines
+    if len(lines) < 6 or lines[4] != "":
+        raise CheckpointError("checkpoint must be exactly: origin, size, root, time, blank line, signature lines")
+    origin, size_s, root_s, time_s = lines[:4]
+    sig_lines = lines[5:]
+    if "" in sig_lines:
+        raise CheckpointError("checkpoint must be exactly: origin, size, root, time, blank line, signature lines "
+                              "(no empty line after them)")
     try:
         _check_name(origin)
     except CheckpointError:
@@ -226,19 +230,23 @@ def parse_checkpoint(note_text: str) -> Checkpoint:
         time = datetime(*(int(g) for g in m.groups()), tzinfo=UTC)
     except ValueError:
         raise CheckpointError(f"checkpoint time {time_s[5:]!r} is not a valid date and time") from None
-    if not sig_line.startswith(SIGNATURE_PREFIX):
-        raise CheckpointError("signature line does not start with an em dash and a space")
-    fields = sig_line[len(SIGNATURE_PREFIX):].split(" ")
-    if len(fields) != 2:
-        raise CheckpointError("signature line must be '\u2014 <key name> <base64 signature>'")
-    sig_name, sig_b64 = fields
-    _check_name(sig_name)
-    blob = _unb64(sig_b64, "signature")
-    if len(blob) != 4 + 64:
-        raise CheckpointError("signature is not a 4-byte key id followed by a 64-byte Ed25519 signature")
+    signatures = []
+    for n, sig_line in enumerate(sig_lines):
+        if not sig_line.startswith(SIGNATURE_PREFIX):
+            raise CheckpointError("signature line does not start with an em dash and a space")
+        fields = sig_line[len(SIGNATURE_PREFIX):].split(" ")
+        if len(fields) != 2:
+            raise CheckpointError("signature line must be '\u2014 <key name> <base64 signature>'")
+        sig_name, sig_b64 = fields
+        _check_name(sig_name)
+        blob = _unb64(sig_b64, "signature")
+        if n == 0 and len(blob) != 4 + 64:
+            raise CheckpointError("signature is not a 4-byte key id followed by a 64-byte Ed25519 signature")
+        if len(blob) < 5:
+            raise CheckpointError("a signature line holds a 4-byte key id and a signature")
+        signatures.append(NoteSignature(sig_name, blob[:4], blob[4:]))
     body = "\n".join(lines[:4]) + "\n"
-    return Checkpoint(origin, int(size_s), root, time, (NoteSignature(sig_name, blob[:4], blob[4:]),), body,
-                      note_text)
+    return Checkpoint(origin, int(size_s), root, time, tuple(signatures), body, note_text)
 
 
 def sign_checkpoint(body: str, name: str, private_key: Ed25519PrivateKey) -> str:

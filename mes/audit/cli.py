@@ -20,13 +20,13 @@ def audit() -> None:
 @handle_errors
 def audit_verify(workers: int | None) -> None:
     """Re-verify every entry and checkpoint; name the first bad seq; exit 1 on failure."""
-    from mes.audit.database_check import verify_database
+    from mes.audit.database_check import verify_database_safely
     from mes.jobs import report_verification
 
     app = make_app()
     reachable(app)
     with app.app_context():
-        result = verify_database(workers=workers)
+        result = verify_database_safely(workers=workers)
         report_verification(result, source="mes audit verify")
     click.echo(result.summary())
     for line in result.errors[1:20]:
@@ -57,13 +57,18 @@ def audit_export(out: Path, batch: str | None) -> None:
 @handle_errors
 def audit_checkpoint() -> None:
     """Publish a signed checkpoint now (if entries are not yet covered)."""
+    from mes.audit.checkpoint_guard import LogTampered
     from mes.audit.log import latest_checkpoint, publish_checkpoint
     from mes.db import db
 
     app = make_app()
     reachable(app)
     with app.app_context():
-        publish_checkpoint()
+        try:
+            publish_checkpoint()
+        except LogTampered as exc:  # nothing signed over a log the MES did not write
+            click.echo(exc.summary())
+            sys.exit(1)
         db.session.commit()
         cp = latest_checkpoint()
         click.echo(cp.note if cp else "the audit log is empty")

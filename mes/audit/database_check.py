@@ -16,10 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mes.audit import checkpoint as notes
-from mes.audit import keys, log, merkle
-from mes.audit.models import AuditCheckpoint, AuditEntry, AuditTreeNode
+from mes.audit import entry_tags, keys, log, merkle
+from mes.audit.models import AuditCheckpoint, AuditCosignature, AuditEntry, AuditTreeNode
 from mes.audit.verify import first_unprovable, verify_checkpoint_history, verify_entry_stream
 from mes.db import db, read_only_session
+from mes.witness.client import configured_witnesses, sync_witnesses
 
 
 @dataclass
@@ -31,6 +32,7 @@ class DatabaseCheck:
     first_bad_seq: int | None = None
     errors: list[str] = field(default_factory=list)
     root: bytes = b""
+    latest_size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,7 +73,8 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
     stored_leaves = bytearray()
     stream = verify_entry_stream(log.iter_entries_collecting_leaves(stored_leaves, session), workers=workers)
     cps = list(session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars())
-    result = DatabaseCheck(entries=stream.entries, checkpoints=len(cps), root=stream.root)
+    result = DatabaseCheck(entries=stream.entries, checkpoints=len(cps), root=stream.root,
+                           latest_size=cps[-1].size if cps else 0)
     for message in stream.errors:
         result.fail(message, stream.first_bad_seq)
     if stream.first_bad_seq is not None and not stream.errors:
@@ -84,11 +87,62 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
             result.fail(f"checkpoint {row.id}: stored size or root differs from its signed note", None)
     _check_columns(bytes(stored_leaves), stream, result)
     _check_frontier(session, stream, result)
+    _check_tags(session, result)
+    _check_held(stream, result)
     if result.errors and result.first_bad_seq is None:
         # Only the signed checkpoints caught it (entries, hashes and nodes were all rewritten
         # consistently): name the first entry no consistent checkpoint vouches for.
         result.first_bad_seq = first_unprovable(parsed, stream.tree) or 0
     return result
+
+
+def _check_held(stream, result: DatabaseCheck) -> None:
+    """The log must reach, and agree with, every checkpoint held outside the database (kept
+    beside the signing key, cosigned by a witness): a truncated or rewritten log fails even
+    with its checkpoints deleted from the database."""
+    from mes.audit.checkpoint_guard import LogTampered, held_checkpoints
+
+    try:
+        held = held_checkpoints(verifier_keys(), ask_witnesses=True)
+    except LogTampered as exc:
+        result.fail(str(exc), None)
+        return
+    size = stream.tree.size
+    for cp, where in held:
+        if cp.size > size:
+            result.fail(f"{where} covers {cp.size} entries but the log has {size}: entries from seq {size} on "
+                        "were deleted", size)
+        elif cp.root != stream.tree.root(cp.size):
+            result.fail(f"the log is not consistent with the checkpoint of size {cp.size} held by {where}", None)
+        if result.checkpoints == 0 or cp.size > result.latest_size:
+            result.fail(f"{where} holds a checkpoint of size {cp.size}; the database's checkpoints end at "
+                        f"{result.latest_size}: checkpoints were deleted", None)
+
+
+def _check_tags(session: Session, result: DatabaseCheck) -> None:
+    """Every entry's authentication tag and unhashed index columns (mes.audit.entry_tags)."""
+    key = log.audit_log().tag_key()
+    problem, _ = entry_tags.check_rows(key, entry_tags.iter_rows(session.connection()))
+    if problem is not None:
+        result.fail(f"seq {problem.seq}: {problem.message}", problem.seq)
+
+
+def verify_database_safely(*, workers: int | None = None) -> DatabaseCheck:
+    """:func:`verify_database` that never raises: a crash is itself a failed verification
+    (whatever a DBA did to the tables, the answer is one FAILED line, not a traceback)."""
+    try:
+        return verify_database(workers=workers)
+    except Exception as exc:  # noqa: BLE001 - reported as the failure it is
+        db.session.rollback()
+        size = 0
+        try:
+            size = log.tree_size()
+            db.session.rollback()
+        except Exception:  # noqa: BLE001
+            db.session.rollback()
+        result = DatabaseCheck(entries=size, checkpoints=0)
+        result.fail(f"the log could not be verified ({type(exc).__name__}: {exc})", None)
+        return result
 
 
 def _check_columns(stored: bytes, stream, result: DatabaseCheck) -> None:
@@ -130,11 +184,33 @@ def _check_frontier(session: Session, stream, result: DatabaseCheck) -> None:
 # ------------------------------------------------------------------------- export
 
 
+def witnessed_notes(session: Session) -> dict[int, str]:
+    """Every checkpoint's note with the witnesses' cosignature lines (one per witness, the
+    first received), by checkpoint id: what exports carry (spec §6)."""
+    lines: dict[int, dict[str, str]] = {}
+    for c in session.execute(select(AuditCosignature).order_by(AuditCosignature.id)).scalars():
+        lines.setdefault(c.checkpoint_id, {}).setdefault(c.witness, c.line)
+    return {c.id: c.note + "".join(lines.get(c.id, {}).values())
+            for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()}
+
+
+def witnessed_note(cp: AuditCheckpoint, session: Session | None = None) -> str:
+    """One checkpoint's note with its witnesses' cosignature lines (API answers carry them)."""
+    session = session or db.session
+    lines: dict[str, str] = {}
+    for c in session.execute(select(AuditCosignature).where(AuditCosignature.checkpoint_id == cp.id)
+                             .order_by(AuditCosignature.id)).scalars():
+        lines.setdefault(c.witness, c.line)
+    return cp.note + "".join(lines.values())
+
+
 def export(out: Path, batch: str | None = None, session: Session | None = None) -> dict[str, int | str]:
     """Write the spec's export (§4) into ``out``; a fresh checkpoint first covers every entry."""
     session = session or db.session
     log.publish_checkpoint(session)
     session.commit()
+    if configured_witnesses():
+        sync_witnesses()  # the export's checkpoint cosigned now, if the witnesses answer
     cp = log.latest_checkpoint(session)
     if cp is None:
         raise ValueError("the audit log is empty; nothing to export")
@@ -147,16 +223,18 @@ def export(out: Path, batch: str | None = None, session: Session | None = None) 
         for seq, data in session.execute(query.execution_options(yield_per=20_000)):
             fh.write(bytes(data) + b"\n")
             seqs.append(seq)
-    history = [c.note for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
-    (out / "checkpoint").write_text(cp.note, encoding="utf-8", newline="")
+    cosigned = witnessed_notes(session)
+    history = [cosigned[c.id] for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
+    (out / "checkpoint").write_text(cosigned[cp.id], encoding="utf-8", newline="")
     with open(out / "checkpoints.jsonl", "w", encoding="utf-8", newline="") as fh:
         for note in history:
             fh.write(json.dumps(note) + "\n")
     (out / "log.vkey").write_text("\n".join(v.text for v in verifier_keys()) + "\n", encoding="utf-8")
+    (out / "witnesses").write_text("".join(w.key.text + "\n" for w in configured_witnesses()), encoding="utf-8")
     if batch is not None:
         if not seqs:
             raise ValueError(f"no audit entries for batch {batch!r}")
-        proofs = {"checkpoint": cp.note,
+        proofs = {"checkpoint": cosigned[cp.id],
                   "entries": [{"seq": s, "proof": [h.hex() for h in log.inclusion_proof(s, cp.size, session)]} for s in seqs]}
         (out / "proofs.json").write_text(json.dumps(proofs, indent=1) + "\n", encoding="utf-8")
     return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}

@@ -25,7 +25,7 @@ from flask import Flask, current_app
 from sqlalchemy import Executable, event, func, insert, select
 from sqlalchemy.orm import Session
 
-from mes.audit import canonical, keys, merkle
+from mes.audit import canonical, entry_tags, keys, merkle
 from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
 from mes.db import as_utc, db, pipelined, utcnow
@@ -41,9 +41,10 @@ CHECKPOINT_NOW_ACTIONS = ("esig.", "batch.released")
 UNAUDITED_TABLES = frozenset(AUDIT_TABLES) | {"outbox_events", "alembic_version"}
 # The append path sends its two INSERTs straight to the driver: it runs once per audited
 # change, and SQLAlchemy's per-statement work was most of its cost.
-_ENTRY_COLUMNS = "seq, at, action, actor_id, terminal_id, entity_type, entity_id, batch_id, entry_bytes, leaf_hash"
-_INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
-_INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"
+_ENTRY_COLUMNS = ("seq, at, action, actor_id, terminal_id, entity_type, entity_id, batch_id, entry_bytes, leaf_hash, "
+                  "tag")
+_INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['?'] * 11)})"
+_INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
 _INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
 
@@ -113,13 +114,35 @@ class AuditLog:
 
     site_id: str = "plant-01.example"
     key_path: Path | None = None
+    tag_key_path: Path | None = None
     last_checkpoint: tuple[int, datetime | None] | None = None
     _key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    _tag_key: bytes | None = field(default=None, repr=False)
 
     def init_app(self, app: Flask) -> None:
         self.site_id = app.config["MES_SITE_ID"]
         self.key_path = Path(app.config["MES_AUDIT_KEY_PATH"])
+        tag_path = app.config.get("MES_AUDIT_TAG_KEY_PATH") or self.key_path.parent / entry_tags.TAG_KEY_FILE
+        self.tag_key_path = Path(tag_path)
         app.extensions["mes_audit"] = self
+
+    def tag_key(self) -> bytes:
+        """The entry authentication tag key (a file beside the signing key; created on first use)."""
+        if self._tag_key is None:
+            assert self.tag_key_path is not None, "AuditLog.init_app was not called"
+            if not self.tag_key_path.exists() and _log_has_tags():
+                # a new key would make every existing entry look forged: the file is missing, not new
+                raise keys.KeyFileError(f"audit tag key {self.tag_key_path} is missing but the audit log holds "
+                                        "tagged entries: restore the key file (MES_AUDIT_TAG_KEY_PATH)")
+            self._tag_key = entry_tags.load_or_create_tag_key(self.tag_key_path)
+        return self._tag_key
+
+    @property
+    def state_path(self) -> Path:
+        """The latest checkpoint this MES signed and committed, kept beside the key (outside
+        the database): a DBA who deletes checkpoints cannot make the MES forget it."""
+        assert self.key_path is not None, "AuditLog.init_app was not called"
+        return self.key_path.parent / "audit-latest-checkpoint"
 
     @property
     def key_name(self) -> str:
@@ -145,6 +168,15 @@ class AuditLog:
 
     def vkey(self) -> str:
         return notes.vkey_text(self.key_name, keys.public_bytes(self.signing_key()))
+
+
+def _log_has_tags() -> bool:
+    """Whether any entry in the database already carries a tag (read on a fresh connection)."""
+    try:
+        with db.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT 1 FROM audit_entries WHERE tag IS NOT NULL LIMIT 1").first() is not None
+    except Exception:  # noqa: BLE001 - no database (yet): nothing tagged to protect
+        return False
 
 
 def audit_log() -> AuditLog:
@@ -287,7 +319,7 @@ def record(
         conn.exec_driver_sql(
             _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
             (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
-             batch, entry_bytes, leaf),
+             batch, entry_bytes, leaf, entry_tags.entry_tag(audit_log().tag_key(), entry_bytes)),
         )
         conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
     known = {**frontier, **{(level, i): h for level, i, h in nodes}}
@@ -297,11 +329,29 @@ def record(
     session.info["audit_appended"] = True
     if event is not None:
         _write_event(session, event, seq, at)
-    if action.startswith(CHECKPOINT_NOW_ACTIONS):
-        publish_checkpoint(session)
-    else:
-        _maybe_checkpoint(session, new_head)
+    try:
+        if action.startswith(CHECKPOINT_NOW_ACTIONS):
+            publish_checkpoint(session)
+        else:
+            _maybe_checkpoint(session, new_head)
+    except ValueError as exc:  # LogTampered: nothing is signed; the change itself still commits
+        _flag_tampered(exc)
     return AppendedEntry(seq, at, entry_bytes, leaf)
+
+
+def _flag_tampered(exc: ValueError) -> None:
+    """The log failed the pre-signing check inside a business transaction: /readyz turns
+    red at once; the checkpoint watch raises the alarm (an alarm row here would ride on the
+    caller's transaction)."""
+    import logging
+
+    from mes.audit.checkpoint_guard import LogTampered
+    from mes.system.readiness import record_audit_result
+
+    if not isinstance(exc, LogTampered):
+        raise exc
+    logging.getLogger("mes.audit").error("checkpoint not signed: %s", exc.summary())
+    record_audit_result(False, exc.summary())
 
 
 def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> None:
@@ -357,6 +407,12 @@ def inclusion_proof(index: int, size: int, session: Session | None = None) -> li
     return merkle.inclusion_proof_from_nodes(index, size, _node_getter(session))
 
 
+def consistency_proof(old_size: int, new_size: int, session: Session | None = None) -> list[bytes]:
+    """RFC 9162 consistency proof from ``old_size`` to ``new_size`` (for witnesses): O(log n)."""
+    session = session or db.session
+    return merkle.consistency_proof_from_nodes(old_size, new_size, _node_getter(session))
+
+
 # --------------------------------------------------------------------- checkpoints
 
 
@@ -385,20 +441,27 @@ def _maybe_checkpoint(session: Session, head: _Head) -> None:
 def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
     """Sign and store a checkpoint over every entry so far (in the caller's transaction).
 
+    Every entry since the checkpoint it extends is verified first
+    (:func:`mes.audit.checkpoint_guard.verify_since`); a log that is shorter than, or
+    inconsistent with, the latest checkpoint the MES or a witness holds raises
+    :class:`~mes.audit.checkpoint_guard.LogTampered` and nothing is signed.
     Returns None when the log is empty or the latest checkpoint already covers it.
     """
+    from mes.audit import checkpoint_guard as guard
+
     session = session or db.session
     session.flush()
     _lock(session)
     size = tree_size(session)
     last = latest_checkpoint(session)
     log = audit_log()
-    if size == 0 or (last is not None and last.size == size):
+    ref = guard.reference(session)
+    if size == 0 or (last is not None and last.size == size and ref.size == size):
         log.last_checkpoint = None if last is None else (last.size, last.time)
         return None
+    tree_root = guard.verify_since(session, ref, size)
     now = utcnow().replace(microsecond=0)
     time = now if last is None or now >= last.time else last.time
-    tree_root = root(size, session)
     body = notes.checkpoint_body(log.key_name, size, tree_root, time)
     key = log.signing_key()
     note = notes.sign_checkpoint(body, log.key_name, key)
@@ -410,7 +473,26 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
     session.flush()
     log.last_checkpoint = (size, time)
     session.info["audit_published"] = True
+    session.info["audit_published_note"] = note
     return cp
+
+
+def _signed_in_transaction(session: Session) -> None:
+    """After commit: keep the newest signed checkpoint beside the key (outside the
+    database) and hand it to the witnesses (in the background)."""
+    note = session.info.get("audit_published_note")
+    if note is None:
+        return
+    from mes.audit.checkpoint_guard import write_state
+
+    try:
+        log = audit_log()
+        write_state(log.state_path, note)
+    except RuntimeError:  # no app context
+        return
+    from mes.witness.client import submit_in_background
+
+    submit_in_background(log, note)
 
 
 def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
@@ -432,8 +514,15 @@ def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
 
 
 def _reset(session: Session, *_: Any) -> None:
-    for key in ("audit_head", "audit_appended", "audit_changed", "audit_published"):
+    for key in ("audit_head", "audit_appended", "audit_changed", "audit_published", "audit_published_note"):
         session.info.pop(key, None)
+
+
+def _after_commit(session: Session, *_: Any) -> None:
+    try:
+        _signed_in_transaction(session)
+    finally:
+        _reset(session)
 
 
 def _forget_rolled_back_checkpoint(session: Session, *_: Any) -> None:
@@ -469,7 +558,7 @@ def install_guard() -> None:
         if changed and not session.info.get("audit_appended"):
             raise UnauditedChangeError(f"a change to {changed} was committed without an audit entry")
 
-    event.listen(Session, "after_commit", _reset)
+    event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_rollback", _forget_rolled_back_checkpoint)
     event.listen(Session, "after_soft_rollback", _forget_rolled_back_checkpoint)
     install_guard._installed = True  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db
 
-AUDIT_TABLES = ("audit_entries", "audit_tree_nodes", "audit_checkpoints")
+AUDIT_TABLES = ("audit_entries", "audit_tree_nodes", "audit_checkpoints", "audit_cosignatures")
 
 
 class AuditEntry(db.Model):
@@ -39,6 +39,9 @@ class AuditEntry(db.Model):
     batch_id: Mapped[str | None] = mapped_column(String(64))
     entry_bytes: Mapped[bytes] = mapped_column(LargeBinary)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # HMAC of entry_bytes with the tag key kept beside the signing key (mes.audit.entry_tags);
+    # outside the hashed bytes. NULL only for an entry the upgrade could not vouch for.
+    tag: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class AuditTreeNode(db.Model):
@@ -63,6 +66,22 @@ class AuditCheckpoint(db.Model):
     time: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(8))
     note: Mapped[str] = mapped_column(Text)
+
+
+class AuditCosignature(db.Model):
+    """A witness's cosignature line on checkpoint ``checkpoint_id`` (C2SP tlog-cosignature).
+
+    A copy for exports: the witness keeps its own record outside this database, which is
+    what ``mes audit verify`` trusts."""
+
+    __tablename__ = "audit_cosignatures"
+    __table_args__ = (Index("ix_audit_cosignatures_checkpoint", "checkpoint_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    checkpoint_id: Mapped[int] = mapped_column(BigInteger)
+    witness: Mapped[str] = mapped_column(String(200))
+    line: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
 
 
 class AuditReview(db.Model):

@@ -67,6 +67,7 @@ from mes.audit.checkpoint_history import _note_lines, first_unprovable, verify_c
 from mes.audit.entry_pattern import fast_entry_fields
 from mes.audit.entry_stream import StreamResult, verify_entries_bytes, verify_entries_file, verify_entry_stream
 from mes.audit.merkle import verify_inclusion
+from mes.witness.cosignature import WitnessKey, cosigned_by, parse_witness_vkeys
 
 __all__ = [
     "VerifyResult", "StreamResult", "verify_export", "verify_export_files", "verify_entry_stream",
@@ -127,7 +128,8 @@ def _text(data: bytes, fname: str, report: _Report) -> str | None:
 
 
 def _verify(read: Callable[[str], bytes | None], entries: Callable[[], StreamResult | None],
-            entries_data: Callable[[], bytes | None], extra_vkeys: Iterable[str | VerifierKey]) -> VerifyResult:
+            entries_data: Callable[[], bytes | None], extra_vkeys: Iterable[str | VerifierKey],
+            witnesses_required: int | None = None) -> VerifyResult:
     """Shared by folder and in-memory exports. ``entries()`` verifies ``entries.jsonl`` as a
     stream (None if missing); ``entries_data()`` returns its bytes (batch exports)."""
     report = _Report()
@@ -137,16 +139,20 @@ def _verify(read: Callable[[str], bytes | None], entries: Callable[[], StreamRes
         report.add("log.vkey is missing")
     else:
         text = _text(raw, "log.vkey", report)
-        if text is not None:
+        if text is not None and not text.endswith("\n"):
+            report.add("log.vkey: every line must end with a newline")
+        elif text is not None:
             try:
                 vkeys = parse_vkeys(text)
             except CheckpointError as exc:
                 report.add(f"log.vkey: {exc}")
     for k in extra_vkeys:
         vkeys.extend(parse_vkeys(k) if isinstance(k, str) else [k])
+    witness_keys = _witness_keys(read, report)
     proofs_raw = read("proofs.json")
     if proofs_raw is not None:
-        return _verify_batch(read, entries_data, proofs_raw, vkeys, report)
+        result = _verify_batch(read, entries_data, proofs_raw, vkeys, report)
+        return _require_cosignatures(result, witness_keys, witnesses_required, report, read, batch=True)
 
     stream = entries()
     if stream is None:
@@ -197,9 +203,58 @@ def _verify(read: Callable[[str], bytes | None], entries: Callable[[], StreamRes
             if cp_text is not None and (not notes or notes[-1] != cp_text):
                 report.add("checkpoints.jsonl: its last line is not the checkpoint file (the latest published "
                            "checkpoint)")
+    if latest is not None:
+        _check_cosignatures(latest, witness_keys, witnesses_required, report)
     if report.items and report.first_bad is None:
         report.locate(first_unprovable([*parsed, latest], stream.tree))
     return report.result(count, None, latest)
+
+
+def _witness_keys(read: Callable[[str], bytes | None], report: _Report) -> list[WitnessKey]:
+    """The export's ``witnesses`` file (spec §6): witness verifier keys, one per line, each
+    line ending in exactly one newline; an empty file lists none."""
+    raw = read("witnesses")
+    if raw is None or raw == b"":
+        return []
+    text = _text(raw, "witnesses", report)
+    if text is None:
+        return []
+    try:
+        return parse_witness_vkeys(text)
+    except CheckpointError as exc:
+        report.add(f"witnesses: {exc}")
+        return []
+
+
+def _check_cosignatures(cp: Checkpoint, witness_keys: list[WitnessKey], required: int | None,
+                        report: _Report) -> None:
+    """With witness keys, the latest checkpoint needs valid cosignatures from at least
+    ``required`` of them (default 1); a cosignature line by a listed witness that does not
+    verify is an error, not something to skip."""
+    if not witness_keys:
+        if required:
+            report.add(f"checkpoint: {required} witness cosignature(s) required but the export lists no witnesses")
+        return
+    need = 1 if required is None else required
+    names = {k.name for k in witness_keys}
+    good = cosigned_by(cp.text, cp.body, witness_keys)
+    for sig in cp.signatures[1:]:
+        if sig.name in names and sig.name not in good:
+            report.add(f"checkpoint: the cosignature line of witness {sig.name} does not verify")
+    if len(good) < need:
+        report.add(f"checkpoint: cosigned by {len(good)} of the listed witnesses, {need} required")
+
+
+def _require_cosignatures(result: VerifyResult, witness_keys: list[WitnessKey], required: int | None,
+                          report: _Report, read: Callable[[str], bytes | None], *, batch: bool) -> VerifyResult:
+    cp = result.checkpoint
+    if cp is None:
+        return result
+    before = len(report.items)
+    _check_cosignatures(cp, witness_keys, required, report)
+    if len(report.items) == before:
+        return result
+    return report.result(result.entries, result.batch, cp)
 
 
 
@@ -316,7 +371,7 @@ def _check_optional_checkpoints(read: Callable[[str], bytes | None], vkeys: list
 
 
 def verify_export(directory: Path, *, workers: int | None = None,
-                  extra_vkeys: Iterable[str | VerifierKey] = ()) -> VerifyResult:
+                  extra_vkeys: Iterable[str | VerifierKey] = (), witnesses_required: int | None = None) -> VerifyResult:
     """Verify an export folder written by ``mes audit export`` (full or ``--batch``), per
     §5 and the decisions in this module's docstring. ``extra_vkeys`` adds verifier keys
     (e.g. of rotated-out signing keys) to those in ``log.vkey``."""
@@ -331,16 +386,17 @@ def verify_export(directory: Path, *, workers: int | None = None,
     def stream() -> StreamResult | None:
         return verify_entries_file(entries_path, workers=workers) if entries_path.is_file() else None
 
-    return _verify(read, stream, lambda: read("entries.jsonl"), extra_vkeys)
+    return _verify(read, stream, lambda: read("entries.jsonl"), extra_vkeys, witnesses_required)
 
 
-def verify_export_files(files: Mapping[str, bytes], *, extra_vkeys: Iterable[str | VerifierKey] = ()) -> VerifyResult:
+def verify_export_files(files: Mapping[str, bytes], *, extra_vkeys: Iterable[str | VerifierKey] = (),
+                        witnesses_required: int | None = None) -> VerifyResult:
     """:func:`verify_export` over in-memory file contents (``{"entries.jsonl": b"...", ...}``)."""
     def stream() -> StreamResult | None:
         data = files.get("entries.jsonl")
         return None if data is None else verify_entries_bytes(data)
 
-    return _verify(files.get, stream, lambda: files.get("entries.jsonl"), extra_vkeys)
+    return _verify(files.get, stream, lambda: files.get("entries.jsonl"), extra_vkeys, witnesses_required)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -354,12 +410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs available)")
     ap.add_argument("--vkey", action="append", default=[], type=Path,
                     help="extra verifier key file (e.g. a rotated-out key); repeatable")
+    ap.add_argument("--witnesses-required", type=int, default=None,
+                    help="cosignatures required on the latest checkpoint (default 1 when the export lists witnesses)")
     args = ap.parse_args(argv)
     if not args.directory.is_dir():
         print(f"FAILED: {args.directory} is not a directory")
         return 2
     extra = [p.read_text("utf-8") for p in args.vkey]
-    result = verify_export(args.directory, workers=args.workers, extra_vkeys=extra)
+    result = verify_export(args.directory, workers=args.workers, extra_vkeys=extra,
+                           witnesses_required=args.witnesses_required)
     print(result.summary())
     if not result.ok:
         for message in result.errors:

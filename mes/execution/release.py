@@ -113,6 +113,7 @@ def release_blockers(batch_id: str) -> list[str]:
                         "(changed after signing)")
     if not _reviewed_trail(batch.id):
         problems.append("no signed audit-trail review covers the batch's current record")
+    problems.extend(esig.forged_signatures_in_batch(batch.id))  # issue 17: never release on a forged signature
     return problems
 
 

@@ -195,15 +195,40 @@ class SignatureCheck:
 
 
 def signatures_for(record_type: str, record_id: str) -> list[SignatureCheck]:
-    """Every signature on a record, each checked against the record as it is now."""
+    """Every signature on a record, each checked against the record as it is now, and each
+    checked to be an entry the MES wrote: an ``esig.*`` entry without a valid authentication
+    tag, or whose index columns do not match its bytes, is a forgery (issue 17)."""
+    from mes.audit import entry_tags
+    from mes.audit.log import audit_log
+
     current = record_hash(current_record(record_type, record_id))
+    key = audit_log().tag_key()
     checks = []
-    for row in db.session.execute(
-        select(AuditEntry).where(AuditEntry.action == "esig.signed", AuditEntry.entity_type == record_type,
-                                 AuditEntry.entity_id == record_id).order_by(AuditEntry.seq)
-    ).scalars():
-        checks.append(check_entry(json.loads(row.entry_bytes), current))
+    conn = db.session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    rows = conn.exec_driver_sql(
+        f"SELECT {entry_tags.ROW_COLUMNS} FROM audit_entries WHERE action = {mark} AND entity_type = {mark} "
+        f"AND entity_id = {mark} ORDER BY seq", ("esig.signed", record_type, record_id)).fetchall()
+    for row in rows:
+        entry = json.loads(bytes(row[1]))
+        problem = entry_tags.row_problem(key, row)
+        if problem is not None:
+            checks.append(forged(entry, problem))
+        else:
+            checks.append(check_entry(entry, current))
     return checks
+
+
+FORGED = "forged: this signature entry was not written by the MES"
+
+
+def forged(entry: dict[str, Any], problem: str) -> SignatureCheck:
+    """A signature entry that fails its tag or index-column check: never valid."""
+    entry = entry if isinstance(entry, dict) else {}
+    sig = entry.get("signature") if isinstance(entry.get("signature"), dict) else {}
+    return SignatureCheck(entry.get("seq", -1), str(sig.get("signer", "")),
+                          str(sig.get("name", "")), str(sig.get("meaning", "")), str(sig.get("at", "")), False,
+                          f"{FORGED} ({problem})")
 
 
 def check_entry(entry: dict[str, Any], current_hash: str) -> SignatureCheck:
@@ -212,3 +237,23 @@ def check_entry(entry: dict[str, Any], current_hash: str) -> SignatureCheck:
     return SignatureCheck(entry["seq"], sig.get("signer", ""), sig.get("name", ""), sig.get("meaning", ""),
                           sig.get("at", ""), valid,
                           None if valid else "the record differs from the version that was signed")
+
+
+def forged_signatures_in_batch(batch_id: str) -> list[str]:
+    """Release check: one sentence per ``esig.*`` entry of the batch that the MES did not
+    write (no valid tag, or index columns that disagree with its bytes)."""
+    from mes.audit import entry_tags
+    from mes.audit.log import audit_log
+
+    key = audit_log().tag_key()
+    conn = db.session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    rows = conn.exec_driver_sql(
+        f"SELECT {entry_tags.ROW_COLUMNS} FROM audit_entries WHERE batch_id = {mark} AND action LIKE {mark} "
+        "ORDER BY seq", (batch_id, "esig.%")).fetchall()
+    out = []
+    for row in rows:
+        problem = entry_tags.row_problem(key, row)
+        if problem is not None:
+            out.append(f"the signature entry at seq {row[0]} is forged, not written by the MES ({problem})")
+    return out

@@ -130,7 +130,7 @@ def test_verifier_accepts_the_folder(vdir: Path, capsys: pytest.CaptureFixture[s
     assert out.startswith("OK:") and out.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["entries.jsonl", "checkpoint", "checkpoints.jsonl"])
+@pytest.mark.parametrize("name", ["entries.jsonl", "checkpoint", "checkpoints.jsonl", "log.vkey"])
 def test_verifier_rejects_any_one_byte_change(files: dict[str, bytes], name: str) -> None:
     assert verify.verify_export_files(files).ok
     data = files[name]
@@ -143,6 +143,18 @@ def test_verifier_rejects_any_one_byte_change(files: dict[str, bytes], name: str
             if result.ok:
                 accepted.append((pos, mask))
     assert not accepted, f"one-byte changes of {name} accepted at (position, xor mask) {accepted[:10]}"
+
+
+@pytest.mark.parametrize("name", ["entries.jsonl", "checkpoint", "checkpoints.jsonl", "log.vkey"])
+def test_verifier_rejects_any_newline_change(files: dict[str, bytes], name: str) -> None:
+    """Exact newlines: each newline dropped, doubled or made CRLF, and a missing or extra final
+    newline, are all refused (notes, keys and lines are compared byte for byte)."""
+    data = files[name]
+    variants = [data[:-1], data + b"\n", data + b"\r\n"]
+    for pos in [i for i, b in enumerate(data) if b == 0x0A]:
+        variants += [data[:pos] + data[pos + 1:], data[:pos] + b"\n" + data[pos:], data[:pos] + b"\r" + data[pos:]]
+    accepted = [v for v in variants if verify.verify_export_files({**files, name: v}).ok]
+    assert not accepted, f"newline changes of {name} accepted: {accepted[:2]}"
 
 
 def test_changed_entry_is_located(files: dict[str, bytes]) -> None:

@@ -191,7 +191,7 @@ def test_checkpoint_signed_by_another_key(files: dict[str, bytes]) -> None:
     assert result.errors[0].startswith("checkpoint: checkpoint is signed by key id")
     assert len(result.errors) == 1 + 4  # the checkpoint and every historical one
     other = vkey(signing_key(9), "other.example/mes/audit")
-    assert "key name" in check(files, **{"log.vkey": other.encode()}).errors[0]
+    assert "key name" in check(files, **{"log.vkey": (other + "\n").encode()}).errors[0]
 
 
 def test_log_vkey_may_hold_rotated_keys(lines: list[bytes]) -> None:

@@ -1,13 +1,19 @@
 """Benchmark the audit log, each figure beside its baseline measured in the same run:
 
-- audited appends per second (entry + Merkle nodes, one commit each, and 100 per commit)
-  beside bare inserts of the same rows into a table with the same indexes, in the same
-  durability mode (SQLite synchronous=FULL, WAL);
+- audited appends per second (entry + Merkle nodes + authentication tag, one commit each, and
+  100 per commit) beside the same appends without the tag (the append path before issue 17)
+  and bare inserts of the same rows into a table with the same indexes, in the same
+  durability mode (SQLite synchronous=FULL, WAL); and with one witness (``mes witness`` in
+  its own process) cosigning every checkpoint, a checkpoint after each append (as after an
+  e-signature) beside the same without the witness;
+- the incremental verification the MES runs before signing a checkpoint, per checkpoint of
+  1000 new entries, beside reading and hashing those entries once;
 - full verification of N entries in the database (``mes audit verify``) beside the floor:
   reading every entry's bytes and hashing them once;
 - an inclusion proof at N entries from the stored subtree hashes beside one primary-key read.
 
     python -m tests.bench.audit [--db sqlite|postgresql] [--appends 2000] [--entries 1000000]
+                                [--checkpoints 5] [--witnessed 200]
 """
 
 from __future__ import annotations
@@ -37,12 +43,57 @@ def _entry(seq: int, prev: str, at: datetime) -> dict:
             "reason": None, "signature": None}
 
 
+def _untagged_appends(n: int, batch: str) -> float:
+    """Appends per second through the same path without the tag (the append before issue 17)."""
+    from mes.audit import entry_tags, log
+    from mes.db import db
+
+    actor = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
+    after = {"device": "SCALE-01", "lot": "L-API-0042", "raw": "S S      12.50 kg", "unit": "kg", "value": "12.50"}
+    real = entry_tags.entry_tag
+    entry_tags.entry_tag = lambda key, data: None  # type: ignore[assignment]
+    # untagged entries cannot be checkpointed any more: this baseline skips checkpoints (the
+    # tagged run pays for its checkpoint and the verification before it, so the ratio is conservative)
+    every_entries, every = log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY
+    log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY = 10**12, timedelta(days=3650)
+    try:
+        t = time.perf_counter()
+        for i in range(n):
+            log.record(actor, "batch.step.completed", ("batch_step", f"{batch}/{i}"), batch=batch, after=after)
+            db.session.commit()
+        return n / (time.perf_counter() - t)
+    finally:
+        entry_tags.entry_tag = real
+        log.CHECKPOINT_EVERY_ENTRIES, log.CHECKPOINT_EVERY = every_entries, every
+
+
 def measure_appends(n: int) -> dict:
     from mes.audit import log
     from mes.db import db
 
     actor = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
     after = {"device": "SCALE-01", "lot": "L-API-0042", "raw": "S S      12.50 kg", "unit": "kg", "value": "12.50"}
+    for i in range(min(50, n)):  # warm-up (connections, caches), discarded with the baseline's log below
+        log.record(actor, "batch.step.completed", ("batch_step", f"B-W/{i}"), batch="B-W", after=after)
+        db.session.commit()
+    untagged_1 = _untagged_appends(n, "B-0")
+    with db.engine.begin() as conn:  # the untagged rows would fail the pre-signing check: start a new log
+        for table in ("audit_entries", "audit_tree_nodes", "audit_checkpoints"):
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+                conn.execute(text(f"DELETE FROM {table}"))
+                conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+            else:
+                names = conn.execute(text(f"SELECT name, sql FROM sqlite_master WHERE type='trigger' AND "
+                                          f"tbl_name='{table}' AND name LIKE '%delete'")).all()
+                for name, _ in names:
+                    conn.execute(text(f"DROP TRIGGER {name}"))
+                conn.execute(text(f"DELETE FROM {table}"))
+                for _, sql in names:
+                    conn.execute(text(sql))
+    log.audit_log().state_path.unlink(missing_ok=True)
+    log.audit_log().last_checkpoint = None
+    log._FRONTIERS.clear()
     # audited, one transaction per append
     t = time.perf_counter()
     for i in range(n):
@@ -84,6 +135,8 @@ def measure_appends(n: int) -> dict:
         "n": n,
         "audited_appends_per_s_1_per_commit": round(audited_1), "bare_inserts_per_s_1_per_commit": round(bare_1),
         "ratio_1_per_commit": ratio(audited_1, bare_1),
+        "untagged_appends_per_s_1_per_commit": round(untagged_1),
+        "ratio_tagged_to_untagged_1_per_commit": ratio(audited_1, untagged_1),
         "audited_appends_per_s_100_per_commit": round(audited_100), "bare_inserts_per_s_100_per_commit": round(bare_100),
         "ratio_100_per_commit": ratio(audited_100, bare_100),
     }
@@ -92,11 +145,12 @@ def measure_appends(n: int) -> dict:
 def fill_log(n: int) -> None:
     """Write ``n`` valid entries, their Merkle nodes and checkpoints straight into the tables
     (the append path is measured above; here we need a big log quickly)."""
-    from mes.audit import canonical, log, merkle
+    from mes.audit import canonical, entry_tags, log, merkle
     from mes.audit.models import AuditEntry, AuditTreeNode
     from mes.db import db
 
     db.session.commit()
+    key = log.audit_log().tag_key()
     start_at = datetime(2026, 11, 23, tzinfo=UTC)
     prev = canonical.ZERO_HASH
     tree = merkle.MerkleTree()
@@ -108,8 +162,10 @@ def fill_log(n: int) -> None:
         prev = leaf.hex()
         tree.append(leaf)
         chunk.append({"seq": seq, "at": at, "action": "batch.step.completed", "actor_id": "u-0007",
-                      "terminal_id": "KIOSK-03", "entity_type": "batch_step", "entity_id": f"{seq}",
-                      "batch_id": f"B-{seq // 50:06d}", "entry_bytes": data, "leaf_hash": leaf})
+                      "terminal_id": "KIOSK-03", "entity_type": "batch_step",
+                      "entity_id": f"B-{seq // 50:06d}/{seq % 50}",
+                      "batch_id": f"B-{seq // 50:06d}", "entry_bytes": data, "leaf_hash": leaf,
+                      "tag": entry_tags.entry_tag(key, data)})
         if len(chunk) == 20_000:
             db.session.execute(insert(AuditEntry), chunk)
             chunk = []
@@ -167,10 +223,91 @@ def measure_verification(n: int) -> dict:
     }
 
 
+def measure_incremental(checkpoints: int, per_checkpoint: int = 1000) -> dict:
+    """The pre-signing verification over ``per_checkpoint`` new entries, on top of the big
+    log ``measure_verification`` wrote, beside reading and hashing those entries once."""
+    from mes.audit import checkpoint_guard, log
+    from mes.db import db
+
+    actor = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
+    after = {"unit": "kg", "value": "12.50"}
+    guard_s, floor_s = [], []
+    for c in range(checkpoints):
+        for i in range(per_checkpoint - 1):  # stays below the 1000-entry automatic checkpoint
+            log.record(actor, "batch.step.completed", ("batch_step", f"B-I/{c}/{i}"), batch="B-I", after=after)
+        db.session.commit()
+        ref = checkpoint_guard.reference(db.session)
+        size = log.tree_size()
+        t = time.perf_counter()
+        checkpoint_guard.verify_since(db.session, ref, size)
+        guard_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        conn = db.session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        for (data,) in conn.exec_driver_sql(f"SELECT entry_bytes FROM audit_entries WHERE seq >= {mark} ORDER BY seq",
+                                            (ref.size,)):
+            hashlib.sha256(b"\x00" + bytes(data)).digest()
+        floor_s.append(time.perf_counter() - t)
+        log.publish_checkpoint()
+        db.session.commit()
+    g, f = percentiles(guard_s), percentiles(floor_s)
+    return {"new_entries_per_checkpoint": per_checkpoint - 1, "log_size": log.tree_size(),
+            "pre_signing_verification": g, "read_and_hash_new_entries": f,
+            "ratio_p50": ratio(g["p50_ms"], f["p50_ms"])}
+
+
+def measure_witnessed(n: int, home: Path) -> dict:
+    """Appends that each publish a checkpoint (as an e-signature does) with one witness
+    process cosigning in the background, beside the same without the witness."""
+    import subprocess
+    import sys
+
+    from mes.audit import log
+    from mes.db import db
+    from mes.witness import client
+
+    actor = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
+
+    def run(tag: str) -> float:
+        t = time.perf_counter()
+        for i in range(n):
+            log.record(actor, "batch.released", ("batch", f"{tag}-{i}"), batch=f"{tag}-{i}", after={"ok": True})
+            db.session.commit()
+        return n / (time.perf_counter() - t)
+
+    plain = run("W0")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "log.vkey").write_text(log.audit_log().vkey() + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "mes.witness.server", "--home", str(home), "--name",
+                             "witness.bench/w1", "--log-vkey", str(home / "log.vkey"), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip().split(" listening on ")[-1]
+        vkey = proc.stdout.readline().strip().split("witness verifier key ")[-1]
+        from flask import current_app
+
+        current_app.config["MES_AUDIT_WITNESSES"] = f"{url}={vkey}"
+        witnessed = run("W1")
+        t = time.perf_counter()
+        client.sync_witnesses()  # the background thread catches up: the cosignature of the last checkpoint
+        catch_up = time.perf_counter() - t
+        cosigned = dict(client.witnessed_checkpoints(log.audit_log()))
+        client.stop_background(current_app._get_current_object())
+        current_app.config["MES_AUDIT_WITNESSES"] = ""
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"n": n, "checkpointed_appends_per_s": round(plain), "witnessed_appends_per_s": round(witnessed),
+            "ratio_witnessed_to_plain": ratio(witnessed, plain), "catch_up_ms": round(catch_up * 1000, 1),
+            "latest_cosigned": bool(cosigned)}
+
+
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--appends", type=int, default=2000)
     ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--checkpoints", type=int, default=5, help="incremental verifications measured")
+    ap.add_argument("--witnessed", type=int, default=200, help="checkpointed appends with and without a witness")
     args = ap.parse_args()
     out: dict = {"benchmark": "audit", "db": args.db}
     with bench_database(args.db) as url, tempfile.TemporaryDirectory() as tmp:
@@ -181,6 +318,8 @@ def main() -> None:
             app2 = make_bench_app(url2, Path(tmp) / "b")
             with app2.app_context():
                 out["verification"] = measure_verification(args.entries)
+                out["incremental_verification"] = measure_incremental(args.checkpoints)
+                out["witnessing"] = measure_witnessed(args.witnessed, Path(tmp) / "witness")
     print(json.dumps(out))
 
 
