@@ -47,7 +47,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Numeric
+from sqlalchemy import BigInteger, Numeric, text
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "DURATION_PATTERN",
     "LIMIT",
     "MATERIAL_UNITS",
+    "PLACES_DEFAULT",
     "QUANTUM",
     "SCALE",
     "SIGNED_DECIMAL_PATTERN",
@@ -81,7 +83,10 @@ __all__ = [
     "suggest_unit",
     "to_storage",
     "to_text",
+    "to_text_or_none",
+    "with_places",
     "with_unit",
+    "written",
 ]
 
 
@@ -251,6 +256,11 @@ def to_text(value: Decimal) -> str:
     return "0" + text[2:] if text.startswith("-0") and value == 0 else text
 
 
+def to_text_or_none(value: Decimal | None) -> str | None:
+    """:func:`to_text` of ``value``, or None (a record without a value)."""
+    return None if value is None else to_text(value)
+
+
 def fmt(value: Decimal, *, keep_places: bool = False) -> str:
     """A decimal string without exponent; trailing zeros dropped unless ``keep_places``."""
     if not keep_places:
@@ -387,6 +397,56 @@ class Quantity(TypeDecorator[Decimal]):
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
         return result_converter(dialect.name)(value)
+
+
+def with_places(value: Decimal, places: int) -> Decimal:
+    """``value`` written with at least ``places`` decimals and no more than it needs:
+    ``with_places(Decimal("45.000000"), 2)`` is ``45.00``. Never rounds (an exact value
+    with more places keeps them)."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise TypeError(f"expected a finite Decimal, got {value!r}")
+    if value == 0:
+        value = Decimal(0)
+    least = value.normalize()
+    if decimal_places(least) == 0:
+        least = least.quantize(Decimal(1))  # 5E+4 -> 50000
+    return least if decimal_places(least) >= places else least.quantize(Decimal(1).scaleb(-places))
+
+
+PLACES_DEFAULT: Final = text("0")
+"""Server default of a places column: a row written without it (bulk loads, raw SQL) shows
+its value with the fewest places that keep it exact, never rounded."""
+
+
+def written(column: str, places: str) -> Any:
+    """A model attribute for a decimal kept with its places as written, in two columns: the
+    value in a :class:`Quantity` column (exact, comparable and summable in SQL on both
+    databases) and the number of decimals written in a small integer column.
+
+    Reading gives the value with exactly the places written (``Decimal("45.00")`` stays
+    ``45.00``, not ``45`` nor ``45.000000``); setting stores both columns; in a query the
+    attribute is the value column. ``column`` and ``places`` name the mapped attributes.
+    """
+
+    def fget(self: Any) -> Decimal | None:
+        value = getattr(self, column)
+        if value is None:
+            return None
+        return with_places(Decimal(value), getattr(self, places) or 0)
+
+    def fset(self: Any, value: Any) -> None:
+        if value is None:
+            setattr(self, column, None)
+            setattr(self, places, None)
+            return
+        amount = parse_quantity(value)
+        setattr(self, column, amount)
+        setattr(self, places, decimal_places(amount))
+
+    def expr(cls: Any) -> Any:
+        return getattr(cls, column)
+
+    return hybrid_property(fget, fset, expr=expr)
 
 
 # ------------------------------------------------------------------------- durations

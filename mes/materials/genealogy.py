@@ -36,7 +36,8 @@ class TraceLot(NamedTuple):
 
 
 class TraceLink(NamedTuple):
-    """``qty`` ``uom`` of lot ``parent_lot_id`` went into lot ``child_lot_id`` in ``batch_id``."""
+    """``qty`` ``uom`` of lot ``parent_lot_id`` went into lot ``child_lot_id`` in ``batch_id``
+    (places as the consumptions were written)."""
 
     parent_lot_id: str
     child_lot_id: str
@@ -46,7 +47,7 @@ class TraceLink(NamedTuple):
 
     def as_json(self) -> dict[str, Any]:
         return {"parent_lot_id": self.parent_lot_id, "child_lot_id": self.child_lot_id, "batch_id": self.batch_id,
-                "qty": q.as_json(self.qty, self.uom)}
+                "qty": q.as_json(self.qty, self.uom, keep_places=True)}
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Trace:
         for level, link, lot, repeated in self.walk():
             if link is None:
                 continue
-            node = {**lot.as_json(), "batch_id": link.batch_id, "qty": q.as_json(link.qty, link.uom),
+            node = {**lot.as_json(), "batch_id": link.batch_id, "qty": q.as_json(link.qty, link.uom, keep_places=True),
                     "repeated": repeated, "children": []}
             del path[level:]
             path[-1]["children"].append(node)
@@ -133,10 +134,10 @@ WITH RECURSIVE walk(lot_id, depth) AS (
     WHERE w.depth < :max_depth
 ),
 reached AS (SELECT lot_id, MIN(depth) AS depth FROM walk GROUP BY lot_id)
-SELECT 0 AS kind, r.depth, g.parent_lot_id, g.child_lot_id, g.batch_id, g.qty, g.uom
+SELECT 0 AS kind, r.depth, g.parent_lot_id, g.child_lot_id, g.batch_id, g.qty, g.uom, g.qty_places
 FROM reached AS r JOIN material_genealogy AS g ON g.{near} = r.lot_id
 UNION ALL
-SELECT 1, r.depth, r.lot_id, l.item_code, i.name, NULL, l.status
+SELECT 1, r.depth, r.lot_id, l.item_code, i.name, NULL, l.status, NULL
 FROM reached AS r JOIN material_lots AS l ON l.id = r.lot_id JOIN material_items AS i ON i.code = l.item_code
 """
 _TRACE_DIRECTIONS = {"backward": ("child_lot_id", "parent_lot_id"), "forward": ("parent_lot_id", "child_lot_id")}
@@ -188,7 +189,7 @@ def _trace(lot_id: str, direction: str, max_depth: int) -> Trace:
         raise NotFound(f"Lot {lot_id} is not known to the MES.")
     near, far = (3, 2) if direction == "backward" else (2, 3)
     walked.sort(key=lambda r: (r[1], r[near], r[far], r[4]))  # nearest first, then by lot and batch
-    links = [TraceLink(r[2], r[3], r[4], from_db(r[5]), r[6]) for r in walked]
+    links = [TraceLink(r[2], r[3], r[4], q.with_places(from_db(r[5]), r[7]), r[6]) for r in walked]
     return Trace(lots[lot_id], direction, max_depth, lots, links, truncated)
 
 
