@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -66,7 +68,7 @@ _WRITTEN = {"WO-1": "45.00", "WO-2": "150000", "WO-3": "0.000100"}
 _VALUES = {"R-1": "9.80", "R-2": "-3.50", "R-3": "12.345600", "R-4": None, "R-5": "0.0"}
 
 
-def _insert_decimal_strings(conn) -> None:
+def _insert_decimal_strings(conn, extra_values: dict[str, str]) -> None:
     import sqlalchemy as sa
 
     from mes.db import UTCDateTime, utcnow
@@ -100,7 +102,7 @@ def _insert_decimal_strings(conn) -> None:
                                  "recorded_by", data=sa.JSON(), flags=sa.JSON(), recorded_at=at)),
                  [{"id": k, "batch_id": "B-1", "batch_step_id": "B-1:s", "attempt": 1,
                    "kind": "value" if v is not None else "confirmation", "value": v, "data": {}, "flags": [],
-                   "recorded_at": now, "recorded_by": "u"} for k, v in _VALUES.items()])
+                   "recorded_at": now, "recorded_by": "u"} for k, v in {**_VALUES, **extra_values}.items()])
     conn.execute(sa.insert(table("material_items", "code", "name", "kind", "base_uom", "active", "created_by",
                                  created_at=at)),
                  [{"code": "API", "name": "API", "kind": "api", "base_uom": "kg", "active": True, "created_at": now,
@@ -124,17 +126,13 @@ def _insert_decimal_strings(conn) -> None:
                    "uom": "kg", "created_at": now}])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_upgrading_keeps_decimal_strings_exactly(backend: str, tmp_path: Path) -> None:
-    """Upgrading a database whose work orders, batches and step records hold decimal strings
-    keeps every value and every written place; the refusal triggers still refuse."""
+@contextmanager
+def _database_at_0006(backend: str, tmp_path: Path, extra_values: dict[str, str] | None = None) -> Iterator[Flask]:
+    """A new database migrated to revision 0006 holding the decimal strings above (and
+    ``extra_values`` as more step records), in an app context; dropped afterwards."""
     from alembic import command
 
     from mes.app import create_app
-    from mes.execution.models import Batch, StepRecord, WorkOrder
-    from mes.materials.models import Consumption, Container, GenealogyLink
-    from mes.materials.operations import container_received
-    from mes.quantities import to_text
     from mes.system.readiness import alembic_config
 
     if backend == "sqlite":
@@ -152,30 +150,68 @@ def test_upgrading_keeps_decimal_strings_exactly(backend: str, tmp_path: Path) -
             with db.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "0006")
-                _insert_decimal_strings(conn)
-            with db.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-            assert {k: to_text(db.session.get(WorkOrder, k).quantity) for k in _WRITTEN} == _WRITTEN
-            assert to_text(db.session.get(Batch, "B-1").batch_size) == "45.00"
-            got = {k: db.session.get(StepRecord, k).value for k in _VALUES}
-            assert {k: None if v is None else to_text(v) for k, v in got.items()} == _VALUES
-            # material quantities were numbers already: they show the fewest places that keep them exact
-            assert to_text(container_received(db.session.get(Container, "C-1"))) == "50.25"
-            assert to_text(db.session.get(Consumption, "K-1").qty) == "45"
-            assert to_text(db.session.execute(select(GenealogyLink)).scalar_one().qty) == "45.5"
-            db.session.remove()
-            for statement in ("DELETE FROM step_records", "DELETE FROM work_orders", "DELETE FROM batches",
-                              "UPDATE material_consumptions SET qty_places = 2",
-                              "UPDATE material_genealogy SET qty_places = 2"):
-                with pytest.raises(DatabaseError, match="refused"):
-                    with db.engine.begin() as conn:
-                        conn.execute(text(statement))
-            with db.engine.connect() as conn:
-                ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-                assert compare_metadata(ctx, Base.metadata) == []
-            db.engine.dispose()
+                _insert_decimal_strings(conn, extra_values or {})
+            try:
+                yield app
+            finally:
+                db.session.remove()
+                db.engine.dispose()
     finally:
         if name:
             with _pg_admin().connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _upgrade_to_head() -> None:
+    from alembic import command
+
+    from mes.system.readiness import alembic_config
+
+    cfg = alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_keeps_decimal_strings_exactly(backend: str, tmp_path: Path) -> None:
+    """Upgrading a database whose work orders, batches and step records hold decimal strings
+    keeps every value and every written place; the refusal triggers still refuse."""
+    from mes.execution.models import Batch, StepRecord, WorkOrder
+    from mes.materials.models import Consumption, Container, GenealogyLink
+    from mes.materials.operations import container_received
+    from mes.quantities import to_text
+
+    with _database_at_0006(backend, tmp_path):
+        _upgrade_to_head()
+        assert {k: to_text(db.session.get(WorkOrder, k).quantity) for k in _WRITTEN} == _WRITTEN
+        assert to_text(db.session.get(Batch, "B-1").batch_size) == "45.00"
+        got = {k: db.session.get(StepRecord, k).value for k in _VALUES}
+        assert {k: None if v is None else to_text(v) for k, v in got.items()} == _VALUES
+        # material quantities were numbers already: they show the fewest places that keep them exact
+        assert to_text(container_received(db.session.get(Container, "C-1"))) == "50.25"
+        assert to_text(db.session.get(Consumption, "K-1").qty) == "45"
+        assert to_text(db.session.execute(select(GenealogyLink)).scalar_one().qty) == "45.5"
+        db.session.remove()
+        for statement in ("DELETE FROM step_records", "DELETE FROM work_orders", "DELETE FROM batches",
+                          "UPDATE material_consumptions SET qty_places = 2",
+                          "UPDATE material_genealogy SET qty_places = 2"):
+            with pytest.raises(DatabaseError, match="refused"):
+                with db.engine.begin() as conn:
+                    conn.execute(text(statement))
+        with db.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_upgrade_that_cannot_keep_a_decimal_exactly_changes_nothing(backend: str, tmp_path: Path) -> None:
+    """A recorded value with a seventh decimal place would be rounded by the typed column: the
+    upgrade stops with the record named, and the database stays as it was."""
+    with _database_at_0006(backend, tmp_path, {"R-9": "1.2345678"}):
+        with pytest.raises(RuntimeError, match=r"step_records R-9: '1\.2345678' cannot be kept exactly"):
+            _upgrade_to_head()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert conn.execute(text("SELECT value FROM step_records WHERE id = 'R-9'")).scalar() == "1.2345678"
+            assert conn.execute(text("SELECT quantity FROM work_orders WHERE id = 'WO-1'")).scalar() == "45.00"
