@@ -54,6 +54,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final
 
+import pint
 from sqlalchemy import BigInteger, Numeric, text
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.types import TypeDecorator
@@ -119,8 +120,6 @@ class Units:
     """
 
     def __init__(self, *files: Path) -> None:
-        import pint  # imported here: pint is only needed when the units are loaded
-
         try:
             registry = pint.UnitRegistry(str(files[0]), non_int_type=Fraction, cache_folder=None,
                                          autoconvert_offset_to_baseunit=False)
