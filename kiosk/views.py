@@ -19,7 +19,7 @@ from mes.execution import operations as ex
 from mes.execution import queries as q
 from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, Disposition, StepState, WorkOrder
 from mes.materials import operations as mat
-from mes.quantities import to_text
+from mes.quantities import to_text, to_text_or_none
 from mes.recipes import model as rm
 
 OPEN_STATES = (StepState.IN_PROGRESS.value, StepState.READY.value, StepState.BLOCKED.value)
@@ -107,7 +107,8 @@ def identified_lot(batch: Batch, item: str) -> str | None:
 
 
 def containers_weighed(step: BatchStep) -> list[dict[str, Any]]:
-    return [{"lot": r.data.get("lot"), "container": r.data.get("container"), "value": r.value, "unit": r.unit}
+    return [{"lot": r.data.get("lot"), "container": r.data.get("container"), "value": to_text_or_none(r.value),
+             "unit": r.unit}
             for r in ex.records_of(step.batch_id)
             if r.batch_step_id == step.id and r.kind == "container" and r.attempt == step.attempt
             and r.superseded_by is None]
@@ -185,7 +186,7 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
         shown = []
         for r in recs:
             if r.kind in ("value", "timer") and r.value is not None:
-                shown.append(f"{r.value} {r.unit or ''}".strip())
+                shown.append(f"{to_text(r.value)} {r.unit or ''}".strip())
             elif r.kind == "identification":
                 shown.append(_("lot %(lot)s", lot=r.data.get("lot")))
             elif r.kind == "equipment":

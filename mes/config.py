@@ -80,6 +80,15 @@ ARGON2_MEMORY_KIB = 65536
 ARGON2_PARALLELISM = 4
 
 
+def _parse_units_file(raw: str) -> str:
+    """A plant units file (pint definitions) that exists; empty for the shipped units only.
+    The units themselves are read at start by :mod:`mes.quantities` from the same variable."""
+    path = raw.strip()
+    if path and not Path(path).is_file():
+        raise ValueError(f"no units file at {path}")
+    return path
+
+
 @dataclass(frozen=True)
 class Setting:
     """One ``MES_*`` variable: its Flask config key, parser, default and meaning."""
@@ -149,6 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Device gateway configuration (YAML: device id, driver, driver config, rate per device)"),
     Setting("MES_SIMULATION", "MES_SIMULATION", _parse_bool, "false",
             "Run simulated scales and a simulated line inside the server (set by `mes demo`; never in a plant)"),
+    Setting("MES_UNITS_FILE", "MES_UNITS_FILE", _parse_units_file, "",
+            "The plant's own units of measure (pint definitions, added to the shipped mes/units.txt; see docs/units.md)"),
 )
 
 

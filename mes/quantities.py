@@ -8,15 +8,22 @@ The digits written after the decimal point are its *precision* and are kept
 used in audit entries and events (trailing zeros dropped unless ``keep_places``). Those two
 writers are canonical: the audit log's decimal strings must never change.
 
-Units. :data:`UNITS` is the full set: what the recipe format allows (its order is the
-published JSON schema's enum) and, as a subset, the plant's material units
-(:data:`MATERIAL_UNITS`: mass, volume, count). Units are case-sensitive, exactly as written.
+Units. A unit is its symbol, case-sensitive, exactly as written (``mL``, ``°C``,
+``mPa·s``). The units are not a table in this file: they are read once, at start, by pint
+(a well-kept units library) from the shipped definitions file ``mes/units.txt`` and, when
+the ``MES_UNITS_FILE`` setting names one, from the plant's own file on top of it, so a
+plant adds a unit (``bar``, ``CFU``, a box of 12 pieces) without code (docs/units.md).
+:data:`UNITS` lists them in the file's order (the published recipe schema's enum); the
+plant's material units (:data:`MATERIAL_UNITS`) are those of mass, volume and count. Names
+and aliases in the file are "did you mean" hints only (:func:`suggest_unit`).
 
-Conversion. :func:`convert` is exact. Mass and volume units differ by powers of ten, so
-their conversions never round, and the written resolution moves with the unit (``"0.600"``
-kg -> ``"600"`` g, ``"600.0"`` g -> ``"0.6000"`` kg). A conversion whose result is not a
-terminating decimal (1 s in min = 1/60) is refused with :class:`UnitError`, never rounded;
-so is one across dimensions. Rounding happens in one place, :func:`round_half_even`,
+Conversion. :func:`convert` is exact: pint converts with fractions
+(``non_int_type=Fraction``), never through a float, offset scales (°C, °F) included. The
+written resolution moves with the unit when the factor is a power of ten (``"0.600"`` kg
+-> ``"600"`` g, ``"600.0"`` g -> ``"0.6000"`` kg) and is kept otherwise (``"1.5"`` min ->
+``"90.0"`` s). A conversion whose result is not a terminating decimal (1 s in min = 1/60)
+is refused with :class:`UnitError`, never rounded; so is one across dimensions (kg to L),
+with a sentence naming both. Rounding happens in one place, :func:`round_half_even`,
 computed on exact fractions so there is no double rounding.
 
 Storage. Stored quantities are :class:`Quantity` columns: ``NUMERIC(18, 6)`` on PostgreSQL
@@ -31,30 +38,34 @@ Durations (timer steps, hold times, clean-hold limits) are ISO 8601 durations re
 days, hours, minutes and whole seconds (``PT30M``, ``PT1H30M``, ``P3D``); a day is exactly
 24 h. Years, months and weeks are refused because their length is ambiguous.
 
-Why not a units library (pint): pint can compute with Decimals, but its results follow
-Decimal arithmetic, not the rules above: ``0.600 kg`` becomes ``600.000 g`` rather than
-``600 g``, and 1 s in min is rounded to the context's 28 digits instead of being refused.
-Its unit names (``milliliter``, no ``pcs``, ``pH`` or ``mPa·s`` with a middle dot) are not
-the recipe format's either. Eighteen linear factors are a small table we can read whole.
+Decimals keep their places as written in the database too: :func:`written` pairs a
+:class:`Quantity` column with a places column, and :func:`with_places` shows a stored value
+with the places it was written with (``45.00`` stays ``45.00``).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Numeric
+import pint
+from sqlalchemy import BigInteger, Numeric, text
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "DECIMAL_PATTERN",
+    "DEFAULT_UNITS_FILE",
     "DURATION_PATTERN",
     "LIMIT",
     "MATERIAL_UNITS",
+    "PLACES_DEFAULT",
     "QUANTUM",
     "SCALE",
     "SIGNED_DECIMAL_PATTERN",
@@ -63,7 +74,9 @@ __all__ = [
     "Duration",
     "Quantity",
     "QuantityError",
+    "REGISTRY",
     "UnitError",
+    "Units",
     "as_json",
     "convert",
     "decimal_places",
@@ -81,7 +94,10 @@ __all__ = [
     "suggest_unit",
     "to_storage",
     "to_text",
+    "to_text_or_none",
+    "with_places",
     "with_unit",
+    "written",
 ]
 
 
@@ -93,45 +109,88 @@ class UnitError(QuantityError):
     """An unknown unit, a conversion between different dimensions, or an inexact one."""
 
 
-# unit -> (dimension, factor to the dimension's base unit). The order is the recipe
-# schema's enum (recipes/master-recipe.schema.json); do not reorder.
-UNITS: Final[dict[str, tuple[str, Fraction]]] = {
-    "mg": ("mass", Fraction(1, 1000)),
-    "g": ("mass", Fraction(1)),
-    "kg": ("mass", Fraction(1000)),
-    "mL": ("volume", Fraction(1)),
-    "L": ("volume", Fraction(1000)),
-    "s": ("time", Fraction(1)),
-    "min": ("time", Fraction(60)),
-    "h": ("time", Fraction(3600)),
-    "°C": ("temperature", Fraction(1)),
-    "pcs": ("count", Fraction(1)),
-    "%": ("percent", Fraction(1)),
-    "pH": ("pH", Fraction(1)),
-    "mPa·s": ("viscosity", Fraction(1)),
-    "Pa·s": ("viscosity", Fraction(1000)),
-    "N": ("force", Fraction(1)),
-    "kN": ("force", Fraction(1000)),
-    "mm": ("length", Fraction(1)),
-    "rpm": ("rotational speed", Fraction(1)),
-}
+class Units:
+    """The plant's units: a pint registry read from the shipped ``units.txt`` and, when the
+    ``MES_UNITS_FILE`` setting names one, the plant's own definitions on top of it.
+
+    pint parses the definitions, knows each unit's dimension and converts; it is built with
+    exact fractions (``non_int_type=Fraction``), so no conversion goes through a float.
+    What this class adds is the plant's spelling: a unit is its symbol, exactly as written
+    (``mL``, ``°C``, ``mPa·s``); names and aliases in the file are only "did you mean" hints.
+    """
+
+    def __init__(self, *files: Path) -> None:
+        try:
+            registry = pint.UnitRegistry(str(files[0]), non_int_type=Fraction, cache_folder=None,
+                                         autoconvert_offset_to_baseunit=False)
+            for extra in files[1:]:
+                registry.load_definitions(str(extra))
+            self._build(registry, files)
+        except (OSError, pint.errors.PintError, ValueError) as exc:
+            raise UnitError(f"the units file cannot be read ({', '.join(str(f) for f in files)}): {exc}") from None
+
+    def _build(self, registry: Any, files: tuple[Path, ...]) -> None:
+        self.registry = registry
+        self.files = files
+        dimensions = registry._dimensions  # pint keeps no public list of named dimensions
+        self._dimension_names = {registry.get_dimensionality(d): d.strip("[]").replace("_", " ") for d in dimensions}
+        self.names: dict[str, str] = {}  # symbol -> pint name, in file order
+        self.offset: set[str] = set()
+        hints: dict[str, str] = {}
+        for definition in dict.fromkeys(registry._units.values()):  # each unit once, in file order
+            name, symbol = definition.name, definition.symbol
+            if name.startswith("delta_") or not symbol:
+                continue
+            self.names[symbol] = name
+            if not definition.is_multiplicative:
+                self.offset.add(symbol)
+            for spelling in (name, symbol, *definition.aliases):
+                hints.setdefault(_hint_key(spelling), symbol)
+        self.hints = hints
+        self.table = {u: (self._dimension_of(n), self._factor(n)) for u, n in self.names.items()}
+
+    def _dimension_of(self, name: str) -> str:
+        dims = self.registry.get_dimensionality(name)
+        if not dims:
+            return "ratio"
+        return self._dimension_names.get(dims) or " ".join(f"{k.strip('[]')}^{v}" for k, v in dims.items())
+
+    def _factor(self, name: str) -> Fraction:
+        """How many of the dimension's base units one ``name`` is (its scale, for offset units)."""
+        base = self.registry.get_base_units(name)[1]
+        return Fraction(self.registry.convert(Fraction(1), name, base)) - Fraction(self.registry.convert(Fraction(0), name, base))
+
+    def convert(self, value: Fraction, from_unit: str, to_unit: str) -> Fraction:
+        """``value`` ``from_unit`` in ``to_unit``, exactly (pint, with fractions)."""
+        return Fraction(self.registry.convert(value, self.names[from_unit], self.names[to_unit]))
+
+
+def _hint_key(text: str) -> str:
+    """How a typed spelling is compared with the known ones: case, spaces, dots and middle dots ignored."""
+    return re.sub(r"[\s.·_]", "", text.strip().lower())
+
+
+def _units_files() -> tuple[Path, ...]:
+    """The shipped units file, then the plant's (``MES_UNITS_FILE``), if set."""
+    plant = os.environ.get("MES_UNITS_FILE", "").strip()
+    return (DEFAULT_UNITS_FILE, Path(plant)) if plant else (DEFAULT_UNITS_FILE,)
+
+
+DEFAULT_UNITS_FILE: Final = Path(__file__).with_name("units.txt")
+"""The units the MES ships (pint's definition format); a plant adds its own with ``MES_UNITS_FILE``."""
+
+REGISTRY: Final = Units(*_units_files())
+"""The plant's units, loaded once at start."""
+
+#: unit -> (dimension, factor to the dimension's base unit), in the units file's order (the
+#: recipe schema's enum, recipes/master-recipe.schema.json, is generated from it).
+UNITS: Final[dict[str, tuple[str, Fraction]]] = REGISTRY.table
 
 #: Material stock is kept in these units, one per dimension a material is counted in.
 STORAGE_UNIT: Final[dict[str, str]] = {"mass": "g", "volume": "mL", "count": "pcs"}
 
 #: The units a material (item, container, consumption) may be counted in.
 MATERIAL_UNITS: Final[tuple[str, ...]] = tuple(u for u, (dim, _) in UNITS.items() if dim in STORAGE_UNIT)
-
-# Spellings people type that are not the unit's name; used only for "did you mean".
-_ALIASES: Final[dict[str, str]] = {
-    "ml": "mL", "l": "L", "ltr": "L", "litre": "L", "liter": "L", "gram": "g", "kilo": "kg",
-    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "mins": "min", "minute": "min",
-    "minutes": "min", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "degc": "°C", "c": "°C",
-    "deg c": "°C", "ºc": "°C", "celsius": "°C", "pc": "pcs", "pieces": "pcs", "ea": "pcs",
-    "each": "pcs", "units": "pcs", "percent": "%", "mpa.s": "mPa·s", "mpas": "mPa·s",
-    "mpa s": "mPa·s", "cp": "mPa·s", "pa.s": "Pa·s", "pas": "Pa·s", "knewton": "kN",
-    "kilonewton": "kN", "newton": "N", "ph": "pH", "rev/min": "rpm", "1/min": "rpm",
-}
 
 DECIMAL_PATTERN: Final = r"^[0-9]{1,15}(\.[0-9]{1,9})?$"
 """A non-negative decimal quantity as written in a recipe: no sign, exponent or separators."""
@@ -181,15 +240,13 @@ def storage_unit(unit: str) -> str:
 
 
 def suggest_unit(text: str) -> str | None:
-    """The unit the author probably meant by ``text``, or None."""
+    """The unit the author probably meant by ``text`` (a name or alias in the units file, the
+    symbol in another case, or a close spelling), or None."""
     if not isinstance(text, str):
         return None
-    key = text.strip().lower()
-    if key in _ALIASES:
-        return _ALIASES[key]
-    for unit in UNITS:
-        if unit.lower() == key:
-            return unit
+    hint = REGISTRY.hints.get(_hint_key(text))
+    if hint is not None:
+        return hint
     close = difflib.get_close_matches(text.strip(), list(UNITS), n=1, cutoff=0.75)
     return close[0] if close else None
 
@@ -249,6 +306,11 @@ def to_text(value: Decimal) -> str:
         raise TypeError(f"expected a finite Decimal, got {value!r}")
     text = format(value, "f")
     return "0" + text[2:] if text.startswith("-0") and value == 0 else text
+
+
+def to_text_or_none(value: Decimal | None) -> str | None:
+    """:func:`to_text` of ``value``, or None (a record without a value)."""
+    return None if value is None else to_text(value)
 
 
 def fmt(value: Decimal, *, keep_places: bool = False) -> str:
@@ -317,17 +379,18 @@ def convert(value: Decimal, from_unit: str, to_unit: str) -> Decimal:
     The written resolution moves with the unit (``"0.600"`` kg -> ``"600"`` g,
     ``"600.0"`` g -> ``"0.6000"`` kg) but digits are never dropped: the result is exact.
     Raises UnitError for an unknown unit, different dimensions or a result that is not a
-    terminating decimal (it is refused, never rounded).
+    terminating decimal (it is refused, never rounded). pint converts, with fractions.
     """
     if dimension(from_unit) != dimension(to_unit):
-        raise UnitError(f"cannot convert {from_unit} ({dimension(from_unit)}) to {to_unit} ({dimension(to_unit)})")
+        raise UnitError(f"cannot convert {from_unit} to {to_unit}: {from_unit} measures {dimension(from_unit)}, "
+                        f"{to_unit} measures {dimension(to_unit)}")
     if from_unit == to_unit:
         return value
-    ratio = UNITS[from_unit][1] / UNITS[to_unit][1]
-    exact = exact_decimal(Fraction(value) * ratio)
+    exact = exact_decimal(REGISTRY.convert(Fraction(value), from_unit, to_unit))
     if exact is None:
         raise UnitError(f"{to_text(value)} {from_unit} is not an exact decimal number of {to_unit}")
-    shift = _shift(ratio) or 0
+    linear = from_unit not in REGISTRY.offset and to_unit not in REGISTRY.offset
+    shift = (_shift(UNITS[from_unit][1] / UNITS[to_unit][1]) if linear else None) or 0
     wanted = min(0, -decimal_places(value) + shift)
     if decimal_places(exact) <= -wanted:
         return _from_units(int(Fraction(exact) * 10**-wanted), -wanted)
@@ -387,6 +450,56 @@ class Quantity(TypeDecorator[Decimal]):
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
         return result_converter(dialect.name)(value)
+
+
+def with_places(value: Decimal, places: int) -> Decimal:
+    """``value`` written with at least ``places`` decimals and no more than it needs:
+    ``with_places(Decimal("45.000000"), 2)`` is ``45.00``. Never rounds (an exact value
+    with more places keeps them)."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise TypeError(f"expected a finite Decimal, got {value!r}")
+    if value == 0:
+        value = Decimal(0)
+    least = value.normalize()
+    if decimal_places(least) == 0:
+        least = least.quantize(Decimal(1))  # 5E+4 -> 50000
+    return least if decimal_places(least) >= places else least.quantize(Decimal(1).scaleb(-places))
+
+
+PLACES_DEFAULT: Final = text("0")
+"""Server default of a places column: a row written without it (bulk loads, raw SQL) shows
+its value with the fewest places that keep it exact, never rounded."""
+
+
+def written(column: str, places: str) -> Any:
+    """A model attribute for a decimal kept with its places as written, in two columns: the
+    value in a :class:`Quantity` column (exact, comparable and summable in SQL on both
+    databases) and the number of decimals written in a small integer column.
+
+    Reading gives the value with exactly the places written (``Decimal("45.00")`` stays
+    ``45.00``, not ``45`` nor ``45.000000``); setting stores both columns; in a query the
+    attribute is the value column. ``column`` and ``places`` name the mapped attributes.
+    """
+
+    def fget(self: Any) -> Decimal | None:
+        value = getattr(self, column)
+        if value is None:
+            return None
+        return with_places(Decimal(value), getattr(self, places) or 0)
+
+    def fset(self: Any, value: Any) -> None:
+        if value is None:
+            setattr(self, column, None)
+            setattr(self, places, None)
+            return
+        amount = parse_quantity(value)
+        setattr(self, column, amount)
+        setattr(self, places, decimal_places(amount))
+
+    def expr(cls: Any) -> Any:
+        return getattr(cls, column)
+
+    return hybrid_property(fget, fset, expr=expr)
 
 
 # ------------------------------------------------------------------------- durations

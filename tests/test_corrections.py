@@ -16,6 +16,7 @@ from mes.db import db
 from mes.errors import ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
+from mes.quantities import to_text
 from tests.execution_helpers import do_step, effective_recipe, make_world, run_until, start, stock
 
 RECIPE = """\
@@ -58,14 +59,14 @@ def test_correcting_an_input_recomputes_the_calculations_that_used_it(app: Flask
     batch_id = start(world, rv, "10.000", "kg")
     values = {"mass_in": {"value": "10.00"}, "mass_out": {"value": "9.80"}}
     run_until(world, batch_id, stop_before="note", overrides=values)
-    assert _current(batch_id, "yield_pct").value == "98.0" and _current(batch_id, "loss_pct").value == "2.0"
+    assert to_text(_current(batch_id, "yield_pct").value) == "98.0" and to_text(_current(batch_id, "loss_pct").value) == "2.0"
     old_yield, old_loss = _current(batch_id, "yield_pct"), _current(batch_id, "loss_pct")
 
     mass_out = _current(batch_id, "mass_out")
     world.clock.advance(60)
     ex.correct_value(world.actor("operator"), batch_id, mass_out.id, "9.90", "misread the display")
     new_yield, new_loss = _current(batch_id, "yield_pct"), _current(batch_id, "loss_pct")
-    assert (new_yield.value, new_loss.value) == ("99.0", "1.0")
+    assert (to_text(new_yield.value), to_text(new_loss.value)) == ("99.0", "1.0")
     assert new_yield.corrects == old_yield.id and new_loss.corrects == old_loss.id
     assert "recomputed" in new_yield.flags and "misread the display" in new_yield.reason
     assert {k: Decimal(v) for k, v in new_yield.data["inputs"].items()} == {"mass_out": Decimal("9.9"),
@@ -85,7 +86,7 @@ def test_correcting_an_input_recomputes_the_calculations_that_used_it(app: Flask
     # a correction that pushes a calculation out of its limits raises a blocking deviation
     ex.correct_value(world.actor("operator"), batch_id, _current(batch_id, "mass_out").id, "8.00",
                      "wrong container weighed")
-    assert _current(batch_id, "yield_pct").value == "80.0"
+    assert to_text(_current(batch_id, "yield_pct").value) == "80.0"
     devs = [d for d in ex.deviations_of(batch_id) if d.category == "limits_missed"]
     assert {d.batch_step_id.split(":")[1] for d in devs} == {"yield_pct", "loss_pct"}
     assert all(d.severity == "major" and d.status == ex.DeviationStatus.OPEN.value for d in devs)
@@ -108,7 +109,7 @@ def test_a_correction_without_a_reason_is_refused(app: Flask, monkeypatch) -> No
             ex.correct_value(world.actor("operator"), batch_id, old.id, "9.90", reason)
         assert refused.value.extra.get("field") == "reason"
         db.session.rollback()
-    assert _current(batch_id, "mass_out").id == old.id and old.value == "9.80"
+    assert _current(batch_id, "mass_out").id == old.id and to_text(old.value) == "9.80"
     assert db.session.execute(select(func.count()).select_from(AuditEntry)).scalar() == entries
 
 
@@ -121,7 +122,7 @@ def test_a_correction_that_changes_no_result_records_no_recomputation(app: Flask
               overrides={"mass_in": {"value": "20.00"}, "mass_out": {"value": "19.60"}})
     before = _current(batch_id, "yield_pct")
     ex.correct_value(world.actor("operator"), batch_id, _current(batch_id, "mass_out").id, "19.61", "last digit")
-    assert _current(batch_id, "yield_pct").id == before.id and before.value == "98.0"  # 98.05 rounds half-even
+    assert _current(batch_id, "yield_pct").id == before.id and to_text(before.value) == "98.0"  # 98.05 rounds half-even
     assert [e["type"] for e in ex.exceptions(batch_id)] == ["correction"]
 
 
@@ -161,13 +162,13 @@ def test_correcting_the_theoretical_quantity_recomputes_the_yield(app: Flask, mo
     batch_id = start(world, rv, "10.000", "kg")
     run_until(world, batch_id, overrides={"charged": {"value": "10.00"}, "out": {"quantity": "9.700", "unit": "kg"}})
     first = _current(batch_id, "out")
-    assert (first.value, first.data["theoretical"], first.data["yield"]) == ("9.700", "9.80", "99.0")
+    assert (to_text(first.value), first.data["theoretical"], first.data["yield"]) == ("9.700", "9.80", "99.0")
     charged = _current(batch_id, "charged")
     world.clock.advance(60)
     ex.correct_value(world.actor("operator"), batch_id, charged.id, "10.20", "typed the wrong figure")
-    assert _current(batch_id, "theo").value == "10.00"
+    assert to_text(_current(batch_id, "theo").value) == "10.00"
     second = _current(batch_id, "out")
-    assert second.corrects == first.id and second.value == "9.700" and "recomputed" in second.flags
+    assert second.corrects == first.id and to_text(second.value) == "9.700" and "recomputed" in second.flags
     assert (second.data["theoretical"], second.data["yield"]) == ("10.00", "97.0")
     assert "typed the wrong figure" in second.reason
     db.session.expire_all()

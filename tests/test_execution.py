@@ -131,7 +131,7 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
     old = [r for r in ex.records_of(batch_id) if r.batch_step_id == f"{batch_id}:inlet_temp" and r.kind == "value"][0]
     new = ex.correct_value(world.actor("operator"), batch_id, old.id, "61", "transcription error: display showed 61")
     inlet = [r for r in ex.records_of(batch_id) if r.batch_step_id == f"{batch_id}:inlet_temp"]
-    assert {(r.value, r.superseded_by) for r in inlet} == {("60", new.id), ("61", None)}
+    assert {(to_text(r.value), r.superseded_by) for r in inlet} == {("60", new.id), ("61", None)}
     assert new.reason.startswith("transcription") and new.corrects == old.id
 
     # idempotency: the same key twice records once and returns the same result

@@ -478,7 +478,7 @@ def test_outbox_events_follow_events_md(app: Flask) -> None:
                                                          "DISP-01", "operator1")
     assert data["consumed_at"].endswith("Z") and consumed["time"] == data["consumed_at"]
     assert reversed_["data"]["consumed_event_id"] == consumed["id"]
-    assert reversed_["data"]["qty"] == {"value": "12.5", "uom": "kg"}
+    assert reversed_["data"]["qty"] == {"value": "12.50", "uom": "kg"}
     assert reversed_["data"]["reason"] == "Weighed into the wrong vessel"
     pdata = produced["data"]
     assert {"work_order_id", "batch_id", "lot_id", "item", "qty", "material_use", "consumed_lot_ids"} <= set(pdata)
@@ -506,7 +506,7 @@ def test_api_items_lots_holds_release_and_reversal(app: Flask) -> None:
     assert r.status_code == 201, r.get_json()
     lot = r.get_json()["lot"]
     assert lot["status"] == "quarantine" and lot["expiry_date"] == "2028-09-30"
-    assert lot["remaining"] == {"value": "37.5", "uom": "kg"}
+    assert lot["remaining"] == {"value": "37.500", "uom": "kg"}
     assert [c["id"] for c in lot["containers"]] == ["C-1", "L-API-1-C002"]
     # quantities are decimal strings: a JSON number is refused
     r = sup.post("/api/v1/lots", {"item": "API-PARA", "containers": [{"qty": 2.5, "uom": "kg"}]})

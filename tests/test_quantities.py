@@ -1,10 +1,14 @@
-"""The one quantity model (mes.quantities): one unit table for recipes and materials, exact
-conversion with the written resolution moving with the unit, refusal instead of rounding,
-and the canonical decimal strings the audit log carries. Pure: no database."""
+"""The one quantity model (mes.quantities): one unit registry (pint, from the plant's units
+file) for recipes and materials, exact conversion with the written resolution moving with
+the unit, refusal instead of rounding, and the canonical decimal strings the audit log
+carries. Pure: no database."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -27,8 +31,10 @@ from mes.quantities import (
     fmt,
     material_dimension,
     parse_quantity,
+    same_dimension,
     storable,
     storage_unit,
+    suggest_unit,
     to_storage,
     to_text,
     with_unit,
@@ -41,13 +47,17 @@ values = st.builds(lambda units, places: Decimal(units).scaleb(-places), st.inte
 
 
 def _pairs(dim: str) -> list[tuple[str, str]]:
-    units = [u for u, (d, _) in UNITS.items() if d == dim]
+    units = [u for u, (d, _) in UNITS.items() if d == dim and u not in q.REGISTRY.offset]
     return [(a, b) for a in units for b in units]
 
 
+def _power_of_ten(ratio: Fraction) -> bool:
+    return any(ratio == Fraction(10) ** k for k in range(-9, 10))
+
+
 DIMENSIONS = sorted({d for d, _ in UNITS.values()})
-SAME_DIMENSION = [pair for dim in DIMENSIONS for pair in _pairs(dim)]
-POWER_OF_TEN = [(a, b) for a, b in SAME_DIMENSION if dimension(a) != "time"]
+SAME_DIMENSION = [pair for dim in DIMENSIONS for pair in _pairs(dim)]  # linear units (°C, °F have an offset)
+POWER_OF_TEN = [(a, b) for a, b in SAME_DIMENSION if _power_of_ten(UNITS[a][1] / UNITS[b][1])]
 
 
 def test_one_unit_table_is_the_recipe_formats_unit_list() -> None:
@@ -84,7 +94,7 @@ def test_conversion_is_exact_or_refused(pair: tuple[str, str], value: Decimal) -
         result = convert(value, a, b)
     except UnitError as exc:
         assert "not an exact decimal" in str(exc)
-        assert dimension(a) == "time"  # only non-decimal factors (60, 3600) can fail
+        assert q.exact_decimal(UNITS[a][1] / UNITS[b][1]) is None  # only non-decimal factors (1/60) can fail
         return
     assert Fraction(result) == Fraction(value) * UNITS[a][1] / UNITS[b][1]
     assert convert(result, b, a) == value
@@ -131,3 +141,72 @@ def test_audit_decimal_strings_are_canonical(value: str, short: str, kept: str) 
     assert as_json(D(value), "kg") == {"value": short, "uom": "kg"}
     assert with_unit(D(value), "kg") == f"{short} kg"
     assert to_text(D(value)) == kept
+
+
+# ------------------------------------------------------------------ the plant's units (pint)
+
+
+def test_units_beyond_the_first_eighteen_convert_exactly() -> None:
+    """Electrical, pressure, ratio and temperature units come from the units file; every
+    conversion is exact (fractions, never a float), an offset scale included."""
+    assert {"A", "V", "W", "kW", "bar", "kPa", "°F", "ppm", "CFU"} <= set(UNITS)
+    assert to_text(convert(D("1.5"), "bar", "kPa")) == "150"
+    assert to_text(convert(D("250"), "mbar", "bar")) == "0.250"
+    assert to_text(convert(D("2.5"), "kW", "W")) == "2500"
+    assert to_text(convert(D("0.5"), "%", "ppm")) == "5000"
+    assert to_text(convert(D("20.0"), "°C", "°F")) == "68.0" and to_text(convert(D("37.0"), "°C", "°F")) == "98.6"
+    assert to_text(convert(D("-40"), "°F", "°C")) == "-40" and to_text(convert(D("25.00"), "°C", "K")) == "298.15"
+    with pytest.raises(UnitError, match="not an exact decimal number of °C"):
+        convert(D(1), "°F", "°C")  # 5/9 of a degree does not terminate: refused, not rounded
+    assert isinstance(q.REGISTRY.convert(Fraction(1), "°F", "°C"), Fraction)
+    assert dimension("bar") == "pressure" and dimension("mPa·s") == "viscosity" and dimension("V") == "electric potential"
+    assert dimension("ppm") == dimension("%") and not same_dimension("pH", "%")
+
+
+def test_dimension_mismatch_is_refused_with_a_clear_sentence() -> None:
+    with pytest.raises(UnitError) as refused:
+        convert(D(1), "kg", "L")
+    assert str(refused.value) == "cannot convert kg to L: kg measures mass, L measures volume"
+    with pytest.raises(UnitError, match="cannot convert bar to °C: bar measures pressure, °C measures temperature"):
+        convert(D(1), "bar", "°C")
+
+
+def test_unit_symbols_are_exact_and_aliases_only_hints() -> None:
+    for typed, meant in (("ml", "mL"), ("litre", "L"), ("degC", "°C"), ("mpa.s", "mPa·s"), ("cP", "mPa·s"),
+                         ("KPA", "kPa"), ("cfu", "CFU"), ("deg c", "°C"), ("seconds", "s")):
+        assert suggest_unit(typed) == meant
+        if typed != meant:
+            assert typed not in UNITS
+    with pytest.raises(UnitError, match="did you mean 'mL'"):
+        dimension("ml")
+
+
+PLANT_UNITS = """\
+# a plant's own units: a count unit of 12 pieces and a unit of a new dimension
+box = 12 * piece = box = boxes
+colony_count = [colonies_per_plate] = CFU/plate
+"""
+
+
+def test_a_plant_adds_units_in_its_units_file_without_code(tmp_path: Path) -> None:
+    plant = tmp_path / "plant-units.txt"
+    plant.write_text(PLANT_UNITS, encoding="utf-8")
+    units = q.Units(q.DEFAULT_UNITS_FILE, plant)
+    assert units.table["box"] == ("count", Fraction(12)) and units.convert(Fraction(2), "box", "pcs") == 24
+    assert "box" not in UNITS  # the running MES reads its units once, at start
+    # the MES_UNITS_FILE setting names the plant's file: recipes, materials and conversions take its units
+    code = ("from decimal import Decimal; from mes import quantities as q; "
+            "print(q.convert(Decimal('2.5'), 'box', 'pcs'), 'box' in q.MATERIAL_UNITS, q.dimension('CFU/plate'))")
+    env = {**os.environ, "MES_UNITS_FILE": str(plant)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["30.0", "True", "colonies", "per", "plate"]  # 2.5 box: 30.0 pcs, places kept
+
+
+def test_a_units_file_that_cannot_be_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.txt"
+    broken.write_text("box = 12 * nonsense_unit = box\n", encoding="utf-8")
+    with pytest.raises(UnitError, match="the units file cannot be read"):
+        q.Units(q.DEFAULT_UNITS_FILE, broken).convert(Fraction(1), "box", "pcs")
+    with pytest.raises(UnitError, match="the units file cannot be read"):
+        q.Units(tmp_path / "missing.txt")

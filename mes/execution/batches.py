@@ -43,6 +43,7 @@ from mes.execution.models import (
     WorkOrderStatus,
 )
 from mes.execution.work_orders import _wo_transition
+from mes.quantities import result_converter, to_text, with_places
 from mes.recipes.scaling import ControlRecipe, recipe_hash, scale
 from mes.validation import get_or_404
 
@@ -106,7 +107,7 @@ class LockedBatch:
     work_order_id: str
     recipe_version_id: str
     recipe_hash: str
-    batch_size: str
+    batch_size: Decimal  # places as written
     unit: str
     status: str
     line: str | None
@@ -137,7 +138,7 @@ B = TypeVar("B", Deviation, Blocker)
 #: (the rule itself is Python's, in one place).
 _BLOCKERS_SQL = "SELECT id, severity, description, step_seq, status FROM deviations WHERE batch_id = ? AND status = ?"
 _READ_FOR_COMPLETION = (
-    "SELECT id, work_order_id, recipe_version_id, recipe_hash, batch_size, unit, status, line, version "
+    "SELECT id, work_order_id, recipe_version_id, recipe_hash, batch_size, unit, status, line, version, batch_size_places "
     "FROM batches WHERE id = ?",
     f"SELECT {', '.join(_OPEN_STEP_COLUMNS)} FROM batch_steps "
     f"WHERE batch_id = ? AND state <> '{StepState.COMPLETED.value}' ORDER BY seq",
@@ -159,7 +160,9 @@ def _read_for_completion(batch_id: str) -> tuple[LockedBatch, list[OpenStep], li
                                                    (blockers_sql, (batch_id, DeviationStatus.OPEN.value))])
     if not found:
         raise NotFound(f"Batch {batch_id} is not known.")
-    return (LockedBatch(*found[0]), [OpenStep(*row[:-1], as_utc(row[-1])) for row in steps],
+    row = found[0]
+    size = with_places(result_converter(conn.dialect.name)(row[4]), row[-1])
+    return (LockedBatch(*row[:4], size, *row[5:-1]), [OpenStep(*row[:-1], as_utc(row[-1])) for row in steps],
             [Blocker(*row) for row in blockers])
 
 
@@ -244,10 +247,10 @@ def start_batch(actor: Actor, work_order_id: str, *, batch_id: str | None = None
                    extra={"batch": batch_id},
                    event=Event(WORK_ORDER_STARTED, "work_order", wo.id,
                                {"work_order_id": wo.id, "erp_ref": wo.erp_ref, "item": wo.item,
-                                "planned_qty": {"value": wo.quantity, "uom": wo.unit}, "line": wo.line,
+                                "planned_qty": {"value": to_text(wo.quantity), "uom": wo.unit}, "line": wo.line,
                                 "batch_id": batch_id, "started_at": _at(now)}, correlation_id=wo.id, time=now))
     record(actor, "batch.started", ("batch", batch_id), batch=batch_id,
-           after={"work_order": wo.id, "recipe_version": rv.id, "recipe_hash": h, "batch_size": wo.quantity,
+           after={"work_order": wo.id, "recipe_version": rv.id, "recipe_hash": h, "batch_size": to_text(wo.quantity),
                   "unit": wo.unit, "steps": len(rows), "status": batch.status, "ready": ready})
     db.session.commit()
     return batch

@@ -16,6 +16,7 @@ from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
 from mes.execution import recipes_store as store
 from mes.gateway.store import reading_store
+from mes.quantities import to_text_or_none
 from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
 from mes.web import STR, created, endpoint, obj, principal
@@ -245,7 +246,7 @@ def correct(batch_id: str) -> Response:
     """Correct a recorded value with a reason (both values are kept)."""
     b = g.body
     rec = ops.correct_value(principal().actor(P.BATCH_EXECUTE), batch_id, b["record"], b["value"], b["reason"])
-    return created({"record": rec.id, "corrects": rec.corrects, "value": rec.value, "unit": rec.unit})
+    return created({"record": rec.id, "corrects": rec.corrects, "value": to_text_or_none(rec.value), "unit": rec.unit})
 
 
 # --------------------------------------------------------------------- review, release

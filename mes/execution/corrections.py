@@ -4,7 +4,6 @@ the reason) and the recomputation of everything that used the corrected value.""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 from mes.audit.log import Actor, record
 from mes.db import db
@@ -14,7 +13,7 @@ from mes.execution.batches import _refresh, control_recipe, steps_of
 from mes.execution.common import _dec, _locked, _new_id, _text
 from mes.execution.deviations import _new_deviation, _record_deviation
 from mes.execution.models import Batch, BatchStatus, BatchStep, Severity, StepRecord, StepState
-from mes.quantities import to_text
+from mes.quantities import to_text, to_text_or_none
 from mes.recipes import model as rm
 from mes.steps import registry as step_kinds
 from mes.steps.context import limits_text as _limits_text
@@ -44,12 +43,12 @@ def correct_value(actor: Actor, batch_id: str, record_id: str, new_value: str, r
                        "calculations and signatures are never edited.")
     spec: rm.NumericStep = control_recipe(batch).step(step.step_id)  # type: ignore[assignment]
     value = _places_ok(_dec(new_value, "value", signed=True), spec.precision, "value")
-    if old.value is not None and Decimal(old.value) == value:
+    if old.value is not None and old.value == value:
         raise ValidationFailed("The corrected value is the same as the recorded one.", field="value")
     ok = spec.in_limits(value)
     now = common.clock()
     new = StepRecord(id=_new_id("R"), batch_id=batch_id, batch_step_id=step.id, attempt=old.attempt, kind=old.kind,
-                     value=to_text(value), unit=old.unit, data=dict(old.data),
+                     value=value, unit=old.unit, data=dict(old.data),
                      flags=["correction"] + ([] if ok else ["out_of_limits"]), comment=None, corrects=old.id,
                      reason=reason, recorded_at=now, recorded_by=actor.id)
     db.session.add(new)
@@ -58,8 +57,8 @@ def correct_value(actor: Actor, batch_id: str, record_id: str, new_value: str, r
     step.version += 1
     db.session.flush()
     record(actor, "batch.value.corrected", ("step_record", old.id), batch=batch_id,
-           before={"value": old.value, "unit": old.unit, "record": old.id},
-           after={"value": new.value, "unit": new.unit, "record": new.id, "in_limits": ok}, reason=reason)
+           before={"value": to_text_or_none(old.value), "unit": old.unit, "record": old.id},
+           after={"value": to_text(value), "unit": new.unit, "record": new.id, "in_limits": ok}, reason=reason)
     if not ok:
         dev = _new_deviation(actor, batch, step, Severity.MAJOR.value, "limits_missed",
                              f"{spec.title}: corrected value {to_text(value)} {spec.unit} is outside "

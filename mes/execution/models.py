@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db
+from mes.quantities import PLACES_DEFAULT, Quantity, written
 
 
 class RecipeStatus(str, enum.Enum):
@@ -100,7 +102,9 @@ class WorkOrder(db.Model):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     item: Mapped[str] = mapped_column(String(64))
-    quantity: Mapped[str] = mapped_column(String(40))  # decimal string
+    quantity_stored: Mapped[Decimal] = mapped_column("quantity", Quantity())
+    quantity_places: Mapped[int] = mapped_column(SmallInteger, server_default=PLACES_DEFAULT)
+    quantity = written("quantity_stored", "quantity_places")  # Decimal, places as written
     unit: Mapped[str] = mapped_column(String(16))
     recipe_version_id: Mapped[str] = mapped_column(ForeignKey("recipe_versions.id"))
     line: Mapped[str | None] = mapped_column(String(64))
@@ -119,7 +123,9 @@ class Batch(db.Model):
     recipe_version_id: Mapped[str] = mapped_column(ForeignKey("recipe_versions.id"))
     control_recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
     recipe_hash: Mapped[str] = mapped_column(String(64))
-    batch_size: Mapped[str] = mapped_column(String(40))
+    batch_size_stored: Mapped[Decimal] = mapped_column("batch_size", Quantity())
+    batch_size_places: Mapped[int] = mapped_column(SmallInteger, server_default=PLACES_DEFAULT)
+    batch_size = written("batch_size_stored", "batch_size_places")  # Decimal, places as written
     unit: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     line: Mapped[str | None] = mapped_column(String(64))
@@ -164,7 +170,9 @@ class StepRecord(db.Model):
     batch_step_id: Mapped[str] = mapped_column(ForeignKey("batch_steps.id"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(32))
-    value: Mapped[str | None] = mapped_column(String(64))  # decimal string, never a float
+    value_stored: Mapped[Decimal | None] = mapped_column("value", Quantity())
+    value_places: Mapped[int | None] = mapped_column(SmallInteger)
+    value = written("value_stored", "value_places")  # Decimal with its places as written, or None
     unit: Mapped[str | None] = mapped_column(String(16))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     flags: Mapped[list[str]] = mapped_column(JSON)  # out_of_limits, late, corrected, correction

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from mes.db import db
 from mes.execution.common import _at
 from mes.execution.models import BatchStep, StepRecord
+from mes.quantities import to_text_or_none, with_places
 
 
 def _current_records(step: BatchStep, kind: str | None = None) -> list[StepRecord]:
@@ -24,8 +25,8 @@ def _current_records(step: BatchStep, kind: str | None = None) -> list[StepRecor
 
 def _record_json(r: StepRecord) -> dict[str, Any]:
     """A step record as the API, the audit entries and the eBR show it."""
-    return {"id": r.id, "kind": r.kind, "attempt": r.attempt, "value": r.value, "unit": r.unit, "data": r.data,
-            "flags": list(r.flags or []), "comment": r.comment, "corrects": r.corrects, "superseded_by": r.superseded_by,
+    return {"id": r.id, "kind": r.kind, "attempt": r.attempt, "value": to_text_or_none(r.value), "unit": r.unit,
+            "data": r.data, "flags": list(r.flags or []), "comment": r.comment, "corrects": r.corrects, "superseded_by": r.superseded_by,
             "reason": r.reason, "recorded_at": _at(r.recorded_at), "recorded_by": r.recorded_by}
 
 
@@ -38,10 +39,11 @@ def records_of(batch_id: str) -> list[StepRecord]:
 def _values(batch_id: str) -> dict[str, Decimal]:
     """Current (not superseded) values of completed value steps: step id -> Decimal."""
     rows = db.session.execute(
-        select(BatchStep.step_id, StepRecord.value).join(StepRecord, StepRecord.batch_step_id == BatchStep.id).where(
+        select(BatchStep.step_id, StepRecord.value_stored, StepRecord.value_places)
+        .join(StepRecord, StepRecord.batch_step_id == BatchStep.id).where(
             BatchStep.batch_id == batch_id, StepRecord.kind == "value", StepRecord.superseded_by.is_(None),
             StepRecord.attempt == BatchStep.attempt)).all()
-    return {sid: Decimal(v) for sid, v in rows if v is not None}
+    return {sid: with_places(v, places or 0) for sid, v, places in rows if v is not None}
 
 
 values_of = _values  # public: what the kiosk shows is what the calculations compute with
@@ -50,6 +52,7 @@ values_of = _values  # public: what the kiosk shows is what the calculations com
 def _record_row(r: StepRecord) -> dict[str, Any]:
     """The column values of a new step record (written with one Core insert per completion)."""
     return {"id": r.id, "batch_id": r.batch_id, "batch_step_id": r.batch_step_id, "attempt": r.attempt,
-            "kind": r.kind, "value": r.value, "unit": r.unit, "data": r.data, "flags": list(r.flags or []),
+            "kind": r.kind, "value": r.value_stored, "value_places": r.value_places, "unit": r.unit, "data": r.data,
+            "flags": list(r.flags or []),
             "comment": r.comment, "corrects": r.corrects, "superseded_by": r.superseded_by, "reason": r.reason,
             "recorded_at": r.recorded_at, "recorded_by": r.recorded_by}

@@ -33,6 +33,7 @@ from mes.execution.models import (
 from mes.execution.records import _record_json, records_of
 from mes.execution.work_orders import _wo_transition
 from mes.materials import operations as materials
+from mes.quantities import to_text_or_none
 from mes.signatures import operations as esig
 from mes.steps import registry as step_kinds
 from mes.users.models import UserSession
@@ -52,13 +53,13 @@ def exceptions(batch_id: str) -> list[dict[str, Any]]:
         flags = set(r.flags or [])
         where = step_names.get(r.batch_step_id)
         if "out_of_limits" in flags:
-            out.append({"type": "out_of_limits", "record": r.id, "step": where, "value": r.value, "unit": r.unit})
+            out.append({"type": "out_of_limits", "record": r.id, "step": where, "value": to_text_or_none(r.value), "unit": r.unit})
         if "correction" in flags:
             out.append({"type": "correction", "record": r.id, "corrects": r.corrects, "step": where,
-                        "value": r.value, "reason": r.reason, "by": r.recorded_by})
+                        "value": to_text_or_none(r.value), "reason": r.reason, "by": r.recorded_by})
         if "recomputed" in flags:
             out.append({"type": "recomputation", "record": r.id, "corrects": r.corrects, "step": where,
-                        "value": r.value, "reason": r.reason})
+                        "value": to_text_or_none(r.value), "reason": r.reason})
         if "late" in flags:
             out.append({"type": "late_entry", "record": r.id, "step": where})
         if r.comment:

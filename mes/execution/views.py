@@ -12,6 +12,7 @@ from mes.execution.common import _at
 from mes.execution.deviations import deviation_json, deviations_of
 from mes.execution.models import Batch, BatchStep, StepRecord
 from mes.execution.records import _record_json
+from mes.quantities import to_text
 
 
 def step_json(step: BatchStep, *, records: bool = False) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def batch_json(batch: Batch, *, steps: bool = True) -> dict[str, Any]:
     rows = steps_of(batch.id)
     out: dict[str, Any] = {
         "id": batch.id, "work_order": batch.work_order_id, "recipe_version": batch.recipe_version_id,
-        "recipe_hash": batch.recipe_hash, "batch_size": {"value": batch.batch_size, "uom": batch.unit},
+        "recipe_hash": batch.recipe_hash, "batch_size": {"value": to_text(batch.batch_size), "uom": batch.unit},
         "status": batch.status, "line": batch.line, "version": batch.version, "created_at": _at(batch.created_at),
         "completed_at": _at(batch.completed_at), "decided_at": _at(batch.decided_at), "decided_by": batch.decided_by,
         "deviations": [deviation_json(d, rows) for d in deviations_of(batch.id)],

@@ -27,7 +27,7 @@ def get_work_order(work_order_id: str) -> WorkOrder:
 def work_order_json(wo: WorkOrder) -> dict[str, Any]:
     """The work order as the API shows it, with the ids of its batches."""
     batches = db.session.execute(select(Batch.id).where(Batch.work_order_id == wo.id)).scalars().all()
-    return {"id": wo.id, "item": wo.item, "quantity": {"value": wo.quantity, "uom": wo.unit},
+    return {"id": wo.id, "item": wo.item, "quantity": {"value": to_text(wo.quantity), "uom": wo.unit},
             "recipe_version": wo.recipe_version_id, "line": wo.line,
             "due_date": wo.due_date.isoformat() if wo.due_date else None, "erp_ref": wo.erp_ref,
             "status": wo.status, "created_at": _at(wo.created_at), "created_by": wo.created_by, "batches": list(batches)}
@@ -49,12 +49,12 @@ def create_work_order(actor: Actor, item: str, quantity: str, unit: str, recipe_
         raise Conflict(f"Work order {wo_id} exists already.")
     if erp_ref and db.session.execute(select(WorkOrder.id).where(WorkOrder.erp_ref == erp_ref)).first():
         raise Conflict(f"A work order for ERP reference {erp_ref} exists already.")
-    wo = WorkOrder(id=wo_id, item=item, quantity=to_text(amount), unit=unit, recipe_version_id=rv.id, line=line,
+    wo = WorkOrder(id=wo_id, item=item, quantity=amount, unit=unit, recipe_version_id=rv.id, line=line,
                    due_date=due_date, erp_ref=erp_ref, status=WorkOrderStatus.CREATED.value, created_at=utcnow(),
                    created_by=actor.id)
     db.session.add(wo)
     record(actor, "work_order.created", ("work_order", wo_id),
-           after={"item": item, "quantity": wo.quantity, "unit": unit, "recipe_version": rv.id, "line": line,
+           after={"item": item, "quantity": to_text(amount), "unit": unit, "recipe_version": rv.id, "line": line,
                   "due_date": due_date.isoformat() if due_date else None, "erp_ref": erp_ref, "status": wo.status})
     db.session.commit()
     return wo

@@ -30,7 +30,7 @@ def render_tree(trace: Trace) -> str:
         if link is None:
             lines.append(_lot_text(lot))
             continue
-        qty = q.with_unit(link.qty, link.uom)
+        qty = f"{q.to_text(link.qty)} {link.uom}"
         how = f"{qty} used in batch {link.batch_id}" if backward else f"took {qty} in batch {link.batch_id}"
         more = "  (see above)" if repeated and trace.next_links(lot.lot_id) else ""
         lines.append(f"{'  ' * level}{arrow} {_lot_text(lot)}  {how}{more}")

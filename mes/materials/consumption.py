@@ -101,10 +101,10 @@ def consume(
         if left == 0:
             message = f"Container {container.id} of lot {lot.id} is empty. Use another container."
         else:
-            message = (f"Container {container.id} of lot {lot.id} holds only {q.with_unit(left, container.uom)}; "
+            message = (f"Container {container.id} of lot {lot.id} holds only {q.to_text(left)} {container.uom}; "
                        f"{q.fmt(amount, keep_places=True)} {unit} cannot be taken from it.")
         raise InsufficientQuantity(message, lot_id=lot.id, container_id=container.id,
-                                   remaining=q.as_json(left, container.uom))
+                                   remaining=q.as_json(left, container.uom, keep_places=True))
     before_left = container_remaining(container)
     container.remaining_qty = container.remaining_qty - deducted
     consumption = Consumption(
@@ -124,9 +124,9 @@ def consume(
         "container_id": container.id, "consumption_id": consumption.id, "conditional": usable.conditional,
     }
     record(actor, "material.consumed", ("consumption", consumption.id), batch=batch_id,
-           before={"container": container.id, "remaining": q.as_json(before_left, container.uom)},
+           before={"container": container.id, "remaining": q.as_json(before_left, container.uom, keep_places=True)},
            after={"lot": lot.id, "item": lot.item_code, "container": container.id, "qty": qty_json,
-                  "remaining": q.as_json(container_remaining(container), container.uom), "step": consumption.step_id,
+                  "remaining": q.as_json(container_remaining(container), container.uom, keep_places=True), "step": consumption.step_id,
                   "work_order": consumption.work_order_id, "location": consumption.location,
                   "conditional": usable.conditional, "conditional_hold": consumption.conditional_hold_id},
            event=Event(CONSUMED, "batch", batch_id, data, correlation_id=consumption.work_order_id, time=now))
@@ -191,7 +191,7 @@ def reverse_consumption(actor: Actor, consumption_id: str, reason: str) -> Consu
                                    restored_qty=consumption.deducted_qty, storage_uom=consumption.storage_uom,
                                    reason=reason, reversed_at=now, reversed_by=actor.id)
     db.session.add(reversal)
-    qty_json = q.as_json(consumption.qty, consumption.uom)
+    qty_json = q.as_json(consumption.qty, consumption.uom, keep_places=True)
     data = {
         "consumed_event_id": consumed_event_id(consumption.id), "consumption_id": consumption.id,
         "work_order_id": consumption.work_order_id, "batch_id": consumption.batch_id, "step_id": consumption.step_id,
@@ -200,9 +200,9 @@ def reverse_consumption(actor: Actor, consumption_id: str, reason: str) -> Consu
     }
     record(actor, "material.consumption.reversed", ("consumption", consumption.id), batch=consumption.batch_id,
            before={"reversed": False, "container": container.id,
-                   "remaining": q.as_json(before_left, container.uom)},
+                   "remaining": q.as_json(before_left, container.uom, keep_places=True)},
            after={"reversed": True, "reversal": reversal.id, "qty": qty_json, "container": container.id,
-                  "remaining": q.as_json(container_remaining(container), container.uom)},
+                  "remaining": q.as_json(container_remaining(container), container.uom, keep_places=True)},
            reason=reason,
            event=Event(CONSUMPTION_REVERSED, "batch", consumption.batch_id, data,
                        correlation_id=consumption.work_order_id, time=now))
@@ -293,12 +293,10 @@ def produce(
     links = []
     for parent, rows in by_lot.items():
         units = {c.uom for c in rows}
-        if len(units) == 1:
-            uom = rows[0].uom
-            total = sum((c.qty for c in rows), Decimal(0))
-        else:
-            uom = rows[0].storage_uom
-            total = sum((c.deducted_qty for c in rows), Decimal(0))
+        # summed as written: 20.00 kg + 25.0 kg is 45.00 kg; mixed units in the storage
+        # unit, each converted exactly with its places moving with the unit
+        uom = rows[0].uom if len(units) == 1 else rows[0].storage_uom
+        total = sum((q.convert(c.qty, c.uom, uom) for c in rows), Decimal(0))
         links.append(GenealogyLink(parent_lot_id=parent, child_lot_id=lot_id, batch_id=batch_id, qty=total, uom=uom,
                                    created_at=now))
     db.session.add(lot)
@@ -316,7 +314,8 @@ def produce(
     record(actor, "material.lot.produced", ("lot", lot_id), batch=batch_id,
            after={"item": item.code, "status": lot.status, "qty": qty_json, "container": container.id,
                   "expiry_date": _iso(lot.expiry_date), "retest_date": _iso(lot.retest_date),
-                  "inputs": [{"lot": link.parent_lot_id, "qty": q.as_json(link.qty, link.uom)} for link in links],
+                  "inputs": [{"lot": link.parent_lot_id, "qty": q.as_json(link.qty, link.uom, keep_places=True)}
+                             for link in links],
                   "conditional_inputs": conditional},
            event=Event(PRODUCED, "batch", batch_id, data, correlation_id=work_order_id, time=now))
     _finish(commit, f"Lot {lot_id} or container {container.id} was created by someone else at the same moment.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from mes import quantities as q
@@ -19,6 +20,7 @@ from mes.errors import NotFound, ValidationFailed
 from mes.materials.common import (
     MAX_TRACE_DEPTH,
 )
+from mes.materials.models import Consumption, ConsumptionReversal
 
 # ------------------------------------------------------------------------- genealogy
 
@@ -35,18 +37,33 @@ class TraceLot(NamedTuple):
                 "depth": self.depth}
 
 
+class TraceContainer(NamedTuple):
+    """``qty`` ``uom`` taken from container ``container_id`` (its live consumptions, as written)."""
+
+    container_id: str
+    qty: Decimal
+    uom: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"container_id": self.container_id, "qty": q.as_json(self.qty, self.uom, keep_places=True)}
+
+
 class TraceLink(NamedTuple):
-    """``qty`` ``uom`` of lot ``parent_lot_id`` went into lot ``child_lot_id`` in ``batch_id``."""
+    """``qty`` ``uom`` of lot ``parent_lot_id`` went into lot ``child_lot_id`` in ``batch_id``
+    (places as the consumptions were written), from ``containers``, each shown on its own:
+    containers are not merged in a trace."""
 
     parent_lot_id: str
     child_lot_id: str
     batch_id: str
     qty: Decimal
     uom: str
+    containers: tuple[TraceContainer, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"parent_lot_id": self.parent_lot_id, "child_lot_id": self.child_lot_id, "batch_id": self.batch_id,
-                "qty": q.as_json(self.qty, self.uom)}
+                "qty": q.as_json(self.qty, self.uom, keep_places=True),
+                "containers": [c.as_json() for c in self.containers]}
 
 
 class WipUse(NamedTuple):
@@ -61,7 +78,7 @@ class WipUse(NamedTuple):
 
     def as_json(self) -> dict[str, Any]:
         return {"lot_id": self.lot_id, "batch_id": self.batch_id, "work_order_id": self.work_order_id,
-                "qty": q.as_json(self.qty, self.uom)}
+                "qty": q.as_json(self.qty, self.uom, keep_places=True)}
 
 
 @dataclass
@@ -123,8 +140,8 @@ class Trace:
         for level, link, lot, repeated in self.walk():
             if link is None:
                 continue
-            node = {**lot.as_json(), "batch_id": link.batch_id, "qty": q.as_json(link.qty, link.uom),
-                    "repeated": repeated, "children": []}
+            node = {**lot.as_json(), "batch_id": link.batch_id, "qty": q.as_json(link.qty, link.uom, keep_places=True),
+                    "containers": [c.as_json() for c in link.containers], "repeated": repeated, "children": []}
             del path[level:]
             path[-1]["children"].append(node)
             path.append(node)
@@ -151,10 +168,10 @@ WITH RECURSIVE walk(lot_id, depth) AS (
     WHERE w.depth < :max_depth
 ),
 reached AS (SELECT lot_id, MIN(depth) AS depth FROM walk GROUP BY lot_id)
-SELECT 0 AS kind, r.depth, g.parent_lot_id, g.child_lot_id, g.batch_id, g.qty, g.uom
+SELECT 0 AS kind, r.depth, g.parent_lot_id, g.child_lot_id, g.batch_id, g.qty, g.uom, g.qty_places
 FROM reached AS r JOIN material_genealogy AS g ON g.{near} = r.lot_id
 UNION ALL
-SELECT 1, r.depth, r.lot_id, l.item_code, i.name, NULL, l.status
+SELECT 1, r.depth, r.lot_id, l.item_code, i.name, NULL, l.status, NULL
 FROM reached AS r JOIN material_lots AS l ON l.id = r.lot_id JOIN material_items AS i ON i.code = l.item_code
 """
 _TRACE_DIRECTIONS = {"backward": ("child_lot_id", "parent_lot_id"), "forward": ("parent_lot_id", "child_lot_id")}
@@ -206,7 +223,10 @@ def _trace(lot_id: str, direction: str, max_depth: int) -> Trace:
         raise NotFound(f"Lot {lot_id} is not known to the MES.")
     near, far = (3, 2) if direction == "backward" else (2, 3)
     walked.sort(key=lambda r: (r[1], r[near], r[far], r[4]))  # nearest first, then by lot and batch
-    links = [TraceLink(r[2], r[3], r[4], from_db(r[5]), r[6]) for r in walked]
+    links = [TraceLink(r[2], r[3], r[4], q.with_places(from_db(r[5]), r[7]), r[6]) for r in walked]
+    with _reading() as session:
+        taken = _containers_used(session, links) if links else {}
+    links = [link._replace(containers=taken.get((link.batch_id, link.parent_lot_id), ())) for link in links]
     trace = Trace(lots[lot_id], direction, max_depth, lots, links, truncated)
     if direction == "forward":
         trace.work_in_progress = work_in_progress(lots, links)
@@ -227,18 +247,46 @@ def work_in_progress(lots: dict[str, TraceLot], links: list[TraceLink]) -> list[
     not_reversed = ~exists().where(ConsumptionReversal.consumption_id == Consumption.id)
     with _reading() as session:
         rows = session.execute(
-            select(Consumption.lot_id, Consumption.batch_id, Consumption.work_order_id, Consumption.qty,
-                   Consumption.uom, Item.base_uom)
+            select(Consumption.lot_id, Consumption.batch_id, Consumption.work_order_id, Consumption.qty_stored,
+                   Consumption.qty_places, Consumption.uom, Item.base_uom)
             .join(Lot, Lot.id == Consumption.lot_id).join(Item, Item.code == Lot.item_code)
             .where(Consumption.lot_id.in_(list(lots)), not_reversed)
             .order_by(Consumption.lot_id, Consumption.batch_id, Consumption.consumed_at)).all()
     totals: dict[tuple[str, str], list[Any]] = {}
-    for lot_id, batch_id, wo, qty, uom, base in rows:
+    for lot_id, batch_id, wo, stored, places, uom, base in rows:
         if (lot_id, batch_id) in linked:
             continue
         entry = totals.setdefault((lot_id, batch_id), [wo, Decimal(0), base])
-        entry[1] += q.convert(qty, uom, base)
+        entry[1] += q.convert(q.with_places(stored, places), uom, base)
     return [WipUse(lot_id, batch_id, wo, total, base) for (lot_id, batch_id), (wo, total, base) in totals.items()]
+
+
+_BATCHES_PER_QUERY = 500
+
+
+def _containers_used(session: Session, links: list[TraceLink]) -> dict[tuple[str, str], tuple[TraceContainer, ...]]:
+    """(batch, parent lot) -> the containers its live (not reversed) consumptions came from,
+    each with what was taken from it summed as written, in container order."""
+    wanted = {(link.batch_id, link.parent_lot_id) for link in links}
+    batches = sorted({batch for batch, _ in wanted})
+    taken: dict[tuple[str, str], dict[str, tuple[Decimal, str]]] = defaultdict(dict)
+    live = ~exists().where(ConsumptionReversal.consumption_id == Consumption.id)
+    for start in range(0, len(batches), _BATCHES_PER_QUERY):
+        rows = session.execute(
+            select(Consumption.batch_id, Consumption.lot_id, Consumption.container_id, Consumption.qty_stored,
+                   Consumption.qty_places, Consumption.uom)
+            .where(Consumption.batch_id.in_(batches[start:start + _BATCHES_PER_QUERY]), live)
+            .order_by(Consumption.consumed_at, Consumption.id))
+        for batch, lot, container, value, places, uom in rows:
+            if (batch, lot) not in wanted:
+                continue
+            qty = q.with_places(value, places)
+            held = taken[(batch, lot)].get(container)
+            if held is not None:
+                qty, uom = held[0] + q.convert(qty, uom, held[1]), held[1]
+            taken[(batch, lot)][container] = (qty, uom)
+    return {key: tuple(TraceContainer(c, qty, uom) for c, (qty, uom) in sorted(by_container.items()))
+            for key, by_container in taken.items()}
 
 
 def trace_backward(lot_id: str, max_depth: int = MAX_TRACE_DEPTH) -> Trace:

@@ -116,17 +116,34 @@ def holds_of(lot_id: str, *, active_only: bool = False) -> list[Hold]:
     return list(db.session.execute(stmt).scalars())
 
 
+def container_received(container: Container) -> Decimal:
+    """What the container was received with, in the unit on its label, places as written."""
+    exact = q.convert(container.received_qty, container.storage_uom, container.uom)
+    return q.with_places(exact, container.received_places or 0)
+
+
 def container_remaining(container: Container) -> Decimal:
-    """What is left in the container, in the unit on its label (exact)."""
-    return q.convert(container.remaining_qty, container.storage_uom, container.uom)
+    """What is left in the container, in the unit on its label (exact), with at least the
+    places its received quantity was written with (``50.00`` kg stays ``50.00``)."""
+    exact = q.convert(container.remaining_qty, container.storage_uom, container.uom)
+    return q.with_places(exact, container.received_places or 0)
+
+
+def stock_in(rows: Sequence[Container], unit: str) -> Decimal:
+    """What is left over ``rows`` in ``unit`` (exact), with at least the places the largest
+    written received quantity has in ``unit`` (50.00 kg + 20.0 kg -> ``70.00`` kg)."""
+    storage = q.storage_unit(unit)
+    total = sum((c.remaining_qty for c in rows), Decimal(0))
+    places = max((q.decimal_places(q.convert(container_received(c), c.uom, unit)) for c in rows), default=0)
+    return q.with_places(q.convert(total, storage, unit), places)
 
 
 def lot_remaining(lot_id: str) -> tuple[Decimal, str]:
-    """What is left of the lot over all its containers, in the item's base unit (exact)."""
+    """What is left of the lot over all its containers, in the item's base unit (exact),
+    places as written (see :func:`stock_in`)."""
     lot = get_lot(lot_id)
     item = get_item(lot.item_code)
-    total = sum((c.remaining_qty for c in containers_of(lot_id)), Decimal(0))
-    return q.convert(total, q.storage_unit(item.base_uom), item.base_uom), item.base_uom
+    return stock_in(containers_of(lot_id), item.base_uom), item.base_uom
 
 
 def list_lots(
@@ -160,13 +177,13 @@ def _new_container(lot: Lot, spec: ContainerIn, item: Item, index: int, location
     stored = _to_storage(amount, spec.uom, storage, f"containers/{index}/qty")
     label = identifier(spec.label, "container label", f"containers/{index}/label") if spec.label else f"{lot.id}-C{index + 1:03d}"
     return Container(id=label, lot_id=lot.id, uom=spec.uom, storage_uom=storage, received_qty=stored,
-                     remaining_qty=stored, created_at=utcnow(),
+                     remaining_qty=stored, received_places=q.decimal_places(amount), created_at=utcnow(),
                      location=optional_text(spec.location, "The location", f"containers/{index}/location") or location)
 
 
 def _container_json(c: Container) -> dict[str, Any]:
-    return {"id": c.id, "received": q.as_json(q.convert(c.received_qty, c.storage_uom, c.uom), c.uom),
-            "remaining": q.as_json(container_remaining(c), c.uom), "location": c.location}
+    return {"id": c.id, "received": q.as_json(container_received(c), c.uom, keep_places=True),
+            "remaining": q.as_json(container_remaining(c), c.uom, keep_places=True), "location": c.location}
 
 
 def receive_lot(

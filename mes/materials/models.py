@@ -15,11 +15,22 @@ import enum
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db, utcnow
-from mes.quantities import MATERIAL_UNITS, Quantity
+from mes.quantities import MATERIAL_UNITS, PLACES_DEFAULT, Quantity, written
 
 
 class ItemKind(str, enum.Enum):
@@ -114,6 +125,8 @@ class Container(db.Model):
     storage_uom: Mapped[str] = mapped_column(String(8))  # g | mL | pcs
     received_qty: Mapped[Decimal] = mapped_column(Quantity())
     remaining_qty: Mapped[Decimal] = mapped_column(Quantity())
+    # decimals written on the label quantity (in ``uom``): stock is shown with as many
+    received_places: Mapped[int] = mapped_column(SmallInteger, server_default=PLACES_DEFAULT)
     location: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -171,7 +184,9 @@ class Consumption(db.Model):
     lot_id: Mapped[str] = mapped_column(ForeignKey("material_lots.id"), index=True)
     container_id: Mapped[str] = mapped_column(ForeignKey("material_containers.id"), index=True)
     item_code: Mapped[str] = mapped_column(String(64))
-    qty: Mapped[Decimal] = mapped_column(Quantity())  # as entered
+    qty_stored: Mapped[Decimal] = mapped_column("qty", Quantity())
+    qty_places: Mapped[int] = mapped_column(SmallInteger, server_default=PLACES_DEFAULT)
+    qty = written("qty_stored", "qty_places")  # as entered, places as written
     uom: Mapped[str] = mapped_column(String(8))
     deducted_qty: Mapped[Decimal] = mapped_column(Quantity())  # taken off the container
     storage_uom: Mapped[str] = mapped_column(String(8))
@@ -214,7 +229,9 @@ class GenealogyLink(db.Model):
     parent_lot_id: Mapped[str] = mapped_column(ForeignKey("material_lots.id"))
     child_lot_id: Mapped[str] = mapped_column(ForeignKey("material_lots.id"))
     batch_id: Mapped[str] = mapped_column(String(64))
-    qty: Mapped[Decimal] = mapped_column(Quantity())
+    qty_stored: Mapped[Decimal] = mapped_column("qty", Quantity())
+    qty_places: Mapped[int] = mapped_column(SmallInteger, server_default=PLACES_DEFAULT)
+    qty = written("qty_stored", "qty_places")  # places as the consumptions were written
     uom: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

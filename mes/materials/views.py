@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from mes import quantities as q
@@ -21,6 +20,7 @@ from mes.materials.lots import (
     containers_of,
     holds_of,
     lot_signatures,
+    stock_in,
 )
 from mes.materials.models import (
     Consumption,
@@ -45,8 +45,7 @@ def lot_json(lot: Lot, *, detail: bool = False, item_code: str | None = None) ->
     if detail:
         rows = containers_of(lot.id)
         if item is not None:
-            total = sum((c.remaining_qty for c in rows), Decimal(0))
-            out["remaining"] = q.as_json(q.convert(total, q.storage_unit(item.base_uom), item.base_uom), item.base_uom)
+            out["remaining"] = q.as_json(stock_in(rows, item.base_uom), item.base_uom, keep_places=True)
         out["containers"] = [_container_json(c) for c in rows]
         out["holds"] = [hold_json(h) for h in holds_of(lot.id)]
         out["usability"] = check_usable(lot.id, item_code).as_json()
@@ -66,7 +65,7 @@ def hold_json(h: Hold) -> dict[str, Any]:
 def consumption_json(c: Consumption) -> dict[str, Any]:
     rev = reversal_of(c.id)
     return {"id": c.id, "lot_id": c.lot_id, "container_id": c.container_id, "item": c.item_code,
-            "qty": q.as_json(c.qty, c.uom), "batch_id": c.batch_id, "step_id": c.step_id,
+            "qty": q.as_json(c.qty, c.uom, keep_places=True), "batch_id": c.batch_id, "step_id": c.step_id,
             "work_order_id": c.work_order_id, "location": c.location, "conditional": c.conditional,
             "consumed_at": _iso(c.consumed_at), "consumed_by": c.consumed_by,
             "reversal": None if rev is None else {"id": rev.id, "reason": rev.reason, "reversed_at": _iso(rev.reversed_at),

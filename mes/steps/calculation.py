@@ -76,7 +76,6 @@ class Calculation(StepKind):
         """A completed calculation that used a changed value is computed again: a new record
         flagged ``recomputed`` supersedes the old one (audited as ``batch.value.recomputed``),
         with a deviation when the result now misses its limits."""
-        from decimal import Decimal
 
         from mes.audit.log import record
         from mes.db import db
@@ -99,12 +98,12 @@ class Calculation(StepKind):
             raise Conflict(f"The correction makes calculation {spec.id} impossible ({exc}); nothing was changed.") \
                 from None
         changed.add(row.step_id)
-        if old.value is not None and Decimal(old.value) == result:
+        if old.value is not None and old.value == result:
             return None
         ok = spec.in_limits(result)
         inputs = {ref: to_text(values[ref]) for ref in spec.references if ref in values}
         new = StepRecord(id=_new_id("R"), batch_id=batch.id, batch_step_id=row.id, attempt=old.attempt, kind="value",
-                         value=to_text(result), unit=old.unit,
+                         value=result, unit=old.unit,
                          data={**old.data, "inputs": inputs, "recomputed_because": cause},
                          flags=["recomputed"] + ([] if ok else ["out_of_limits"]), comment=None, corrects=old.id,
                          reason=f"recomputed after the correction of {cause}: {why}", recorded_at=now,
@@ -112,13 +111,13 @@ class Calculation(StepKind):
         db.session.add(new)
         old.superseded_by = new.id
         old.flags = sorted(set(old.flags or []) | {"corrected"})
-        row.result = {**(row.result or {}), "value": new.value, "inputs": inputs, "in_limits": ok,
+        row.result = {**(row.result or {}), "value": to_text(result), "inputs": inputs, "in_limits": ok,
                       "recomputed": True}
         row.version += 1
         db.session.flush()
         record(actor, "batch.value.recomputed", ("step_record", old.id), batch=batch.id,
-               before={"value": old.value, "unit": old.unit, "record": old.id},
-               after={"value": new.value, "unit": new.unit, "record": new.id, "inputs": inputs, "in_limits": ok,
+               before={"value": to_text(old.value), "unit": old.unit, "record": old.id},
+               after={"value": to_text(result), "unit": new.unit, "record": new.id, "inputs": inputs, "in_limits": ok,
                       "formula": spec.formula}, reason=new.reason)
         if not ok:
             dev = _new_deviation(actor, batch, row, Severity.MAJOR.value, "limits_missed",

@@ -64,7 +64,7 @@ class StepContext:
         from mes.execution.models import StepRecord
 
         rec = StepRecord(id=f"R-{uuid.uuid4().hex[:12].upper()}", batch_id=self.batch.id, batch_step_id=self.step.id,
-                         attempt=self.step.attempt, kind=kind, value=to_text(value) if value is not None else None,
+                         attempt=self.step.attempt, kind=kind, value=value,
                          unit=unit, data=data, flags=flags or [], recorded_at=self.now, recorded_by=self.actor.id)
         self.records.append(rec)
         return rec

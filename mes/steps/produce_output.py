@@ -125,7 +125,7 @@ class ProduceOutput(StepKind):
         theoretical = _values(batch.id).get(spec.theoretical_from)
         if theoretical is None:
             return None
-        actual = Decimal(old.value)
+        actual = old.value
         try:
             percent = spec.yield_percent(actual, theoretical)
         except (ArithmeticError, ValueError) as exc:
@@ -149,9 +149,9 @@ class ProduceOutput(StepKind):
         row.version += 1
         db.session.flush()
         record(actor, "batch.value.recomputed", ("step_record", old.id), batch=batch.id,
-               before={"value": old.value, "unit": old.unit, "record": old.id, "theoretical": old.data.get("theoretical"),
+               before={"value": to_text(actual), "unit": old.unit, "record": old.id, "theoretical": old.data.get("theoretical"),
                        "yield": old.data.get("yield")},
-               after={"value": new.value, "unit": new.unit, "record": new.id, "theoretical": data["theoretical"],
+               after={"value": to_text(actual), "unit": new.unit, "record": new.id, "theoretical": data["theoretical"],
                       "yield": data["yield"], "in_limits": ok}, reason=new.reason)
         if not ok:
             dev = _new_deviation(actor, batch, row, Severity.MAJOR.value, "yield_out_of_limits",

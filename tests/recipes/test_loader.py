@@ -441,3 +441,11 @@ def test_readme_example_is_valid() -> None:
     text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     recipe = load_recipe(text, name="README.md")
     assert recipe.id == "MR-EXAMPLE" and recipe.produce_output().id == "out"
+
+
+def test_an_example_recipe_records_a_pressure_in_bar() -> None:
+    """Units come from the plant's units file (pint): a unit outside the first eighteen, here
+    bar, is a recipe unit like any other, with exact limits."""
+    step = load_recipe(CREAM).step("emulsion_vacuum")
+    assert step.unit == "bar"  # type: ignore[attr-defined]
+    assert (step.low, step.target, step.high) == (Decimal("0.20"), Decimal("0.30"), Decimal("0.40"))  # type: ignore[attr-defined]

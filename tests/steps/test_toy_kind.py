@@ -182,7 +182,7 @@ def test_a_batch_runs_through_the_kind_via_the_engine(app: Flask, ph_kind: StepK
     out = ex.complete_step(op, batch_id, "ph", {"ph": "7.31"}, world.key(), ex.get_step(batch_id, "ph").version)
     assert out["state"] == "completed" and out["in_limits"] is False and len(out["deviations"]) == 1
     rec = next(r for r in ex.records_of(batch_id) if r.batch_step_id.endswith(":ph"))
-    assert (rec.kind, rec.value, rec.unit, rec.flags) == ("value", "7.31", "pH", ["out_of_limits"])
+    assert (rec.kind, to_text(rec.value), rec.unit, rec.flags) == ("value", "7.31", "pH", ["out_of_limits"])
     assert ex.deviations_of(batch_id)[0].category == "limits_missed"
     # the batch record hook's default: one row per record
     rows = ph_kind.ebr_rows(ex.control_recipe(ex.get_batch(batch_id)).step("ph"), [ex._record_json(rec)])
@@ -220,4 +220,4 @@ def test_the_kiosk_renders_the_kinds_partial_and_posts_its_payload(app: Flask, p
     assert r.status_code == 200, message(k.page)
     assert "pH 6.95 recorded." in k.page
     rec = next(r for r in ex.records_of(batch_id) if r.batch_step_id.endswith(":ph"))
-    assert rec.value == "6.95" and rec.recorded_by == world.seeded.users["operator"]
+    assert to_text(rec.value) == "6.95" and rec.recorded_by == world.seeded.users["operator"]
