@@ -440,6 +440,17 @@
       button.dataset.summary = shown.value + " " + shown.unit + " · " + (button.dataset.summaryText || button.dataset.summary);
     }
   }
+  // The tare a scale holds stays with the scale (kept in this browser, per device) until it
+  // is tared or zeroed again, also across a refusal's reload of the step.
+  function keepTare(device, tare) {
+    var put = function (name, v) { var i = $('input[name="' + name + '"]'); if (i) { i.value = v; } };
+    put("tare_source", tare ? "scale_tare" : ""); put("tare_value", tare ? tare.value : "");
+    put("tare_unit", tare ? tare.unit : "");
+    try {
+      if (tare) { sessionStorage.setItem("tare:" + device, JSON.stringify(tare)); }
+      else { sessionStorage.removeItem("tare:" + device); }
+    } catch (e) { /* storage off: the operator tares again */ }
+  }
   function deviceCommand(action) {
     var id = weigh.dataset.device;
     if (!id) { return; }
@@ -450,9 +461,8 @@
       if (!r.ok) { return r.json().then(function (p) { showMessage(p.detail || i18n.deviceFailed); }); }
       showMessage("");
       return r.json().then(function (answer) { // the tare the scale holds: recorded with the container
-        if (action !== "tare" || !answer.tare) { return; }
-        var put = function (name, v) { var i = $('input[name="' + name + '"]'); if (i) { i.value = v; } };
-        put("tare_source", "scale_tare"); put("tare_value", answer.tare.value); put("tare_unit", answer.tare.unit);
+        if (action === "zero") { keepTare(id, null); }
+        if (action === "tare" && answer.tare) { keepTare(id, answer.tare); }
       });
     }).catch(function () { showMessage(i18n.deviceFailed); });
   }
@@ -460,6 +470,10 @@
     state.deviceNeeded = true;
     state.deviceOk = false;
     $("[data-action=tare]").addEventListener("click", function () { deviceCommand("tare"); });
+    try {
+      var heldTare = weigh.dataset.device && JSON.parse(sessionStorage.getItem("tare:" + weigh.dataset.device) || "null");
+      if (heldTare) { keepTare(weigh.dataset.device, heldTare); }
+    } catch (e) { /* a broken entry: the operator tares again */ }
     $("[data-action=zero]").addEventListener("click", function () { deviceCommand("zero"); });
     setInterval(function () { // a silent scale is a lost scale
       var silent = !reading || performance.now() - readingAt > 2000;
