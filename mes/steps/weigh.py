@@ -28,8 +28,10 @@ def _scale(value: Any) -> ScaleRequirement:
 
 
 class Weigh(StepKind):
-    """Net weight of one or more containers within the tolerance window around the target;
-    outside it nothing is recorded and a major deviation is raised. Consumes the lot."""
+    """Net weight of one or more containers of the identified lot within the tolerance window
+    around the target, each with its tare and gross, from the reading the operator confirmed;
+    outside the window nothing is recorded and the attempt is refused (a major deviation when
+    reported or after too many attempts). Consumes the lot."""
 
     name = "weigh"
     step_class = WeighStep
@@ -290,6 +292,11 @@ def _sim_pick_scale(sim: Any, spec: WeighStep, pieces: list[Decimal]) -> dict[st
             continue
         if any(convert(p + p / 20, spec.unit, cap["uom"]) > Decimal(cap["value"])  # with the container's tare
                or convert(p, spec.unit, low["uom"]) < Decimal(low["value"]) for p in pieces):
+            continue
+        # the minimum weight QA registered with the current calibration (USP <41>)
+        cal = sim.operator.get(f"{API}/equipment/{eq['id']}")["equipment"].get("current_calibration") or {}
+        usp = cal.get("min_weight")
+        if usp and any(convert(p, spec.unit, usp["uom"]) < Decimal(usp["value"]) for p in pieces):
             continue
         return eq  # type: ignore[no-any-return]
     raise SimulationStopped(f"Step {spec.id}: no registered scale meets {spec.scale} for "
