@@ -258,7 +258,9 @@ class Weigh(StepKind):
             "container_id": form.get("container_id", "").strip(), "more": form.get("more") == "1",
             "sequence": int(seq) if seq.isdigit() else seq, "value": form.get("value", "").strip(),
             "unit": form.get("reading_unit", "").strip() or None, "report": form.get("report") == "1"}
-        if spec.tare != "none" and form.get("tare_source", "").strip():
+        if form.get("capture") == "tare":  # "Weigh empty container"
+            out["capture"] = "tare"
+        elif spec.tare != "none" and form.get("tare_source", "").strip():
             out["tare"] = {"source": form.get("tare_source", "").strip(), "value": form.get("tare_value", "").strip(),
                            "unit": form.get("tare_unit", "").strip() or None}
         return out
@@ -453,6 +455,9 @@ def _tare(ctx: StepContext, spec: WeighStep, container_id: str, confirmed: Confi
             raise ValidationFailed(f"Step {spec.id} weighs without a container tare; send no tare.", field="tare")
         return {"source": "none", "value": "0", "unit": unit}, Decimal(0)
     allowed = ("preset",) if spec.tare == "preset" else ("scale_tare", "weighed_container")
+    if sent is None and spec.tare == "each_container" and any(
+            r.data.get("container") == container_id for r in ctx.current_records("tare")):
+        sent = {"source": "weighed_container"}  # the container was weighed empty on this step
     if not isinstance(sent, dict) or sent.get("source") not in allowed:
         raise ValidationFailed(f"Step {spec.id} needs the container's tare: tare.source is {' or '.join(allowed)} "
                                "(the recipe's tare rule).", field="tare")
