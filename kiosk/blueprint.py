@@ -351,7 +351,8 @@ def do_step(batch_id: str, step_id: str) -> Any:
     # every rule (the label confirmed, the signer's own badge, the acknowledgement) is the engine's
     result = ex.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, _payload(spec, request.form), key,
                               version, session_row=lambda: who.session, readings=reading_store(current_app),
-                              max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)))
+                              max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)),
+                              max_failed_weighings=int(current_app.config.get("MES_WEIGH_MAX_FAILED_ATTEMPTS", 3)))
     _publish(b.id, b.line, step_id)
     _notice(_recorded_text(spec, result))
     if result.get("state") == StepState.IN_PROGRESS.value:

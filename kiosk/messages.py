@@ -56,6 +56,11 @@ PATTERNS: list[Pattern] = [
     (re.compile(r"Check the equipment label: it must show (?P<states>.+)\. Nothing was recorded\.", re.S),
      lambda m: _("Check the equipment label: it must show %(states)s. Nothing was recorded.",
                  states=", ".join(_state_name(s) for s in m["states"].split(", ")))),
+    (re.compile(r"The scale moved after you confirmed: you confirmed (?P<shown>.+?), (?P<scale>.+) now shows "
+                r"(?P<now>.+?)\. Nothing was recorded\..*", re.S),
+     lambda m: _("The scale moved after you confirmed: you confirmed %(shown)s, %(scale)s now shows %(now)s. "
+                 "Nothing was recorded. Check the weight and confirm again.",
+                 shown=m["shown"], scale=m["scale"], now=m["now"])),
 ]
 
 

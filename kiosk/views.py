@@ -187,6 +187,12 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
         for r in recs:
             if r.kind in ("value", "timer") and r.value is not None:
                 shown.append(f"{to_text(r.value)} {r.unit or ''}".strip())
+            elif r.kind == "container" and r.data.get("tare"):
+                tare = r.data["tare"]
+                shown.append(_("%(net)s %(unit)s net (gross %(gross)s %(unit)s, tare %(tare)s %(unit)s %(how)s) from "
+                               "lot %(lot)s container %(container)s", net=to_text(r.value), unit=r.unit, gross=r.data.get("gross"),
+                               tare=tare.get("value"), how=TARE_SOURCES.get(tare.get("source"), lambda: "")(),
+                               lot=r.data.get("lot"), container=r.data.get("container")))
             elif r.kind == "identification":
                 shown.append(_("lot %(lot)s", lot=r.data.get("lot")))
             elif r.kind == "equipment":
@@ -198,6 +204,14 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
         out.append({"seq": s.seq + 1, "id": s.step_id, "title": s.title, "state": s.state, "recorded": "; ".join(shown),
                     "by": s.completed_by or "", "flags": sorted({f for r in recs for f in (r.flags or [])})})
     return out
+
+
+TARE_SOURCES = {
+    "scale_tare": lambda: _("scale tare"),
+    "weighed_container": lambda: _("weighed container"),
+    "preset": lambda: _("pre-set"),
+    "none": lambda: _("no container"),
+}
 
 
 DISPOSITION_LABELS = {

@@ -154,6 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
             "argon2id lanes for new password and PIN hashes (lower only for tests)"),
     Setting("MES_CAPTURE_MAX_AGE_MS", "MES_CAPTURE_MAX_AGE_MS", _parse_positive_int, "3000",
             "Oldest scale reading (ms) a weigh step accepts from the device gateway"),
+    Setting("MES_WEIGH_MAX_FAILED_ATTEMPTS", "MES_WEIGH_MAX_FAILED_ATTEMPTS", _parse_positive_int, "3",
+            "Out-of-tolerance weighings of one step refused as attempts (audited, listed for review) before "
+            "the next one raises a major deviation; the operator may report one at any time"),
     Setting("MES_GATEWAY_CONFIG", "MES_GATEWAY_CONFIG", str, "",
             "Device gateway configuration (YAML: device id, driver, driver config, rate per device)"),
     Setting("MES_SIMULATION", "MES_SIMULATION", _parse_bool, "false",

@@ -89,7 +89,9 @@ def seed_production() -> bool:
         if db.session.get(mat.Item, line.item) is None:
             mat.create_item(receiving, line.item, line.name, unit, BOM_KIND.get(line.role, "raw_material"), shelf_life_days=720)
         size = str(line.quantity * 2 if unit == "pcs" else (line.quantity + 1))
-        lot = mat.receive_lot(receiving, line.item, [mat.ContainerIn(size, unit), mat.ContainerIn(size, unit)],
+        # the active ingredient comes in smaller drums: its weighing takes two containers of the lot
+        drum = str(line.quantity * 2 if unit == "pcs" else line.quantity * 6 / 10) if line.role == "api" else size
+        lot = mat.receive_lot(receiving, line.item, [mat.ContainerIn(drum, unit), mat.ContainerIn(drum, unit)],
                               manufactured_date=made, supplier="Demo Supplier")
         mat.release_lot(qa_session, qa_creds, lot.id, "CoA reviewed, tested and released (demo)", terminal="QA-WS-01")
         if line.role == "api":

@@ -208,14 +208,32 @@ def put_reading(world: World, device_id: str, value: Decimal | str | None, unit:
     return reading
 
 
+def confirmed(reading: CapturedReading) -> dict[str, Any]:
+    """What the confirm dialog sends: the reading it showed (device, sequence, value, unit)."""
+    assert reading.value is not None
+    return {"device_id": reading.device_id, "sequence": reading.sequence, "value": str(reading.value),
+            "unit": reading.unit}
+
+
+def tare_for(spec: rm.WeighStep, unit: str, decimals: int, net: Decimal) -> dict[str, Any]:
+    """A container tare as the scale holds it after Tare (a twentieth of the net, as a lined
+    container would weigh), or the container's preset tare for ``tare: preset``."""
+    value = max(net / 20, Decimal(1).scaleb(-decimals)).quantize(Decimal(1).scaleb(-decimals))
+    return {"source": "preset" if spec.tare == "preset" else "scale_tare", "value": str(value), "unit": unit}
+
+
 def weigh_payload(world: World, spec: rm.WeighStep, lot: str, container: str, value: Decimal | str,
                   unit: str | None = None, *, more: bool = False) -> dict[str, Any]:
     """Load the step's scale with ``value`` (in ``unit``, default the step's), and the payload naming it."""
     sc = scale_for(world, spec)
     amount = convert(Decimal(str(value)), unit or spec.unit or sc.unit, sc.unit)
     shown = amount.quantize(Decimal(1).scaleb(-sc.decimals))
-    put_reading(world, sc.device_id, shown, sc.unit)
-    payload: dict[str, Any] = {"lot_id": lot, "container_id": container, "device_id": sc.device_id}
+    tare = tare_for(spec, sc.unit, sc.decimals, shown) if spec.tare != "none" else None
+    gross = shown + Decimal(tare["value"]) if tare and tare["source"] == "preset" else shown  # preset: the scale shows gross
+    reading = put_reading(world, sc.device_id, gross, sc.unit)
+    payload: dict[str, Any] = {"lot_id": lot, "container_id": container, **confirmed(reading)}
+    if tare is not None:
+        payload["tare"] = tare
     if more:
         payload["more"] = True
     return payload

@@ -20,11 +20,12 @@ from mes.errors import Conflict, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from mes.execution.models import StepRecord
-from mes.gateway.store import reading_store
+from mes.gateway.store import CapturedReading, reading_store
 from mes.integration.models import OutboxEvent
 from mes.materials import operations as mat
 from tests.execution_helpers import (
     World,
+    confirmed,
     do_step,
     effective_recipe,
     make_world,
@@ -34,8 +35,9 @@ from tests.execution_helpers import (
     start,
     stock,
     weigh,
+    weigh_payload,
 )
-from tests.helpers import SEED, logged_in, release_lot_as_qa
+from tests.helpers import SEED, logged_in
 
 RECIPE = """\
 format: mes.master-recipe/v1
@@ -96,9 +98,15 @@ def _complete(world: World, batch_id: str, payload: dict[str, Any], **kw: Any) -
                             ex.get_step(batch_id, "w_raw").version, **kw)
 
 
-def _payload(world: World, batch_id: str, device_id: str, **extra: Any) -> dict[str, Any]:
+def _payload(world: World, batch_id: str, device_id: str, reading: CapturedReading | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The weighing of the first container of the identified lot, confirming ``reading`` (or,
+    none stored yet, reading 0 showing 2000 g), the scale tared with the container on it."""
     lot = world.lots["RM-CAP"][0]
-    return {"lot_id": lot, "container_id": mat.containers_of(lot)[0].id, "device_id": device_id, **extra}
+    shown = confirmed(reading) if reading is not None else {"device_id": device_id, "sequence": 0, "value": "2000",
+                                                            "unit": "g"}
+    return {"lot_id": lot, "container_id": mat.containers_of(lot)[0].id, **shown,
+            "tare": {"source": "scale_tare", "value": "250", "unit": "g"}, **extra}
 
 
 def _refused(world: World, batch_id: str, payload: dict[str, Any], code: str, match: str, **kw: Any) -> Any:
@@ -106,7 +114,10 @@ def _refused(world: World, batch_id: str, payload: dict[str, Any], code: str, ma
     with pytest.raises(ex.StepRefused, match=match) as refused:
         _complete(world, batch_id, payload, **kw)
     assert refused.value.extra.get("code") == code, refused.value.extra
-    assert _snapshot(batch_id) == before  # nothing recorded, nothing taken
+    records, consumed, audited, *rest = _snapshot(batch_id)
+    # nothing recorded, nothing taken; the refusal itself is one audit entry (issue 14)
+    assert (records, consumed, audited - 1, *rest) == before
+    assert ex.refusals_of(batch_id)[-1]["code"] == code
     return refused.value
 
 
@@ -126,8 +137,8 @@ def test_weight_comes_from_the_gateway_reading_with_its_original(app: Flask, mon
     lot = world.lots["RM-CAP"][0]
     c1, c2 = (c.id for c in mat.containers_of(lot))
     reading = put_reading(world, device, "1200", "g")
-    first = _complete(world, batch_id, {"lot_id": lot, "container_id": c1, "device_id": device,
-                                        "sequence": reading.sequence, "more": True})
+    first = _complete(world, batch_id, {"lot_id": lot, "container_id": c1, **confirmed(reading), "more": True,
+                                        "tare": {"source": "scale_tare", "value": "250", "unit": "g"}})
     assert first["state"] == "in_progress" and Decimal(first["net"]) == Decimal("1.2") and first["sequence"] == reading.sequence
     second = weigh(world, batch_id, "w_raw", lot, c2, "800", "g")
     assert second["state"] == "completed" and Decimal(second["total"]) == 2
@@ -158,30 +169,32 @@ def test_every_capture_refusal_names_what_is_wrong(app: Flask, monkeypatch) -> N
     _refused(world, batch_id, _payload(world, batch_id, "NO-SUCH-SCALE"), "unknown_device", "not registered")
     _refused(world, batch_id, ok, "no_gateway", "No device gateway", readings=None)
     _refused(world, batch_id, ok, "no_reading", "has sent no reading")
-    put_reading(world, device, "2000", "g", stable=False)
-    _refused(world, batch_id, ok, "unstable", "not stable")
+    shown = put_reading(world, device, "2000", "g", stable=False)
+    _refused(world, batch_id, _payload(world, batch_id, device, shown), "unstable", "not stable")
     put_reading(world, device, None, "g", status="overload", stable=False)
-    _refused(world, batch_id, ok, "no_value", "overloaded")
-    put_reading(world, device, "2000", "g", at=utcnow() - timedelta(seconds=5))
-    _refused(world, batch_id, ok, "stale", "5 s old; readings older than 3 s")
-    assert _complete(world, batch_id, {**ok, "more": True}, max_reading_age_ms=10_000)["net"] == "2.000"  # setting honoured
+    _refused(world, batch_id, ok, "scale_moved", "now shows overload")
+    shown = put_reading(world, device, "2000", "g", at=utcnow() - timedelta(seconds=5))
+    _refused(world, batch_id, _payload(world, batch_id, device, shown), "stale", "5 s old; readings older than 3 s")
+    assert _complete(world, batch_id, _payload(world, batch_id, device, shown, more=True),
+                     max_reading_age_ms=10_000)["net"] == "2.000"  # setting honoured
     db.session.rollback()
     latest = put_reading(world, device, "10", "g")
-    _refused(world, batch_id, {**ok, "sequence": latest.sequence + 3}, "reading_behind", "not received the reading")
-    _refused(world, batch_id, ok, "below_minimum", "below the minimum weight")
-    put_reading(world, device, "3500", "g")
-    _refused(world, batch_id, ok, "above_capacity", "above the capacity")
+    _refused(world, batch_id, {**_payload(world, batch_id, device, latest), "sequence": latest.sequence + 3},
+             "reading_behind", "not received the reading")
+    _refused(world, batch_id, _payload(world, batch_id, device, latest), "below_minimum", "below the minimum weight")
+    shown = put_reading(world, device, "3500", "g")
+    _refused(world, batch_id, _payload(world, batch_id, device, shown), "above_capacity", "above the capacity")
     # a scale too coarse, of a lower class, under maintenance
     _add_scale(world, "COARSE", readability="10")
-    put_reading(world, "COARSE", "1990", "g")
-    _refused(world, batch_id, _payload(world, batch_id, "COARSE"), "readability", "needs 1 g or finer")
+    shown = put_reading(world, "COARSE", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "COARSE", shown), "readability", "needs 1 g or finer")
     _add_scale(world, "CLASS-III", accuracy="III")
-    put_reading(world, "CLASS-III", "1990", "g")
-    _refused(world, batch_id, _payload(world, batch_id, "CLASS-III"), "accuracy_class", "needs class II or better")
+    shown = put_reading(world, "CLASS-III", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "CLASS-III", shown), "accuracy_class", "needs class II or better")
     eq_id = _add_scale(world, "IN-REPAIR")
     eqops.set_status(SEED, eq_id, "maintenance", "load cell replaced")
-    put_reading(world, "IN-REPAIR", "1990", "g")
-    _refused(world, batch_id, _payload(world, batch_id, "IN-REPAIR"), "maintenance", "load cell replaced")
+    shown = put_reading(world, "IN-REPAIR", "1990", "g")
+    _refused(world, batch_id, _payload(world, batch_id, "IN-REPAIR", shown), "maintenance", "load cell replaced")
     assert ex.deviations_of(batch_id) == []  # none of these raises a deviation
 
 
@@ -197,11 +210,11 @@ def test_a_moving_reading_only_where_the_recipe_allows_it(app: Flask, monkeypatc
     run_until(world, batch_id, stop_before="w_raw")
     assert ex.control_recipe(ex.get_batch(batch_id)).step("w_raw").stable_reading is False
     device = _scale(world, batch_id)
-    ok = _payload(world, batch_id, device)
-    put_reading(world, device, None, "g", status="overload", stable=False)
-    _refused(world, batch_id, ok, "no_value", "overloaded")
-    put_reading(world, device, "2000", "g", stable=False)
-    done = _complete(world, batch_id, ok)
+    shown = put_reading(world, device, None, "g", status="overload", stable=False)
+    _refused(world, batch_id, {**_payload(world, batch_id, device), "sequence": shown.sequence}, "scale_moved",
+             "now shows overload")
+    shown = put_reading(world, device, "2000", "g", stable=False)
+    done = _complete(world, batch_id, _payload(world, batch_id, device, shown))
     assert done["state"] == "completed"
     rec = next(r for r in ex.records_of(batch_id) if r.kind == "container")
     assert rec.data["reading"]["stable"] is False  # the record says it was moving
@@ -216,11 +229,11 @@ def test_a_scale_out_of_calibration_is_refused_with_a_deviation(app: Flask, monk
                                  due=date.today() - timedelta(days=35))
     elif case == "failed":
         eqops.record_calibration(SEED, eq_id, "fail", "CAL-FAIL")
-    put_reading(world, "UNCAL", "2000", "g")
+    shown = put_reading(world, "UNCAL", "2000", "g")
     before = _snapshot(batch_id)
     with pytest.raises(ex.StepRefused, match={"missing": "no calibration", "expired": "expired",
                                               "failed": "failed its last calibration"}[case]) as refused:
-        _complete(world, batch_id, _payload(world, batch_id, "UNCAL"))
+        _complete(world, batch_id, _payload(world, batch_id, "UNCAL", shown))
     dev = ex.get_deviation(refused.value.extra["deviation_id"])
     assert dev.category == "equipment_out_of_calibration" and dev.severity == "minor" and dev.automatic
     assert dev.evidence["equipment_id"] == eq_id and dev.evidence["reading"]["raw_hex"]
@@ -276,17 +289,20 @@ def test_a_failure_midway_leaves_nothing_behind(app: Flask, monkeypatch) -> None
     """One completion is one transaction: a consumption that cannot be taken, or an output
     lot that cannot be created, rolls back the step record, audit entries and events too."""
     world, batch_id = _ready_to_weigh(monkeypatch)
-    small = mat.receive_lot(SEED, "RM-CAP", [mat.ContainerIn("1.000", "kg")], manufactured_date=date.today())
-    release_lot_as_qa(small.id, "released")
+    lot = world.lots["RM-CAP"][0]
+    small, full = mat.containers_of(lot)
+    left = mat.container_remaining(small) - 1  # the first container of the identified lot holds 1 kg
+    mat.consume(SEED, lot, small.id, left, "kg", "B-ELSEWHERE")
     device = _scale(world, batch_id)
-    put_reading(world, device, "2000", "g")
+    shown = put_reading(world, device, "2000", "g")
     before = _snapshot(batch_id)
     with pytest.raises(Conflict, match="holds only 1"):
-        _complete(world, batch_id, {"lot_id": small.id, "container_id": mat.containers_of(small.id)[0].id,
-                                    "device_id": device})
+        _complete(world, batch_id, _payload(world, batch_id, device, shown))
     assert _snapshot(batch_id) == before
-    assert mat.container_remaining(mat.containers_of(small.id)[0]) == Decimal("1")
-    run_until(world, batch_id, stop_before="out")
+    assert mat.container_remaining(mat.containers_of(lot)[0]) == Decimal("1")
+    spec = ex.control_recipe(ex.get_batch(batch_id)).step("w_raw")
+    run_until(world, batch_id, stop_before="out",
+              overrides={"w_raw": lambda w: weigh_payload(w, spec, lot, full.id, "2000", "g")})
     mat.receive_lot(SEED, "FG-CAP", [mat.ContainerIn("1.000", "kg")], lot_id="LOT-TAKEN",
                     manufactured_date=date.today())
     audit_before = db.session.execute(select(func.count()).select_from(AuditEntry)).scalar()
@@ -311,7 +327,8 @@ def test_capture_through_the_api_reads_the_apps_store(app: Flask, client, monkey
     r = op.post(url, body, headers={"Idempotency-Key": "cap-1"})
     assert r.status_code == 409 and r.mimetype == "application/problem+json"
     assert "has sent no reading" in r.get_json()["detail"] and r.get_json()["code"] == "no_reading"
-    put_reading(world, device, "2001", "g")
+    shown = put_reading(world, device, "2001", "g")
+    body["payload"] = _payload(world, batch_id, device, shown)
     r = op.post(url, body, headers={"Idempotency-Key": "cap-2"})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["state"] == "completed" and r.get_json()["value"] == "2001"

@@ -99,14 +99,18 @@ def test_paracetamol_from_work_order_to_release_with_exceptions_and_genealogy(ap
                                     evidence={"lot": held})
     do_step(world, batch_id, "id_pvp")
 
-    # an out-of-tolerance weighing is refused and raises a blocking deviation
+    # an out-of-tolerance weighing is refused as an attempt; reported by the operator, it raises
+    # a blocking deviation (issue 14)
     spec = ex.control_recipe(ex.get_batch(batch_id)).step("w_pvp")
     lot_pvp = world.lots["RM-2010"][0]
     cont = mat.containers_of(lot_pvp)[0].id
     heavy = to_text(spec.target * Decimal("1.05"))
     before_consumptions = len(mat.consumptions(batch_id=batch_id))
-    with pytest.raises(ex.StepRefused, match="outside the tolerance window") as refused:
+    with pytest.raises(ex.StepRefused, match="Adjust the amount and capture again") as refused:
         do_step(world, batch_id, "w_pvp", payload=weigh_payload(world, spec, lot_pvp, cont, heavy))
+    assert "deviation_id" not in refused.value.extra
+    with pytest.raises(ex.StepRefused, match="outside the tolerance window") as refused:
+        do_step(world, batch_id, "w_pvp", payload={**weigh_payload(world, spec, lot_pvp, cont, heavy), "report": True})
     dev_id = refused.value.extra["deviation_id"]
     assert len(mat.consumptions(batch_id=batch_id)) == before_consumptions  # nothing taken
     assert ex.get_deviation(dev_id).severity == "major" and ex.get_deviation(dev_id).status == ex.DeviationStatus.OPEN.value

@@ -107,6 +107,16 @@ def test_sim_operator_completes_the_demo_batch(server: str) -> None:
         reading = rec.data["reading"]
         assert reading["device_id"] in ("SCALE-FLOOR-01", "SCALE-BENCH-01") and reading["identity"]
         assert bytes.fromhex(reading["raw_hex"]).startswith(b"S S") and reading["calibration"]["certificate"]
+        # the reading confirmed is the one recorded; tare (weighed empty container), gross and net (issue 14)
+        assert reading["confirmed"]["sequence"] <= reading["sequence"] and reading["confirmed"]["device_id"] == reading["device_id"]
+        tare = rec.data["tare"]
+        assert tare["source"] == "weighed_container" and tare["reading"]["confirmed"]["value"]
+        assert Decimal(rec.data["gross"]) - Decimal(tare["value"]) == Decimal(rec.data["net"]) == Decimal(rec.value)
+    # the active ingredient: two containers of the one identified lot
+    pcm = [r for r in records_of_kind(batch.id, "container") if r.batch_step_id.endswith(":w_pcm")]
+    identified = next(r.data["lot"] for r in records_of_kind(batch.id, "identification") if r.data["item"] == "RM-1001")
+    assert len(pcm) == 2 and {r.data["lot"] for r in pcm} == {identified}
+    assert len({r.data["container"] for r in pcm}) == 2
     # the lot on hold (NCR-0001) was never used
     assert not any(mat.check_usable(c.lot_id).code == "on_hold" for c in consumed)
     # nothing out of limits, no deviation, the signature gates were signed by the right people

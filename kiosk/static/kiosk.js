@@ -286,6 +286,7 @@
   }
   function openConfirm(form, button) {
     state.pendingForm = form; state.pendingButton = button;
+    if (weigh && form.contains(weigh)) { freezeReading(form, button); }
     $(".confirm-lead", dialog).textContent = form.dataset.confirmLead || "";
     var dl = $("#confirm-summary", dialog);
     dl.innerHTML = "";
@@ -423,6 +424,33 @@
     if (outButton.hidden) { outButton.dataset.ownDisabled = "true"; }
     if (!outButton.hidden) { more.value = "0"; }
   }
+  // What Confirm shows is what is stored: the reading shown in the dialog is frozen into the
+  // form (device, sequence, value, unit); the server records exactly it, or refuses if the
+  // scale has moved on since.
+  function freezeReading(form, button) {
+    var shown = reading;
+    var set = function (name, v) { var i = $('input[name="' + name + '"]', form); if (i) { i.value = v; } };
+    set("sequence", shown && shown.sequence !== undefined ? shown.sequence : "");
+    set("value", shown && shown.value !== null ? shown.value : "");
+    set("reading_unit", shown && shown.unit ? shown.unit : "");
+    if (button && button.dataset.action === "capture" && shown) {
+      button.dataset.summary = shown.value + " " + shown.unit + ($('input[name="more"]', form).value === "1" ? " (+)" : "");
+    }
+    if (button && button.dataset.action === "out-of-tolerance" && shown) {
+      button.dataset.summary = shown.value + " " + shown.unit + " · " + (button.dataset.summaryText || button.dataset.summary);
+    }
+  }
+  // The tare a scale holds stays with the scale (kept in this browser, per device) until it
+  // is tared or zeroed again, also across a refusal's reload of the step.
+  function keepTare(device, tare) {
+    var put = function (name, v) { var i = $('input[name="' + name + '"]'); if (i) { i.value = v; } };
+    put("tare_source", tare ? "scale_tare" : ""); put("tare_value", tare ? tare.value : "");
+    put("tare_unit", tare ? tare.unit : "");
+    try {
+      if (tare) { sessionStorage.setItem("tare:" + device, JSON.stringify(tare)); }
+      else { sessionStorage.removeItem("tare:" + device); }
+    } catch (e) { /* storage off: the operator tares again */ }
+  }
   function deviceCommand(action) {
     var id = weigh.dataset.device;
     if (!id) { return; }
@@ -432,12 +460,20 @@
     }).then(function (r) {
       if (!r.ok) { return r.json().then(function (p) { showMessage(p.detail || i18n.deviceFailed); }); }
       showMessage("");
+      return r.json().then(function (answer) { // the tare the scale holds: recorded with the container
+        if (action === "zero") { keepTare(id, null); }
+        if (action === "tare" && answer.tare) { keepTare(id, answer.tare); }
+      });
     }).catch(function () { showMessage(i18n.deviceFailed); });
   }
   if (weigh) {
     state.deviceNeeded = true;
     state.deviceOk = false;
     $("[data-action=tare]").addEventListener("click", function () { deviceCommand("tare"); });
+    try {
+      var heldTare = weigh.dataset.device && JSON.parse(sessionStorage.getItem("tare:" + weigh.dataset.device) || "null");
+      if (heldTare) { keepTare(weigh.dataset.device, heldTare); }
+    } catch (e) { /* a broken entry: the operator tares again */ }
     $("[data-action=zero]").addEventListener("click", function () { deviceCommand("zero"); });
     setInterval(function () { // a silent scale is a lost scale
       var silent = !reading || performance.now() - readingAt > 2000;

@@ -45,7 +45,7 @@ STATUS_SCHEMA = obj({"status": {"enum": [s.value for s in EquipmentStatus]}, "re
 CLEANING_SCHEMA = obj({"type": STR, "cleaned_at": DATETIME, "cleaned_by": STR, "valid_for_hours": HOURS,
                        "clean_until": DATETIME, "comment": STR}, ("type",))
 CALIBRATION_SCHEMA = obj({"result": {"enum": [r.value for r in CalibrationResult]}, "certificate": STR, "due": DATE,
-                          "calibrated_at": DATETIME, "calibrated_by": STR, "comment": STR},
+                          "calibrated_at": DATETIME, "calibrated_by": STR, "comment": STR, "min_weight": MASS},
                          ("result", "certificate"))
 
 
@@ -141,12 +141,13 @@ def calibrations_list(equipment_id: str) -> Response:
 @bp.post(f"{API}/<equipment_id>/calibrations")
 @endpoint(P.EQUIPMENT_MANAGE, schema=CALIBRATION_SCHEMA, tags=TAGS)
 def calibrations_record(equipment_id: str) -> Response:
-    """Record a calibration with its certificate, result and next due date."""
+    """Record a calibration with its certificate, result and next due date; for a scale QA may
+    register the minimum weight the calibration established (``min_weight``, USP <41>)."""
     b = g.body
     rec = ops.record_calibration(
         principal().actor(P.EQUIPMENT_MANAGE), equipment_id, b["result"], b["certificate"],
         due=parse_date(b.get("due"), "due"), calibrated_at=parse_utc(b.get("calibrated_at"), "calibrated_at"),
-        calibrated_by=b.get("calibrated_by"), comment=b.get("comment"),
+        calibrated_by=b.get("calibrated_by"), comment=b.get("comment"), min_weight=b.get("min_weight"),
     )
     return created({"calibration": ops.calibration_json(rec)})
 

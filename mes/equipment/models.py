@@ -147,6 +147,9 @@ class CalibrationRecord(db.Model):
     comment: Mapped[str | None] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
     recorded_by: Mapped[str] = mapped_column(String(100))
+    # the minimum weight this calibration established for a scale (USP <41>), registered by QA
+    min_weight: Mapped[Decimal | None] = mapped_column(Quantity())
+    min_weight_uom: Mapped[str | None] = mapped_column(String(8))
 
 
 IMMUTABLE_TABLES = ("equipment_cleanings", "equipment_calibrations")

@@ -419,10 +419,13 @@ def record_calibration(
     calibrated_at: datetime | None = None,
     calibrated_by: str | None = None,
     comment: str | None = None,
+    min_weight: Any = None,
 ) -> CalibrationRecord:
     """Record a calibration with its certificate (or reference), result and, when it
     passed, the next due date. A failed calibration makes the equipment unusable until a
-    passing one is recorded."""
+    passing one is recorded. For a scale, QA may register the minimum weight the
+    calibration established (USP <41> / Ph. Eur. 2.1.7: the smallest net weight weighed
+    within 0.10 %); weighings below it are refused while the calibration is current."""
     if result not in {r.value for r in CalibrationResult}:
         raise ValidationFailed("The result is pass or fail.", field="result")
     certificate = required_text(certificate, "The certificate or reference", "certificate", NAME_MAX)
@@ -438,7 +441,16 @@ def record_calibration(
     eq = _locked_equipment(equipment_id)
     if not eq.active:
         raise Conflict(f"{eq.label} is deactivated; no calibration can be recorded for it.")
+    minimum = _mass(min_weight, "min_weight") if min_weight is not None else (None, None)
+    if minimum[0] is not None:
+        if eq.kind != EquipmentKind.SCALE.value or result != CalibrationResult.PASS.value:
+            raise ValidationFailed("A minimum weight goes with a passed calibration of a scale.", field="min_weight")
+        assert eq.capacity is not None and eq.capacity_uom and eq.readability is not None and eq.readability_uom
+        if not _grams(eq.readability, eq.readability_uom) <= _grams(*minimum) < _grams(eq.capacity, eq.capacity_uom):
+            raise ValidationFailed("The minimum weight lies between the scale's readability and its capacity.",
+                                   field="min_weight")
     rec = CalibrationRecord(id=str(uuid.uuid4()), equipment_id=eq.id, calibrated_at=calibrated_at,
+                            min_weight=minimum[0], min_weight_uom=minimum[1],
                             calibrated_by=optional_text(calibrated_by, "Calibrated by", "calibrated_by", NAME_MAX) or actor.id,
                             certificate=certificate, result=result, due=due,
                             comment=optional_text(comment, "The comment", "comment", TEXT_MAX), recorded_at=now, recorded_by=actor.id)
@@ -599,10 +611,13 @@ def check_scale_for_weighing(
     readability_required: Decimal | None = None,
     accuracy_class_required: str | None = None,
     at: datetime | None = None,
+    gross: Decimal | None = None,
 ) -> Check:
     """Whether the scale read by ``device_id`` may weigh ``target`` ``unit`` now: registered,
     active, not under maintenance, calibration valid (last result pass, not past its due
-    date), ``target`` within capacity and at or above the minimum weight, readability at
+    date), ``target`` (the net) at or above the minimum weight (the registered one and the
+    one QA registered with the current calibration, USP <41>), ``gross`` (default
+    ``target``) within capacity, readability at
     least as fine as ``readability_required`` (in ``unit``) and accuracy class at least as
     good as ``accuracy_class_required`` (I best). Unit conversion is exact."""
     at = at or utcnow()
@@ -622,13 +637,18 @@ def check_scale_for_weighing(
                                    f"{unit} cannot be weighed on it ({exc}).", eq.id)
     assert eq.capacity is not None and eq.capacity_uom and eq.min_weight is not None and eq.min_weight_uom
     assert eq.readability is not None and eq.readability_uom
-    wanted = q.with_unit(amount, unit)
-    if grams > _grams(eq.capacity, eq.capacity_uom):
-        return Check("above_capacity", f"{wanted} is above the capacity of {eq.label} "
+    wanted, loaded = q.with_unit(amount, unit), q.with_unit(gross if gross is not None else amount, unit)
+    if (_grams(gross, unit) if gross is not None else grams) > _grams(eq.capacity, eq.capacity_uom):
+        return Check("above_capacity", f"{loaded} is above the capacity of {eq.label} "
                                        f"({q.with_unit(eq.capacity, eq.capacity_uom)}). Use a larger scale.", eq.id)
-    if grams < _grams(eq.min_weight, eq.min_weight_uom):
-        return Check("below_minimum", f"{wanted} is below the minimum weight of {eq.label} "
-                                      f"({q.with_unit(eq.min_weight, eq.min_weight_uom)}). Use a finer balance.", eq.id)
+    cal = current_calibration(eq.id)
+    assert cal is not None  # the calibration check passed
+    low = max([(eq.min_weight, eq.min_weight_uom, "registered"), *([(cal.min_weight, cal.min_weight_uom, "calibration")]
+              if cal.min_weight is not None and cal.min_weight_uom else [])], key=lambda m: _grams(m[0], m[1]))
+    if grams < _grams(low[0], low[1]):
+        said = "minimum weight" if low[2] == "registered" else f"minimum weight per calibration {cal.certificate}"
+        return Check("below_minimum", f"{wanted} is below the {said} of {eq.label} "
+                                      f"({q.with_unit(low[0], low[1])}). Use a finer balance.", eq.id)
     if readability_required is not None:
         try:
             needed = _grams(q.parse_quantity(readability_required), unit)
@@ -646,10 +666,9 @@ def check_scale_for_weighing(
             what = f"class {have}" if have else "of no registered accuracy class"
             return Check("accuracy_class", f"{eq.label} is {what}; this weighing needs class "
                                            f"{accuracy_class_required} or better. Use another scale.", eq.id)
-    cal = current_calibration(eq.id)
-    assert cal is not None
     return Check("ok", "", eq.id, {
         "device_id": eq.device_id, "target": q.as_json(amount, unit), **_scale_json(eq),
+        "min_weight_applied": q.as_json(low[0], low[1]),
         "calibration": {"id": cal.id, "certificate": cal.certificate, "due": _iso(cal.due)},
     })
 
@@ -750,7 +769,8 @@ def cleaning_json(c: CleaningRecord) -> dict[str, Any]:
 def calibration_json(c: CalibrationRecord) -> dict[str, Any]:
     return {"id": c.id, "equipment_id": c.equipment_id, "calibrated_at": _iso(c.calibrated_at),
             "calibrated_by": c.calibrated_by, "certificate": c.certificate, "result": c.result, "due": _iso(c.due),
-            "comment": c.comment, "recorded_at": _iso(c.recorded_at), "recorded_by": c.recorded_by}
+            "comment": c.comment, "recorded_at": _iso(c.recorded_at), "recorded_by": c.recorded_by,
+            "min_weight": q.as_json(c.min_weight, c.min_weight_uom) if c.min_weight is not None and c.min_weight_uom else None}
 
 
 def equipment_json(eq: Equipment, *, detail: bool = False) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def complete_step(batch_id: str, step_id: str) -> Response:
     return jsonify(ops.complete_step(who.actor(P.BATCH_EXECUTE), batch_id, step_id, g.body.get("payload") or {},
                                      _key(), g.body["expected_version"], session_row=lambda: who.session,
                                      readings=reading_store(current_app),
-                                     max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000))))
+                                     max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)),
+                                     max_failed_weighings=int(current_app.config.get("MES_WEIGH_MAX_FAILED_ATTEMPTS", 3))))
 
 
 @bp.post(f"{API}/batches/<batch_id>/steps/<step_id>/sign")

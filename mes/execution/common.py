@@ -21,7 +21,7 @@ from mes.db import db, utcnow
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution.models import BatchStatus, Severity
 from mes.quantities import parse_decimal
-from mes.steps.context import DEFAULT_MAX_READING_AGE_MS  # noqa: F401  (re-exported for the engine)
+from mes.steps.context import DEFAULT_MAX_FAILED_WEIGHINGS, DEFAULT_MAX_READING_AGE_MS  # noqa: F401  (re-exported)
 from mes.users.models import UserSession
 from mes.validation import required_text as _text  # the one required-text rule  # noqa: F401
 

@@ -11,6 +11,7 @@ below it):
 * :mod:`~mes.execution.batches`: batches, step ordering, the blocking rule :func:`blocks`
 * :mod:`~mes.execution.claims`, :mod:`~mes.execution.records`: equipment claims; recorded values
 * :mod:`~mes.execution.deviations`: raising and dispositioning deviations
+* :mod:`~mes.execution.refusals`: every refused step request audited, listed for review
 * :mod:`mes.steps`: what each step kind validates and records (one module per kind, found in its registry)
 * :mod:`~mes.execution.step_requests`: start_step, complete_step (idempotency, versions, dispatch)
 * :mod:`~mes.execution.gates`: sign_gate (a gate signed in its role, without ``batch.execute``), gates_awaiting
@@ -66,6 +67,7 @@ from mes.execution.common import (
     BATCH_COMPLETED,
     BATCH_RELEASED,
     BLOCKING,
+    DEFAULT_MAX_FAILED_WEIGHINGS,
     DEFAULT_MAX_READING_AGE_MS,
     DEVIATION_CLOSED,
     DEVIATION_RAISED,
@@ -124,6 +126,10 @@ from mes.execution.records import (
     records_of,
     values_of,
 )
+from mes.execution.refusals import (
+    record_refusal,
+    refusals_of,
+)
 from mes.execution.release import (
     batch_record,
     broken_gates,
@@ -162,7 +168,10 @@ __all__ = [
     "BATCH_COMPLETED",
     "BATCH_RELEASED",
     "BLOCKING",
+    "DEFAULT_MAX_FAILED_WEIGHINGS",
     "DEFAULT_MAX_READING_AGE_MS",
+    "record_refusal",
+    "refusals_of",
     "OPEN_BATCH",
     "SessionSource",
     "clock",

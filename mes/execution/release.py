@@ -31,6 +31,7 @@ from mes.execution.models import (
     WorkOrderStatus,
 )
 from mes.execution.records import _record_json, records_of
+from mes.execution.refusals import refusals_of
 from mes.execution.work_orders import _wo_transition
 from mes.materials import operations as materials
 from mes.quantities import to_text_or_none
@@ -69,6 +70,10 @@ def exceptions(batch_id: str) -> list[dict[str, Any]]:
                                   .order_by(StepRequest.created_at)).scalars():
         out.append({"type": "refused_attempt", "step": step_names.get(req.batch_step_id), "text": req.result["detail"],
                     "deviation": req.result.get("deviation_id"), "by": req.actor_id})
+    for ref in refusals_of(batch_id):  # refusals that raised no deviation (those are listed above)
+        if ref.get("deviation") is None:
+            out.append({"type": "refused_attempt", "step": ref["step"], "text": ref["reason"], "code": ref["code"],
+                        "tried": ref["tried"], "deviation": None, "by": ref["by"], "at": ref["at"]})
     for s in steps_of(batch_id):
         if s.attempt > 1:
             out.append({"type": "repeated_step", "step": s.step_id, "attempts": s.attempt})

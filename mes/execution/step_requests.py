@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mes.audit.log import Actor, Event, record
 from mes.db import db
-from mes.errors import Conflict, MESError, ValidationFailed
+from mes.errors import Conflict, Forbidden, MESError, ValidationFailed
 from mes.execution import common
 from mes.execution.batches import (
     _check_can_act,
@@ -33,6 +33,7 @@ from mes.execution.batches import (
 from mes.execution.claims import _release_claims
 from mes.execution.common import (
     BATCH_COMPLETED,
+    DEFAULT_MAX_FAILED_WEIGHINGS,
     DEFAULT_MAX_READING_AGE_MS,
     SessionSource,
     StepRefused,
@@ -43,6 +44,7 @@ from mes.execution.common import (
 from mes.execution.deviations import _new_deviation, _record_deviation
 from mes.execution.models import Batch, BatchStatus, BatchStep, StepRequest, StepState
 from mes.execution.records import _record_json, _record_row
+from mes.execution.refusals import record_refusal
 from mes.gateway.store import ReadingStore
 from mes.steps import registry as step_kinds
 from mes.steps.context import StepContext
@@ -131,16 +133,21 @@ def _commit_request(key: str) -> None:
 def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], idempotency_key: str,
                   expected_version: int, *, session_row: SessionSource = None,
                   readings: ReadingStore | None = None,
-                  max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS) -> dict[str, Any]:
+                  max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS,
+                  max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS) -> dict[str, Any]:
     """Complete (or, for a weigh step with ``more``, add one container to) a step.
 
     The same ``idempotency_key`` records once and returns the same result; a stale
     ``expected_version`` is a Conflict. Kind-specific ``payload`` (values as decimal
     strings): see the handlers below. A weigh step names the scale (``device_id``); the
     weight is the latest reading of that device in ``readings`` (the gateway's store), never
-    a value sent by the client, and is refused when older than ``max_reading_age_ms``.
-    Refusals that raise a deviation (out-of-tolerance weight, unusable lot at the scale,
-    equipment not clean or out of calibration) record nothing of the refused entry but
+    a value sent by the client, and is refused when older than ``max_reading_age_ms`` or
+    when it is not the reading the operator confirmed (``sequence``, ``value``).
+    Every refusal of a rule is audited in a transaction of its own
+    (:func:`~mes.execution.refusals.record_refusal`) and listed for review by exception.
+    Refusals that raise a deviation (unusable lot at the scale, equipment not clean or out
+    of calibration, a weight out of tolerance reported by the operator or refused
+    ``max_failed_weighings`` times) record nothing of the refused entry but
     commit the deviation, and raise :class:`StepRefused` naming it. Everything a completion
     writes (step records, consumptions, produced lot, equipment status, audit entries,
     outbox events) is one transaction.
@@ -151,10 +158,14 @@ def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, 
     digest = request_hash(f"{batch_id}:{step_id}", "complete", expected_version, payload)
     try:
         return _complete(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
-                         max_reading_age_ms, digest)
+                         max_reading_age_ms, max_failed_weighings, digest)
     except _RefuseWithDeviation as refusal:
         db.session.rollback()
-        return _refuse(actor, batch_id, step_id, key, refusal, digest)
+        return _refuse(actor, batch_id, step_id, key, refusal, digest, payload)
+    except (StepRefused, Forbidden) as refused:  # a rule refused it: the refusal is audited on its own
+        db.session.rollback()
+        record_refusal(actor, batch_id, step_id, payload, refused)
+        raise
     except MESError:
         db.session.rollback()
         raise
@@ -167,8 +178,9 @@ def complete_step(actor: Actor, batch_id: str, step_id: str, payload: dict[str, 
 
 
 def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _RefuseWithDeviation,
-            digest: str) -> dict[str, Any]:
-    """Commit the refusal's deviation and the refused request (nothing else), then raise StepRefused."""
+            digest: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Commit the refusal's deviation, its audit entry (:func:`record_refusal`) and the refused
+    request (nothing else), then raise StepRefused."""
     batch = _locked(Batch, batch_id)
     step = _locked(BatchStep, f"{batch_id}:{step_id}")
     replay = _replay(key, step.id, "complete", digest)
@@ -181,13 +193,16 @@ def _refuse(actor: Actor, batch_id: str, step_id: str, key: str, refusal: _Refus
                                result={"detail": refusal.detail, "deviation_id": dev.id}, created_at=common.clock(),
                                request_sha256=digest))
     _refresh(batch, steps_of(batch_id))
+    record_refusal(actor, batch_id, step_id, payload, StepRefused(refusal.detail, code=refusal.category),
+                   deviation_id=dev.id, commit=False)
     _commit_request(key)
     raise StepRefused(refusal.detail, deviation_id=dev.id, severity=dev.severity)
 
 
 def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str, expected_version: int,
               session_row: SessionSource, readings: ReadingStore | None = None,
-              max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS, digest: str = "") -> dict[str, Any]:
+              max_reading_age_ms: int = DEFAULT_MAX_READING_AGE_MS,
+              max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS, digest: str = "") -> dict[str, Any]:
     """One completion, in the order that keeps the locks short: the batch row (it serialises
     every change of the batch, so the step rows need no lock of their own), the steps and
     open blocking deviations in one query each, the checks and the handler in memory, then
@@ -200,7 +215,7 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
     key at the same moment collide on the key's primary key at commit (see complete_step)."""
     try:
         return _complete_locked(actor, batch_id, step_id, payload, key, expected_version, session_row, readings,
-                                max_reading_age_ms, digest)
+                                max_reading_age_ms, max_failed_weighings, digest)
     except MESError:
         db.session.rollback()  # what this attempt wrote is gone; only a committed first request counts
         replay = _replay(key, f"{batch_id}:{step_id}", "complete", digest)
@@ -212,7 +227,8 @@ def _complete(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any]
 
 def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[str, Any], key: str,
                      expected_version: int, session_row: SessionSource, readings: ReadingStore | None,
-                     max_reading_age_ms: int, digest: str) -> dict[str, Any]:
+                     max_reading_age_ms: int, max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS,
+                     digest: str = "") -> dict[str, Any]:
     # ordering and states depend only on the steps not completed yet
     batch, rows, blockers = _read_for_completion(batch_id)
     step = next((r for r in rows if r.step_id == step_id), None)
@@ -225,7 +241,7 @@ def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[st
                        version=step.version)
     control = control_recipe(batch)
     ctx = StepContext(actor, batch, step, rows, control, control.step(step.step_id), payload, common.clock(), session_row,
-                      readings, max_reading_age_ms)
+                      readings, max_reading_age_ms, max_failed_weighings=max_failed_weighings)
     step_kinds.get(step.kind).complete(ctx)
     comment = payload.get("comment")
     before_state = step.state

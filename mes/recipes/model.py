@@ -316,6 +316,8 @@ class WeighStep(Step):
     tolerance: Tolerance | None = None
     stable_reading: bool = True
     tare: str = "each_container"
+    tare_low: Decimal | None = None
+    tare_high: Decimal | None = None
     multiple_containers: bool = False
     max_containers: int | None = None
 

@@ -27,10 +27,15 @@ if TYPE_CHECKING:
     from mes.gateway.store import ReadingStore
     from mes.recipes.scaling import ControlRecipe
 
-__all__ = ["DEFAULT_MAX_READING_AGE_MS", "StepContext", "at_text", "limits_text", "opt", "places_ok", "recorded_values"]
+__all__ = ["DEFAULT_MAX_FAILED_WEIGHINGS", "DEFAULT_MAX_READING_AGE_MS", "StepContext",
+           "at_text", "limits_text", "opt", "places_ok", "recorded_values"]
 
 DEFAULT_MAX_READING_AGE_MS = 3000
 """How old a scale reading may be when a weight is captured (the engine's default)."""
+
+DEFAULT_MAX_FAILED_WEIGHINGS = 3
+"""Refused out-of-tolerance weighings of one step before the next raises a deviation
+(``MES_WEIGH_MAX_FAILED_ATTEMPTS``; the engine's default)."""
 
 
 @dataclass
@@ -55,6 +60,7 @@ class StepContext:
     # writes of other features (consumption, produced lot, equipment status) in this
     # step's transaction, run after every check passed
     effects: list[Callable[[], None]] = field(default_factory=list)
+    max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS
 
     # ---------------------------------------------------------------- recording
 

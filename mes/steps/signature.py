@@ -139,7 +139,7 @@ class Signature(StepKind):
         from sqlalchemy import select
 
         from mes.db import db
-        from mes.errors import Conflict, Forbidden
+        from mes.errors import Forbidden
         from mes.execution.models import BatchStep
         from mes.signatures import operations as esig
         from mes.signatures.credentials import credentials_from
@@ -164,8 +164,8 @@ class Signature(StepKind):
                     .order_by(BatchStep.seq.desc()).limit(1)).scalars())
             people = performers(ctx.batch.id, earlier)
             if user.id in people:
-                raise Conflict("Second-person verification must be done by a different person than the one who "
-                               f"performed {', '.join(earlier)}.")
+                ctx.refuse("Second-person verification must be done by a different person than the one who "
+                           f"performed {', '.join(earlier)}.", code="self_verification")
             performed_by = sorted(people)[0] if people else None
         entry = esig.sign(session_row, creds, "batch_step", ctx.step.id, spec.meaning, role=role,
                           terminal=ctx.actor.terminal, batch=ctx.batch.id, performed_by=performed_by,

@@ -190,11 +190,19 @@ class Driver:
             assert scale is not None and scale.readability is not None and scale.readability_uom
             scale_unit = scale.readability_uom
             places = max(0, -scale.readability.normalize().as_tuple().exponent)
-            containers = [c.id for c in mat.containers_of(lot) if mat.container_remaining(c) > 0]
+            held = [(c.id, convert(mat.container_remaining(c), c.uom, spec.unit)) for c in mat.containers_of(lot)
+                    if mat.container_remaining(c) > 0]
+            containers = [c for c, _ in held]
         assert containers, f"lot {lot} has nothing left"
         if out_of_tolerance is not None:
             amounts = [out_of_tolerance]
-        amounts = amounts or [spec.target]
+        if not amounts:  # the target, container by container as the lot's containers hold it
+            amounts, left = [], Decimal(spec.target)
+            for _, have in held:
+                if left <= 0:
+                    break
+                amounts.append(min(have.quantize(Decimal(1).scaleb(-places), ROUND_DOWN), left))
+                left -= amounts[-1]
         tare = TARE if scale_unit == "kg" else convert(SMALL_TARE, "kg", scale_unit)
         http = self.server.api()
         for i, amount in enumerate(amounts):

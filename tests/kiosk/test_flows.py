@@ -491,3 +491,87 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
         assert _not_in_view(k, WEIGH_IN_VIEW[:-2] + ["[data-action=raise-deviation]"]) == {}
     assert checks.targets(k.page) == []
     assert checks.font_icons(k.page) == []
+
+
+def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, order) -> None:
+    """kiosk-ux.md rule 5, issue 14: the weight the confirm dialog shows is the weight stored;
+    if the scale moves after the dialog opened, Confirm stores nothing and the screen says so."""
+    from decimal import Decimal
+
+    from tests.kiosk.checks import until as wait
+    from tests.kiosk.driver import TARE, Driver
+
+    _another_booth(server)  # the batches before this one keep theirs claimed
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) == "step"
+    batch = _batch(server, order)
+    drv = Driver(k, server, batch)
+    step = drv.run_until(lambda s: s["kind"] == "weigh")
+    drv.ensure_on_step(step)
+    spec = drv.spec(step["id"])
+    device = drv.choose_scale(spec)
+    places = 2  # the floor scale reads to 0.01 kg
+    http = server.api()
+    # an empty container on the scale (it shows 0.80 kg, or 0.00 kg under a tare set before), tared;
+    # then container and material: the first drum of the lot, net
+    flows.set_load(http, server.url, device, TARE, "kg")
+    wait(k.page, """() => { const v = document.querySelector('#live-weight [data-field=value]').innerText.trim();
+        const st = document.querySelector('#live-weight [data-field=stability]').innerText;
+        return (v === '0.80' || v === '0.00') && st.includes('Stable'); }""", timeout=10_000)
+    with k.page.expect_response(lambda r: r.url.endswith(f"/devices/{device}/tare")) as answer:
+        k.page.locator("[data-action=tare]").click()
+    assert answer.value.ok
+    drv.tares[device] = TARE
+    drv.wait_reading(Decimal(0), places)
+    net = Decimal("60.00")  # the first of the lot's two 60 kg drums: more to come, shown with "(+)"
+    flows.set_load(http, server.url, device, TARE + net, "kg")
+    drv.wait_reading(net, places, stable=True)
+    lot = drv.lot_for(spec)
+    with server.db():
+        from mes.materials import operations as mat
+
+        container = next(c.id for c in mat.containers_of(lot) if mat.container_remaining(c) >= net)  # a full drum
+    drv.scan_lot(container)
+    capture = k.page.locator("[data-action=capture]")
+    dialog = k.page.locator("#confirm-dialog")
+
+    def open_dialog() -> str:
+        wait(k.page, "el => !el.disabled", arg=capture.element_handle(), timeout=10_000)
+        capture.click()
+        dialog.wait_for(state="visible")
+        return dialog.locator("#confirm-summary dd").last.inner_text().strip()
+
+    shown = open_dialog().removesuffix(" (+)")
+    assert shown == f"{net:.2f} kg", shown
+    # the scale moves while the dialog is open (the kiosk receives the new reading underneath)
+    moved = net - Decimal("0.05")  # (the drum holds no more than 60 kg)
+    flows.set_load(http, server.url, device, TARE + moved, "kg")
+    deadline = time.monotonic() + 10
+    while True:  # the server holds the moved reading (the page behind the modal dialog is not rendered)
+        now = next((d.get("reading") or {} for d in flows.devices(http, server.url) if d["device_id"] == device), {})
+        if now.get("value") == f"{moved:.2f}" and now.get("stable"):
+            break
+        assert time.monotonic() < deadline, f"the scale never showed {moved} kg: {now}"
+        time.sleep(0.05)
+    with k.page.expect_navigation():
+        dialog.locator("[data-action=confirm]").click()
+    k.wait_screen("step")
+    said = flows.message(k)
+    assert "The scale moved after you confirmed" in said and f"you confirmed {shown}" in said, said
+    assert f"now shows {moved:.2f} kg" in said and "Nothing was recorded" in said, said
+    assert not [r for r in flows.step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "container"]
+    k.shot("weigh-scale-moved")
+    # confirmed again, the scale still: what the dialog showed is what is stored
+    drv.wait_reading(moved, places, stable=True)
+    if not k.page.locator("input[name=container_id]").input_value():
+        drv.scan_lot(container)
+    shown = open_dialog().removesuffix(" (+)")
+    with k.page.expect_navigation():
+        dialog.locator("[data-action=confirm]").click()
+    k.wait_screen(("step", "blocked", "complete", "batches"))
+    stored = [r for r in flows.step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "container"]
+    assert len(stored) == 1, (flows.message(k), stored)
+    confirmed = stored[0]["data"]["reading"]["confirmed"]
+    assert f"{confirmed['value']} {confirmed['unit']}" == shown == f"{moved:.2f} kg"
+    assert Decimal(stored[0]["value"]) == moved and stored[0]["data"]["tare"]["source"] == "scale_tare"
+    assert Decimal(stored[0]["data"]["tare"]["value"]) == TARE

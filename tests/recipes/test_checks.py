@@ -149,6 +149,11 @@ def test_weigh_rules() -> None:
     expect(weigh(target="0", unit="kg"), f"{W}.target", "greater than zero")
     expect(weigh(max_containers=3), f"{W}.max_containers", "needs multiple_containers: true")
     expect(weigh(tare="none", multiple_containers=True), f"{W}.tare", "tare: none cannot add up several containers")
+    # the container's tare limits (issue 14)
+    expect(weigh(tare="none", tare_high="1.0"), f"{W}.tare", "tare limits need a container tare")
+    expect(weigh(tare_low="0"), f"{W}.tare_low", "tare_low must be greater than zero")
+    expect(weigh(tare_low="2.0", tare_high="1.0"), f"{W}.tare_low", "tare_low must not be above tare_high")
+    assert problems(weigh(tare_low="0.5", tare_high="1.0")) == []
     expect(weigh(scale={"readability": "1", "unit": "mL"}), f"{W}.scale.unit", "the scale readability is a mass")
     expect(weigh(scale={"readability": "0", "unit": "g"}), f"{W}.scale.readability", "greater than zero")
     expect(weigh(scale={"readability": "0.2", "unit": "kg"}), f"{W}.scale.readability",

@@ -1,16 +1,16 @@
 """Record exactly what happened (issue 14): the canonical hash of each idempotent step
 request, so a reused key with another payload is refused instead of replayed.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 02:40:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0007'
-down_revision = '0006'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

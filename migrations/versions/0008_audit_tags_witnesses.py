@@ -7,8 +7,8 @@ latest signed checkpoint; otherwise they stay untagged and ``mes audit verify`` 
 
 ``audit_cosignatures``: a witness's cosignature line on a checkpoint, append-only.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06 02:40:00
 """
 import logging
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 import mes.db
 
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
