@@ -103,7 +103,8 @@ class Principal:
             from mes.users.permissions import MATRIX
 
             role = next((r for r in names if r in {x.value for x in MATRIX[permission]}), None)
-        terminal = self.terminal_id or (f"api:{self.token.id}" if self.token else None)
+        # a token's identity is always recorded; no terminal header overrides it
+        terminal = f"api:{self.token.id}" if self.token is not None else self.terminal_id
         return Actor(id=self.user_id, name=self.full_name, role=role or (names[0] if names else "none"),
                      terminal=terminal)
 
@@ -167,8 +168,12 @@ def _principal() -> Principal:
     if auth.startswith("Bearer "):
         token = users.authenticate_token(auth[7:].strip())
         user = token.user
+        # a token is its own origin: a terminal header beside it is ignored, never recorded
+        # in its place, and never satisfies a terminal-only action (tokens are not terminals)
+        g.mes_terminal_id = None
+        g.mes_terminal = None
         return Principal(user_id=user.id, full_name=user.full_name, roles=user.role_names(), token=token,
-                         terminal_id=current_terminal_id(), _user=user)
+                         terminal_id=None, _user=user)
     sid = session.get("sid")
     if not sid:
         raise AuthenticationFailed("Log in first.")

@@ -21,6 +21,7 @@ from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
     Conflict,
+    Forbidden,
     PasswordExpired,
     SessionExpired,
     TerminalRequired,
@@ -28,7 +29,7 @@ from mes.errors import (
 )
 from mes.users import secrets as hashing
 from mes.users.models import Alarm, ApiToken, PasswordHistory, Role, Terminal, TerminalKind, User, UserRole, UserSession
-from mes.users.permissions import Permission, check_role_combination
+from mes.users.permissions import PRODUCTION_ROLES, Permission, allowed, check_role_combination
 from mes.validation import NAME_MAX, SHORT_MAX, get_or_404, identifier, optional_text, required_text
 
 PASSWORD_HISTORY_DEPTH = 5
@@ -422,18 +423,44 @@ def authenticate_terminal(terminal_id: str, key: str) -> Terminal | None:
 # -------------------------------------------------------------------------- tokens
 
 TOKEN_PREFIX = "mes_"
+TOKEN_MAX_LIFETIME = timedelta(days=3 * 366)
+
+
+def token_account_problem(user: User) -> str | None:
+    """Why ``user`` may not hold an API token, or None. Tokens are for integration and system
+    accounts only: a person who enters or signs GMP data (operator, supervisor, QA) acts in
+    an interactive session, so no one can act in their name through a token."""
+    production = sorted(user.role_names() & {r.value for r in PRODUCTION_ROLES})
+    if production:
+        return (f"API tokens are for integration and system accounts only; {user.id} holds the production "
+                f"role {', '.join(production)}.")
+    return None
 
 
 def issue_token(actor: Actor, user_id: str, scopes: list[str], description: str = "",
                 expires_at: datetime | None = None) -> tuple[ApiToken, str]:
-    """Issue an API token for an integration user; only its hash is stored."""
+    """Issue an API token for an integration or system account, with scopes its roles hold
+    (tokens for integration only); only the secret's hash is stored."""
     user = get_user(user_id)
     if not user.active:
         raise Conflict(f"User {user_id!r} is deactivated.")
+    problem = token_account_problem(user)
+    if problem is not None:
+        raise Forbidden(problem)
+    description = optional_text(description, "The description", "description", NAME_MAX) or ""
     valid = {p.value for p in Permission}
     bad = [s for s in scopes if s not in valid]
     if bad or not scopes:
         raise ValidationFailed(f"Unknown or missing scopes: {', '.join(bad) or '(none given)'}.", field="scopes")
+    roles = user.role_names()
+    beyond = sorted(s for s in set(scopes) if not allowed(roles, Permission(s)))
+    if beyond:
+        raise Forbidden(f"{user_id}'s roles do not hold the scope(s) {', '.join(beyond)}; a token never grants more "
+                        "than its account's role.")
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationFailed("A token cannot expire in the past.", field="expires_at")
+    if expires_at is not None and expires_at > utcnow() + TOKEN_MAX_LIFETIME:
+        raise ValidationFailed(f"A token expires within {TOKEN_MAX_LIFETIME.days} days.", field="expires_at")
     token_id = secrets.token_hex(8)
     secret = hashing.new_token_secret()
     token = ApiToken(id=token_id, user_id=user_id, description=description, secret_sha256=hashing.digest(secret),
@@ -467,6 +494,8 @@ def authenticate_token(presented: str) -> ApiToken:
         raise AuthenticationFailed("The API token is revoked or expired.")
     if not token.user.active or token.user.locked:
         raise AuthenticationFailed("The token's user is deactivated or locked.")
+    if token_account_problem(token.user) is not None:  # e.g. a production role granted after issue
+        raise AuthenticationFailed("The API token's account is not an integration or system account.")
     return token
 
 
