@@ -15,17 +15,16 @@ import functools
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from threading import Lock
 from typing import Any, TypeVar
 
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
 from mes.db import db
@@ -42,6 +41,7 @@ from mes.plant_time import plant_zone
 from mes.users import operations as users
 from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
+from mes.users.ratelimit import count_attempt, limiter_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM_BASE = "https://open-mes.dev/problems/"
@@ -350,29 +350,14 @@ STR = {"type": "string", "minLength": 1, "maxLength": 500}
 # ---------------------------------------------------------------- rate limiting
 
 
-class LoginRateLimiter:
-    """Sliding one-minute window per client address (per worker process)."""
-
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = Lock()
-
-    def hit(self, key: str, per_minute: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            window = self._hits[key]
-            while window and now - window[0] > 60:
-                window.popleft()
-            if len(window) >= per_minute:
-                retry = int(60 - (now - window[0])) + 1
-                raise RateLimited(f"Too many log-in attempts from this address; wait {retry} s.", retry_after=retry)
-            window.append(now)
-
-
 def limit_login() -> None:
-    """Count a log-in attempt from this client address; 429 past the configured rate."""
-    limiter = current_app.extensions["mes_login_limiter"]
-    limiter.hit(request.remote_addr or "?", current_app.config["MES_LOGIN_RATE_PER_MINUTE"])
+    """Count a credential attempt from this terminal (else the client address, as the trusted
+    proxies report it); 429 past ``MES_LOGIN_RATE_PER_MINUTE``. Keyed per terminal, kiosks
+    behind one nginx do not share one bucket; failures per account are limited in the
+    service (:mod:`mes.users.ratelimit`)."""
+    terminal = current_terminal_id()  # only a registered terminal's own key: a made-up id is no escape
+    where = f"terminal:{terminal}" if terminal else f"address:{request.remote_addr or '?'}"
+    count_attempt(where, current_app.config["MES_LOGIN_RATE_PER_MINUTE"], "log-in attempts from here")
 
 
 # ---------------------------------------------------------------------- wiring
@@ -422,7 +407,10 @@ def leave_session_cookie_alone() -> None:
 
 def init_app(app: Flask) -> None:
     """Error handlers, security headers, the session cookie and the log-in rate limiter."""
-    app.extensions["mes_login_limiter"] = LoginRateLimiter()
+    app.extensions["mes_login_limiter"] = limiter_for(app.config.get("MES_REDIS_URL") or None)
+    hops = int(app.config.get("MES_PROXY_HOPS", 0) or 0)
+    if hops:  # behind nginx: the client address is the one the trusted proxies saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.session_interface = _SessionInterface()
 
     @app.before_request

@@ -49,6 +49,9 @@ class User(db.Model):
     locked: Mapped[bool] = mapped_column(default=False)
     failed_attempts: Mapped[int] = mapped_column(default=0)
     esig_acknowledged_at: Mapped[datetime | None]
+    #: set when an administrator reset the password / PIN: temporary until the owner changes it
+    password_reset_at: Mapped[datetime | None]
+    pin_reset_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deactivated_at: Mapped[datetime | None]
 
@@ -114,6 +117,8 @@ class UserSession(db.Model):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(String(32))
+    #: the first signature of this session (both components given); later ones need the secret only
+    first_signed_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(lazy="joined")
     terminal: Mapped[Terminal | None] = relationship(lazy="select")

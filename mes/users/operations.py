@@ -30,6 +30,7 @@ from mes.errors import (
 from mes.users import secrets as hashing
 from mes.users.models import Alarm, ApiToken, PasswordHistory, Role, Terminal, TerminalKind, User, UserRole, UserSession
 from mes.users.permissions import PRODUCTION_ROLES, Permission, allowed, check_role_combination
+from mes.users.ratelimit import count_account_failure, refuse_if_account_limited
 from mes.validation import NAME_MAX, SHORT_MAX, get_or_404, identifier, optional_text, required_text
 
 PASSWORD_HISTORY_DEPTH = 5
@@ -185,36 +186,68 @@ def deactivate_user(actor: Actor, user_id: str, reason: str) -> None:
     db.session.commit()
 
 
+#: how long a password or PIN set by an administrator may be used to set the owner's own
+TEMPORARY_CREDENTIAL_LIFETIME = timedelta(hours=24)
+
+
 def reset_credentials(
     actor: Actor, user_id: str, reason: str, *, password: str | None = None, pin: str | None = None
 ) -> None:
-    """Unlock and set a temporary password (which must be changed at next log-in) or PIN."""
+    """Unlock and set a temporary password or PIN. It is temporary: its owner must change it at
+    first use, within :data:`TEMPORARY_CREDENTIAL_LIFETIME`, and it signs nothing until then
+    (no one can take over an account through a reset). Audited with both parties: the
+    administrator (actor) and the owner (entity)."""
     reason = required_text(reason, "A reason to reset credentials", "reason")
     user = get_user(user_id)
+    if actor.id == user.id:
+        raise Conflict("You cannot reset your own credentials; another administrator does.")
     before = {"locked": user.locked, "failed_attempts": user.failed_attempts}
-    after = {"locked": False, "failed_attempts": 0}
+    after: dict[str, object] = {"owner": user.id, "reset_by": actor.id, "locked": False, "failed_attempts": 0}
+    now = utcnow()
     if password is not None:
         _check_password(user_id, password)
         user.password_hash = hashing.hash_secret(password)
         user.password_changed_at = None  # forces a change at the next log-in
-        after["password"] = "reset (must change at next log-in)"
+        user.password_reset_at = now
+        after["password"] = "temporary (the owner must change it at first use)"
     if pin is not None:
+        if user.badge_id is None:
+            raise ValidationFailed(f"{user_id} has no badge, so no PIN.", field="pin")
         _check_pin(pin)
         user.pin_hash = hashing.hash_secret(pin)
-        after["pin"] = "reset"
+        user.pin_reset_at = now
+        after["pin"] = "temporary (the owner must change it at first use)"
+    if password is not None or pin is not None:
+        after["valid_until"] = (now + TEMPORARY_CREDENTIAL_LIFETIME).isoformat()
     user.locked = False
     user.failed_attempts = 0
     record(actor, "user.credentials.reset", ("user", user_id), before=before, after=after, reason=reason)
     db.session.commit()
 
 
+def _temporary_expired(reset_at: datetime | None) -> bool:
+    return reset_at is not None and utcnow() - reset_at > TEMPORARY_CREDENTIAL_LIFETIME
+
+
 def change_password(user_id: str, old_password: str, new_password: str, terminal: str | None = None) -> None:
-    """A user changes their own password (also the way out of an expired one)."""
-    user = db.session.get(User, user_id)
+    """A user changes their own password (also the way out of an expired or reset one).
+
+    Anonymous callers may use it, so it must not be a password oracle: the new password's
+    rules are checked only after the current password matched, every refusal before that
+    answers alike, and a wrong current password counts toward the lockout (audited)."""
+    _check_password(str(user_id).strip(), new_password)  # before the current password: no oracle
+    user = db.session.execute(select(User).where(User.id.ilike(str(user_id).strip()))).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.password_hash if user is not None else None, old_password)  # same time
     if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or current password" if user is None or usable else "unusable account",
+              terminal, action="auth.password.failed", attempts="password change")
         raise AuthenticationFailed("The user id or current password is wrong.")
-    _check_password(user_id, new_password)
+    if _temporary_expired(user.password_reset_at):
+        raise AuthenticationFailed("The temporary password has expired; ask an administrator for a new one.")
+    user_id = user.id
     recent = db.session.execute(
         select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user_id)
         .order_by(PasswordHistory.set_at.desc()).limit(PASSWORD_HISTORY_DEPTH)
@@ -224,6 +257,7 @@ def change_password(user_id: str, old_password: str, new_password: str, terminal
     now = utcnow()
     user.password_hash = hashing.hash_secret(new_password)
     user.password_changed_at = now
+    user.password_reset_at = None
     db.session.flush()
     db.session.add(PasswordHistory(user_id=user_id, password_hash=user.password_hash, set_at=now))
     record(actor_for(user, terminal=terminal), "user.password.changed", ("user", user_id), after={"password_changed_at": now.isoformat()})
@@ -249,32 +283,44 @@ def acknowledge_esig_accountability(user_id: str, terminal: str | None, *, commi
 # ------------------------------------------------------------------ authentication
 
 
-def _fail(user: User | None, given_id: str, why: str, terminal: str | None) -> None:
-    """Record a failed attempt; lock the account and raise an alarm at the threshold."""
+def _fail(user: User | None, given_id: str, why: str, terminal: str | None, *,
+          action: str = "auth.login.failed", attempts: str = "log-in") -> None:
+    """Record a failed credential attempt (log-in, password change, signature): audited,
+    counted toward the account's lockout and its per-account rate; at the threshold the
+    account locks and a security alarm is raised (Part 11 §11.300(d))."""
+    if user is not None:
+        count_account_failure(user.id)
     if user is None or not user.active or user.locked:
-        record(replace(AUTH, terminal=terminal), "auth.login.failed",
-               ("user", given_id), after={"why": why})
+        record(replace(AUTH, terminal=terminal), action, ("user", given_id), after={"why": why})
         db.session.commit()
         return
     policy = Policy.current()
     before = user.failed_attempts
     user.failed_attempts = before + 1
     actor = replace(AUTH, terminal=terminal)
-    record(actor, "auth.login.failed", ("user", user.id),
+    record(actor, action, ("user", user.id),
            before={"failed_attempts": before}, after={"failed_attempts": user.failed_attempts, "why": why})
     if user.failed_attempts >= policy.lockout_threshold:
         user.locked = True
         record(actor, "user.locked", ("user", user.id), before={"locked": False}, after={"locked": True},
-               reason=f"{user.failed_attempts} failed log-in attempts")
-        raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed log-in attempts",
-                    {"user": user.id, "terminal": terminal}, commit=False)
+               reason=f"{user.failed_attempts} failed attempts (last: {attempts})")
+        raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed attempts "
+                    f"(last: {attempts})", {"user": user.id, "terminal": terminal}, commit=False)
     db.session.commit()
 
 
-def _refuse_unusable(user: User) -> None:
-    if not user.active:
-        raise AuthenticationFailed("This account is deactivated.")
-    if user.locked:
+def signature_failed(user_id: str, terminal: str | None, why: str) -> None:
+    """A signature was refused for a wrong secret or another person's identification
+    component: the refused change is rolled back, and the attempt is audited and counted
+    toward the signer's lockout in its own transaction."""
+    db.session.rollback()
+    _fail(db.session.get(User, user_id), user_id, why, terminal, action="auth.signature.failed", attempts="signature")
+
+
+def _refuse_unusable(user: User, matches: bool) -> None:
+    """After a failed log-in: a locked account says so only to the right secret; a wrong one
+    gets the same answer as any other failure (no hint which accounts are locked)."""
+    if matches and user.active and user.locked:
         raise AccountLocked("This account is locked after too many failed attempts; ask an administrator to reset it.")
 
 
@@ -282,13 +328,20 @@ def login_with_password(user_id: str, password: str, terminal: Terminal | None) 
     """Log in with user id + password; returns the session and its bearer secret."""
     user = db.session.execute(select(User).where(User.id.ilike(user_id.strip()))).scalar()
     tid = terminal.id if terminal else None
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.password_hash if user is not None else None, password)  # always: same time
     if user is None or not user.active or user.locked or not matches:
-        _fail(user, user_id, "wrong user id or password" if user is None or (user.active and not user.locked) else "unusable account", tid)
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or password" if user is None or usable else "unusable account", tid)
         if user is not None:
-            _refuse_unusable(user)
+            _refuse_unusable(user, matches)
         raise AuthenticationFailed("The user id or password is wrong.")
+    if _temporary_expired(user.password_reset_at):
+        raise AuthenticationFailed("The temporary password has expired; ask an administrator for a new one.")
     policy = Policy.current()
+    if user.password_reset_at is not None:
+        raise PasswordExpired("The password was reset: set your own to continue.", user=user.id)
     if user.password_changed_at is None or utcnow() - user.password_changed_at > policy.password_max_age:
         raise PasswordExpired("The password has expired; change it to continue.", user=user.id)
     return _open_session(user, terminal, "password")
@@ -299,14 +352,45 @@ def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tupl
     if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
         raise TerminalRequired("Badge log-in works only on a registered kiosk.")
     user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.pin_hash if user is not None else None, pin)  # always: same time
     if user is None or not user.active or user.locked or not matches:
         why = "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account"
         _fail(user, f"badge:{badge_id}", why, terminal.id)
         if user is not None:
-            _refuse_unusable(user)
+            _refuse_unusable(user, matches)
         raise AuthenticationFailed("The badge or PIN is wrong.")
+    if _temporary_expired(user.pin_reset_at):
+        raise AuthenticationFailed("The temporary PIN has expired; ask an administrator for a new one.")
+    if user.pin_reset_at is not None:
+        raise PasswordExpired("Your PIN was reset: set your own PIN to continue.", user=user.id, credential="pin")
     return _open_session(user, terminal, "badge")
+
+
+def change_pin(badge_id: str, old_pin: str, new_pin: str, terminal: Terminal | None) -> None:
+    """A badge holder changes their own PIN on a kiosk (also the way out of a reset PIN).
+    Like :func:`change_password`: the new PIN's rules first, a wrong current PIN counted."""
+    if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
+        raise TerminalRequired("A PIN is changed on a registered kiosk.")
+    _check_pin(new_pin)
+    user = db.session.execute(select(User).where(User.badge_id == str(badge_id).strip())).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
+    matches = hashing.verify_secret(user.pin_hash if user is not None else None, old_pin)
+    if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, f"badge:{badge_id}", "unknown badge or wrong PIN" if user is None or usable else "unusable account",
+              terminal.id, action="auth.pin.failed", attempts="PIN change")
+        raise AuthenticationFailed("The badge or PIN is wrong.")
+    if _temporary_expired(user.pin_reset_at):
+        raise AuthenticationFailed("The temporary PIN has expired; ask an administrator for a new one.")
+    if new_pin == old_pin:
+        raise ValidationFailed("The new PIN must differ from the current one.", field="pin")
+    user.pin_hash = hashing.hash_secret(new_pin)
+    user.pin_reset_at = None
+    record(actor_for(user, terminal=terminal.id), "user.pin.changed", ("user", user.id), after={"pin": "changed"})
+    db.session.commit()
 
 
 def _open_session(user: User, terminal: Terminal | None, method: str) -> tuple[UserSession, str]:
