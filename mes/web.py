@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
@@ -42,6 +44,7 @@ from mes.users import operations as users
 from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
 from mes.users.ratelimit import count_attempt, limiter_for
+from mes.validation import BODY_MAX, BODY_STRING_MAX, JSON_DEPTH_MAX, hidden_character
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM_BASE = "https://open-mes.dev/problems/"
@@ -230,16 +233,26 @@ def establish_session(secret: str) -> str:
     return csrf_token()
 
 
+#: the years a date or time given by a user may name: none of the plant's records lies outside
+YEARS = (1970, 2199)
+
+
 def parse_utc(value: str | None, field: str) -> datetime | None:
     """An ISO 8601 date-time with zone from user input, or a 422 naming the field."""
     if value is None or value == "":
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         raise ValidationFailed(f"{field} must be an ISO 8601 date-time with time zone.", field=field) from None
     if parsed.tzinfo is None:
         raise ValidationFailed(f"{field} needs a time zone (e.g. 2027-01-01T00:00:00Z).", field=field)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not YEARS[0] <= utc.year <= YEARS[1]:
+        raise ValidationFailed(f"{field} must lie between the years {YEARS[0]} and {YEARS[1]}.", field=field)
     return parsed
 
 
@@ -248,9 +261,27 @@ def parse_date(value: str | None, field: str) -> date | None:
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
-    except ValueError:
+        parsed = date.fromisoformat(value)
+    except (ValueError, TypeError):
         raise ValidationFailed(f"{field} is not a calendar date (YYYY-MM-DD).", field=field) from None
+    if not YEARS[0] <= parsed.year <= YEARS[1]:
+        raise ValidationFailed(f"{field} must lie between the years {YEARS[0]} and {YEARS[1]}.", field=field)
+    return parsed
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high], or a 422 naming it (never an
+    overflow in the database: ``limit=0``, ``limit=-1`` and 30-digit numbers are refused)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if len(raw) <= 20 else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValidationFailed(f"{name} must be a whole number from {low} to {high}.", field=name)
+    return value
 
 
 def created(payload: dict[str, Any]) -> Response:
@@ -327,11 +358,91 @@ def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
     return found[1]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"the member {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"the number {text[:24]}{'...' if len(text) > 24 else ''} is beyond 64 bits")
+    return value
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """Parse a request body as strict JSON: a member given twice, NaN/Infinity and integers
+    beyond 64 bits are refused (ValueError), never 'last one wins' or an overflow later."""
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def _body_limits(schema: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """The body size limit and the fields whose schema allows strings longer than BODY_STRING_MAX."""
+    big = {name: int(spec["maxLength"]) for name, spec in (schema.get("properties") or {}).items()
+           if isinstance(spec, dict) and int(spec.get("maxLength", 0)) > BODY_STRING_MAX}
+    return BODY_MAX + sum(big.values()) * 4, big
+
+
+def _check_values(value: Any, path: str, depth: int, big: dict[str, int]) -> None:
+    """Nesting depth, string sizes and hidden characters of every value in a body."""
+    if depth > JSON_DEPTH_MAX:
+        raise ValidationFailed(f"{path or 'body'}: nested deeper than {JSON_DEPTH_MAX} levels.", field=path or "body")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, path, depth + 1, big)
+            _check_values(item, f"{path}/{key}" if path else str(key), depth + 1, big)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{path}/{i}", depth + 1, big)
+    elif isinstance(value, str):
+        limit = big.get(path, BODY_STRING_MAX)
+        if len(value) > limit:
+            raise ValidationFailed(f"{path or 'body'}: at most {limit} characters.", field=path or "body")
+        bad = hidden_character(value)
+        if bad is not None:
+            raise ValidationFailed(f"{path or 'body'}: contains a control or direction-override character ({bad}).",
+                                   field=path or "body")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValidationFailed(f"{path or 'body'}: the number is out of range.", field=path or "body")
+
+
 def validated_body(schema: dict[str, Any]) -> dict[str, Any]:
-    """The request's JSON object checked against ``schema``, or a 422 naming the first problem."""
-    data = request.get_json(silent=True)
+    """The request's JSON object checked against ``schema``, or a 422 naming the first problem.
+
+    Every body is also held to the documented limits (:mod:`mes.validation`): at most
+    ``BODY_MAX`` bytes (413), ``JSON_DEPTH_MAX`` levels, ``BODY_STRING_MAX`` characters per
+    string unless the field's schema allows more, no member twice, no NaN, no integer beyond
+    64 bits, no control or direction-override character."""
+    if not request.is_json:
+        raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
+    size_limit, big = _body_limits(schema)
+    if (request.content_length or 0) > size_limit:
+        raise RequestEntityTooLarge(f"The request body is larger than {size_limit} bytes.")
+    raw = request.get_data(cache=True)
+    if len(raw) > size_limit:
+        raise RequestEntityTooLarge(f"The request body is larger than {size_limit} bytes.")
+    try:
+        data = strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
+    _check_values(data, "", 0, big)
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "body"
