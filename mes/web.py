@@ -202,6 +202,17 @@ def _principal() -> Principal:
                      terminal_id=terminal_id)
 
 
+def caller_may(permission: Permission) -> bool:
+    """Whether this request's caller, if any, holds ``permission`` (for a public view that
+    shows more to those who may see it); an anonymous or failed caller simply may not."""
+    try:
+        who = _principal()
+    except MESError:
+        db.session.rollback()
+        return False
+    return allowed(who.roles, permission) and (who.token is None or permission.value in who.token.scopes)
+
+
 def principal() -> Principal:
     """The caller of the current request (set by :func:`endpoint`)."""
     return g.principal

@@ -21,14 +21,27 @@ def test_healthz(client) -> None:
 def test_readyz_reports_each_check(client, app: Flask) -> None:
     from mes.system.readiness import record_audit_result
 
-    r = client.get("/readyz")
+    seed()
+    _, secret = ops.issue_token(SEED, "integrator1", ["system.monitor"], "monitoring")
+    monitor = {"Authorization": f"Bearer {secret}"}
+    r = client.get("/readyz", headers=monitor)
     body = r.get_json()
     assert body["checks"]["database"]["ok"] and body["checks"]["migrations"]["ok"]
     record_audit_result(True, "verified 0 entries")
     assert client.get("/readyz").status_code == 200
     record_audit_result(False, "entry 3: prev does not match")
-    r = client.get("/readyz")
+    r = client.get("/readyz", headers=monitor)
     assert r.status_code == 503 and r.get_json()["checks"]["audit"]["state"] == "failed"
+
+
+def test_readyz_tells_anonymous_callers_only_ready_or_not(client, app: Flask) -> None:
+    from mes.system.readiness import record_audit_result
+
+    record_audit_result(True, "verified 0 entries")
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    record_audit_result(False, "entry 3: prev does not match")
+    r = client.get("/readyz", headers={"Authorization": "Bearer mes_forged.x"})
+    assert r.status_code == 503 and r.get_json() == {"status": "not ready"}
 
 
 def test_openapi_describes_every_api_endpoint(client, app: Flask) -> None:

@@ -13,7 +13,7 @@ from mes.system import readiness
 from mes.users.models import Alarm
 from mes.users.permissions import Permission as P
 from mes.users.permissions import roles_for
-from mes.web import access_of, endpoint
+from mes.web import access_of, caller_may, endpoint
 
 bp = Blueprint("system", __name__)
 
@@ -26,12 +26,17 @@ def healthz() -> Response:
 
 
 @bp.get("/readyz")
-@endpoint(public="readiness probe for the load balancer; reveals only check names", tags=("system",))
+@endpoint(public="readiness probe for the load balancer; anonymous callers learn only ready or not ready",
+          tags=("system",))
 def readyz() -> Response:
-    """Database reachable, migrations at head, audit chain verified."""
+    """Database reachable, migrations at head, audit chain verified; the checks' details only
+    with a token or session holding system.monitor."""
     checks = readiness.run_checks()
     ok = all(c["ok"] for c in checks.values())
-    response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
+    if caller_may(P.SYSTEM_MONITOR):
+        body["checks"] = checks
+    response = jsonify(body)
     response.status_code = 200 if ok else 503
     return response
 
