@@ -184,6 +184,7 @@ def deactivate_user(actor: Actor, user_id: str, reason: str) -> None:
         open_session.end_reason = "deactivated"
     record(actor, "user.deactivated", ("user", user_id), before={"active": True}, after={"active": False}, reason=reason)
     db.session.commit()
+    _close_live(f"user:{user_id}")
 
 
 #: how long a password or PIN set by an administrator may be used to set the owner's own
@@ -307,6 +308,8 @@ def _fail(user: User | None, given_id: str, why: str, terminal: str | None, *,
         raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed attempts "
                     f"(last: {attempts})", {"user": user.id, "terminal": terminal}, commit=False)
     db.session.commit()
+    if user.locked:
+        _close_live(f"user:{user.id}")
 
 
 def signature_failed(user_id: str, terminal: str | None, why: str) -> None:
@@ -464,6 +467,20 @@ def end_session(row: UserSession, reason: str) -> None:
     record(actor_for(row.user, terminal=row.terminal_id), "auth.logout", ("user", row.user_id),
            after={"session": row.id[:12], "reason": reason})
     db.session.commit()
+    _close_live(session_room(row.id))
+
+
+def _close_live(room: str) -> None:
+    """Close the live (Socket.IO) connections of a session or user that can no longer be used."""
+    from mes.realtime import close_room_sockets
+
+    close_room_sockets(room)
+
+
+def session_room(session_id: str) -> str:
+    from mes.realtime import session_room as room
+
+    return room(session_id)
 
 
 # ----------------------------------------------------------------------- terminals
