@@ -44,6 +44,7 @@ from mes.execution.records import _record_json, _record_row
 from mes.gateway.store import ReadingStore
 from mes.steps import registry as step_kinds
 from mes.steps.context import StepContext
+from mes.users.operations import check_terminal_line
 
 
 def _replay(key: str, batch_step_id: str, action: str) -> dict[str, Any] | None:
@@ -70,6 +71,7 @@ def start_step(actor: Actor, batch_id: str, step_id: str, idempotency_key: str, 
     """Start a step (timers: the server clock starts now); idempotent like :func:`complete_step`."""
     key = _check_key(idempotency_key)
     batch = _locked(Batch, batch_id)
+    check_terminal_line(actor.terminal, batch.line)
     step = _locked(BatchStep, f"{batch_id}:{step_id}")
     replay = _replay(key, step.id, "start")
     if replay is not None:
@@ -185,6 +187,7 @@ def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[st
                      max_reading_age_ms: int) -> dict[str, Any]:
     # ordering and states depend only on the steps not completed yet
     batch, rows, blockers = _read_for_completion(batch_id)
+    check_terminal_line(actor.terminal, batch.line)
     step = next((r for r in rows if r.step_id == step_id), None)
     if step is None:
         get_step(batch_id, step_id)  # NotFound, else it is completed

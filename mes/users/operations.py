@@ -521,6 +521,27 @@ def authenticate_terminal(terminal_id: str, key: str) -> Terminal | None:
     return terminal
 
 
+_TERMINAL_SCOPE: dict[tuple[str, str], tuple[str, str | None]] = {}
+
+
+def check_terminal_line(terminal_id: str | None, line: str | None) -> None:
+    """A kiosk serves its own line: it starts and executes batches of that line only (a
+    workstation, or a kiosk registered without a line, is not bound to one). A terminal's kind
+    and line never change after registration, so they are read once per process."""
+    if terminal_id is None:
+        return
+    cache_key = (str(db.engine.url), terminal_id)
+    scope = _TERMINAL_SCOPE.get(cache_key)
+    if scope is None:
+        terminal = db.session.get(Terminal, terminal_id)
+        if terminal is None:
+            return
+        scope = _TERMINAL_SCOPE[cache_key] = (terminal.kind, terminal.line)
+    kind, own = scope
+    if kind == TerminalKind.KIOSK.value and own is not None and line != own:
+        raise Forbidden(f"Kiosk {terminal_id} serves line {own}; this batch is on {line or 'no line'}.")
+
+
 # -------------------------------------------------------------------------- tokens
 
 TOKEN_PREFIX = "mes_"
