@@ -120,6 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Idle logout on kiosks"),
     Setting("MES_WORKSTATION_IDLE_SECONDS", "MES_WORKSTATION_IDLE_SECONDS", _parse_positive_int, "900",
             "Idle logout on QA / admin workstations"),
+    Setting("MES_SESSION_MAX_HOURS", "MES_SESSION_MAX_HOURS", _parse_positive_int, "12",
+            "Absolute lifetime of a log-in and of a browser session, whatever the activity"),
     Setting("MES_PASSWORD_MAX_AGE_DAYS", "MES_PASSWORD_MAX_AGE_DAYS", _parse_positive_int, "90",
             "Password ageing: a password older than this must be changed"),
     Setting("MES_PASSWORD_MIN_LENGTH", "MES_PASSWORD_MIN_LENGTH", _parse_positive_int, "12",

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
-from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -44,6 +43,7 @@ from mes.users import operations as users
 from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
 from mes.users.ratelimit import count_attempt, limiter_for
+from mes.users.session_store import ServerSession, ServerSessionInterface
 from mes.validation import BODY_MAX, BODY_STRING_MAX, JSON_DEPTH_MAX, hidden_character
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -165,6 +165,10 @@ def current_terminal_id() -> str | None:
 # ------------------------------------------------------------------ principal
 
 
+#: seconds of activity the idle clock may lag (the last activity is stored at most this often)
+LAST_ACTIVITY_GRANULARITY = 5
+
+
 def _principal() -> Principal:
     """Authenticate the caller: bearer token first, then the session cookie."""
     auth = request.headers.get("Authorization", "")
@@ -197,7 +201,9 @@ def _principal() -> Principal:
         terminal_id: str | None = live.terminal_id
     else:
         terminal_id = current_terminal_id()
-    session["last"] = time.time()
+    now = time.time()
+    if last_dt is None or now - last > LAST_ACTIVITY_GRANULARITY:  # kept on the server: written now and then
+        session["last"] = now
     return Principal(user_id=live.user_id, full_name=live.full_name, roles=set(live.roles), session_id=live.id,
                      terminal_id=terminal_id)
 
@@ -235,7 +241,9 @@ def csrf_token() -> str:
 def establish_session(secret: str) -> str:
     """Start the browser session after a log-in: fresh cookie, keep the terminal enrolment."""
     enrolled = session.get("terminal")
-    session.clear()  # a fresh session at log-in: no session fixation
+    session.clear()  # a fresh session at log-in, under a new id: no session fixation
+    if isinstance(session, ServerSession):
+        session.rotate()
     if enrolled:
         session["terminal"] = enrolled
     session.permanent = True
@@ -510,18 +518,6 @@ CSP = (
 )
 
 
-class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, except that a response marked with
-    :func:`leave_session_cookie_alone` never sets the cookie. A permanent session is otherwise
-    re-sent on every response, so a heartbeat that was in flight during a log-in, answered
-    after it, would put the pre-log-in cookie back and silently log the operator out."""
-
-    def should_set_cookie(self, app: Flask, session: Any) -> bool:
-        if g.get("mes_leave_session_cookie") and not session.modified:
-            return False
-        return bool(super().should_set_cookie(app, session))
-
-
 def leave_session_cookie_alone() -> None:
     """This response must not (re-)set the session cookie (heartbeats, polls)."""
     g.mes_leave_session_cookie = True
@@ -533,7 +529,7 @@ def init_app(app: Flask) -> None:
     hops = int(app.config.get("MES_PROXY_HOPS", 0) or 0)
     if hops:  # behind nginx: the client address is the one the trusted proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
-    app.session_interface = _SessionInterface()
+    app.session_interface = ServerSessionInterface()
 
     @app.before_request
     def _fresh_request_state() -> None:

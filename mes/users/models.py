@@ -156,3 +156,16 @@ class Alarm(db.Model):
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
 
+
+
+class WebSession(db.Model):
+    """A browser session's data, kept on the server (the cookie holds a random id whose
+    SHA-256 is ``id``): plumbing, not a record, so it is neither audited nor kept."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from mes.audit.log import Actor, record
-from mes.db import db, driver_queries, utcnow
+from mes.db import as_utc, db, driver_queries, utcnow
 from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -46,6 +46,7 @@ class Policy:
     password_max_age: timedelta
     kiosk_idle: timedelta
     workstation_idle: timedelta
+    session_max: timedelta
 
     @classmethod
     def current(cls) -> Policy:
@@ -56,6 +57,7 @@ class Policy:
             password_max_age=timedelta(days=c["MES_PASSWORD_MAX_AGE_DAYS"]),
             kiosk_idle=timedelta(seconds=c["MES_KIOSK_IDLE_SECONDS"]),
             workstation_idle=timedelta(seconds=c["MES_WORKSTATION_IDLE_SECONDS"]),
+            session_max=timedelta(hours=c.get("MES_SESSION_MAX_HOURS", 12)),
         )
 
 
@@ -432,7 +434,7 @@ class LiveSession:
 
 _LIVE_SESSION_SQL = (
     "SELECT s.id, s.user_id, s.terminal_id, s.ended_at, u.full_name, u.active, u.locked, r.role, "
-    "t.kind, t.active, t.key_hash FROM user_sessions s JOIN users u ON u.id = s.user_id "
+    "t.kind, t.active, t.key_hash, s.started_at FROM user_sessions s JOIN users u ON u.id = s.user_id "
     "LEFT JOIN user_roles r ON r.user_id = u.id LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
 
 
@@ -444,11 +446,16 @@ def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
     [rows] = driver_queries(db.session.connection(), [(_LIVE_SESSION_SQL, (sid,))])
     if not rows or rows[0][3] is not None:
         raise SessionExpired("The session has ended; log in again.")
-    _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash = rows[0]
+    _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash, started = rows[0]
     if not user_active or locked:
         end_session(db.session.get(UserSession, sid), "account_unusable")
         raise SessionExpired("This account can no longer be used; log in again.")
     policy = Policy.current()
+    started_at = as_utc(started)
+    if started_at is not None and utcnow() - started_at > policy.session_max:
+        end_session(db.session.get(UserSession, sid), "absolute_timeout")
+        raise SessionExpired(f"A session lasts at most {policy.session_max.total_seconds() / 3600:g} hours; "
+                             "log in again.")
     idle = policy.kiosk_idle if terminal_kind == TerminalKind.KIOSK.value else policy.workstation_idle
     if last_activity is not None and utcnow() - last_activity > idle:
         end_session(db.session.get(UserSession, sid), "idle_timeout")
