@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Final, TypeVar
 
+from sqlalchemy import BigInteger
+
 from mes.db import db
 from mes.errors import NotFound, ValidationFailed
 
@@ -121,6 +123,14 @@ def optional_text(value: Any, what: str, field: str, max_len: int = SHORT_MAX) -
     return check_plain(text, what, field, multiline=max_len > NAME_MAX) or None
 
 
+def _int_key_limit(model: Any) -> int:
+    """The integers a model's primary key column can hold (32 or 64 bits): a larger key names
+    no row, and must not reach the database as an overflow."""
+    columns = list(model.__table__.primary_key.columns)
+    wide = len(columns) == 1 and isinstance(columns[0].type, BigInteger)
+    return 2**63 if wide else 2**31
+
+
 def get_or_404(model: type[T], key: Any, what: str | None = None, *, detail: str | None = None) -> T:
     """The ``model`` row with primary key ``key``, or NotFound with a plain sentence.
 
@@ -129,7 +139,7 @@ def get_or_404(model: type[T], key: Any, what: str | None = None, *, detail: str
     row and is not known either.
     """
     usable = (isinstance(key, str) and len(key) <= 200 and hidden_character(key, multiline=False) is None) or (
-        isinstance(key, int) and not isinstance(key, bool) and -(2**63) <= key < 2**63)  # beyond 64 bits: no row
+        isinstance(key, int) and not isinstance(key, bool) and abs(key) < _int_key_limit(model))  # beyond: no row
     row = db.session.get(model, key) if usable else None
     if row is None:
         raise NotFound(detail or f"{what or model.__name__} {key} is not known.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -126,7 +127,7 @@ def build_openapi(app: Flask) -> dict[str, Any]:
             params = [*params, TERMINAL_HEADER]
         if access and access.request_schema and "expected_version" in (access.request_schema.get("properties") or {}):
             params = [*params, IDEMPOTENCY_HEADER]
-        codes = view.__code__.co_names
+        codes = inspect.unwrap(view).__code__.co_names
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {
                 "operationId": rule.endpoint.replace(".", "_") + ("" if method == "GET" else f"_{method.lower()}"),
