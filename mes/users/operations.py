@@ -352,6 +352,23 @@ def login_with_password(user_id: str, password: str, terminal: Terminal | None) 
     return _open_session(user, terminal, "password")
 
 
+def check_password(user_id: str, password: str, terminal: str | None) -> User:
+    """The account whose password this is (a command-line caller), or AuthenticationFailed:
+    a wrong password is audited and counted toward the lockout like a failed log-in; a
+    password reset by an administrator does not authorise a command either."""
+    user = db.session.execute(select(User).where(User.id.ilike(str(user_id).strip()))).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
+    matches = hashing.verify_secret(user.password_hash if user is not None else None, password)  # always: same time
+    if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or password" if user is None or usable else "unusable account", terminal)
+        raise AuthenticationFailed("The user id or password is wrong, or the account is locked or deactivated.")
+    if user.password_reset_at is not None:
+        raise PasswordExpired("The password was reset: set your own to continue.", user=user.id)
+    return user
+
+
 def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tuple[UserSession, str]:
     """Log in on a kiosk with badge + PIN (a registered kiosk terminal is required)."""
     if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
