@@ -147,3 +147,24 @@ def test_logs_are_json_with_request_id(app: Flask, client, capsys: pytest.Captur
         line = JSONFormatter().format(record)
     payload = json.loads(line)
     assert payload["message"] == "hello" and payload["request_id"] == "abc"
+
+
+def test_openapi_states_the_rules_the_server_enforces(client, app: Flask) -> None:
+    from mes.steps import registry
+
+    doc = client.get("/api/v1/openapi.json").get_json()
+    complete = doc["paths"]["/api/v1/batches/{batch_id}/steps/{step_id}/complete"]["post"]
+    headers = {p["name"]: p for p in complete["parameters"] if p["in"] == "header"}
+    assert headers["Idempotency-Key"]["required"] is True and "X-MES-Terminal" in headers
+    assert all(f"`{kind.name}`" in complete["description"] for kind in registry.kinds())
+    assert complete["requestBody"]["content"]["application/json"]["examples"]
+    batch_id = next(p for p in complete["parameters"] if p["name"] == "batch_id")
+    assert batch_id["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+    alarm = doc["paths"]["/api/v1/alarms/{alarm_id}/acknowledge"]["post"]["parameters"][0]
+    assert alarm["schema"]["maximum"] == 2**63 - 1 and alarm["schema"]["minimum"] == 1
+    assert "201" in doc["paths"]["/api/v1/users"]["post"]["responses"]
+    assert "201" in doc["paths"]["/api/v1/tokens"]["post"]["responses"]
+    login = doc["paths"]["/api/v1/auth/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert len(login["oneOf"]) == 2  # user id + password, or badge + PIN
+    for rule in ("integration and system accounts only", "nesting at most", "no member given twice", "X-MES-Terminal"):
+        assert rule in " ".join(doc["info"]["description"].split()), rule

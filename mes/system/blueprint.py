@@ -109,6 +109,24 @@ API_DESCRIPTION = f"""Every rule below is enforced by the server.
 API_PREFIXES = ("/api/", "/integration/")
 
 
+COMPLETE_EXAMPLES = {
+    "instruction": {"value": {"expected_version": 2, "payload": {"confirm": True}}},
+    "numeric": {"value": {"expected_version": 2, "payload": {"value": "7.25"}}},
+    "weigh": {"value": {"expected_version": 2, "payload": {"lot_id": "L-0001", "container_id": "L-0001-C1",
+                                                           "device_id": "SCALE-01"}}},
+    "signature (first of a kiosk session)": {"value": {"expected_version": 2, "payload": {
+        "badge": "B-1001", "pin": "<PIN>", "esig_acknowledged": True}}},
+}
+
+
+def step_kind_payloads() -> dict[str, str]:
+    """Each registered step kind's completion payload, from its ``complete`` documentation."""
+    from mes.steps import registry
+
+    return {kind.name: " ".join((type(kind).complete.__doc__ or "").strip().split("\n\n")[0].split())
+            for kind in registry.kinds()}
+
+
 def build_openapi(app: Flask) -> dict[str, Any]:
     """OpenAPI 3.1 for every API rule, from each view's declared access and schema."""
     paths: dict[str, Any] = {}
@@ -156,6 +174,10 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 op["x-terminal-required"] = True
             if access and access.request_schema is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": access.request_schema}}}
+                if path.endswith("/complete") and "expected_version" in (access.request_schema.get("properties") or {}):
+                    op["description"] = "The completion payload depends on the step kind:\n\n" + "\n".join(
+                        f"* `{name}`: {text}" for name, text in step_kind_payloads().items())
+                    op["requestBody"]["content"]["application/json"]["examples"] = COMPLETE_EXAMPLES
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
