@@ -192,13 +192,13 @@ def check() -> None:
 def _as_user(app: Flask, user_id: str, permission: str) -> Any:
     """Authenticate the CLI caller and check the permission matrix for the command."""
     from mes.users import operations as ops
-    from mes.users import secrets as hashing
     from mes.users.permissions import Permission, allowed
 
     password = os.environ.get("MES_CLI_PASSWORD") or click.prompt(f"password for {user_id}", hide_input=True)
-    user = ops.get_user(user_id)
-    if not user.active or user.locked or not hashing.verify_secret(user.password_hash, password):
-        fail("the user id or password is wrong, or the account is locked or deactivated", 1)
+    try:  # a wrong password is counted toward the lockout and audited, as at a log-in
+        user = ops.check_password(user_id, password, "cli")
+    except MESError as exc:
+        fail(exc.detail[:1].lower() + exc.detail[1:].rstrip("."), 1)
     if not allowed(user.role_names(), Permission(permission)):
         fail(f"{user_id} may not do this ({permission})", 1)
     return ops.actor_for(user, terminal="cli")

@@ -44,6 +44,16 @@ def _parse_positive_int(raw: str) -> int:
     return value
 
 
+def _parse_count(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, 0 or more, got {raw!r}") from None
+    if not 0 <= value <= 10:
+        raise ValueError(f"expected a whole number from 0 to 10, got {raw!r}")
+    return value
+
+
 def _parse_site_id(raw: str) -> str:
     value = raw.strip()
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -119,6 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Idle logout on kiosks"),
     Setting("MES_WORKSTATION_IDLE_SECONDS", "MES_WORKSTATION_IDLE_SECONDS", _parse_positive_int, "900",
             "Idle logout on QA / admin workstations"),
+    Setting("MES_SESSION_MAX_HOURS", "MES_SESSION_MAX_HOURS", _parse_positive_int, "12",
+            "Absolute lifetime of a log-in and of a browser session, whatever the activity"),
     Setting("MES_PASSWORD_MAX_AGE_DAYS", "MES_PASSWORD_MAX_AGE_DAYS", _parse_positive_int, "90",
             "Password ageing: a password older than this must be changed"),
     Setting("MES_PASSWORD_MIN_LENGTH", "MES_PASSWORD_MIN_LENGTH", _parse_positive_int, "12",
@@ -126,11 +138,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_LOCKOUT_THRESHOLD", "MES_LOCKOUT_THRESHOLD", _parse_positive_int, "5",
             "Failed log-ins that lock an account"),
     Setting("MES_LOGIN_RATE_PER_MINUTE", "MES_LOGIN_RATE_PER_MINUTE", _parse_positive_int, "20",
-            "Log-in attempts allowed per client address per minute"),
+            "Log-in and password-change attempts allowed per terminal (else client address) per minute"),
+    Setting("MES_ACCOUNT_RATE_PER_MINUTE", "MES_ACCOUNT_RATE_PER_MINUTE", _parse_positive_int, "10",
+            "Credential attempts (log-in, password change, signature) allowed per account per minute"),
+    Setting("MES_PROXY_HOPS", "MES_PROXY_HOPS", _parse_count, "0",
+            "Trusted reverse proxies in front of the app (1 behind the shipped nginx): their X-Forwarded-For is used"),
     Setting("MES_SESSION_COOKIE_SECURE", "SESSION_COOKIE_SECURE", _parse_bool, "true",
             "Send session cookies over HTTPS only (false only for the local demo)"),
     Setting("MES_REDIS_URL", "MES_REDIS_URL", str, "",
-            "Redis URL for the Socket.IO message queue when several web workers run"),
+            "Redis URL for the Socket.IO message queue and shared attempt limits when several web workers run"),
     Setting("MES_AUDIT_KEY_PATH", "MES_AUDIT_KEY_PATH", str, "",
             "Audit checkpoint signing key; default MES_HOME/audit-signing.key"),
     Setting("MES_AUDIT_TAG_KEY_PATH", "MES_AUDIT_TAG_KEY_PATH", str, "",

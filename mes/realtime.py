@@ -28,7 +28,8 @@ from typing import Any
 import flask_socketio
 from flask import Flask, current_app, has_app_context, session
 
-__all__ = ["NAMESPACE", "device_room", "emitter", "init_app", "line_room", "publish", "socketio"]
+__all__ = ["NAMESPACE", "close_room_sockets", "device_room", "emitter", "init_app", "line_room", "publish",
+           "session_room", "socketio"]
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +111,83 @@ def _who() -> Any:
         return None
 
 
+def session_room(session_id: str) -> str:
+    """The room of every socket opened by one log-in (closed when the session ends)."""
+    return f"session:{session_id}"
+
+
+def close_room_sockets(room: str, *, app: Flask | None = None) -> None:
+    """Disconnect every socket in ``room`` of ``/live`` on this server (a session that ended,
+    an account locked or deactivated); sockets on other workers are refused at their next
+    event by the same check. A failure is logged, never raised."""
+    if app is None and has_app_context():
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    target: Any = app.extensions.get("socketio") if app is not None else None
+    if target is None or target.server is None:
+        return
+    try:
+        for sid, _ in list(target.server.manager.get_participants(NAMESPACE, room)):
+            target.server.disconnect(sid, namespace=NAMESPACE)
+    except Exception:  # noqa: BLE001 - the session has ended in the database all the same
+        log.warning("could not close the sockets of %s", room, exc_info=True)
+
+
 def _connect(auth: Any = None) -> None:
+    from mes.users.permissions import Permission, allowed
+
     who = _who()
     if who is None:
         raise flask_socketio.ConnectionRefusedError("Log in first: live data is for logged-in users only.")
-    # Roles are kept for this connection only (Flask-SocketIO keeps its own copy of the
-    # session): watching is checked against them without a database round trip.
-    session["live_roles"] = sorted(who.roles)
+    # What this connection may watch is worked out once, as the REST API would for this
+    # caller (roles, narrowed by a token's scopes); the session is re-checked on every event.
+    scopes = set(who.token.scopes) if who.token is not None else None
+    session["live_permissions"] = sorted(p.value for p in Permission if allowed(who.roles, p)
+                                         and (scopes is None or p.value in scopes))
     session["live_user"] = who.user_id
+    session["live_session"] = who.session_id
+    session["live_token"] = who.token.id if who.token is not None else None
+    terminal = who.terminal
+    session["live_line"] = terminal.line if terminal is not None and terminal.kind == "kiosk" else None
     flask_socketio.join_room(f"user:{who.user_id}")
+    if who.session_id is not None:
+        flask_socketio.join_room(session_room(who.session_id))
+
+
+def _still_live() -> bool:
+    """Whether the log-in (or token) this socket was opened with still holds; if not, the
+    socket is closed: live data ends with the session."""
+    from mes.db import db
+    from mes.users.models import ApiToken, UserSession
+
+    try:
+        ok = False
+        if session.get("live_session"):
+            row = db.session.get(UserSession, session["live_session"])
+            ok = row is not None and row.ended_at is None and row.user.active and not row.user.locked
+        elif session.get("live_token"):
+            token = db.session.get(ApiToken, session["live_token"])
+            ok = token is not None and token.revoked_at is None and token.user.active and not token.user.locked
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - cannot tell: treat as ended
+        log.warning("could not check a live session", exc_info=True)
+        ok = False
+    if not ok:  # told why, then closed (the event's acknowledgement is not sent on a closed socket)
+        flask_socketio.emit("session_ended", ENDED)
+        flask_socketio.disconnect()
+    return ok
 
 
 def _may_watch(permission_name: str) -> bool:
-    from mes.users.permissions import Permission, allowed
+    permissions = session.get("live_permissions")
+    return isinstance(permissions, list) and permission_name in permissions
 
-    roles = session.get("live_roles")
-    return isinstance(roles, list) and allowed(set(roles), Permission(permission_name))
+
+ENDED = {"ok": False, "detail": "The session has ended; log in again."}
 
 
 def _watch(data: Any = None) -> dict[str, Any]:
+    if not _still_live():
+        return ENDED
     devices = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(devices, list) or not devices or len(devices) > MAX_WATCHED \
             or not all(isinstance(d, str) and _ROOM_ID.match(d) for d in devices):
@@ -152,11 +211,16 @@ def _unwatch(data: Any = None) -> dict[str, Any]:
 
 
 def _watch_line(data: Any = None) -> dict[str, Any]:
+    if not _still_live():
+        return ENDED
     line = data.get("line") if isinstance(data, dict) else None
     if not isinstance(line, str) or not _ROOM_ID.match(line):
         return {"ok": False, "detail": "Send {\"line\": \"LINE-1\"}."}
     if not _may_watch("batch.view"):
         return {"ok": False, "detail": "Your role may not watch a line (batch.view)."}
+    own = session.get("live_line")
+    if own is not None and line != own:
+        return {"ok": False, "detail": f"This kiosk serves line {own}; it does not watch {line}."}
     room = line_room(line)
     flask_socketio.join_room(room)
     return {"ok": True, "rooms": [room]}

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
+import math
 import secrets
 import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from threading import Lock
 from typing import Any, TypeVar
 
 import jsonschema
 from flask import Flask, Response, current_app, g, jsonify, request, session
-from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
 from mes.db import db
@@ -42,6 +42,9 @@ from mes.plant_time import plant_zone
 from mes.users import operations as users
 from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
+from mes.users.ratelimit import count_attempt, limiter_for
+from mes.users.session_store import ServerSession, ServerSessionInterface
+from mes.validation import BODY_MAX, BODY_STRING_MAX, JSON_DEPTH_MAX, hidden_character
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM_BASE = "https://open-mes.dev/problems/"
@@ -103,7 +106,8 @@ class Principal:
             from mes.users.permissions import MATRIX
 
             role = next((r for r in names if r in {x.value for x in MATRIX[permission]}), None)
-        terminal = self.terminal_id or (f"api:{self.token.id}" if self.token else None)
+        # a token's identity is always recorded; no terminal header overrides it
+        terminal = f"api:{self.token.id}" if self.token is not None else self.terminal_id
         return Actor(id=self.user_id, name=self.full_name, role=role or (names[0] if names else "none"),
                      terminal=terminal)
 
@@ -161,14 +165,22 @@ def current_terminal_id() -> str | None:
 # ------------------------------------------------------------------ principal
 
 
+#: seconds of activity the idle clock may lag (the last activity is stored at most this often)
+LAST_ACTIVITY_GRANULARITY = 5
+
+
 def _principal() -> Principal:
     """Authenticate the caller: bearer token first, then the session cookie."""
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
         token = users.authenticate_token(auth[7:].strip())
         user = token.user
+        # a token is its own origin: a terminal header beside it is ignored, never recorded
+        # in its place, and never satisfies a terminal-only action (tokens are not terminals)
+        g.mes_terminal_id = None
+        g.mes_terminal = None
         return Principal(user_id=user.id, full_name=user.full_name, roles=user.role_names(), token=token,
-                         terminal_id=current_terminal_id(), _user=user)
+                         terminal_id=None, _user=user)
     sid = session.get("sid")
     if not sid:
         raise AuthenticationFailed("Log in first.")
@@ -189,9 +201,22 @@ def _principal() -> Principal:
         terminal_id: str | None = live.terminal_id
     else:
         terminal_id = current_terminal_id()
-    session["last"] = time.time()
+    now = time.time()
+    if last_dt is None or now - last > LAST_ACTIVITY_GRANULARITY:  # kept on the server: written now and then
+        session["last"] = now
     return Principal(user_id=live.user_id, full_name=live.full_name, roles=set(live.roles), session_id=live.id,
                      terminal_id=terminal_id)
+
+
+def caller_may(permission: Permission) -> bool:
+    """Whether this request's caller, if any, holds ``permission`` (for a public view that
+    shows more to those who may see it); an anonymous or failed caller simply may not."""
+    try:
+        who = _principal()
+    except MESError:
+        db.session.rollback()
+        return False
+    return allowed(who.roles, permission) and (who.token is None or permission.value in who.token.scopes)
 
 
 def principal() -> Principal:
@@ -216,7 +241,9 @@ def csrf_token() -> str:
 def establish_session(secret: str) -> str:
     """Start the browser session after a log-in: fresh cookie, keep the terminal enrolment."""
     enrolled = session.get("terminal")
-    session.clear()  # a fresh session at log-in: no session fixation
+    session.clear()  # a fresh session at log-in, under a new id: no session fixation
+    if isinstance(session, ServerSession):
+        session.rotate()
     if enrolled:
         session["terminal"] = enrolled
     session.permanent = True
@@ -225,16 +252,26 @@ def establish_session(secret: str) -> str:
     return csrf_token()
 
 
+#: the years a date or time given by a user may name: none of the plant's records lies outside
+YEARS = (1970, 2199)
+
+
 def parse_utc(value: str | None, field: str) -> datetime | None:
     """An ISO 8601 date-time with zone from user input, or a 422 naming the field."""
     if value is None or value == "":
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         raise ValidationFailed(f"{field} must be an ISO 8601 date-time with time zone.", field=field) from None
     if parsed.tzinfo is None:
         raise ValidationFailed(f"{field} needs a time zone (e.g. 2027-01-01T00:00:00Z).", field=field)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not YEARS[0] <= utc.year <= YEARS[1]:
+        raise ValidationFailed(f"{field} must lie between the years {YEARS[0]} and {YEARS[1]}.", field=field)
     return parsed
 
 
@@ -243,9 +280,27 @@ def parse_date(value: str | None, field: str) -> date | None:
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
-    except ValueError:
+        parsed = date.fromisoformat(value)
+    except (ValueError, TypeError):
         raise ValidationFailed(f"{field} is not a calendar date (YYYY-MM-DD).", field=field) from None
+    if not YEARS[0] <= parsed.year <= YEARS[1]:
+        raise ValidationFailed(f"{field} must lie between the years {YEARS[0]} and {YEARS[1]}.", field=field)
+    return parsed
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high], or a 422 naming it (never an
+    overflow in the database: ``limit=0``, ``limit=-1`` and 30-digit numbers are refused)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if len(raw) <= 20 else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValidationFailed(f"{name} must be a whole number from {low} to {high}.", field=name)
+    return value
 
 
 def created(payload: dict[str, Any]) -> Response:
@@ -322,11 +377,91 @@ def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
     return found[1]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"the member {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"the number {text[:24]}{'...' if len(text) > 24 else ''} is beyond 64 bits")
+    return value
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """Parse a request body as strict JSON: a member given twice, NaN/Infinity and integers
+    beyond 64 bits are refused (ValueError), never 'last one wins' or an overflow later."""
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def _body_limits(schema: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """The body size limit and the fields whose schema allows strings longer than BODY_STRING_MAX."""
+    big = {name: int(spec["maxLength"]) for name, spec in (schema.get("properties") or {}).items()
+           if isinstance(spec, dict) and int(spec.get("maxLength", 0)) > BODY_STRING_MAX}
+    return BODY_MAX + sum(big.values()) * 4, big
+
+
+def _check_values(value: Any, path: str, depth: int, big: dict[str, int]) -> None:
+    """Nesting depth, string sizes and hidden characters of every value in a body."""
+    if depth > JSON_DEPTH_MAX:
+        raise ValidationFailed(f"{path or 'body'}: nested deeper than {JSON_DEPTH_MAX} levels.", field=path or "body")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, path, depth + 1, big)
+            _check_values(item, f"{path}/{key}" if path else str(key), depth + 1, big)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{path}/{i}", depth + 1, big)
+    elif isinstance(value, str):
+        limit = big.get(path, BODY_STRING_MAX)
+        if len(value) > limit:
+            raise ValidationFailed(f"{path or 'body'}: at most {limit} characters.", field=path or "body")
+        bad = hidden_character(value)
+        if bad is not None:
+            raise ValidationFailed(f"{path or 'body'}: contains a control or direction-override character ({bad}).",
+                                   field=path or "body")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValidationFailed(f"{path or 'body'}: the number is out of range.", field=path or "body")
+
+
 def validated_body(schema: dict[str, Any]) -> dict[str, Any]:
-    """The request's JSON object checked against ``schema``, or a 422 naming the first problem."""
-    data = request.get_json(silent=True)
+    """The request's JSON object checked against ``schema``, or a 422 naming the first problem.
+
+    Every body is also held to the documented limits (:mod:`mes.validation`): at most
+    ``BODY_MAX`` bytes (413), ``JSON_DEPTH_MAX`` levels, ``BODY_STRING_MAX`` characters per
+    string unless the field's schema allows more, no member twice, no NaN, no integer beyond
+    64 bits, no control or direction-override character."""
+    if not request.is_json:
+        raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
+    size_limit, big = _body_limits(schema)
+    if (request.content_length or 0) > size_limit:
+        raise RequestEntityTooLarge(f"The request body is larger than {size_limit} bytes.")
+    raw = request.get_data(cache=True)
+    if len(raw) > size_limit:
+        raise RequestEntityTooLarge(f"The request body is larger than {size_limit} bytes.")
+    try:
+        data = strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise ValidationFailed("The request body must be a JSON object (Content-Type: application/json).")
+    _check_values(data, "", 0, big)
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "body"
@@ -345,29 +480,14 @@ STR = {"type": "string", "minLength": 1, "maxLength": 500}
 # ---------------------------------------------------------------- rate limiting
 
 
-class LoginRateLimiter:
-    """Sliding one-minute window per client address (per worker process)."""
-
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = Lock()
-
-    def hit(self, key: str, per_minute: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            window = self._hits[key]
-            while window and now - window[0] > 60:
-                window.popleft()
-            if len(window) >= per_minute:
-                retry = int(60 - (now - window[0])) + 1
-                raise RateLimited(f"Too many log-in attempts from this address; wait {retry} s.", retry_after=retry)
-            window.append(now)
-
-
 def limit_login() -> None:
-    """Count a log-in attempt from this client address; 429 past the configured rate."""
-    limiter = current_app.extensions["mes_login_limiter"]
-    limiter.hit(request.remote_addr or "?", current_app.config["MES_LOGIN_RATE_PER_MINUTE"])
+    """Count a credential attempt from this terminal (else the client address, as the trusted
+    proxies report it); 429 past ``MES_LOGIN_RATE_PER_MINUTE``. Keyed per terminal, kiosks
+    behind one nginx do not share one bucket; failures per account are limited in the
+    service (:mod:`mes.users.ratelimit`)."""
+    terminal = current_terminal_id()  # only a registered terminal's own key: a made-up id is no escape
+    where = f"terminal:{terminal}" if terminal else f"address:{request.remote_addr or '?'}"
+    count_attempt(where, current_app.config["MES_LOGIN_RATE_PER_MINUTE"], "log-in attempts from here")
 
 
 # ---------------------------------------------------------------------- wiring
@@ -398,18 +518,6 @@ CSP = (
 )
 
 
-class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, except that a response marked with
-    :func:`leave_session_cookie_alone` never sets the cookie. A permanent session is otherwise
-    re-sent on every response, so a heartbeat that was in flight during a log-in, answered
-    after it, would put the pre-log-in cookie back and silently log the operator out."""
-
-    def should_set_cookie(self, app: Flask, session: Any) -> bool:
-        if g.get("mes_leave_session_cookie") and not session.modified:
-            return False
-        return bool(super().should_set_cookie(app, session))
-
-
 def leave_session_cookie_alone() -> None:
     """This response must not (re-)set the session cookie (heartbeats, polls)."""
     g.mes_leave_session_cookie = True
@@ -417,8 +525,11 @@ def leave_session_cookie_alone() -> None:
 
 def init_app(app: Flask) -> None:
     """Error handlers, security headers, the session cookie and the log-in rate limiter."""
-    app.extensions["mes_login_limiter"] = LoginRateLimiter()
-    app.session_interface = _SessionInterface()
+    app.extensions["mes_login_limiter"] = limiter_for(app.config.get("MES_REDIS_URL") or None)
+    hops = int(app.config.get("MES_PROXY_HOPS", 0) or 0)
+    if hops:  # behind nginx: the client address is the one the trusted proxies saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    app.session_interface = ServerSessionInterface()
 
     @app.before_request
     def _fresh_request_state() -> None:

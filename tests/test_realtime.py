@@ -96,7 +96,7 @@ def test_publish_crosses_web_workers_through_redis(app: Flask, seeded: Seeded) -
     worker_a, worker_b = create_app(config), create_app(config)
     live_b = LiveServer(worker_b)
     events = Events()
-    client = LiveUser(live_b, seeded, "operator").socket(events)
+    client = LiveUser(live_b, seeded, "supervisor").socket(events)  # a workstation: any line
     line = f"LINE-{uuid.uuid4().hex[:6]}"
     try:
         assert client.call("watch_line", {"line": line}, namespace="/live", timeout=10)["ok"] is True
@@ -201,3 +201,67 @@ def test_the_websocket_transport_works_under_the_threaded_server(app: Flask, see
         assert anonymous.receive(timeout=10).startswith("44/live,")  # connect error: refused
     finally:
         anonymous.close()
+
+
+def test_a_socket_is_closed_when_its_session_ends(app: Flask, seeded: Seeded, live: LiveServer) -> None:
+    user = LiveUser(live, seeded, "operator")
+    client = user.socket()
+    try:
+        assert client.call("watch_line", {"line": "LINE-1"}, namespace="/live", timeout=10)["ok"] is True
+        assert user.post("/api/v1/auth/logout").status_code == 200
+        wait_for(lambda: not client.connected, what="the socket closed by the log-out")
+    finally:
+        client.disconnect()
+
+
+def test_a_socket_of_a_session_ended_elsewhere_is_refused_at_its_next_event(app: Flask, seeded: Seeded,
+                                                                             live: LiveServer) -> None:
+    """Another worker ended the session (the socket is not in this process's rooms to close):
+    the next event finds the session ended, is refused and closes the socket."""
+    from mes.db import db
+    from mes.users.models import UserSession
+
+    user = LiveUser(live, seeded, "supervisor")
+    client = user.socket()
+    try:
+        row = db.session.execute(db.select(UserSession).where(UserSession.user_id == "supervisor1",
+                                                               UserSession.ended_at.is_(None))).scalar_one()
+        row.ended_at = row.started_at
+        from mes.audit.log import record
+        from tests.helpers import SEED
+
+        record(SEED, "auth.logout", ("user", "supervisor1"), after={"reason": "ended on another worker"})
+        db.session.commit()
+        told: list[Any] = []
+        client.on("session_ended", told.append, namespace="/live")
+        client.emit("watch", {"devices": ["SCALE-01"]}, namespace="/live")
+        wait_for(lambda: not client.connected, what="the socket closed")
+        assert told and told[0]["ok"] is False and "ended" in told[0]["detail"]
+    finally:
+        client.disconnect()
+
+
+def test_a_kiosk_watches_only_its_own_line(app: Flask, seeded: Seeded, live: LiveServer) -> None:
+    client = LiveUser(live, seeded, "operator").socket()  # KIOSK-01 serves LINE-1
+    try:
+        assert client.call("watch_line", {"line": "LINE-1"}, namespace="/live", timeout=10)["ok"] is True
+        ack = client.call("watch_line", {"line": "LINE-2"}, namespace="/live", timeout=10)
+        assert ack["ok"] is False and "LINE-1" in ack["detail"]
+    finally:
+        client.disconnect()
+
+
+def test_a_tokens_socket_watches_only_within_its_scopes(app: Flask, seeded: Seeded, live: LiveServer) -> None:
+    from mes.users import operations as ops
+    from tests.helpers import SEED
+
+    seed(("integrator",))
+    _, secret = ops.issue_token(SEED, "integrator1", ["material.view"], "erp")
+    client = socketio.Client(reconnection=False)
+    client.connect(live.base, headers={"Authorization": f"Bearer {secret}"}, namespaces=["/live"],
+                   transports=["polling"], wait_timeout=10)
+    try:
+        assert client.call("watch", {"devices": ["SCALE-01"]}, namespace="/live", timeout=10)["ok"] is False
+        assert client.call("watch_line", {"line": "LINE-1"}, namespace="/live", timeout=10)["ok"] is False
+    finally:
+        client.disconnect()

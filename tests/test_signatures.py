@@ -207,7 +207,8 @@ def test_qa_audit_viewer_pages(app: Flask, client) -> None:
     assert page.status_code == 200 and "batch.started" in html and "12.50" in html and "UTC" in html
     assert "<script" not in html
     csv_text = client.get("/qa/audit.csv?batch=B-7", headers=h).get_data(as_text=True)
-    assert csv_text.splitlines()[0].startswith("seq,at,actor_id") and "batch.started" in csv_text
+    assert csv_text.startswith("\ufeff")  # the UTF-8 BOM
+    assert csv_text.lstrip("\ufeff").splitlines()[0].startswith("seq,at,actor_id") and "batch.started" in csv_text
     data = client.get("/qa/audit.json?batch=B-7", headers=h).get_json()
     assert [e["action"] for e in data] == ["batch.started"]
     # an operator may not read the audit trail

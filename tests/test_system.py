@@ -21,14 +21,27 @@ def test_healthz(client) -> None:
 def test_readyz_reports_each_check(client, app: Flask) -> None:
     from mes.system.readiness import record_audit_result
 
-    r = client.get("/readyz")
+    seed()
+    _, secret = ops.issue_token(SEED, "integrator1", ["system.monitor"], "monitoring")
+    monitor = {"Authorization": f"Bearer {secret}"}
+    r = client.get("/readyz", headers=monitor)
     body = r.get_json()
     assert body["checks"]["database"]["ok"] and body["checks"]["migrations"]["ok"]
     record_audit_result(True, "verified 0 entries")
     assert client.get("/readyz").status_code == 200
     record_audit_result(False, "entry 3: prev does not match")
-    r = client.get("/readyz")
+    r = client.get("/readyz", headers=monitor)
     assert r.status_code == 503 and r.get_json()["checks"]["audit"]["state"] == "failed"
+
+
+def test_readyz_tells_anonymous_callers_only_ready_or_not(client, app: Flask) -> None:
+    from mes.system.readiness import record_audit_result
+
+    record_audit_result(True, "verified 0 entries")
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    record_audit_result(False, "entry 3: prev does not match")
+    r = client.get("/readyz", headers={"Authorization": "Bearer mes_forged.x"})
+    assert r.status_code == 503 and r.get_json() == {"status": "not ready"}
 
 
 def test_openapi_describes_every_api_endpoint(client, app: Flask) -> None:
@@ -134,3 +147,24 @@ def test_logs_are_json_with_request_id(app: Flask, client, capsys: pytest.Captur
         line = JSONFormatter().format(record)
     payload = json.loads(line)
     assert payload["message"] == "hello" and payload["request_id"] == "abc"
+
+
+def test_openapi_states_the_rules_the_server_enforces(client, app: Flask) -> None:
+    from mes.steps import registry
+
+    doc = client.get("/api/v1/openapi.json").get_json()
+    complete = doc["paths"]["/api/v1/batches/{batch_id}/steps/{step_id}/complete"]["post"]
+    headers = {p["name"]: p for p in complete["parameters"] if p["in"] == "header"}
+    assert headers["Idempotency-Key"]["required"] is True and "X-MES-Terminal" in headers
+    assert all(f"`{kind.name}`" in complete["description"] for kind in registry.kinds())
+    assert complete["requestBody"]["content"]["application/json"]["examples"]
+    batch_id = next(p for p in complete["parameters"] if p["name"] == "batch_id")
+    assert batch_id["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+    alarm = doc["paths"]["/api/v1/alarms/{alarm_id}/acknowledge"]["post"]["parameters"][0]
+    assert alarm["schema"]["maximum"] == 2**63 - 1 and alarm["schema"]["minimum"] == 1
+    assert "201" in doc["paths"]["/api/v1/users"]["post"]["responses"]
+    assert "201" in doc["paths"]["/api/v1/tokens"]["post"]["responses"]
+    login = doc["paths"]["/api/v1/auth/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert len(login["oneOf"]) == 2  # user id + password, or badge + PIN
+    for rule in ("integration and system accounts only", "nesting at most", "no member given twice", "X-MES-Terminal"):
+        assert rule in " ".join(doc["info"]["description"].split()), rule

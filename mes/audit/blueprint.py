@@ -11,10 +11,10 @@ from sqlalchemy import select
 from mes.audit import log
 from mes.audit.models import AuditCheckpoint, AuditEntry
 from mes.db import db
-from mes.errors import NotFound, ValidationFailed
+from mes.errors import NotFound
 from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
-from mes.web import created, endpoint, parse_utc
+from mes.web import created, endpoint, parse_utc, query_int
 
 bp = Blueprint("audit", __name__)
 MAX_PAGE = 500
@@ -43,10 +43,7 @@ def filtered_entries(args: dict[str, Any], limit: int | None) -> list[AuditEntry
 
 
 def request_filters() -> dict[str, Any]:
-    try:
-        after = int(request.args["after"]) if request.args.get("after") else None
-    except ValueError:
-        raise ValidationFailed("after must be a whole number (a seq).", field="after") from None
+    after = query_int("after", 0, 0, 2**63 - 1) if request.args.get("after") else None
     return {
         "batch": request.args.get("batch"), "user": request.args.get("user"), "action": request.args.get("action"),
         "entity": request.args.get("entity"), "since": parse_utc(request.args.get("since"), "since"),
@@ -58,10 +55,7 @@ def request_filters() -> dict[str, Any]:
 @endpoint(P.AUDIT_VIEW, tags=("audit",))
 def entries() -> Response:
     """Audit entries, filtered by batch, user, action, entity and time; paged by seq."""
-    try:
-        limit = min(int(request.args.get("limit", 100)), MAX_PAGE)
-    except ValueError:
-        raise ValidationFailed("limit must be a whole number.", field="limit") from None
+    limit = min(query_int("limit", 100, 1, 2**31 - 1), MAX_PAGE)
     rows = filtered_entries(request_filters(), limit)
     return jsonify({"entries": [json.loads(r.entry_bytes) for r in rows],
                     "next_after": rows[-1].seq if len(rows) == limit else None})

@@ -45,6 +45,7 @@ from mes.execution.models import (
 from mes.execution.work_orders import _wo_transition
 from mes.quantities import result_converter, to_text, with_places
 from mes.recipes.scaling import ControlRecipe, recipe_hash, scale
+from mes.users.operations import check_terminal_line
 from mes.validation import get_or_404
 
 
@@ -220,6 +221,7 @@ def start_batch(actor: Actor, work_order_id: str, *, batch_id: str | None = None
     wo = _locked(WorkOrder, work_order_id)
     if wo.status != WorkOrderStatus.DISPATCHED.value:
         raise Conflict(f"Work order {wo.id} is {wo.status}; a batch starts only from a dispatched work order.")
+    check_terminal_line(actor.terminal, wo.line)
     rv = recipes_store.usable_version(wo.recipe_version_id)
     control = scale(recipes_store.master_of(rv), Decimal(wo.quantity), wo.unit)
     data = control.to_dict()

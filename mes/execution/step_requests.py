@@ -48,6 +48,7 @@ from mes.execution.refusals import record_refusal
 from mes.gateway.store import ReadingStore
 from mes.steps import registry as step_kinds
 from mes.steps.context import StepContext
+from mes.users.operations import check_terminal_line
 
 
 class IdempotencyKeyReused(ValidationFailed):
@@ -98,6 +99,7 @@ def start_step(actor: Actor, batch_id: str, step_id: str, idempotency_key: str, 
     """Start a step (timers: the server clock starts now); idempotent like :func:`complete_step`."""
     key = _check_key(idempotency_key)
     batch = _locked(Batch, batch_id)
+    check_terminal_line(actor.terminal, batch.line)
     step = _locked(BatchStep, f"{batch_id}:{step_id}")
     digest = request_hash(step.id, "start", expected_version, None)
     replay = _replay(key, step.id, "start", digest)
@@ -231,6 +233,7 @@ def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[st
                      digest: str = "") -> dict[str, Any]:
     # ordering and states depend only on the steps not completed yet
     batch, rows, blockers = _read_for_completion(batch_id)
+    check_terminal_line(actor.terminal, batch.line)
     step = next((r for r in rows if r.step_id == step_id), None)
     if step is None:
         get_step(batch_id, step_id)  # NotFound, else it is completed

@@ -18,7 +18,7 @@ from mes.gateway import service
 from mes.gateway.health import device_state, device_states
 from mes.users.permissions import Permission as P
 from mes.validation import ID_JSON_PATTERN
-from mes.web import endpoint, obj, problem
+from mes.web import endpoint, obj, principal, problem
 
 bp = Blueprint("devices", __name__)
 simulation_bp = Blueprint("simulation", __name__)
@@ -53,8 +53,11 @@ def device_get(device_id: str) -> Response:
     return jsonify(state.to_json())
 
 
-def _command(device_id: str, action: str, payload: dict | None = None) -> Response:
-    result = service.send_command(current_app, device_id, action, payload)
+def _command(device_id: str, action: str, payload: dict | None = None, *, instrument: bool = False) -> Response:
+    if instrument:
+        result = service.instrument_command(current_app, principal().actor(P.DEVICE_OPERATE), device_id, action)
+    else:
+        result = service.send_command(current_app, device_id, action, payload)
     if result.get("ok"):
         body = {k: v for k, v in result.items() if k not in ("status", "slug")}
         return jsonify(body)
@@ -67,17 +70,17 @@ def _command(device_id: str, action: str, payload: dict | None = None) -> Respon
 
 
 @bp.post(f"{API}/<device_id>/tare")
-@endpoint(P.DEVICE_OPERATE, tags=TAGS)
+@endpoint(P.DEVICE_OPERATE, terminal=True, tags=TAGS)
 def device_tare(device_id: str) -> Response:
-    """Tare the device (waits for a stable load); answers with the tare weight."""
-    return _command(device_id, "tare")
+    """Tare the device (waits for a stable load); answers with the tare weight. Audited; from a terminal only."""
+    return _command(device_id, "tare", instrument=True)
 
 
 @bp.post(f"{API}/<device_id>/zero")
-@endpoint(P.DEVICE_OPERATE, tags=TAGS)
+@endpoint(P.DEVICE_OPERATE, terminal=True, tags=TAGS)
 def device_zero(device_id: str) -> Response:
-    """Set the device to zero (waits for a stable load)."""
-    return _command(device_id, "zero")
+    """Set the device to zero (waits for a stable load). Audited; from a terminal only."""
+    return _command(device_id, "zero", instrument=True)
 
 
 @simulation_bp.post("/api/v1/simulation/devices/<device_id>")

@@ -195,3 +195,25 @@ def run_gateway_process(app: Flask, *, duration: float | None = None, echo: Any 
             waiter.cancel()
 
     asyncio.run(main())
+
+
+INSTRUMENT_COMMANDS = ("tare", "zero")
+
+
+def instrument_command(app: Flask, actor: Any, device_id: str, action: str) -> dict[str, Any]:
+    """Tare or zero an instrument: a command that changes what is recorded next, so it is
+    audited (who, from which terminal, what the device answered), refused or not (Part 11
+    §11.10(e)); only a registered terminal sends one (the endpoint requires it, §11.10(h))."""
+    from mes.audit.log import record
+    from mes.db import db
+
+    if action not in INSTRUMENT_COMMANDS:
+        raise ValueError(f"not an instrument command: {action}")
+    result = send_command(app, device_id, action)
+    after = {"ok": bool(result.get("ok")), "status": int(result.get("status") or (200 if result.get("ok") else 502))}
+    for key in ("tare", "slug", "detail"):
+        if result.get(key) not in (None, ""):
+            after[key] = result[key]
+    record(actor, f"device.{action}", ("device", device_id), after=after)
+    db.session.commit()
+    return result

@@ -87,22 +87,35 @@ CSV_COLUMNS = ("seq", "at", "actor_id", "actor_name", "actor_role", "terminal", 
                "batch", "before", "after", "reason", "signature_meaning", "signature_name", "signature_at")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula (= + - @ tab CR)
+    gets a leading apostrophe, so ``=HYPERLINK(…)`` in a login id or ``=cmd|…`` in a hold
+    reason is never evaluated when QA opens the export (OWASP CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 @bp.get("/audit.csv")
 @endpoint(P.AUDIT_VIEW, tags=("qa",))
 def audit_csv() -> Response:
     """The filtered audit trail as CSV (one row per entry)."""
     out = io.StringIO()
+    out.write("\ufeff")  # UTF-8 BOM: spreadsheets then read names in any script (e.g. Chinese) right
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for e in audit_api.filtered_entries(audit_api.request_filters(), None):
         d = json.loads(e.entry_bytes)
         sig = d.get("signature") or {}
-        writer.writerow([d["seq"], d["at"], d["actor"]["id"], d["actor"]["name"], d["actor"]["role"], d["terminal"] or "",
-                         d["action"], d["entity"]["type"], d["entity"]["id"], d["batch"] or "",
-                         json.dumps(d["before"], sort_keys=True) if d["before"] is not None else "",
-                         json.dumps(d["after"], sort_keys=True) if d["after"] is not None else "",
-                         d["reason"] or "", sig.get("meaning", ""), sig.get("name", ""), sig.get("at", "")])
-    return Response(out.getvalue(), mimetype="text/csv",
+        row = (d["seq"], d["at"], d["actor"]["id"], d["actor"]["name"], d["actor"]["role"], d["terminal"] or "",
+               d["action"], d["entity"]["type"], d["entity"]["id"], d["batch"] or "",
+               json.dumps(d["before"], sort_keys=True) if d["before"] is not None else "",
+               json.dumps(d["after"], sort_keys=True) if d["after"] is not None else "",
+               d["reason"] or "", sig.get("meaning", ""), sig.get("name", ""), sig.get("at", ""))
+        writer.writerow([spreadsheet_safe(v) for v in row])
+    return Response(out.getvalue().encode("utf-8"), content_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": "attachment; filename=audit-trail.csv"})
 
 

@@ -19,11 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from mes.audit import canonical
 from mes.audit.log import AppendedEntry, record
-from mes.audit.models import AuditEntry
 from mes.db import db, utcnow
 from mes.errors import AuthenticationFailed, Conflict, Forbidden, ValidationFailed
 from mes.plant_time import plant_date
@@ -31,6 +28,7 @@ from mes.users import operations as users
 from mes.users import secrets as hashing
 from mes.users.models import User, UserSession
 from mes.users.permissions import Permission, allowed
+from mes.users.ratelimit import refuse_if_account_limited
 
 MEANINGS = ("performed", "verified", "reviewed", "approved", "released", "rejected")
 
@@ -71,24 +69,28 @@ class Credentials:
     badge: str | None = None
 
 
-def _session_has_signed(session_row: UserSession) -> bool:
-    return db.session.execute(
-        select(AuditEntry.seq).where(AuditEntry.action == "esig.signed", AuditEntry.actor_id == session_row.user_id,
-                                     AuditEntry.at >= session_row.started_at).limit(1)
-    ).first() is not None
-
-
-def _check_components(user: User, session_row: UserSession, creds: Credentials) -> None:
-    needs_id = not _session_has_signed(session_row)
+def _check_components(user: User, session_row: UserSession, creds: Credentials, terminal: str | None) -> None:
+    """Part 11 §11.200(a)(1): the first signature of *this* session needs both components (a
+    signature in another session of the same person does not count); the secret is always
+    checked. A wrong secret is a failed attempt: audited, counted toward the lockout and the
+    account's rate (§11.300(d)); a reset secret signs nothing until its owner changed it."""
+    needs_id = session_row.first_signed_at is None
     by_badge = session_row.method == "badge"
     if needs_id and not (creds.badge if by_badge else creds.user_id):
         raise AuthenticationFailed(
             "The first signature of a session needs your " + ("badge" if by_badge else "user id") + " and "
             + ("PIN" if by_badge else "password") + ".", components="both")
     # whose the identification component is: check_signer (on every signature)
+    refuse_if_account_limited(user.id)
     stored = user.pin_hash if by_badge else user.password_hash
+    secret = "PIN" if by_badge else "password"
     if not hashing.verify_secret(stored, creds.secret):
-        raise AuthenticationFailed("The signature was refused: wrong " + ("PIN" if by_badge else "password") + ".")
+        users.signature_failed(user.id, terminal, f"wrong {secret}")
+        raise AuthenticationFailed(f"The signature was refused: wrong {secret}.")
+    if (user.pin_reset_at if by_badge else user.password_reset_at) is not None:
+        raise Forbidden(f"Your {secret} was reset by an administrator; change it before you sign.")
+    if needs_id:
+        session_row.first_signed_at = utcnow()
 
 
 ACKNOWLEDGE_FIRST = "Acknowledge that your electronic signature is binding before your first signature."
@@ -102,7 +104,7 @@ def signing_session(session_row: UserSession | None) -> UserSession:
     return session_row
 
 
-def check_signer(user: User, credentials: Credentials) -> None:
+def check_signer(user: User, credentials: Credentials, terminal: str | None = None) -> None:
     """Sign with your own badge: an identification component the signer gives (badge or user
     id) must be their own, on every signature, also where the session no longer needs it
     (Part 11 §11.200(a)(2), §11.300: one person's components are never used by another).
@@ -111,9 +113,11 @@ def check_signer(user: User, credentials: Credentials) -> None:
         raise ValidationFailed("Signing needs your password (or PIN on a kiosk).", field="password")
     badge = str(credentials.badge).strip() if credentials.badge is not None else ""
     if badge and badge.lower() != (user.badge_id or "").lower():
+        users.signature_failed(user.id, terminal, "another person's badge")
         raise AuthenticationFailed("That badge is not yours; sign with your own badge.")
     user_id = str(credentials.user_id).strip() if credentials.user_id is not None else ""
     if user_id and user_id.lower() != user.id.lower():
+        users.signature_failed(user.id, terminal, "another person's user id")
         raise AuthenticationFailed("The signature components do not belong to the logged-in user.")
 
 
@@ -168,8 +172,8 @@ def sign(
     acknowledging = check_acknowledged(user, acknowledged)
     if performed_by is not None and performed_by == user.id:
         raise Conflict("Second-person verification must be done by a different person.")
-    check_signer(user, credentials)
-    _check_components(user, session_row, credentials)
+    check_signer(user, credentials, terminal)
+    _check_components(user, session_row, credentials, terminal)
     if acknowledging:
         users.acknowledge_esig_accountability(user.id, terminal, commit=False)
     content = current_record(record_type, record_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -13,7 +14,8 @@ from mes.system import readiness
 from mes.users.models import Alarm
 from mes.users.permissions import Permission as P
 from mes.users.permissions import roles_for
-from mes.web import access_of, endpoint
+from mes.validation import BODY_MAX, BODY_STRING_MAX, ID_JSON_PATTERN, ID_MAX, ID_PATTERN, JSON_DEPTH_MAX
+from mes.web import access_of, caller_may, endpoint
 
 bp = Blueprint("system", __name__)
 
@@ -26,12 +28,17 @@ def healthz() -> Response:
 
 
 @bp.get("/readyz")
-@endpoint(public="readiness probe for the load balancer; reveals only check names", tags=("system",))
+@endpoint(public="readiness probe for the load balancer; anonymous callers learn only ready or not ready",
+          tags=("system",))
 def readyz() -> Response:
-    """Database reachable, migrations at head, audit chain verified."""
+    """Database reachable, migrations at head, audit chain verified; the checks' details only
+    with a token or session holding system.monitor."""
     checks = readiness.run_checks()
     ok = all(c["ok"] for c in checks.values())
-    response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
+    if caller_may(P.SYSTEM_MONITOR):
+        body["checks"] = checks
+    response = jsonify(body)
     response.status_code = 200 if ok else 503
     return response
 
@@ -57,7 +64,67 @@ def openapi() -> Response:
 
 
 _CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
+#: path parameters that are plain ids (ID_PATTERN); recipe versions are <recipe id>@<version>
+PLAIN_IDS = frozenset({"batch_id", "step_id", "device_id", "equipment_id", "lot_id", "terminal_id", "user_id", "wo_id",
+                       "line", "token_id", "hold_id", "deviation_id"})
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    if name in PLAIN_IDS:
+        return {"type": "string", "pattern": ID_JSON_PATTERN, "maxLength": ID_MAX}
+    if name in ("version_id", "other_id"):
+        return {"type": "string", "pattern": f"^{ID_PATTERN}@[0-9]{{1,9}}$", "maxLength": 80}
+    return {"type": "string", "minLength": 1, "maxLength": 200}
+
+
+INT_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
+TERMINAL_HEADER = {
+    "name": "X-MES-Terminal", "in": "header", "required": False,
+    "description": "The registered terminal the request comes from, as <terminal id>:<enrolment key>. Needed for "
+                   "this action unless the browser was enrolled (/terminal/enroll); never used with an API token.",
+    "schema": {"type": "string", "pattern": f"^{ID_PATTERN}:.{{1,200}}$"}, "example": "KIOSK-01:<enrolment key>"}
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key", "in": "header", "required": True,
+    "description": "Chosen by the client, 1 to 200 characters; the same key records once and returns the first "
+                   "answer (a reused key with another payload is refused). Send the step's version as expected_version.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200}, "example": "kiosk-01-7f3a2c"}
+API_DESCRIPTION = f"""Every rule below is enforced by the server.
+
+* Authentication: a session cookie (log in with user_id + password on a workstation, or badge + PIN on a
+  registered kiosk) or an API token (`Authorization: Bearer mes_<id>.<secret>`, integration and system
+  accounts only, scopes within the account's role). Cookie-authenticated writes need `X-CSRF-Token`.
+* Terminals: actions marked `x-terminal-required` come only from a registered terminal (`X-MES-Terminal`).
+* Ids (path and body) are 1 to {ID_MAX} ASCII letters, digits, dots, dashes or underscores, starting with a
+  letter or digit. Integer ids are 1 to 2^63-1.
+* Bodies: JSON objects of at most {BODY_MAX} bytes (413 above), nesting at most {JSON_DEPTH_MAX} levels, strings
+  at most {BODY_STRING_MAX} characters unless a field says more, no member given twice, no NaN, no integer
+  beyond 64 bits, no control or direction-override characters. Dates and times carry a zone and lie between
+  the years 1970 and 2199.
+* Steps: start and complete take `expected_version` (the step's version; a stale one is 409) and the
+  `Idempotency-Key` header. The completion `payload` depends on the step kind (see each kind's documentation:
+  e.g. a weigh step names its scale with `device_id`, a signature carries `password` or `pin`, and `user_id`
+  or `badge` for the first signature of a session, and `esig_acknowledged: true` once).
+* Errors are `application/problem+json` (RFC 9457).
+"""
 API_PREFIXES = ("/api/", "/integration/")
+
+
+COMPLETE_EXAMPLES = {
+    "instruction": {"value": {"expected_version": 2, "payload": {"confirm": True}}},
+    "numeric": {"value": {"expected_version": 2, "payload": {"value": "7.25"}}},
+    "weigh": {"value": {"expected_version": 2, "payload": {"lot_id": "L-0001", "container_id": "L-0001-C1",
+                                                           "device_id": "SCALE-01"}}},
+    "signature (first of a kiosk session)": {"value": {"expected_version": 2, "payload": {
+        "badge": "B-1001", "pin": "<PIN>", "esig_acknowledged": True}}},
+}
+
+
+def step_kind_payloads() -> dict[str, str]:
+    """Each registered step kind's completion payload, from its ``complete`` documentation."""
+    from mes.steps import registry
+
+    return {kind.name: " ".join((type(kind).complete.__doc__ or "").strip().split("\n\n")[0].split())
+            for kind in registry.kinds()}
 
 
 def build_openapi(app: Flask) -> dict[str, Any]:
@@ -71,9 +138,14 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         path = _CONVERTER.sub(lambda m: "{" + m.group(2) + "}", rule.rule)
         params = [
             {"name": name, "in": "path", "required": True,
-             "schema": {"type": "integer"} if conv == "int" else {"type": "string"}}
+             "schema": INT_ID if conv == "int" else _path_schema(name)}
             for conv, name in _CONVERTER.findall(rule.rule)
         ]
+        if access and access.terminal_required:
+            params = [*params, TERMINAL_HEADER]
+        if access and access.request_schema and "expected_version" in (access.request_schema.get("properties") or {}):
+            params = [*params, IDEMPOTENCY_HEADER]
+        codes = inspect.unwrap(view).__code__.co_names
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {
                 "operationId": rule.endpoint.replace(".", "_") + ("" if method == "GET" else f"_{method.lower()}"),
@@ -81,11 +153,16 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 "tags": list(access.tags) if access and access.tags else [],
                 "parameters": params,
                 "responses": {
-                    "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "201" if "created" in codes and "jsonify" not in codes else "200":
+                        {"description": "Created" if "created" in codes and "jsonify" not in codes else "OK",
+                         "content": {"application/json": {"schema": {"type": "object"}}}},
                     "default": {"description": "Problem", "content": {
                         "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
                 },
             }
+            if "created" in codes and "jsonify" in codes:
+                op["responses"]["201"] = {"description": "Created",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}
             if access and access.permission is not None:
                 op["security"] = [{"session": []}, {"bearer": []}]
                 op["x-permission"] = access.permission.value
@@ -97,10 +174,14 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 op["x-terminal-required"] = True
             if access and access.request_schema is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": access.request_schema}}}
+                if path.endswith("/complete") and "expected_version" in (access.request_schema.get("properties") or {}):
+                    op["description"] = "The completion payload depends on the step kind:\n\n" + "\n".join(
+                        f"* `{name}`: {text}" for name, text in step_kind_payloads().items())
+                    op["requestBody"]["content"]["application/json"]["examples"] = COMPLETE_EXAMPLES
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "open-mes API", "version": "1"},
+        "info": {"title": "open-mes API", "version": "1", "description": API_DESCRIPTION},
         "paths": paths,
         "components": {
             "securitySchemes": {
@@ -110,9 +191,15 @@ def build_openapi(app: Flask) -> dict[str, Any]:
             "schemas": {
                 "Problem": {
                     "type": "object",
+                    "description": "RFC 9457 problem details; 'field' names the input a 422 is about.",
                     "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                                   "detail": {"type": "string"}, "instance": {"type": "string"}},
+                                   "detail": {"type": "string"}, "instance": {"type": ["string", "null"]},
+                                   "request_id": {"type": "string"}, "field": {"type": "string"},
+                                   "retry_after": {"type": "integer"}},
                     "required": ["type", "title", "status"],
+                    "examples": [{"type": "https://open-mes.dev/problems/validation-failed",
+                                  "title": "The input is not valid", "status": 422,
+                                  "detail": "reason: 'reason' is a required property", "field": "reason"}],
                 }
             },
         },

@@ -49,6 +49,7 @@ def auth_csrf() -> Response:
     return jsonify({"csrf_token": csrf_token()})
 
 
+PIN = {"type": "string", "minLength": 1, "maxLength": 16}
 LOGIN_SCHEMA = {
     "oneOf": [
         obj({"user_id": STR, "password": {"type": "string", "maxLength": 500}}, ("user_id", "password")),
@@ -108,6 +109,16 @@ def auth_change_password() -> Response:
     terminal = current_terminal()
     ops.change_password(g.body["user_id"], g.body["old_password"], g.body["new_password"],
                         terminal.id if terminal else None)
+    return jsonify({"changed": True})
+
+
+@bp.post(f"{API}/auth/pin")
+@endpoint(public="a reset PIN must be changeable without a session", terminal=True,
+          schema=obj({"badge": STR, "old_pin": PIN, "new_pin": PIN}, ("badge", "old_pin", "new_pin")), tags=("auth",))
+def auth_change_pin() -> Response:
+    """Change your own kiosk PIN (also the way out of a PIN reset by an administrator)."""
+    limit_login()
+    ops.change_pin(g.body["badge"], g.body["old_pin"], g.body["new_pin"], current_terminal())
     return jsonify({"changed": True})
 
 

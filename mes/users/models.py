@@ -49,6 +49,9 @@ class User(db.Model):
     locked: Mapped[bool] = mapped_column(default=False)
     failed_attempts: Mapped[int] = mapped_column(default=0)
     esig_acknowledged_at: Mapped[datetime | None]
+    #: set when an administrator reset the password / PIN: temporary until the owner changes it
+    password_reset_at: Mapped[datetime | None]
+    pin_reset_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deactivated_at: Mapped[datetime | None]
 
@@ -114,6 +117,8 @@ class UserSession(db.Model):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(String(32))
+    #: the first signature of this session (both components given); later ones need the secret only
+    first_signed_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(lazy="joined")
     terminal: Mapped[Terminal | None] = relationship(lazy="select")
@@ -151,3 +156,16 @@ class Alarm(db.Model):
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
 
+
+
+class WebSession(db.Model):
+    """A browser session's data, kept on the server (the cookie holds a random id whose
+    SHA-256 is ``id``): plumbing, not a record, so it is neither audited nor kept."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

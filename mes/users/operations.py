@@ -16,11 +16,12 @@ from flask import current_app
 from sqlalchemy import select
 
 from mes.audit.log import Actor, record
-from mes.db import db, driver_queries, utcnow
+from mes.db import as_utc, db, driver_queries, utcnow
 from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
     Conflict,
+    Forbidden,
     PasswordExpired,
     SessionExpired,
     TerminalRequired,
@@ -28,7 +29,8 @@ from mes.errors import (
 )
 from mes.users import secrets as hashing
 from mes.users.models import Alarm, ApiToken, PasswordHistory, Role, Terminal, TerminalKind, User, UserRole, UserSession
-from mes.users.permissions import Permission, check_role_combination
+from mes.users.permissions import PRODUCTION_ROLES, Permission, allowed, check_role_combination
+from mes.users.ratelimit import count_account_failure, refuse_if_account_limited
 from mes.validation import NAME_MAX, SHORT_MAX, get_or_404, identifier, optional_text, required_text
 
 PASSWORD_HISTORY_DEPTH = 5
@@ -44,6 +46,7 @@ class Policy:
     password_max_age: timedelta
     kiosk_idle: timedelta
     workstation_idle: timedelta
+    session_max: timedelta
 
     @classmethod
     def current(cls) -> Policy:
@@ -54,6 +57,7 @@ class Policy:
             password_max_age=timedelta(days=c["MES_PASSWORD_MAX_AGE_DAYS"]),
             kiosk_idle=timedelta(seconds=c["MES_KIOSK_IDLE_SECONDS"]),
             workstation_idle=timedelta(seconds=c["MES_WORKSTATION_IDLE_SECONDS"]),
+            session_max=timedelta(hours=c.get("MES_SESSION_MAX_HOURS", 12)),
         )
 
 
@@ -182,38 +186,71 @@ def deactivate_user(actor: Actor, user_id: str, reason: str) -> None:
         open_session.end_reason = "deactivated"
     record(actor, "user.deactivated", ("user", user_id), before={"active": True}, after={"active": False}, reason=reason)
     db.session.commit()
+    _close_live(f"user:{user_id}")
+
+
+#: how long a password or PIN set by an administrator may be used to set the owner's own
+TEMPORARY_CREDENTIAL_LIFETIME = timedelta(hours=24)
 
 
 def reset_credentials(
     actor: Actor, user_id: str, reason: str, *, password: str | None = None, pin: str | None = None
 ) -> None:
-    """Unlock and set a temporary password (which must be changed at next log-in) or PIN."""
+    """Unlock and set a temporary password or PIN. It is temporary: its owner must change it at
+    first use, within :data:`TEMPORARY_CREDENTIAL_LIFETIME`, and it signs nothing until then
+    (no one can take over an account through a reset). Audited with both parties: the
+    administrator (actor) and the owner (entity)."""
     reason = required_text(reason, "A reason to reset credentials", "reason")
     user = get_user(user_id)
+    if actor.id == user.id:
+        raise Conflict("You cannot reset your own credentials; another administrator does.")
     before = {"locked": user.locked, "failed_attempts": user.failed_attempts}
-    after = {"locked": False, "failed_attempts": 0}
+    after: dict[str, object] = {"owner": user.id, "reset_by": actor.id, "locked": False, "failed_attempts": 0}
+    now = utcnow()
     if password is not None:
         _check_password(user_id, password)
         user.password_hash = hashing.hash_secret(password)
         user.password_changed_at = None  # forces a change at the next log-in
-        after["password"] = "reset (must change at next log-in)"
+        user.password_reset_at = now
+        after["password"] = "temporary (the owner must change it at first use)"
     if pin is not None:
+        if user.badge_id is None:
+            raise ValidationFailed(f"{user_id} has no badge, so no PIN.", field="pin")
         _check_pin(pin)
         user.pin_hash = hashing.hash_secret(pin)
-        after["pin"] = "reset"
+        user.pin_reset_at = now
+        after["pin"] = "temporary (the owner must change it at first use)"
+    if password is not None or pin is not None:
+        after["valid_until"] = (now + TEMPORARY_CREDENTIAL_LIFETIME).isoformat()
     user.locked = False
     user.failed_attempts = 0
     record(actor, "user.credentials.reset", ("user", user_id), before=before, after=after, reason=reason)
     db.session.commit()
 
 
+def _temporary_expired(reset_at: datetime | None) -> bool:
+    return reset_at is not None and utcnow() - reset_at > TEMPORARY_CREDENTIAL_LIFETIME
+
+
 def change_password(user_id: str, old_password: str, new_password: str, terminal: str | None = None) -> None:
-    """A user changes their own password (also the way out of an expired one)."""
-    user = db.session.get(User, user_id)
+    """A user changes their own password (also the way out of an expired or reset one).
+
+    Anonymous callers may use it, so it must not be a password oracle: the new password's
+    rules are checked only after the current password matched, every refusal before that
+    answers alike, and a wrong current password counts toward the lockout (audited)."""
+    _check_password(str(user_id).strip(), new_password)  # before the current password: no oracle
+    user = db.session.execute(select(User).where(User.id.ilike(str(user_id).strip()))).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.password_hash if user is not None else None, old_password)  # same time
     if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or current password" if user is None or usable else "unusable account",
+              terminal, action="auth.password.failed", attempts="password change")
         raise AuthenticationFailed("The user id or current password is wrong.")
-    _check_password(user_id, new_password)
+    if _temporary_expired(user.password_reset_at):
+        raise AuthenticationFailed("The temporary password has expired; ask an administrator for a new one.")
+    user_id = user.id
     recent = db.session.execute(
         select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user_id)
         .order_by(PasswordHistory.set_at.desc()).limit(PASSWORD_HISTORY_DEPTH)
@@ -223,6 +260,7 @@ def change_password(user_id: str, old_password: str, new_password: str, terminal
     now = utcnow()
     user.password_hash = hashing.hash_secret(new_password)
     user.password_changed_at = now
+    user.password_reset_at = None
     db.session.flush()
     db.session.add(PasswordHistory(user_id=user_id, password_hash=user.password_hash, set_at=now))
     record(actor_for(user, terminal=terminal), "user.password.changed", ("user", user_id), after={"password_changed_at": now.isoformat()})
@@ -248,32 +286,46 @@ def acknowledge_esig_accountability(user_id: str, terminal: str | None, *, commi
 # ------------------------------------------------------------------ authentication
 
 
-def _fail(user: User | None, given_id: str, why: str, terminal: str | None) -> None:
-    """Record a failed attempt; lock the account and raise an alarm at the threshold."""
+def _fail(user: User | None, given_id: str, why: str, terminal: str | None, *,
+          action: str = "auth.login.failed", attempts: str = "log-in") -> None:
+    """Record a failed credential attempt (log-in, password change, signature): audited,
+    counted toward the account's lockout and its per-account rate; at the threshold the
+    account locks and a security alarm is raised (Part 11 §11.300(d))."""
+    if user is not None:
+        count_account_failure(user.id)
     if user is None or not user.active or user.locked:
-        record(replace(AUTH, terminal=terminal), "auth.login.failed",
-               ("user", given_id), after={"why": why})
+        record(replace(AUTH, terminal=terminal), action, ("user", given_id), after={"why": why})
         db.session.commit()
         return
     policy = Policy.current()
     before = user.failed_attempts
     user.failed_attempts = before + 1
     actor = replace(AUTH, terminal=terminal)
-    record(actor, "auth.login.failed", ("user", user.id),
+    record(actor, action, ("user", user.id),
            before={"failed_attempts": before}, after={"failed_attempts": user.failed_attempts, "why": why})
     if user.failed_attempts >= policy.lockout_threshold:
         user.locked = True
         record(actor, "user.locked", ("user", user.id), before={"locked": False}, after={"locked": True},
-               reason=f"{user.failed_attempts} failed log-in attempts")
-        raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed log-in attempts",
-                    {"user": user.id, "terminal": terminal}, commit=False)
+               reason=f"{user.failed_attempts} failed attempts (last: {attempts})")
+        raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed attempts "
+                    f"(last: {attempts})", {"user": user.id, "terminal": terminal}, commit=False)
     db.session.commit()
-
-
-def _refuse_unusable(user: User) -> None:
-    if not user.active:
-        raise AuthenticationFailed("This account is deactivated.")
     if user.locked:
+        _close_live(f"user:{user.id}")
+
+
+def signature_failed(user_id: str, terminal: str | None, why: str) -> None:
+    """A signature was refused for a wrong secret or another person's identification
+    component: the refused change is rolled back, and the attempt is audited and counted
+    toward the signer's lockout in its own transaction."""
+    db.session.rollback()
+    _fail(db.session.get(User, user_id), user_id, why, terminal, action="auth.signature.failed", attempts="signature")
+
+
+def _refuse_unusable(user: User, matches: bool) -> None:
+    """After a failed log-in: a locked account says so only to the right secret; a wrong one
+    gets the same answer as any other failure (no hint which accounts are locked)."""
+    if matches and user.active and user.locked:
         raise AccountLocked("This account is locked after too many failed attempts; ask an administrator to reset it.")
 
 
@@ -281,16 +333,40 @@ def login_with_password(user_id: str, password: str, terminal: Terminal | None) 
     """Log in with user id + password; returns the session and its bearer secret."""
     user = db.session.execute(select(User).where(User.id.ilike(user_id.strip()))).scalar()
     tid = terminal.id if terminal else None
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.password_hash if user is not None else None, password)  # always: same time
     if user is None or not user.active or user.locked or not matches:
-        _fail(user, user_id, "wrong user id or password" if user is None or (user.active and not user.locked) else "unusable account", tid)
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or password" if user is None or usable else "unusable account", tid)
         if user is not None:
-            _refuse_unusable(user)
+            _refuse_unusable(user, matches)
         raise AuthenticationFailed("The user id or password is wrong.")
+    if _temporary_expired(user.password_reset_at):
+        raise AuthenticationFailed("The temporary password has expired; ask an administrator for a new one.")
     policy = Policy.current()
+    if user.password_reset_at is not None:
+        raise PasswordExpired("The password was reset: set your own to continue.", user=user.id)
     if user.password_changed_at is None or utcnow() - user.password_changed_at > policy.password_max_age:
         raise PasswordExpired("The password has expired; change it to continue.", user=user.id)
     return _open_session(user, terminal, "password")
+
+
+def check_password(user_id: str, password: str, terminal: str | None) -> User:
+    """The account whose password this is (a command-line caller), or AuthenticationFailed:
+    a wrong password is audited and counted toward the lockout like a failed log-in; a
+    password reset by an administrator does not authorise a command either."""
+    user = db.session.execute(select(User).where(User.id.ilike(str(user_id).strip()))).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
+    matches = hashing.verify_secret(user.password_hash if user is not None else None, password)  # always: same time
+    if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, user_id, "wrong user id or password" if user is None or usable else "unusable account", terminal)
+        raise AuthenticationFailed("The user id or password is wrong, or the account is locked or deactivated.")
+    if user.password_reset_at is not None:
+        raise PasswordExpired("The password was reset: set your own to continue.", user=user.id)
+    return user
 
 
 def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tuple[UserSession, str]:
@@ -298,14 +374,45 @@ def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tupl
     if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
         raise TerminalRequired("Badge log-in works only on a registered kiosk.")
     user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
     matches = hashing.verify_secret(user.pin_hash if user is not None else None, pin)  # always: same time
     if user is None or not user.active or user.locked or not matches:
         why = "unknown badge or wrong PIN" if user is None or (user.active and not user.locked) else "unusable account"
         _fail(user, f"badge:{badge_id}", why, terminal.id)
         if user is not None:
-            _refuse_unusable(user)
+            _refuse_unusable(user, matches)
         raise AuthenticationFailed("The badge or PIN is wrong.")
+    if _temporary_expired(user.pin_reset_at):
+        raise AuthenticationFailed("The temporary PIN has expired; ask an administrator for a new one.")
+    if user.pin_reset_at is not None:
+        raise PasswordExpired("Your PIN was reset: set your own PIN to continue.", user=user.id, credential="pin")
     return _open_session(user, terminal, "badge")
+
+
+def change_pin(badge_id: str, old_pin: str, new_pin: str, terminal: Terminal | None) -> None:
+    """A badge holder changes their own PIN on a kiosk (also the way out of a reset PIN).
+    Like :func:`change_password`: the new PIN's rules first, a wrong current PIN counted."""
+    if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
+        raise TerminalRequired("A PIN is changed on a registered kiosk.")
+    _check_pin(new_pin)
+    user = db.session.execute(select(User).where(User.badge_id == str(badge_id).strip())).scalar()
+    if user is not None:
+        refuse_if_account_limited(user.id)
+    matches = hashing.verify_secret(user.pin_hash if user is not None else None, old_pin)
+    if user is None or not user.active or user.locked or not matches:
+        usable = user is not None and user.active and not user.locked
+        _fail(user, f"badge:{badge_id}", "unknown badge or wrong PIN" if user is None or usable else "unusable account",
+              terminal.id, action="auth.pin.failed", attempts="PIN change")
+        raise AuthenticationFailed("The badge or PIN is wrong.")
+    if _temporary_expired(user.pin_reset_at):
+        raise AuthenticationFailed("The temporary PIN has expired; ask an administrator for a new one.")
+    if new_pin == old_pin:
+        raise ValidationFailed("The new PIN must differ from the current one.", field="pin")
+    user.pin_hash = hashing.hash_secret(new_pin)
+    user.pin_reset_at = None
+    record(actor_for(user, terminal=terminal.id), "user.pin.changed", ("user", user.id), after={"pin": "changed"})
+    db.session.commit()
 
 
 def _open_session(user: User, terminal: Terminal | None, method: str) -> tuple[UserSession, str]:
@@ -344,7 +451,7 @@ class LiveSession:
 
 _LIVE_SESSION_SQL = (
     "SELECT s.id, s.user_id, s.terminal_id, s.ended_at, u.full_name, u.active, u.locked, r.role, "
-    "t.kind, t.active, t.key_hash FROM user_sessions s JOIN users u ON u.id = s.user_id "
+    "t.kind, t.active, t.key_hash, s.started_at FROM user_sessions s JOIN users u ON u.id = s.user_id "
     "LEFT JOIN user_roles r ON r.user_id = u.id LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
 
 
@@ -356,11 +463,16 @@ def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
     [rows] = driver_queries(db.session.connection(), [(_LIVE_SESSION_SQL, (sid,))])
     if not rows or rows[0][3] is not None:
         raise SessionExpired("The session has ended; log in again.")
-    _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash = rows[0]
+    _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash, started = rows[0]
     if not user_active or locked:
         end_session(db.session.get(UserSession, sid), "account_unusable")
         raise SessionExpired("This account can no longer be used; log in again.")
     policy = Policy.current()
+    started_at = as_utc(started)
+    if started_at is not None and utcnow() - started_at > policy.session_max:
+        end_session(db.session.get(UserSession, sid), "absolute_timeout")
+        raise SessionExpired(f"A session lasts at most {policy.session_max.total_seconds() / 3600:g} hours; "
+                             "log in again.")
     idle = policy.kiosk_idle if terminal_kind == TerminalKind.KIOSK.value else policy.workstation_idle
     if last_activity is not None and utcnow() - last_activity > idle:
         end_session(db.session.get(UserSession, sid), "idle_timeout")
@@ -379,6 +491,20 @@ def end_session(row: UserSession, reason: str) -> None:
     record(actor_for(row.user, terminal=row.terminal_id), "auth.logout", ("user", row.user_id),
            after={"session": row.id[:12], "reason": reason})
     db.session.commit()
+    _close_live(session_room(row.id))
+
+
+def _close_live(room: str) -> None:
+    """Close the live (Socket.IO) connections of a session or user that can no longer be used."""
+    from mes.realtime import close_room_sockets
+
+    close_room_sockets(room)
+
+
+def session_room(session_id: str) -> str:
+    from mes.realtime import session_room as room
+
+    return room(session_id)
 
 
 # ----------------------------------------------------------------------- terminals
@@ -419,21 +545,68 @@ def authenticate_terminal(terminal_id: str, key: str) -> Terminal | None:
     return terminal
 
 
+_TERMINAL_SCOPE: dict[tuple[str, str], tuple[str, str | None]] = {}
+
+
+def check_terminal_line(terminal_id: str | None, line: str | None) -> None:
+    """A kiosk serves its own line: it starts and executes batches of that line only (a
+    workstation, or a kiosk registered without a line, is not bound to one). A terminal's kind
+    and line never change after registration, so they are read once per process."""
+    if terminal_id is None:
+        return
+    cache_key = (str(db.engine.url), terminal_id)
+    scope = _TERMINAL_SCOPE.get(cache_key)
+    if scope is None:
+        terminal = db.session.get(Terminal, terminal_id)
+        if terminal is None:
+            return
+        scope = _TERMINAL_SCOPE[cache_key] = (terminal.kind, terminal.line)
+    kind, own = scope
+    if kind == TerminalKind.KIOSK.value and own is not None and line != own:
+        raise Forbidden(f"Kiosk {terminal_id} serves line {own}; this batch is on {line or 'no line'}.")
+
+
 # -------------------------------------------------------------------------- tokens
 
 TOKEN_PREFIX = "mes_"
+TOKEN_MAX_LIFETIME = timedelta(days=3 * 366)
+
+
+def token_account_problem(user: User) -> str | None:
+    """Why ``user`` may not hold an API token, or None. Tokens are for integration and system
+    accounts only: a person who enters or signs GMP data (operator, supervisor, QA) acts in
+    an interactive session, so no one can act in their name through a token."""
+    production = sorted(user.role_names() & {r.value for r in PRODUCTION_ROLES})
+    if production:
+        return (f"API tokens are for integration and system accounts only; {user.id} holds the production "
+                f"role {', '.join(production)}.")
+    return None
 
 
 def issue_token(actor: Actor, user_id: str, scopes: list[str], description: str = "",
                 expires_at: datetime | None = None) -> tuple[ApiToken, str]:
-    """Issue an API token for an integration user; only its hash is stored."""
+    """Issue an API token for an integration or system account, with scopes its roles hold
+    (tokens for integration only); only the secret's hash is stored."""
     user = get_user(user_id)
     if not user.active:
         raise Conflict(f"User {user_id!r} is deactivated.")
+    problem = token_account_problem(user)
+    if problem is not None:
+        raise Forbidden(problem)
+    description = optional_text(description, "The description", "description", NAME_MAX) or ""
     valid = {p.value for p in Permission}
     bad = [s for s in scopes if s not in valid]
     if bad or not scopes:
         raise ValidationFailed(f"Unknown or missing scopes: {', '.join(bad) or '(none given)'}.", field="scopes")
+    roles = user.role_names()
+    beyond = sorted(s for s in set(scopes) if not allowed(roles, Permission(s)))
+    if beyond:
+        raise Forbidden(f"{user_id}'s roles do not hold the scope(s) {', '.join(beyond)}; a token never grants more "
+                        "than its account's role.")
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationFailed("A token cannot expire in the past.", field="expires_at")
+    if expires_at is not None and expires_at > utcnow() + TOKEN_MAX_LIFETIME:
+        raise ValidationFailed(f"A token expires within {TOKEN_MAX_LIFETIME.days} days.", field="expires_at")
     token_id = secrets.token_hex(8)
     secret = hashing.new_token_secret()
     token = ApiToken(id=token_id, user_id=user_id, description=description, secret_sha256=hashing.digest(secret),
@@ -467,6 +640,8 @@ def authenticate_token(presented: str) -> ApiToken:
         raise AuthenticationFailed("The API token is revoked or expired.")
     if not token.user.active or token.user.locked:
         raise AuthenticationFailed("The token's user is deactivated or locked.")
+    if token_account_problem(token.user) is not None:  # e.g. a production role granted after issue
+        raise AuthenticationFailed("The API token's account is not an integration or system account.")
     return token
 
 

@@ -200,17 +200,17 @@ class KioskServer:
                 db.session.remove()
 
     def api(self) -> requests.Session:
-        """An HTTP session with an API token of the supervisor (set scale loads, read devices)."""
+        """An HTTP session of the supervisor logged in on the QA workstation (set scale loads,
+        read devices and batches): API tokens are for integration accounts only, never a person's."""
         if getattr(self, "_http", None) is None:
-            from mes.audit.log import Actor
-            from mes.users import operations as ops
-            from mes.users.permissions import Permission
+            from mes.demo import DEMO_PASSWORD
 
-            with self.db():
-                scopes = [p.value for p in Permission if p.value in ("device.operate", "equipment.view", "batch.view")]
-                _, secret = ops.issue_token(Actor.system("kiosk-tests"), "sup1", scopes, "kiosk browser tests")
             http = requests.Session()
-            http.headers["Authorization"] = f"Bearer {secret}"
+            http.headers["X-MES-Terminal"] = f"{QA_TERMINAL[0]}:{QA_TERMINAL[1]}"
+            http.headers["X-CSRF-Token"] = http.get(f"{self.url}/api/v1/auth/csrf").json()["csrf_token"]
+            r = http.post(f"{self.url}/api/v1/auth/login", json={"user_id": "sup1", "password": DEMO_PASSWORD})
+            assert r.status_code == 200, r.text
+            http.headers["X-CSRF-Token"] = r.json()["csrf_token"]
             self._http = http
         return self._http
 
