@@ -374,9 +374,8 @@ def test_capture_refused_from_a_disconnected_device(app: Flask, monkeypatch) -> 
         sim_thread.stop()
     # a reading of a previous gateway run, and one from before the link came back
     _add_scale(world, "LINKED")
-    linked = _payload(world, batch_id, "LINKED")
     world.readings.set_link(LinkState("LINKED", True, utcnow(), new_epoch()))
-    put_reading(world, "LINKED", "1200", "g")  # epoch "": not this run's
+    linked = _payload(world, batch_id, "LINKED", put_reading(world, "LINKED", "1200", "g"))  # epoch "": not this run's
     _refused(world, batch_id, linked, "device_not_connected", "before the device gateway restarted")
     world.readings.set_link(LinkState("LINKED", True, utcnow() + timedelta(milliseconds=50), ""))
     _refused(world, batch_id, linked, "device_not_connected", "before its link came back")

@@ -21,6 +21,7 @@ from mes.materials.cli import render_tree
 from mes.materials.models import Consumption, Container, GenealogyLink
 from mes.quantities import to_text, with_places
 from tests.execution_helpers import effective_recipe, make_world, run_until, start, stock
+from tests.helpers import release_lot_as_qa
 from tests.test_corrections import RECIPE
 
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
@@ -78,7 +79,7 @@ def test_a_decimal_keeps_its_places_as_written_in_storage(app: Flask, monkeypatc
 def _receive(lot_id: str, item: str, containers: list[tuple[str, str]]) -> None:
     ops.receive_lot(SUP, item, [ops.ContainerIn(qty, uom, f"{lot_id}-C{i + 1}") for i, (qty, uom) in enumerate(containers)],
                     lot_id=lot_id)
-    ops.release_lot(QA, lot_id, "CoA reviewed")
+    release_lot_as_qa(lot_id, "CoA reviewed")
 
 
 def test_material_quantities_keep_their_places_as_written(app: Flask) -> None:

@@ -104,8 +104,8 @@ def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
             _wait_ready(base, demo)
             # the simulated scales and the OPC UA line are up (asyncua's server has built its address space)
             demo.wait_for_line("gateway running 3 device(s)")
-            checks = requests.get(f"{base}/readyz", timeout=5).json()["checks"]
-            assert checks["audit"]["ok"] and checks["migrations"]["ok"]
+            ready = requests.get(f"{base}/readyz", timeout=5)  # anonymous: ready or not, no details
+            assert ready.status_code == 200 and ready.json() == {"status": "ready"}
             http = requests.Session()
             terminal = {"X-MES-Terminal": "KIOSK-01:demo-kiosk-01-key"}
             csrf = http.get(f"{base}/api/v1/auth/csrf", headers=terminal, timeout=5).json()["csrf_token"]

@@ -772,7 +772,7 @@ def test_separate_gateway_process_reaches_the_browser_through_redis(app: Flask, 
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({"devices": [{"device_id": device, "driver": "mtsics",
                                                    "config": {"port": url}, "mode": "stream"}]}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k == "MES_AUDIT_TAG_KEY_PATH"}
     env.update({"MES_HOME": app.config["MES_HOME"], "MES_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
                 "MES_SECRET_KEY": "test-secret-key", "MES_REDIS_URL": REDIS_URL, "MES_GATEWAY_CONFIG": str(config),
                 "MES_LOG_LEVEL": "WARNING"})

@@ -303,7 +303,7 @@ def test_the_container_weighed_empty_is_its_tare(app: Flask, world: eh.World) ->
                 "sequence": str(gross.sequence), "value": "10.62", "reading_unit": "kg"})
     assert r.status_code == 200, message(k.page)
     rec = next(x for x in ex.records_of(batch_id) if x.kind == "container")
-    assert (rec.data["tare"]["source"], rec.data["tare"]["value"], rec.data["gross"], rec.value) == (
+    assert (rec.data["tare"]["source"], rec.data["tare"]["value"], rec.data["gross"], str(rec.value)) == (
         "weighed_container", "0.62", "10.62", "10.00")
     assert mat.consumptions(batch_id=batch_id)[0].qty == Decimal("10.00")
 

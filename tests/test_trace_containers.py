@@ -8,6 +8,7 @@ from flask import Flask
 
 from mes.audit.log import Actor
 from mes.materials import operations as ops
+from tests.helpers import release_lot_as_qa
 
 QA = Actor("qa1", "QA One", "qa", "QA-WS-01")
 SUP = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
@@ -19,7 +20,7 @@ def test_containers_are_not_merged_in_a_trace(app: Flask) -> None:
     ops.create_item(SUP, "INT-BLEND", "Paracetamol blend", "kg", "intermediate")
     ops.receive_lot(SUP, "API-PARA", [ops.ContainerIn("50.00", "kg", "C-1"), ops.ContainerIn("30.0", "kg", "C-2"),
                                       ops.ContainerIn("10", "kg", "C-3")], lot_id="L-API")
-    ops.release_lot(QA, "L-API", "CoA reviewed")
+    release_lot_as_qa("L-API", "CoA reviewed")
     ops.consume(OP, "L-API", "C-1", "20.00", "kg", "B-1")
     ops.consume(OP, "L-API", "C-2", "12.5", "kg", "B-1")
     ops.consume(OP, "L-API", "C-1", "5000", "g", "B-1")  # the same container again, in grams

@@ -127,7 +127,7 @@ def test_what_the_operator_confirmed_is_what_is_recorded(app: Flask, monkeypatch
     done = _weigh(world, batch_id, shown, more=True)
     assert done["value"] == "1004" and done["sequence"] == shown.sequence and done["net"] == "1.004"
     rec = next(r for r in ex.records_of(batch_id) if r.kind == "container")
-    assert rec.value == "1.004" and rec.data["reading"]["confirmed"] == {
+    assert str(rec.value) == "1.004" and rec.data["reading"]["confirmed"] == {
         "device_id": device, "sequence": shown.sequence, "value": "1004", "unit": "g"}
     assert mat.consumptions(batch_id=batch_id)[0].qty == Decimal("1004")
     # the confirmation must carry the reading: a bare device id is refused as incomplete

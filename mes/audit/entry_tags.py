@@ -82,15 +82,23 @@ def load_or_create_tag_key(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # written whole under a temporary name, then linked into place: a process racing this
+        # one never reads a key file that exists but is still empty
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, keys.KEY_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_bytes(TAG_KEY_BYTES).hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, keys.KEY_FILE_MODE)
+            os.link(tmp, path)
         except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_bytes(TAG_KEY_BYTES).hex() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            pass  # another process put its key in place first: that one is the key
+        except OSError:  # no hard links here: rename never overwrites what is there only if absent
+            if not path.exists():
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return load_tag_key(path)
 
 

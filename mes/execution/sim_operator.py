@@ -327,6 +327,8 @@ class SimOperator:
         self._anchor: tuple[datetime, float] | None = None
         self._last_write = time.monotonic()
         self._timers: dict[str, datetime] = {}  # running timer step -> when it may be stopped
+        # running timer step -> (server start stamp, local monotonic time its answer arrived)
+        self._timer_started: dict[str, tuple[datetime, float]] = {}
         # longest step of each kind so far (real seconds): how long a step done while a timer runs may take
         self._step_s: dict[str, float] = {}
 
@@ -431,6 +433,7 @@ class SimOperator:
                     out = self.operator.start_step(batch["id"], step["id"], step["version"])
                     started = parse_at(out["started_at"])
                     assert started is not None
+                    self._timer_started[step["id"]] = (started, time.monotonic())
                     if self._anchor is None or started >= self._anchor[0]:
                         self._anchor = (started, self._last_write)
                     step = {**step, "state": "in_progress", "version": out["version"], "started_at": out["started_at"]}
@@ -551,6 +554,7 @@ class SimOperator:
             version = out["version"]
             started = parse_at(out["started_at"])
             assert started is not None
+            self._timer_started[step["id"]] = (started, time.monotonic())
             self._anchor = (started, self._last_write) if self._anchor is None or started >= self._anchor[0] \
                 else self._anchor
         else:
@@ -560,6 +564,12 @@ class SimOperator:
             return version, "timer not waited for; "
         due = started + target
         wait = (due - self.server_now()).total_seconds() / self.time_factor
+        anchor = self._timer_started.get(step["id"])
+        if anchor is not None and anchor[0] == started:
+            # measured from when the start's answer arrived: the server stamped the start before
+            # that, so this never stops the timer early (the estimate above can, by the request's
+            # latency times time_factor)
+            wait = max(wait, target.total_seconds() / self.time_factor - (time.monotonic() - anchor[1]))
         if wait > 0:
             if wait > 5:
                 self.echo(f"      waiting {wait:.0f} s for timer {spec.id} ({spec.title})")

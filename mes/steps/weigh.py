@@ -469,8 +469,8 @@ def _tare(ctx: StepContext, spec: WeighStep, container_id: str, confirmed: Confi
             ctx.refuse(f"Container {container_id} has not been weighed empty on this step. Weigh the empty container "
                        "(tare) first, then weigh again.", code="no_tare", container_id=container_id)
         rec = tared[-1]
-        value = Decimal(rec.value or "0")
-        return {"source": source, "value": rec.value, "unit": unit, "record": rec.id,
+        value = rec.value if rec.value is not None else Decimal(0)
+        return {"source": source, "value": to_text(value), "unit": unit, "record": rec.id,
                 "reading": rec.data.get("reading")}, value
     value = ctx.decimal(sent.get("value"), "tare.value")
     tare_unit = sent.get("unit") or confirmed.unit
@@ -505,7 +505,7 @@ def _capture_tare(ctx: StepContext, spec: WeighStep, lot_id: str, container_id: 
     rec = ctx.record("tare", {"lot": lot_id, "container": container_id, "source": "weighed_container",
                               "reading": reading, "equipment_id": confirmed.equipment.id}, tare, spec.unit)
     ctx.complete = False
-    ctx.result = {"tare": rec.value, "unit": spec.unit, "tare_source": "weighed_container", "container": container_id,
+    ctx.result = {"tare": to_text(rec.value), "unit": spec.unit, "tare_source": "weighed_container", "container": container_id,
                   "device_id": confirmed.captured.device_id, "sequence": reading["confirmed"]["sequence"],
                   "value": reading["confirmed"]["value"], "reading_unit": confirmed.unit, "complete": False}
 

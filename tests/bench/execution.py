@@ -435,7 +435,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``mes run`` on a free loopback port, configured from ``MES_*`` variables as deployed."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k == "MES_AUDIT_TAG_KEY_PATH"}
     env.update({"MES_HOME": str(home), "MES_DATABASE_URL": url, "MES_SECRET_KEY": "bench-secret-key-0123456789",
                 "MES_SESSION_COOKIE_SECURE": "false", "MES_LOG_LEVEL": "ERROR",
                 "MES_AUDIT_KEY_PATH": str(home / "audit-signing.key"),

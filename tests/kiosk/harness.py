@@ -133,7 +133,7 @@ class KioskServer:
         return "postgresql" if self.database_url.startswith("postgresql") else "sqlite"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k == "MES_AUDIT_TAG_KEY_PATH"}
         env.update({
             "MES_HOME": str(self.home), "MES_DATABASE_URL": self.database_url, "MES_SECRET_KEY": SECRET,
             "MES_SESSION_COOKIE_SECURE": "false", "MES_SIMULATION": "true", "MES_LOG_LEVEL": "WARNING",
