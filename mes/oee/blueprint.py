@@ -73,7 +73,7 @@ def oee_stops() -> Response:
 def oee_stop_reason(interval_id: str) -> Response:
     """Assign the downtime reason of a stop (``planned`` for breaks, planned maintenance, no order)."""
     row = ops.assign_downtime_reason(principal().actor(P.OEE_MANAGE), interval_id, g.body["reason"],
-                                     planned=g.body.get("planned", False), comment=g.body.get("comment"))
+                                     planned=g.body.get("planned"), comment=g.body.get("comment"))
     return created({"downtime_reason": ops.reason_json(row)})
 
 
