@@ -65,6 +65,26 @@ NO_PRODUCT = "(no batch)"
 MAINTENANCE = Classification("planned maintenance", LossCategory.PLANNED_MAINTENANCE, True, "calendar")
 
 
+Ratios = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+
+
+def factors(planned_us: int, run_us: int, ideal_us: Decimal, processed: int, good: int, rates_known: bool) -> Ratios:
+    """Availability, performance, quality and OEE. OEE is 0, never null, when planned
+    production time is positive and nothing ran or nothing good was made: the worst shifts
+    stay in every chart and every average."""
+    with localcontext() as ctx:
+        ctx.prec = 34
+        availability = Decimal(run_us) / Decimal(planned_us) if planned_us > 0 else None
+        performance = ideal_us / Decimal(run_us) if run_us > 0 and rates_known else None
+        quality = Decimal(good) / Decimal(processed) if processed > 0 else None
+        oee: Decimal | None = None
+        if planned_us > 0 and (run_us == 0 or (rates_known and good == 0)):
+            oee = Decimal(0)
+        elif availability is not None and performance is not None and quality is not None:
+            oee = availability * performance * quality
+    return availability, performance, quality, oee
+
+
 @dataclass
 class Figures:
     """What one group (a shift, a product, a week, or the whole range) adds up to."""
@@ -93,14 +113,8 @@ class Figures:
         with localcontext() as ctx:
             ctx.prec = 34
             ideal_us = self.ideal_minutes * 60 * US
-            availability = Decimal(self.run_us) / Decimal(planned_us) if planned_us > 0 else None
-            performance = ideal_us / Decimal(self.run_us) if self.run_us > 0 and rates_known else None
-            quality = Decimal(good) / Decimal(self.processed) if self.processed > 0 else None
-            oee: Decimal | None = None
-            if planned_us > 0 and (self.run_us == 0 or (rates_known and (self.processed == 0 or good == 0))):
-                oee = Decimal(0)  # planned to produce, and nothing ran or nothing (good) was made
-            elif availability is not None and performance is not None and quality is not None:
-                oee = availability * performance * quality
+            availability, performance, quality, oee = factors(planned_us, self.run_us, ideal_us, self.processed, good,
+                                                              rates_known)
             utilisation = Decimal(planned_us) / Decimal(calendar_us) if calendar_us > 0 else None
             teep = oee * utilisation if oee is not None and utilisation is not None else None
             unplanned_us = planned_us - self.run_us
