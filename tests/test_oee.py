@@ -178,7 +178,7 @@ def test_scripted_day_by_shift_and_by_product(app: Flask, monkeypatch: Any) -> N
     page = sup.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T22:00")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "text/html" in page.content_type
-    assert html.count("<svg") == 2 and "<script" not in html and "style=" not in html
+    assert html.count("<svg") == 4 and "<script" not in html and "style=" not in html
     assert "83.9 %" in html and "84.8 %" in html and "jam at labeller" in html and "2026-03-02 late" in html
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 

@@ -133,6 +133,16 @@ def _holidays(value: Iterable[Any]) -> list[str]:
     return sorted(set(out))
 
 
+def _when(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(f"{value!r} is not a date-time such as 2026-12-24T06:00:00Z.",
+                               field="maintenance") from None
+
+
 def _windows(value: Iterable[Any]) -> list[dict[str, Any]]:
     out = []
     for w in value:
@@ -140,9 +150,7 @@ def _windows(value: Iterable[Any]) -> list[dict[str, Any]]:
             raise ValidationFailed("A maintenance window has from, to and a note.", field="maintenance")
         a = w.get("from")
         b = w.get("to")
-        a = datetime.fromisoformat(a.replace("Z", "+00:00")) if isinstance(a, str) else a
-        b = datetime.fromisoformat(b.replace("Z", "+00:00")) if isinstance(b, str) else b
-        a, b = aware(a, "maintenance"), aware(b, "maintenance")
+        a, b = aware(_when(a), "maintenance"), aware(_when(b), "maintenance")
         if b <= a:
             raise ValidationFailed("A maintenance window ends after it starts.", field="maintenance")
         note = w.get("note")

@@ -29,7 +29,7 @@ from mes.audit.canonical import format_at
 from mes.audit.log import Actor, record
 from mes.db import db, utcnow
 from mes.errors import Conflict, ValidationFailed
-from mes.oee.calendar import calendar_json, calendars, set_line_calendar
+from mes.oee.calendar import DEFAULT_MINOR_STOP_S, DEFAULT_STARTUP_S, calendar_json, calendars, set_line_calendar
 from mes.oee.closing import close_shift, close_shifts_due
 from mes.oee.common import MAX_COUNTER, MAX_FUTURE, MAX_RANGE, aware, iso, line_id_of, locked
 from mes.oee.common import commit as _commit
@@ -41,10 +41,11 @@ from mes.plant_time import shifts_between
 from mes.validation import ID_RE, TEXT_MAX, required_text
 
 __all__ = [
-    "GROUPS", "MAX_RANGE", "NO_PRODUCT", "assign_downtime_reason", "calendar_json", "calendars", "close_shift",
-    "close_shifts_due", "compare_lines", "current_reason", "define_reason", "has_reported", "ideal_rates",
-    "known_lines", "normalise_state", "oee", "rate_json", "reason_json", "reason_tree", "record_line_sample",
-    "set_ideal_rate", "set_line_calendar", "shifts_between", "stops", "tree_json",
+    "DEFAULT_MINOR_STOP_S", "DEFAULT_STARTUP_S", "GROUPS", "MAX_RANGE", "NO_PRODUCT", "assign_downtime_reason",
+    "calendar_json", "calendars", "close_shift", "close_shifts_due", "compare_lines", "current_reason",
+    "define_reason", "has_reported", "ideal_rates", "known_lines", "line_id_of", "normalise_state", "oee",
+    "rate_json", "reason_json", "reason_tree", "record_line_sample", "set_ideal_rate", "set_line_calendar",
+    "shifts_between", "stops", "tree_json",
 ]
 
 STATE_BY_NAME: dict[str, str] = {s.lower(): s for s in PACKML_STATES} | {str(n): s for n, s in enumerate(PACKML_STATES)}
