@@ -36,14 +36,14 @@ from mes.oee.common import commit as _commit
 from mes.oee.figures import GROUPS, NO_PRODUCT, compare_lines, has_reported, known_lines, oee
 from mes.oee.models import PACKML_STATES, RUNNING_STATE, CounterSample, IdealRate, LineStateInterval
 from mes.oee.reasons import define_reason, reason_tree, tree_json
-from mes.oee.stops import assign_downtime_reason, current_reason, reason_json, stops
+from mes.oee.stops import assign_downtime_reason, current_reason, describe_stop, reason_json, stops
 from mes.plant_time import shifts_between
 from mes.validation import ID_RE, TEXT_MAX, required_text
 
 __all__ = [
     "DEFAULT_MINOR_STOP_S", "DEFAULT_STARTUP_S", "GROUPS", "MAX_RANGE", "NO_PRODUCT", "assign_downtime_reason",
     "calendar_json", "calendars", "close_shift", "close_shifts_due", "compare_lines", "current_reason",
-    "define_reason", "has_reported", "ideal_rates", "known_lines", "line_id_of", "normalise_state", "oee",
+    "define_reason", "describe_stop", "has_reported", "ideal_rates", "known_lines", "line_id_of", "normalise_state", "oee",
     "rate_json", "reason_json", "reason_tree", "record_line_sample", "set_ideal_rate", "set_line_calendar",
     "shifts_between", "stops", "tree_json",
 ]

@@ -204,6 +204,19 @@ def stops(line_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
     return [stop_json(s, classify(s, tree, plc, cal.minor_stop_s(s.start), now)) for s in found]
 
 
+def describe_stop(interval_id: str) -> dict[str, Any]:
+    """One stop (found by any of its intervals) with its states and how it counts now."""
+    from mes.oee.calendar import calendars
+
+    interval = get_or_404(LineStateInterval, interval_id, "Line state interval")
+    if interval.state in BOUNDARY_STATES:
+        raise Conflict(f"Line {interval.line_id} was not stopped at {format_at(interval.started_at)}.")
+    stop = stop_of(interval)
+    tree = reason_tree()
+    return stop_json(stop, classify(stop, tree, plc_map(tree), calendars(stop.line_id).minor_stop_s(stop.start),
+                                    utcnow()))
+
+
 def assign_downtime_reason(
     actor: Actor,
     interval_id: str,
