@@ -11,8 +11,9 @@ Definitions, in exact Decimal arithmetic:
   order) and stop time inside a calendar maintenance window;
 - *planned production time* = known time − not scheduled − planned stops;
 - *run time* = time in ``Execute``; *downtime* = planned production time − run time, by
-  stop (see :mod:`mes.oee.stops`) and its reason, with stop counts, MTBF = run time ÷
-  unplanned stops and MTTR = unplanned downtime ÷ unplanned stops;
+  stop (see :mod:`mes.oee.stops`) and its reason, with stop counts (a stop counts once, in
+  the group and range where it started), MTBF = run time ÷ unplanned stops and MTTR =
+  unplanned downtime ÷ unplanned stops;
 - *total count* = units processed; *defective* = units the line counted bad plus every unit
   of a batch QA rejected; *good* = total − defective; rejects counted within the line's
   startup window after it enters Execute are startup rejects, the others production rejects;
@@ -180,11 +181,31 @@ def _batches(line_id: str, start: datetime, end: datetime) -> list[_Run]:
     return runs
 
 
-def _run_at(runs: list[_Run], t: datetime) -> _Run | None:
-    for run in reversed(runs):  # the batch started last wins when two overlap
-        if run.start <= t and (run.end is None or t < run.end):
-            return run
-    return None
+class _Runs:
+    """Which batch runs on the line at a time: the one started last among those running."""
+
+    def __init__(self, runs: list[_Run]) -> None:
+        self.runs = runs  # by start
+        self.starts = [r.start for r in runs]
+        self.reach: list[datetime | None] = []  # the latest end among runs[:i + 1] (None: one is still open)
+        latest: datetime | None = None
+        open_ = False
+        for r in runs:
+            open_ = open_ or r.end is None
+            latest = r.end if latest is None or (r.end is not None and r.end > latest) else latest
+            self.reach.append(None if open_ else latest)
+
+    def at(self, t: datetime) -> _Run | None:
+        i = bisect.bisect_right(self.starts, t) - 1
+        while i >= 0:
+            run = self.runs[i]
+            if run.end is None or t < run.end:
+                return run
+            reach = self.reach[i]
+            if reach is not None and reach <= t:
+                return None  # every earlier run ended by t
+            i -= 1
+        return None
 
 
 class _Rates:
@@ -257,6 +278,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
     intervals = [r for r in rows if r.started_at < until] if until > start else []
     interval_starts = [r.started_at for r in intervals]
     runs = _batches(line_id, start, until) if until > start else []
+    running = _Runs(runs)
     shifts = shifts_between(start, end)
     shift_starts = [s.start for s in shifts]
     rates = _Rates(db.session.execute(select(IdealRate).where(IdealRate.line_id == line_id)
@@ -274,7 +296,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
             return shift_at(t).label
         if group == "week":
             return _week(shift_at(t))
-        run = _run_at(runs, t)
+        run = running.at(t)
         return run.product if run else NO_PRODUCT
 
     total = Figures()
@@ -315,7 +337,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
         stop, c = how[interval.id]
         window = cal.maintenance_at(a)
         scheduled = cal.scheduled(shift_at(a), a)
-        first = a == max(stop.start, start)
+        first = a == stop.start  # a stop counts once, where it started (not again in a later range)
         for fig in targets:
             fig.known_us += us
             if window is not None:
@@ -345,7 +367,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
         ctx.prec = 34
         for at, dp, dd, reset_p, reset_d in samples:
             t = at - EPSILON
-            run = _run_at(runs, t)
+            run = running.at(t)
             product = run.product if run else None
             rate = rates.at(product, at) if dp else None
             startup = 0
