@@ -103,8 +103,15 @@ class Figures:
     startup_rejects: int = 0
     qa_rejected: int = 0
     resets: int = 0
-    ideal_minutes: Decimal = Decimal(0)
+    units_at_rate: dict[Decimal, int] = field(default_factory=lambda: defaultdict(int))  # units per ideal rate
     missing_rate: set[str] = field(default_factory=set)
+
+    @property
+    def ideal_minutes(self) -> Decimal:
+        """The ideal run time of the units counted, in minutes: Σ units ÷ their ideal rate."""
+        with localcontext() as ctx:
+            ctx.prec = 34
+            return sum((Decimal(units) / rate for rate, units in self.units_at_rate.items()), Decimal(0))
 
     def as_json(self) -> dict[str, Any]:
         planned_us = self.known_us - self.planned_stop_us - self.unscheduled_us
@@ -277,25 +284,26 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
             how[i.id] = (s, c)
     intervals = [r for r in rows if r.started_at < until] if until > start else []
     interval_starts = [r.started_at for r in intervals]
+    interval_states = [r.state for r in intervals]
     runs = _batches(line_id, start, until) if until > start else []
     running = _Runs(runs)
     shifts = shifts_between(start, end)
     shift_starts = [s.start for s in shifts]
+    shift_keys = [_week(s) if group == "week" else s.label for s in shifts]  # computed once, not per sample
+    shift_by_label = {s.label: s for s in shifts}
     rates = _Rates(db.session.execute(select(IdealRate).where(IdealRate.line_id == line_id)
                                       .order_by(IdealRate.effective_from, IdealRate.recorded_at)).scalars())
 
     def shift_at(t: datetime) -> Shift:
         return shifts[max(bisect.bisect_right(shift_starts, t) - 1, 0)]
 
-    def interval_at(t: datetime) -> LineStateInterval | None:
-        i = bisect.bisect_right(interval_starts, t) - 1
-        return intervals[i] if i >= 0 else None
+    def interval_at(t: datetime) -> int:
+        """The index of the interval in effect at ``t``, -1 before the first."""
+        return bisect.bisect_right(interval_starts, t) - 1
 
     def key_at(t: datetime) -> str:
-        if group == "shift":
-            return shift_at(t).label
-        if group == "week":
-            return _week(shift_at(t))
+        if group != "product":
+            return shift_keys[max(bisect.bisect_right(shift_starts, t) - 1, 0)]
         run = running.at(t)
         return run.product if run else NO_PRODUCT
 
@@ -323,18 +331,19 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
     points = sorted(cuts)
     for a, b in zip(points, points[1:], strict=False):
         us = micros(b - a)
-        interval = interval_at(a)
+        n = interval_at(a)
+        state = interval_states[n] if n >= 0 else UNKNOWN_STATE
         targets = (total, figures(key_at(a)))
-        if interval is None or interval.state == UNKNOWN_STATE:
+        if state == UNKNOWN_STATE:
             for fig in targets:
                 fig.no_data_us += us
             continue
-        if interval.state == RUNNING_STATE:
+        if state == RUNNING_STATE:
             for fig in targets:
                 fig.known_us += us
                 fig.run_us += us
             continue
-        stop, c = how[interval.id]
+        stop, c = how[intervals[n].id]
         window = cal.maintenance_at(a)
         scheduled = cal.scheduled(shift_at(a), a)
         first = a == stop.start  # a stop counts once, where it started (not again in a later range)
@@ -372,9 +381,9 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
             rate = rates.at(product, at) if dp else None
             startup = 0
             if dd:
-                state = interval_at(t)
-                if state is not None and state.state == RUNNING_STATE and \
-                        (t - state.started_at).total_seconds() < cal.startup_s(t):
+                n = interval_at(t)
+                if n >= 0 and interval_states[n] == RUNNING_STATE and \
+                        (t - interval_starts[n]).total_seconds() < cal.startup_s(t):
                     startup = dd
             qa_rejected = max(dp - dd, 0) if run is not None and run.rejected else 0
             for fig in (total, figures(key_at(t))):
@@ -387,13 +396,13 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
                     if rate is None:
                         fig.missing_rate.add(product or NO_PRODUCT)
                     else:
-                        fig.ideal_minutes += Decimal(dp) / rate
+                        fig.units_at_rate[rate] += dp
 
     out_groups = []
     for key, fig in groups.items():
         item: dict[str, Any] = {"key": key, "label": key}
         if group == "shift":
-            shift = next(s for s in shifts if s.label == key)
+            shift = shift_by_label[key]
             item["shift"] = shift_json(shift, zone)
             item["scheduled"] = cal.scheduled(shift, shift.start)
         elif group == "product":
