@@ -30,7 +30,7 @@ GRACE = timedelta(minutes=15)  # late samples from the line's buffer arrive with
 LOOKBACK = timedelta(days=2)
 FIGURES = ("planned_production_s", "run_s", "downtime_s", "planned_stop_s", "not_scheduled_s", "no_data_s",
            "total_count", "good_count", "defective_count", "startup_rejects", "production_rejects",
-           "qa_rejected_count", "count_unit", "availability", "performance", "quality", "oee", "utilisation", "teep",
+           "qa_rejected_count", "reworked_count", "count_unit", "availability", "performance", "quality", "oee", "utilisation", "teep",
            "stops", "mtbf_s", "mttr_s", "losses_s", "downtime_by_reason")
 
 

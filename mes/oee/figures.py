@@ -14,8 +14,9 @@ Definitions, in exact Decimal arithmetic:
   stop (see :mod:`mes.oee.stops`) and its reason, with stop counts (a stop counts once, in
   the group and range where it started), MTBF = run time ÷ unplanned stops and MTTR =
   unplanned downtime ÷ unplanned stops;
-- *total count* = units processed; *defective* = units the line counted bad plus every unit
-  of a batch QA rejected; *good* = total − defective; rejects counted within the line's
+- *total count* = units processed; *defective* (scrap) = units the line counted bad plus
+  every unit of a batch QA rejected; *reworked* = units the line sent to rework, counted
+  apart from scrap; *good* (first pass) = total − defective − reworked; rejects counted within the line's
   startup window after it enters Execute are startup rejects, the others production rejects;
 - availability = run ÷ planned production time; performance = ideal run time of the total
   count ÷ run time; quality = good ÷ total; OEE = A × P × Q, and OEE is 0 whenever planned
@@ -102,6 +103,7 @@ class Figures:
     defective: int = 0
     startup_rejects: int = 0
     qa_rejected: int = 0
+    reworked: int = 0
     resets: int = 0
     units_at_rate: dict[Decimal, int] = field(default_factory=lambda: defaultdict(int))  # units per ideal rate
     missing_rate: set[str] = field(default_factory=set)
@@ -116,7 +118,7 @@ class Figures:
     def as_json(self) -> dict[str, Any]:
         planned_us = self.known_us - self.planned_stop_us - self.unscheduled_us
         calendar_us = self.known_us + self.no_data_us
-        good = max(self.processed - self.defective, 0)
+        good = max(self.processed - self.defective - self.reworked, 0)  # first pass: rework is not good
         rates_known = not (self.missing_rate and self.processed > 0)
         with localcontext() as ctx:
             ctx.prec = 34
@@ -143,7 +145,7 @@ class Figures:
             "total_count": self.processed, "good_count": good, "defective_count": self.defective,
             "startup_rejects": min(self.startup_rejects, self.defective),
             "production_rejects": self.defective - min(self.startup_rejects, self.defective) - self.qa_rejected,
-            "qa_rejected_count": self.qa_rejected,
+            "qa_rejected_count": self.qa_rejected, "reworked_count": self.reworked,
             "count_unit": "units", "counter_resets": self.resets,
             "ideal_run_s": seconds(int(ideal_us.to_integral_value())) if rates_known else None,
             "availability": ratio(availability), "performance": ratio(performance), "quality": ratio(quality),
@@ -368,13 +370,13 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
     # counts: a sample at t reports the units made up to t
     samples = db.session.execute(
         select(CounterSample.at, CounterSample.processed_delta, CounterSample.defective_delta,
-               CounterSample.processed_reset, CounterSample.defective_reset)
+               CounterSample.processed_reset, CounterSample.defective_reset, CounterSample.reworked_delta)
         .where(CounterSample.line_id == line_id, CounterSample.at > start, CounterSample.at <= until)
         .order_by(CounterSample.seq)
     ).all()
     with localcontext() as ctx:
         ctx.prec = 34
-        for at, dp, dd, reset_p, reset_d in samples:
+        for at, dp, dd, reset_p, reset_d, dr in samples:
             t = at - EPSILON
             run = running.at(t)
             product = run.product if run else None
@@ -390,6 +392,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
                 fig.processed += dp
                 fig.defective += dd + qa_rejected
                 fig.qa_rejected += qa_rejected
+                fig.reworked += dr if qa_rejected == 0 else 0  # a rejected batch's units are all defective
                 fig.startup_rejects += startup
                 fig.resets += int(reset_p or reset_d)
                 if dp:

@@ -27,7 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db
@@ -120,6 +120,8 @@ class CounterSample(db.Model):
     defective_delta: Mapped[int] = mapped_column(BigInteger)
     processed_reset: Mapped[bool] = mapped_column(default=False)  # the counter went down: the line restarted
     defective_reset: Mapped[bool] = mapped_column(default=False)
+    reworked: Mapped[int | None] = mapped_column(BigInteger)  # cumulative units sent to rework (not scrap)
+    reworked_delta: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     source: Mapped[str] = mapped_column(String(200))
     recorded_at: Mapped[datetime]
     recorded_by: Mapped[str] = mapped_column(String(100))

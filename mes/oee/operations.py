@@ -122,6 +122,7 @@ def record_line_sample(
     defective: int | None,
     stop_reason: str | None = None,
     source: str,
+    reworked: int | None = None,
 ) -> None:
     """Record what the line reported at ``at``: its PackML ``state`` (name or number) with
     the line's ``stop_reason`` code, and its cumulative ``processed`` / ``defective``
@@ -136,6 +137,9 @@ def record_line_sample(
     state = normalise_state(state) if state is not None else None
     processed = _counter(processed, "processed")
     defective = _counter(defective, "defective")
+    reworked = _counter(reworked, "reworked")
+    if reworked is not None and processed is None and defective is None:
+        raise ValidationFailed("The reworked counter comes with the processed or defective counter.", field="reworked")
     if state is None and processed is None and defective is None:
         raise ValidationFailed("A line sample needs a state or a counter.", field="state")
     source = required_text(source, "The source", "source", 200)
@@ -180,15 +184,19 @@ def record_line_sample(
                     prev_d = _last_reading(line_id, CounterSample.defective)
             dp, reset_p = _delta(processed, prev_p)
             dd, reset_d = _delta(defective, prev_d)
+            dr = _delta(reworked, _last_reading(line_id, CounterSample.reworked) if last_any else None)[0] \
+                if reworked is not None else 0
             sample = CounterSample(id=str(uuid.uuid4()), line_id=line_id, seq=(last_any.seq + 1) if last_any else 1,
                                    at=at,
                                    processed=processed, defective=defective, processed_delta=dp, defective_delta=dd,
-                                   processed_reset=reset_p, defective_reset=reset_d, source=source, recorded_at=now,
-                                   recorded_by=actor.id)
+                                   processed_reset=reset_p, defective_reset=reset_d, reworked=reworked,
+                                   reworked_delta=dr, source=source, recorded_at=now, recorded_by=actor.id)
             db.session.add(sample)
             after["counters"] = {"seq": sample.seq, "processed": processed, "defective": defective,
                                  "processed_delta": dp, "defective_delta": dd, "processed_reset": reset_p,
                                  "defective_reset": reset_d}
+            if reworked is not None:
+                after["counters"] |= {"reworked": reworked, "reworked_delta": dr}
         if interval is None and sample is None:
             db.session.rollback()
             return  # the same state again and no counters: nothing new to record

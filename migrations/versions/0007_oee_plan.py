@@ -1,4 +1,5 @@
-"""OEE: the downtime reason tree, line calendars (with targets and thresholds) and shift closures.
+"""OEE: the downtime reason tree, line calendars (with targets and thresholds), shift closures,
+and a rework counter beside scrap on counter samples.
 
 All three tables are append-only like the rest of OEE: the database refuses UPDATE,
 DELETE (and on PostgreSQL TRUNCATE) on them.
@@ -22,6 +23,10 @@ CATEGORIES = "('breakdown', 'setup', 'minor_stop', 'planned_break', 'planned_mai
 
 
 def upgrade() -> None:
+    # rework beside scrap: plain ADD COLUMN (no table rebuild, so the append-only triggers stay)
+    op.add_column('oee_counter_samples', sa.Column('reworked', sa.BigInteger(), nullable=True))
+    op.add_column('oee_counter_samples', sa.Column('reworked_delta', sa.BigInteger(), server_default=sa.text('0'),
+                                                   nullable=False))
     op.create_table('oee_reasons',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('code', sa.String(length=64), nullable=False),

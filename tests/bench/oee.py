@@ -206,7 +206,8 @@ def measure_plant(lines: int, days: int, state_minutes: int, sample_minutes: int
             ids = db.session.execute(select(LineStateInterval).where(
                 LineStateInterval.line_id == line, LineStateInterval.started_at < end)).scalars().all()
             db.session.execute(select(CounterSample.at, CounterSample.processed_delta, CounterSample.defective_delta,
-                                      CounterSample.processed_reset, CounterSample.defective_reset)
+                                      CounterSample.processed_reset, CounterSample.defective_reset,
+                                      CounterSample.reworked_delta)
                                .where(CounterSample.line_id == line, CounterSample.at > start,
                                       CounterSample.at <= end)).all()
             db.session.execute(select(DowntimeReason).where(DowntimeReason.line_id == line)).scalars().all()

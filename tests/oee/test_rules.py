@@ -140,3 +140,19 @@ def test_a_shift_closes_once_with_its_figures_event(app: Flask) -> None:
         "early", "0.8750", "1.0000", "0.9900", "0.8662")
     due = ops.close_shifts_due(GATEWAY)
     assert due and ops.close_shifts_due(GATEWAY) == []
+
+
+def test_rework_is_counted_apart_from_scrap(app: Flask) -> None:
+    plant(app)
+    ops.set_ideal_rate(GATEWAY, "LINE-1", "10", effective_from=L(0))
+    ops.record_line_sample(GATEWAY, "LINE-1", at=L(6), state="Execute", processed=0, defective=0, reworked=0,
+                           source="opc.tcp://127.0.0.1:4840/line-1")
+    ops.record_line_sample(GATEWAY, "LINE-1", at=L(7), state=None, processed=600, defective=6, reworked=12,
+                           source="opc.tcp://127.0.0.1:4840/line-1")
+    with pytest.raises(ValidationFailed, match="comes with"):
+        ops.record_line_sample(GATEWAY, "LINE-1", at=L(7, 1), state=None, processed=None, defective=None,
+                               reworked=13, source="opc.tcp://127.0.0.1:4840/line-1")
+    total = ops.oee("LINE-1", L(6), L(7))["total"]
+    # 600 made, 6 scrapped, 12 to rework: good at first pass 582, Q = 0.97, OEE = 1 × 1 × 0.97
+    assert (total["defective_count"], total["reworked_count"], total["good_count"]) == (6, 12, 582)
+    assert (total["quality"], total["oee"]) == ("0.9700", "0.9700")
