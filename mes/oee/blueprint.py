@@ -170,6 +170,14 @@ def oee_shift_close() -> Response:
                                 "figures": row.figures}})
 
 
+@bp.post(f"{API}/shifts/close-due")
+@endpoint(P.OEE_MANAGE, tags=TAGS)
+def oee_shifts_close_due() -> Response:
+    """Close every shift of the last two days that ended 15 min ago or more (for a scheduler)."""
+    rows = ops.close_shifts_due(principal().actor(P.OEE_MANAGE))
+    return created({"closed": [{"line": r.line_id, "shift_start": r.shift_start.isoformat()} for r in rows]})
+
+
 # ------------------------------------------------------------------------------ page
 
 

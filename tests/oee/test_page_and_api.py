@@ -39,6 +39,8 @@ def test_a_breakdown_shift_shows_zero_and_is_classified_on_the_page(app: Flask) 
     assert stop["classification"]["category"] == "breakdown" and stop["reason"]["comment"] == "gearbox"
     week = sup.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T14:00&group=week")
     assert week.status_code == 200 and "2026-W10" in week.get_data(as_text=True)
+    product = sup.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T14:00&group=product")
+    assert product.status_code == 200 and "(no batch)" in product.get_data(as_text=True)
     qa = logged_in(app.test_client(), seeded, "qa")
     assert "/reason" not in qa.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T14:00"
                                    ).get_data(as_text=True)  # QA looks, does not classify
@@ -72,5 +74,8 @@ def test_reason_tree_calendar_lines_and_closing_on_the_api(app: Flask) -> None:
     assert r.status_code == 201 and r.get_json()["closure"]["figures"]["shift_name"] == "early"
     r = sup.post("/api/v1/oee/shifts/close", {"line": "LINE-1", "shift_start": iso(L(6))})
     assert r.status_code == 409 and r.mimetype == "application/problem+json"
+    r = sup.post("/api/v1/oee/shifts/close-due", {})
+    assert r.status_code == 201 and {c["line"] for c in r.get_json()["closed"]} == {"LINE-1", "LINE-2"}
+    assert sup.post("/api/v1/oee/shifts/close-due", {}).get_json()["closed"] == []
     qa = logged_in(app.test_client(), seeded, "qa")
     assert qa.post("/api/v1/oee/shifts/close", {"line": "LINE-1", "shift_start": iso(L(14))}).status_code == 403
