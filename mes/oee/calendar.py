@@ -1,6 +1,7 @@
 """Production calendars: what time of a line is planned production time.
 
-A line's calendar says which shifts it works on which weekdays, its holidays and its
+A line's calendar says which shifts it works on which weekdays (a shift belongs to the
+plant date and weekday it starts on: Friday's night shift runs into Saturday), its holidays and its
 planned maintenance windows, with its OEE target, its minor-stop threshold and its
 startup window (rejects this long after a restart are startup rejects). A line without a
 calendar is planned every hour of every day. Stops outside the calendar are no losses

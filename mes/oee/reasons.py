@@ -136,6 +136,8 @@ def define_reason(
                                      plc_codes=list(codes), active=active, recorded_at=now, recorded_by=actor.id))
         db.session.add_all(rows)
         after = {**reason.as_json(), "active": active}
+        if rows[:-1]:  # the defaults written as rows with the first definition, on the same entry
+            after["defaults_recorded"] = [r.code for r in rows[:-1]]
         record(actor, "oee.reason_defined", TREE_AGGREGATE, before=None if before is None else before.as_json(),
                after=after, event=Event(REASON_DEFINED, *TREE_AGGREGATE, data=after))
         commit("The reason tree changed at the same moment; reload and try again.")
