@@ -88,6 +88,9 @@ def shift_chart(groups: list[dict[str, Any]], target: str | None = None, what: s
                 continue
             ratio = Decimal(g[key])
             y = y_of(ratio)
+            if ratio == 0:  # a zero is a figure: say it, a bar of no height shows nothing
+                chart.texts.append({"x": _px(x + bar_w / 2), "y": _px(base - 4), "anchor": "middle", "text": "0",
+                                    "size": "12"})
             chart.rects.append({"x": _px(x), "y": _px(y), "width": _px(bar_w), "height": _px(base - y), "fill": colour,
                                 "title": f"{g['label']}: {letter} {(ratio * 100).quantize(Decimal('0.1'))} %"})
         cx = x0 + (bar_w * 3 + 4) / 2

@@ -26,6 +26,7 @@ def test_a_breakdown_shift_shows_zero_and_is_classified_on_the_page(app: Flask) 
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "<script" not in html and "style=" not in html
     assert "OEE <strong>0.0 %</strong> (target 85.0 %)" in html and "target 85.0 %" in html
+    assert "<title>2026-03-02 early: OEE 0.0 %</title>" in html  # the worst shift is drawn, at 0
     stop_id = ops.stops("LINE-1", L(6), L(14))[0]["id"]
     assert f"/qa/oee/stops/{stop_id}/reason" in html
     token = re.search(r'name="csrf_token" value="([^"]+)"', html)
