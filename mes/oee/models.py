@@ -7,8 +7,10 @@ Every table here is append-only (database triggers refuse UPDATE and DELETE):
 - a counter sample keeps the cumulative counters exactly as the line reported them, and
   the units made since the previous sample (``*_delta``), computed once on arrival, with
   a counter reset (line restart) recognised and flagged;
-- a downtime reason is assigned to a stop interval afterwards by a supervisor; a later
-  assignment supersedes an earlier one (both stay), the sample itself is never touched;
+- a downtime reason is assigned to a stop afterwards by an operator or supervisor; it is
+  stored on the stop's first interval and classifies every state of the stop (see
+  :mod:`mes.oee.stops`); a later assignment supersedes an earlier one (both stay), the
+  interval itself is never touched;
 - a reason definition is one node of the plant's downtime reason tree (a reason under one
   of the loss categories, with the PLC stop codes that mean it); a later row for the same
   code supersedes the earlier one;
