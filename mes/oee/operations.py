@@ -127,8 +127,9 @@ def record_line_sample(
     """Record what the line reported at ``at``: its PackML ``state`` (name or number) with
     the line's ``stop_reason`` code, and its cumulative ``processed`` / ``defective``
     counters (either may be None), and optionally ``reworked`` (units sent to rework). A
-    repeated state with the same reason and no counters records nothing. Samples older than the line's last one are refused (the gateway sends
-    them in order), as are times more than a minute ahead of the server clock."""
+    repeated state with the same reason and no counters records nothing. Samples older than
+    the line's last one are refused (the gateway sends them in order), as are times more
+    than a minute ahead of the server clock."""
     line_id = _line(line_id)
     at = _aware(at, "at")
     now = utcnow()
