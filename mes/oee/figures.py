@@ -36,7 +36,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -236,6 +236,16 @@ class _Rates:
         return None
 
 
+NEVER = datetime.max.replace(tzinfo=UTC)  # an empty span: lo = hi, so the first sample looks up
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _between(bounds: list[datetime], t: datetime) -> tuple[datetime, datetime]:
+    """The span ``[lo, hi)`` of ``bounds`` that holds ``t``."""
+    i = bisect.bisect_right(bounds, t)
+    return (bounds[i - 1] if i > 0 else EARLIEST), (bounds[i] if i < len(bounds) else NEVER)
+
+
 def has_reported(line_id: str) -> bool:
     """Whether the line ever reported a state or counters to the MES."""
     return any(db.session.execute(select(model.id).where(model.line_id == line_id).limit(1)).first()
@@ -376,11 +386,27 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
     ).all()
     with localcontext() as ctx:
         ctx.prec = 34
+        # the batch, the group and the ideal rate change only at a few known times: look them up
+        # again only when a sample crosses one (a bisection per crossing, not per sample)
+        context_bounds = sorted({s.start for s in shifts} | {r.start for r in runs}
+                                | {r.end for r in runs if r.end is not None})
+        rate_bounds = sorted({r.effective_from for rows_ in rates.by_product.values() for r in rows_})
+        lo = hi = rate_lo = rate_hi = NEVER
+        run: _Run | None = None
+        product: str | None = None
+        group_fig = total
+        rate: Decimal | None = None
         for at, dp, dd, reset_p, reset_d, dr in samples:
             t = at - EPSILON
-            run = running.at(t)
-            product = run.product if run else None
-            rate = rates.at(product, at) if dp else None
+            if not lo <= t < hi:
+                lo, hi = _between(context_bounds, t)
+                run = running.at(t)
+                product = run.product if run else None
+                group_fig = figures(key_at(t))
+                rate_lo = rate_hi = NEVER
+            if dp and not rate_lo <= at < rate_hi:
+                rate_lo, rate_hi = _between(rate_bounds, at)
+                rate = rates.at(product, at)
             startup = 0
             if dd:
                 n = interval_at(t)
@@ -388,7 +414,7 @@ def oee(line_id: str, start: datetime, end: datetime, group: str = "shift") -> d
                         (t - interval_starts[n]).total_seconds() < cal.startup_s(t):
                     startup = dd
             qa_rejected = max(dp - dd, 0) if run is not None and run.rejected else 0
-            for fig in (total, figures(key_at(t))):
+            for fig in (total, group_fig):
                 fig.processed += dp
                 fig.defective += dd + qa_rejected
                 fig.qa_rejected += qa_rejected
