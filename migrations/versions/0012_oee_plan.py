@@ -4,8 +4,8 @@ and a rework counter beside scrap on counter samples.
 All three tables are append-only like the rest of OEE: the database refuses UPDATE,
 DELETE (and on PostgreSQL TRUNCATE) on them.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06 02:30:00
 """
 import sqlalchemy as sa
@@ -14,8 +14,8 @@ from alembic import op
 import mes.db
 import mes.quantities
 
-revision = '0007'
-down_revision = '0006'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
