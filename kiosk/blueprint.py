@@ -506,4 +506,6 @@ def dispose(deviation_id: str) -> Any:
     return redirect(url_for("kiosk.board", line=b.line or "-"))
 
 
-__all__ = ["bp"]
+from kiosk import oee_pages  # noqa: E402  (registers the OEE stop screens on bp)
+
+__all__ = ["bp", "oee_pages"]

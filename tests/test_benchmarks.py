@@ -15,7 +15,7 @@ TINY = {
     "audit": ["--appends", "20", "--entries", "300", "--checkpoints", "1", "--witnessed", "5"],
     "trace": ["--lots", "200", "--links", "2000"],
     "execution": ["--batches", "1,2", "--steps", "3", "--think-ms", "20"],
-    "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1"],
+    "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1", "--lines", "2", "--days", "3"],
     "kiosk": ["--n", "3", "--pages", "3"],
 }
 DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}

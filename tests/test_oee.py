@@ -143,16 +143,20 @@ def test_scripted_day_by_shift_and_by_product(app: Flask, monkeypatch: Any) -> N
     assert figures(early) == ("27000", "25200", "1800", "1800", "0", 5760, 5682,
                               "0.9333", "0.9214", "0.9865", "0.8484")
     assert early["counter_resets"] == 1 and early["ideal_run_s"] == str(387 * 60)
-    assert early["downtime_by_reason"] == [{"reason": "jam at labeller", "planned": False, "seconds": "1800"},
-                                           {"reason": "lunch break", "planned": True, "seconds": "1800"}]
+    assert early["downtime_by_reason"] == [
+        {"reason": "jam at labeller", "category": "unclassified", "planned": False, "seconds": "1800", "stops": 1},
+        {"reason": "lunch break", "category": "planned_break", "planned": True, "seconds": "1800", "stops": 1}]
+    # one unplanned stop (the jam) in 420 min of run: MTBF 420 min, MTTR 30 min
+    assert (early["stops"], early["mtbf_s"], early["mttr_s"]) == (1, "25200", "1800")
     # late: 14:00-20:00 known (360), 18:00-20:00 no order (planned, 120), 20:00-22:00 no data (120);
     # planned 240, run 120 + 100 = 220, starved 20 unassigned; counts 2160 + 1800, defective 0 + 20;
     # ideal 108 + 90 = 198 min. A = 220/240, P = 198/220, Q = 3940/3960.
     assert figures(late) == ("14400", "13200", "1200", "7200", "7200", 3960, 3940,
                              "0.9167", "0.9000", "0.9949", "0.8208")
-    assert late["downtime_by_reason"] == [{"reason": "no order", "planned": True, "seconds": "7200"},
-                                          {"reason": "unassigned (Suspended starved)", "planned": False,
-                                           "seconds": "1200"}]
+    assert late["downtime_by_reason"] == [
+        {"reason": "no order", "category": "planned_break", "planned": True, "seconds": "7200", "stops": 1},
+        {"reason": "unassigned (Suspended starved)", "category": "unclassified", "planned": False,
+         "seconds": "1200", "stops": 1}]
     # the whole range: planned 690, run 640, ideal 585, counts 9720, defective 98
     assert figures(body["total"]) == ("41400", "38400", "3000", "9000", "7200", 9720, 9622,
                                       "0.9275", "0.9141", "0.9899", "0.8393")
@@ -174,7 +178,7 @@ def test_scripted_day_by_shift_and_by_product(app: Flask, monkeypatch: Any) -> N
     page = sup.get("/qa/oee?line=LINE-1&from=2026-03-02T06:00&to=2026-03-02T22:00")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "text/html" in page.content_type
-    assert html.count("<svg") == 2 and "<script" not in html and "style=" not in html
+    assert html.count("<svg") == 4 and "<script" not in html and "style=" not in html
     assert "83.9 %" in html and "84.8 %" in html and "jam at labeller" in html and "2026-03-02 late" in html
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 
@@ -288,7 +292,7 @@ def test_bad_input_is_refused_with_reasons(app: Flask) -> None:
         (f"/api/v1/oee?line=LINE-1&from=2026-03-02T06:00:00&to={iso(L(8))}", "from"),
         (f"/api/v1/oee?line=LINE-1&from={iso(L(8))}&to={iso(L(6))}", "to"),
         (f"/api/v1/oee?line=LINE-1&from=2025-01-01T00:00:00Z&to={iso(L(8))}", "to"),
-        (base + "&group=week", "group"),
+        (base + "&group=month", "group"),
         (f"/api/v1/oee?line=LINE%201&from={iso(L(6))}&to={iso(L(8))}", "line"),
     ]:
         r = qa.get(url)

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, g, jsonify, render_template, request
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
 from mes.db import utcnow
 from mes.errors import MESError, ValidationFailed
@@ -20,6 +20,7 @@ from mes.oee import charts
 from mes.oee import operations as ops
 from mes.plant_time import plant_zone
 from mes.users.permissions import Permission as P
+from mes.users.permissions import allowed
 from mes.validation import ID_JSON_PATTERN
 from mes.web import STR, created, csrf_token, endpoint, obj, parse_utc, principal
 
@@ -32,6 +33,20 @@ DECIMAL = {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"}
 DATETIME = {"type": "string", "minLength": 10, "maxLength": 40}
 REASON_SCHEMA = obj({"reason": {"type": "string", "minLength": 1, "maxLength": 100}, "planned": {"type": "boolean"},
                      "comment": STR}, ("reason",))
+REASON_DEF_SCHEMA = obj({"code": ID, "label": {"type": "string", "minLength": 1, "maxLength": 100},
+                         "category": {"type": "string", "maxLength": 32},
+                         "plc_codes": {"type": "array", "maxItems": 200,
+                                       "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+                         "active": {"type": "boolean"}}, ("code", "label", "category"))
+WINDOW = obj({"from": DATETIME, "to": DATETIME, "note": STR}, ("from", "to"))
+CALENDAR_SCHEMA = obj({"line": ID,
+                       "shifts": {"type": "object", "additionalProperties": {"type": "array", "maxItems": 24,
+                                                                             "items": {"type": "string"}}},
+                       "holidays": {"type": "array", "maxItems": 400, "items": {"type": "string", "maxLength": 10}},
+                       "maintenance": {"type": "array", "maxItems": 400, "items": WINDOW},
+                       "oee_target": DECIMAL, "minor_stop_s": {"type": "integer"}, "startup_s": {"type": "integer"},
+                       "effective_from": DATETIME, "comment": STR}, ("line", "shifts"))
+CLOSE_SCHEMA = obj({"line": ID, "shift_start": DATETIME}, ("line", "shift_start"))
 RATE_SCHEMA = obj({"line": ID, "product": ID, "units_per_minute": DECIMAL, "effective_from": DATETIME,
                    "comment": STR}, ("line", "units_per_minute"))
 
@@ -73,7 +88,7 @@ def oee_stops() -> Response:
 def oee_stop_reason(interval_id: str) -> Response:
     """Assign the downtime reason of a stop (``planned`` for breaks, planned maintenance, no order)."""
     row = ops.assign_downtime_reason(principal().actor(P.OEE_MANAGE), interval_id, g.body["reason"],
-                                     planned=g.body.get("planned", False), comment=g.body.get("comment"))
+                                     planned=g.body.get("planned"), comment=g.body.get("comment"))
     return created({"downtime_reason": ops.reason_json(row)})
 
 
@@ -96,6 +111,73 @@ def oee_rate_set() -> Response:
     return created({"rate": ops.rate_json(row)})
 
 
+@bp.get(f"{API}/lines")
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_lines() -> Response:
+    """Every line's figures over a range side by side, with its OEE target: ``?from=&to=``."""
+    start, end = _range()
+    return jsonify({"lines": ops.compare_lines(start, end)})
+
+
+@bp.get(f"{API}/reasons")
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_reasons() -> Response:
+    """The downtime reason tree: loss categories with their reasons and PLC stop codes."""
+    return jsonify({"categories": ops.tree_json(ops.reason_tree())})
+
+
+@bp.post(f"{API}/reasons")
+@endpoint(P.OEE_MANAGE, schema=REASON_DEF_SCHEMA, tags=TAGS)
+def oee_reason_define() -> Response:
+    """Add, change or retire (``active: false``) one reason of the tree."""
+    b = g.body
+    reason = ops.define_reason(principal().actor(P.OEE_MANAGE), b["code"], b["label"], b["category"],
+                               plc_codes=b.get("plc_codes", []), active=b.get("active", True))
+    return created({"reason": reason.as_json()})
+
+
+@bp.get(f"{API}/calendars")
+@endpoint(P.OEE_VIEW, tags=TAGS)
+def oee_calendars() -> Response:
+    """The production calendar versions of a line, oldest first: ``?line=``."""
+    cal = ops.calendars(ops.line_id_of(_required("line")))
+    return jsonify({"calendars": [ops.calendar_json(r) for r in cal.rows]})
+
+
+@bp.post(f"{API}/calendars")
+@endpoint(P.OEE_MANAGE, schema=CALENDAR_SCHEMA, tags=TAGS)
+def oee_calendar_set() -> Response:
+    """A new production calendar of a line: shifts worked per weekday, holidays, maintenance
+    windows, OEE target, minor-stop threshold and startup window."""
+    b = g.body
+    row = ops.set_line_calendar(principal().actor(P.OEE_MANAGE), b["line"], shifts=b["shifts"],
+                                holidays=b.get("holidays", []), maintenance=b.get("maintenance", []),
+                                oee_target=b.get("oee_target"),
+                                minor_stop_s=b.get("minor_stop_s", ops.DEFAULT_MINOR_STOP_S),
+                                startup_s=b.get("startup_s", ops.DEFAULT_STARTUP_S),
+                                effective_from=parse_utc(b.get("effective_from"), "effective_from"),
+                                comment=b.get("comment"))
+    return created({"calendar": ops.calendar_json(row)})
+
+
+@bp.post(f"{API}/shifts/close")
+@endpoint(P.OEE_MANAGE, schema=CLOSE_SCHEMA, tags=TAGS)
+def oee_shift_close() -> Response:
+    """Close an ended shift of a line: its figures go out once as ``mes.oee.shift_closed.v1``."""
+    b = g.body
+    row = ops.close_shift(principal().actor(P.OEE_MANAGE), b["line"], parse_utc(b["shift_start"], "shift_start"))
+    return created({"closure": {"line": row.line_id, "shift_start": row.shift_start.isoformat(),
+                                "figures": row.figures}})
+
+
+@bp.post(f"{API}/shifts/close-due")
+@endpoint(P.OEE_MANAGE, tags=TAGS)
+def oee_shifts_close_due() -> Response:
+    """Close every shift of the last two days that ended 15 min ago or more (for a scheduler)."""
+    rows = ops.close_shifts_due(principal().actor(P.OEE_MANAGE))
+    return created({"closed": [{"line": r.line_id, "shift_start": r.shift_start.isoformat()} for r in rows]})
+
+
 # ------------------------------------------------------------------------------ page
 
 
@@ -111,7 +193,8 @@ def _local_input(value: str, field: str, zone: ZoneInfo) -> datetime:
 @bp.get("/qa/oee")
 @endpoint(P.OEE_VIEW, tags=("qa",))
 def oee_page() -> Any:
-    """OEE per shift with A, P and Q, and the downtime Pareto, for one line and time range."""
+    """OEE per shift, product or week with A, P and Q against the line's target, the downtime
+    Pareto by duration and by frequency, the comparison of lines, and the stops to classify."""
     zone = plant_zone()
     lines = ops.known_lines()
     now_local = utcnow().astimezone(zone)
@@ -119,19 +202,37 @@ def oee_page() -> Any:
     default_from = yesterday.strftime("%Y-%m-%dT%H:%M")
     form = {"line": request.args.get("line", "").strip() or (lines[0] if lines else ""),
             "from": request.args.get("from", "").strip() or default_from,
-            "to": request.args.get("to", "").strip() or now_local.strftime("%Y-%m-%dT%H:%M")}
-    result, error, shift_chart, pareto, status = None, None, None, None, 200
+            "to": request.args.get("to", "").strip() or now_local.strftime("%Y-%m-%dT%H:%M"),
+            "group": request.args.get("group", "shift").strip() or "shift"}
+    view: dict[str, Any] = {"result": None, "error": None}
+    status = 200
     try:
         if form["line"]:
-            start = _local_input(form["from"], "from", zone)
-            result = ops.oee(form["line"], start, _local_input(form["to"], "to", zone), "shift")
-            shift_chart = charts.shift_chart(result["groups"])
-            pareto = charts.pareto_chart(result["total"]["downtime_by_reason"])
+            start, end = _local_input(form["from"], "from", zone), _local_input(form["to"], "to", zone)
+            result = ops.oee(form["line"], start, end, form["group"])
+            comparison = ops.compare_lines(start, end)
+            stops = ops.stops(form["line"], start, end)
+            view = {"result": result, "error": None, "stops": stops, "comparison": comparison,
+                    "group_chart": charts.shift_chart(result["groups"], result["oee_target"], form["group"]),
+                    "pareto": charts.pareto_chart(result["total"]["downtime_by_reason"]),
+                    "pareto_frequency": charts.pareto_chart(result["total"]["downtime_by_reason"], "frequency"),
+                    "lines_chart": charts.lines_chart(comparison),
+                    "tree": ops.tree_json(ops.reason_tree())}
     except MESError as exc:
-        error, status = exc.detail, exc.status
-    return render_template("oee/oee.html", form=form, lines=lines, result=result, error=error,
-                           shift_chart=shift_chart, pareto=pareto, zone=zone.key, user=principal().user,
-                           csrf=csrf_token(), pct=_pct, minutes=_minutes), status
+        view["error"], status = exc.detail, exc.status
+    return render_template("oee/oee.html", form=form, lines=lines, zone=zone.key, user=principal().user,
+                           csrf=csrf_token(), pct=_pct, minutes=_minutes, groups=ops.GROUPS,
+                           may_classify=allowed(principal().roles, P.OEE_MANAGE), **view), status
+
+
+@bp.post("/qa/oee/stops/<interval_id>/reason")
+@endpoint(P.OEE_MANAGE, tags=("qa",))
+def oee_page_classify(interval_id: str) -> Any:
+    """Classify a stop from the OEE page (a form), then show the page again."""
+    ops.assign_downtime_reason(principal().actor(P.OEE_MANAGE), interval_id, request.form.get("reason", ""),
+                               comment=request.form.get("comment", "").strip() or None)
+    back = {k: request.form.get(k, "") for k in ("line", "from", "to", "group")}
+    return redirect(url_for("oee.oee_page", **back), 303)
 
 
 def _pct(ratio: str | None) -> str:

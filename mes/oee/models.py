@@ -7,18 +7,29 @@ Every table here is append-only (database triggers refuse UPDATE and DELETE):
 - a counter sample keeps the cumulative counters exactly as the line reported them, and
   the units made since the previous sample (``*_delta``), computed once on arrival, with
   a counter reset (line restart) recognised and flagged;
-- a downtime reason is assigned to a stop interval afterwards by a supervisor; a later
-  assignment supersedes an earlier one (both stay), the sample itself is never touched;
+- a downtime reason is assigned to a stop afterwards by an operator or supervisor; it is
+  stored on the stop's first interval and classifies every state of the stop (see
+  :mod:`mes.oee.stops`); a later assignment supersedes an earlier one (both stay), the
+  interval itself is never touched;
+- a reason definition is one node of the plant's downtime reason tree (a reason under one
+  of the loss categories, with the PLC stop codes that mean it); a later row for the same
+  code supersedes the earlier one;
+- a line calendar says which shifts the line works on which weekdays, its holidays and
+  planned maintenance windows, its OEE target and its minor-stop threshold, from
+  ``effective_from`` until a later calendar of the line takes over;
+- a shift closure records that a line's shift figures were sent (``mes.oee.shift_closed.v1``);
 - an ideal rate (units per minute) per line, and optionally per product, applies from
   ``effective_from`` until a later rate for the same line and product takes over.
 """
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db
@@ -33,6 +44,32 @@ PACKML_STATES: tuple[str, ...] = (
 RUNNING_STATE = "Execute"
 #: The state that says the line does not know its state: counted as time without data.
 UNKNOWN_STATE = "Undefined"
+
+
+class LossCategory(str, enum.Enum):
+    """The six big losses (ISO 22400-2 anchored) and the planned stops that are no loss."""
+
+    BREAKDOWN = "breakdown"
+    SETUP = "setup"  # setup and changeover
+    MINOR_STOP = "minor_stop"
+    SPEED_LOSS = "speed_loss"
+    STARTUP_REJECTS = "startup_rejects"
+    PRODUCTION_REJECTS = "production_rejects"
+    PLANNED_BREAK = "planned_break"
+    PLANNED_MAINTENANCE = "planned_maintenance"
+    NO_ORDER = "no_order"
+    UNCLASSIFIED = "unclassified"
+
+    @property
+    def planned(self) -> bool:
+        """Planned stops leave planned production time; they are not losses."""
+        return self in PLANNED_CATEGORIES
+
+
+PLANNED_CATEGORIES = frozenset({LossCategory.PLANNED_BREAK, LossCategory.PLANNED_MAINTENANCE, LossCategory.NO_ORDER})
+#: The categories a stop may be given (speed loss and rejects come from the counters).
+STOP_CATEGORIES = (LossCategory.BREAKDOWN, LossCategory.SETUP, LossCategory.MINOR_STOP,
+                   LossCategory.PLANNED_BREAK, LossCategory.PLANNED_MAINTENANCE, LossCategory.NO_ORDER)
 
 
 def _states_check() -> str:
@@ -85,6 +122,8 @@ class CounterSample(db.Model):
     defective_delta: Mapped[int] = mapped_column(BigInteger)
     processed_reset: Mapped[bool] = mapped_column(default=False)  # the counter went down: the line restarted
     defective_reset: Mapped[bool] = mapped_column(default=False)
+    reworked: Mapped[int | None] = mapped_column(BigInteger)  # cumulative units sent to rework (not scrap)
+    reworked_delta: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     source: Mapped[str] = mapped_column(String(200))
     recorded_at: Mapped[datetime]
     recorded_by: Mapped[str] = mapped_column(String(100))
@@ -125,4 +164,64 @@ class IdealRate(db.Model):
     recorded_by: Mapped[str] = mapped_column(String(100))
 
 
-IMMUTABLE_TABLES = ("oee_state_intervals", "oee_counter_samples", "oee_downtime_reasons", "oee_ideal_rates")
+class ReasonDefinition(db.Model):
+    """One reason of the downtime reason tree: ``code`` under ``category``; the latest row per code counts."""
+
+    __tablename__ = "oee_reasons"
+    __table_args__ = (
+        CheckConstraint("category IN (" + ", ".join(f"'{c.value}'" for c in STOP_CATEGORIES) + ")", name="category"),
+        Index("ix_oee_reasons_code_recorded", "code", "recorded_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(100))
+    category: Mapped[str] = mapped_column(String(32))
+    plc_codes: Mapped[list[str]] = mapped_column(JSON)  # the lines' stop codes that mean this reason
+    active: Mapped[bool]
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+class LineCalendar(db.Model):
+    """What the line is planned to work from ``effective_from``: shifts per weekday, holidays,
+    planned maintenance windows; with its OEE target and loss thresholds."""
+
+    __tablename__ = "oee_line_calendars"
+    __table_args__ = (
+        CheckConstraint("minor_stop_s >= 0 AND startup_s >= 0", name="thresholds_not_negative"),
+        Index("ix_oee_line_calendars_line_from", "line_id", "effective_from"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime]
+    shifts: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"mon": ["early", "late"], ..., "sun": []}
+    holidays: Mapped[list[str]] = mapped_column(JSON)  # plant dates, ISO 8601
+    maintenance: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"from": …, "to": …, "note": …}]
+    oee_target: Mapped[Decimal | None] = mapped_column(Quantity())  # a ratio, 0.85 = 85 %
+    minor_stop_s: Mapped[int] = mapped_column(Integer)  # an unclassified stop shorter than this is a minor stop
+    startup_s: Mapped[int] = mapped_column(Integer)  # rejects this long after a restart are startup rejects
+    comment: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+class ShiftClosure(db.Model):
+    """The figures of one line's shift were closed and sent to ERP/MES reporting (once)."""
+
+    __tablename__ = "oee_shift_closures"
+    __table_args__ = (UniqueConstraint("line_id", "shift_start", name="uq_oee_shift_closures_line_id_shift_start"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(64))
+    shift_name: Mapped[str] = mapped_column(String(64))
+    shift_start: Mapped[datetime]
+    shift_end: Mapped[datetime]
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    closed_at: Mapped[datetime]
+    closed_by: Mapped[str] = mapped_column(String(100))
+
+
+IMMUTABLE_TABLES = ("oee_state_intervals", "oee_counter_samples", "oee_downtime_reasons", "oee_ideal_rates",
+                    "oee_reasons", "oee_line_calendars", "oee_shift_closures")

@@ -32,6 +32,7 @@ class Permission(str, enum.Enum):
     DEVICE_OPERATE = "device.operate"
     OEE_VIEW = "oee.view"
     OEE_MANAGE = "oee.manage"
+    OEE_CLASSIFY = "oee.classify"  # pick the reason of a line's stop (kiosk)
     RECIPE_AUTHOR = "recipe.author"
     RECIPE_APPROVE = "recipe.approve"
     # records
@@ -71,6 +72,7 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.DEVICE_OPERATE: frozenset({_O, _S}),
     Permission.OEE_VIEW: frozenset({_S, _Q}),
     Permission.OEE_MANAGE: frozenset({_S}),
+    Permission.OEE_CLASSIFY: frozenset({_O, _S}),
     Permission.RECIPE_AUTHOR: frozenset({_S}),
     Permission.RECIPE_APPROVE: frozenset({_Q}),
     Permission.AUDIT_VIEW: frozenset({_Q, _A}),
