@@ -155,6 +155,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "86400",
             "How often each server re-verifies the whole audit log (also at start-up); new entries are "
             "verified before every checkpoint"),
+    Setting("MES_OEE_CLOSE_SECONDS", "MES_OEE_CLOSE_SECONDS", _parse_positive_int, "300",
+            "How often each server closes the OEE shifts that ended 15 min ago or more (mes.oee.shift_closed.v1, once per "
+            "line and shift)"),
     Setting("MES_AUDIT_WITNESSES", "MES_AUDIT_WITNESSES", str, "",
             "Witnesses of the audit log: space-separated <url>=<verifier key>"),
     Setting("MES_AUDIT_WITNESS_MAX_AGE_SECONDS", "MES_AUDIT_WITNESS_MAX_AGE_SECONDS", _parse_positive_int, "900",

@@ -1,5 +1,7 @@
 """Background jobs in each server process: verify the audit log at start-up and on a
-schedule, and publish a checkpoint when entries have waited 60 s without one."""
+schedule, publish a checkpoint when entries have waited 60 s without one, and close the
+OEE shifts that are due (``MES_OEE_CLOSE_SECONDS``), so ``mes.oee.shift_closed.v1`` goes
+out without anyone calling the endpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import time
 
 from flask import Flask
 
+from mes.audit.log import Actor
 from mes.db import db
+from mes.errors import Conflict
 
 logger = logging.getLogger("mes.jobs")
 CHECKPOINT_POLL_SECONDS = 15
@@ -49,18 +53,50 @@ def verify_now(app: Flask, source: str) -> None:
             status.lock.release()
 
 
+OEE_CLOSER = Actor.system("oee-shift-closing")
+"""Who closes shifts on schedule (the audit entry and the event name it)."""
+
+
+def close_oee_shifts(app: Flask) -> int:
+    """Close every OEE shift that is due and not closed yet; how many were closed.
+
+    Idempotent: a closed shift is skipped, and one closed at the same moment by another server
+    process (a conflict) is left to it; the rest are closed on the next run."""
+    from mes.oee.closing import close_shifts_due
+
+    with app.app_context():
+        try:
+            closed = len(close_shifts_due(OEE_CLOSER))
+        except Conflict as exc:
+            logger.info("OEE shift closing met another closer", extra={"detail": str(exc)})
+            db.session.rollback()
+            return 0
+        except Exception:  # noqa: BLE001 - a job must not die; the failure is logged and retried
+            logger.exception("scheduled OEE shift closing failed")
+            db.session.rollback()
+            return 0
+        finally:
+            db.session.remove()
+    if closed:
+        logger.info("OEE shifts closed", extra={"closed": closed})
+    return closed
+
+
 def start_background_jobs(app: Flask) -> threading.Thread:
     """Start the daemon thread (idempotent per app)."""
     existing = app.extensions.get("mes_jobs")
     if existing is not None:
         return existing
     verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 24 * 3600)
+    close_every = app.config.get("MES_OEE_CLOSE_SECONDS", 300)
 
     def loop() -> None:
         from mes.audit.checkpoint_guard import watch_log
 
         verify_now(app, "start-up")
         last_verify = time.monotonic()
+        close_oee_shifts(app)
+        last_close = time.monotonic()
         while True:
             time.sleep(CHECKPOINT_POLL_SECONDS)
             with app.app_context():
@@ -74,6 +110,9 @@ def start_background_jobs(app: Flask) -> threading.Thread:
             if time.monotonic() - last_verify >= verify_every:
                 verify_now(app, "schedule")
                 last_verify = time.monotonic()
+            if time.monotonic() - last_close >= close_every:
+                close_oee_shifts(app)
+                last_close = time.monotonic()
 
     thread = threading.Thread(target=loop, name="mes-jobs", daemon=True)
     app.extensions["mes_jobs"] = thread

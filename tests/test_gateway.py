@@ -441,7 +441,8 @@ def test_a_line_sample_the_oee_service_could_not_take_is_offered_again_in_order(
     finally:
         thread.stop()
     states = [s.state for s in taken if s.state]
-    assert "stopped" not in states and states[-1] == "idle"  # "resetting" too, if a poll saw it
+    # "resetting" too, if a poll saw it; the stop then ends the line's state as no data
+    assert "stopped" not in states and states[-2:] == ["idle", "undefined"]
     assert [s.at for s in taken] == sorted(s.at for s in taken)
     assert len([s for s in offered if s.state == "stopped"]) == 1
     # the state change that waited was offered again and again as one sample, with its own time
@@ -546,6 +547,49 @@ def test_line_samples_are_recorded_by_the_oee_service(app: Flask) -> None:
         thread.stop()
     recorded = states()
     assert recorded[0] == "Stopped" and recorded.index("Idle") < recorded.index("Execute")
+
+
+def test_a_clean_gateway_stop_ends_each_lines_state_as_no_data(app: Flask) -> None:
+    """Issue 16: when the gateway stops, nobody watches the line any more: its state ends at
+    once as "no data" (Undefined) in the OEE records, not running on until the next start."""
+    from sqlalchemy import select
+
+    from devices.drivers.opcua import PackMLCommand, PackMLState
+    from devices.sim.opcua import PackMLMachine
+    from mes.db import read_only_session
+    from mes.gateway.service import line_sink
+    from mes.gateway.simulation import Simulation
+    from mes.oee.models import LineStateInterval
+
+    machine = PackMLMachine(acting_s=0.05, item_interval_s=0.05, defect_every=5)
+    sent: list[LineSample] = []
+    real_sink = line_sink(app)
+
+    def sink(sample: LineSample) -> None:
+        real_sink(sample)
+        sent.append(sample)
+
+    gateway = Gateway([], store=MemoryReadingStore(), board=MemoryHealthBoard(), line_sink=sink,
+                      simulation=Simulation(scales=(), machine=machine))
+    thread = GatewayThread(gateway).start(timeout=90)
+    try:
+        wait_for(lambda: sent[:1], timeout=30, what="the first line sample")
+        machine.command(PackMLCommand.RESET)
+        wait_for(lambda: machine.state is PackMLState.IDLE, timeout=10, what="idle")
+        machine.command(PackMLCommand.START)
+        wait_for(lambda: any(x.state == "execute" for x in sent), timeout=20, what="Execute recorded")
+    finally:
+        stopping_at = datetime.now(UTC)
+        thread.stop()
+    assert not thread._thread.is_alive()
+    last = sent[-1]
+    assert (last.state, last.processed, last.stop_reason) == ("undefined", None, None) and last.at >= stopping_at
+    assert [x.state for x in sent if x.state][-2:] == ["execute", "undefined"]
+    with read_only_session() as session:
+        rows = list(session.execute(select(LineStateInterval.state, LineStateInterval.started_at)
+                                    .where(LineStateInterval.line_id == "LINE-1").order_by(LineStateInterval.seq)))
+    assert [state for state, _ in rows][-2:] == ["Execute", "Undefined"]
+    assert rows[-1][1].astimezone(UTC) >= stopping_at
 
 
 PLC_TAG = {"function": "holding_registers", "address": 0, "type": "uint16", "unit": "1"}

@@ -53,3 +53,43 @@ def test_checkpoint_when_entries_waited_60_seconds(app: Flask) -> None:
     finally:
         log.CHECKPOINT_EVERY = real
     assert cp is not None and cp.size == 3
+
+
+def test_the_scheduled_job_closes_a_due_shift_once(app: Flask) -> None:
+    """Nobody calls the endpoint: the background job closes each due shift, and a second run
+    closes nothing again (one mes.oee.shift_closed.v1 event per line and shift)."""
+    import json
+    from datetime import UTC, datetime
+
+    from mes.audit.canonical import format_at
+    from mes.audit.models import AuditEntry
+    from mes.integration.models import OutboxEvent
+    from mes.jobs import OEE_CLOSER, close_oee_shifts
+    from mes.oee import operations as oee
+    from mes.plant_time import shifts_between
+    from tests.test_oee import GATEWAY, plant, sample
+
+    plant(app)
+    now = datetime.now(UTC)
+    # the last shift that ended at least an hour ago, with the line running through it
+    shift = [s for s in shifts_between(now - timedelta(days=1), now) if s.end <= now - timedelta(hours=1)][-1]
+    oee.set_ideal_rate(GATEWAY, "LINE-1", "10", effective_from=shift.start - timedelta(days=1))
+    sample(shift.start, "Execute", 0, 0)
+    sample(shift.end - timedelta(minutes=30), "Execute", 3000, 30)
+    db.session.remove()
+
+    def closed_events() -> list[dict]:
+        rows = db.session.execute(select(OutboxEvent).where(OutboxEvent.type == "mes.oee.shift_closed.v1")).scalars()
+        events = [json.loads(r.body) for r in rows]
+        db.session.remove()
+        return events
+
+    first = close_oee_shifts(app)
+    events = closed_events()
+    assert first >= 1 and len(events) == first
+    mine = [e for e in events if e["data"]["shift_start"] == format_at(shift.start)]
+    assert len(mine) == 1 and mine[0]["data"]["line"] == "LINE-1" and mine[0]["data"]["total_count"] == 3000
+    assert close_oee_shifts(app) == 0
+    assert closed_events() == events
+    closers = db.session.execute(select(AuditEntry.actor_id).where(AuditEntry.action == "oee.shift_closed")).scalars()
+    assert set(closers) == {OEE_CLOSER.id}

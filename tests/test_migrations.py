@@ -215,3 +215,66 @@ def test_an_upgrade_that_cannot_keep_a_decimal_exactly_changes_nothing(backend: 
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
             assert conn.execute(text("SELECT value FROM step_records WHERE id = 'R-9'")).scalar() == "1.2345678"
             assert conn.execute(text("SELECT quantity FROM work_orders WHERE id = 'WO-1'")).scalar() == "45.00"
+
+
+def _upgrade_to(revision: str) -> None:
+    from alembic import command
+
+    from mes.system.readiness import alembic_config
+
+    cfg = alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def _item_triggers() -> list[tuple[str, str]]:
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                     "AND tbl_name = 'material_items' ORDER BY name"))
+        else:
+            rows = conn.execute(text("SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+                                     "WHERE tgrelid = 'material_items'::regclass AND NOT tgisinternal ORDER BY tgname"))
+        return [tuple(r) for r in rows]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_lets_an_item_be_counted_in_a_plant_unit(backend: str, tmp_path: Path) -> None:
+    """Revision 0013 drops the closed list of base units (SQLite rebuilds the table): items and
+    the lots, containers and consumptions that reference them are kept, references still hold,
+    and the refusal triggers are exactly what they were."""
+    from mes.materials.models import Item
+
+    with _database_at_0006(backend, tmp_path):
+        _upgrade_to("0012")
+        triggers = _item_triggers()
+        assert [name for name, _ in triggers] == (["material_items_no_delete"] if backend == "sqlite" else
+                                                  ["material_items_no_delete", "material_items_no_truncate"])
+        with pytest.raises(DatabaseError, match="base_uom"):
+            with db.engine.begin() as conn:
+                conn.execute(text("INSERT INTO material_items (code, name, kind, base_uom, active, created_at, "
+                                  "created_by) VALUES ('BOX', 'Boxed', 'packaging', 'box', true, "
+                                  "CURRENT_TIMESTAMP, 'u')"))
+        _upgrade_to("0013")
+        assert _item_triggers() == triggers
+        assert db.session.get(Item, "API").base_uom == "kg"
+        db.session.remove()
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO material_items (code, name, kind, base_uom, active, created_at, "
+                              "created_by) VALUES ('BOX', 'Boxed', 'packaging', 'box', true, CURRENT_TIMESTAMP, 'u')"))
+            assert conn.execute(text("SELECT COUNT(*) FROM material_lots WHERE item_code = 'API'")).scalar() == 2
+            if backend == "sqlite":
+                assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+        for statement in ("DELETE FROM material_items WHERE code = 'API'", "DELETE FROM material_items",
+                          "UPDATE material_consumptions SET qty_places = 2",
+                          "INSERT INTO material_lots (id, item_code, status, created_at, created_by) "
+                          "VALUES ('L-9', 'NO-SUCH-ITEM', 'released', CURRENT_TIMESTAMP, 'u')"):
+            with pytest.raises(DatabaseError, match="refused|FOREIGN KEY|foreign key"):
+                with db.engine.begin() as conn:
+                    conn.execute(text(statement))
+        db.session.remove()
+        _upgrade_to_head()
+        with db.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []

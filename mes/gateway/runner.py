@@ -13,7 +13,9 @@ Line equipment (``mode: packml``, an OPC UA server with PackML state and counter
 polled; state changes, and the counters at most every :data:`COUNTER_EVERY_S`, go to the
 OEE service (``mes.oee.operations.record_line_sample``) when it is installed, and to the
 browsers watching the line (``line_state``). Samples the service cannot take for now (its
-database is restarting) wait in order and go at the next poll with their own time.
+database is restarting) wait in order and go at the next poll with their own time. A line
+whose link is lost, and every line when the gateway stops, ends its state at once as "no
+data" (PackML Undefined), so the last state never runs on while nobody watches the line.
 
 :class:`GatewayThread` runs a gateway in a background thread (inside the web server for
 ``mes demo``, and in tests); ``mes gateway`` runs it in the foreground of its own process.
@@ -222,6 +224,8 @@ class Gateway:
                 with contextlib.suppress(BaseException):
                     await task
             for device in self.devices.values():
+                with contextlib.suppress(Exception):  # stopping goes on whatever the OEE service does
+                    await self._line_stopped(device)
                 if device.unsent:
                     log.error("line %s: the gateway stops with %d samples the OEE service has not taken (%s to %s)",
                               device.spec.line or device.spec.device_id, len(device.unsent),
@@ -426,6 +430,18 @@ class Gateway:
         if self.line_sink is not None:
             self._queue_line_sample(device, sample)
             await self._send_line_samples(device, line)
+
+    async def _line_stopped(self, device: _Device) -> None:
+        """The gateway stops (a clean stop): nobody watches the line any more, so its state
+        ends now as "no data", as on a lost link, instead of running on until the next start;
+        the samples still waiting are offered while the OEE service takes them."""
+        await self._line_lost(device)
+        line = device.spec.line or device.spec.device_id
+        while device.unsent and self.line_sink is not None:
+            waiting = len(device.unsent)
+            await self._send_line_samples(device, line)
+            if len(device.unsent) >= waiting:
+                return  # the service takes nothing now: the rest is logged as lost
 
     def _queue_line_sample(self, device: _Device, sample: LineSample) -> None:
         if len(device.unsent) >= UNSENT_LINE_SAMPLES_MAX:

@@ -56,6 +56,32 @@ def list_items(*, kind: str | None = None, include_inactive: bool = False) -> li
     return list(db.session.execute(stmt).scalars())
 
 
+UNIT_MAX = 8
+"""The longest unit symbol material records keep (their ``uom`` columns are 8 characters)."""
+
+
+def base_unit(unit: object) -> str:
+    """An item's base unit: a unit of mass, volume or count known to the plant's units (the
+    shipped file and ``MES_UNITS_FILE``). The database keeps no list of units, so a plant's
+    own unit (a box, a cubic metre) can be one; this is where the unit is checked."""
+    if not isinstance(unit, str) or not unit.strip():
+        raise ValidationFailed("The base unit is required.", field="base_uom")
+    if unit in q.MATERIAL_UNITS and len(unit) > UNIT_MAX:
+        raise ValidationFailed(f"The base unit {unit} is longer than {UNIT_MAX} characters, the most a material "
+                               f"record keeps; give it a shorter symbol in the units file.", field="base_uom")
+    if unit in q.MATERIAL_UNITS:
+        return unit
+    units = ", ".join(q.MATERIAL_UNITS)
+    if unit in q.UNITS:
+        raise ValidationFailed(f"The base unit {unit} measures {q.dimension(unit)}; an item is counted in a unit "
+                               f"of mass, volume or count: {units}.", field="base_uom")
+    hint = q.suggest_unit(unit)
+    meant = f" Did you mean {hint}?" if hint in q.MATERIAL_UNITS else ""
+    raise ValidationFailed(f"The base unit {unit!r} is not a known unit.{meant} An item is counted in one of "
+                           f"{units}; a plant adds its own units in its units file (MES_UNITS_FILE).",
+                           field="base_uom")
+
+
 def create_item(
     actor: Actor,
     code: str,
@@ -69,8 +95,7 @@ def create_item(
     """Create an item (material master record)."""
     code = identifier(code, "item code", "code")
     name = required_text(name, "The item name", "name", NAME_MAX)
-    if base_uom not in q.MATERIAL_UNITS:
-        raise ValidationFailed(f"The base unit must be one of {', '.join(q.MATERIAL_UNITS)}.", field="base_uom")
+    base_uom = base_unit(base_uom)
     if kind not in {k.value for k in ItemKind}:
         raise ValidationFailed(f"The kind must be one of {', '.join(k.value for k in ItemKind)}.", field="kind")
     for value, name_ in ((shelf_life_days, "shelf_life_days"), (retest_days, "retest_days")):

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mes.db import db, utcnow
-from mes.quantities import MATERIAL_UNITS, PLACES_DEFAULT, Quantity, written
+from mes.quantities import PLACES_DEFAULT, Quantity, written
 
 
 class ItemKind(str, enum.Enum):
@@ -70,12 +70,12 @@ class Item(db.Model):
     __tablename__ = "material_items"
     __table_args__ = (
         CheckConstraint(_in("kind", ItemKind), name="kind"),
-        CheckConstraint(f"base_uom IN ({', '.join(repr(u) for u in MATERIAL_UNITS)})", name="base_uom"),
     )
 
     code: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
+    # any material unit of the plant's units file: checked by create_item, not by a closed list here
     base_uom: Mapped[str] = mapped_column(String(8))
     shelf_life_days: Mapped[int | None]
     retest_days: Mapped[int | None]

@@ -173,7 +173,8 @@ def oee_shift_close() -> Response:
 @bp.post(f"{API}/shifts/close-due")
 @endpoint(P.OEE_MANAGE, tags=TAGS)
 def oee_shifts_close_due() -> Response:
-    """Close every shift of the last two days that ended 15 min ago or more (for a scheduler)."""
+    """Close every shift of the last two days that ended 15 min ago or more, at once (each server's
+    background jobs do it every MES_OEE_CLOSE_SECONDS)."""
     rows = ops.close_shifts_due(principal().actor(P.OEE_MANAGE))
     return created({"closed": [{"line": r.line_id, "shift_start": r.shift_start.isoformat()} for r in rows]})
 
