@@ -1,0 +1,357 @@
+"""The outbox relay: delivers outbox events to webhook endpoints (``shared/specs/events.md`` §2–3).
+
+Each loop it (1) fans new outbox rows out to a delivery row per endpoint, in audit ``seq``
+order (which is commit order: appends hold the log lock until commit), (2) claims due
+deliveries that head their aggregate's line at their endpoint (no earlier undelivered event
+of the same subject), with ``FOR UPDATE SKIP LOCKED`` and a lease, in a short transaction,
+(3) POSTs them signed the Standard Webhooks way with no transaction open, and (4) records
+the outcomes. So several relays may run against one PostgreSQL database without sending an
+event twice or out of order, and a failing event holds back only its own aggregate.
+
+At-least-once: a relay that dies between sending and recording leaves a lease that expires,
+and the event is sent again with the same ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from flask import Flask
+from sqlalchemy import and_, exists, insert, select, tuple_, update
+from sqlalchemy.orm import aliased
+from standardwebhooks.webhooks import Webhook
+
+from mes.audit.log import Actor
+from mes.db import db, utcnow
+from mes.integration.models import (
+    Delivery,
+    DeliveryCursor,
+    DeliveryStatus,
+    EndpointState,
+    OutboxEvent,
+    WebhookEndpoint,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait after each failed attempt (events.md §3); after the last, the event is dead.
+DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+JITTER = 0.2
+TIMEOUT_S = 15.0
+LEASE = timedelta(seconds=60)
+RETRY_AFTER_MAX_S = 36000.0
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+RELAY_ACTOR = Actor.system("relay")
+
+
+def schedule_from_env() -> tuple[float, ...]:
+    """``MES_RELAY_SCHEDULE`` (comma-separated seconds), else the spec's schedule."""
+    text = os.environ.get("MES_RELAY_SCHEDULE", "").strip()
+    return parse_schedule(text) if text else DEFAULT_SCHEDULE
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``"5,300,1800"`` as seconds; ValueError with a plain sentence if it is not that."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"the retry schedule must be comma-separated seconds, not {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"the retry schedule must be comma-separated seconds, not {text!r}")
+    return values
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """A ``Retry-After`` header (delay seconds or an HTTP date) as seconds from ``now``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max((when - now).total_seconds(), 0.0), RETRY_AFTER_MAX_S)
+
+
+def retry_delay(failed_attempts: int, schedule: Sequence[float], rng: random.Random,
+                retry_after: float | None = None) -> float | None:
+    """Seconds until the next attempt after ``failed_attempts`` failures, ±20 % jitter;
+    ``Retry-After`` instead when the receiver sent one. None: the schedule is spent (dead letter)."""
+    if failed_attempts > len(schedule):
+        return None
+    if retry_after is not None:
+        return retry_after
+    base = schedule[failed_attempts - 1]
+    return base * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+def signature(endpoint: WebhookEndpoint | Any, msg_id: str, at: datetime, body: bytes) -> str:
+    """The ``webhook-signature`` header: ``v1,<base64>`` with the endpoint's secret, and with the
+    previous secret too (space-separated) while a rotation lasts."""
+    sigs = [Webhook(endpoint.secret).sign(msg_id, at, body)]
+    if endpoint.previous_secret and endpoint.previous_secret_until and endpoint.previous_secret_until > at:
+        sigs.append(Webhook(endpoint.previous_secret).sign(msg_id, at, body))
+    return " ".join(sigs)
+
+
+@dataclass
+class Claimed:
+    """A delivery this relay holds the lease of, with what it needs to send it."""
+
+    endpoint_id: str
+    event_id: str
+    attempts: int
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: datetime | None
+    body: bytes
+
+
+@dataclass
+class Outcome:
+    claimed: Claimed
+    status: int | None
+    error: str | None
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class Relay:
+    """One relay worker. ``run_once`` does one fan-out, claim, send and record round."""
+
+    def __init__(self, app: Flask, *, name: str | None = None, schedule: Sequence[float] | None = None,
+                 batch: int = 50, poll_s: float = 0.25, timeout_s: float = TIMEOUT_S, lease: timedelta = LEASE,
+                 rng: random.Random | None = None) -> None:
+        self.app = app
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.schedule = tuple(schedule if schedule is not None else schedule_from_env())
+        self.batch = batch
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self.lease = lease
+        self.rng = rng or random.Random()
+        self.http = requests.Session()
+        self.http.headers.update({"User-Agent": "open-mes-relay/1", "Content-Type": CONTENT_TYPE})
+
+    # ------------------------------------------------------------------ fan-out
+
+    def fan_out(self, limit: int = 1000) -> int:
+        """Owe each endpoint the outbox events committed since its cursor that its filter takes."""
+        made = 0
+        session = db.session
+        try:
+            cursors = session.execute(select(DeliveryCursor).with_for_update(skip_locked=True)).scalars().all()
+            endpoints = {e.id: e.types() for e in session.execute(select(WebhookEndpoint)).scalars()}
+            for cursor in cursors:
+                rows = session.execute(
+                    select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.subject, OutboxEvent.sequence,
+                           OutboxEvent.audit_seq)
+                    .where(OutboxEvent.audit_seq > cursor.audit_seq).order_by(OutboxEvent.audit_seq).limit(limit)
+                ).all()
+                if not rows:
+                    continue
+                types = endpoints.get(cursor.endpoint_id, frozenset())
+                now = utcnow()
+                owed = [{"endpoint_id": cursor.endpoint_id, "event_id": r.id, "subject": r.subject,
+                         "sequence": r.sequence, "audit_seq": r.audit_seq, "status": DeliveryStatus.PENDING.value,
+                         "attempts": 0, "next_attempt_at": now, "created_at": now}
+                        for r in rows if not types or r.type in types]
+                if owed:
+                    session.execute(insert(Delivery), owed)
+                session.execute(update(DeliveryCursor).where(DeliveryCursor.endpoint_id == cursor.endpoint_id)
+                                .values(audit_seq=rows[-1].audit_seq))
+                made += len(owed)
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        return made
+
+    # -------------------------------------------------------------------- claim
+
+    def claim(self) -> list[Claimed]:
+        """Lease up to ``batch`` due deliveries, each the head of its aggregate at its endpoint."""
+        session = db.session
+        now = utcnow()
+        earlier = aliased(Delivery)
+        held_back = exists().where(
+            earlier.endpoint_id == Delivery.endpoint_id, earlier.subject == Delivery.subject,
+            earlier.sequence < Delivery.sequence, earlier.status != DeliveryStatus.DELIVERED.value)
+        enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.state == EndpointState.ENABLED.value)
+        try:
+            keys = session.execute(
+                select(Delivery.endpoint_id, Delivery.event_id)
+                .where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
+                       (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now),
+                       Delivery.endpoint_id.in_(enabled), ~held_back)
+                .order_by(Delivery.next_attempt_at, Delivery.audit_seq)
+                .limit(self.batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not keys:
+                session.commit()
+                return []
+            for endpoint_id, event_id in keys:
+                session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id,
+                                                       Delivery.event_id == event_id)
+                                .values(claimed_until=now + self.lease, claimed_by=self.name[:100]))
+            rows = session.execute(
+                select(Delivery.endpoint_id, Delivery.event_id, Delivery.attempts, WebhookEndpoint.url,
+                       WebhookEndpoint.secret, WebhookEndpoint.previous_secret, WebhookEndpoint.previous_secret_until,
+                       OutboxEvent.body)
+                .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
+                .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
+                .where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in keys]))
+                .order_by(Delivery.audit_seq)
+            ).all()
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        return [Claimed(*r) for r in rows]
+
+    # --------------------------------------------------------------------- send
+
+    def send(self, c: Claimed) -> Outcome:
+        """POST the stored body bytes, signed for this attempt; no redirect is followed."""
+        now = utcnow()
+        headers = {"webhook-id": c.event_id, "webhook-timestamp": str(int(now.timestamp())),
+                   "webhook-signature": signature(c, c.event_id, now, c.body)}
+        try:
+            with self.http.post(c.url, data=c.body, headers=headers, timeout=self.timeout_s,
+                                allow_redirects=False, stream=True) as response:
+                return Outcome(c, response.status_code, None if response.ok else f"HTTP {response.status_code}",
+                               response.headers.get("Retry-After"))
+        except requests.RequestException as exc:
+            return Outcome(c, None, f"{type(exc).__name__}: {exc}"[:500])
+
+    # ------------------------------------------------------------------- record
+
+    def record(self, outcomes: list[Outcome]) -> list[str]:
+        """Write what happened; returns the endpoints that answered 410 Gone (to be disabled)."""
+        from mes.users.operations import raise_alarm
+
+        session = db.session
+        now = utcnow()
+        gone: list[str] = []
+        try:
+            for o in outcomes:
+                key = and_(Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
+                           Delivery.claimed_by == self.name[:100])
+                attempts = o.claimed.attempts + 1
+                if o.ok:
+                    session.execute(update(Delivery).where(key).values(
+                        status=DeliveryStatus.DELIVERED.value, attempts=attempts, delivered_at=now,
+                        last_status=o.status, last_error=None, claimed_until=None))
+                    continue
+                if o.status == 410:
+                    gone.append(o.claimed.endpoint_id)
+                    session.execute(update(Delivery).where(key).values(
+                        attempts=attempts, last_status=410, last_error="410 Gone: endpoint disabled",
+                        claimed_until=None))
+                    continue
+                delay = retry_delay(attempts, self.schedule, self.rng, parse_retry_after(o.retry_after, now))
+                if delay is None:
+                    session.execute(update(Delivery).where(key).values(
+                        status=DeliveryStatus.DEAD.value, attempts=attempts, dead_at=now, last_status=o.status,
+                        last_error=o.error, claimed_until=None))
+                    raise_alarm(RELAY_ACTOR, "integration.dead_letter",
+                                f"Event {o.claimed.event_id} could not be delivered to {o.claimed.endpoint_id} "
+                                f"after {attempts} attempts ({o.error}); later events of its aggregate wait "
+                                "until it is replayed.",
+                                {"endpoint": o.claimed.endpoint_id, "event_id": o.claimed.event_id}, commit=False)
+                else:
+                    session.execute(update(Delivery).where(key).values(
+                        attempts=attempts, next_attempt_at=now + timedelta(seconds=delay), last_status=o.status,
+                        last_error=o.error, claimed_until=None))
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        return sorted(set(gone))
+
+    def _disable(self, endpoint_ids: list[str]) -> None:
+        from mes.errors import Conflict
+        from mes.integration.endpoints import set_state
+
+        for endpoint_id in endpoint_ids:
+            try:
+                set_state(RELAY_ACTOR, endpoint_id, EndpointState.DISABLED, "the endpoint answered 410 Gone")
+            except Conflict:
+                db.session.rollback()
+
+    # --------------------------------------------------------------------- loop
+
+    def run_once(self) -> int:
+        """One round; returns how many deliveries were attempted."""
+        self.fan_out()
+        claimed = self.claim()
+        if not claimed:
+            return 0
+        outcomes: list[Outcome] = []
+        gone: set[str] = set()
+        for c in claimed:
+            if c.endpoint_id in gone:  # the endpoint went away in this round: hand the lease back
+                outcomes.append(Outcome(c, None, "not sent: the endpoint answered 410 Gone"))
+                continue
+            outcome = self.send(c)
+            if outcome.status == 410:
+                gone.add(c.endpoint_id)
+            outcomes.append(outcome)
+        skipped = [o for o in outcomes if o.status is None and o.claimed.endpoint_id in gone]
+        self._release(skipped)
+        self._disable(self.record([o for o in outcomes if o not in skipped]))
+        return len(claimed)
+
+    def _release(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        for o in outcomes:
+            db.session.execute(update(Delivery).where(
+                Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
+                Delivery.claimed_by == self.name[:100]).values(claimed_until=None))
+        db.session.commit()
+
+    def run(self, stop: threading.Event, duration: float | None = None) -> None:
+        """Deliver until ``stop`` is set (or ``duration`` seconds pass); a database or network
+        failure is logged and retried after the poll interval, never fatal."""
+        end = None if duration is None else time.monotonic() + duration
+        with self.app.app_context():
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                try:
+                    busy = self.run_once()
+                except Exception:  # noqa: BLE001 - the relay outlives a database restart
+                    log.exception("relay round failed; retrying")
+                    db.session.rollback()
+                    busy = 0
+                if not busy:
+                    stop.wait(self.poll_s)
+            db.session.remove()
+
+
+def start_in_background(app: Flask, **options: Any) -> tuple[threading.Thread, threading.Event]:
+    """Run a relay on a daemon thread of this process (``mes demo``); set the event to stop it."""
+    stop = threading.Event()
+    relay = Relay(app, **options)
+    thread = threading.Thread(target=relay.run, args=(stop,), name="mes-relay", daemon=True)
+    thread.start()
+    return thread, stop
