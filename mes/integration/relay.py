@@ -189,45 +189,8 @@ class Relay:
     # -------------------------------------------------------------------- claim
 
     def claim(self) -> list[Claimed]:
-        """Lease up to ``batch`` due deliveries, each the head of its aggregate at its endpoint."""
-        session = db.session
-        now = utcnow()
-        earlier = aliased(Delivery)
-        held_back = exists().where(
-            earlier.endpoint_id == Delivery.endpoint_id, earlier.subject == Delivery.subject,
-            earlier.sequence < Delivery.sequence, earlier.status != DeliveryStatus.DELIVERED.value)
-        enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.state == EndpointState.ENABLED.value)
-        try:
-            keys = session.execute(
-                select(Delivery.endpoint_id, Delivery.event_id)
-                .where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
-                       (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now),
-                       Delivery.endpoint_id.in_(enabled), ~held_back)
-                .order_by(Delivery.next_attempt_at, Delivery.audit_seq)
-                .limit(self.batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not keys:
-                session.commit()
-                return []
-            for endpoint_id, event_id in keys:
-                session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id,
-                                                       Delivery.event_id == event_id)
-                                .values(claimed_until=now + self.lease, claimed_by=self.name[:100]))
-            rows = session.execute(
-                select(Delivery.endpoint_id, Delivery.event_id, Delivery.attempts, WebhookEndpoint.url,
-                       WebhookEndpoint.secret, WebhookEndpoint.previous_secret, WebhookEndpoint.previous_secret_until,
-                       OutboxEvent.body)
-                .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
-                .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
-                .where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in keys]))
-                .order_by(Delivery.audit_seq)
-            ).all()
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
-        return [Claimed(*r) for r in rows]
+        """Lease up to ``batch`` due deliveries (see :func:`claim_due`)."""
+        return claim_due(self.name[:100], self.batch, self.lease)
 
     # --------------------------------------------------------------------- send
 
@@ -247,47 +210,8 @@ class Relay:
     # ------------------------------------------------------------------- record
 
     def record(self, outcomes: list[Outcome]) -> list[str]:
-        """Write what happened; returns the endpoints that answered 410 Gone (to be disabled)."""
-        from mes.users.operations import raise_alarm
-
-        session = db.session
-        now = utcnow()
-        gone: list[str] = []
-        try:
-            for o in outcomes:
-                key = and_(Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
-                           Delivery.claimed_by == self.name[:100])
-                attempts = o.claimed.attempts + 1
-                if o.ok:
-                    session.execute(update(Delivery).where(key).values(
-                        status=DeliveryStatus.DELIVERED.value, attempts=attempts, delivered_at=now,
-                        last_status=o.status, last_error=None, claimed_until=None))
-                    continue
-                if o.status == 410:
-                    gone.append(o.claimed.endpoint_id)
-                    session.execute(update(Delivery).where(key).values(
-                        attempts=attempts, last_status=410, last_error="410 Gone: endpoint disabled",
-                        claimed_until=None))
-                    continue
-                delay = retry_delay(attempts, self.schedule, self.rng, parse_retry_after(o.retry_after, now))
-                if delay is None:
-                    session.execute(update(Delivery).where(key).values(
-                        status=DeliveryStatus.DEAD.value, attempts=attempts, dead_at=now, last_status=o.status,
-                        last_error=o.error, claimed_until=None))
-                    raise_alarm(RELAY_ACTOR, "integration.dead_letter",
-                                f"Event {o.claimed.event_id} could not be delivered to {o.claimed.endpoint_id} "
-                                f"after {attempts} attempts ({o.error}); later events of its aggregate wait "
-                                "until it is replayed.",
-                                {"endpoint": o.claimed.endpoint_id, "event_id": o.claimed.event_id}, commit=False)
-                else:
-                    session.execute(update(Delivery).where(key).values(
-                        attempts=attempts, next_attempt_at=now + timedelta(seconds=delay), last_status=o.status,
-                        last_error=o.error, claimed_until=None))
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
-        return sorted(set(gone))
+        """Write what happened (see :func:`record_outcomes`); returns the endpoints that answered 410."""
+        return record_outcomes(outcomes, self.name[:100], self.schedule, self.rng)
 
     def _disable(self, endpoint_ids: list[str]) -> None:
         from mes.errors import Conflict
@@ -346,6 +270,98 @@ class Relay:
                 if not busy:
                     stop.wait(self.poll_s)
             db.session.remove()
+
+
+def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
+    """Lease up to ``batch`` due deliveries of enabled endpoints, each the head of its aggregate's
+    line at its endpoint: no earlier event of the same subject is undelivered there (pending,
+    leased or dead). So events reach each endpoint in ``sequence`` order per aggregate and a
+    failing event holds back only its own aggregate. ``FOR UPDATE SKIP LOCKED`` and the lease
+    keep two relays from taking the same delivery."""
+    session = db.session
+    now = utcnow()
+    earlier = aliased(Delivery)
+    held_back = exists().where(
+        earlier.endpoint_id == Delivery.endpoint_id, earlier.subject == Delivery.subject,
+        earlier.sequence < Delivery.sequence, earlier.status != DeliveryStatus.DELIVERED.value)
+    enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.state == EndpointState.ENABLED.value)
+    try:
+        keys = session.execute(
+            select(Delivery.endpoint_id, Delivery.event_id)
+            .where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
+                   (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now),
+                   Delivery.endpoint_id.in_(enabled), ~held_back)
+            .order_by(Delivery.next_attempt_at, Delivery.audit_seq)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not keys:
+            session.commit()
+            return []
+        for endpoint_id, event_id in keys:
+            session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id,
+                                                   Delivery.event_id == event_id)
+                            .values(claimed_until=now + lease, claimed_by=name))
+        rows = session.execute(
+            select(Delivery.endpoint_id, Delivery.event_id, Delivery.attempts, WebhookEndpoint.url,
+                   WebhookEndpoint.secret, WebhookEndpoint.previous_secret, WebhookEndpoint.previous_secret_until,
+                   OutboxEvent.body)
+            .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
+            .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
+            .where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in keys]))
+            .order_by(Delivery.audit_seq)
+        ).all()
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    return [Claimed(*r) for r in rows]
+
+
+def record_outcomes(outcomes: list[Outcome], name: str, schedule: Sequence[float], rng: random.Random) -> list[str]:
+    """Record attempts: 2xx delivered; 410 hands back the endpoints to disable; otherwise the next
+    attempt after the schedule's delay (with jitter, or the receiver's ``Retry-After``), and after
+    the last one the event is dead-lettered with an alarm for the integration owner."""
+    from mes.users.operations import raise_alarm
+
+    session = db.session
+    now = utcnow()
+    gone: list[str] = []
+    try:
+        for o in outcomes:
+            key = and_(Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
+                       Delivery.claimed_by == name)
+            attempts = o.claimed.attempts + 1
+            if o.ok:
+                session.execute(update(Delivery).where(key).values(
+                    status=DeliveryStatus.DELIVERED.value, attempts=attempts, delivered_at=now,
+                    last_status=o.status, last_error=None, claimed_until=None))
+                continue
+            if o.status == 410:
+                gone.append(o.claimed.endpoint_id)
+                session.execute(update(Delivery).where(key).values(
+                    attempts=attempts, last_status=410, last_error="410 Gone: endpoint disabled",
+                    claimed_until=None))
+                continue
+            delay = retry_delay(attempts, schedule, rng, parse_retry_after(o.retry_after, now))
+            if delay is None:
+                session.execute(update(Delivery).where(key).values(
+                    status=DeliveryStatus.DEAD.value, attempts=attempts, dead_at=now, last_status=o.status,
+                    last_error=o.error, claimed_until=None))
+                raise_alarm(RELAY_ACTOR, "integration.dead_letter",
+                            f"Event {o.claimed.event_id} could not be delivered to {o.claimed.endpoint_id} "
+                            f"after {attempts} attempts ({o.error}); later events of its aggregate wait "
+                            "until it is replayed.",
+                            {"endpoint": o.claimed.endpoint_id, "event_id": o.claimed.event_id}, commit=False)
+            else:
+                session.execute(update(Delivery).where(key).values(
+                    attempts=attempts, next_attempt_at=now + timedelta(seconds=delay), last_status=o.status,
+                    last_error=o.error, claimed_until=None))
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    return sorted(set(gone))
 
 
 def start_in_background(app: Flask, **options: Any) -> tuple[threading.Thread, threading.Event]:
