@@ -147,7 +147,7 @@ class Relay:
         self.batch = batch
         self.poll_s = poll_s
         self.timeout_s = timeout_s
-        self.lease = lease
+        self.lease = max(lease, timedelta(seconds=timeout_s + 10))  # room for a whole attempt
         self.rng = rng or random.Random()
         self.http = requests.Session()
         self.http.headers.update({"User-Agent": "open-mes-relay/1", "Content-Type": CONTENT_TYPE})
@@ -226,32 +226,38 @@ class Relay:
     # --------------------------------------------------------------------- loop
 
     def run_once(self) -> int:
-        """One round; returns how many deliveries were attempted."""
+        """One round; returns how many deliveries were attempted.
+
+        A delivery is sent only while enough of its lease is left for a whole attempt, so no
+        other relay can take it over while this one may still be sending it; the rest of the
+        round's claims are handed back. After a 410 the endpoint's other claims are handed back."""
         self.fan_out()
         claimed = self.claim()
         if not claimed:
             return 0
+        send_until = time.monotonic() + self.lease.total_seconds() - self.timeout_s - 5.0
         outcomes: list[Outcome] = []
+        handed_back: list[Claimed] = []
         gone: set[str] = set()
         for c in claimed:
-            if c.endpoint_id in gone:  # the endpoint went away in this round: hand the lease back
-                outcomes.append(Outcome(c, None, "not sent: the endpoint answered 410 Gone"))
+            if c.endpoint_id in gone or time.monotonic() > send_until:
+                handed_back.append(c)
                 continue
             outcome = self.send(c)
             if outcome.status == 410:
                 gone.add(c.endpoint_id)
             outcomes.append(outcome)
-        skipped = [o for o in outcomes if o.status is None and o.claimed.endpoint_id in gone]
-        self._release(skipped)
-        self._disable(self.record([o for o in outcomes if o not in skipped]))
-        return len(claimed)
+        self._release(handed_back)
+        self._disable(self.record(outcomes))
+        return len(outcomes)
 
-    def _release(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
+    def _release(self, claims: list[Claimed]) -> None:
+        """Hand leases back unsent (no attempt is counted)."""
+        if not claims:
             return
-        for o in outcomes:
+        for c in claims:
             db.session.execute(update(Delivery).where(
-                Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
+                Delivery.endpoint_id == c.endpoint_id, Delivery.event_id == c.event_id,
                 Delivery.claimed_by == self.name[:100]).values(claimed_until=None))
         db.session.commit()
 
