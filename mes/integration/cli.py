@@ -26,9 +26,11 @@ PERMISSION = "integration.endpoints"
 @click.option("--batch", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1, 15), default=15.0, show_default=True,
               help="seconds a receiver has to answer 2xx")
+@click.option("--senders", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="deliveries sent side by side (each to a different aggregate)")
 @click.option("--duration", type=float, default=None, help="stop after this many seconds (tests)")
 @handle_errors
-def relay(schedule: str | None, poll: float, batch: int, timeout: float, duration: float | None) -> None:
+def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders: int, duration: float | None) -> None:
     """Deliver outbox events to the webhook endpoints (several may run at once on PostgreSQL)."""
     from mes.integration.relay import Relay, parse_schedule, schedule_from_env
 
@@ -38,7 +40,7 @@ def relay(schedule: str | None, poll: float, batch: int, timeout: float, duratio
         fail(str(exc))
     app = make_app()
     reachable(app)
-    worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout)
+    worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout, senders=senders)
     click.echo(f"relay {worker.name} running (retry schedule {','.join(f'{d:g}' for d in delays)} s)")
     try:
         worker.run(threading.Event(), duration=duration)

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -140,7 +141,7 @@ class Relay:
 
     def __init__(self, app: Flask, *, name: str | None = None, schedule: Sequence[float] | None = None,
                  batch: int = 50, poll_s: float = 0.25, timeout_s: float = TIMEOUT_S, lease: timedelta = LEASE,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, senders: int = 8) -> None:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.schedule = tuple(schedule if schedule is not None else schedule_from_env())
@@ -149,8 +150,17 @@ class Relay:
         self.timeout_s = timeout_s
         self.lease = max(lease, timedelta(seconds=timeout_s + 10))  # room for a whole attempt
         self.rng = rng or random.Random()
-        self.http = requests.Session()
-        self.http.headers.update({"User-Agent": "open-mes-relay/1", "Content-Type": CONTENT_TYPE})
+        self.senders = senders
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+
+    def _http(self) -> requests.Session:
+        """This sending thread's HTTP session (keep-alive connections per endpoint)."""
+        http = getattr(self._local, "http", None)
+        if http is None:
+            http = self._local.http = requests.Session()
+            http.headers.update({"User-Agent": "open-mes-relay/1", "Content-Type": CONTENT_TYPE})
+        return http
 
     # ------------------------------------------------------------------ fan-out
 
@@ -200,7 +210,7 @@ class Relay:
         headers = {"webhook-id": c.event_id, "webhook-timestamp": str(int(now.timestamp())),
                    "webhook-signature": signature(c, c.event_id, now, c.body)}
         try:
-            with self.http.post(c.url, data=c.body, headers=headers, timeout=self.timeout_s,
+            with self._http().post(c.url, data=c.body, headers=headers, timeout=self.timeout_s,
                                 allow_redirects=False, stream=True) as response:
                 return Outcome(c, response.status_code, None if response.ok else f"HTTP {response.status_code}",
                                response.headers.get("Retry-After"))
@@ -236,17 +246,22 @@ class Relay:
         if not claimed:
             return 0
         send_until = time.monotonic() + self.lease.total_seconds() - self.timeout_s - 5.0
-        outcomes: list[Outcome] = []
-        handed_back: list[Claimed] = []
         gone: set[str] = set()
-        for c in claimed:
+
+        def attempt(c: Claimed) -> Outcome | None:
             if c.endpoint_id in gone or time.monotonic() > send_until:
-                handed_back.append(c)
-                continue
+                return None
             outcome = self.send(c)
             if outcome.status == 410:
                 gone.add(c.endpoint_id)
-            outcomes.append(outcome)
+            return outcome
+
+        # each claim heads a different aggregate's line, so they may go out side by side
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.senders, thread_name_prefix="mes-relay-send")
+        results = list(self._pool.map(attempt, claimed))
+        handed_back = [c for c, o in zip(claimed, results, strict=True) if o is None]
+        outcomes = [o for o in results if o is not None]
         self._release(handed_back)
         self._disable(self.record(outcomes))
         return len(outcomes)
@@ -276,6 +291,9 @@ class Relay:
                 if not busy:
                     stop.wait(self.poll_s)
             db.session.remove()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
@@ -304,10 +322,8 @@ def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
         if not keys:
             session.commit()
             return []
-        for endpoint_id, event_id in keys:
-            session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id,
-                                                   Delivery.event_id == event_id)
-                            .values(claimed_until=now + lease, claimed_by=name))
+        session.execute(update(Delivery).where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_(
+            [tuple(k) for k in keys])).values(claimed_until=now + lease, claimed_by=name))
         rows = session.execute(
             select(Delivery.endpoint_id, Delivery.event_id, Delivery.attempts, WebhookEndpoint.url,
                    WebhookEndpoint.secret, WebhookEndpoint.previous_secret, WebhookEndpoint.previous_secret_until,
@@ -334,14 +350,20 @@ def record_outcomes(outcomes: list[Outcome], name: str, schedule: Sequence[float
     now = utcnow()
     gone: list[str] = []
     try:
+        delivered: dict[int, list[tuple[str, str]]] = {}
+        for o in outcomes:
+            if o.ok:
+                delivered.setdefault(o.status or 0, []).append((o.claimed.endpoint_id, o.claimed.event_id))
+        for status, keys in delivered.items():  # one statement for the usual case
+            session.execute(update(Delivery).where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_(keys),
+                                                   Delivery.claimed_by == name).values(
+                status=DeliveryStatus.DELIVERED.value, attempts=Delivery.attempts + 1, delivered_at=now,
+                last_status=status, last_error=None, claimed_until=None))
         for o in outcomes:
             key = and_(Delivery.endpoint_id == o.claimed.endpoint_id, Delivery.event_id == o.claimed.event_id,
                        Delivery.claimed_by == name)
             attempts = o.claimed.attempts + 1
             if o.ok:
-                session.execute(update(Delivery).where(key).values(
-                    status=DeliveryStatus.DELIVERED.value, attempts=attempts, delivered_at=now,
-                    last_status=o.status, last_error=None, claimed_until=None))
                 continue
             if o.status == 410:
                 gone.append(o.claimed.endpoint_id)

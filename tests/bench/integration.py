@@ -24,6 +24,11 @@ import requests
 from tests.bench.common import bench_database, make_bench_app, parser, percentiles, ratio
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default listen backlog of 5 drops SYNs from parallel senders (1 s retries)
+    daemon_threads = True
+
+
 class Sink:
     """A receiver on loopback that notes when each webhook-id arrived and answers 204."""
 
@@ -45,7 +50,7 @@ class Sink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"

@@ -20,6 +20,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
 @dataclass
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default listen backlog of 5 drops SYNs from parallel senders (1 s retries)
+    daemon_threads = True
+
+
 class Received:
     webhook_id: str
     timestamp: str
@@ -86,7 +91,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = _Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
