@@ -19,12 +19,12 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
-@dataclass
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the default listen backlog of 5 drops SYNs from parallel senders (1 s retries)
     daemon_threads = True
 
 
+@dataclass
 class Received:
     webhook_id: str
     timestamp: str
