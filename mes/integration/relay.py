@@ -53,6 +53,8 @@ TIMEOUT_S = 15.0
 LEASE = timedelta(seconds=60)
 RETRY_AFTER_MAX_S = 36000.0
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+#: PostgreSQL channel the outbox trigger (migration 0099) notifies when an insert commits
+OUTBOX_CHANNEL = "mes_outbox"
 RELAY_ACTOR = Actor.system("relay")
 
 
@@ -281,6 +283,7 @@ class Relay:
         failure is logged and retried after the poll interval, never fatal."""
         end = None if duration is None else time.monotonic() + duration
         with self.app.app_context():
+            waiter = OutboxWaiter(db.engine.url, stop)
             while not stop.is_set() and (end is None or time.monotonic() < end):
                 try:
                     busy = self.run_once()
@@ -289,11 +292,49 @@ class Relay:
                     db.session.rollback()
                     busy = 0
                 if not busy:
-                    stop.wait(self.poll_s)
+                    waiter.wait(self.poll_s)
+            waiter.close()
             db.session.remove()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+class OutboxWaiter:
+    """Waits for the next outbox commit: on PostgreSQL a ``LISTEN`` on the channel the outbox
+    trigger notifies at commit (so an event leaves within milliseconds), elsewhere (or while
+    that connection is down) the poll interval."""
+
+    def __init__(self, url: Any, stop: threading.Event) -> None:
+        self.stop = stop
+        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False) \
+            if url.get_backend_name() == "postgresql" else None
+        self.conn: Any = None
+
+    def wait(self, seconds: float) -> None:
+        if self.dsn is None:
+            self.stop.wait(seconds)
+            return
+        try:
+            if self.conn is None:
+                import psycopg
+
+                self.conn = psycopg.connect(self.dsn, autocommit=True)
+                self.conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                return  # look once more: a commit may have come before the LISTEN
+            for _ in self.conn.notifies(timeout=seconds, stop_after=1):
+                pass
+        except Exception:  # noqa: BLE001 - fall back to polling; reconnect next time
+            log.warning("relay: outbox notifications unavailable; polling", exc_info=True)
+            self.close()
+            self.stop.wait(seconds)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
 
 
 def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
