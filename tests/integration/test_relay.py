@@ -22,7 +22,15 @@ from mes.audit.models import AuditEntry
 from mes.db import db
 from mes.integration import endpoints as ops
 from mes.integration.models import Delivery, DeliveryStatus, EndpointState, OutboxEvent, WebhookEndpoint
-from mes.integration.relay import DEFAULT_SCHEDULE, JITTER, parse_retry_after, retry_delay, start_in_background
+from mes.integration.relay import (
+    DEFAULT_SCHEDULE,
+    JITTER,
+    Outcome,
+    Relay,
+    parse_retry_after,
+    retry_delay,
+    start_in_background,
+)
 from mes.users.models import Alarm
 from tests.integration.receiver import Received, Receiver, eventually
 
@@ -289,3 +297,16 @@ def test_retry_after_header_forms() -> None:
     assert parse_retry_after("Sun, 06 Dec 2026 03:00:00 GMT", now) == 0.0
     assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
     assert parse_retry_after("99999999", now) == 36000.0  # a hostile peer cannot park an event for years
+
+
+def test_a_leased_delivery_is_not_claimed_again(app: Flask, receiver: Receiver) -> None:
+    add_endpoint(receiver)
+    a, b = produce("A", 2), produce("B", 1)
+    relay_a, relay_b = Relay(app, name="relay-a"), Relay(app, name="relay-b")
+    assert relay_a.fan_out() == 3 and relay_b.fan_out() == 0  # each event owed once
+    first = relay_a.claim()
+    assert sorted(c.event_id for c in first) == sorted([a[0], b[0]])  # the heads only: A2 waits behind A1
+    assert relay_b.claim() == []  # leased to relay-a
+    relay_a.record([Outcome(c, 204, None) for c in first])
+    assert [c.event_id for c in relay_b.claim()] == [a[1]]
+    assert read(select(Delivery.claimed_by).where(Delivery.event_id == a[1])) == ["relay-b"]
