@@ -29,8 +29,8 @@ from typing import Any
 
 import requests
 from flask import Flask
-from sqlalchemy import and_, exists, insert, select, tuple_, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, event, exists, insert, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 
 from mes.audit.log import Actor
@@ -300,20 +300,54 @@ class Relay:
             self._pool = None
 
 
+_LOCAL_WAITERS: set[threading.Event] = set()
+_LOCAL_WAKEUP_LOCK = threading.Lock()
+
+
+def _install_local_wakeup() -> None:
+    """Wake this process's relays when a session of this process commits an outbox row
+    (``mes demo`` on SQLite: the server and its relay share the process)."""
+    with _LOCAL_WAKEUP_LOCK:
+        if getattr(_install_local_wakeup, "_installed", False):
+            return
+
+        @event.listens_for(Session, "do_orm_execute")
+        def _outbox_written(state: Any) -> None:
+            table = getattr(state.statement, "table", None)
+            if state.is_insert and table is not None and table.name == OutboxEvent.__tablename__:
+                state.session.info["outbox_written"] = True
+
+        @event.listens_for(Session, "after_commit")
+        def _wake(session: Session) -> None:
+            if session.info.pop("outbox_written", False):
+                for waiter in list(_LOCAL_WAITERS):
+                    waiter.set()
+
+        @event.listens_for(Session, "after_rollback")
+        def _forget(session: Session) -> None:
+            session.info.pop("outbox_written", None)
+
+        _install_local_wakeup._installed = True  # type: ignore[attr-defined]
+
+
 class OutboxWaiter:
     """Waits for the next outbox commit: on PostgreSQL a ``LISTEN`` on the channel the outbox
-    trigger notifies at commit (so an event leaves within milliseconds), elsewhere (or while
-    that connection is down) the poll interval."""
+    trigger notifies at commit (so an event leaves within milliseconds, whichever process wrote
+    it); elsewhere a commit in this process, or the poll interval."""
 
     def __init__(self, url: Any, stop: threading.Event) -> None:
         self.stop = stop
+        self.local = threading.Event()
+        _install_local_wakeup()
+        _LOCAL_WAITERS.add(self.local)
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False) \
             if url.get_backend_name() == "postgresql" else None
         self.conn: Any = None
 
     def wait(self, seconds: float) -> None:
         if self.dsn is None:
-            self.stop.wait(seconds)
+            self.local.wait(seconds)
+            self.local.clear()
             return
         try:
             if self.conn is None:
@@ -330,6 +364,7 @@ class OutboxWaiter:
             self.stop.wait(seconds)
 
     def close(self) -> None:
+        _LOCAL_WAITERS.discard(self.local)
         if self.conn is not None:
             try:
                 self.conn.close()
