@@ -214,7 +214,8 @@ class Relay:
         try:
             with self._http().post(c.url, data=c.body, headers=headers, timeout=self.timeout_s,
                                 allow_redirects=False, stream=True) as response:
-                return Outcome(c, response.status_code, None if response.ok else f"HTTP {response.status_code}",
+                status = response.status_code
+                return Outcome(c, status, None if 200 <= status < 300 else f"HTTP {status}",
                                response.headers.get("Retry-After"))
         except requests.RequestException as exc:
             return Outcome(c, None, f"{type(exc).__name__}: {exc}"[:500])

@@ -310,3 +310,18 @@ def test_a_leased_delivery_is_not_claimed_again(app: Flask, receiver: Receiver) 
     relay_a.record([Outcome(c, 204, None) for c in first])
     assert [c.event_id for c in relay_b.claim()] == [a[1]]
     assert read(select(Delivery.claimed_by).where(Delivery.event_id == a[1])) == ["relay-b"]
+
+
+def test_a_redirect_is_a_failed_attempt_not_followed(app: Flask, receiver: Receiver) -> None:
+    add_endpoint(receiver)
+    elsewhere = Receiver().start()  # where a hostile peer points the relay
+    try:
+        receiver.answers.append((307, {"Location": elsewhere.url}))
+        ids = produce("A", 1)
+        with relay(app, schedule=(0.01,) * 3):
+            got = receiver.wait_for(lambda rs: len(rs) >= 2)
+            eventually(lambda: read(select(Delivery.last_status)) == [204], what="the retry recorded")
+        assert [(r.webhook_id, r.status) for r in got] == [(ids[0], 307), (ids[0], 204)]
+        assert elsewhere.received == [] and elsewhere.rejected == []
+    finally:
+        elsewhere.stop()
