@@ -17,6 +17,7 @@ TINY = {
     "execution": ["--batches", "1,2", "--steps", "3", "--think-ms", "20"],
     "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1", "--lines", "2", "--days", "3"],
     "kiosk": ["--n", "3", "--pages", "3"],
+    "integration": ["--events", "20", "--latency-events", "5", "--aggregates", "4"],
 }
 DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}
 

@@ -49,6 +49,7 @@ class Permission(str, enum.Enum):
     # integration
     INTEGRATION_EVENTS = "integration.events"
     INTEGRATION_INBOUND = "integration.inbound"
+    INTEGRATION_ENDPOINTS = "integration.endpoints"
     # any authenticated user, about themselves
     SELF = "self"
 
@@ -86,6 +87,7 @@ MATRIX: dict[Permission, frozenset[Role]] = {
     Permission.SYSTEM_MONITOR: frozenset({_A, _I}),
     Permission.INTEGRATION_EVENTS: frozenset({_I}),
     Permission.INTEGRATION_INBOUND: frozenset({_I}),
+    Permission.INTEGRATION_ENDPOINTS: frozenset({_A, _I}),
     Permission.SELF: frozenset(Role),
 }
 
