@@ -3,8 +3,8 @@
 No row of these tables is ever deleted (the database refuses it); endpoints change only
 with an audit entry, deliveries are the relay's bookkeeping like the outbox itself.
 
-Revision ID: 0099_relay
-Revises: 0006
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-06 03:28:22.766113
 """
 from alembic import op
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 import mes.db
 
 
-revision = '0099_relay'
-down_revision = '0006'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
