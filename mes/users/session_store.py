@@ -53,7 +53,10 @@ class ServerSession(CallbackDict, SessionMixin):  # type: ignore[misc]
 def _write(statement: Any) -> None:
     """Run a write in the request's own database session and commit it. The response is built,
     so the view has committed what it changed (a refusal was rolled back): what is still open
-    is a read. One connection, so the write never waits for a lock this request holds."""
+    is a read. That read is ended first: on SQLite a read transaction whose snapshot is older
+    than another connection's commit cannot become a write (SQLITE_BUSY at once, without
+    waiting), which showed as "database is locked" 500s under a busy kiosk line."""
+    db.session.rollback()
     db.session.execute(statement)
     db.session.commit()
 
