@@ -62,6 +62,8 @@ class Access:
     summary: str = ""
     request_schema: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
+    #: the query parameters the view reads: name -> {"schema": ..., "required": bool, "description": ...}
+    query: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -329,13 +331,15 @@ def endpoint(
     terminal: bool = False,
     schema: dict[str, Any] | None = None,
     tags: tuple[str, ...] = (),
+    query: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[F], F]:
-    """Declare and enforce a view's access. ``public`` must say why no login is needed."""
+    """Declare and enforce a view's access. ``public`` must say why no login is needed;
+    ``query`` declares the query parameters the view reads, for the OpenAPI description."""
     if (permission is None) == (public is None):
         raise ValueError("an endpoint needs exactly one of permission= or public=")
 
     def decorate(view: F) -> F:
-        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags)
+        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags, query)
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -143,6 +143,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
              "schema": INT_ID if conv == "int" else _path_schema(name)}
             for conv, name in _CONVERTER.findall(rule.rule)
         ]
+        params += [{"name": name, "in": "query", "required": bool(q.get("required")), "schema": q["schema"],
+                    **({"description": q["description"]} if q.get("description") else {})}
+                   for name, q in ((access.query or {}) if access else {}).items()]
         if access and access.terminal_required:
             params = [*params, TERMINAL_HEADER]
         if access and access.request_schema and "expected_version" in (access.request_schema.get("properties") or {}):
