@@ -131,7 +131,7 @@ def create_review() -> Response:
 
 
 @bp.get("/api/v1/audit/reviews")
-@endpoint(P.AUDIT_VIEW, tags=("audit",))
+@endpoint(P.AUDIT_VIEW, tags=("audit",), query={"batch": _TEXT_Q})
 def list_reviews() -> Response:
     """Audit-trail reviews of a batch (``?batch=``) or of the whole log."""
     from mes.audit.review import reviews_for

@@ -130,7 +130,7 @@ def lots_receive() -> Response:
 
 
 @bp.get(f"{API}/lots/<lot_id>")
-@endpoint(P.MATERIAL_VIEW, tags=TAGS)
+@endpoint(P.MATERIAL_VIEW, tags=TAGS, query={"item": {"schema": TEXT_Q}})
 def lots_get(lot_id: str) -> Response:
     """One lot with containers, holds and whether it may be used now (as ``?item=CODE``)."""
     lot = ops.get_lot(lot_id)
