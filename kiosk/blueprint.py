@@ -31,7 +31,7 @@ from kiosk import views as v
 from kiosk.messages import sentence
 from kiosk.step_pages import KindTemplates, StepPage
 from mes.db import db
-from mes.errors import AuthenticationFailed, MESError, ValidationFailed
+from mes.errors import AuthenticationFailed, MESError, PasswordExpired, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution.models import BatchStatus, DeviationStatus, StepState
 from mes.gateway.store import reading_store
@@ -202,11 +202,44 @@ def login() -> Any:
     try:
         limit_login()
         row, secret = users.login_with_badge(badge, pin, current_terminal())
+    except PasswordExpired as exc:
+        if exc.extra.get("credential") != "pin":
+            return _page("login.html", "login", exc.status, message=sentence(exc), next=next_url, badge=badge)
+        session["kiosk_pin_badge"] = badge  # the right temporary PIN: on to setting one's own
+        return redirect(url_for("kiosk.change_pin"))
     except MESError as exc:
         return _page("login.html", "login", exc.status, message=sentence(exc), next=next_url, badge=badge)
     establish_session(secret)
     session["kiosk_lang"] = row.user.language
     return redirect(next_url if next_url.startswith("/kiosk/") else url_for("kiosk.choose_line"))
+
+
+@bp.route("/pin", methods=["GET", "POST"])
+@endpoint(public="a PIN reset by an administrator is replaced before any session", tags=("kiosk",))
+def change_pin() -> Any:
+    """Set one's own PIN after an administrator's reset (reached from the log-in with the
+    temporary PIN): the temporary PIN and the new one twice, through the same service as
+    ``POST /api/v1/auth/pin``; then logged in with the new PIN."""
+    badge = session.get("kiosk_pin_badge")
+    if not badge:
+        return redirect(url_for("kiosk.login"))
+    if request.method == "GET":
+        return _page("pin.html", "pin")
+    old_pin, new_pin = request.form.get("old_pin", "").strip(), request.form.get("new_pin", "").strip()
+    again = request.form.get("new_pin_again", "").strip()
+    if not old_pin or not new_pin or not again:
+        return _page("pin.html", "pin", 422, message=_("Enter the temporary PIN, then your new PIN twice."))
+    if new_pin != again:
+        return _page("pin.html", "pin", 422, message=_("The two new PINs differ: enter the same new PIN twice."))
+    try:
+        limit_login()
+        users.change_pin(badge, old_pin, new_pin, current_terminal())
+        row, secret = users.login_with_badge(badge, new_pin, current_terminal())
+    except MESError as exc:
+        return _page("pin.html", "pin", exc.status, message=sentence(exc))
+    establish_session(secret)
+    session["kiosk_lang"] = row.user.language
+    return redirect(url_for("kiosk.choose_line"))
 
 
 @bp.post("/logout")

@@ -13,6 +13,7 @@ from mes import observability, web
 from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
 from mes.db import db, engine_options, ping_idle_connections, tune_sqlite_engine
+from mes.validation import FORM_MAX
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -26,7 +27,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=timedelta(days=365),
         JSON_SORT_KEYS=False,
-        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,  # JSON bodies: BODY_MAX, or more where a field's schema allows
+        MAX_FORM_MEMORY_SIZE=FORM_MAX,  # forms: also refused by length up front (mes.web.check_form_size)
     )
     observability.configure_logging(app.config["MES_LOG_LEVEL"])
 

@@ -24,6 +24,10 @@ class ValidationFailed(MESError):
     status, slug, title = 422, "validation-failed", "The input is not valid"
 
 
+class ContentTooLarge(MESError):
+    status, slug, title = 413, "content-too-large", "The request body is too large"
+
+
 class NotFound(MESError):
     status, slug, title = 404, "not-found", "Not found"
 

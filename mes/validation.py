@@ -60,6 +60,10 @@ BODY_STRING_MAX: Final = 4000
 states a larger ``maxLength`` (a recipe's YAML source)."""
 BODY_MAX: Final = 256 * 1024
 """A JSON request body in bytes (413 above), unless a field of its schema allows more."""
+FORM_MAX: Final = 256 * 1024
+"""A form body (``application/x-www-form-urlencoded`` or ``multipart/form-data``: the kiosk's and
+QA pages' posts) in bytes: 413 above, a plain sentence on a page, problem+json elsewhere. No form
+carries a file; only a JSON body may be larger, and only where its schema says so."""
 JSON_DEPTH_MAX: Final = 32
 """Nesting of objects and arrays in a JSON request body."""
 

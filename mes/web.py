@@ -31,6 +31,7 @@ from mes.audit.log import Actor
 from mes.db import db
 from mes.errors import (
     AuthenticationFailed,
+    ContentTooLarge,
     Forbidden,
     MESError,
     RateLimited,
@@ -44,7 +45,7 @@ from mes.users.models import ApiToken, Terminal, User, UserSession
 from mes.users.permissions import Permission, allowed
 from mes.users.ratelimit import count_attempt, limiter_for
 from mes.users.session_store import ServerSession, ServerSessionInterface
-from mes.validation import BODY_MAX, BODY_STRING_MAX, JSON_DEPTH_MAX, hidden_character
+from mes.validation import BODY_MAX, BODY_STRING_MAX, FORM_MAX, JSON_DEPTH_MAX, hidden_character
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM_BASE = "https://open-mes.dev/problems/"
@@ -61,6 +62,8 @@ class Access:
     summary: str = ""
     request_schema: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
+    #: the query parameters the view reads: name -> {"schema": ..., "required": bool, "description": ...}
+    query: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -328,13 +331,15 @@ def endpoint(
     terminal: bool = False,
     schema: dict[str, Any] | None = None,
     tags: tuple[str, ...] = (),
+    query: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[F], F]:
-    """Declare and enforce a view's access. ``public`` must say why no login is needed."""
+    """Declare and enforce a view's access. ``public`` must say why no login is needed;
+    ``query`` declares the query parameters the view reads, for the OpenAPI description."""
     if (permission is None) == (public is None):
         raise ValueError("an endpoint needs exactly one of permission= or public=")
 
     def decorate(view: F) -> F:
-        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags)
+        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags, query)
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -498,6 +503,17 @@ ERROR_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 <h1>{{ title }}</h1><p role="alert">{{ detail }}</p><p><a href="{{ back }}">Back</a></p></main></body></html>"""
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+FORM_TOO_LARGE = f"The form is larger than {FORM_MAX // 1024} KiB; nothing was recorded."
+
+
+def check_form_size(mimetype: str, content_length: int | None) -> None:
+    """Refuse a form body over :data:`~mes.validation.FORM_MAX` bytes before it is read (413);
+    a body streamed without a length is held to the same limit by ``MAX_FORM_MEMORY_SIZE``."""
+    if mimetype in FORM_TYPES and (content_length or 0) > FORM_MAX:
+        raise ContentTooLarge(FORM_TOO_LARGE)
+
+
 def html_error(status: int, detail: str) -> Response:
     """A plain sentence for people at a screen; a log-in page when the session is gone."""
     from urllib.parse import quote
@@ -540,6 +556,10 @@ def init_app(app: Flask) -> None:
             # Reads must not queue behind (or hold up) writers on SQLite's single write lock.
             db.session.connection(execution_options={"mes_read_only": True})
 
+    @app.before_request
+    def _form_size_limit() -> None:
+        check_form_size(request.mimetype, request.content_length)
+
     @app.errorhandler(MESError)
     def _mes_error(exc: MESError) -> Response:
         db.session.rollback()  # a refusal records nothing of the refused change
@@ -552,6 +572,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if exc.code == 413 and request.path.startswith(HTML_PREFIXES):  # a form streamed past FORM_MAX
+            return html_error(413, FORM_TOO_LARGE)
         slug = (exc.name or "error").lower().replace(" ", "-")
         response = problem(exc.code or 500, slug, exc.name or "Error", exc.description or "")
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]

@@ -376,3 +376,19 @@ def test_refusals_for_machines_stay_problem_json(app: Flask, world: eh.World) ->
     assert s.login("integrator1").status_code == 200
     r = s.get("/kiosk/lines")
     assert r.status_code == 403 and r.mimetype == "application/problem+json"
+
+
+def test_a_pin_reset_by_an_administrator_is_replaced_on_the_kiosk_pin_screen(app: Flask, world: eh.World) -> None:
+    """Log-in with the temporary PIN leads to the PIN screen; the new PIN twice, through
+    ``change_pin`` (as ``POST /api/v1/auth/pin``), then logged in with it."""
+    users.reset_credentials(SEED, "operator3", "forgot the PIN", pin="9753")
+    k = Kiosk(app.test_client(), world.seeded.kiosk)
+    assert screen(k.get("/kiosk/pin").get_data(as_text=True)) == "login"  # no temporary PIN given
+    r = k.login("B-op3", "9753")
+    assert screen(k.page) == "pin", r.status_code
+    r = k.post("/kiosk/pin", {"old_pin": "9753", "new_pin": "8024", "new_pin_again": "8025"})
+    assert (r.status_code, screen(k.page)) == (422, "pin") and "8024" not in k.page
+    r = k.post("/kiosk/pin", {"old_pin": "9753", "new_pin": "8024", "new_pin_again": "8024"})
+    assert screen(k.page) in ("lines", "batches"), (r.status_code, message(k.page))
+    db.session.expire_all()
+    assert users.get_user("operator3").pin_reset_at is None

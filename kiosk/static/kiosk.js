@@ -73,7 +73,9 @@
     var input = boundInput(name, root);
     var out = name === "entry" ? $("[data-field=entry]", root) : $('[data-field-of="' + name + '"]', root);
     if (!input || !out) { return; }
-    out.textContent = name === "pin" ? input.value.replace(/./g, "●") : input.value;
+    var field = $('.field[data-entry-target="' + name + '"]', root);
+    var secret = name === "pin" || (field && field.dataset.secret === "true");
+    out.textContent = secret ? input.value.replace(/./g, "●") : input.value;
   }
   function scopeOf(el) { return el.closest("form") || document; }
   function keypadInput(scope) {

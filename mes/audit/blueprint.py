@@ -51,8 +51,17 @@ def request_filters() -> dict[str, Any]:
     }
 
 
+_TEXT_Q = {"schema": {"type": "string"}, "description": "A filter: an unknown value matches nothing."}
+_TIME_Q = {"schema": {"type": "string", "format": "date-time"}, "description": "ISO 8601 with zone, years 1970 to 2199."}
+ENTRIES_Q = {"limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1, "default": 100},
+                       "description": "At most this many entries (the server caps a page)."},
+             "after": {"schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                       "description": "The last seq of the previous page."},
+             "batch": _TEXT_Q, "user": _TEXT_Q, "action": _TEXT_Q, "entity": _TEXT_Q, "since": _TIME_Q, "until": _TIME_Q}
+
+
 @bp.get("/api/v1/audit/entries")
-@endpoint(P.AUDIT_VIEW, tags=("audit",))
+@endpoint(P.AUDIT_VIEW, tags=("audit",), query=ENTRIES_Q)
 def entries() -> Response:
     """Audit entries, filtered by batch, user, action, entity and time; paged by seq."""
     limit = min(query_int("limit", 100, 1, 2**31 - 1), MAX_PAGE)
@@ -122,7 +131,7 @@ def create_review() -> Response:
 
 
 @bp.get("/api/v1/audit/reviews")
-@endpoint(P.AUDIT_VIEW, tags=("audit",))
+@endpoint(P.AUDIT_VIEW, tags=("audit",), query={"batch": _TEXT_Q})
 def list_reviews() -> Response:
     """Audit-trail reviews of a batch (``?batch=``) or of the whole log."""
     from mes.audit.review import reviews_for

@@ -58,7 +58,11 @@ def _enum_arg(name: str, values: list[str]) -> str | None:
 
 
 @bp.get(API)
-@endpoint(P.EQUIPMENT_VIEW, tags=TAGS)
+@endpoint(P.EQUIPMENT_VIEW, tags=TAGS, query={
+    "kind": {"schema": {"type": "string", "enum": [k.value for k in EquipmentKind]}},
+    "status": {"schema": {"type": "string", "enum": [s.value for s in EquipmentStatus]}},
+    "line": {"schema": {"type": "string"}}, "class": {"schema": {"type": "string"}},
+    "include_inactive": {"schema": {"type": "string"}, "description": "1 or true adds deactivated equipment."}})
 def equipment_list() -> Response:
     """List equipment, filtered by kind, status, line or class; ``include_inactive=1`` adds deactivated."""
     rows = ops.list_equipment(
@@ -153,7 +157,9 @@ def calibrations_record(equipment_id: str) -> Response:
 
 
 @bp.get(f"{API}/<equipment_id>/check")
-@endpoint(P.EQUIPMENT_VIEW, tags=TAGS)
+@endpoint(P.EQUIPMENT_VIEW, tags=TAGS, query={
+    "states": {"schema": {"type": "string"}, "description": "Comma-separated states required, e.g. clean,calibrated."},
+    "class": {"schema": {"type": "string"}}})
 def equipment_check(equipment_id: str) -> Response:
     """Whether the equipment may be used now: ``?states=clean,calibrated`` (and optionally ``class``)."""
     ops.get_equipment(equipment_id)

@@ -44,7 +44,7 @@ def _terminal() -> str | None:
 
 
 @bp.get(f"{API}/recipes")
-@endpoint(P.BATCH_VIEW, tags=("recipes",))
+@endpoint(P.BATCH_VIEW, tags=("recipes",), query={"recipe_id": {"schema": {"type": "string"}}, "status": {"schema": {"type": "string"}}})
 def list_recipes() -> Response:
     """Master recipe versions (filter by recipe_id, status)."""
     rows = store.list_versions(request.args.get("recipe_id"), request.args.get("status"))

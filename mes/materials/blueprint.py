@@ -24,6 +24,13 @@ API = "/api/v1"
 TAGS = ("materials",)
 
 ID = {"type": "string", "pattern": ID_JSON_PATTERN}
+TEXT_Q = {"type": "string"}  # a filter: an unknown value matches nothing
+LOTS_Q = {"limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+          "status": {"schema": {"type": "string", "enum": [s.value for s in LotStatus]}},
+          "item": {"schema": TEXT_Q}, "supplier_lot": {"schema": TEXT_Q}, "batch": {"schema": TEXT_Q},
+          "after": {"schema": TEXT_Q, "description": "The last lot id of the previous page."}}
+TRACE_Q = {"direction": {"schema": {"type": "string", "enum": ["backward", "forward"], "default": "backward"}},
+           "max_depth": {"schema": {"type": "integer", "minimum": 1, "maximum": 100}}}
 DECIMAL = {"type": "string", "pattern": DECIMAL_PATTERN}
 UOM = {"enum": list(MATERIAL_UNITS)}
 DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
@@ -55,7 +62,8 @@ ITEM_SCHEMA = obj(
 
 
 @bp.get(f"{API}/items")
-@endpoint(P.MATERIAL_VIEW, tags=TAGS)
+@endpoint(P.MATERIAL_VIEW, tags=TAGS, query={"kind": {"schema": TEXT_Q, "description": "One of " + ", ".join(k.value for k in ItemKind)
+                                                                 + "; another value matches nothing."}})
 def items_list() -> Response:
     """List items (material master), optionally of one kind."""
     kind = request.args.get("kind") or None
@@ -91,7 +99,7 @@ LOT_SCHEMA = obj(
 
 
 @bp.get(f"{API}/lots")
-@endpoint(P.MATERIAL_VIEW, tags=TAGS)
+@endpoint(P.MATERIAL_VIEW, tags=TAGS, query=LOTS_Q)
 def lots_list() -> Response:
     """List lots by id, filtered by item, status, supplier lot or producing batch; paged with ``after``."""
     status = request.args.get("status") or None
@@ -122,7 +130,7 @@ def lots_receive() -> Response:
 
 
 @bp.get(f"{API}/lots/<lot_id>")
-@endpoint(P.MATERIAL_VIEW, tags=TAGS)
+@endpoint(P.MATERIAL_VIEW, tags=TAGS, query={"item": {"schema": TEXT_Q}})
 def lots_get(lot_id: str) -> Response:
     """One lot with containers, holds and whether it may be used now (as ``?item=CODE``)."""
     lot = ops.get_lot(lot_id)
@@ -179,7 +187,7 @@ def lots_consumptions(lot_id: str) -> Response:
 
 
 @bp.get(f"{API}/lots/<lot_id>/trace")
-@endpoint(P.MATERIAL_VIEW, tags=TAGS)
+@endpoint(P.MATERIAL_VIEW, tags=TAGS, query=TRACE_Q)
 def lots_trace(lot_id: str) -> Response:
     """Lot genealogy: ``direction=backward`` (what went in) or ``forward`` (what it went into)."""
     direction = request.args.get("direction", "backward")

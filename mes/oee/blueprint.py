@@ -51,6 +51,14 @@ RATE_SCHEMA = obj({"line": ID, "product": ID, "units_per_minute": DECIMAL, "effe
                    "comment": STR}, ("line", "units_per_minute"))
 
 
+LINE_Q = {"line": {"required": True, "schema": ID, "description": "The line's id."}}
+PERIOD_Q = {"from": {"required": True, "schema": DATETIME, "description": "Start of the range (ISO 8601 with zone)."},
+            "to": {"required": True, "schema": DATETIME, "description": "End of the range (ISO 8601 with zone)."}}
+RANGE_Q = {**LINE_Q, **PERIOD_Q}
+FIGURES_Q = {**RANGE_Q, "group": {"required": False, "schema": {"type": "string", "enum": ["shift", "product"],
+                                                                 "default": "shift"}}}
+
+
 def _required(name: str) -> str:
     value = request.args.get(name, "").strip()
     if not value:
@@ -66,7 +74,7 @@ def _range() -> tuple[datetime, datetime]:
 
 
 @bp.get(API)
-@endpoint(P.OEE_VIEW, tags=TAGS)
+@endpoint(P.OEE_VIEW, tags=TAGS, query=FIGURES_Q)
 def oee_figures() -> Response:
     """OEE of a line over a time range grouped by shift or product: ``?line=&from=&to=&group=shift|product``."""
     line = _required("line")
@@ -75,7 +83,7 @@ def oee_figures() -> Response:
 
 
 @bp.get(f"{API}/stops")
-@endpoint(P.OEE_VIEW, tags=TAGS)
+@endpoint(P.OEE_VIEW, tags=TAGS, query=RANGE_Q)
 def oee_stops() -> Response:
     """The line's stop intervals in a range with their downtime reasons: ``?line=&from=&to=``."""
     line = _required("line")
@@ -93,7 +101,7 @@ def oee_stop_reason(interval_id: str) -> Response:
 
 
 @bp.get(f"{API}/rates")
-@endpoint(P.OEE_VIEW, tags=TAGS)
+@endpoint(P.OEE_VIEW, tags=TAGS, query=LINE_Q)
 def oee_rates() -> Response:
     """The ideal rates (units per minute) of a line, oldest first: ``?line=``."""
     return jsonify({"rates": [ops.rate_json(r) for r in ops.ideal_rates(_required("line"))]})
@@ -112,7 +120,7 @@ def oee_rate_set() -> Response:
 
 
 @bp.get(f"{API}/lines")
-@endpoint(P.OEE_VIEW, tags=TAGS)
+@endpoint(P.OEE_VIEW, tags=TAGS, query=PERIOD_Q)
 def oee_lines() -> Response:
     """Every line's figures over a range side by side, with its OEE target: ``?from=&to=``."""
     start, end = _range()
@@ -137,7 +145,7 @@ def oee_reason_define() -> Response:
 
 
 @bp.get(f"{API}/calendars")
-@endpoint(P.OEE_VIEW, tags=TAGS)
+@endpoint(P.OEE_VIEW, tags=TAGS, query=LINE_Q)
 def oee_calendars() -> Response:
     """The production calendar versions of a line, oldest first: ``?line=``."""
     cal = ops.calendars(ops.line_id_of(_required("line")))

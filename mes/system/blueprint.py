@@ -14,7 +14,7 @@ from mes.system import readiness
 from mes.users.models import Alarm
 from mes.users.permissions import Permission as P
 from mes.users.permissions import roles_for
-from mes.validation import BODY_MAX, BODY_STRING_MAX, ID_JSON_PATTERN, ID_MAX, ID_PATTERN, JSON_DEPTH_MAX
+from mes.validation import BODY_MAX, BODY_STRING_MAX, FORM_MAX, ID_JSON_PATTERN, ID_MAX, ID_PATTERN, JSON_DEPTH_MAX
 from mes.web import access_of, caller_may, endpoint
 
 bp = Blueprint("system", __name__)
@@ -100,6 +100,8 @@ API_DESCRIPTION = f"""Every rule below is enforced by the server.
   at most {BODY_STRING_MAX} characters unless a field says more, no member given twice, no NaN, no integer
   beyond 64 bits, no control or direction-override characters. Dates and times carry a zone and lie between
   the years 1970 and 2199.
+* Form bodies (`application/x-www-form-urlencoded`, `multipart/form-data`: the kiosk's and QA pages'
+  posts): at most {FORM_MAX} bytes (413 above: a plain sentence on a page, problem+json elsewhere).
 * Steps: start and complete take `expected_version` (the step's version; a stale one is 409) and the
   `Idempotency-Key` header. The completion `payload` depends on the step kind (see each kind's documentation:
   e.g. a weigh step names its scale with `device_id`, a signature carries `password` or `pin`, and `user_id`
@@ -141,6 +143,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
              "schema": INT_ID if conv == "int" else _path_schema(name)}
             for conv, name in _CONVERTER.findall(rule.rule)
         ]
+        params += [{"name": name, "in": "query", "required": bool(q.get("required")), "schema": q["schema"],
+                    **({"description": q["description"]} if q.get("description") else {})}
+                   for name, q in ((access.query or {}) if access else {}).items()]
         if access and access.terminal_required:
             params = [*params, TERMINAL_HEADER]
         if access and access.request_schema and "expected_version" in (access.request_schema.get("properties") or {}):

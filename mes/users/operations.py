@@ -295,6 +295,8 @@ def _fail(user: User | None, given_id: str, why: str, terminal: str | None, *,
         count_account_failure(user.id)
     if user is None or not user.active or user.locked:
         record(replace(AUTH, terminal=terminal), action, ("user", given_id), after={"why": why})
+        if action == SIGNATURE_FAILED:
+            _signature_alarm(replace(AUTH, terminal=terminal), user.id if user is not None else given_id, terminal, why)
         db.session.commit()
         return
     policy = Policy.current()
@@ -309,17 +311,47 @@ def _fail(user: User | None, given_id: str, why: str, terminal: str | None, *,
                reason=f"{user.failed_attempts} failed attempts (last: {attempts})")
         raise_alarm(actor, "security", f"Account {user.id} locked after {user.failed_attempts} failed attempts "
                     f"(last: {attempts})", {"user": user.id, "terminal": terminal}, commit=False)
+    if action == SIGNATURE_FAILED:
+        _signature_alarm(actor, user.id, terminal, why)
     db.session.commit()
     if user.locked:
         _close_live(f"user:{user.id}")
 
 
+SIGNATURE_FAILED = "auth.signature.failed"
+
+
+def _signature_alarm(actor: Actor, account: str, terminal: str | None, why: str) -> Alarm:
+    """Raise the account's security alarm for failed signature attempts, or count one more on
+    the alarm still open (one open alarm per account, not one per attempt): audited either way,
+    in the caller's transaction."""
+    open_security = db.session.execute(
+        select(Alarm).where(Alarm.acknowledged_at.is_(None), Alarm.kind == "security").order_by(Alarm.id)
+    ).scalars()
+    alarm = next((a for a in open_security if (a.details or {}).get("cause") == SIGNATURE_FAILED
+                  and (a.details or {}).get("user") == account), None)
+    now = utcnow()
+    if alarm is None:
+        return raise_alarm(actor, "security", f"Failed signature attempt for account {account}",
+                           {"cause": SIGNATURE_FAILED, "user": account, "count": 1, "terminal": terminal,
+                            "last_why": why, "last_at": now.isoformat()}, commit=False)
+    before = dict(alarm.details or {})
+    before_message, count = alarm.message, int(before.get("count", 1)) + 1
+    alarm.details = {**before, "count": count, "terminal": terminal, "last_why": why, "last_at": now.isoformat()}
+    alarm.message = f"{count} failed signature attempts for account {account}"
+    record(actor, "alarm.updated", ("alarm", str(alarm.id)),
+           before={"count": count - 1, "message": before_message},
+           after={"count": count, "message": alarm.message, "terminal": terminal})
+    return alarm
+
+
 def signature_failed(user_id: str, terminal: str | None, why: str) -> None:
     """A signature was refused for a wrong secret or another person's identification
-    component: the refused change is rolled back, and the attempt is audited and counted
-    toward the signer's lockout in its own transaction."""
+    component: the refused change is rolled back, and the attempt is audited, counted
+    toward the signer's lockout and raises (or counts on) the account's open security alarm,
+    in its own transaction (Part 11 §11.300(d))."""
     db.session.rollback()
-    _fail(db.session.get(User, user_id), user_id, why, terminal, action="auth.signature.failed", attempts="signature")
+    _fail(db.session.get(User, user_id), user_id, why, terminal, action=SIGNATURE_FAILED, attempts="signature")
 
 
 def _refuse_unusable(user: User, matches: bool) -> None:

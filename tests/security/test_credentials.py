@@ -172,3 +172,43 @@ def test_a_temporary_password_expires_unused(app: Flask) -> None:
     r = s.post("/api/v1/auth/password", {"user_id": "qa1", "old_password": "Tempor4ry-Passw0rd",
                                          "new_password": "N3w-Secret-Phrase"})
     assert r.status_code == 401
+
+
+def test_failed_signature_attempts_raise_one_security_alarm_per_account_with_a_count(app: Flask) -> None:
+    """A failed signature attempt raises the account's security alarm at once (before any
+    lockout); later attempts count on that open alarm (audited) instead of flooding; once it
+    is acknowledged, the next attempt raises a new one."""
+    seeded = seed()
+    app.config["MES_LOCKOUT_THRESHOLD"] = 100
+    ops.acknowledge_esig_accountability("qa1", None)
+    log.record(SEED, "batch.started", ("batch", "B-9"), batch="B-9", after={"status": "in_progress"})
+    db.session.commit()
+    qa = logged_in(app.test_client(), seeded, "qa")
+
+    def sign_wrong() -> int:
+        return qa.post("/api/v1/audit/reviews", {"batch": "B-9", "password": "Wrong-Passw0rd-1",
+                                                 "user_id": "qa1"}).status_code
+
+    def signature_alarms() -> list[Alarm]:
+        db.session.expire_all()
+        return [a for a in db.session.execute(select(Alarm).where(Alarm.kind == "security").order_by(Alarm.id))
+                .scalars() if (a.details or {}).get("user") == "qa1"]
+
+    assert sign_wrong() == 401
+    [alarm] = signature_alarms()
+    assert alarm.acknowledged_at is None and alarm.details["count"] == 1 and "qa1" in alarm.message
+    assert _user("qa1").locked is False
+    assert sign_wrong() == 401 and sign_wrong() == 401
+    [alarm] = signature_alarms()
+    assert alarm.details["count"] == 3 and alarm.message.startswith("3 failed signature attempts")
+    updates = [json.loads(e.entry_bytes) for e in db.session.execute(select(AuditEntry).where(
+        AuditEntry.action == "alarm.updated", AuditEntry.entity_id == str(alarm.id)).order_by(AuditEntry.seq)).scalars()]
+    assert [(u["before"]["count"], u["after"]["count"]) for u in updates] == [(1, 2), (2, 3)]
+    # the alarm as QA and admin see it
+    admin = logged_in(app.test_client(), seeded, "admin")
+    shown = [a for a in admin.get("/api/v1/alarms").get_json()["alarms"] if a["id"] == alarm.id]
+    assert shown[0]["details"]["count"] == 3
+    ops.acknowledge_alarm(SEED, alarm.id, "looked into it")
+    assert sign_wrong() == 401
+    first, second = signature_alarms()
+    assert first.acknowledged_at is not None and second.acknowledged_at is None and second.details["count"] == 1
