@@ -456,6 +456,7 @@ class FaultConformance:
     silence_slack_s: ClassVar[float] = 0.5
     #: Readings allowed to predate a fault (frames already on the wire).
     settle_reads: ClassVar[int] = 30
+    settle_s: ClassVar[float] = 10.0
     #: Overall time limit per check, seconds.
     check_timeout_s: ClassVar[float] = 60.0
     #: The faults to run (default: all; the rig's own ``faults`` narrow it further). Setting it
@@ -493,13 +494,20 @@ class FaultConformance:
 
     async def _until_status(self, driver: Driver, rig: FaultRig, fault: KitFault,
                             wanted: ReadingStatus) -> None:
-        for _ in range(self.settle_reads):
+        # at least settle_reads reads and settle_s seconds: a driver that answers from a
+        # subscription's cache reads fast, and on a busy machine the change may arrive later
+        deadline = time.monotonic() + self.settle_s
+        reads = 0
+        while reads < self.settle_reads or time.monotonic() < deadline:
             reading = await driver.read()
+            reads += 1
             check_reading(reading, driver.device_id)
             if reading.status is wanted:
                 return
             self._unfaulted(reading, rig, fault)
-        pytest.fail(f"under {fault.value} the driver never reported {wanted.value} in {self.settle_reads} reads")
+            await asyncio.sleep(0.01)  # let the driver's link deliver; the loop waits for the status
+        pytest.fail(f"under {fault.value} the driver never reported {wanted.value} in {reads} reads "
+                    f"({self.settle_s} s)")
 
     async def _condition(self, driver: Driver, rig: FaultRig, fault: KitFault, wanted: ReadingStatus) -> None:
         first = await driver.read()

@@ -64,6 +64,8 @@ class Access:
     tags: tuple[str, ...] = ()
     #: the query parameters the view reads: name -> {"schema": ..., "required": bool, "description": ...}
     query: dict[str, dict[str, Any]] | None = None
+    #: the media type of a successful answer (the OpenAPI description states it)
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -332,6 +334,7 @@ def endpoint(
     schema: dict[str, Any] | None = None,
     tags: tuple[str, ...] = (),
     query: dict[str, dict[str, Any]] | None = None,
+    media_type: str = "application/json",
 ) -> Callable[[F], F]:
     """Declare and enforce a view's access. ``public`` must say why no login is needed;
     ``query`` declares the query parameters the view reads, for the OpenAPI description."""
@@ -339,7 +342,8 @@ def endpoint(
         raise ValueError("an endpoint needs exactly one of permission= or public=")
 
     def decorate(view: F) -> F:
-        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags, query)
+        access = Access(permission, public, terminal, (view.__doc__ or "").strip().split("\n")[0], schema, tags, query,
+                        media_type)
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

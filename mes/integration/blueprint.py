@@ -95,7 +95,7 @@ def dead_letters() -> Response:
 
 
 @bp.get("/integration/v1/events")
-@endpoint(P.INTEGRATION_EVENTS, tags=TAGS)
+@endpoint(P.INTEGRATION_EVENTS, tags=TAGS, media_type="application/cloudevents-batch+json")
 def pull_events() -> Response:
     """Events after ``?after=<event id>`` in commit order, filtered by ``type`` and ``subject`` (``limit`` ≤ 1000)."""
     try:

@@ -160,7 +160,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 "responses": {
                     "201" if "created" in codes and "jsonify" not in codes else "200":
                         {"description": "Created" if "created" in codes and "jsonify" not in codes else "OK",
-                         "content": {"application/json": {"schema": {"type": "object"}}}},
+                         "content": {access.media_type if access else "application/json": {
+                             "schema": {"type": "array" if access and access.media_type.endswith("-batch+json")
+                                        else "object"}}}},
                     "default": {"description": "Problem", "content": {
                         "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
                 },

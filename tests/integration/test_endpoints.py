@@ -107,7 +107,8 @@ def test_pull_events_after_id_by_type_and_subject(client: FlaskClient) -> None:
 
 def test_endpoint_cli_add_list_rotate_disable(app: Flask, database_url: str, tmp_path: Path) -> None:
     seeded = seed()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MES_") or k.startswith("MES_ARGON2_") or k == "MES_AUDIT_TAG_KEY_PATH"}
     env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
                 "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
                 "MES_CLI_PASSWORD": PASSWORD})

@@ -272,8 +272,9 @@ def test_two_relay_processes_never_send_twice_or_reorder(app: Flask, receiver: R
     ids = [r.webhook_id for r in receiver.received]
     assert len(ids) == len(set(ids)) == 48, outputs
     assert in_order_per_aggregate(receiver.received)
-    claimed_by = set(read(select(Delivery.claimed_by)))
-    assert len(claimed_by) == 2, "both relays took part"
+    if database_url.startswith("postgresql"):  # SKIP LOCKED lets both claim at once; SQLite's one writer may leave one idle
+        claimed_by = set(read(select(Delivery.claimed_by)))
+        assert len(claimed_by) == 2, "both relays took part"
 
 
 # --------------------------------------------------------------- the schedule
