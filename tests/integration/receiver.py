@@ -46,6 +46,9 @@ class Receiver:
         self.default: tuple[int, dict[str, str]] = (204, {})
         #: when set, answers each verified event instead of ``answers``/``default``
         self.policy: Callable[[dict[str, Any]], tuple[int, dict[str, str]]] | None = None
+        #: when set, called before each answer (outside the lock): a peer that holds its reply
+        #: until a condition holds, e.g. until a second sender has joined in
+        self.hold: Callable[[], None] | None = None
         self.cond = threading.Condition()
         self.port = 0
         self.server: ThreadingHTTPServer | None = None
@@ -62,6 +65,8 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k: v for k, v in self.headers.items()}
+                if receiver.hold is not None:
+                    receiver.hold()
                 ok = []
                 for secret in receiver.secrets:
                     try:

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry
@@ -259,6 +260,23 @@ def test_two_relay_processes_never_send_twice_or_reorder(app: Flask, receiver: R
     env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
                 "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING"})
     cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--poll", "0.02", "--batch", "3", "--schedule", "0.05,0.05"]
+    engine = None
+    if database_url.startswith("postgresql"):
+        # The first answer waits until the second relay has claimed something too: however
+        # slowly one process starts, both take part (SKIP LOCKED lets them claim at once).
+        engine = create_engine(database_url)
+        held = threading.Event()
+
+        def claimers() -> int:
+            with engine.connect() as conn:
+                return len(set(conn.execute(select(Delivery.claimed_by).where(Delivery.claimed_by.is_not(None)))))
+
+        def hold_first_answer() -> None:
+            if not held.is_set():
+                held.set()
+                eventually(lambda: claimers() >= 2, timeout=90, what="a claim by the second relay")
+
+        receiver.hold = hold_first_answer
     relays = [subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE) for _ in range(2)]
     try:
@@ -269,6 +287,9 @@ def test_two_relay_processes_never_send_twice_or_reorder(app: Flask, receiver: R
         for p in relays:
             p.terminate()
         outputs = [p.communicate(timeout=30) for p in relays]
+        receiver.hold = None
+        if engine is not None:
+            engine.dispose()
     ids = [r.webhook_id for r in receiver.received]
     assert len(ids) == len(set(ids)) == 48, outputs
     assert in_order_per_aggregate(receiver.received)
