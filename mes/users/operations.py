@@ -487,12 +487,29 @@ _LIVE_SESSION_SQL = (
     "LEFT JOIN user_roles r ON r.user_id = u.id LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
 
 
+#: The same rows for the user session named in a browser session's data (PostgreSQL), so the
+#: browser session and its user session are read in one round trip (:func:`prefetch_live_session`).
+LIVE_SESSION_BY_BROWSER_SQL = _LIVE_SESSION_SQL.replace(
+    "WHERE s.id = ?", "WHERE s.id = (SELECT encode(sha256(convert_to(w.data::json->>'sid', 'UTF8')), 'hex') "
+    "FROM web_sessions w WHERE w.id = ?)")
+_PREFETCHED = "mes_live_session_rows"
+
+
+def prefetch_live_session(rows: list[tuple[object, ...]]) -> None:
+    """Keep the user-session rows read beside the browser session, for this request's
+    :func:`resolve_session` (kept in the request's database session, used once)."""
+    db.session.info[_PREFETCHED] = rows
+
+
 def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
     """The live session for a cookie secret; ends it (audited) if idle too long or if its
-    account can no longer be used. One query through the driver (with the transaction's
-    ``BEGIN`` in the same round trip on PostgreSQL): it runs on every request."""
+    account can no longer be used. It runs on every request, so it costs no round trip of its
+    own when the browser session's read fetched its rows (PostgreSQL), else one query through
+    the driver with the transaction's ``BEGIN`` in the same round trip."""
     sid = hashing.digest(secret)
-    [rows] = driver_queries(db.session.connection(), [(_LIVE_SESSION_SQL, (sid,))])
+    rows = db.session.info.pop(_PREFETCHED, None)
+    if not rows or rows[0][0] != sid:
+        [rows] = driver_queries(db.session.connection(), [(_LIVE_SESSION_SQL, (sid,))])
     if not rows or rows[0][3] is not None:
         raise SessionExpired("The session has ended; log in again.")
     _, user_id, terminal_id, _, full_name, user_active, locked, _, terminal_kind, terminal_active, key_hash, started = rows[0]

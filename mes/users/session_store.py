@@ -20,10 +20,12 @@ from typing import Any
 
 from flask import Flask, Request, Response, g
 from flask.sessions import SessionInterface, SessionMixin
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, update
+from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import CallbackDict
 
-from mes.db import db, utcnow
+from mes.db import as_utc, db, driver_queries, utcnow
+from mes.users import operations as users
 from mes.users import secrets as hashing
 from mes.users.models import WebSession
 
@@ -61,6 +63,32 @@ def _write(statement: Any) -> None:
     db.session.commit()
 
 
+_READ_SQL = "SELECT data, expires_at FROM web_sessions WHERE id = ?"
+
+
+def _read(row_id: str) -> tuple[Any, ...] | None:
+    """The session row. On PostgreSQL it is the first statement of the request's own
+    transaction, sent with its ``BEGIN`` and the read of the user session it names in one
+    round trip (a connection of its own cost a checkout, a ``BEGIN``, the query and a
+    ``ROLLBACK`` on every request, and the user session a round trip more). On SQLite it is
+    read on a read-only connection: the request's own would begin with ``BEGIN IMMEDIATE``
+    and take the write lock for every page."""
+    if db.engine.dialect.name == "postgresql":
+        try:
+            rows, live = driver_queries(db.session.connection(), [(_READ_SQL, (row_id,)),
+                                                                  (users.LIVE_SESSION_BY_BROWSER_SQL, (row_id,))])
+        except DBAPIError:  # a row that is not JSON (written by hand): read it alone
+            db.session.rollback()
+            [rows] = driver_queries(db.session.connection(), [(_READ_SQL, (row_id,))])
+        else:
+            users.prefetch_live_session(live)
+    else:
+        with db.engine.connect() as conn:
+            conn = conn.execution_options(mes_read_only=True)
+            rows = conn.exec_driver_sql(_READ_SQL, (row_id,)).fetchall()
+    return tuple(rows[0]) if rows else None
+
+
 def _row_id(cookie_id: str) -> str:
     return hashing.digest(cookie_id)
 
@@ -75,12 +103,11 @@ class ServerSessionInterface(SessionInterface):
         cookie_id = request.cookies.get(self.get_cookie_name(app))
         if not cookie_id or len(cookie_id) > 100:
             return ServerSession()
-        with db.engine.connect() as conn:  # a read: never takes SQLite's write lock
-            conn = conn.execution_options(mes_read_only=True)
-            row = conn.execute(select(_T.c.data, _T.c.expires_at).where(_T.c.id == _row_id(cookie_id))).first()
+        row = _read(_row_id(cookie_id))
         if row is None:
             return ServerSession()
-        expires_at = row[1]
+        expires_at = as_utc(row[1])
+        assert expires_at is not None
         if expires_at <= utcnow():
             return ServerSession()  # past its absolute lifetime: a new, empty session
         try:

@@ -6,12 +6,13 @@ import json
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mes.audit import log
 from mes.audit.models import AuditEntry
 from mes.db import db
-from mes.users.models import UserSession
+from mes.users import secrets as hashing
+from mes.users.models import UserSession, WebSession
 from tests.helpers import SEED, logged_in, seed
 
 
@@ -61,3 +62,25 @@ def test_a_replayed_cookie_after_log_out_opens_nothing(app: Flask) -> None:
     replay = app.test_client()
     replay.set_cookie("mes_session", value)
     assert replay.get("/api/v1/auth/me", headers=qa.headers).status_code == 401
+
+
+def test_a_browser_session_row_written_by_hand_is_no_session_and_no_500(app: Flask) -> None:
+    seeded = seed()
+    qa = logged_in(app.test_client(), seeded, "qa")
+    assert qa.get("/api/v1/auth/me").status_code == 200
+    row_id = hashing.digest(_cookie(qa.client))
+    db.session.execute(update(WebSession).where(WebSession.id == row_id).values(data="not json {"))
+    db.session.commit()
+    r = qa.get("/api/v1/auth/me")
+    assert r.status_code == 401 and r.get_json()["type"].endswith("/authentication-failed"), r.get_json()
+
+
+def test_each_browser_session_resolves_to_its_own_user(app: Flask) -> None:
+    """The browser session and the user session it names are read together (PostgreSQL):
+    two people logged in side by side each get their own identity, request after request."""
+    seeded = seed()
+    qa = logged_in(app.test_client(), seeded, "qa")
+    sup = logged_in(app.test_client(), seeded, "supervisor")
+    for _ in range(3):
+        assert qa.get("/api/v1/auth/me").get_json()["user"]["id"] == "qa1"
+        assert sup.get("/api/v1/auth/me").get_json()["user"]["id"] not in ("qa1", None)
