@@ -124,11 +124,14 @@ def reference(session: Session) -> Reference:
     from mes.audit.log import latest_checkpoint
 
     vkeys = verifier_keys()
+    # What is held outside is read first: a checkpoint is kept there only after its commit, so
+    # a server publishing one meanwhile cannot make the database look as if it lost it.
+    held = held_checkpoints(vkeys)
     row = latest_checkpoint(session)
     db_cp = None if row is None else _verified(row.note, vkeys, f"checkpoint {row.id} in the database")
     best = db_cp
     source = "the database"
-    for cp, where in held_checkpoints(vkeys):
+    for cp, where in held:
         if db_cp is None or cp.size > db_cp.size:
             from mes.audit.log import tree_size
 
