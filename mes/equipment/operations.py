@@ -409,6 +409,10 @@ def record_cleaning(
     return rec
 
 
+#: the longest a calibration may stay valid: a due date beyond it (9999-12-31) is a typing error
+CALIBRATION_INTERVAL_MAX = timedelta(days=3653)
+
+
 def record_calibration(
     actor: Actor,
     equipment_id: str,
@@ -438,6 +442,8 @@ def record_calibration(
             raise ValidationFailed("A passed calibration needs the date the next one is due.", field="due")
         if due < plant_date(calibrated_at):
             raise ValidationFailed("The due date is before the calibration.", field="due")
+        if due > plant_date(calibrated_at) + CALIBRATION_INTERVAL_MAX:
+            raise ValidationFailed("A calibration is due at most ten years after it was made.", field="due")
     eq = _locked_equipment(equipment_id)
     if not eq.active:
         raise Conflict(f"{eq.label} is deactivated; no calibration can be recorded for it.")
