@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +49,7 @@ from mes.equipment.models import (
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.plant_time import plant_date
 from mes.validation import NAME_MAX, SHORT_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
+from mes.verdict import Verdict
 
 S = EquipmentStatus
 
@@ -470,7 +471,7 @@ def record_calibration(
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(Verdict):
     """The answer of a check: ``ok``, or ``reason``, a sentence for the operator.
 
     ``code`` is ``ok`` or why not (``unknown_equipment``, ``unknown_device``, ``inactive``,
@@ -482,21 +483,12 @@ class Check:
     :func:`check_reading` ``details["reading"]`` is the normalised reading for the step record.
     """
 
+    json_fields: ClassVar[tuple[str, ...]] = ("code", "reason", "equipment_id", "details")
+
     code: str
     reason: str = ""
     equipment_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.code == "ok"
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "code": self.code, "reason": self.reason, "equipment_id": self.equipment_id,
-                "details": self.details}
 
 
 def _usable(eq: Equipment) -> Check | None:
