@@ -22,7 +22,7 @@ from mes.errors import AuthenticationFailed, Conflict, Forbidden, ValidationFail
 from mes.execution import operations as ex
 from mes.signatures import operations as esig
 from mes.users import operations as ops
-from mes.users.models import Alarm, User, UserSession
+from mes.users.models import Alarm, User, UserRole, UserSession
 from mes.users.permissions import MATRIX, Permission, allowed
 from mes.web import access_of
 from tests.execution_helpers import run_until
@@ -310,6 +310,20 @@ def test_a11_12_3_granting_changing_and_removing_access_rights_are_audited(app: 
     assert changed["reason"] == "requalified"
     assert (removed["before"], removed["after"], removed["reason"]) == (
         {"active": True}, {"active": False}, "moved to another site")
+    # a role is removed on the record, and from that request on it grants nothing
+    supervisor = logged_in(app.test_client(), seeded, "supervisor")
+    assert supervisor.get("/api/v1/oee/rates?line=LINE-1").status_code != 403
+    ops.grant_role(SEED, "supervisor1", "operator", None, "covers the night shift")
+    r = admin.post("/api/v1/users/supervisor1/roles/supervisor/revoke", {"reason": "moved to the warehouse"})
+    assert r.status_code == 200, r.get_json()
+    assert [x["role"] for x in r.get_json()["user"]["roles"]] == ["operator"]
+    [revoked] = _entries("user.role.revoked", "supervisor1")
+    assert (revoked["actor"]["id"], revoked["before"]["role"], revoked["after"], revoked["reason"]) == (
+        "admin1", "supervisor", {"role": "supervisor", "revoked": True}, "moved to the warehouse")
+    assert supervisor.get("/api/v1/oee/rates?line=LINE-1").status_code == 403
+    assert db.session.get(UserRole, ("supervisor1", "supervisor")).revoked_by == "admin1"  # kept, not deleted
+    r = admin.post("/api/v1/users/supervisor1/roles/operator/revoke", {"reason": "last one"})
+    assert r.status_code == 409  # the last role: the account is deactivated instead
     # an integration's access (a token) is granted and removed on the record too
     r = admin.post("/api/v1/tokens", {"user": "integrator1", "scopes": ["system.monitor"], "description": "prom"})
     token = r.get_json()["token"]["id"]
