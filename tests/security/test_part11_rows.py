@@ -237,6 +237,7 @@ def test_11_200_first_signing_in_a_session_needs_both_components_later_ones_the_
     for uid in ("qa1", "operator1"):
         ops.acknowledge_esig_accountability(uid, None)
     s = _session("qa1", "QA-WS-01")
+    other = _session("qa1", None)  # another live session of the same person, open since before
     with pytest.raises(AuthenticationFailed, match="first signature"):
         _sign(s, esig.Credentials(PASSWORD), "R-1")
     db.session.rollback()
@@ -245,9 +246,8 @@ def test_11_200_first_signing_in_a_session_needs_both_components_later_ones_the_
     with pytest.raises(AuthenticationFailed, match="wrong password"):
         _sign(s, esig.Credentials("Wrong-Passw0rd-1"), "R-2")
     db.session.rollback()
-    other = _session("qa1", None)  # another session of the same person: both again
     with pytest.raises(AuthenticationFailed, match="first signature"):
-        _sign(other, esig.Credentials(PASSWORD), "R-3")
+        _sign(other, esig.Credentials(PASSWORD), "R-3")  # a signature in another session does not count
     db.session.rollback()
     ops.end_session(s, "idle_timeout")  # after timeout or log-out: both again
     again = _session("qa1", "QA-WS-01")
