@@ -137,7 +137,7 @@ def init(admin_id: str, admin_name: str, admin_password: str | None) -> None:
         audit_log().signing_key()
         click.echo(f"audit signing key {app.config['MES_AUDIT_KEY_PATH']}")
         click.echo(f"verifier key {audit_log().vkey()}")
-        has_admin = database.session.execute(select(UserRole).where(UserRole.role == "admin")).first()
+        has_admin = database.session.execute(select(UserRole).where(UserRole.role == "admin", UserRole.revoked_at.is_(None))).first()
         if has_admin:
             click.echo("an admin account exists already; none created")
             return

@@ -322,3 +322,59 @@ def review_and_release(world: World, batch_id: str) -> None:
     review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
     ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
     ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
+
+
+#: a dispensing operation: the booth's equipment check, identify, a multi-container weighing
+#: (``w_raw`` on a 1 g class II scale), optional steps after it, and the output
+DISPENSING_RECIPE = """\
+format: mes.master-recipe/v1
+id: {recipe_id}
+version: 1
+product: {{code: {product}, name: {product_name}}}
+batch_size: {{quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}}
+bill_of_materials:
+  - {{item: {item}, name: Raw material, role: ingredient, quantity: "2.000", unit: kg, tolerance: {{percent: "1.0"}}}}
+procedure:
+  - id: dispensing
+    title: Dispensing
+    operations:
+      - id: disp
+        title: Dispense
+        steps:
+          - {{id: booth, kind: equipment_check, title: Booth, instruction: Scan the booth label.,
+             equipment_class: Dispensing booth, required_states: [clean, not_in_use], claim: true}}
+          - {{id: id_raw, kind: identify, title: Identify, instruction: Scan the container., item: {item}}}
+          - id: w_raw
+            kind: weigh
+            title: Weigh the raw material
+            instruction: {instruction}
+            item: {item}
+            scale: {{readability: "1", unit: g, accuracy_class: II}}
+            multiple_containers: true
+{after_weigh}          - {{id: out, kind: produce_output, title: Output, instruction: Weigh the output., item: {product},
+             quantity: "2.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}}
+"""
+
+
+def dispensing_recipe(recipe_id: str, product: str, product_name: str, item: str, *,
+                      instruction: str = "Weigh the raw material.", after_weigh: str = "") -> str:
+    """The text of :data:`DISPENSING_RECIPE` for these ids (``after_weigh``: YAML lines of the
+    weigh step's further keys and of the steps between it and the output)."""
+    return DISPENSING_RECIPE.format(recipe_id=recipe_id, product=product, product_name=product_name, item=item,
+                                    instruction=instruction, after_weigh=after_weigh)
+
+
+def ready_to_weigh(monkeypatch: Any, recipe: str, name: str, *, stop_before: str = "w_raw",
+                   extra_lots: int = 0) -> tuple[World, str]:
+    """A started batch of ``recipe`` with its steps done up to ``stop_before``."""
+    world = make_world(monkeypatch)
+    rv = effective_recipe(world, recipe, name)
+    stock(world, store.master_of(store.get_version(rv)), extra_lots=extra_lots)
+    batch_id = start(world, rv, "10.000", "kg")
+    run_until(world, batch_id, stop_before=stop_before)
+    return world, batch_id
+
+
+def step_scale(world: World, batch_id: str, step: str = "w_raw") -> str:
+    """The device id of the scale the batch's weigh step ``step`` uses."""
+    return scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step(step)).device_id

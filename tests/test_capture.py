@@ -26,60 +26,30 @@ from mes.materials import operations as mat
 from tests.execution_helpers import (
     World,
     confirmed,
+    dispensing_recipe,
     do_step,
     effective_recipe,
     make_world,
     put_reading,
+    ready_to_weigh,
     run_until,
     scale_for,
     start,
+    step_scale,
     stock,
     weigh,
     weigh_payload,
 )
 from tests.helpers import SEED, logged_in
 
-RECIPE = """\
-format: mes.master-recipe/v1
-id: MR-CAPTURE
-version: 1
-product: {code: FG-CAP, name: Capture product}
-batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
-bill_of_materials:
-  - {item: RM-CAP, name: Raw material, role: ingredient, quantity: "2.000", unit: kg, tolerance: {percent: "1.0"}}
-procedure:
-  - id: dispensing
-    title: Dispensing
-    operations:
-      - id: disp
-        title: Dispense
-        steps:
-          - {id: booth, kind: equipment_check, title: Booth, instruction: Scan the booth label.,
-             equipment_class: Dispensing booth, required_states: [clean, not_in_use], claim: true}
-          - {id: id_raw, kind: identify, title: Identify, instruction: Scan the container., item: RM-CAP}
-          - id: w_raw
-            kind: weigh
-            title: Weigh the raw material
-            instruction: Weigh the raw material.
-            item: RM-CAP
-            scale: {readability: "1", unit: g, accuracy_class: II}
-            multiple_containers: true
-          - {id: out, kind: produce_output, title: Output, instruction: Weigh the output., item: FG-CAP,
-             quantity: "2.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
-"""
+RECIPE = dispensing_recipe("MR-CAPTURE", "FG-CAP", "Capture product", "RM-CAP")
 
 
 def _ready_to_weigh(monkeypatch: pytest.MonkeyPatch) -> tuple[World, str]:
-    world = make_world(monkeypatch)
-    rv = effective_recipe(world, RECIPE, "capture.yaml")
-    stock(world, store.master_of(store.get_version(rv)))
-    batch_id = start(world, rv, "10.000", "kg")
-    run_until(world, batch_id, stop_before="w_raw")
-    return world, batch_id
+    return ready_to_weigh(monkeypatch, RECIPE, "capture.yaml")
 
 
-def _scale(world: World, batch_id: str) -> str:
-    return scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step("w_raw")).device_id
+_scale = step_scale
 
 
 def _snapshot(batch_id: str) -> tuple[int, int, int, int, int]:

@@ -25,64 +25,35 @@ from mes.materials import operations as mat
 from tests.execution_helpers import (
     World,
     confirmed,
+    dispensing_recipe,
     do_step,
     effective_recipe,
     make_world,
     put_reading,
-    run_until,
+    ready_to_weigh,
     scale_for,
     start,
+    step_scale,
     stock,
 )
 from tests.helpers import SEED, logged_in
 
-RECIPE = """\
-format: mes.master-recipe/v1
-id: MR-WEIGH14
-version: 1
-product: {code: FG-W14, name: Weighing product}
-batch_size: {quantity: "10.000", unit: kg, minimum: "1.000", maximum: "20.000"}
-bill_of_materials:
-  - {item: RM-W14, name: Raw material, role: ingredient, quantity: "2.000", unit: kg, tolerance: {percent: "1.0"}}
-procedure:
-  - id: dispensing
-    title: Dispensing
-    operations:
-      - id: disp
-        title: Dispense
-        steps:
-          - {id: booth, kind: equipment_check, title: Booth, instruction: Scan the booth label.,
-             equipment_class: Dispensing booth, required_states: [clean, not_in_use], claim: true}
-          - {id: id_raw, kind: identify, title: Identify, instruction: Scan the container., item: RM-W14}
-          - id: w_raw
-            kind: weigh
-            title: Weigh the raw material
-            instruction: Weigh the raw material into a tared bucket.
-            item: RM-W14
-            scale: {readability: "1", unit: g, accuracy_class: II}
-            multiple_containers: true
+RECIPE = dispensing_recipe("MR-WEIGH14", "FG-W14", "Weighing product", "RM-W14",
+                           instruction="Weigh the raw material into a tared bucket.", after_weigh="""\
             tare_low: "0.100"
             tare_high: "0.400"
           - {id: verify, kind: signature, title: Verify, instruction: Verify the weighing., meaning: verified,
              roles: [operator, supervisor], second_person: true}
-          - {id: out, kind: produce_output, title: Output, instruction: Weigh the output., item: FG-W14,
-             quantity: "2.000", unit: kg, yield_low: "90.0", yield_high: "101.0"}
-"""
+""")
 
 BUCKET = {"source": "scale_tare", "value": "250", "unit": "g"}
 
 
 def _ready(monkeypatch: pytest.MonkeyPatch, stop_before: str = "w_raw", recipe: str = RECIPE) -> tuple[World, str]:
-    world = make_world(monkeypatch)
-    rv = effective_recipe(world, recipe, "weigh14.yaml")
-    stock(world, store.master_of(store.get_version(rv)), extra_lots=1)
-    batch_id = start(world, rv, "10.000", "kg")
-    run_until(world, batch_id, stop_before=stop_before)
-    return world, batch_id
+    return ready_to_weigh(monkeypatch, recipe, "weigh14.yaml", stop_before=stop_before, extra_lots=1)
 
 
-def _device(world: World, batch_id: str, step: str = "w_raw") -> str:
-    return scale_for(world, ex.control_recipe(ex.get_batch(batch_id)).step(step)).device_id
+_device = step_scale
 
 
 def _weigh(world: World, batch_id: str, reading: CapturedReading, container: int = 0, *,

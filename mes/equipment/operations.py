@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +49,7 @@ from mes.equipment.models import (
 from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.plant_time import plant_date
 from mes.validation import NAME_MAX, SHORT_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
+from mes.verdict import Verdict
 
 S = EquipmentStatus
 
@@ -409,6 +410,10 @@ def record_cleaning(
     return rec
 
 
+#: the longest a calibration may stay valid: a due date beyond it (9999-12-31) is a typing error
+CALIBRATION_INTERVAL_MAX = timedelta(days=3653)
+
+
 def record_calibration(
     actor: Actor,
     equipment_id: str,
@@ -438,6 +443,8 @@ def record_calibration(
             raise ValidationFailed("A passed calibration needs the date the next one is due.", field="due")
         if due < plant_date(calibrated_at):
             raise ValidationFailed("The due date is before the calibration.", field="due")
+        if due > plant_date(calibrated_at) + CALIBRATION_INTERVAL_MAX:
+            raise ValidationFailed("A calibration is due at most ten years after it was made.", field="due")
     eq = _locked_equipment(equipment_id)
     if not eq.active:
         raise Conflict(f"{eq.label} is deactivated; no calibration can be recorded for it.")
@@ -464,7 +471,7 @@ def record_calibration(
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(Verdict):
     """The answer of a check: ``ok``, or ``reason``, a sentence for the operator.
 
     ``code`` is ``ok`` or why not (``unknown_equipment``, ``unknown_device``, ``inactive``,
@@ -476,21 +483,12 @@ class Check:
     :func:`check_reading` ``details["reading"]`` is the normalised reading for the step record.
     """
 
+    json_fields: ClassVar[tuple[str, ...]] = ("code", "reason", "equipment_id", "details")
+
     code: str
     reason: str = ""
     equipment_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.code == "ok"
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "code": self.code, "reason": self.reason, "equipment_id": self.equipment_id,
-                "details": self.details}
 
 
 def _usable(eq: Equipment) -> Check | None:

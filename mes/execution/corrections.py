@@ -54,6 +54,7 @@ def correct_value(actor: Actor, batch_id: str, record_id: str, new_value: str, r
     db.session.add(new)
     old.superseded_by = new.id
     old.flags = sorted(set(old.flags or []) | {"corrected"})
+    step.result = {**(step.result or {}), "value": to_text(value), "in_limits": ok}  # the step shows the current value
     step.version += 1
     db.session.flush()
     record(actor, "batch.value.corrected", ("step_record", old.id), batch=batch_id,

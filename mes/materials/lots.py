@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import and_, exists, or_, select
 
@@ -39,6 +39,7 @@ from mes.materials.models import (
 )
 from mes.plant_time import plant_date
 from mes.validation import NAME_MAX, TEXT_MAX, get_or_404, identifier, optional_text, required_text
+from mes.verdict import Verdict
 
 # ----------------------------------------------------------------------------- items
 
@@ -531,7 +532,7 @@ def meet_conditions(actor: Actor, hold_id: str, reason: str) -> Hold:
 
 
 @dataclass(frozen=True)
-class Usability:
+class Usability(Verdict):
     """Whether a lot may be consumed now, and if not the sentence that says why.
 
     ``code`` is one of ``ok``, ``unknown_lot``, ``wrong_item``, ``rejected``, ``quarantine``,
@@ -539,23 +540,14 @@ class Usability:
     may be used under a conditional release: the consuming batch will be flagged.
     """
 
+    json_fields: ClassVar[tuple[str, ...]] = ("code", "reason", "conditional", "hold_id", "ncr_id")
+
     lot_id: str
     code: str
     reason: str
     conditional: bool = False
     hold_id: str | None = None
     ncr_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.code == "ok"
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "code": self.code, "reason": self.reason, "conditional": self.conditional,
-                "hold_id": self.hold_id, "ncr_id": self.ncr_id}
 
 
 def _item_label(item: Item | None, code: str) -> str:

@@ -160,6 +160,19 @@ def opt(value: Decimal | None) -> str | None:
     return to_text(value) if value is not None else None
 
 
+def check_limits(ctx: StepContext, spec: rm.NumericStep | rm.MeterStep, value: Decimal) -> list[str]:
+    """The record's flags for ``value`` against the step's ``low``/``high``: none within them;
+    outside, ``out_of_limits``, and a major ``limits_missed`` deviation is raised with the
+    completion (the value is recorded all the same)."""
+    if spec.in_limits(value):
+        return []
+    ctx.deviate("limits_missed", f"{spec.title}: {to_text(value)} {spec.unit} is outside "
+                f"{limits_text(spec.low, spec.high, spec.unit)}",
+                {"step": spec.id, "value": to_text(value), "unit": spec.unit, "low": opt(spec.low),
+                 "high": opt(spec.high)})
+    return ["out_of_limits"]
+
+
 def at_text(value: datetime | None) -> str | None:
     """A datetime as canonical UTC text (None stays None)."""
     from mes.audit import canonical

@@ -11,7 +11,7 @@ from mes.quantities import UnitError, dimension, to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, MeterStep, Step, StepRef
 from mes.steps.base import Report, StepKind, decimal_or_none, ref
-from mes.steps.context import StepContext, limits_text, opt, places_ok
+from mes.steps.context import StepContext, check_limits, opt, places_ok
 
 
 class Meter(StepKind):
@@ -69,8 +69,8 @@ class Meter(StepKind):
                 ctx.refuse(usable.reason, code=usable.code, lot_id=lot_id, hold_id=usable.hold_id)
             container_id = ctx.payload.get("container_id") or _container_for(lot_id, volume, spec.unit)
             data.update(lot=lot_id, container=container_id, conditional=usable.conditional)
-        ok = spec.in_limits(volume)
-        rec = ctx.record("value", data, volume, spec.unit, [] if ok else ["out_of_limits"])
+        flags = check_limits(ctx, spec, volume)
+        rec = ctx.record("value", data, volume, spec.unit, flags)
         if lot_id is not None:
             actor, batch, wo = ctx.actor, ctx.batch, ctx.batch.work_order_id
 
@@ -80,12 +80,7 @@ class Meter(StepKind):
                 rec.data = {**rec.data, "consumption": used.id}
 
             ctx.effects.append(take)
-        ctx.result = {"volume": to_text(volume), "unit": spec.unit, "lot": lot_id, "in_limits": ok}
-        if not ok:
-            ctx.deviate("limits_missed", f"{spec.title}: {to_text(volume)} {spec.unit} is outside "
-                        f"{limits_text(spec.low, spec.high, spec.unit)}",
-                        {"step": spec.id, "value": to_text(volume), "unit": spec.unit, "low": opt(spec.low),
-                         "high": opt(spec.high)})
+        ctx.result = {"volume": to_text(volume), "unit": spec.unit, "lot": lot_id, "in_limits": not flags}
 
     def kiosk_context(self, spec: Step, page: Any) -> dict[str, Any]:
         """The limits as a phrase."""

@@ -10,7 +10,7 @@ from mes.quantities import to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, NumericStep, Step, StepRef
 from mes.steps.base import KioskPage, Report, StepKind, decimal_or_none, ref
-from mes.steps.context import StepContext, limits_text, opt, places_ok
+from mes.steps.context import StepContext, check_limits, opt, places_ok
 
 
 class Numeric(StepKind):
@@ -38,15 +38,10 @@ class Numeric(StepKind):
         """``value`` (decimal string, at most ``precision`` decimals); out of limits: flagged, deviation."""
         spec: NumericStep = ctx.spec  # type: ignore[assignment]
         value = places_ok(ctx.decimal(ctx.payload.get("value"), "value", signed=True), spec.precision, "value")
-        ok = spec.in_limits(value)
+        flags = check_limits(ctx, spec, value)
         ctx.record("value", {"low": opt(spec.low), "high": opt(spec.high), "target": opt(spec.target)}, value, spec.unit,
-                   [] if ok else ["out_of_limits"])
-        ctx.result = {"value": to_text(value), "unit": spec.unit, "in_limits": ok}
-        if not ok:
-            ctx.deviate("limits_missed", f"{spec.title}: {to_text(value)} {spec.unit} is outside "
-                        f"{limits_text(spec.low, spec.high, spec.unit)}",
-                        {"step": spec.id, "value": to_text(value), "unit": spec.unit, "low": opt(spec.low),
-                         "high": opt(spec.high)})
+                   flags)
+        ctx.result = {"value": to_text(value), "unit": spec.unit, "in_limits": not flags}
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """The limits as a phrase."""

@@ -31,7 +31,7 @@ def _user_json(user: User) -> dict[str, Any]:
         "id": user.id, "full_name": user.full_name, "language": user.language, "active": user.active,
         "locked": user.locked, "badge_id": user.badge_id,
         "roles": [{"role": r.role, "qualified_until": r.qualified_until.isoformat() if r.qualified_until else None}
-                  for r in user.roles],
+                  for r in user.roles if r.revoked_at is None],
         "password_changed_at": user.password_changed_at.isoformat() if user.password_changed_at else None,
         "esig_acknowledged": user.esig_acknowledged_at is not None,
         "created_at": user.created_at.isoformat(),
@@ -203,6 +203,14 @@ def users_grant_role(user_id: str) -> Response:
     b = g.body
     ops.grant_role(principal().actor(P.USERS_ADMIN), user_id, b["role"], parse_utc(b.get("qualified_until"), "qualified_until"),
                    b["reason"])
+    return jsonify({"user": _user_json(ops.get_user(user_id))})
+
+
+@bp.post(f"{API}/users/<user_id>/roles/<role>/revoke")
+@endpoint(P.USERS_ADMIN, schema=obj({"reason": STR}, ("reason",)), tags=("users",))
+def users_revoke_role(user_id: str, role: str) -> Response:
+    """Remove a role from a user (audited; the grant is kept, marked revoked)."""
+    ops.revoke_role(principal().actor(P.USERS_ADMIN), user_id, role, g.body["reason"])
     return jsonify({"user": _user_json(ops.get_user(user_id))})
 
 

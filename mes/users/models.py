@@ -60,14 +60,17 @@ class User(db.Model):
     )
 
     def role_names(self) -> set[str]:
-        return {r.role for r in self.roles}
+        """The roles the user holds now (revoked ones grant nothing)."""
+        return {r.role for r in self.roles if r.revoked_at is None}
 
     def qualification(self, role: str) -> UserRole | None:
-        return next((r for r in self.roles if r.role == role), None)
+        """The user's grant of ``role``, None if never granted or revoked."""
+        return next((r for r in self.roles if r.role == role and r.revoked_at is None), None)
 
 
 class UserRole(db.Model):
-    """A role granted to a user, with the date the user's qualification for it lapses."""
+    """A role granted to a user, with the date the user's qualification for it lapses (and,
+    once removed, when and by whom it was revoked)."""
 
     __tablename__ = "user_roles"
 
@@ -76,6 +79,9 @@ class UserRole(db.Model):
     qualified_until: Mapped[datetime | None]
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
     granted_by: Mapped[str] = mapped_column(String(64))
+    #: set when an administrator removed the role (the row stays: access changes are records)
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship(back_populates="roles")
 

@@ -153,19 +153,44 @@ def grant_role(actor: Actor, user_id: str, role: str, qualified_until: datetime 
         check_role_combination(user.role_names() | {role})
     except ValueError as exc:
         raise ValidationFailed(str(exc).capitalize() + ".", field="role") from None
-    current = user.qualification(role)
+    current = next((r for r in user.roles if r.role == role), None)  # a revoked grant is granted again
     before = None
     if current is None:
         db.session.add(UserRole(user=user, role=role, qualified_until=qualified_until, granted_by=actor.id))
     else:
         before = {"role": role, "qualified_until": current.qualified_until.isoformat() if current.qualified_until else None}
+        if current.revoked_at is not None:
+            before["revoked_at"] = current.revoked_at.isoformat()
         current.qualified_until = qualified_until
         current.granted_by = actor.id
         current.granted_at = utcnow()
+        current.revoked_at = None
+        current.revoked_by = None
     record(
         actor, "user.role.granted", ("user", user_id), before=before, reason=reason,
         after={"role": role, "qualified_until": qualified_until.isoformat() if qualified_until else None},
     )
+    db.session.commit()
+
+
+def revoke_role(actor: Actor, user_id: str, role: str, reason: str) -> None:
+    """Remove a role from a user (Annex 11 §12.3: removing access rights is itself audited). The
+    grant is marked revoked, never deleted; it takes effect on the user's next request. The last
+    role is not removed (deactivate the account instead), nor an administrator's own."""
+    reason = required_text(reason, "A reason to remove a role", "reason")
+    user = get_user(user_id)
+    current = user.qualification(role)
+    if current is None:
+        raise Conflict(f"{user_id} does not hold the role {role!r}.")
+    if actor.id == user_id:
+        raise Conflict("You cannot remove your own role; another administrator does.")
+    if user.role_names() == {role}:
+        raise Conflict(f"{role} is the last role of {user_id}; deactivate the account instead.")
+    before = {"role": role, "qualified_until": current.qualified_until.isoformat() if current.qualified_until else None}
+    current.revoked_at = utcnow()
+    current.revoked_by = actor.id
+    record(actor, "user.role.revoked", ("user", user_id), before=before, after={"role": role, "revoked": True},
+           reason=reason)
     db.session.commit()
 
 
@@ -484,7 +509,7 @@ class LiveSession:
 _LIVE_SESSION_SQL = (
     "SELECT s.id, s.user_id, s.terminal_id, s.ended_at, u.full_name, u.active, u.locked, r.role, "
     "t.kind, t.active, t.key_hash, s.started_at FROM user_sessions s JOIN users u ON u.id = s.user_id "
-    "LEFT JOIN user_roles r ON r.user_id = u.id LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
+    "LEFT JOIN user_roles r ON r.user_id = u.id AND r.revoked_at IS NULL LEFT JOIN terminals t ON t.id = s.terminal_id WHERE s.id = ?")
 
 
 #: The same rows for the user session named in a browser session's data (PostgreSQL), so the

@@ -9,7 +9,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from mes.audit.models import AuditEntry
-from mes.db import db
+from mes.db import db, utcnow
 from mes.errors import ValidationFailed
 from mes.users import operations as ops
 from mes.validation import BODY_STRING_MAX, required_text
@@ -97,3 +97,30 @@ def test_absurd_numbers_and_dates_are_refused_not_500(app: Flask) -> None:
     for when in ("9999-12-31T00:00:00Z", "0001-01-01T00:00:00+05:00"):
         r = admin.post("/api/v1/users/qa1/roles", {"role": "qa", "qualified_until": when, "reason": "r"})
         assert r.status_code == 422, when
+
+
+def test_a_calibration_cannot_be_due_in_9999(app: Flask) -> None:
+    """Absurd dates are refused by the domain rule, whichever way they come in (issue 18)."""
+    from datetime import date, timedelta
+
+    from mes.audit.log import Actor
+    from mes.equipment import operations as eq
+    from mes.plant_time import plant_date
+
+    seeded = seed()
+    sup = Actor("supervisor1", "Supervisor One", "supervisor", "QA-WS-01")
+    eq.register_equipment(sup, "BL-P11", "vessel", "blender", "Blender", location="Room 2.14", line="LINE-1")
+    today = plant_date(utcnow())
+    for due in (date(9999, 12, 31), date(2199, 1, 1), today + timedelta(days=3654)):
+        with pytest.raises(ValidationFailed, match="at most ten years") as refused:
+            eq.record_calibration(sup, "BL-P11", "pass", "CAL-1", due=due)
+        assert refused.value.extra.get("field") == "due"
+        db.session.rollback()
+    assert not eq.calibrations("BL-P11")
+    qa = logged_in(app.test_client(), seeded, "qa")
+    for due in ("9999-12-31", (today + timedelta(days=3654)).isoformat()):
+        r = qa.post("/api/v1/equipment/BL-P11/calibrations", {"result": "pass", "certificate": "CAL-1", "due": due})
+        assert r.status_code == 422 and r.mimetype == "application/problem+json", (due, r.get_json())
+    r = qa.post("/api/v1/equipment/BL-P11/calibrations", {"result": "pass", "certificate": "CAL-1",
+                                                          "due": (today + timedelta(days=365)).isoformat()})
+    assert r.status_code == 201, r.get_json()

@@ -61,15 +61,19 @@ def test_a_token_of_a_production_account_is_refused_even_if_stored(app: Flask) -
 
 def test_a_terminal_header_never_overrides_a_tokens_identity(app: Flask) -> None:
     seeded = seed()
-    token, secret = ops.issue_token(SEED, "integrator1", ["work_order.manage"], "erp")
+    token, secret = ops.issue_token(SEED, "integrator1", ["work_order.manage", "integration.endpoints"], "erp")
     headers = {"Authorization": f"Bearer {secret}", **terminal_header(seeded.kiosk)}
     r = app.test_client().post("/api/v1/work-orders", json={"item": "FG-1", "quantity": "1", "unit": "kg",
                                                              "recipe_version_id": "none@1"}, headers=headers)
     assert r.status_code != 500
+    # an action that succeeds, so the token's entry exists to be checked
+    r = app.test_client().post("/api/v1/integration/endpoints", json={"id": "erp", "url": "http://127.0.0.1:9/hook"},
+                               headers=headers)
+    assert r.status_code == 201, r.get_json()
     # every entry the token caused names the token, never the kiosk
     rows = [json.loads(e.entry_bytes) for e in db.session.execute(select(AuditEntry)).scalars()]
     by_token = [e for e in rows if e["actor"]["id"] == "integrator1"]
-    assert all(e["terminal"] == f"api:{token.id}" for e in by_token)
+    assert by_token and all(e["terminal"] == f"api:{token.id}" for e in by_token)
     assert not any(e["terminal"] == "KIOSK-01" and e["actor"]["id"] == "integrator1" for e in rows)
 
 
