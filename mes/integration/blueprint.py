@@ -105,3 +105,4 @@ def pull_events() -> Response:
     bodies = ops.pull(request.args.get("after") or None, request.args.get("type") or None,
                       request.args.get("subject") or None, limit)
     return Response(b"[" + b",".join(bodies) + b"]", mimetype="application/cloudevents-batch+json")
+from mes.integration import inbound_views as _inbound_views  # noqa: E402,F401  (adds the inbound routes to bp)
