@@ -24,16 +24,16 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from standardwebhooks.webhooks import Webhook
 
 from mes.audit.log import Actor, record
-from mes.db import db, utcnow
+from mes.db import as_utc, db, utcnow
 from mes.errors import AuthenticationFailed, Conflict, MESError, NotFound, ValidationFailed
 from mes.integration.endpoints import ROTATION_OVERLAP, fingerprint, new_secret
 from mes.integration.inbound_models import IdempotencyRecord, IdempotencyState, InboundPeer, PeerState
@@ -213,34 +213,48 @@ def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _answer_of(rec: IdempotencyRecord) -> Answer:
+def _answer_of(rec: Any) -> Answer:
     return Answer(rec.status or 200, bytes(rec.response or b""), rec.content_type or "application/json", True)
 
 
-def claim(peer_id: str, key: str, body: bytes, event_id: str, event_type: str = "") -> IdempotencyRecord | Answer:
-    """Start a command under ``key``: the new (committed) running record, or the stored first
+def _read(peer_id: str, key: str) -> Any:
+    """The idempotency row (Core: it is bookkeeping like the relay's deliveries, not a record)."""
+    return db.session.execute(select(IdempotencyRecord.__table__).where(
+        IdempotencyRecord.peer_id == peer_id, IdempotencyRecord.key == key)).first()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A running command's idempotency row: who sent it under which key."""
+
+    peer_id: str
+    key: str
+
+
+def claim(peer_id: str, key: str, body: bytes, event_id: str, event_type: str = "") -> Claim | Answer:
+    """Start a command under ``key``: the new (committed) running claim, or the stored first
     answer; :class:`KeyReused` (422) for another body, :class:`StillRunning` (409) while it runs."""
     digest, now = _digest(body), utcnow()
-    rec = db.session.get(IdempotencyRecord, (peer_id, key), populate_existing=True)
+    rec = _read(peer_id, key)
     if rec is None:
-        rec = IdempotencyRecord(peer_id=peer_id, key=key, body_sha256=digest, event_id=event_id[:255],
-                                event_type=event_type[:100], state=IdempotencyState.RUNNING.value,
-                                running_until=now + LEASE, created_at=now)
-        db.session.add(rec)
         try:
+            db.session.execute(insert(IdempotencyRecord).values(
+                peer_id=peer_id, key=key, body_sha256=digest, event_id=event_id[:255], event_type=event_type[:100],
+                state=IdempotencyState.RUNNING.value, running_until=now + LEASE, created_at=now))
             db.session.commit()
-            return rec
+            return Claim(peer_id, key)
         except IntegrityError:  # the same key at the same moment: the other request runs it
             db.session.rollback()
-            rec = db.session.get(IdempotencyRecord, (peer_id, key), populate_existing=True)
+            rec = _read(peer_id, key)
             if rec is None:
                 raise StillRunning("A request with this Idempotency-Key is starting; try again shortly.") from None
+    db.session.rollback()  # end the read (SQLite holds its write lock for a transaction)
     if rec.body_sha256 != digest:
         raise KeyReused("This Idempotency-Key was first used with a different body; use a new key for a new "
                         "command.", first_event_id=rec.event_id)
     if rec.state == IdempotencyState.DONE.value:
         return _answer_of(rec)
-    if rec.running_until is not None and rec.running_until > now:
+    if rec.running_until is not None and as_utc(rec.running_until) > now:
         raise StillRunning("The first request with this Idempotency-Key is still being carried out; ask again "
                            "shortly for its answer.", retry_after=1)
     # the first request's worker died mid-way (its lease ran out): this request takes it over
@@ -251,7 +265,7 @@ def claim(peer_id: str, key: str, body: bytes, event_id: str, event_type: str = 
     db.session.commit()
     if not taken:
         raise StillRunning("Another request took this Idempotency-Key over at the same moment.", retry_after=1)
-    return db.session.get(IdempotencyRecord, (peer_id, key), populate_existing=True)
+    return Claim(peer_id, key)
 
 
 @dataclass
@@ -259,44 +273,45 @@ class Command:
     """One verified command being carried out: the handlers' context."""
 
     peer: InboundPeer
-    record: IdempotencyRecord
+    claim: Claim
     event: dict[str, Any]
     actor: Actor
     staged: Answer | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def data(self) -> dict[str, Any]:
         return self.event["data"]
 
     def answer(self, result: dict[str, Any], status: int = 200) -> None:
-        """Stage the success answer into the idempotency record, in the session: the service
+        """Stage the success answer into the idempotency row, in this transaction: the service
         call that follows commits it together with its change (or rolls both back)."""
         body = json.dumps({"id": self.event["id"], "type": self.event["type"], "status": "applied",
                            "result": result}, sort_keys=True, default=str).encode()
         self.staged = Answer(status, body)
-        _finish(self.record, self.staged)
+        _finish(self.claim, self.staged)
 
 
-def _finish(rec: IdempotencyRecord, answer: Answer) -> None:
-    rec.state, rec.status, rec.content_type = IdempotencyState.DONE.value, answer.status, answer.content_type
-    rec.response, rec.completed_at, rec.running_until = answer.body, utcnow(), None
+def _finish(c: Claim, answer: Answer) -> int:
+    """Write the answer into the running row (Core UPDATE, in the current transaction)."""
+    return db.session.execute(update(IdempotencyRecord).where(
+        IdempotencyRecord.peer_id == c.peer_id, IdempotencyRecord.key == c.key,
+        IdempotencyRecord.state == IdempotencyState.RUNNING.value).values(
+        state=IdempotencyState.DONE.value, status=answer.status, content_type=answer.content_type,
+        response=answer.body, completed_at=utcnow(), running_until=None)).rowcount
 
 
-def _store_refusal(peer_id: str, key: str, answer: Answer) -> None:
+def _store_refusal(c: Claim, answer: Answer) -> None:
     """Keep a refusal as the key's first answer (its own transaction: the change rolled back)."""
     db.session.rollback()
-    rec = db.session.get(IdempotencyRecord, (peer_id, key), populate_existing=True)
-    if rec is not None and rec.state == IdempotencyState.RUNNING.value:
-        _finish(rec, answer)
-        db.session.commit()
+    _finish(c, answer)
+    db.session.commit()
 
 
-def _release_lease(peer_id: str, key: str) -> None:
+def _release_lease(c: Claim) -> None:
     """An unexpected failure: let the next retry with this key run the command again."""
     db.session.rollback()
     db.session.execute(update(IdempotencyRecord).where(
-        IdempotencyRecord.peer_id == peer_id, IdempotencyRecord.key == key,
+        IdempotencyRecord.peer_id == c.peer_id, IdempotencyRecord.key == c.key,
         IdempotencyRecord.state == IdempotencyState.RUNNING.value).values(running_until=utcnow()))
     db.session.commit()
 
@@ -327,16 +342,16 @@ def receive(headers: Mapping[str, str], body: bytes) -> Answer:
             raise ValidationFailed("The CloudEvent id must equal the webhook-id header.", field="id")
         command = Command(peer, claimed, event, system_actor(peer_id))
         dispatch(command)
-        if command.staged is None:  # a handler that changed nothing stages its answer itself
+        if command.staged is None:
             raise RuntimeError(f"handler for {event['type']} gave no answer")
         db.session.commit()  # the staged answer (its service call committed it already, usually)
         return command.staged
     except MESError as exc:
         answer = problem_answer(exc)
-        _store_refusal(peer_id, key, answer)
+        _store_refusal(claimed, answer)
         return answer
     except Exception:
-        _release_lease(peer_id, key)
+        _release_lease(claimed)
         raise
 
 

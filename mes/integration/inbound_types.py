@@ -58,7 +58,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                "quantity": _obj({"value": {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"},
                                                  "uom": {"type": "string", "minLength": 1, "maxLength": 8}},
                                                 ("value", "uom")),
-                               "bom_version": _ID, "due_date": {"type": ["string", "null"], "maxLength": 10},
+                               "bom_version": {"type": "string", "minLength": 1, "maxLength": 100},
+                               "due_date": {"type": ["string", "null"], "maxLength": 10},
                                "line": {"type": ["string", "null"], "maxLength": 64}},
                               ("work_order_id", "item", "quantity", "bom_version")),
 }
