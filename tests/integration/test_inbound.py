@@ -85,10 +85,15 @@ def test_inbound_secret_is_shown_once_and_rotation_keeps_the_old_one_for_the_ove
     r = _send(client, new, "erp.work_order.released.v1", {"work_order_id": "WO-1", "item": "X",
                                                           "quantity": {"value": "1", "uom": "kg"}, "bom_version": "R"})
     assert r.status_code == 403 and r.mimetype == "application/problem+json"  # not a type this peer may send
+    newest = admin.post("/api/v1/integration/peers/qms/rotate", {"overlap_hours": 0}).get_json()["secret"]
+    assert _send(client, new, HOLD, _hold(lot, "H-4")).status_code == 401  # no overlap: the previous one is done
+    assert _send(client, old, HOLD, _hold(lot, "H-5")).status_code == 401
+    assert _send(client, newest, HOLD, _hold(lot, "H-6")).status_code == 200
     assert admin.post("/api/v1/integration/peers/qms/disable", {"reason": "QMS retired"}).status_code == 200
-    assert _send(client, new, HOLD, _hold(lot, "H-3")).status_code == 401
+    assert _send(client, newest, HOLD, _hold(lot, "H-3")).status_code == 401
     actions = [e["action"] for e in _audit("qms")]
-    assert actions == ["integration.peer.added", "integration.peer.secret_rotated", "integration.peer.disabled"]
+    assert actions == ["integration.peer.added", "integration.peer.secret_rotated", "integration.peer.secret_rotated",
+                       "integration.peer.disabled"]
     assert not any(old in json.dumps(e) or new in json.dumps(e) for e in _audit("qms"))
 
 
@@ -331,9 +336,14 @@ def test_a_running_batch_is_stopped_at_its_next_consumption_never_undone(app: Fl
               {"hold_id": "H-QMS-1", "disposition": "conditional_release",
                "conditions": "Extra identity test per batch", "approved_by": "qa.lead@qms"})
     assert r.status_code == 200
-    c = mat.consume(world.actor("operator"), held_lot, container, "0.001", "kg", batch_id, item_code=first.item)
-    assert c.conditional
     from mes.execution.release import release_blockers
 
+    # the batch consumed the lot before the hold: the conditional release marks it all the same
+    assert mat.open_conditional_lots(batch_id) == [held_lot]
     assert any(held_lot in p and "open conditions" in p for p in release_blockers(batch_id))
+    c = mat.consume(world.actor("operator"), held_lot, container, "0.001", "kg", batch_id, item_code=first.item)
+    assert c.conditional  # and it may go on consuming it, flagged
+    assert mat.open_conditional_lots(batch_id) == [held_lot]
+    mat.meet_conditions(Actor("qa1", "QA One", "qa", "QA-WS-01"), "H-QMS-1", "Identity test passed")
+    assert mat.open_conditional_lots(batch_id) == []
     db.session.rollback()
