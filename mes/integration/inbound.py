@@ -47,7 +47,7 @@ LEASE = timedelta(seconds=60)
 """How long a command may run before a retry with its key may take it over (a crashed worker)."""
 KEY_MAX = 255
 PROBLEM_TYPE = "application/problem+json"
-_KEY_RE = re.compile(r'^"?([\x21\x23-\x7e]{1,255})"?$')
+_KEY_RE = re.compile(r'^(?:"([\x21\x23-\x7e]{1,255})"|([\x21\x23-\x7e]{1,255}))$')
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _TS_RE = re.compile(r"^[0-9]{1,12}$")
 _SIG_RE = re.compile(r"^v1[a-z]?,[A-Za-z0-9+/=]{1,200}( v1[a-z]?,[A-Za-z0-9+/=]{1,200}){0,7}$")
@@ -179,7 +179,7 @@ def idempotency_key(headers: Mapping[str, str]) -> str:
     if match is None:
         raise MissingIdempotencyKey("Send an Idempotency-Key header (a quoted string such as a UUID, at most "
                                     f"{KEY_MAX} visible ASCII characters) with every command.")
-    return match.group(1)
+    return match.group(1) or match.group(2)
 
 
 def authenticate(headers: Mapping[str, str], body: bytes) -> InboundPeer:

@@ -161,7 +161,7 @@ def _hold_released(c: Command) -> None:
 
     d = c.data
     hold = lots.get_hold(d["hold_id"])
-    reason = d.get("reason") or f"QMS disposition {d['disposition'].replace('_', ' ')} approved by {d['approved_by']}"
+    reason = d.get("reason") or f"QMS disposition {d['disposition'].replace('_', ' ')}"
     c.answer({"hold_id": hold.id, "lot_id": hold.lot_id, "disposition": d["disposition"],
               "approved_by": d["approved_by"],
               "effect": {"release": "the lot is usable again (if nothing else stops it)",

@@ -199,3 +199,61 @@ def test_master_data_pull_applies_new_items_and_work_orders_once(app: Flask, mon
     assert second.unchanged == ["items", "boms", "work_orders"] and not second.created
     assert adapter.requests[-1][1].get("If-None-Match") and adapter.requests[-1][1].get("If-Modified-Since")
     db.session.rollback()
+
+
+def test_the_same_key_while_the_first_request_runs_gets_409_then_the_first_answer(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deliveries of one command at once over HTTP: the second is told to wait (409 with
+    Retry-After), a later one gets the first answer; the hold is placed once."""
+    import json
+    import threading
+    import uuid
+
+    import requests
+
+    from mes.integration import inbound_types
+    from mes.integration.sims import command_event, signed_headers
+
+    seed(("admin",))
+    lot = _lot("L-RACE-1")
+    _, secret = inbound.add_peer(ADMIN, "qms")
+    db.session.remove()
+    entered, gate = threading.Event(), threading.Event()
+    original = inbound_types.HANDLERS["qms.lot.hold_placed.v1"]
+
+    def slow(command: Any) -> None:
+        db.session.rollback()  # end the read before waiting (SQLite: a transaction holds the write lock)
+        entered.set()
+        gate.wait(20)
+        original(command)
+
+    monkeypatch.setitem(inbound_types.HANDLERS, "qms.lot.hold_placed.v1", slow)
+    event = command_event("qms.lot.hold_placed.v1", {"lot_id": lot, "hold_id": "H-RACE-1", "scope": "all",
+                                                     "reason": "Recall of supplier batch"}, "urn:qms:sim")
+    body, key = json.dumps(event).encode(), str(uuid.uuid4())
+    live = LiveServer(app)
+    try:
+        url = f"{live.base}/integration/v1/inbound"
+
+        def post() -> requests.Response:
+            return requests.post(url, data=body, headers=signed_headers(secret, event["id"], body, key), timeout=30)
+
+        first: list[requests.Response] = []
+        worker = threading.Thread(target=lambda: first.append(post()))
+        worker.start()
+        assert entered.wait(20)
+        second = post()
+        assert second.status_code == 409 and second.headers["Retry-After"] == "1"
+        assert second.headers["Content-Type"].startswith("application/problem+json")
+        gate.set()
+        worker.join(30)
+        assert first and first[0].status_code == 200, first[0].text if first else None
+        third = post()
+        assert third.status_code == 200 and third.content == first[0].content
+        assert third.headers["Idempotent-Replayed"] == "true"
+    finally:
+        gate.set()
+        live.stop()
+    with app.app_context():
+        assert [h.id for h in mat.holds_of(lot)] == ["H-RACE-1"]
+        db.session.remove()
