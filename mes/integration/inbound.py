@@ -47,6 +47,7 @@ LEASE = timedelta(seconds=60)
 """How long a command may run before a retry with its key may take it over (a crashed worker)."""
 KEY_MAX = 255
 PROBLEM_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://open-mes.dev/problems/"  # as mes.web's (a test holds them equal; no web import here)
 _KEY_RE = re.compile(r'^(?:"([\x21\x23-\x7e]{1,255})"|([\x21\x23-\x7e]{1,255}))$')
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _TS_RE = re.compile(r"^[0-9]{1,12}$")
@@ -81,8 +82,6 @@ class Answer:
 
 def problem_answer(exc: MESError, instance: str = "/integration/v1/inbound") -> Answer:
     """An RFC 9457 problem for ``exc`` (the same members as :func:`mes.web.problem`)."""
-    from mes.web import PROBLEM_BASE
-
     body = {"type": PROBLEM_BASE + exc.slug, "title": exc.title, "status": exc.status, "detail": exc.detail,
             "instance": instance, **{k: v for k, v in exc.extra.items() if v is not None}}
     return Answer(exc.status, json.dumps(body, sort_keys=True, default=str).encode(), PROBLEM_TYPE)

@@ -24,6 +24,7 @@ from mes.integration import inbound
 from mes.integration.inbound_models import IdempotencyRecord
 from mes.integration.sims import command_event, signed_headers
 from mes.materials import operations as mat
+from mes.web import PROBLEM_BASE
 from tests.helpers import SEED, logged_in, release_lot_as_qa, seed
 
 URL = "/integration/v1/inbound"
@@ -119,6 +120,7 @@ def test_tampered_stale_and_malformed_deliveries_get_401_never_500(client: Flask
         r = client.post(URL, data=body, headers=headers)
         assert r.status_code == 401, (name, r.status_code, r.get_data(as_text=True))
         assert r.mimetype == "application/problem+json" and r.get_json()["status"] == 401, name
+        assert r.get_json()["type"] == PROBLEM_BASE + "webhook-signature-invalid", name  # the API's problem types
     assert mat.check_usable(lot).ok  # nothing of it was carried out
     assert db.session.execute(select(func.count()).select_from(IdempotencyRecord)).scalar() == 0
     db.session.rollback()
