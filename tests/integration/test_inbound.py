@@ -349,3 +349,40 @@ def test_a_running_batch_is_stopped_at_its_next_consumption_never_undone(app: Fl
     mat.meet_conditions(Actor("qa1", "QA One", "qa", "QA-WS-01"), "H-QMS-1", "Identity test passed")
     assert mat.open_conditional_lots(batch_id) == []
     db.session.rollback()
+
+
+def test_peer_cli_add_list_rotate_disable(app: Flask, database_url: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import PASSWORD
+
+    seeded = seed()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MES_") or k.startswith("MES_ARGON2_") or k == "MES_AUDIT_TAG_KEY_PATH"}
+    env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
+                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
+                "MES_CLI_PASSWORD": PASSWORD})
+    db.session.remove()  # let the commands write (SQLite)
+
+    def mes(*args: str) -> Any:
+        return subprocess.run([sys.executable, "-c", "from mes.cli import main; main()", *args], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+
+    admin = seeded.users["admin"]
+    r = mes("peer", "add", "qms", "--type", HOLD, "--type", "qms.lot.hold_released.v1", "--as", admin)
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.strip().split()[-1]
+    assert secret.startswith("whsec_") and "shown once" in r.stdout
+    r = mes("peer", "list")
+    assert r.returncode == 0 and "qms" in r.stdout and secret not in r.stdout and HOLD in r.stdout
+    r = mes("peer", "rotate", "qms", "--overlap-hours", "0", "--as", admin)
+    assert r.returncode == 0 and r.stdout.strip().split()[-1] not in (secret, "")
+    r = mes("peer", "disable", "qms", "--reason", "QMS migration", "--as", admin)
+    assert r.returncode == 0 and "disabled qms" in r.stdout
+    r = mes("peer", "add", "erp", "--type", "no.such.type", "--as", admin)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    r = mes("peer", "add", "erp", "--as", seeded.users["operator"])
+    assert r.returncode == 1 and "may not" in r.stderr
