@@ -208,6 +208,15 @@ def authenticate(headers: Mapping[str, str], body: bytes) -> InboundPeer:
     raise BadSignature("The webhook signature does not verify with any inbound secret the MES issued.")
 
 
+def _type_of(body: bytes) -> str:
+    """The command's type, for the idempotency row (the body is checked properly later)."""
+    try:
+        value = json.loads(body).get("type")
+    except Exception:  # noqa: BLE001 - not JSON, too deep, not an object: parse_event says why
+        return ""
+    return value if isinstance(value, str) else ""
+
+
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -329,7 +338,7 @@ def receive(headers: Mapping[str, str], body: bytes) -> Answer:
         return problem_answer(exc)
     peer_id, event_id = peer.id, str(headers.get("webhook-id"))
     try:
-        claimed = claim(peer_id, key, body, event_id)
+        claimed = claim(peer_id, key, body, event_id, _type_of(body))
     except MESError as exc:
         db.session.rollback()
         return problem_answer(exc)

@@ -194,7 +194,7 @@ def test_the_answer_and_the_change_commit_together(client: FlaskClient, monkeypa
     r = _send(client, secret, HOLD, _hold(lot), key="b")
     assert r.status_code == 409 and "exists already" in r.get_json()["detail"]
     rec = db.session.get(IdempotencyRecord, ("qms", "b"))
-    assert rec is not None and rec.status == 409 and rec.state == "done"
+    assert rec is not None and rec.status == 409 and rec.state == "done" and rec.event_type == HOLD
     db.session.rollback()
 
 
