@@ -438,6 +438,7 @@ def settings_table() -> str:
 from mes.audit import cli as _audit_cli  # noqa: E402,F401  (registers `mes audit`, `mes backup`, `mes restore`)
 from mes.execution.cli import register_cli as _register_execution_cli  # noqa: E402
 from mes.integration import cli as _integration_cli  # noqa: E402,F401  (registers `mes relay`, `mes endpoint`)
+from mes.integration import inbound_cli as _inbound_cli  # noqa: E402,F401  (registers `mes peer`, `mes masterdata`, `mes sim erp|qms`)
 from mes.materials.cli import register_cli as _register_materials_cli  # noqa: E402
 from mes.witness import cli as _witness_cli  # noqa: E402,F401  (registers `mes witness`)
 

@@ -335,9 +335,14 @@ def endpoint(
     tags: tuple[str, ...] = (),
     query: dict[str, dict[str, Any]] | None = None,
     media_type: str = "application/json",
+    csrf: bool = True,
 ) -> Callable[[F], F]:
     """Declare and enforce a view's access. ``public`` must say why no login is needed;
-    ``query`` declares the query parameters the view reads, for the OpenAPI description."""
+    ``query`` declares the query parameters the view reads, for the OpenAPI description.
+    ``csrf=False`` only for a public view that authenticates each request by its own
+    signature and never by a cookie (the inbound webhook)."""
+    if not csrf and public is None:
+        raise ValueError("only a public, signature-checked view may skip the CSRF check")
     if (permission is None) == (public is None):
         raise ValueError("an endpoint needs exactly one of permission= or public=")
 
@@ -356,7 +361,7 @@ def endpoint(
                     raise Forbidden(f"Your role may not do this ({access.permission.value}).")
                 if who.token is not None and access.permission.value not in who.token.scopes:
                     raise Forbidden(f"The API token lacks the scope {access.permission.value}.")
-            elif request.method in UNSAFE_METHODS and not request.headers.get("Authorization"):
+            elif csrf and request.method in UNSAFE_METHODS and not request.headers.get("Authorization"):
                 _check_csrf()
             if access.terminal_required and current_terminal_id() is None:
                 raise TerminalRequired("This action must come from a registered, active terminal.")

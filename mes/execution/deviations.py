@@ -140,6 +140,18 @@ def disposition_deviation(session_row: UserSession, credentials: esig.Credential
     if "qa" not in user.role_names():
         raise Forbidden("Only QA dispositions deviations.")
     actor = actor_for(user, "qa", terminal)
+    rows, step = _check_disposition(batch, dev, disposition)
+    dev.disposition, dev.disposition_reason, dev.qms_ref = disposition, reason, qms_ref
+    db.session.flush()
+    esig.sign(session_row, credentials, "deviation", dev.id, "approved", role="qa", terminal=terminal,
+              batch=batch.id, permission=Permission.DEVIATION_DISPOSE, comment=reason, commit=False)
+    _close(actor, batch, dev, rows, step, disposition, reason, qms_ref, user.id)
+    db.session.commit()
+    return dev
+
+
+def _check_disposition(batch: Batch, dev: Deviation, disposition: str) -> tuple[list[BatchStep], BatchStep | None]:
+    """The batch's steps and the deviation's step, if the disposition may be carried out now."""
     rows = steps_of(batch.id)
     step = next((r for r in rows if r.id == dev.batch_step_id), None)
     if disposition == Disposition.REPEAT_STEP.value:
@@ -150,14 +162,18 @@ def disposition_deviation(session_row: UserSession, credentials: esig.Credential
             raise Conflict(f"Step {step.step_id} cannot be repeated: later steps are done ({', '.join(later[:5])}).")
         if batch.status != BatchStatus.IN_PROGRESS.value:
             raise Conflict(f"Batch {batch.id} is {batch.status}; steps cannot be repeated.")
+    return rows, step
+
+
+def _close(actor: Actor, batch: Batch, dev: Deviation, rows: list[BatchStep], step: BatchStep | None,
+           disposition: str, reason: str, qms_ref: str | None, closed_by: str,
+           extra: dict[str, Any] | None = None) -> None:
+    """Close the deviation with its disposition and carry the disposition out (the caller commits)."""
     dev.disposition, dev.disposition_reason, dev.qms_ref = disposition, reason, qms_ref
-    db.session.flush()
-    esig.sign(session_row, credentials, "deviation", dev.id, "approved", role="qa", terminal=terminal,
-              batch=batch.id, permission=Permission.DEVIATION_DISPOSE, comment=reason, commit=False)
     now = common.clock()
-    dev.status, dev.closed_at, dev.closed_by = DeviationStatus.CLOSED.value, now, user.id
+    dev.status, dev.closed_at, dev.closed_by = DeviationStatus.CLOSED.value, now, closed_by
     record(actor, "deviation.closed", ("deviation", dev.id), batch=batch.id, before={"status": DeviationStatus.OPEN.value},
-           after={"status": dev.status, "disposition": disposition, "qms_ref": qms_ref}, reason=reason,
+           after={"status": dev.status, "disposition": disposition, "qms_ref": qms_ref, **(extra or {})}, reason=reason,
            event=Event(DEVIATION_CLOSED, "batch", batch.id,
                        {"deviation_id": dev.id, "disposition": disposition, "qms_ref": qms_ref}, time=now))
     if disposition == Disposition.REPEAT_STEP.value and step is not None:
@@ -170,11 +186,32 @@ def disposition_deviation(session_row: UserSession, credentials: esig.Credential
     elif disposition in (Disposition.SCRAP.value, Disposition.REJECT_BATCH.value) and batch.status not in (
             BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
         before_status = batch.status
-        batch.status, batch.decided_at, batch.decided_by = BatchStatus.REJECTED.value, now, user.id
+        batch.status, batch.decided_at, batch.decided_by = BatchStatus.REJECTED.value, now, closed_by
         record(actor, "batch.rejected", ("batch", batch.id), batch=batch.id, before={"status": before_status},
                after={"status": batch.status, "deviation": dev.id}, reason=reason)
         _release_claims(actor, batch.id)
     if batch.status == BatchStatus.IN_PROGRESS.value:
         _refresh(batch, rows)
+
+
+def disposition_from_qms(actor: Actor, deviation_id: str, disposition: str, reason: str, *, qms_ref: str | None,
+                         approved_by: str, capa_id: str | None = None) -> Deviation:
+    """QMS closes a deviation with a disposition its own approver signed there
+    (``qms.deviation.dispositioned.v1``), recorded by the integration's system actor: the same
+    rules as :func:`disposition_deviation` (repeat only if no later step is done; scrap and
+    reject_batch reject the batch), with ``approved_by`` and ``capa_id`` in the audit entry."""
+    if disposition not in {d.value for d in Disposition}:
+        raise ValidationFailed(f"The disposition is one of {', '.join(d.value for d in Disposition)}.",
+                               field="disposition")
+    reason = _text(reason, "A reason", "reason")
+    approved_by = _text(approved_by, "The approver", "approved_by")
+    dev = get_deviation(deviation_id)
+    batch = _locked(Batch, dev.batch_id)
+    dev = _locked(Deviation, deviation_id)
+    if dev.status != DeviationStatus.OPEN.value:
+        raise Conflict(f"Deviation {deviation_id} is already closed ({dev.disposition}).")
+    rows, step = _check_disposition(batch, dev, disposition)
+    _close(actor, batch, dev, rows, step, disposition, reason, qms_ref, actor.id,
+           {"approved_by": approved_by, "capa_id": capa_id})
     db.session.commit()
     return dev

@@ -1,4 +1,4 @@
-"""Integration on the API: endpoints, replay, dead letters, and the pull feed.
+"""Integration on the API: endpoints, replay, dead letters, the pull feed, and inbound commands.
 
 ``/api/v1/integration/endpoints`` (admin or integrator) manages webhook endpoints; the
 secret is in the answer to the create and rotate calls only. ``GET /integration/v1/events``
@@ -12,11 +12,13 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from mes.errors import ValidationFailed
+from mes.errors import ContentTooLarge, ValidationFailed
 from mes.integration import endpoints as ops
+from mes.integration import inbound as inbound_ops
+from mes.integration.inbound_models import PeerState
 from mes.integration.models import EndpointState
 from mes.users.permissions import Permission as P
-from mes.validation import ID_JSON_PATTERN
+from mes.validation import BODY_MAX, ID_JSON_PATTERN
 from mes.web import STR, created, endpoint, obj, parse_utc, principal
 
 bp = Blueprint("integration", __name__)
@@ -105,3 +107,78 @@ def pull_events() -> Response:
     bodies = ops.pull(request.args.get("after") or None, request.args.get("type") or None,
                       request.args.get("subject") or None, limit)
     return Response(b"[" + b",".join(bodies) + b"]", mimetype="application/cloudevents-batch+json")
+
+
+# ------------------------------------------------------------- inbound (issue 20)
+# POST /integration/v1/inbound is public: each delivery is authenticated by its Standard
+# Webhooks signature, never by a cookie. Peers (who may send) under /api/v1/integration/peers;
+# a peer's secret appears once, in the answer to the create and rotate calls.
+
+PEER_TYPES = {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 10}
+ADD_PEER_SCHEMA = obj({"id": {"type": "string", "pattern": ID_JSON_PATTERN}, "event_types": PEER_TYPES}, ("id",))
+ROTATE_PEER_SCHEMA = obj({"overlap_hours": {"type": "number", "minimum": 0, "maximum": 720}})
+
+
+@bp.post("/integration/v1/inbound")
+@endpoint(public="each delivery is authenticated by its Standard Webhooks signature with the peer's inbound secret",
+          tags=TAGS, csrf=False)
+def inbound() -> Response:
+    """A signed CloudEvent command from QMS or ERP, with an ``Idempotency-Key`` (events.md §4)."""
+    if (request.content_length or 0) > BODY_MAX:
+        answer = inbound_ops.problem_answer(ContentTooLarge(f"A command is at most {BODY_MAX} bytes."))
+    else:
+        body = request.get_data(cache=False)
+        if len(body) > BODY_MAX:
+            answer = inbound_ops.problem_answer(ContentTooLarge(f"A command is at most {BODY_MAX} bytes."))
+        else:
+            answer = inbound_ops.receive(request.headers, body)
+    response = Response(answer.body, status=answer.status, content_type=answer.content_type)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if answer.status == 409:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+@bp.get(f"{API}/peers")
+@endpoint(P.INTEGRATION_ENDPOINTS, tags=TAGS)
+def list_peers() -> Response:
+    """The systems that may send commands (never their secrets)."""
+    return jsonify({"peers": [inbound_ops.peer_json(p) for p in inbound_ops.list_peers()]})
+
+
+@bp.post(f"{API}/peers")
+@endpoint(P.INTEGRATION_ENDPOINTS, schema=ADD_PEER_SCHEMA, tags=TAGS)
+def add_peer() -> Response:
+    """Register a sender; the answer carries its inbound secret, this once."""
+    row, secret = inbound_ops.add_peer(principal().actor(P.INTEGRATION_ENDPOINTS), g.body["id"],
+                                       g.body.get("event_types"))
+    return created({"peer": inbound_ops.peer_json(row), "secret": secret})
+
+
+@bp.post(f"{API}/peers/<peer_id>/rotate")
+@endpoint(P.INTEGRATION_ENDPOINTS, schema=ROTATE_PEER_SCHEMA, tags=TAGS)
+def rotate_peer(peer_id: str) -> Response:
+    """A new inbound secret (in this answer only); the old one verifies too for ``overlap_hours`` (24)."""
+    hours = g.body.get("overlap_hours", inbound_ops.ROTATION_OVERLAP.total_seconds() / 3600)
+    secret = inbound_ops.rotate_peer_secret(principal().actor(P.INTEGRATION_ENDPOINTS), peer_id,
+                                            timedelta(hours=hours))
+    return jsonify({"peer": inbound_ops.peer_json(inbound_ops.get_peer(peer_id)), "secret": secret})
+
+
+@bp.post(f"{API}/peers/<peer_id>/disable")
+@endpoint(P.INTEGRATION_ENDPOINTS, schema=REASON_SCHEMA, tags=TAGS)
+def disable_peer(peer_id: str) -> Response:
+    """Stop accepting commands from a peer (its deliveries get 401)."""
+    row = inbound_ops.set_peer_state(principal().actor(P.INTEGRATION_ENDPOINTS), peer_id, PeerState.DISABLED,
+                                     g.body["reason"])
+    return jsonify({"peer": inbound_ops.peer_json(row)})
+
+
+@bp.post(f"{API}/peers/<peer_id>/enable")
+@endpoint(P.INTEGRATION_ENDPOINTS, schema=REASON_SCHEMA, tags=TAGS)
+def enable_peer(peer_id: str) -> Response:
+    """Accept commands from a peer again."""
+    row = inbound_ops.set_peer_state(principal().actor(P.INTEGRATION_ENDPOINTS), peer_id, PeerState.ENABLED,
+                                     g.body["reason"])
+    return jsonify({"peer": inbound_ops.peer_json(row)})

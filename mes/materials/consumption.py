@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, or_, select
 
 from mes import quantities as q
 from mes.audit.canonical import format_at
@@ -47,6 +47,7 @@ from mes.materials.models import (
     Container,
     GenealogyLink,
     Hold,
+    HoldDisposition,
     Lot,
     LotStatus,
 )
@@ -223,11 +224,14 @@ def batches_consuming_conditionally(lot_id: str) -> list[str]:
 
 
 def open_conditional_lots(batch_id: str) -> list[str]:
-    """Lots batch ``batch_id`` consumed under a conditional release whose conditions QA has
-    not yet declared met: the batch must not be released while this is non-empty."""
+    """Lots batch ``batch_id`` consumed under a conditional release, or consumed before a hold
+    that was then released conditionally (the hold's NCR covers that material too), whose
+    conditions QA has not yet declared met: the batch must not be released while this is non-empty."""
     rows = db.session.execute(
-        select(Consumption.lot_id).join(Hold, Hold.id == Consumption.conditional_hold_id).where(
-            Consumption.batch_id == batch_id, Consumption.conditional.is_(True), Hold.conditions_met_at.is_(None),
+        select(Consumption.lot_id).join(Hold, Hold.lot_id == Consumption.lot_id).where(
+            Consumption.batch_id == batch_id, Hold.disposition == HoldDisposition.CONDITIONAL_RELEASE.value,
+            Hold.conditions_met_at.is_(None),
+            or_(Consumption.conditional_hold_id == Hold.id, Consumption.consumed_at < Hold.released_at),
             ~exists().where(ConsumptionReversal.consumption_id == Consumption.id),
         ).order_by(Consumption.lot_id)
     ).scalars()
