@@ -4,8 +4,8 @@ the idempotency records of their commands.
 No row of these tables is ever deleted (the database refuses it); peers change only with
 an audit entry, idempotency records are the inbound endpoint's bookkeeping.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-06 05:40:00.000000
 """
 from alembic import op
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import mes.db
 
 
-revision = '0015'
-down_revision = '0014'
+revision = '0016'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
