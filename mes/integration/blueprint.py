@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from mes.errors import ValidationFailed
+from mes.errors import NotFound, ValidationFailed
 from mes.integration import endpoints as ops
 from mes.integration.models import EndpointState
 from mes.users.permissions import Permission as P
@@ -105,3 +105,18 @@ def pull_events() -> Response:
     bodies = ops.pull(request.args.get("after") or None, request.args.get("type") or None,
                       request.args.get("subject") or None, limit)
     return Response(b"[" + b",".join(bodies) + b"]", mimetype="application/cloudevents-batch+json")
+
+
+@bp.get("/integration/v1/schemas/<event_type>.json")
+@endpoint(public="event schemas describe the public contract; they hold no plant data", tags=TAGS,
+          media_type="application/schema+json")
+def event_schema(event_type: str) -> Response:
+    """The JSON Schema (Draft 2020-12) of an event type's ``data``; 404 for a type the MES does not send."""
+    from mes.integration.event_schemas import schema_text
+
+    text = schema_text(event_type)
+    if text is None:
+        raise NotFound(f"There is no event type {event_type}.")
+    response = Response(text, mimetype="application/schema+json")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
