@@ -1,7 +1,7 @@
 """The outbox relay: delivers outbox events to webhook endpoints (``shared/specs/events.md`` §2–3).
 
-Each loop it (1) fans new outbox rows out to a delivery row per endpoint, in audit ``seq``
-order (which is commit order: appends hold the log lock until commit), (2) claims due
+Each loop it (1) fans new outbox rows out to a delivery row per endpoint, in outbox
+``position`` order (which is commit order: appends hold the log lock until commit), (2) claims due
 deliveries that head their aggregate's line at their endpoint (no earlier undelivered event
 of the same subject), with ``FOR UPDATE SKIP LOCKED`` and a lease, in a short transaction,
 (3) POSTs them signed the Standard Webhooks way with no transaction open, and (4) records
@@ -176,21 +176,21 @@ class Relay:
             for cursor in cursors:
                 rows = session.execute(
                     select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.subject, OutboxEvent.sequence,
-                           OutboxEvent.audit_seq)
-                    .where(OutboxEvent.audit_seq > cursor.audit_seq).order_by(OutboxEvent.audit_seq).limit(limit)
+                           OutboxEvent.position)
+                    .where(OutboxEvent.position > cursor.position).order_by(OutboxEvent.position).limit(limit)
                 ).all()
                 if not rows:
                     continue
                 types = endpoints.get(cursor.endpoint_id, frozenset())
                 now = utcnow()
                 owed = [{"endpoint_id": cursor.endpoint_id, "event_id": r.id, "subject": r.subject,
-                         "sequence": r.sequence, "audit_seq": r.audit_seq, "status": DeliveryStatus.PENDING.value,
+                         "sequence": r.sequence, "position": r.position, "status": DeliveryStatus.PENDING.value,
                          "attempts": 0, "next_attempt_at": now, "created_at": now}
                         for r in rows if not types or r.type in types]
                 if owed:
                     session.execute(insert(Delivery), owed)
                 session.execute(update(DeliveryCursor).where(DeliveryCursor.endpoint_id == cursor.endpoint_id)
-                                .values(audit_seq=rows[-1].audit_seq))
+                                .values(position=rows[-1].position))
                 made += len(owed)
             session.commit()
         except Exception:
@@ -392,7 +392,7 @@ def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
             .where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
                    (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now),
                    Delivery.endpoint_id.in_(enabled), ~held_back)
-            .order_by(Delivery.next_attempt_at, Delivery.audit_seq)
+            .order_by(Delivery.next_attempt_at, Delivery.position)
             .limit(batch)
             .with_for_update(skip_locked=True)
         ).all()
@@ -408,7 +408,7 @@ def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
             .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
             .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
             .where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in keys]))
-            .order_by(Delivery.audit_seq)
+            .order_by(Delivery.position)
         ).all()
         session.commit()
     except Exception:

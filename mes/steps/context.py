@@ -61,6 +61,9 @@ class StepContext:
     # step's transaction, run after every check passed
     effects: list[Callable[[], None]] = field(default_factory=list)
     max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS
+    # an in-process check's results, limits and verdict: sent as mes.inspection.recorded.v1
+    # with the completion (see :meth:`inspected`)
+    inspection: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- recording
 
@@ -74,6 +77,21 @@ class StepContext:
                          unit=unit, data=data, flags=flags or [], recorded_at=self.now, recorded_by=self.actor.id)
         self.records.append(rec)
         return rec
+
+    def inspected(self, results: list[Decimal], unit: str, limits: dict[str, str | None], ok: bool,
+                  out_of_limits: list[int], mean: Decimal | None = None) -> None:
+        """Report an in-process check to QMS (``mes.inspection.recorded.v1``, events.md §1): its
+        results, limits and verdict, sent with the completion in the same transaction."""
+        from mes.audit.canonical import format_at
+
+        self.inspection = {
+            "work_order_id": self.batch.work_order_id, "batch_id": self.batch.id, "step_id": self.spec.id,
+            "characteristic": self.spec.title, "results": [{"value": to_text(r), "uom": unit} for r in results],
+            "mean": None if mean is None else {"value": to_text(mean), "uom": unit},
+            "limits": {"low": None, "high": None, "mean_low": None, "mean_high": None, **limits},
+            "verdict": "pass" if ok else "fail", "out_of_limits": list(out_of_limits),
+            "recorded_at": format_at(self.now), "performed_by": self.actor.id, "attempt": self.step.attempt,
+        }
 
     def deviate(self, category: str, description: str, evidence: dict[str, Any], severity: str | None = None) -> None:
         """Raise a deviation with the completion (major unless told)."""

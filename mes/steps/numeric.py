@@ -42,6 +42,9 @@ class Numeric(StepKind):
         ctx.record("value", {"low": opt(spec.low), "high": opt(spec.high), "target": opt(spec.target)}, value, spec.unit,
                    [] if ok else ["out_of_limits"])
         ctx.result = {"value": to_text(value), "unit": spec.unit, "in_limits": ok}
+        if spec.low is not None or spec.high is not None:  # a check against limits: QMS trends it
+            ctx.inspected([value], spec.unit, {"low": opt(spec.low), "high": opt(spec.high), "target": opt(spec.target)},
+                          ok, [] if ok else [0])
         if not ok:
             ctx.deviate("limits_missed", f"{spec.title}: {to_text(value)} {spec.unit} is outside "
                         f"{limits_text(spec.low, spec.high, spec.unit)}",
