@@ -120,3 +120,22 @@ def event_schema(event_type: str) -> Response:
     response = Response(text, mimetype="application/schema+json")
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response
+
+
+@bp.get(f"{API}/status")
+@endpoint(P.INTEGRATION_ENDPOINTS, tags=TAGS)
+def status() -> Response:
+    """Per endpoint: pending, in flight, failed, dead-lettered, oldest undelivered age, latency, last
+    error; and the open integration alarms (dead letters, backlog older than the configured limit)."""
+    from mes.integration import monitor
+
+    return jsonify({"endpoints": monitor.endpoint_status(), "alarms": monitor.integration_alarms()})
+
+
+@bp.get(f"{API}/work-orders/<work_order_id>/reconciliation")
+@endpoint(P.INTEGRATION_ENDPOINTS, tags=TAGS)
+def reconciliation(work_order_id: str) -> Response:
+    """What the MES consumed and produced for a work order against what each endpoint acknowledged."""
+    from mes.integration import monitor
+
+    return jsonify(monitor.reconcile(work_order_id))
