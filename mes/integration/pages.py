@@ -33,8 +33,12 @@ def _age(seconds: int | None) -> str:
 def _page(message: str | None = None, error: str | None = None, status: int = 200) -> Any:
     from flask import current_app
 
+    from mes.db import utcnow
+
+    now = utcnow()
     return render_template(
-        "integration/integration.html", endpoints=monitor.endpoint_status(), alarms=monitor.integration_alarms(),
+        "integration/integration.html", endpoints=monitor.endpoint_status(now), as_of=now,
+        alarms=monitor.integration_alarms(),
         dead=ops.dead_letters(), age=_age, message=message, error=error, user=principal().user, csrf=csrf_token(),
         backlog_limit=_age(int(current_app.config.get("MES_INTEGRATION_BACKLOG_ALARM_SECONDS")
                                or monitor.DEFAULT_BACKLOG_ALARM_S))), status
