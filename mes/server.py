@@ -43,7 +43,7 @@ class MESServer(Application):  # type: ignore[misc]
             # `mes demo`: an outbox relay delivers to the webhook endpoints from this worker.
             from mes.integration.relay import start_in_background
 
-            start_in_background(app)
+            start_in_background(app, run=10)
         # Keep the app's long-lived start-up objects out of every later full collection:
         # those collections, not queries, were the p99 of short requests.
         gc.collect()

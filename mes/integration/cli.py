@@ -28,13 +28,15 @@ PERMISSION = "integration.endpoints"
               help="seconds a receiver has to answer 2xx")
 @click.option("--senders", type=click.IntRange(1, 64), default=8, show_default=True,
               help="deliveries sent side by side (each to a different aggregate)")
+@click.option("--run", "run_length", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="events of one aggregate sent one after another per round (its backlog drains faster)")
 @click.option("--lease", type=click.FloatRange(1, 3600), default=60, show_default=True,
               help="seconds a claimed delivery stays this relay's before another may take it over "
                    "(at least the timeout + 10 s)")
 @click.option("--duration", type=float, default=None, help="stop after this many seconds (tests)")
 @handle_errors
-def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders: int, lease: float,
-          duration: float | None) -> None:
+def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders: int, run_length: int,
+          lease: float, duration: float | None) -> None:
     """Deliver outbox events to the webhook endpoints (several may run at once on PostgreSQL)."""
     from mes.integration.relay import Relay, parse_schedule, schedule_from_env
 
@@ -45,7 +47,7 @@ def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders
     app = make_app()
     reachable(app)
     worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout, senders=senders,
-                   lease=timedelta(seconds=lease))
+                   lease=timedelta(seconds=lease), run=run_length)
     click.echo(f"relay {worker.name} running (retry schedule {','.join(f'{d:g}' for d in delays)} s)")
     try:
         worker.run(threading.Event(), duration=duration)

@@ -121,3 +121,24 @@ def test_relay_sigkilled_mid_batch_then_restarted(app: Flask, receiver: Receiver
     check_exactly_once_in_order(receiver, wanted)
     redelivered = len(receiver.received) - len(wanted)
     assert redelivered >= 0  # the unrecorded answers came again, as the same events
+
+
+def test_a_run_sends_an_aggregate_in_order_and_stops_at_its_first_failure(app: Flask, receiver: Receiver) -> None:
+    from mes.integration.relay import Relay
+    from tests.integration.test_relay import produce
+
+    add_endpoint(receiver)
+    ids = produce("A", 7)
+    other = produce("B", 1)
+    receiver.answers.extend([(204, {}), (204, {}), (503, {})])  # the third of A's run fails
+    receiver.policy = None
+    relay = Relay(app, name="runner", run=5, senders=1, schedule=(0, 0, 0))
+    relay.run_once()
+    attempts = {d.event_id: d.attempts for d in read(select(Delivery))}
+    # A: 1 and 2 delivered, 3 failed once, 4 and 5 handed back unsent, 6 and 7 beyond the run
+    assert [attempts[i] for i in ids] == [1, 1, 1, 0, 0, 0, 0]
+    assert attempts[other[0]] == 1
+    while relay.run_once():
+        pass
+    check_exactly_once_in_order(receiver, set(ids + other) | {r.webhook_id for r in receiver.received})
+    assert [r.webhook_id for r in first_receipts(receiver.received) if r.event["subject"] == "batch/A"] == ids
