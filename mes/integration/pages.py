@@ -45,10 +45,11 @@ def _page(message: str | None = None, error: str | None = None, status: int = 20
 
 
 @bp.get("")
-@endpoint(P.INTEGRATION_ENDPOINTS, tags=TAGS)
+@endpoint(P.INTEGRATION_ENDPOINTS, tags=TAGS,
+          query={"message": {"required": False, "schema": {"type": "string", "maxLength": 200}}})
 def integration_page() -> Any:
     """Each endpoint's delivery state, the open integration alarms and the dead letters, with replay."""
-    return _page(request.args.get("message"))
+    return _page(request.args.get("message", "")[:200] or None)
 
 
 @bp.post("/replay")
