@@ -45,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from mes.equipment.blueprint import bp as equipment_bp
     from mes.execution.blueprint import bp as execution_bp
     from mes.integration.blueprint import bp as integration_bp
-    from mes.integration.pages import bp as integration_pages_bp
+    from mes.integration.blueprint import pages_bp as integration_pages_bp
     from mes.materials.blueprint import bp as materials_bp
     from mes.oee.blueprint import bp as oee_bp
     from mes.qa.blueprint import bp as qa_bp

@@ -33,7 +33,7 @@ def stored(server: KioskServer, as_of: str | None = None) -> dict[str, dict[str,
     from datetime import datetime
 
     from mes.integration import monitor
-    from mes.integration.pages import _age
+    from mes.integration.blueprint import _age
 
     with server.db():
         rows = monitor.endpoint_status(datetime.fromisoformat(as_of) if as_of else None)
