@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from mes.equipment.blueprint import bp as equipment_bp
     from mes.execution.blueprint import bp as execution_bp
     from mes.integration.blueprint import bp as integration_bp
+    from mes.integration.blueprint import pages_bp as integration_pages_bp
     from mes.materials.blueprint import bp as materials_bp
     from mes.oee.blueprint import bp as oee_bp
     from mes.qa.blueprint import bp as qa_bp
@@ -60,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(equipment_bp)
     app.register_blueprint(oee_bp)
     app.register_blueprint(integration_bp)
+    app.register_blueprint(integration_pages_bp)
 
     import kiosk  # the operator touch UI (/kiosk/) and its translations (Flask-Babel)
 

@@ -182,6 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Run simulated scales and a simulated line inside the server (set by `mes demo`; never in a plant)"),
     Setting("MES_UNITS_FILE", "MES_UNITS_FILE", _parse_units_file, "",
             "The plant's own units of measure (pint definitions, added to the shipped mes/units.txt; see docs/units.md)"),
+    Setting("MES_INTEGRATION_BACKLOG_ALARM_SECONDS", "MES_INTEGRATION_BACKLOG_ALARM_SECONDS", _parse_positive_int, "900",
+            "Alarm when an integration endpoint's oldest undelivered event is older than this (checked by each "
+            "server's background jobs; dead letters alarm at once)"),
+    Setting("MES_RELAY_IN_SERVER", "MES_RELAY_IN_SERVER", _parse_bool, "false",
+            "Run an outbox relay inside the server (set by `mes demo`; in a plant run `mes relay` as its own service)"),
 )
 
 

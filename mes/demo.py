@@ -188,6 +188,7 @@ def run_demo(host: str, port: int) -> None:
     os.environ.setdefault("MES_SESSION_COOKIE_SECURE", "false")
     os.environ.setdefault("MES_SIMULATION", "true")  # simulated scales and line in the server's gateway
     os.environ.pop("MES_DATABASE_URL", None)  # the demo is always embedded SQLite
+    os.environ.setdefault("MES_RELAY_IN_SERVER", "true")  # webhook endpoints receive the events at once
     from mes.cli import make_app, upgrade_database
 
     app = make_app()  # also quiets the libraries' INFO lines (mes.observability.configure_logging)
@@ -227,6 +228,10 @@ def run_demo(host: str, port: int) -> None:
         click.echo(f"    {LINE_DEVICE}   packaging line, OPC UA PackML (state and counters to OEE)")
         click.echo(f"  set a scale's load: POST {base}/api/v1/simulation/devices/<device id> "
                    '{"load": "1.234", "unit": "kg", "unstable": false}')
+    click.echo(f"  integration:        {base}/qa/integration  (endpoints, backlog, dead letters, replay)")
+    click.echo("  events to ERP/QMS:  an outbox relay runs in this server; add a receiver with")
+    click.echo("                      mes endpoint add erp --url http://127.0.0.1:8900/hooks --as admin")
+    click.echo(f"                      (pull instead: {base}/integration/v1/events)")
     click.echo(f"  passwords: every demo user ({', '.join(u[0] for u in DEMO_USERS)}) has {DEMO_PASSWORD}")
     click.echo("")
     from mes.server import serve

@@ -57,6 +57,22 @@ OEE_CLOSER = Actor.system("oee-shift-closing")
 """Who closes shifts on schedule (the audit entry and the event name it)."""
 
 
+def watch_integration(app: Flask) -> list[str]:
+    """Alarm on each integration endpoint whose oldest undelivered event is older than
+    ``MES_INTEGRATION_BACKLOG_ALARM_SECONDS`` (once while the alarm is open); the endpoints alarmed."""
+    from mes.integration.monitor import DEFAULT_BACKLOG_ALARM_S, watch_backlog
+
+    with app.app_context():
+        try:
+            return watch_backlog(int(app.config.get("MES_INTEGRATION_BACKLOG_ALARM_SECONDS") or DEFAULT_BACKLOG_ALARM_S))
+        except Exception:  # noqa: BLE001 - a job must not die; the failure is logged and retried
+            logger.exception("integration backlog watch failed")
+            db.session.rollback()
+            return []
+        finally:
+            db.session.remove()
+
+
 def close_oee_shifts(app: Flask) -> int:
     """Close every OEE shift that is due and not closed yet; how many were closed.
 
@@ -113,6 +129,7 @@ def start_background_jobs(app: Flask) -> threading.Thread:
             if time.monotonic() - last_close >= close_every:
                 close_oee_shifts(app)
                 last_close = time.monotonic()
+            watch_integration(app)
 
     thread = threading.Thread(target=loop, name="mes-jobs", daemon=True)
     app.extensions["mes_jobs"] = thread

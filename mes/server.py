@@ -39,6 +39,11 @@ class MESServer(Application):  # type: ignore[misc]
             from mes.gateway.service import start_embedded
 
             start_embedded(app, wait=False)
+        if app.config.get("MES_RELAY_IN_SERVER"):
+            # `mes demo`: an outbox relay delivers to the webhook endpoints from this worker.
+            from mes.integration.relay import start_in_background
+
+            start_in_background(app, run=10)
         # Keep the app's long-lived start-up objects out of every later full collection:
         # those collections, not queries, were the p99 of short requests.
         gc.collect()

@@ -214,7 +214,28 @@ def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
     with application.app_context():
         yield application
         db.session.remove()
-        db.engine.dispose()
+        try:
+            problems = outbox_problems(db.engine)
+        finally:
+            db.engine.dispose()
+        assert not problems, "outbox events that do not follow their schema:\n" + "\n".join(problems[:20])
+
+
+def outbox_problems(engine: Any) -> list[str]:
+    """Every outbox event a test wrote, checked against the envelope of events.md §1 and the
+    JSON Schema of its type (served at /integration/v1/schemas/<type>.json): run when each
+    test's app is torn down, so no event type escapes its schema."""
+    from sqlalchemy.exc import DBAPIError
+
+    from mes.integration.event_schemas import event_errors
+
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, type, body FROM outbox_events ORDER BY audit_seq, id")).all()
+    except DBAPIError:  # a test that left no schema behind (migration tests)
+        return []
+    return [f"{event_id} {kind}: {problem}" for event_id, kind, body in rows
+            for problem in event_errors(bytes(body))]
 
 
 @pytest.fixture

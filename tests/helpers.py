@@ -121,3 +121,16 @@ def reject_lot_as_qa(lot_id: str, reason: str) -> Any:
 
     row, creds = qa_signer()
     return mat.reject_lot(row, creds, lot_id, reason, terminal="QA-WS-01")
+
+
+def example_data(event_type: str, **extra: Any) -> dict[str, Any]:
+    """A payload of ``event_type`` that follows its schema (the schema's own example), with
+    ``extra`` fields: for tests that write events of their own (the app fixture checks every
+    outbox event against its type's schema)."""
+    import json
+
+    from mes.integration.event_schemas import schema_text
+
+    text = schema_text(event_type)
+    assert text is not None, f"no schema for {event_type}"
+    return {**json.loads(text)["examples"][0], **extra}

@@ -19,6 +19,7 @@ from mes.db import db
 from mes.integration.models import OutboxEvent
 from mes.users import operations as ops
 from mes.users.models import Terminal
+from tests.helpers import example_data
 
 ACTOR = log.Actor("u-0007", "Jane Doe", "operator", "KIOSK-03")
 
@@ -96,7 +97,8 @@ def test_orm_deletes_are_refused(app: Flask) -> None:
 
 
 def test_change_entry_and_event_roll_back_together(app: Flask) -> None:
-    ev = log.Event("mes.deviation.raised.v1", "batch", "B-1", {"deviation_id": "D-1"}, correlation_id="WO-1")
+    ev = log.Event("mes.deviation.raised.v1", "batch", "B-1", example_data("mes.deviation.raised.v1", deviation_id="D-1"),
+                   correlation_id="WO-1")
     log.record(ACTOR, "deviation.raised", ("deviation", "D-1"), batch="B-1", event=ev)
     db.session.rollback()
     assert log.tree_size() == 0 and db.session.execute(select(OutboxEvent)).first() is None
@@ -271,7 +273,8 @@ def test_concurrent_writers_give_contiguous_entries(app: Flask, backend: str) ->
                 for i in range(per_writer):
                     log.record(log.Actor(f"u-{w}", f"Writer {w}", "operator", f"K-{w}"), "batch.step.completed",
                                ("batch_step", f"B-{w}/{i}"), batch=f"B-{w}", after={"value": str(i)},
-                               event=log.Event("mes.batch.step.completed.v1", "batch", f"B-{w}", {"i": str(i)}))
+                               event=log.Event("mes.material.consumed.v1", "batch", f"B-{w}",
+                                               example_data("mes.material.consumed.v1", i=str(i))))
                     db.session.commit()
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)

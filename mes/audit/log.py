@@ -12,6 +12,7 @@ the database write lock that ``BEGIN IMMEDIATE`` takes. So ``seq`` has no gaps.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -354,7 +355,20 @@ def _flag_tampered(exc: ValueError) -> None:
     record_audit_result(False, exc.summary())
 
 
-def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> None:
+CHECKPOINT_EVENT = "mes.audit.checkpoint.v1"
+
+
+def event_position(seq: int | None = None, *, checkpoint_size: int | None = None) -> int:
+    """An outbox event's place in commit order: ``2·seq + 1`` for audit entry ``seq``'s event,
+    ``2·size`` for a checkpoint of ``size`` entries (after the last entry it covers, before the
+    next one, which cannot be appended before the checkpoint commits: both hold the log lock)."""
+    if checkpoint_size is not None:
+        return 2 * checkpoint_size
+    assert seq is not None
+    return 2 * seq + 1
+
+
+def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime, position: int | None = None) -> None:
     subject = f"{ev.aggregate_type}/{ev.aggregate_id}"
     last = session.execute(select(func.max(OutboxEvent.sequence)).where(OutboxEvent.subject == subject)).scalar()
     sequence = (last or 0) + 1
@@ -381,7 +395,7 @@ def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime) -> N
     session.execute(
         insert(OutboxEvent).values(
             id=event_id, type=ev.type, subject=subject, sequence=sequence, time=time,
-            audit_seq=audit_seq, body=body,
+            audit_seq=audit_seq, position=event_position(audit_seq) if position is None else position, body=body,
         )
     )
 
@@ -471,6 +485,11 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
     )
     session.add(cp)
     session.flush()
+    # ERP and QMS keep it too and so become further witnesses of the log (events.md §1)
+    _write_event(session, Event(CHECKPOINT_EVENT, "audit", log.key_name,
+                                {"origin": log.key_name, "size": size, "root": base64.b64encode(tree_root).decode(),
+                                 "time": canonical.format_at(time), "note": note}, time=time),
+                 -size, time, position=event_position(checkpoint_size=size))
     log.last_checkpoint = (size, time)
     session.info["audit_published"] = True
     session.info["audit_published_note"] = note

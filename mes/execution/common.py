@@ -30,6 +30,7 @@ DEVIATION_RAISED = "mes.deviation.raised.v1"
 DEVIATION_CLOSED = "mes.deviation.closed.v1"
 BATCH_COMPLETED = "mes.batch.completed.v1"
 BATCH_RELEASED = "mes.batch.released.v1"
+INSPECTION_RECORDED = "mes.inspection.recorded.v1"
 BLOCKING = (Severity.MAJOR.value, Severity.CRITICAL.value)
 OPEN_BATCH = (BatchStatus.CREATED.value, BatchStatus.IN_PROGRESS.value)
 #: The signer's session for a signature step: the row, or a function that loads it (only a

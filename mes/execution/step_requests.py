@@ -35,6 +35,7 @@ from mes.execution.common import (
     BATCH_COMPLETED,
     DEFAULT_MAX_FAILED_WEIGHINGS,
     DEFAULT_MAX_READING_AGE_MS,
+    INSPECTION_RECORDED,
     SessionSource,
     StepRefused,
     _at,
@@ -284,7 +285,9 @@ def _complete_locked(actor: Actor, batch_id: str, step_id: str, payload: dict[st
            batch=batch_id, before={"state": before_state, "version": expected_version},
            after={"state": step.state, "version": step.version, "kind": step.kind, "attempt": step.attempt,
                   "records": [_record_json(r) for r in ctx.records], "ready": ready,
-                  "deviations": [d.id for d in deviations]}, statements=writes)
+                  "deviations": [d.id for d in deviations]}, statements=writes,
+           event=None if ctx.inspection is None else Event(
+               INSPECTION_RECORDED, "batch", batch_id, ctx.inspection, correlation_id=batch.work_order_id, time=ctx.now))
     for dev in deviations:
         _record_deviation(actor, dev)
     if ctx.complete and all(r.state == StepState.COMPLETED.value for r in rows):

@@ -1,4 +1,4 @@
-"""``mes relay`` and ``mes endpoint add|list|rotate|disable|enable|replay|dead-letters``.
+"""``mes relay`` and ``mes endpoint add|list|rotate|disable|enable|replay|dead-letters|status|reconcile``.
 
 Imported by ``mes/cli.py`` (which registers the commands). Endpoint changes run as a
 named user holding ``integration.endpoints`` (admin or integrator); the relay runs as the
@@ -28,9 +28,15 @@ PERMISSION = "integration.endpoints"
               help="seconds a receiver has to answer 2xx")
 @click.option("--senders", type=click.IntRange(1, 64), default=8, show_default=True,
               help="deliveries sent side by side (each to a different aggregate)")
+@click.option("--run", "run_length", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="events of one aggregate sent one after another per round (its backlog drains faster)")
+@click.option("--lease", type=click.FloatRange(1, 3600), default=60, show_default=True,
+              help="seconds a claimed delivery stays this relay's before another may take it over "
+                   "(at least the timeout + 10 s)")
 @click.option("--duration", type=float, default=None, help="stop after this many seconds (tests)")
 @handle_errors
-def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders: int, duration: float | None) -> None:
+def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders: int, run_length: int,
+          lease: float, duration: float | None) -> None:
     """Deliver outbox events to the webhook endpoints (several may run at once on PostgreSQL)."""
     from mes.integration.relay import Relay, parse_schedule, schedule_from_env
 
@@ -40,7 +46,8 @@ def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders
         fail(str(exc))
     app = make_app()
     reachable(app)
-    worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout, senders=senders)
+    worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout, senders=senders,
+                   lease=timedelta(seconds=lease), run=run_length)
     click.echo(f"relay {worker.name} running (retry schedule {','.join(f'{d:g}' for d in delays)} s)")
     try:
         worker.run(threading.Event(), duration=duration)
@@ -168,3 +175,36 @@ def endpoint_dead(endpoint_id: str | None) -> None:
     with app.app_context():
         for row in ops.dead_letters(endpoint_id):
             click.echo(json.dumps(row))
+
+
+@endpoint.command("status")
+@handle_errors
+def endpoint_status() -> None:
+    """Each endpoint's pending, in-flight, failed and dead deliveries, oldest undelivered age, latency, last error."""
+    from mes.integration import monitor
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        for row in monitor.endpoint_status():
+            click.echo(json.dumps(row))
+        for alarm in monitor.integration_alarms():
+            click.echo(f"ALARM {alarm['kind']}: {alarm['message']}")
+
+
+@endpoint.command("reconcile")
+@click.argument("work_order_id")
+@handle_errors
+def endpoint_reconcile(work_order_id: str) -> None:
+    """What the MES consumed and produced for a work order against what each endpoint acknowledged (JSON).
+
+    Exits 3 when an endpoint's acknowledged quantities differ or events are unacknowledged."""
+    from mes.integration import monitor
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        report = monitor.reconcile(work_order_id)
+    click.echo(json.dumps(report, indent=2))
+    if any(not (e["consumed_matches"] and e["produced_matches"]) or e["not_acknowledged"] for e in report["endpoints"]):
+        raise SystemExit(3)

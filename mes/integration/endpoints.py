@@ -107,8 +107,8 @@ def add_endpoint(actor: Actor, endpoint_id: str, url: str, event_types: Any = No
                           state=EndpointState.ENABLED.value, created_at=utcnow(), created_by=actor.id)
     db.session.add(row)
     db.session.flush()
-    last = db.session.execute(select(func.max(OutboxEvent.audit_seq))).scalar()
-    db.session.execute(insert(DeliveryCursor).values(endpoint_id=endpoint_id, audit_seq=-1 if last is None else last))
+    last = db.session.execute(select(func.max(OutboxEvent.position))).scalar()
+    db.session.execute(insert(DeliveryCursor).values(endpoint_id=endpoint_id, position=-1 if last is None else last))
     record(actor, "integration.endpoint.added", ("integration_endpoint", endpoint_id),
            after={"url": url, "event_types": types, "state": row.state, "secret": fingerprint(secret)})
     db.session.commit()
@@ -184,7 +184,7 @@ def replay(actor: Actor, selection: Selection, endpoint_id: str | None = None, r
         raise ValidationFailed("A replay needs a reason.", field="reason")
     endpoints = [get_endpoint(endpoint_id)] if endpoint_id else list_endpoints()
     events = db.session.execute(select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.subject, OutboxEvent.sequence,
-                                       OutboxEvent.audit_seq).where(*selection.where())).all()
+                                       OutboxEvent.position).where(*selection.where())).all()
     if selection.event_id and not events:
         raise NotFound(f"There is no event {selection.event_id}.")
     now, queued = utcnow(), 0
@@ -204,7 +204,7 @@ def replay(actor: Actor, selection: Selection, endpoint_id: str | None = None, r
         if fresh:
             db.session.execute(insert(Delivery), [
                 {"endpoint_id": ep.id, "event_id": e.id, "subject": e.subject, "sequence": e.sequence,
-                 "audit_seq": e.audit_seq, "status": DeliveryStatus.PENDING.value, "attempts": 0,
+                 "position": e.position, "status": DeliveryStatus.PENDING.value, "attempts": 0,
                  "next_attempt_at": now, "created_at": now} for e in fresh])
         queued += len(ids)
     record(actor, "integration.events.replayed", ("integration_endpoint", endpoint_id or "*"),
@@ -221,19 +221,19 @@ def pull(after: str | None, event_type: str | None, subject: str | None, limit: 
     """The stored CloudEvent bodies after event ``after`` in commit order (``GET /integration/v1/events``)."""
     if not 1 <= limit <= PULL_LIMIT_MAX:
         raise ValidationFailed(f"limit is 1 to {PULL_LIMIT_MAX}.", field="limit")
-    query = select(OutboxEvent.body).order_by(OutboxEvent.audit_seq).limit(limit)
+    query = select(OutboxEvent.body).order_by(OutboxEvent.position).limit(limit)
     if after:
-        seq = db.session.execute(select(OutboxEvent.audit_seq).where(OutboxEvent.id == after)).scalar()
-        if seq is None:
+        position = db.session.execute(select(OutboxEvent.position).where(OutboxEvent.id == after)).scalar()
+        if position is None:
             raise NotFound(f"There is no event {after}.")
-        query = query.where(OutboxEvent.audit_seq > seq)
+        query = query.where(OutboxEvent.position > position)
     query = query.where(*Selection(type=event_type, subject=subject).where())
     return list(db.session.execute(query).scalars())
 
 
 def dead_letters(endpoint_id: str | None = None) -> list[dict[str, Any]]:
     """The events the relay gave up on, for the integration owner."""
-    query = select(Delivery).where(Delivery.status == DeliveryStatus.DEAD.value).order_by(Delivery.audit_seq)
+    query = select(Delivery).where(Delivery.status == DeliveryStatus.DEAD.value).order_by(Delivery.position)
     if endpoint_id:
         query = query.where(Delivery.endpoint_id == endpoint_id)
     return [{"endpoint": d.endpoint_id, "event_id": d.event_id, "subject": d.subject, "sequence": d.sequence,

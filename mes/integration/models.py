@@ -17,6 +17,11 @@ from mes.db import db, utcnow
 
 
 class OutboxEvent(db.Model):
+    """One CloudEvent. ``position`` is its place in commit order: ``2·seq + 1`` for the event of
+    audit entry ``seq`` (``audit_seq``), ``2·size`` for the event of a signed checkpoint of
+    ``size`` entries (``audit_seq`` is then ``-size``): after the last entry it covers, before
+    the next (see :func:`mes.audit.log.event_position`)."""
+
     __tablename__ = "outbox_events"
     __table_args__ = (UniqueConstraint("subject", "sequence", name="uq_outbox_events_subject_sequence"),)
 
@@ -26,6 +31,7 @@ class OutboxEvent(db.Model):
     sequence: Mapped[int] = mapped_column(BigInteger)
     time: Mapped[datetime]
     audit_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    position: Mapped[int] = mapped_column(BigInteger, index=True, unique=True, server_default="0")
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -75,12 +81,12 @@ class WebhookEndpoint(db.Model):
 
 
 class DeliveryCursor(db.Model):
-    """How far (by audit ``seq``, which is commit order) the outbox was fanned out to an endpoint."""
+    """How far (by outbox ``position``, which is commit order) the outbox was fanned out to an endpoint."""
 
     __tablename__ = "integration_cursors"
 
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("integration_endpoints.id"), primary_key=True)
-    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(BigInteger)
 
 
 class Delivery(db.Model):
@@ -97,7 +103,7 @@ class Delivery(db.Model):
     event_id: Mapped[str] = mapped_column(ForeignKey("outbox_events.id"), primary_key=True)
     subject: Mapped[str] = mapped_column(String(200))
     sequence: Mapped[int] = mapped_column(BigInteger)
-    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]

@@ -1,7 +1,7 @@
 """The outbox relay: delivers outbox events to webhook endpoints (``shared/specs/events.md`` §2–3).
 
-Each loop it (1) fans new outbox rows out to a delivery row per endpoint, in audit ``seq``
-order (which is commit order: appends hold the log lock until commit), (2) claims due
+Each loop it (1) fans new outbox rows out to a delivery row per endpoint, in outbox
+``position`` order (which is commit order: appends hold the log lock until commit), (2) claims due
 deliveries that head their aggregate's line at their endpoint (no earlier undelivered event
 of the same subject), with ``FOR UPDATE SKIP LOCKED`` and a lease, in a short transaction,
 (3) POSTs them signed the Standard Webhooks way with no transaction open, and (4) records
@@ -29,12 +29,12 @@ from typing import Any
 
 import requests
 from flask import Flask
-from sqlalchemy import and_, event, exists, insert, select, tuple_, update
+from sqlalchemy import and_, event, exists, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 
 from mes.audit.log import Actor
-from mes.db import db, utcnow
+from mes.db import as_utc, db, utcnow
 from mes.integration.models import (
     Delivery,
     DeliveryCursor,
@@ -124,6 +124,7 @@ class Claimed:
     previous_secret: str | None
     previous_secret_until: datetime | None
     body: bytes
+    subject: str = ""
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Relay:
 
     def __init__(self, app: Flask, *, name: str | None = None, schedule: Sequence[float] | None = None,
                  batch: int = 50, poll_s: float = 0.25, timeout_s: float = TIMEOUT_S, lease: timedelta = LEASE,
-                 rng: random.Random | None = None, senders: int = 8) -> None:
+                 rng: random.Random | None = None, senders: int = 8, run: int = 1) -> None:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.schedule = tuple(schedule if schedule is not None else schedule_from_env())
@@ -153,6 +154,7 @@ class Relay:
         self.lease = max(lease, timedelta(seconds=timeout_s + 10))  # room for a whole attempt
         self.rng = rng or random.Random()
         self.senders = senders
+        self.run_length = max(1, run)
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
 
@@ -176,21 +178,21 @@ class Relay:
             for cursor in cursors:
                 rows = session.execute(
                     select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.subject, OutboxEvent.sequence,
-                           OutboxEvent.audit_seq)
-                    .where(OutboxEvent.audit_seq > cursor.audit_seq).order_by(OutboxEvent.audit_seq).limit(limit)
+                           OutboxEvent.position)
+                    .where(OutboxEvent.position > cursor.position).order_by(OutboxEvent.position).limit(limit)
                 ).all()
                 if not rows:
                     continue
                 types = endpoints.get(cursor.endpoint_id, frozenset())
                 now = utcnow()
                 owed = [{"endpoint_id": cursor.endpoint_id, "event_id": r.id, "subject": r.subject,
-                         "sequence": r.sequence, "audit_seq": r.audit_seq, "status": DeliveryStatus.PENDING.value,
+                         "sequence": r.sequence, "position": r.position, "status": DeliveryStatus.PENDING.value,
                          "attempts": 0, "next_attempt_at": now, "created_at": now}
                         for r in rows if not types or r.type in types]
                 if owed:
                     session.execute(insert(Delivery), owed)
                 session.execute(update(DeliveryCursor).where(DeliveryCursor.endpoint_id == cursor.endpoint_id)
-                                .values(audit_seq=rows[-1].audit_seq))
+                                .values(position=rows[-1].position))
                 made += len(owed)
             session.commit()
         except Exception:
@@ -202,7 +204,7 @@ class Relay:
 
     def claim(self) -> list[Claimed]:
         """Lease up to ``batch`` due deliveries (see :func:`claim_due`)."""
-        return claim_due(self.name[:100], self.batch, self.lease)
+        return claim_due(self.name[:100], self.batch, self.lease, self.run_length)
 
     # --------------------------------------------------------------------- send
 
@@ -251,20 +253,32 @@ class Relay:
         send_until = time.monotonic() + self.lease.total_seconds() - self.timeout_s - 5.0
         gone: set[str] = set()
 
-        def attempt(c: Claimed) -> Outcome | None:
-            if c.endpoint_id in gone or time.monotonic() > send_until:
-                return None
-            outcome = self.send(c)
-            if outcome.status == 410:
-                gone.add(c.endpoint_id)
-            return outcome
+        def attempt(run: list[Claimed]) -> list[tuple[Claimed, Outcome | None]]:
+            """One aggregate's line at one endpoint, in sequence order; after a failure the rest
+            of the run is handed back unsent (it waits behind the failed event)."""
+            out: list[tuple[Claimed, Outcome | None]] = []
+            stopped = False
+            for c in run:
+                if stopped or c.endpoint_id in gone or time.monotonic() > send_until:
+                    out.append((c, None))
+                    stopped = True
+                    continue
+                outcome = self.send(c)
+                if outcome.status == 410:
+                    gone.add(c.endpoint_id)
+                stopped = not outcome.ok
+                out.append((c, outcome))
+            return out
 
-        # each claim heads a different aggregate's line, so they may go out side by side
+        # each run is a different aggregate's line, so runs go out side by side
+        lines: dict[tuple[str, str], list[Claimed]] = {}
+        for c in claimed:  # claimed in position order: sequence order within each line
+            lines.setdefault((c.endpoint_id, c.subject or c.event_id), []).append(c)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.senders, thread_name_prefix="mes-relay-send")
-        results = list(self._pool.map(attempt, claimed))
-        handed_back = [c for c, o in zip(claimed, results, strict=True) if o is None]
-        outcomes = [o for o in results if o is not None]
+        results = [pair for run in self._pool.map(attempt, lines.values()) for pair in run]
+        handed_back = [c for c, o in results if o is None]
+        outcomes = [o for _, o in results if o is not None]
         self._release(handed_back)
         self._disable(self.record(outcomes))
         return len(outcomes)
@@ -373,12 +387,16 @@ class OutboxWaiter:
                 self.conn = None
 
 
-def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
+def claim_due(name: str, batch: int, lease: timedelta, run: int = 1) -> list[Claimed]:
     """Lease up to ``batch`` due deliveries of enabled endpoints, each the head of its aggregate's
     line at its endpoint: no earlier event of the same subject is undelivered there (pending,
     leased or dead). So events reach each endpoint in ``sequence`` order per aggregate and a
     failing event holds back only its own aggregate. ``FOR UPDATE SKIP LOCKED`` and the lease
-    keep two relays from taking the same delivery."""
+    keep two relays from taking the same delivery.
+
+    ``run`` > 1: with each head, up to ``run - 1`` of the line's next undelivered events that
+    are due and not leased (stopping at the first that is not), sent one after another behind
+    the head by the same relay; a line with a backlog then drains ``run`` events a round."""
     session = db.session
     now = utcnow()
     earlier = aliased(Delivery)
@@ -392,29 +410,64 @@ def claim_due(name: str, batch: int, lease: timedelta) -> list[Claimed]:
             .where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
                    (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now),
                    Delivery.endpoint_id.in_(enabled), ~held_back)
-            .order_by(Delivery.next_attempt_at, Delivery.audit_seq)
+            .order_by(Delivery.next_attempt_at, Delivery.position)
             .limit(batch)
             .with_for_update(skip_locked=True)
         ).all()
         if not keys:
             session.commit()
             return []
+        if run > 1:
+            keys = [*keys, *_followers(session, keys, run, now)]
         session.execute(update(Delivery).where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_(
             [tuple(k) for k in keys])).values(claimed_until=now + lease, claimed_by=name))
         rows = session.execute(
             select(Delivery.endpoint_id, Delivery.event_id, Delivery.attempts, WebhookEndpoint.url,
                    WebhookEndpoint.secret, WebhookEndpoint.previous_secret, WebhookEndpoint.previous_secret_until,
-                   OutboxEvent.body)
+                   OutboxEvent.body, Delivery.subject)
             .join(WebhookEndpoint, WebhookEndpoint.id == Delivery.endpoint_id)
             .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
             .where(tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in keys]))
-            .order_by(Delivery.audit_seq)
+            .order_by(Delivery.position)
         ).all()
         session.commit()
     except Exception:
         session.rollback()
         raise
     return [Claimed(*r) for r in rows]
+
+
+def _followers(session: Session, heads: Sequence[Any], run: int, now: datetime) -> list[tuple[str, str]]:
+    """The next undelivered deliveries behind each claimed head, in sequence order, while they
+    are pending, due and not leased (the first that is not ends its line's run). Locked without
+    SKIP LOCKED: a row skipped silently would let a later one overtake it."""
+    lines = session.execute(select(Delivery.endpoint_id, Delivery.subject, Delivery.sequence).where(
+        tuple_(Delivery.endpoint_id, Delivery.event_id).in_([tuple(k) for k in heads]))).all()
+    if not lines:
+        return []
+    rows = session.execute(
+        select(Delivery.endpoint_id, Delivery.event_id, Delivery.subject, Delivery.status, Delivery.next_attempt_at,
+               Delivery.claimed_until)
+        .where(or_(*(and_(Delivery.endpoint_id == e, Delivery.subject == s, Delivery.sequence > q)
+                     for e, s, q in lines)), Delivery.status != DeliveryStatus.DELIVERED.value)
+        .order_by(Delivery.endpoint_id, Delivery.subject, Delivery.sequence)
+        .with_for_update()
+    ).all()
+    out: list[tuple[str, str]] = []
+    taken: dict[tuple[str, str], int] = {}
+    stopped: set[tuple[str, str]] = set()
+    for r in rows:
+        line = (r.endpoint_id, r.subject)
+        if line in stopped:
+            continue
+        due = r.status == DeliveryStatus.PENDING.value and as_utc(r.next_attempt_at) <= now and (
+            r.claimed_until is None or as_utc(r.claimed_until) <= now)
+        if not due or taken.get(line, 1) >= run:
+            stopped.add(line)
+            continue
+        taken[line] = taken.get(line, 1) + 1
+        out.append((r.endpoint_id, r.event_id))
+    return out
 
 
 def record_outcomes(outcomes: list[Outcome], name: str, schedule: Sequence[float], rng: random.Random) -> list[str]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mes.recipes.scaling import ControlRecipe
 
 __all__ = ["DEFAULT_MAX_FAILED_WEIGHINGS", "DEFAULT_MAX_READING_AGE_MS", "StepContext",
-           "at_text", "limits_text", "opt", "places_ok", "recorded_values"]
+           "at_text", "inspected", "limits_text", "opt", "places_ok", "recorded_values"]
 
 DEFAULT_MAX_READING_AGE_MS = 3000
 """How old a scale reading may be when a weight is captured (the engine's default)."""
@@ -61,6 +61,9 @@ class StepContext:
     # step's transaction, run after every check passed
     effects: list[Callable[[], None]] = field(default_factory=list)
     max_failed_weighings: int = DEFAULT_MAX_FAILED_WEIGHINGS
+    # an in-process check's results, limits and verdict: sent as mes.inspection.recorded.v1
+    # with the completion (see :meth:`inspected`)
+    inspection: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- recording
 
@@ -74,6 +77,11 @@ class StepContext:
                          unit=unit, data=data, flags=flags or [], recorded_at=self.now, recorded_by=self.actor.id)
         self.records.append(rec)
         return rec
+
+    def inspected(self, results: list[Decimal], unit: str, limits: dict[str, str | None], ok: bool,
+                  out_of_limits: list[int], mean: Decimal | None = None) -> None:
+        """Report an in-process check to QMS with the completion (see :func:`inspected`)."""
+        inspected(self, results, unit, limits, ok, out_of_limits, mean)
 
     def deviate(self, category: str, description: str, evidence: dict[str, Any], severity: str | None = None) -> None:
         """Raise a deviation with the completion (major unless told)."""
@@ -137,6 +145,22 @@ class StepContext:
     def signer_session(self) -> Any:
         """The session row of the person completing the step, or None (not interactive)."""
         return self.session_row() if callable(self.session_row) else self.session_row
+
+
+def inspected(ctx: StepContext, results: list[Decimal], unit: str, limits: dict[str, str | None], ok: bool,
+              out_of_limits: list[int], mean: Decimal | None = None) -> None:
+    """An in-process check's results, limits and verdict, sent to QMS as ``mes.inspection.recorded.v1``
+    (events.md §1) with the step's completion, in the same transaction."""
+    from mes.audit.canonical import format_at
+
+    ctx.inspection = {
+        "work_order_id": ctx.batch.work_order_id, "batch_id": ctx.batch.id, "step_id": ctx.spec.id,
+        "characteristic": ctx.spec.title, "results": [{"value": to_text(r), "uom": unit} for r in results],
+        "mean": None if mean is None else {"value": to_text(mean), "uom": unit},
+        "limits": {"low": None, "high": None, "mean_low": None, "mean_high": None, **limits},
+        "verdict": "pass" if ok else "fail", "out_of_limits": list(out_of_limits),
+        "recorded_at": format_at(ctx.now), "performed_by": ctx.actor.id, "attempt": ctx.step.attempt,
+    }
 
 
 def places_ok(value: Decimal, precision: int, field_name: str) -> Decimal:

@@ -41,7 +41,11 @@ class Numeric(StepKind):
         flags = check_limits(ctx, spec, value)
         ctx.record("value", {"low": opt(spec.low), "high": opt(spec.high), "target": opt(spec.target)}, value, spec.unit,
                    flags)
-        ctx.result = {"value": to_text(value), "unit": spec.unit, "in_limits": not flags}
+        ok = not flags
+        ctx.result = {"value": to_text(value), "unit": spec.unit, "in_limits": ok}
+        if spec.low is not None or spec.high is not None:  # a check against limits: QMS trends it
+            ctx.inspected([value], spec.unit, {"low": opt(spec.low), "high": opt(spec.high), "target": opt(spec.target)},
+                          ok, [] if ok else [0])
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """The limits as a phrase."""

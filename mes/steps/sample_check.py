@@ -58,6 +58,9 @@ class SampleCheck(StepKind):
                 "low": opt(spec.low), "high": opt(spec.high), "mean_low": opt(spec.mean_low), "mean_high": opt(spec.mean_high)}
         ctx.record("value", data, verdict.mean, spec.unit, [] if verdict.ok else ["out_of_limits"])
         ctx.result = {**data, "unit": spec.unit, "in_limits": verdict.ok}
+        ctx.inspected(results, spec.unit, {"low": opt(spec.low), "high": opt(spec.high), "mean_low": opt(spec.mean_low),
+                                           "mean_high": opt(spec.mean_high), "target": opt(spec.target)},
+                      verdict.ok, list(verdict.out_of_limits), verdict.mean)
         if not verdict.ok:
             ctx.deviate("limits_missed", f"{spec.title}: results outside the limits "
                         f"(individual {limits_text(spec.low, spec.high, spec.unit)}, mean {to_text(verdict.mean)})",

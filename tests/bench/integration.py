@@ -1,12 +1,14 @@
 """Benchmark: the outbox relay delivering to a local webhook receiver, beside a bare HTTP POST
 loop to the same receiver measured in the same run.
 
-Throughput: ``--events`` events (over ``--aggregates`` aggregates) committed, then one relay
-started; events per second until the last arrives. Commit-to-receipt: ``--latency-events``
+Throughput: ``--events`` events (over ``--aggregates`` aggregates) committed, then ``--relays``
+relays started (each as `mes relay` runs it: runs of ``--run`` events per aggregate, 8 senders);
+events per second until the last arrives. Commit-to-receipt: ``--latency-events``
 events committed one at a time while the relay runs (default poll interval); the time from
 each commit to its arrival. Baseline: the same bodies POSTed one after another.
 
     python -m tests.bench.integration [--db sqlite|postgresql] [--events 2000] [--latency-events 200]
+        [--relays 2] [--run 10]
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class Sink:
                 raise RuntimeError(f"{sum(i in self.arrived for i in ids)} of {len(ids)} events arrived")
 
 
-def run(backend: str, events: int, latency_events: int, aggregates: int) -> dict[str, Any]:
+def run(backend: str, events: int, latency_events: int, aggregates: int, relays: int = 2,
+        run_length: int = 10) -> dict[str, Any]:
     from sqlalchemy import select
 
     from mes.audit.log import Actor, Event, record
@@ -69,6 +72,7 @@ def run(backend: str, events: int, latency_events: int, aggregates: int) -> dict
     from mes.integration import endpoints as ops
     from mes.integration.models import OutboxEvent
     from mes.integration.relay import Relay, start_in_background
+    from tests.helpers import example_data
 
     actor = Actor.system("bench")
     sink = Sink()
@@ -76,7 +80,7 @@ def run(backend: str, events: int, latency_events: int, aggregates: int) -> dict
     def produce(i: int) -> str:
         appended = record(actor, "bench.fact", ("batch", f"B-{i % aggregates}"), after={"i": i},
                           event=Event("mes.material.consumed.v1", "batch", f"B-{i % aggregates}",
-                                      {"i": i, "qty": {"value": "12.50", "uom": "kg"}}))
+                                      example_data("mes.material.consumed.v1", i=i)))
         db.session.commit()
         event_id = db.session.execute(select(OutboxEvent.id).where(OutboxEvent.audit_seq == appended.seq)).scalar()
         db.session.rollback()
@@ -90,18 +94,21 @@ def run(backend: str, events: int, latency_events: int, aggregates: int) -> dict
             bodies = [bytes(b) for b in db.session.execute(select(OutboxEvent.body).order_by(OutboxEvent.audit_seq))
                       .scalars()]
             db.session.rollback()
-            # throughput: one relay drains the backlog
-            relay = Relay(app, poll_s=0.25)
+            # throughput: the relays drain the backlog
+            workers = [Relay(app, name=f"bench-{n}", poll_s=0.25, run=run_length) for n in range(relays)]
             stop = threading.Event()
             started = time.perf_counter()
-            thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
-            thread.start()
+            threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
+            for thread in threads:
+                thread.start()
             sink.wait(ids)
             relay_s = time.perf_counter() - started
             stop.set()
-            thread.join(60)
+            for thread in threads:
+                thread.join(60)
+            relay = workers[0]
             # commit-to-receipt while the relay runs with its default poll interval
-            thread, stop = start_in_background(app)
+            thread, stop = start_in_background(app, run=run_length)
             latencies = []
             for i in range(events, events + latency_events):
                 committed = time.perf_counter()
@@ -128,7 +135,8 @@ def run(backend: str, events: int, latency_events: int, aggregates: int) -> dict
     relay_rate, bare_rate = events / relay_s, events / bare_s
     lat, bare_p = _p95(latencies), _p95(bare)
     return {
-        "benchmark": "integration", "db": backend, "events": events, "aggregates": aggregates,
+        "benchmark": "integration", "db": backend, "events": events, "aggregates": aggregates, "relays": relays,
+        "run": run_length,
         "relay_events_per_s": round(relay_rate, 1), "bare_posts_per_s": round(bare_rate, 1),
         "ratio_relay_to_bare_throughput": ratio(relay_rate, bare_rate),
         "commit_to_receipt": lat, "relay_poll_s": poll_s, "bare_post": bare_p,
@@ -148,9 +156,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--latency-events", type=int, default=200)
     ap.add_argument("--aggregates", type=int, default=20)
+    ap.add_argument("--relays", type=int, default=2)
+    ap.add_argument("--run", type=int, default=10)
     args = ap.parse_args()
     started = time.perf_counter()
-    result = run(args.db, args.events, args.latency_events, args.aggregates)
+    result = run(args.db, args.events, args.latency_events, args.aggregates, args.relays, args.run)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 

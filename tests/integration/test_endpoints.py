@@ -16,7 +16,7 @@ from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry
 from mes.db import db
 from mes.users import operations as users
-from tests.helpers import PASSWORD, logged_in, seed
+from tests.helpers import PASSWORD, example_data, logged_in, seed
 
 ACTOR = Actor.system("test")
 API = "/api/v1/integration/endpoints"
@@ -84,7 +84,7 @@ def test_pull_events_after_id_by_type_and_subject(client: FlaskClient) -> None:
     seeded = seed()
     for i, (kind, batch) in enumerate([("consumed", "B-1"), ("consumed", "B-2"), ("completed", "B-1")]):
         event_type = f"mes.material.{kind}.v1" if kind == "consumed" else "mes.batch.completed.v1"
-        record(ACTOR, "test.fact", ("batch", batch), after={"i": i}, event=Event(event_type, "batch", batch, {"i": i}))
+        record(ACTOR, "test.fact", ("batch", batch), after={"i": i}, event=Event(event_type, "batch", batch, example_data(event_type, i=i)))
         db.session.commit()
     headers = _token(seeded.users["integrator"], ["integration.events"])
     r = client.get("/integration/v1/events", headers=headers)

@@ -33,6 +33,7 @@ from mes.integration.relay import (
     start_in_background,
 )
 from mes.users.models import Alarm
+from tests.helpers import example_data
 from tests.integration.receiver import Received, Receiver, eventually
 
 ACTOR = Actor.system("test")
@@ -56,7 +57,7 @@ def produce(aggregate: str, n: int, event_type: str = "mes.material.consumed.v1"
     """``n`` events of ``batch/<aggregate>``, each in its own transaction with its audit entry."""
     for i in range(n):
         record(ACTOR, "test.fact", ("batch", aggregate), after={"i": i},
-               event=Event(event_type, "batch", aggregate, {"i": i}, correlation_id="WO-1"))
+               event=Event(event_type, "batch", aggregate, example_data(event_type, i=i), correlation_id="WO-1"))
         db.session.commit()
     return ids_of(f"batch/{aggregate}")
 

@@ -6,7 +6,6 @@ outbox event. Every change here is audited with its event in the same transactio
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -142,12 +141,11 @@ def test_a_shift_closes_once_with_its_figures_event(app: Flask) -> None:
         "early", "0.8750", "1.0000", "0.9900", "0.8662")
     due = ops.close_shifts_due(GATEWAY)
     assert due and ops.close_shifts_due(GATEWAY) == []
-    # the payload follows the schema in the shared contract (events.md §6)
-    spec = (Path(__file__).resolve().parents[3] / "shared" / "specs" / "events.md").read_text(encoding="utf-8")
-    block = spec[spec.index("JSON Schema of `mes.oee.shift_closed.v1`"):]
-    schema = json.loads(block[block.index("```json") + 7:block.index("```", block.index("```json") + 7)])
+    # the payload follows the schema the MES serves for the type (named in its dataschema)
+    schema = app.test_client().get("/integration/v1/schemas/mes.oee.shift_closed.v1.json")
+    assert schema.status_code == 200 and event["dataschema"] == "/integration/v1/schemas/mes.oee.shift_closed.v1.json"
     for sent in events("mes.oee.shift_closed.v1"):
-        errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(sent["data"])]
+        errors = [e.message for e in jsonschema.Draft202012Validator(schema.get_json()).iter_errors(sent["data"])]
         assert errors == [], errors
 
 
