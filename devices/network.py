@@ -99,9 +99,12 @@ class LinkChatterFilter(logging.Filter):
     """Drops what pymodbus and asyncua log about links at run time — their info and debug
     lines, "Failed to connect", "Repeating…", reconnect tracebacks — because the driver turns
     each into one DeviceError and the gateway logs one line per state change of the device.
-    Anything else the libraries warn about passes."""
+    Anything else the libraries warn about passes, and everything passes while the root
+    logger is at DEBUG (MES_LOG_LEVEL=DEBUG asks to see all of it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if logging.root.level <= logging.DEBUG:
+            return True
         if record.levelno < logging.WARNING:
             return False
         if record.exc_info and isinstance(record.exc_info[1], _LINK_ERRORS):

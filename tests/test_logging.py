@@ -10,12 +10,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from devices.network import quiet_library_logs
 from mes.observability import JSONFormatter, configure_logging
 
 
 @pytest.fixture
 def console() -> Iterator[io.StringIO]:
-    """What the JSON console handler writes, while the test runs."""
+    """What the JSON console handler writes, while the test runs (after a network driver has
+    put its link-chatter filter on the protocol libraries' loggers, as in a running gateway)."""
+    for name in ("asyncua.server.address_space", "pymodbus.server"):
+        logging.getLogger(name)
+    quiet_library_logs()
     configure_logging("WARNING")
     handler = next(h for h in logging.getLogger().handlers if isinstance(h.formatter, JSONFormatter))
     assert isinstance(handler, logging.StreamHandler)
