@@ -99,11 +99,14 @@ class LinkChatterFilter(logging.Filter):
     """Drops what pymodbus and asyncua log about links at run time — their info and debug
     lines, "Failed to connect", "Repeating…", reconnect tracebacks — because the driver turns
     each into one DeviceError and the gateway logs one line per state change of the device.
-    Anything else the libraries warn about passes, and everything passes while the root
-    logger is at DEBUG (MES_LOG_LEVEL=DEBUG asks to see all of it)."""
+    Anything else the libraries warn about passes, and everything passes once
+    :func:`show_link_chatter` is on (``MES_LOG_LEVEL=DEBUG`` asks to see all of it)."""
+
+    #: Set by :func:`show_link_chatter`.
+    everything: ClassVar[bool] = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if logging.root.level <= logging.DEBUG:
+        if self.everything:
             return True
         if record.levelno < logging.WARNING:
             return False
@@ -114,6 +117,11 @@ class LinkChatterFilter(logging.Filter):
 
 
 _FILTER = LinkChatterFilter()
+
+
+def show_link_chatter(on: bool) -> None:
+    """Let the protocol libraries' link chatter through (the application's DEBUG level)."""
+    LinkChatterFilter.everything = on
 
 
 def quiet_library_logs(prefixes: tuple[str, ...] = ("pymodbus", "asyncua")) -> None:

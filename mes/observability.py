@@ -88,6 +88,9 @@ def configure_logging(level: str) -> None:
     library_level = logging.NOTSET if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     for name in QUIET_LIBRARIES:  # not even made into records: asyncua's are a thousand at start-up
         logging.getLogger(name).setLevel(library_level)
+    from devices.network import show_link_chatter
+
+    show_link_chatter(numeric <= logging.DEBUG)  # the network drivers' filter on those libraries
     for name in list(logging.root.manager.loggerDict):  # the library's own loggers follow it
         if any(name.startswith(quiet + ".") for quiet in QUIET_LIBRARIES):
             child = logging.getLogger(name)
