@@ -206,6 +206,9 @@ def login() -> Any:
         if exc.extra.get("credential") != "pin":
             return _page("login.html", "login", exc.status, message=sentence(exc), next=next_url, badge=badge)
         session["kiosk_pin_badge"] = badge  # the right temporary PIN: on to setting one's own
+        reset = users.get_user(str(exc.extra.get("user"))) if exc.extra.get("user") else None
+        if reset is not None:  # the PIN screen speaks the badge's language too (rule 13)
+            session["kiosk_lang"] = reset.language
         return redirect(url_for("kiosk.change_pin"))
     except MESError as exc:
         return _page("login.html", "login", exc.status, message=sentence(exc), next=next_url, badge=badge)

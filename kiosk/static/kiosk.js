@@ -71,7 +71,8 @@
   function boundInput(name, root) { return $('input[data-bind="' + name + '"]', root || document); }
   function renderField(name, root) {
     var input = boundInput(name, root);
-    var out = name === "entry" ? $("[data-field=entry]", root) : $('[data-field-of="' + name + '"]', root);
+    // a step's entry may be shown beside the form (the sample check's results column)
+    var out = name === "entry" ? ($("[data-field=entry]", root) || $("[data-field=entry]")) : $('[data-field-of="' + name + '"]', root);
     if (!input || !out) { return; }
     var field = $('.field[data-entry-target="' + name + '"]', root);
     var secret = name === "pin" || (field && field.dataset.secret === "true");
@@ -356,6 +357,30 @@
   });
   $$("[data-action=close-dialog]").forEach(function (b) {
     b.addEventListener("click", function () { var d = b.closest("dialog"); if (d) { d.close(); } });
+  });
+
+  // ------------------------------------------------------------ text that does not fit its box
+  // A step's text never scrolls the page: a box too small for it shows "Read all", which opens
+  // the whole text in a dialog (one tap, Close to go back).
+  $$("[data-clip]").forEach(function (box) {
+    var more = $("[data-action=read-all]", box);
+    if (!more) { return; }
+    var fit = function () { more.hidden = true; more.hidden = box.scrollHeight <= box.clientHeight + 2; };
+    fit();
+    window.addEventListener("resize", fit);
+    if (document.fonts && document.fonts.ready) { document.fonts.ready.then(fit); }
+    more.addEventListener("click", function () {
+      var d = $("#read-dialog");
+      if (!d) { return; }
+      var copy = box.cloneNode(true);
+      $$("button, [id]", copy).forEach(function (el) { if (el.tagName === "BUTTON") { el.remove(); } else { el.removeAttribute("id"); } });
+      copy.removeAttribute("id"); copy.removeAttribute("data-clip"); copy.removeAttribute("aria-labelledby");
+      $$("[data-field]", copy).forEach(function (el) { el.removeAttribute("data-field"); });
+      var holder = $(".read-body", d);
+      holder.innerHTML = "";
+      while (copy.firstChild) { holder.appendChild(copy.firstChild); }
+      showDialog(d, true);
+    });
   });
 
   // ------------------------------------------------------------ decimals (exact, for in-band checks)

@@ -206,6 +206,63 @@ POSITION_JS = _VISIBLE + """
 """
 
 
+# Rule 8: at the top of the page (never scrolled), every control a person may need is inside
+# the viewport and inside the visible part of any scrolling box around it (a dialog's own
+# scroll too); the batch header stays whole on screen. A modal dialog hides the page behind it.
+FOLD_JS = _VISIBLE + """
+([selector]) => {
+  window.scrollTo(0, 0);
+  const vw = document.documentElement.clientWidth, vh = window.innerHeight;
+  const open = [...document.querySelectorAll('dialog[open]')].filter(d => d.matches(':modal'));
+  const scope = open.length ? open[open.length - 1] : document;
+  const out = [];
+  const name = (el) => (el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+      (el.dataset.action ? '[data-action=' + el.dataset.action + ']' : '') +
+      (el.dataset.key ? '[data-key=' + el.dataset.key + ']' : '') +
+      ' "' + (el.innerText || el.value || el.getAttribute('aria-label') || '').trim().slice(0, 30) + '"');
+  const clip = (el) => {  // the visible box: the viewport cut by every scrolling or clipping ancestor
+    let box = {left: 0, top: 0, right: vw, bottom: vh};
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      const cs = getComputedStyle(a);
+      if (/(auto|scroll|hidden|clip)/.test(cs.overflowX + cs.overflowY)) {
+        const r = a.getBoundingClientRect();
+        box = {left: Math.max(box.left, r.left), top: Math.max(box.top, r.top),
+               right: Math.min(box.right, r.right), bottom: Math.min(box.bottom, r.bottom)};
+      }
+    }
+    return box;
+  };
+  // a list (batches, a summary) scrolls in its own box: the box is on screen, and its first
+  // control is; the rest are reached by scrolling the list, never the page
+  const firstOfList = new Set([...scope.querySelectorAll('[data-list]')].map(l =>
+      [...l.querySelectorAll(selector)].find(visible)).filter(Boolean));
+  for (const list of scope.querySelectorAll('[data-list]')) {
+    const r = list.getBoundingClientRect();
+    if (visible(list) && (r.top < -0.5 || r.bottom > vh + 0.5 || r.left < -0.5 || r.right > vw + 0.5))
+      out.push(`the list ${list.tagName.toLowerCase()}.${list.className} `
+               + `(${r.top.toFixed(0)}-${r.bottom.toFixed(0)}) is not inside the viewport`);
+  }
+  for (const el of scope.querySelectorAll(selector)) {
+    if (!visible(el) || el.closest('template')) continue;
+    if (el.closest('[data-list]') && !firstOfList.has(el)) continue;
+    if (getComputedStyle(el).visibility === 'hidden') continue;
+    if (el.matches('input[type=radio], input[type=checkbox]') && el.closest('label')) continue;  // its label is the target
+    const r = el.getBoundingClientRect(), b = clip(el);
+    if (r.left < b.left - 0.5 || r.top < b.top - 0.5 || r.right > b.right + 0.5 || r.bottom > b.bottom + 0.5)
+      out.push(`${name(el)} at ${r.left.toFixed(0)},${r.top.toFixed(0)}-${r.right.toFixed(0)},${r.bottom.toFixed(0)} `
+               + `is outside the visible ${b.left.toFixed(0)},${b.top.toFixed(0)}-${b.right.toFixed(0)},${b.bottom.toFixed(0)} `
+               + `(viewport ${vw}x${vh}, page ${document.documentElement.scrollHeight} px high)`);
+  }
+  const header = document.querySelector('#batch-header');
+  if (header && visible(header) && !open.length) {
+    const r = header.getBoundingClientRect();
+    if (r.top < -0.5 || r.bottom > vh + 0.5) out.push(`#batch-header is not whole on screen (${r.top}-${r.bottom})`);
+  }
+  return out;
+}
+"""
+
+
 FONT_ICONS_JS = """
 () => [...document.querySelectorAll('.icon, [data-icon]')]
   .filter(el => !el.closest('template'))
@@ -248,6 +305,12 @@ def listeners(page: Any) -> list[dict[str, str]]:
 def position(page: Any) -> dict[str, Any]:
     """Rule 8: the header fields, the operator and terminal, the primary action."""
     return dict(page.evaluate(POSITION_JS, [CONTROLS]))
+
+
+def fold(page: Any) -> list[str]:
+    """Rule 8: every control of the screen (or of its open dialog) and the batch header are
+    inside the viewport at the top of the page, without scrolling."""
+    return list(page.evaluate(FOLD_JS, [CONTROLS]))
 
 
 def axe(page: Any) -> list[dict[str, Any]]:
