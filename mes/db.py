@@ -9,6 +9,7 @@ appends anyway).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -66,10 +67,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def create_private_file(path: str | None) -> None:
+    """Create a SQLite database file readable by its owner only (0600) before SQLite creates
+    it with the umask's mode; its WAL and SHM files take the same mode (issue 17)."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except (FileExistsError, FileNotFoundError, PermissionError):
+        pass  # there already (its mode is `mes check`'s business), or a folder still to be made
+
+
 def tune_sqlite_engine(engine: Engine) -> None:
     """Set the SQLite pragmas and transaction mode on every new connection."""
     if engine.dialect.name != "sqlite":
         return
+    create_private_file(engine.url.database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -102,11 +115,17 @@ def pipelined(conn: Connection) -> Iterator[None]:
         return
     import psycopg
 
+    dbapi_connection = conn.connection.dbapi_connection
     try:
         with conn.connection.driver_connection.pipeline():
             yield
     except psycopg.Error as exc:
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        # As SQLAlchemy does for a statement it runs itself: a lost connection is invalidated
+        # (the pool replaces it; the rollback after it does not fail again) and said so.
+        lost = conn.dialect.is_disconnect(exc, dbapi_connection, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=lost) from exc
 
 
 def driver_queries(conn: Connection, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:

@@ -581,6 +581,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        original = getattr(exc, "original_exception", None)
+        if exc.code == 500 and isinstance(original, Exception):  # raised outside the view (e.g. saving the session)
+            return _unexpected(original)
         if exc.code == 413 and request.path.startswith(HTML_PREFIXES):  # a form streamed past FORM_MAX
             return html_error(413, FORM_TOO_LARGE)
         slug = (exc.name or "error").lower().replace(" ", "-")
@@ -591,7 +594,19 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        db.session.rollback()
+        try:
+            db.session.rollback()
+        except Exception:  # noqa: BLE001 - the connection itself failed: drop it, answer anyway
+            db.session.close()
+        from mes.system.storage import database_problem
+
+        known = database_problem(exc)
+        if known is not None:  # a full disk, a lost connection: rolled back whole; say so, not "internal error"
+            app.logger.error("database: %s", known.title, extra={"request_id": getattr(g, "request_id", None)})
+            response = _mes_error(known)
+            if known.status == 503:
+                response.headers["Retry-After"] = "1"
+            return response
         app.logger.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
         return problem(500, "internal-error", "Internal error",
                        "Something went wrong on the server; nothing was recorded. Quote the request id to support.")

@@ -1,4 +1,6 @@
-"""Readiness checks: database reachable, schema at the migration head, audit log verified.
+"""Readiness checks: database reachable and writable (a committed write probe, and free space
+on the SQLite database's disk, see :mod:`mes.system.storage`), schema at the migration head,
+audit log verified.
 
 The audit verification runs once at start-up in a background thread (a million entries
 take seconds) and then on a schedule; until the first run finishes ``/readyz`` says so.
@@ -69,6 +71,9 @@ def run_checks() -> dict[str, dict[str, Any]]:
         db.session.rollback()
         checks["database"] = {"ok": False, "detail": type(exc).__name__}
         return checks
+    from mes.system.storage import disk_check
+
+    checks["disk"] = disk_check()
     head, current = head_revision(), current_revision()
     checks["migrations"] = {"ok": head == current, "current": current, "head": head}
     checks["audit"] = audit_status().as_json()
