@@ -108,6 +108,7 @@ def start_background_jobs(app: Flask) -> threading.Thread:
 
     def loop() -> None:
         from mes.audit.checkpoint_guard import watch_log
+        from mes.system.storage import watch_free_space
 
         verify_now(app, "start-up")
         last_verify = time.monotonic()
@@ -121,6 +122,10 @@ def start_background_jobs(app: Flask) -> threading.Thread:
                 except Exception:  # noqa: BLE001
                     logger.exception("scheduled checkpoint failed")
                     db.session.rollback()
+                finally:
+                    db.session.remove()
+                try:
+                    watch_free_space()  # the alarm before the database disk is full
                 finally:
                     db.session.remove()
             if time.monotonic() - last_verify >= verify_every:

@@ -207,7 +207,24 @@ def verify_since(session: Session, ref: Reference, size: int) -> bytes:
         stored = b""
     if stored != new_root:
         raise LogTampered(f"the stored Merkle nodes from seq {ref.size} on differ from the entries", ref.size)
+    reconcile_new_entries(ref.size)
     return new_root
+
+
+def reconcile_new_entries(start: int) -> None:
+    """The records the committed entries from ``start`` on describe must match the tables
+    (cost proportional to those entries). Read in a snapshot of what is committed: the
+    caller's own transaction may be half way through a change whose entry comes later."""
+    from mes.audit.reconcile import reconcile_since, snapshot
+
+    with snapshot() as conn:
+        top = conn.exec_driver_sql("SELECT max(seq) FROM audit_entries").scalar()
+        end = 0 if top is None else top + 1
+        result = reconcile_since(conn, start, end)
+    if not result.ok:
+        first = result.first
+        assert first is not None
+        raise LogTampered(f"a record differs from the audit log: {first.line()}", first.seq)
 
 
 def check_new_entries(session: Session | None = None) -> int:
@@ -231,6 +248,7 @@ def watch_log() -> str | None:
 
     try:
         check_new_entries()
+        _reconcile_tables()
         if checkpoint_if_due() is not None:
             db.session.commit()
         else:
@@ -244,6 +262,18 @@ def watch_log() -> str | None:
         raise_audit_alarm(f"Audit log verification failed: {line}", {"first_bad_seq": exc.first_bad_seq,
                                                                      "source": "checkpoint watch"})
         return line
+
+
+def _reconcile_tables() -> None:
+    """Every GMP table against the records the log describes (kept in memory, extended
+    with the new entries only): a direct edit of a record is found at the next poll."""
+    from mes.audit.reconcile import watch_state
+
+    result = watch_state().poll()
+    if not result.ok:
+        first = result.first
+        assert first is not None
+        raise LogTampered(f"a record differs from the audit log: {first.line()}", first.seq)
 
 
 def _watch_witnesses() -> None:

@@ -34,6 +34,33 @@ def audit_verify(workers: int | None) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@audit.command("reconcile")
+@handle_errors
+def audit_reconcile() -> None:
+    """Replay the log and compare every GMP record with the tables; name the first
+    difference with its record and seq; exit 1 (and raise an alarm) on any."""
+    from mes.audit.alarms import raise_audit_alarm
+    from mes.audit.reconcile import reconcile
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        try:
+            result = reconcile()
+            line = result.summary()
+        except Exception as exc:  # noqa: BLE001 - never a traceback: one FAILED line
+            result, line = None, f"FAILED: the records could not be reconciled ({type(exc).__name__}: {exc})"
+        if result is None or not result.ok:
+            raise_audit_alarm(f"Audit reconcile failed: {line}",
+                              {"first_bad_seq": None if result is None else result.first_bad_seq,
+                               "source": "mes audit reconcile"})
+    click.echo(line)
+    if result is not None:
+        for diff in result.differences[1:20]:
+            click.echo(f"  {diff.line()}", err=True)
+    sys.exit(0 if result is not None and result.ok else 1)
+
+
 @audit.command("export")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--batch", default=None, help="export one batch's entries with inclusion proofs")
@@ -114,15 +141,18 @@ def backup(out: Path) -> None:
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="replace an existing non-empty database")
+@click.option("--accept-older", "accept_older", default=None, metavar="REASON",
+              help="restore a backup older than a witnessed checkpoint (audited with REASON, alarm raised)")
 @handle_errors
-def restore(file: Path, force: bool) -> None:
-    """Restore a backup, then verify the log and that it reproduces the last checkpoint."""
+def restore(file: Path, force: bool, accept_older: str | None) -> None:
+    """Prove a backup in a staging database (verify, reconcile, manifest and witnesses), then
+    switch to it; a refused backup leaves the running database untouched."""
     from mes.audit.backup import RestoreError, restore_database
 
     app = make_app()
     with app.app_context():
         try:
-            result = restore_database(file, force=force)
+            result = restore_database(file, force=force, accept_older=accept_older)
         except RestoreError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from mes.audit import checkpoint as notes
 from mes.audit import entry_tags, keys, log, merkle
 from mes.audit.models import AuditCheckpoint, AuditCosignature, AuditEntry, AuditTreeNode
+from mes.audit.reconcile_rules import RULES, Expected, fold
 from mes.audit.verify import first_unprovable, verify_checkpoint_history, verify_entry_stream
-from mes.db import db, read_only_session
+from mes.db import db
 from mes.witness.client import configured_witnesses, sync_witnesses
 
 
@@ -59,17 +60,29 @@ class DatabaseCheck:
 def verifier_keys() -> list[notes.VerifierKey]:
     """The current verifier key first (outside tools may read only the first line), then
     every archived one (after rotations)."""
+    from flask import current_app
+
+    pinned = (current_app.config.get("MES_AUDIT_VERIFIER_KEYS") or "").split()
+    if pinned:  # pinned in the configuration: a key file swapped beside the database verifies nothing
+        return [notes.parse_vkey(v) for v in pinned]
     al = log.audit_log()
     current = al.vkey()
     archived = keys.all_verifier_keys(al.verifier_dir) if al.verifier_dir.exists() else []
     return [notes.parse_vkey(v) for v in [current, *sorted(set(archived) - {current})]]
 
 
-def verify_database(session: Session | None = None, *, workers: int | None = None) -> DatabaseCheck:
-    """Re-verify the whole log: chain, canonical bytes, time, checkpoints, stored nodes."""
+def verify_database(session: Session | None = None, *, workers: int | None = None, held: bool = True) -> DatabaseCheck:
+    """Re-verify the whole log: chain, canonical bytes, time, checkpoints, stored nodes,
+    tags and index columns, records reconciled; ``held``: and the checkpoints held outside
+    the database (a restore checks those itself, to tell an older backup from a forged one)."""
     if session is None:
-        with read_only_session() as ro:
-            return verify_database(ro, workers=workers)
+        from mes.audit.reconcile import snapshot
+
+        db.session.rollback()
+        # one snapshot for the log and the tables it is reconciled with (REPEATABLE READ on
+        # PostgreSQL; a read transaction on SQLite, never its write lock)
+        with snapshot() as conn, Session(bind=conn) as ro:
+            return verify_database(ro, workers=workers, held=held)
     stored_leaves = bytearray()
     stream = verify_entry_stream(log.iter_entries_collecting_leaves(stored_leaves, session), workers=workers)
     cps = list(session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars())
@@ -87,8 +100,11 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
             result.fail(f"checkpoint {row.id}: stored size or root differs from its signed note", None)
     _check_columns(bytes(stored_leaves), stream, result)
     _check_frontier(session, stream, result)
-    _check_tags(session, result)
-    _check_held(stream, result)
+    expected = _check_tags(session, result)
+    if held:
+        _check_held(stream, result)
+    if result.first_bad_seq is None:  # (records replay the entries only up to the first bad one:
+        _check_records(session, expected, result)  # with a bad entry every later change would differ)
     if result.errors and result.first_bad_seq is None:
         # Only the signed checkpoints caught it (entries, hashes and nodes were all rewritten
         # consistently): name the first entry no consistent checkpoint vouches for.
@@ -119,19 +135,41 @@ def _check_held(stream, result: DatabaseCheck) -> None:
                         f"{result.latest_size}: checkpoints were deleted", None)
 
 
-def _check_tags(session: Session, result: DatabaseCheck) -> None:
-    """Every entry's authentication tag and unhashed index columns (mes.audit.entry_tags)."""
+def _check_records(session: Session, expected: Expected, result: DatabaseCheck) -> None:
+    """The GMP records must be what the log says (:mod:`mes.audit.reconcile`), replayed from
+    the entries the tag pass parsed."""
+    from mes.audit.reconcile import compare
+
+    _, diffs = compare(session.connection(), expected)
+    for diff in sorted(diffs, key=lambda d: (d.seq is None, d.seq or 0))[:20]:
+        result.fail(f"record differs from the audit log: {diff.line()}", diff.seq)
+
+
+def _check_tags(session: Session, result: DatabaseCheck) -> Expected:
+    """Every entry's authentication tag and unhashed index columns (mes.audit.entry_tags);
+    in the same pass each parsed entry is folded into the records it describes."""
     key = log.audit_log().tag_key()
-    problem, _ = entry_tags.check_rows(key, entry_tags.iter_rows(session.connection()))
-    if problem is not None:
-        result.fail(f"seq {problem.seq}: {problem.message}", problem.seq)
+    expected = Expected()
+    seq = -1
+    for seq, row in enumerate(entry_tags.iter_rows(session.connection())):
+        problem, entry = entry_tags.check_row(key, row, seq)
+        if entry is not None and entry["entity"]["type"] in RULES:
+            try:
+                fold(expected, seq, entry)
+            except (KeyError, TypeError, AttributeError, ValueError):
+                pass  # a malformed entry: the verifier names it
+        if problem is not None:
+            result.fail(f"seq {seq}: {problem}", seq)
+            break
+    expected.size = seq + 1
+    return expected
 
 
-def verify_database_safely(*, workers: int | None = None) -> DatabaseCheck:
+def verify_database_safely(*, workers: int | None = None, held: bool = True) -> DatabaseCheck:
     """:func:`verify_database` that never raises: a crash is itself a failed verification
     (whatever a DBA did to the tables, the answer is one FAILED line, not a traceback)."""
     try:
-        return verify_database(workers=workers)
+        return verify_database(workers=workers, held=held)
     except Exception as exc:  # noqa: BLE001 - reported as the failure it is
         db.session.rollback()
         size = 0
@@ -223,18 +261,39 @@ def export(out: Path, batch: str | None = None, session: Session | None = None) 
         for seq, data in session.execute(query.execution_options(yield_per=20_000)):
             fh.write(bytes(data) + b"\n")
             seqs.append(seq)
+    for name, data in _export_tail(session, cp, batch, seqs).items():
+        (out / name).write_bytes(data)
+    return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}
+
+
+def batch_export_files(batch: str, session: Session | None = None) -> dict[str, bytes]:
+    """A ``--batch`` export (§4) as file contents, in the caller's transaction (nothing
+    committed): a checkpoint is published over every entry so far if none covers them yet,
+    then the batch's entries with their inclusion proofs against it. The eBR embeds it."""
+    session = session or db.session
+    log.publish_checkpoint(session)
+    cp = log.latest_checkpoint(session)
+    if cp is None:
+        raise ValueError("the audit log is empty; nothing to export")
+    rows = session.execute(select(AuditEntry.seq, AuditEntry.entry_bytes).where(
+        AuditEntry.seq < cp.size, AuditEntry.batch_id == batch).order_by(AuditEntry.seq)).all()
+    files = {"entries.jsonl": b"".join(bytes(data) + b"\n" for _, data in rows)}
+    files.update(_export_tail(session, cp, batch, [seq for seq, _ in rows]))
+    return files
+
+
+def _export_tail(session: Session, cp: AuditCheckpoint, batch: str | None, seqs: list[int]) -> dict[str, bytes]:
+    """The export's files after ``entries.jsonl``: checkpoint, history, keys, witnesses (and proofs)."""
     cosigned = witnessed_notes(session)
     history = [cosigned[c.id] for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
-    (out / "checkpoint").write_text(cosigned[cp.id], encoding="utf-8", newline="")
-    with open(out / "checkpoints.jsonl", "w", encoding="utf-8", newline="") as fh:
-        for note in history:
-            fh.write(json.dumps(note) + "\n")
-    (out / "log.vkey").write_text("\n".join(v.text for v in verifier_keys()) + "\n", encoding="utf-8")
-    (out / "witnesses").write_text("".join(w.key.text + "\n" for w in configured_witnesses()), encoding="utf-8")
+    files = {"checkpoint": cosigned[cp.id].encode("utf-8"),
+             "checkpoints.jsonl": "".join(json.dumps(note) + "\n" for note in history).encode("utf-8"),
+             "log.vkey": ("\n".join(v.text for v in verifier_keys()) + "\n").encode("utf-8"),
+             "witnesses": "".join(w.key.text + "\n" for w in configured_witnesses()).encode("utf-8")}
     if batch is not None:
         if not seqs:
             raise ValueError(f"no audit entries for batch {batch!r}")
         proofs = {"checkpoint": cosigned[cp.id],
                   "entries": [{"seq": s, "proof": [h.hex() for h in log.inclusion_proof(s, cp.size, session)]} for s in seqs]}
-        (out / "proofs.json").write_text(json.dumps(proofs, indent=1) + "\n", encoding="utf-8")
-    return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}
+        files["proofs.json"] = (json.dumps(proofs, indent=1) + "\n").encode("utf-8")
+    return files
