@@ -48,6 +48,19 @@ for _name, _value in TEST_ARGON2.items():
 os.environ.setdefault("MES_AUDIT_TAG_KEY_PATH",
                       str(Path(tempfile.mkdtemp(prefix="mes-tag-key-")) / "audit-tag.key"))
 
+# One eBR signing identity (plant CA + document-signing certificate) per test session, made
+# once here rather than two RSA-3072 keys in every test that releases a batch; the tests of
+# the identity itself give their own paths. Workers inherit the controller's environment.
+if "MES_EBR_SIGNING_CERT_PATH" not in os.environ:
+    from mes.ebr.signing import SigningPaths, ensure_identity
+
+    _ebr = Path(tempfile.mkdtemp(prefix="mes-ebr-identity-"))
+    ensure_identity(SigningPaths(_ebr / "plant-ca.crt", _ebr / "plant-ca.key", _ebr / "ebr-signing.crt",
+                                 _ebr / "ebr-signing.key"), "plant-01.example")
+    os.environ.update(MES_EBR_CA_CERT_PATH=str(_ebr / "plant-ca.crt"),
+                      MES_EBR_SIGNING_CERT_PATH=str(_ebr / "ebr-signing.crt"),
+                      MES_EBR_SIGNING_KEY_PATH=str(_ebr / "ebr-signing.key"))
+
 
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "gw0") + f"_{os.getpid()}"

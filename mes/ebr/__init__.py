@@ -1,0 +1,1 @@
+"""The electronic batch record: generated at release, frozen, signed (PAdES), verifiable."""
