@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     web.init_app(app)
 
     from mes.audit.blueprint import bp as audit_bp
+    from mes.ebr.blueprint import bp as ebr_bp
     from mes.equipment.blueprint import bp as equipment_bp
     from mes.execution.blueprint import bp as execution_bp
     from mes.integration.blueprint import bp as integration_bp
@@ -61,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(equipment_bp)
     app.register_blueprint(oee_bp)
     app.register_blueprint(integration_bp)
+    app.register_blueprint(ebr_bp)
     app.register_blueprint(integration_pages_bp)
 
     import kiosk  # the operator touch UI (/kiosk/) and its translations (Flask-Babel)

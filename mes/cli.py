@@ -137,6 +137,12 @@ def init(admin_id: str, admin_name: str, admin_password: str | None) -> None:
         audit_log().signing_key()
         click.echo(f"audit signing key {app.config['MES_AUDIT_KEY_PATH']}")
         click.echo(f"verifier key {audit_log().vkey()}")
+        from mes.ebr.signing import ensure_identity, paths_from
+
+        ebr_paths = paths_from(app.config)
+        made = ensure_identity(ebr_paths, app.config["MES_SITE_ID"])
+        click.echo(f"eBR signing certificate {ebr_paths.cert} ({'created' if made else 'present'}; "
+                   f"plant CA {ebr_paths.ca_cert})")
         has_admin = database.session.execute(select(UserRole).where(UserRole.role == "admin", UserRole.revoked_at.is_(None))).first()
         if has_admin:
             click.echo("an admin account exists already; none created")
@@ -173,13 +179,13 @@ def check() -> None:
             click.echo(f"ok   schema at migration head {head}")
         else:
             problems.append(f"schema at {current}, head is {head}: run `mes db upgrade`")
-        key = Path(app.config["MES_AUDIT_KEY_PATH"])
-        if not key.exists():
-            problems.append(f"audit signing key {key} is missing: run `mes init`")
-        elif key.stat().st_mode & 0o077:
-            problems.append(f"audit signing key {key} is readable by others: chmod 600 it")
-        else:
-            click.echo(f"ok   audit signing key {key}")
+        from mes.system.custody import custody_report
+
+        for level, line in custody_report(app):
+            if level == "FAIL":
+                problems.append(line)
+            else:
+                click.echo(f"{level:<4} {line}")
     for p in problems:
         click.echo(f"FAIL {p}")
     if problems:
@@ -436,6 +442,7 @@ def settings_table() -> str:
 
 
 from mes.audit import cli as _audit_cli  # noqa: E402,F401  (registers `mes audit`, `mes backup`, `mes restore`)
+from mes.ebr import cli as _ebr_cli  # noqa: E402,F401  (registers `mes ebr`)
 from mes.execution.cli import register_cli as _register_execution_cli  # noqa: E402
 from mes.integration import cli as _integration_cli  # noqa: E402,F401  (registers `mes relay`, `mes endpoint`)
 from mes.integration import inbound_cli as _inbound_cli  # noqa: E402,F401  (registers `mes peer`, `mes masterdata`, `mes sim erp|qms`)

@@ -54,6 +54,16 @@ def _parse_count(raw: str) -> int:
     return value
 
 
+def _parse_megabytes(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number of megabytes, 0 or more, got {raw!r}") from None
+    if not 0 <= value <= 10**7:
+        raise ValueError(f"expected a whole number of megabytes from 0 to 10000000, got {raw!r}")
+    return value
+
+
 def _parse_site_id(raw: str) -> str:
     value = raw.strip()
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -160,8 +170,14 @@ SETTINGS: tuple[Setting, ...] = (
             "line and shift)"),
     Setting("MES_AUDIT_WITNESSES", "MES_AUDIT_WITNESSES", str, "",
             "Witnesses of the audit log: space-separated <url>=<verifier key>"),
+    Setting("MES_AUDIT_VERIFIER_KEYS", "MES_AUDIT_VERIFIER_KEYS", str, "",
+            "Pinned verifier keys of the audit log (space-separated, log.vkey form); when set, only these verify "
+            "checkpoints"),
     Setting("MES_AUDIT_WITNESS_MAX_AGE_SECONDS", "MES_AUDIT_WITNESS_MAX_AGE_SECONDS", _parse_positive_int, "900",
             "Alarm when the newest cosigned checkpoint is older than this"),
+    Setting("MES_DISK_FREE_MARGIN_MB", "MES_DISK_FREE_MARGIN_MB", _parse_megabytes, "1024",
+            "Alarm when the SQLite database's disk has less free space than this (MB), before it is full; "
+            "a full disk is refused with 507 and turns /readyz red (0: no alarm)"),
     Setting("MES_LOG_LEVEL", "MES_LOG_LEVEL", _parse_log_level, "INFO",
             "Log level of the MES's own logs; libraries (alembic, asyncua, pymodbus, ...) log warnings only, "
             "unless DEBUG"),
@@ -182,6 +198,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Run simulated scales and a simulated line inside the server (set by `mes demo`; never in a plant)"),
     Setting("MES_UNITS_FILE", "MES_UNITS_FILE", _parse_units_file, "",
             "The plant's own units of measure (pint definitions, added to the shipped mes/units.txt; see docs/units.md)"),
+    Setting("MES_EBR_SIGNING_CERT_PATH", "MES_EBR_SIGNING_CERT_PATH", str, "",
+            "Document-signing certificate (PEM) of the eBR; default MES_HOME/ebr-signing.crt, created by `mes init`"),
+    Setting("MES_EBR_SIGNING_KEY_PATH", "MES_EBR_SIGNING_KEY_PATH", str, "",
+            "Private key (PEM) of the eBR signing certificate; default MES_HOME/ebr-signing.key"),
+    Setting("MES_EBR_CA_CERT_PATH", "MES_EBR_CA_CERT_PATH", str, "",
+            "Plant CA certificate (PEM) that issued the eBR signing certificate; default MES_HOME/plant-ca.crt"),
+    Setting("MES_EBR_TSA_URL", "MES_EBR_TSA_URL", str, "",
+            "RFC 3161 time-stamp authority: eBR signatures become PAdES B-T (default B-B)"),
+    Setting("MES_EBR_FONT", "MES_EBR_FONT", str, "",
+            "Font file (path[:face index]) the eBR is printed in; default Noto Sans CJK found with fc-match"),
     Setting("MES_INTEGRATION_BACKLOG_ALARM_SECONDS", "MES_INTEGRATION_BACKLOG_ALARM_SECONDS", _parse_positive_int, "900",
             "Alarm when an integration endpoint's oldest undelivered event is older than this (checked by each "
             "server's background jobs; dead letters alarm at once)"),

@@ -2,6 +2,7 @@
 
 from mes.audit import models as audit_models  # noqa: F401
 from mes.audit import review as audit_review  # noqa: F401,E402  (registers the signable record)
+from mes.ebr import models as ebr_models  # noqa: F401
 from mes.equipment import models as equipment_models  # noqa: F401
 from mes.execution import models as execution_models  # noqa: F401,E402  (and its signable records)
 from mes.integration import inbound_models as integration_inbound_models  # noqa: F401

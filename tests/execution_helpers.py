@@ -316,12 +316,36 @@ def run_until(world: World, batch_id: str, stop_before: str | None = None,
         do_step(world, batch_id, ready[0], overrides)
 
 
+def second_qa(world: World) -> tuple[UserSession, Credentials]:
+    """A QA person who took no part in any batch (segregation of duties: a QA gate's signer
+    may not release the batch): ``qa2``, created and signed in on first use."""
+    if "qa2" not in world.sessions:
+        users.create_user(SEED, "qa2", "QA Two", {"qa"}, password=PASSWORD)
+        users.acknowledge_esig_accountability("qa2", None)
+        world.seeded.users["qa2"] = "qa2"
+        world.sessions["qa2"] = session_for("qa2", "QA-WS-01")
+    return world.sessions["qa2"], world.creds("qa2")
+
+
+def review_exceptions(world: World, batch_id: str, role: str = "qa") -> int:
+    """QA marks every current exception of the batch reviewed; how many it marked."""
+    pending = ex.unreviewed_exceptions(batch_id)
+    for e in pending:
+        ex.mark_exception_reviewed(world.actor(role), batch_id, e["key"], "reviewed")
+    return len(pending)
+
+
 def review_and_release(world: World, batch_id: str) -> None:
+    """QA reviews every exception and the audit trail, signs the review, and a QA person who
+    performed and verified no step of the batch releases it."""
     from mes.audit.review import review_trail
 
+    review_exceptions(world, batch_id)
     review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
     ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
-    ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
+    releaser = "qa2" if ex.performed_or_verified(batch_id, world.seeded.users["qa"]) else "qa"
+    row, creds = second_qa(world) if releaser == "qa2" else (world.sessions["qa"], world.creds("qa"))
+    ex.release_batch(row, creds, batch_id, "released", terminal="QA-WS-01")
 
 
 #: a dispensing operation: the booth's equipment check, identify, a multi-container weighing

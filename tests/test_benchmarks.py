@@ -18,6 +18,9 @@ TINY = {
     "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1", "--lines", "2", "--days", "3"],
     "kiosk": ["--n", "3", "--pages", "3"],
     "integration": ["--events", "20", "--latency-events", "5", "--aggregates", "4"],
+    "qa": ["--batches", "1", "--exceptions", "10", "--n", "3"],
+    "ebr": ["--steps", "5", "--repeats", "1"],
+    "plant": ["--operators", "2", "--seconds", "3", "--think-ms", "50", "--steps", "4", "--live-every-ms", "200"],
 }
 DB_FREE = {"devices": ["--seconds", "0.5", "--tags", "10", "--cycles", "3"]}
 

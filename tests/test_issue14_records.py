@@ -26,7 +26,9 @@ from tests.execution_helpers import (
     do_step,
     effective_recipe,
     make_world,
+    review_exceptions,
     run_until,
+    second_qa,
     start,
     stock,
 )
@@ -167,13 +169,15 @@ def _completed_gate_batch(world) -> tuple[str, str]:
 def _review(world, batch_id: str) -> None:
     from mes.audit.review import review_trail
 
+    review_exceptions(world, batch_id)
     review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
     ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
 
 
 def test_batch_disposition_controls_its_output_lot(app: Flask, monkeypatch) -> None:
     world = make_world(monkeypatch)
-    qa, creds = world.sessions["qa"], world.creds("qa")
+    # qa1 signed the QA gate: a QA person who took no part in the batch decides it (segregation of duties)
+    qa, creds = second_qa(world)
     # released: the lot it made is released with it, never by hand before
     batch_id, lot_id = _completed_gate_batch(world)
     assert mat.get_lot(lot_id).status == "quarantine"

@@ -14,12 +14,14 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from mes.audit.blueprint import SIGN_FIELDS
 from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
+from mes.execution import qa_views, queries
 from mes.execution import recipes_store as store
+from mes.execution.models import BatchStatus, DeviationStatus, Severity, WorkOrderStatus
 from mes.gateway.store import reading_store
 from mes.quantities import to_text_or_none
 from mes.signatures.credentials import credentials_from
 from mes.users.permissions import Permission as P
-from mes.web import STR, created, endpoint, obj, principal
+from mes.web import STR, created, endpoint, obj, parse_date, principal, query_int
 
 bp = Blueprint("execution", __name__)
 API = "/api/v1"
@@ -272,3 +274,93 @@ def release(batch_id: str) -> Response:
     batch = ops.release_batch(_session_row(), credentials_from(g.body), batch_id, g.body["decision"],
                               terminal=_terminal(), comment=g.body.get("comment"), conditions=g.body.get("conditions"))
     return jsonify(ops.batch_json(batch, steps=False))
+
+
+# ------------------------------------------------------------------ QA workstation lists
+
+_Q_TEXT = {"schema": {"type": "string", "maxLength": 140}, "description": "A filter: an unknown value matches nothing."}
+_Q_DATE = {"schema": {"type": "string", "format": "date"}, "description": "A UTC calendar day, YYYY-MM-DD."}
+PAGE_Q = {"page": {"schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1},
+                   "description": "Page number, from 1."},
+          "per_page": {"schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                       "description": "Rows per page."}}
+BATCHES_Q = {"status": {"schema": {"enum": [s.value for s in BatchStatus]}}, "product": _Q_TEXT, "line": _Q_TEXT,
+             "since": _Q_DATE, "until": _Q_DATE, **PAGE_Q}
+WORK_ORDERS_Q = {"status": {"schema": {"enum": [s.value for s in WorkOrderStatus]}}, "product": _Q_TEXT,
+                 "line": _Q_TEXT, **PAGE_Q}
+DEVIATIONS_Q = {"status": {"schema": {"enum": [s.value for s in DeviationStatus]}},
+                "severity": {"schema": {"enum": [s.value for s in Severity]}}, "batch": _Q_TEXT, **PAGE_Q}
+HOLDS_Q = {"item": _Q_TEXT, **PAGE_Q}
+
+
+def _choice(name: str, allowed: type) -> str | None:
+    """An enum query parameter (empty: none), or a 422 naming it."""
+    value = request.args.get(name) or None
+    if value is not None and value not in {m.value for m in allowed}:
+        raise ValidationFailed(f"{name} must be one of {', '.join(m.value for m in allowed)}.", field=name)
+    return value
+
+
+def _paging() -> tuple[int, int]:
+    return query_int("page", 1, 1, 100000), query_int("per_page", 50, 1, 200)
+
+
+def _page_json(name: str, page: Any, rows: list[dict[str, Any]]) -> Response:
+    return jsonify({name: rows, "page": page.page, "per_page": page.per_page, "total": page.total,
+                    "pages": page.pages})
+
+
+@bp.get(f"{API}/batches")
+@endpoint(P.BATCH_VIEW, tags=("batches",), query=BATCHES_Q)
+def list_batches() -> Response:
+    """Batches, newest first, filtered by state, product, line and start day, with exception
+    counts and release blockers; paged."""
+    page_no, per_page = _paging()
+    page = queries.list_batches(status=_choice("status", BatchStatus), product=request.args.get("product") or None,
+                                line=request.args.get("line") or None,
+                                since=parse_date(request.args.get("since") or None, "since"),
+                                until=parse_date(request.args.get("until") or None, "until"),
+                                page=page_no, per_page=per_page)
+    return _page_json("batches", page, [qa_views.batch_row(b) for b in page.rows])
+
+
+@bp.get(f"{API}/work-orders")
+@endpoint(P.BATCH_VIEW, tags=("work orders",), query=WORK_ORDERS_Q)
+def list_work_orders() -> Response:
+    """Work orders, newest first, filtered by state, product and line; paged."""
+    page_no, per_page = _paging()
+    page = queries.list_work_orders(status=_choice("status", WorkOrderStatus),
+                                    product=request.args.get("product") or None,
+                                    line=request.args.get("line") or None, page=page_no, per_page=per_page)
+    return _page_json("work_orders", page, [qa_views.work_order_row(w) for w in page.rows])
+
+
+@bp.get(f"{API}/deviations")
+@endpoint(P.BATCH_VIEW, tags=("deviations",), query=DEVIATIONS_Q)
+def list_deviations() -> Response:
+    """Deviations: open first, then by severity (critical first), then by age (oldest first); paged."""
+    page_no, per_page = _paging()
+    page = queries.list_deviations(status=_choice("status", DeviationStatus),
+                                   severity=_choice("severity", Severity), batch=request.args.get("batch") or None,
+                                   page=page_no, per_page=per_page)
+    now = ops.clock()
+    return _page_json("deviations", page, [qa_views.deviation_row(d, now) for d in page.rows])
+
+
+@bp.get(f"{API}/holds")
+@endpoint(P.MATERIAL_VIEW, tags=("materials",), query=HOLDS_Q)
+def list_holds() -> Response:
+    """Lots on hold: the active holds, oldest first, filtered by item; paged."""
+    page_no, per_page = _paging()
+    page = queries.lots_on_hold(item=request.args.get("item") or None, page=page_no, per_page=per_page)
+    return _page_json("holds", page, [qa_views.hold_row(h) for h in page.rows])
+
+
+@bp.post(f"{API}/batches/<batch_id>/exceptions/reviewed")
+@endpoint(P.BATCH_REVIEW, terminal=True, tags=("batches",),
+          schema=obj({"key": {"type": "string", "minLength": 1, "maxLength": 200}, "note": TEXT}, ("key",)))
+def review_exception(batch_id: str) -> Response:
+    """QA marks one exception of the batch reviewed (its ``key`` from the exception list), with a note."""
+    row = ops.mark_exception_reviewed(principal().actor(P.BATCH_REVIEW), batch_id, g.body["key"], g.body.get("note"))
+    return created({"batch": batch_id, "key": row.exception_key, "type": row.exception_type,
+                    "reviewed_by": row.reviewed_by, "reviewed_at": row.reviewed_at.isoformat(), "note": row.note})

@@ -223,3 +223,20 @@ class StepRequest(db.Model):
     #: SHA-256 of the canonical request (step, action, expected version, payload): only the
     #: same request replays under its key (None on requests recorded before it was kept)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class ExceptionReview(db.Model):
+    """QA marked one exception of a batch reviewed (review by exception): which one, by whom,
+    when and with what note. Never changed or removed; a batch is released only when every
+    current exception has one."""
+
+    __tablename__ = "exception_reviews"
+    __table_args__ = (UniqueConstraint("batch_id", "exception_key", name="uq_exception_reviews_batch_id_exception_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    exception_key: Mapped[str] = mapped_column(String(200))
+    exception_type: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewed_at: Mapped[datetime]
+    reviewed_by: Mapped[str] = mapped_column(String(100))

@@ -10,20 +10,21 @@ from typing import Any
 from sqlalchemy import func, select
 
 from mes.audit import canonical
-from mes.audit.log import Event, record
+from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import db
-from mes.errors import Conflict, ValidationFailed
+from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution import common
 from mes.execution.batches import get_batch, steps_of
 from mes.execution.claims import _release_claims
-from mes.execution.common import BATCH_RELEASED, _locked
+from mes.execution.common import BATCH_RELEASED, _locked, _new_id
 from mes.execution.deviations import _step_name, deviation_record, deviations_of
 from mes.execution.models import (
     Batch,
     BatchStatus,
     BatchStep,
     DeviationStatus,
+    ExceptionReview,
     StepRecord,
     StepRequest,
     StepState,
@@ -34,6 +35,7 @@ from mes.execution.records import _record_json, records_of
 from mes.execution.refusals import refusals_of
 from mes.execution.work_orders import _wo_transition
 from mes.materials import operations as materials
+from mes.materials.models import LotStatus
 from mes.quantities import to_text_or_none
 from mes.signatures import operations as esig
 from mes.steps import registry as step_kinds
@@ -41,44 +43,133 @@ from mes.users.models import UserSession
 from mes.users.operations import actor_for
 from mes.users.permissions import Permission
 
+#: refusal codes that mean the device, not the operator, failed during capture
+DEVICE_FAULT_CODES = frozenset({"no_gateway", "no_reading", "device_not_connected", "reading_behind", "bad_reading",
+                                "no_value", "stale", "stale_reading", "device_error"})
 
-def exceptions(batch_id: str) -> list[dict[str, Any]]:
-    """Review by exception: everything QA must look at, with where and why."""
-    get_batch(batch_id)
+
+def _found(batch_id: str) -> list[dict[str, Any]]:
+    """Every exception of the batch, each with a stable ``key`` (what a review marks), the
+    step it belongs to and the audit entity whose entries show it."""
     out: list[dict[str, Any]] = []
+    steps = steps_of(batch_id)
+    step_names = {s.id: s.step_id for s in steps}
     for dev in deviations_of(batch_id):
-        out.append({"type": "deviation", "id": dev.id, "severity": dev.severity, "status": dev.status,
-                    "step": _step_name(dev), "text": dev.description, "disposition": dev.disposition})
-    step_names = {s.id: s.step_id for s in steps_of(batch_id)}
+        out.append({"type": "deviation", "key": f"deviation:{dev.id}", "id": dev.id, "severity": dev.severity,
+                    "status": dev.status, "step": _step_name(dev), "text": dev.description,
+                    "disposition": dev.disposition, "disposition_reason": dev.disposition_reason,
+                    "audit_entity": dev.id})
     for r in records_of(batch_id):
         flags = set(r.flags or [])
         where = step_names.get(r.batch_step_id)
         if "out_of_limits" in flags:
-            out.append({"type": "out_of_limits", "record": r.id, "step": where, "value": to_text_or_none(r.value), "unit": r.unit})
+            out.append({"type": "out_of_limits", "key": f"out_of_limits:{r.id}", "record": r.id, "step": where,
+                        "value": to_text_or_none(r.value), "unit": r.unit, "audit_entity": r.batch_step_id})
         if "correction" in flags:
-            out.append({"type": "correction", "record": r.id, "corrects": r.corrects, "step": where,
-                        "value": to_text_or_none(r.value), "reason": r.reason, "by": r.recorded_by})
+            old = db.session.get(StepRecord, r.corrects) if r.corrects else None
+            out.append({"type": "correction", "key": f"correction:{r.id}", "record": r.id, "corrects": r.corrects,
+                        "step": where, "value": to_text_or_none(r.value), "old_value": to_text_or_none(
+                            old.value) if old is not None else None, "unit": r.unit, "reason": r.reason,
+                        "by": r.recorded_by, "audit_entity": r.corrects})
         if "recomputed" in flags:
-            out.append({"type": "recomputation", "record": r.id, "corrects": r.corrects, "step": where,
-                        "value": to_text_or_none(r.value), "reason": r.reason})
+            out.append({"type": "recomputation", "key": f"recomputation:{r.id}", "record": r.id, "corrects": r.corrects,
+                        "step": where, "value": to_text_or_none(r.value), "reason": r.reason,
+                        "audit_entity": r.corrects})
         if "late" in flags:
-            out.append({"type": "late_entry", "record": r.id, "step": where})
+            out.append({"type": "late_entry", "key": f"late_entry:{r.id}", "record": r.id, "step": where,
+                        "audit_entity": r.batch_step_id})
         if r.comment:
-            out.append({"type": "comment", "record": r.id, "step": where, "text": r.comment})
+            out.append({"type": "comment", "key": f"comment:{r.id}", "record": r.id, "step": where, "text": r.comment,
+                        "audit_entity": r.batch_step_id})
     for req in db.session.execute(select(StepRequest).where(StepRequest.batch_id == batch_id,
                                                             StepRequest.outcome == "refused")
                                   .order_by(StepRequest.created_at)).scalars():
-        out.append({"type": "refused_attempt", "step": step_names.get(req.batch_step_id), "text": req.result["detail"],
-                    "deviation": req.result.get("deviation_id"), "by": req.actor_id})
+        digest = hashlib.sha256(req.key.encode()).hexdigest()[:16]
+        out.append({"type": "refused_attempt", "key": f"refused_request:{digest}", "step": step_names.get(
+            req.batch_step_id), "text": req.result["detail"], "deviation": req.result.get("deviation_id"),
+            "by": req.actor_id, "audit_entity": req.batch_step_id})
     for ref in refusals_of(batch_id):  # refusals that raised no deviation (those are listed above)
         if ref.get("deviation") is None:
-            out.append({"type": "refused_attempt", "step": ref["step"], "text": ref["reason"], "code": ref["code"],
-                        "tried": ref["tried"], "deviation": None, "by": ref["by"], "at": ref["at"]})
-    for s in steps_of(batch_id):
+            out.append({"type": "refused_attempt", "key": f"refused:{ref['audit_seq']}", "step": ref["step"],
+                        "text": ref["reason"], "code": ref["code"], "device_fault": ref["code"] in DEVICE_FAULT_CODES,
+                        "tried": ref["tried"], "deviation": None, "by": ref["by"], "at": ref["at"],
+                        "audit_entity": f"{batch_id}:{ref['step']}", "audit_seq": ref["audit_seq"]})
+    for s in steps:
         if s.attempt > 1:
-            out.append({"type": "repeated_step", "step": s.step_id, "attempts": s.attempt})
+            out.append({"type": "repeated_step", "key": f"repeated_step:{s.step_id}:{s.attempt}", "step": s.step_id,
+                        "attempts": s.attempt, "audit_entity": s.id})
     for lot in materials.open_conditional_lots(batch_id):
-        out.append({"type": "conditional_lot", "lot": lot})
+        out.append({"type": "conditional_lot", "key": f"conditional_lot:{lot}", "lot": lot, "step": None,
+                    "audit_entity": lot})
+    return out
+
+
+def exceptions(batch_id: str) -> list[dict[str, Any]]:
+    """Review by exception: everything QA must look at, with where and why, and whether (by
+    whom, when) QA marked it reviewed."""
+    get_batch(batch_id)
+    found = _found(batch_id)
+    reviews = {r.exception_key: r for r in db.session.execute(
+        select(ExceptionReview).where(ExceptionReview.batch_id == batch_id)).scalars()}
+    for e in found:
+        rev = reviews.get(e["key"])
+        e["reviewed"] = None if rev is None else {"by": rev.reviewed_by, "at": rev.reviewed_at.isoformat(),
+                                                  "note": rev.note}
+    return found
+
+
+def unreviewed_exceptions(batch_id: str) -> list[dict[str, Any]]:
+    """The batch's exceptions QA has not marked reviewed yet."""
+    return [e for e in exceptions(batch_id) if e["reviewed"] is None]
+
+
+def mark_exception_reviewed(actor: Actor, batch_id: str, key: str, note: str | None = None) -> ExceptionReview:
+    """QA marks one current exception of the batch reviewed (once; audited)."""
+    batch = _locked(Batch, batch_id)
+    if batch.status in (BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
+        raise Conflict(f"Batch {batch_id} is already {batch.status}; its exceptions are closed.")
+    found = next((e for e in _found(batch_id) if e["key"] == key), None)
+    if found is None:
+        raise NotFound(f"Batch {batch_id} has no exception {key}.")
+    note = note.strip() if isinstance(note, str) and note.strip() else None
+    existing = db.session.execute(select(ExceptionReview).where(
+        ExceptionReview.batch_id == batch_id, ExceptionReview.exception_key == key)).scalar_one_or_none()
+    if existing is not None:
+        raise Conflict(f"Exception {key} of batch {batch_id} was already reviewed by {existing.reviewed_by}.")
+    row = ExceptionReview(id=_new_id("EXR"), batch_id=batch_id, exception_key=key, exception_type=found["type"],
+                          note=note, reviewed_at=common.clock(), reviewed_by=actor.id)
+    db.session.add(row)
+    record(actor, "batch.exception.reviewed", ("exception_review", row.id), batch=batch_id,
+           after={"exception": key, "type": found["type"], "step": found.get("step"), "note": note})
+    db.session.commit()
+    return row
+
+
+#: audit actions on a step that mean its actor performed or verified it (not QA's dispositions)
+PERFORMING_ACTIONS = ("batch.step.started", "batch.step.completed", "batch.step.recorded", "esig.signed")
+
+
+def performed_or_verified(batch_id: str, user_id: str) -> list[str]:
+    """Steps of the batch that ``user_id`` performed, recorded a value of, or signed/verified."""
+    steps = {s.id: s for s in steps_of(batch_id)}
+    mine = {s.id for s in steps.values() if s.completed_by == user_id}
+    mine |= set(db.session.execute(select(StepRecord.batch_step_id).where(
+        StepRecord.batch_id == batch_id, StepRecord.recorded_by == user_id)).scalars())
+    mine |= set(db.session.execute(select(AuditEntry.entity_id).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.actor_id == user_id,
+        AuditEntry.entity_type == "batch_step", AuditEntry.action.in_(PERFORMING_ACTIONS))).scalars())
+    return [steps[i].step_id for i in sorted(mine & set(steps), key=lambda i: steps[i].seq)]
+
+
+def unreleased_consumed_lots(batch_id: str) -> list[str]:
+    """Lots the batch consumed (not reversed) that are not released now, or are on an active hold."""
+    out = []
+    for lot_id in dict.fromkeys(c.lot_id for c in materials.consumptions(batch_id=batch_id)
+                                if materials.reversal_of(c.id) is None):
+        lot = materials.get_lot(lot_id)
+        if lot.status != LotStatus.RELEASED.value or any(
+                h.active for h in materials.holds_of(lot_id, active_only=True)):
+            out.append(lot_id)
     return out
 
 
@@ -100,8 +191,9 @@ def batch_record(batch_id: str) -> dict[str, Any]:
             "ebr_sha256": ebr_sha256(batch_id)}
 
 
-def release_blockers(batch_id: str) -> list[str]:
-    """Why the batch cannot be released now (empty: it can)."""
+def release_blockers(batch_id: str, releaser: str | None = None) -> list[str]:
+    """Why the batch cannot be released now (empty: it can); with ``releaser`` (the QA user
+    about to sign) also segregation of duties: they performed and verified no step of it."""
     batch = get_batch(batch_id)
     problems = []
     open_steps = [s.step_id for s in steps_of(batch_id) if s.state != StepState.COMPLETED.value]
@@ -113,12 +205,24 @@ def release_blockers(batch_id: str) -> list[str]:
     lots = materials.open_conditional_lots(batch_id)
     if lots:
         problems.append(f"conditionally released lot(s) {', '.join(lots)} still have open conditions")
+    unreleased = [lot for lot in unreleased_consumed_lots(batch_id) if lot not in lots]
+    if unreleased:
+        problems.append(f"consumed lot(s) {', '.join(unreleased)} are not released")
     broken = broken_gates(batch_id)
     if broken:
         problems.append(f"signature gate(s) {', '.join(broken)} no longer match the values they signed "
                         "(changed after signing)")
+    unreviewed = unreviewed_exceptions(batch_id)
+    if unreviewed:
+        problems.append(f"{len(unreviewed)} exception(s) are not reviewed "
+                        f"({', '.join(e['key'] for e in unreviewed[:5])})")
     if not _reviewed_trail(batch.id):
         problems.append("no signed audit-trail review covers the batch's current record")
+    if releaser is not None:
+        own = performed_or_verified(batch_id, releaser)
+        if own:
+            problems.append(f"segregation of duties: {releaser} performed or verified step(s) "
+                            f"{', '.join(own[:5])} of this batch and may not release it")
     problems.extend(esig.forged_signatures_in_batch(batch.id))  # issue 17: never release on a forged signature
     return problems
 
@@ -147,7 +251,7 @@ def _reviewed_trail(batch_id: str) -> bool:
             continue
         later = db.session.execute(select(func.count()).select_from(AuditEntry).where(
             AuditEntry.batch_id == batch_id, AuditEntry.seq > review.through_seq,
-            AuditEntry.entity_type.not_in(("audit_review", "batch")))).scalar()  # the review's and QA's own signatures
+            AuditEntry.entity_type.not_in(("audit_review", "batch", "exception_review")))).scalar()  # QA's own review work
         if not later:
             return True
     return False
@@ -194,10 +298,10 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     batch = _locked(Batch, batch_id)
     if decision != "rejected":
         if batch.status != BatchStatus.REVIEWED.value:
-            problems = release_blockers(batch_id)
+            problems = release_blockers(batch_id, session_row.user_id)
             detail = f"Batch {batch_id} is {batch.status}; it must be completed and reviewed before release"
             raise Conflict(detail + (": " + "; ".join(problems) if problems else "") + ".", problems=problems)
-        problems = release_blockers(batch_id)
+        problems = release_blockers(batch_id, session_row.user_id)
         if problems:
             raise Conflict(f"Batch {batch_id} cannot be released: " + "; ".join(problems) + ".", problems=problems)
     elif batch.status in (BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
@@ -219,14 +323,18 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     # the lot this batch made: asked of each step's kind (the produce-output kind knows it)
     lot_id = next((lot for kind, data in values if (lot := step_kinds.get(kind).produced_lot([{"data": data or {}}]))),
                   None)
+    from mes.ebr.operations import freeze_at_release  # the signed eBR, frozen now (issue 19)
+
+    pdf_sha256 = freeze_at_release(actor, batch_id, decision, conditions)
     record(actor, f"batch.{meaning}", ("batch", batch_id), batch=batch_id, before={"status": before},
-           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr, "disposition": decision,
+           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr, "ebr_pdf_sha256": pdf_sha256,
+                  "disposition": decision,
                   "conditions": conditions}, reason=comment,
            event=Event(BATCH_RELEASED, "batch", batch_id,
                        {"batch_id": batch_id, "lot_id": lot_id, "disposition": decision, "conditions": conditions,
                         "esig": {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"],
                                  "signed_at": sig["at"], "record_hash": sig["record_hash"]},
-                        "ebr_sha256": ebr}, correlation_id=batch.work_order_id, time=now))
+                        "ebr_sha256": pdf_sha256}, correlation_id=batch.work_order_id, time=now))
     if lot_id is not None:  # the batch's disposition is its lot's
         materials.dispose_produced_lot(actor, lot_id, batch_id, decision, comment, conditions)
     if batch.status == BatchStatus.REJECTED.value:

@@ -451,7 +451,7 @@ class SimOperator:
         return others[0]
 
     def release_batch(self, batch_id: str) -> str:
-        """QA finishes a completed batch: open deviations dispositioned, audit trail reviewed,
+        """QA finishes a completed batch: open deviations dispositioned, exceptions and audit trail reviewed,
         batch reviewed and released, each e-signed; returns the batch status."""
         qa = self._qa()
         if qa is None or self.qa_login is None:
@@ -465,6 +465,10 @@ class SimOperator:
                         {"disposition": "use_as_is", "reason": "Simulated run: assessed, no impact (simulation).",
                          **sign})
                 self.echo(f"  QA {qa.user_id} dispositioned {d['id']} use_as_is")
+        for e in qa.get(f"{API}/batches/{batch['id']}/exceptions")["exceptions"]:
+            if e.get("reviewed") is None:  # review by exception: each one marked reviewed
+                qa.post(f"{API}/batches/{batch['id']}/exceptions/reviewed",
+                        {"key": e["key"], "note": "Simulated run: exception reviewed."})
         qa.post(f"{API}/audit/reviews", {"batch": batch["id"], "comment": "Simulated run: audit trail reviewed.",
                                          **sign})
         qa.post(f"{API}/batches/{batch['id']}/review", {"comment": "Simulated run: record reviewed.", **sign})

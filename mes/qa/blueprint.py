@@ -202,3 +202,4 @@ def lot_disposition(lot_id: str) -> Any:
     except MESError as exc:
         return _lot_page(lot_id, exc.detail, exc.status)
     return redirect(url_for("qa.lot", lot_id=lot_id))
+from mes.qa.workstation import blueprint as _workstation  # noqa: E402,F401  (its routes join this blueprint)

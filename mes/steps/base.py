@@ -215,6 +215,11 @@ class StepKind(ABC):
     """Whether a step of this kind is a signature gate, signed in a role the recipe names
     (through :func:`mes.execution.gates.sign_gate`, without ``batch.execute``)."""
 
+    #: its recorded value is an in-process check QA trends on a control chart
+    charted: ClassVar[bool] = False
+    #: its value records are material dispensed into the batch (the eBR's actual bill of materials)
+    dispenses: ClassVar[bool] = False
+
     def signing_role(self, spec: Step, roles: set[str]) -> str | None:
         """For a gate: the role, of a person holding ``roles``, in which they may sign it
         (None: they may not; default: not a gate)."""

@@ -18,6 +18,7 @@ class Numeric(StepKind):
     major deviation is raised."""
 
     name = "numeric"
+    charted = True
     step_class = NumericStep
     required = ("unit", "precision")
     converters = {"target": decimal_or_none, "low": decimal_or_none, "high": decimal_or_none}

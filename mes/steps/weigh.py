@@ -34,6 +34,7 @@ class Weigh(StepKind):
     reported or after too many attempts). Consumes the lot."""
 
     name = "weigh"
+    dispenses = True
     step_class = WeighStep
     required = ("item", "scale")
     converters = {"target": decimal_or_none, "tolerance": _tolerance, "scale": _scale, "tare_low": decimal_or_none,

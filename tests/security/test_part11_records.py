@@ -28,7 +28,16 @@ from mes.quantities import to_text
 from mes.signatures import operations as esig
 from mes.users import operations as users
 from mes.users.models import Alarm, Terminal
-from tests.execution_helpers import World, do_step, effective_recipe, make_world, run_until, start, stock
+from tests.execution_helpers import (
+    World,
+    do_step,
+    effective_recipe,
+    make_world,
+    review_exceptions,
+    run_until,
+    start,
+    stock,
+)
 from tests.helpers import SEED, logged_in
 from tests.security.part11 import row
 
@@ -127,6 +136,7 @@ def test_11_10_a_a_changed_deleted_or_reordered_entry_or_one_byte_of_a_signed_eb
     assert [c.valid for c in esig.signatures_for("batch", batch_id)] == [True]
     # one byte of the signed eBR: 12.34 kg becomes 12.35 kg behind the application's back
     mass = _record(batch_id, "mass")
+    mass_id, mass_value = mass.id, mass.value_stored
     tamper = update(ex.StepRecord.__table__).where(ex.StepRecord.__table__.c.id == mass.id).values(
         value=mass.value_stored + Decimal("0.01"))
     db.session.rollback()
@@ -136,6 +146,15 @@ def test_11_10_a_a_changed_deleted_or_reordered_entry_or_one_byte_of_a_signed_eb
     assert to_text(_record(batch_id, "mass").value) == "12.35"
     assert [c.valid for c in esig.signatures_for("batch", batch_id)] == [False]
     assert ex.broken_gates(batch_id) == ["done"]
+    # and the record no longer matches the audit entry that recorded it (issue 17's reconcile)
+    edited = verify_database()
+    assert not edited.ok and "record differs from the audit log" in edited.errors[-1], edited.errors
+    db.session.close()
+    db.engine.dispose()
+    with db.engine.begin() as conn:
+        conn.execute(update(ex.StepRecord.__table__).where(ex.StepRecord.__table__.c.id == mass_id).values(
+            value=mass_value))
+    db.session.expire_all()
 
     log.publish_checkpoint()
     db.session.commit()
@@ -147,7 +166,7 @@ def test_11_10_a_a_changed_deleted_or_reordered_entry_or_one_byte_of_a_signed_eb
     at = original.index(b'"at":"') + len(b'"at":"')  # one byte: the first digit of the entry's year
     _set_entry_bytes(target, original[:at] + bytes([original[at] ^ 1]) + original[at + 1:])
     changed = verify_database()
-    assert not changed.ok and changed.first_bad_seq == target
+    assert not changed.ok and changed.first_bad_seq == target, changed.errors
     _set_entry_bytes(target, original)
     assert verify_database().ok
     a, b = _entry_bytes(3), _entry_bytes(7)
@@ -208,7 +227,7 @@ def test_11_10_c_a_scheduled_job_re_verifies_the_log_and_a_restore_reproduces_th
     forged = {**json.loads(manifest_path(tmp_path / "backup.bin").read_text()), "root": "00" * 32}
     manifest_path(tmp_path / "backup.bin").write_text(json.dumps(forged))
     db.session.rollback()
-    with pytest.raises(RestoreError, match="does not reproduce the checkpoint"):
+    with pytest.raises(RestoreError, match="does not reproduce the checkpoint|differs from its signed checkpoint"):
         restore_database(tmp_path / "backup.bin", force=True)
     db.session.rollback()
 
@@ -220,7 +239,10 @@ def test_11_10_c_a_scheduled_job_re_verifies_the_log_and_a_restore_reproduces_th
     verify_now(app, "schedule")
     assert client.get("/readyz").status_code == 503
     alarms = db.session.execute(select(Alarm).where(Alarm.kind == "audit")).scalars().all()
-    assert len(alarms) == 1 and f"first bad seq {bad}" in alarms[0].message
+    # one alarm for the refused restore, one for the failed verification
+    assert [a.message.split(":")[0] for a in alarms] == ["Restore of backup.bin refused",
+                                                       "Audit log verification failed"], alarms
+    assert f"first bad seq {bad}" in alarms[1].message
 
 
 @row("11.10(e), A11 §9")
@@ -383,6 +405,7 @@ def test_a11_9_a_signed_audit_trail_review_is_required_for_release(app: Flask, m
     late = ex.raise_deviation(world.actor("operator"), batch_id, "minor", "equipment", "label smudged")
     ex.disposition_deviation(qa, creds, late.id, "use_as_is", "label reprinted", terminal=QA_WS)
     assert any("audit-trail review" in b for b in ex.release_blockers(batch_id))
+    review_exceptions(world, batch_id)  # the late deviation is an exception QA reviews too
     review_trail(qa, creds, batch_id, "trail reviewed again", QA_WS)
     ex.review_batch(qa, creds, batch_id, terminal=QA_WS)
     ex.release_batch(qa, creds, batch_id, "released", terminal=QA_WS)
