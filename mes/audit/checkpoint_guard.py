@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -150,8 +152,45 @@ def reference(session: Session) -> Reference:
 # ------------------------------------------------------------------- incremental verification
 
 
-def verify_since(session: Session, ref: Reference, size: int) -> bytes:
-    """Verify entries ``ref.size .. size-1`` against ``ref``; return the root of ``size``."""
+@dataclass
+class VerifiedRows:
+    """The rows (every column: bytes, leaf, tag, index columns) of the entries after one
+    reference that this process has verified, with their ``at``. A row read again equal to
+    the one verified needs no second check (its tag, hashes, chain and columns are what they
+    were); a row changed in any column is unequal and checked in full. So the watch and the
+    check before each signature cost a read of the new entries plus the checks of the ones
+    not seen before, not a re-verification of everything since the last checkpoint."""
+
+    ref: tuple[int, bytes] = (-1, b"")
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    ats: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: Beyond this many entries since the reference nothing more is kept (memory bound).
+    LIMIT = 50_000
+
+    def known(self, ref: Reference) -> tuple[list[tuple[Any, ...]], list[str]]:
+        with self.lock:
+            if self.ref != (ref.size, ref.root):
+                return [], []
+            return self.rows, self.ats
+
+    def keep(self, ref: Reference, rows: list[tuple[Any, ...]], ats: list[str]) -> None:
+        with self.lock:
+            self.ref, self.rows, self.ats = (ref.size, ref.root), rows[:self.LIMIT], ats[:self.LIMIT]
+
+
+def verified_rows() -> VerifiedRows:
+    """This app's :class:`VerifiedRows` (one per process and app)."""
+    from flask import current_app
+
+    return current_app.extensions.setdefault("mes_audit_verified_rows", VerifiedRows())
+
+
+def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool = True) -> bytes:
+    """Verify entries ``ref.size .. size-1`` against ``ref``; return the root of ``size``.
+    ``reconcile``: and reconcile the records the committed ones touched (the watch compares
+    every table itself)."""
     from mes.audit.log import _node_getter, audit_log, root
 
     if size < ref.size:
@@ -182,17 +221,29 @@ def verify_since(session: Session, ref: Reference, size: int) -> bytes:
                               ref.size - 1)
         prev_hex, last_at = leaf.hex(), json.loads(data)["at"]
     key = audit_log().tag_key()
+    cache = verified_rows()
+    known, known_ats = cache.known(ref)
+    rows: list[tuple[Any, ...]] = []
+    ats: list[str] = []
     leaves: list[bytes] = []
     seq = ref.size
     for row in entry_tags.iter_rows(conn, ref.size, size):
-        problem, entry = entry_tags.check_row(key, row, seq)
-        if problem is not None or entry is None:
-            raise LogTampered(f"seq {seq}: {problem}", seq)
-        if entry["prev"] != prev_hex:
-            raise LogTampered(f"seq {seq}: prev does not match the leaf hash of seq {seq - 1}", seq)
-        if entry["at"] < last_at:
-            raise LogTampered(f"seq {seq}: at goes backwards", seq)
-        prev_hex, last_at = bytes(row[2]).hex(), entry["at"]
+        values = tuple(row)
+        i = seq - ref.size
+        if i < len(known) and known[i] == values:  # verified before, unchanged since (see VerifiedRows)
+            at = known_ats[i]
+        else:
+            problem, entry = entry_tags.check_row(key, row, seq)
+            if problem is not None or entry is None:
+                raise LogTampered(f"seq {seq}: {problem}", seq)
+            if entry["prev"] != prev_hex:
+                raise LogTampered(f"seq {seq}: prev does not match the leaf hash of seq {seq - 1}", seq)
+            at = entry["at"]
+            if at < last_at:
+                raise LogTampered(f"seq {seq}: at goes backwards", seq)
+        prev_hex, last_at = bytes(row[2]).hex(), at
+        rows.append(values)
+        ats.append(at)
         leaves.append(bytes(row[2]))
         seq += 1
     if seq != size:
@@ -207,7 +258,9 @@ def verify_since(session: Session, ref: Reference, size: int) -> bytes:
         stored = b""
     if stored != new_root:
         raise LogTampered(f"the stored Merkle nodes from seq {ref.size} on differ from the entries", ref.size)
-    reconcile_new_entries(ref.size)
+    cache.keep(ref, rows, ats)
+    if reconcile:
+        reconcile_new_entries(ref.size)
     return new_root
 
 
@@ -215,12 +268,14 @@ def reconcile_new_entries(start: int) -> None:
     """The records the committed entries from ``start`` on describe must match the tables
     (cost proportional to those entries). Read in a snapshot of what is committed: the
     caller's own transaction may be half way through a change whose entry comes later."""
-    from mes.audit.reconcile import reconcile_since, snapshot
+    from mes.audit.reconcile import reconcile_since, snapshot, watch_state
 
-    with snapshot() as conn:
-        top = conn.exec_driver_sql("SELECT max(seq) FROM audit_entries").scalar()
-        end = 0 if top is None else top + 1
-        result = reconcile_since(conn, start, end)
+    result = watch_state().since(start)  # the watch's records, extended with the new entries
+    if result is None:  # this process has not read the log yet: replay the touched entities
+        with snapshot() as conn:
+            top = conn.exec_driver_sql("SELECT max(seq) FROM audit_entries").scalar()
+            end = 0 if top is None else top + 1
+            result = reconcile_since(conn, start, end)
     if not result.ok:
         first = result.first
         assert first is not None
@@ -234,7 +289,7 @@ def check_new_entries(session: Session | None = None) -> int:
     session = session or db.session
     ref = reference(session)
     size = tree_size(session)
-    verify_since(session, ref, size)
+    verify_since(session, ref, size, reconcile=False)  # the watch then compares every table
     return size
 
 

@@ -25,6 +25,7 @@ bytes.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,11 +187,12 @@ def _rows(conn: Connection, table: Table, keys: list[str] | None) -> Iterator[An
 
 
 def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True,
-            tables: Iterable[str] | None = None) -> tuple[int, list[Difference]]:
+            tables: Iterable[str] | None = None, every_column: bool = False) -> tuple[int, list[Difference]]:
     """Compare the tables with ``ex``. ``full``: every row of every table (a row no entry
     created is a difference); otherwise only the records in ``ex`` with columns set at
-    ``since`` or later (``since=0``: every record in ``ex``, all its columns). ``tables``:
-    only these. Returns (records compared, differences)."""
+    ``since`` or later (``since=0``: every record in ``ex``, all its columns), and of those
+    only the columns set at ``since`` or later unless ``every_column``. ``tables``: only
+    these. Returns (records compared, differences)."""
     diffs: list[Difference] = []
     count = 0
     only = None if tables is None else set(tables)
@@ -220,7 +222,7 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
                                             "entry started or recorded the step"))
                 continue
             for column, (value, seq) in cols.items():
-                if seq < since or column not in actual:
+                if (seq < since and not every_column) or column not in actual:
                     continue
                 if not _same(value, actual[column]):
                     diffs.append(Difference(seq, table.name, key, f"{column} is {_show(actual[column])} in the "
@@ -332,17 +334,31 @@ def reconcile_since(conn: Connection, start: int, end: int) -> ReconcileResult:
 
 class Watch:
     """The expected records kept in memory by the background thread: each poll folds only
-    the new entries, then compares every table."""
+    the new entries, then compares every table. Before a checkpoint the same state serves
+    :meth:`since` (no entity's history replayed again)."""
 
     def __init__(self) -> None:
         self.expected = Expected()
+        self.lock = threading.Lock()
 
     def poll(self) -> ReconcileResult:
         db.session.rollback()
-        with snapshot() as conn:
+        with self.lock, snapshot() as conn:
             fold_entries(conn, self.expected, self.expected.size)
             count, diffs = compare(conn, self.expected)
         return ReconcileResult(self.expected.size, count, diffs)
+
+    def since(self, start: int) -> ReconcileResult | None:
+        """The records the committed entries from ``start`` on touch, compared in every
+        column with what the whole log says: cost proportional to the new entries. None
+        while this process has not yet read the log (its first poll): the caller replays."""
+        with self.lock:
+            if self.expected.size == 0 or self.expected.size < start:
+                return None
+            with snapshot() as conn:  # taken under the lock: never older than what was folded
+                end = fold_entries(conn, self.expected, self.expected.size)
+                count, diffs = compare(conn, self.expected, since=start, full=False, every_column=True)
+            return ReconcileResult(end - start, count, diffs)
 
 
 def watch_state() -> Watch:

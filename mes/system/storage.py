@@ -74,9 +74,34 @@ def database_problem(exc: BaseException) -> MESError | None:
         return full
     from sqlalchemy.exc import DBAPIError
 
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated or _connection_lost(exc):
         return DatabaseUnavailable(DATABASE_LOST_DETAIL, retry_after=1)
     return None
+
+
+#: SQLSTATEs of a connection the server ended or that broke: connection exceptions (class
+#: 08) and operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+#: connect now).
+_LOST_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
+_LOST_PHRASES = ("connection is closed", "server closed the connection", "terminating connection",
+                 "consuming input failed", "connection to server", "connection already closed")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """A lost connection raised by the driver itself, outside SQLAlchemy's statement
+    handling (results fetched after a pipeline, a raw cursor): not a bug of the request."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        module = type(current).__module__.split(".")[0]
+        if module == "psycopg" and type(current).__name__ in ("OperationalError", "InterfaceError"):
+            state = getattr(current, "sqlstate", None) or ""
+            text = str(current).lower()
+            if state.startswith(_LOST_SQLSTATE_PREFIXES) or any(p in text for p in _LOST_PHRASES):
+                return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
 
 
 def disk_full_error(exc: BaseException) -> DiskFull | None:

@@ -43,10 +43,10 @@ def _exec(sql: str, params: dict | None = None) -> None:
         conn.execute(text(sql), params or {})
 
 
-def _drop_refusals(backend: str) -> None:
+def _drop_refusals(backend: str, tables: tuple[str, ...] = REFUSAL_TABLES) -> None:
     db.session.rollback()
     with db.engine.begin() as conn:
-        for table in REFUSAL_TABLES:
+        for table in tables:
             if backend == "postgresql":
                 conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
             else:
@@ -187,3 +187,43 @@ def test_no_checkpoint_is_signed_over_an_edited_record_the_new_entries_touch(pla
         log.publish_checkpoint()
     db.session.rollback()
     assert lot in str(caught.value) and log.latest_checkpoint().size == before
+
+
+def test_with_the_watch_state_read_the_checkpoint_still_refuses_an_edited_record(plant: dict) -> None:
+    """After the watch's first poll the check before a checkpoint uses the records it keeps
+    (no history replayed): an edit of a record the new entries touch is still refused, and
+    an edit of any column of that record, not only the one the new entry set."""
+    from mes.audit.reconcile import watch_state
+
+    assert checkpoint_guard.watch_log() is None
+    assert watch_state().expected.size > 0
+    world = plant["world"]
+    lot = plant["held_lot"]
+    _exec("UPDATE material_lots SET supplier = 'FORGED' WHERE id = :id", {"id": lot})
+    mat.set_retest_date(world.actor("qa"), lot, datetime.now(UTC).date(), "retested")
+    before = log.latest_checkpoint().size
+    with pytest.raises(checkpoint_guard.LogTampered) as caught:
+        log.publish_checkpoint()
+    db.session.rollback()
+    assert lot in str(caught.value) and "supplier" in str(caught.value) and log.latest_checkpoint().size == before
+
+
+def test_an_entry_verified_at_one_poll_and_edited_after_is_found_at_the_next(plant: dict, backend: str) -> None:
+    """The watch does not check an unchanged entry twice (VerifiedRows), but any change to
+    a row it verified, here the entry bytes with their leaf hash, is checked again in full."""
+    import hashlib
+
+    world = plant["world"]
+    mat.set_retest_date(world.actor("qa"), plant["held_lot"], datetime.now(UTC).date(), "retested")
+    db.session.commit()
+    assert checkpoint_guard.watch_log() is None
+    seq = log.tree_size() - 1
+    data = db.session.execute(text("SELECT entry_bytes FROM audit_entries WHERE seq = :s"), {"s": seq}).scalar_one()
+    forged = bytes(data).replace(b'"retested"', b'"retestes"')
+    assert forged != bytes(data)
+    db.session.rollback()
+    _drop_refusals(backend, ("audit_entries",))
+    _exec("UPDATE audit_entries SET entry_bytes = :b, leaf_hash = :h WHERE seq = :s",
+          {"b": forged, "h": hashlib.sha256(b"\x00" + forged).digest(), "s": seq})
+    line = checkpoint_guard.watch_log()
+    assert line is not None and f"first bad seq {seq}" in line and "authentication tag" in line

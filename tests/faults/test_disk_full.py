@@ -154,3 +154,14 @@ def test_a_lost_database_connection_maps_to_503_and_other_errors_stay_internal()
     assert isinstance(found, DatabaseUnavailable) and found.status == 503 and "Idempotency-Key" in found.detail
     assert database_problem(OperationalError("x", {}, psycopg.OperationalError("syntax"))) is None
     assert database_problem(ValueError("not a database error")) is None
+    # the driver's own error, raised outside SQLAlchemy (rows fetched after a pipeline)
+    raw = psycopg.OperationalError("consuming input failed: terminating connection due to administrator command")
+    assert isinstance(database_problem(raw), DatabaseUnavailable)
+    try:
+        try:
+            raise psycopg.OperationalError("the connection is closed")
+        except psycopg.OperationalError as inner:
+            raise RuntimeError("while saving the session") from inner
+    except RuntimeError as wrapped:
+        assert isinstance(database_problem(wrapped), DatabaseUnavailable)
+    assert database_problem(psycopg.OperationalError("division by zero")) is None

@@ -72,7 +72,8 @@ def test_postgresql_connections_cut_under_load_recover(templates: dict[str, str]
         figures = p.finish(threads, RECOVERY_S)
         assert figures["completions"] == 4 * 14
         answered = [f for op in p.operators for f in op.failures if "->" in f]  # HTTP answers, not resets
-        assert all("-> 503" in f for f in answered), answered  # a lost connection is 503 (retry), never 500
+        # a lost connection is 503 (retry), never 500
+        assert not [f for f in answered if "-> 503" not in f], [f for f in answered if "-> 503" not in f]
         assert p.relay is not None and p.relay.poll() is None, "the relay reconnected by itself"
 
 
