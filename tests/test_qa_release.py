@@ -15,7 +15,7 @@ from sqlalchemy import select
 from mes.audit.models import AuditEntry
 from mes.audit.review import review_trail
 from mes.db import db
-from mes.errors import Conflict, NotFound
+from mes.errors import Conflict, NotFound, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import recipes_store as store
 from mes.materials import operations as mat
@@ -80,6 +80,30 @@ def test_release_refused_while_a_step_is_open(app: Flask, monkeypatch) -> None:
     with pytest.raises(Conflict, match="qa_gate"):
         _release(world, batch_id)
     assert ex.get_batch(batch_id).status == "in_progress"
+
+
+def test_a_refused_release_is_audited_with_its_reason_and_blockers(app: Flask, monkeypatch) -> None:
+    """Nothing QA tries vanishes: a refused release leaves an entry of the batch naming the
+    decision tried, the sentence shown and every blocker; the batch is unchanged."""
+    world = make_world(monkeypatch)
+    batch_id = _batch(world, until="qa_gate")
+    row, _ = second_qa(world)
+    with pytest.raises(Conflict) as refused:
+        _release(world, batch_id, "conditionally_released", conditions="retest hardness")
+    entries = db.session.execute(select(AuditEntry).where(AuditEntry.batch_id == batch_id,
+                                                          AuditEntry.action == ex.RELEASE_REFUSED)).scalars().all()
+    assert len(entries) == 1 and entries[0].actor_id == row.user_id and entries[0].entity_id == batch_id
+    after = json.loads(entries[0].entry_bytes)["after"]
+    assert after["decision"] == "conditionally_released" and after["reason"] == refused.value.detail
+    assert after["code"] == "conflict" and any("qa_gate" in p for p in after["problems"])
+    assert ex.get_batch(batch_id).status == "in_progress"
+    with pytest.raises(ValidationFailed):
+        _release(world, batch_id, "approved")
+    assert db.session.execute(select(AuditEntry.entry_bytes).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.action == ex.RELEASE_REFUSED).order_by(
+        AuditEntry.seq.desc())).scalars().first() is not None
+    assert len(db.session.execute(select(AuditEntry).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.action == ex.RELEASE_REFUSED)).scalars().all()) == 2
 
 
 def test_release_refused_while_a_deviation_is_unresolved(app: Flask, monkeypatch) -> None:

@@ -131,6 +131,7 @@ from mes.execution.refusals import (
     refusals_of,
 )
 from mes.execution.release import (
+    RELEASE_REFUSED,
     batch_record,
     broken_gates,
     ebr_sha256,
@@ -171,6 +172,7 @@ __all__ = [
     "DEVIATION_CLOSED",
     "BATCH_COMPLETED",
     "BATCH_RELEASED",
+    "RELEASE_REFUSED",
     "BLOCKING",
     "DEFAULT_MAX_FAILED_WEIGHINGS",
     "DEFAULT_MAX_READING_AGE_MS",

@@ -287,7 +287,37 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     conditions, or rejected; the work order is closed.
 
     Release is refused while steps are open, deviations unresolved, conditional lots open, or
-    no signed audit-trail review covers the batch's record."""
+    no signed audit-trail review covers the batch's record; each refusal is audited
+    (:data:`RELEASE_REFUSED`, :func:`_refused_release`)."""
+    try:
+        return _release_batch(session_row, credentials, batch_id, decision, terminal=terminal, comment=comment,
+                              conditions=conditions)
+    except (Conflict, ValidationFailed) as exc:
+        _refused_release(session_row, batch_id, decision, terminal, exc)
+        raise
+
+
+#: The audit action of a refused release or rejection (nothing an operator tries vanishes).
+RELEASE_REFUSED = "batch.release.refused"
+
+
+def _refused_release(session_row: UserSession, batch_id: str, decision: Any, terminal: str | None,
+                     error: Conflict | ValidationFailed) -> None:
+    """Audit a refused release of an existing batch, in a transaction of its own (the
+    attempt itself is rolled back): the decision tried, the reason shown and the blockers."""
+    from mes.execution.refusals import _safe
+
+    db.session.rollback()
+    if db.session.get(Batch, batch_id) is None:
+        return  # nothing to attach it to
+    record(actor_for(session_row.user, "qa", terminal), RELEASE_REFUSED, ("batch", batch_id), batch=batch_id,
+           after={"decision": _safe(decision), "reason": error.detail, "code": error.slug,
+                  "problems": _safe(list(error.extra.get("problems") or []))})
+    db.session.commit()
+
+
+def _release_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, decision: str, *,
+                   terminal: str | None, comment: str | None, conditions: str | None) -> Batch:
     if decision not in DECISIONS:
         raise ValidationFailed("The decision is released, conditionally_released or rejected.", field="decision")
     conditions = conditions.strip() if isinstance(conditions, str) and conditions.strip() else None
