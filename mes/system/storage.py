@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,30 +91,31 @@ _LOST_PHRASES = ("connection is closed", "server closed the connection", "termin
 def _connection_lost(exc: BaseException) -> bool:
     """A lost connection raised by the driver itself, outside SQLAlchemy's statement
     handling (results fetched after a pipeline, a raw cursor): not a bug of the request."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _wrapped(exc):
         module = type(current).__module__.split(".")[0]
         if module == "psycopg" and type(current).__name__ in ("OperationalError", "InterfaceError"):
             state = getattr(current, "sqlstate", None) or ""
             text = str(current).lower()
             if state.startswith(_LOST_SQLSTATE_PREFIXES) or any(p in text for p in _LOST_PHRASES):
                 return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return False
+
+
+def _wrapped(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (SQLAlchemy's ``orig``, then cause or context), once each."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
 
 
 def disk_full_error(exc: BaseException) -> DiskFull | None:
     """A :class:`DiskFull` when ``exc`` (or an exception it wraps) is the database's
     disk-full error, else None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if _is_disk_full(current):
-            return DiskFull(DISK_FULL_DETAIL)
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    if any(_is_disk_full(current) for current in _wrapped(exc)):
+        return DiskFull(DISK_FULL_DETAIL)
     return None
 
 

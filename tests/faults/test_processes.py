@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from tests.bench.execution import _free_port
 from tests.faults.kit import database_engine, kill_group, plant, start_server, wait_for
-from tests.integration.test_relay import first_receipts
+from tests.integration.test_relay import in_order_per_aggregate
 
 #: The longest a kiosk may be held up by a fault (from its first failed attempt to the
 #: completion that then went through).
@@ -89,20 +89,9 @@ def test_the_relay_sigkilled_mid_delivery_delivers_everything_in_order(templates
         wait_for(lambda: p.produced >= before + 10, 60, "events go on being recorded without the relay")
         p.start_relay()  # systemd's Restart=always
         p.finish(threads, RECOVERY_S)
-        assert _in_order_from_first_delivery(p.receiver.received)
-
-
-def _in_order_from_first_delivery(received: list[Any]) -> bool:
-    """Each aggregate's events were first taken in one after another in sequence order, from
-    the first this receiver got (the log's own checkpoint events began before the endpoint
-    was added; that every event since arrived is :meth:`Plant.finish`'s check)."""
-    last: dict[str, int] = {}
-    for r in first_receipts(received):
-        seq, subject = int(r.event["sequence"]), r.event["subject"]
-        if subject in last and seq != last[subject] + 1:
-            return False
-        last[subject] = seq
-    return True
+        # (the log's own checkpoint events began before the endpoint was added; that every
+        # event since arrived is Plant.finish's check)
+        assert in_order_per_aggregate(p.receiver.received, from_first_delivery=True)
 
 
 @pytest.fixture

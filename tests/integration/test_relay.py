@@ -97,13 +97,16 @@ def first_receipts(received: list[Received]) -> list[Received]:
     return out
 
 
-def in_order_per_aggregate(received: list[Received]) -> bool:
+def in_order_per_aggregate(received: list[Received], *, from_first_delivery: bool = False) -> bool:
+    """Each aggregate's events were first taken in one after another in sequence order, from
+    sequence 1, or with ``from_first_delivery`` from the first this receiver got (an
+    aggregate whose events began before the endpoint was added)."""
     last: dict[str, int] = {}
     for r in first_receipts(received):
-        seq = int(r.event["sequence"])
-        if seq != last.get(r.event["subject"], 0) + 1:
+        seq, subject = int(r.event["sequence"]), r.event["subject"]
+        if (subject in last or not from_first_delivery) and seq != last.get(subject, 0) + 1:
             return False
-        last[r.event["subject"]] = seq
+        last[subject] = seq
     return True
 
 
