@@ -1,5 +1,6 @@
 """Background jobs in each server process: verify the audit log at start-up and on a
-schedule, publish a checkpoint when entries have waited 60 s without one, and close the
+schedule, publish a checkpoint when the log nears one (woken after the commit that brought it
+800 entries or 45 s past the last) or when entries have waited 60 s without one, and close the
 OEE shifts that are due (``MES_OEE_CLOSE_SECONDS``), so ``mes.oee.shift_closed.v1`` goes
 out without anyone calling the endpoint."""
 
@@ -98,6 +99,21 @@ def close_oee_shifts(app: Flask) -> int:
     return closed
 
 
+def publish_checkpoint_soon(app: Flask) -> None:
+    """Woken by a commit that brought the log near a checkpoint: publish it here, before a
+    kiosk's request has to (:func:`mes.audit.checkpoint_guard.publish_soon`)."""
+    from mes.audit.checkpoint_guard import publish_soon
+
+    with app.app_context():
+        try:
+            publish_soon()
+        except Exception:  # noqa: BLE001 - a job must not die; a request publishes at 1000 entries
+            logger.exception("checkpoint publication failed")
+            db.session.rollback()
+        finally:
+            db.session.remove()
+
+
 def start_background_jobs(app: Flask) -> threading.Thread:
     """Start the daemon thread (idempotent per app)."""
     existing = app.extensions.get("mes_jobs")
@@ -108,14 +124,22 @@ def start_background_jobs(app: Flask) -> threading.Thread:
 
     def loop() -> None:
         from mes.audit.checkpoint_guard import watch_log
+        from mes.audit.log import checkpoint_wanted
         from mes.system.storage import watch_free_space
 
         verify_now(app, "start-up")
         last_verify = time.monotonic()
         close_oee_shifts(app)
         last_close = time.monotonic()
+        wanted = checkpoint_wanted(app)
+        next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
         while True:
-            time.sleep(CHECKPOINT_POLL_SECONDS)
+            if wanted.wait(max(0.0, next_poll - time.monotonic())):
+                wanted.clear()
+                publish_checkpoint_soon(app)
+                if time.monotonic() < next_poll:
+                    continue
+            next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
             with app.app_context():
                 try:
                     watch_log()  # new entries verified, checkpoint when due; tamper: /readyz red + alarm

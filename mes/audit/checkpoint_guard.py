@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,10 +188,14 @@ def verified_rows() -> VerifiedRows:
     return current_app.extensions.setdefault("mes_audit_verified_rows", VerifiedRows())
 
 
-def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool = True) -> bytes:
+def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool = True,
+                 reread_verified: bool = True) -> bytes:
     """Verify entries ``ref.size .. size-1`` against ``ref``; return the root of ``size``.
     ``reconcile``: and reconcile the records the committed ones touched (the watch compares
-    every table itself)."""
+    every table itself). ``reread_verified=False`` (the background publisher, right after
+    its own check outside the append lock): the rows this process has verified are taken as
+    verified, not read again, and the root is computed from their leaves, so the checkpoint
+    signs exactly what was verified; a row changed since no longer matches it."""
     from mes.audit.log import _node_getter, audit_log, root
 
     if size < ref.size:
@@ -227,7 +232,13 @@ def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool
     ats: list[str] = []
     leaves: list[bytes] = []
     seq = ref.size
-    for row in entry_tags.iter_rows(conn, ref.size, size):
+    if not reread_verified and known:
+        trusted = known[:size - ref.size]
+        rows, ats = list(trusted), list(known_ats[:len(trusted)])
+        leaves = [bytes(r[2]) for r in trusted]
+        prev_hex, last_at = leaves[-1].hex(), ats[-1]
+        seq += len(trusted)
+    for row in entry_tags.iter_rows(conn, seq, size):
         values = tuple(row)
         i = seq - ref.size
         if i < len(known) and known[i] == values:  # verified before, unchanged since (see VerifiedRows)
@@ -297,11 +308,9 @@ def watch_log() -> str | None:
     """For the background thread, every poll: verify the new entries (and publish a
     checkpoint when due). On tampering: /readyz red and one audit alarm; returns the
     failure line (None when all is well)."""
-    from mes.audit.alarms import raise_audit_alarm
     from mes.audit.log import checkpoint_if_due
-    from mes.system.readiness import record_audit_result
 
-    try:
+    def poll() -> None:
         check_new_entries()
         _reconcile_tables()
         if checkpoint_if_due() is not None:
@@ -309,6 +318,40 @@ def watch_log() -> str | None:
         else:
             db.session.rollback()
         _watch_witnesses()
+
+    return _watched(poll)
+
+
+def publish_soon() -> str | None:
+    """For the background thread, woken when the log nears a checkpoint (800 entries or
+    45 s): verify the new entries and reconcile the records they touch *before* taking the
+    append lock, then publish. Under the lock only what was appended meanwhile is left to
+    check, so the floor's appends wait milliseconds, not the whole check."""
+    from mes.audit.log import checkpoint_due_soon, publish_checkpoint
+
+    def publish() -> None:
+        if not checkpoint_due_soon():
+            db.session.rollback()
+            return
+        start = reference(db.session).size
+        check_new_entries()
+        db.session.rollback()
+        reconcile_new_entries(start)
+        if publish_checkpoint(reread_verified=False, unless_published_meanwhile=True) is not None:
+            db.session.commit()
+        else:
+            db.session.rollback()
+
+    return _watched(publish)
+
+
+def _watched(work: Callable[[], None]) -> str | None:
+    """Run ``work``; on tampering: /readyz red and one audit alarm, the failure line returned."""
+    from mes.audit.alarms import raise_audit_alarm
+    from mes.system.readiness import record_audit_result
+
+    try:
+        work()
         return None
     except LogTampered as exc:
         db.session.rollback()

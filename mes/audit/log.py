@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ from mes.integration.models import OutboxEvent
 ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
 CHECKPOINT_EVERY_ENTRIES = 1000
 CHECKPOINT_EVERY = timedelta(seconds=60)
+#: when the background thread is asked to publish, before a request has to (see
+#: :func:`_maybe_checkpoint`): most checkpoints are then signed outside the floor's requests
+CHECKPOINT_SOON_ENTRIES = 800
+CHECKPOINT_SOON = timedelta(seconds=45)
 CHECKPOINT_NOW_ACTIONS = ("esig.", "batch.released")
 
 # Tables whose rows may change without an audit entry: the log itself, the outbox it
@@ -436,6 +441,10 @@ def latest_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
 
 
 def _maybe_checkpoint(session: Session, head: _Head) -> None:
+    """Publish in this transaction when the log is 1000 entries or 60 s past the last
+    checkpoint (audit-log.md §3). From 800 entries or 45 s on, the background thread is
+    woken after commit to publish first (:func:`checkpoint_due_soon`), so a kiosk's request
+    seldom carries the signing and the checks before it while holding the append lock."""
     # The last checkpoint's size and time are cached per process: a stale value can only
     # make us try to publish early, and publish_checkpoint re-reads under the lock.
     log = audit_log()
@@ -450,16 +459,40 @@ def _maybe_checkpoint(session: Session, head: _Head) -> None:
         last_time is not None and head.at - last_time >= CHECKPOINT_EVERY
     ):
         publish_checkpoint(session)
+    elif size - last_size >= CHECKPOINT_SOON_ENTRIES or (last_time is not None and head.at - last_time >= CHECKPOINT_SOON):
+        session.info["audit_checkpoint_soon"] = True
 
 
-def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
+def checkpoint_wanted(app: Flask | None = None) -> threading.Event:
+    """Set after a commit that brought the log near a checkpoint; the background thread
+    (:mod:`mes.jobs`) waits on it."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions.setdefault("mes_checkpoint_wanted", threading.Event())
+
+
+def checkpoint_due_soon(session: Session | None = None) -> bool:
+    """Whether the log, read afresh, is 800 entries or 45 s past its latest checkpoint."""
+    session = session or db.session
+    last = latest_checkpoint(session)
+    head = session.execute(select(AuditEntry.seq, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    if head is None or (last is not None and last.size == head.seq + 1):
+        return False
+    audit_log().last_checkpoint = None if last is None else (last.size, last.time)
+    return last is None or head.seq + 1 - last.size >= CHECKPOINT_SOON_ENTRIES or \
+        as_utc(head.at) - as_utc(last.time) >= CHECKPOINT_SOON
+
+
+def publish_checkpoint(session: Session | None = None, *, reread_verified: bool = True,
+                       unless_published_meanwhile: bool = False) -> AuditCheckpoint | None:
     """Sign and store a checkpoint over every entry so far (in the caller's transaction).
 
     Every entry since the checkpoint it extends is verified first
-    (:func:`mes.audit.checkpoint_guard.verify_since`); a log that is shorter than, or
-    inconsistent with, the latest checkpoint the MES or a witness holds raises
-    :class:`~mes.audit.checkpoint_guard.LogTampered` and nothing is signed.
-    Returns None when the log is empty or the latest checkpoint already covers it.
+    (:func:`mes.audit.checkpoint_guard.verify_since`, ``reread_verified`` passed on); a log
+    that is shorter than, or inconsistent with, the latest checkpoint the MES or a witness
+    holds raises :class:`~mes.audit.checkpoint_guard.LogTampered` and nothing is signed.
+    Returns None when the log is empty or the latest checkpoint already covers it, and with
+    ``unless_published_meanwhile`` (the background publisher) when, read under the lock, the
+    log is no longer near a checkpoint: another server published first.
     """
     from mes.audit import checkpoint_guard as guard
 
@@ -473,7 +506,11 @@ def publish_checkpoint(session: Session | None = None) -> AuditCheckpoint | None
     if size == 0 or (last is not None and last.size == size and ref.size == size):
         log.last_checkpoint = None if last is None else (last.size, last.time)
         return None
-    tree_root = guard.verify_since(session, ref, size)
+    if unless_published_meanwhile and last is not None and size - last.size < CHECKPOINT_SOON_ENTRIES \
+            and utcnow() - as_utc(last.time) < CHECKPOINT_SOON:
+        log.last_checkpoint = (last.size, last.time)
+        return None
+    tree_root = guard.verify_since(session, ref, size, reread_verified=reread_verified)
     now = utcnow().replace(microsecond=0)
     time = now if last is None or now >= last.time else last.time
     body = notes.checkpoint_body(log.key_name, size, tree_root, time)
@@ -533,12 +570,18 @@ def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
 
 
 def _reset(session: Session, *_: Any) -> None:
-    for key in ("audit_head", "audit_appended", "audit_changed", "audit_published", "audit_published_note"):
+    for key in ("audit_head", "audit_appended", "audit_changed", "audit_published", "audit_published_note",
+                "audit_checkpoint_soon"):
         session.info.pop(key, None)
 
 
 def _after_commit(session: Session, *_: Any) -> None:
     try:
+        if session.info.get("audit_checkpoint_soon"):
+            try:
+                checkpoint_wanted().set()
+            except RuntimeError:  # no app context
+                pass
         _signed_in_transaction(session)
     finally:
         _reset(session)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Engine, create_engine, select, text
+from sqlalchemy.pool import NullPool
 
 from mes.audit.reconcile_rules import (
     NOT_STARTED,
@@ -47,6 +48,8 @@ from mes.audit.reconcile_rules import (
 from mes.db import db
 
 BATCH = 20_000
+#: rows compared per hold of the watch's lock
+CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -186,50 +189,77 @@ def _rows(conn: Connection, table: Table, keys: list[str] | None) -> Iterator[An
         yield from conn.execute(query.where(tbl.c[table.key].in_(keys[i:i + 500])))
 
 
+def _chunks(rows: Iterator[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True,
-            tables: Iterable[str] | None = None, every_column: bool = False) -> tuple[int, list[Difference]]:
+            tables: Iterable[str] | None = None, every_column: bool = False, upto: int | None = None,
+            lock: AbstractContextManager[Any] | None = None) -> tuple[int, list[Difference]]:
     """Compare the tables with ``ex``. ``full``: every row of every table (a row no entry
     created is a difference); otherwise only the records in ``ex`` with columns set at
     ``since`` or later (``since=0``: every record in ``ex``, all its columns), and of those
     only the columns set at ``since`` or later unless ``every_column``. ``tables``: only
-    these. Returns (records compared, differences)."""
+    these. Returns (records compared, differences).
+
+    ``upto`` and ``lock`` let another thread extend ``ex`` meanwhile (:class:`Watch`): the
+    conn's snapshot holds the entries before ``upto``, so what later entries set is left to
+    the next comparison, and ``ex`` is read only under ``lock``, a chunk of rows at a time."""
     diffs: list[Difference] = []
     count = 0
     only = None if tables is None else set(tables)
+    guard = lock if lock is not None else nullcontext()
+    later = upto if upto is not None else float("inf")
     for table in TABLES:
         if only is not None and table.name not in only:
             continue
-        wanted = ex.records.get(table.name, {})
-        if full:
-            keys = None
-        else:
-            keys = sorted(k for k, cols in wanted.items() if any(seq >= since for _, seq in cols.values()))
-            if not keys:
-                continue
+        with guard:
+            wanted = ex.records.setdefault(table.name, {})
+            if full:
+                keys = None
+            else:
+                keys = ex.touched_since(since, table.name)
+                if keys is None:
+                    keys = sorted(k for k, cols in wanted.items() if any(seq >= since for _, seq in cols.values()))
+        if keys is not None and not keys:
+            continue
         seen: set[str] = set()
-        for row in _rows(conn, table, keys):
-            count += 1
-            key = str(getattr(row, table.key))
-            seen.add(key)
-            actual = table.read(row)
-            cols = wanted.get(key)
-            if cols is None:
-                if table.created_by_entries:
-                    diffs.append(Difference(None, table.name, key, "the record has no audit entry (written "
-                                            "outside the MES)"))
-                elif table.name == "batch_steps" and actual["state"] != NOT_STARTED:
-                    diffs.append(Difference(None, table.name, key, f"state is {actual['state']!r} but no audit "
-                                            "entry started or recorded the step"))
-                continue
-            for column, (value, seq) in cols.items():
-                if (seq < since and not every_column) or column not in actual:
-                    continue
-                if not _same(value, actual[column]):
-                    diffs.append(Difference(seq, table.name, key, f"{column} is {_show(actual[column])} in the "
-                                            f"table but the audit log says {_show(value)}"))
-        for (name, key), seq in ex.created.items():
-            if name == table.name and seq >= since and key not in seen and (keys is None or key in keys):
-                diffs.append(Difference(seq, table.name, key, "the record the audit log created is missing"))
+        for chunk in _chunks(_rows(conn, table, keys)):
+            actuals = [(str(getattr(row, table.key)), table.read(row)) for row in chunk]
+            count += len(chunk)
+            with guard:
+                for key, actual in actuals:
+                    seen.add(key)
+                    cols = wanted.get(key)
+                    if cols is None:
+                        if table.created_by_entries:
+                            diffs.append(Difference(None, table.name, key, "the record has no audit entry "
+                                                    "(written outside the MES)"))
+                        elif table.name == "batch_steps" and actual["state"] != NOT_STARTED:
+                            diffs.append(Difference(None, table.name, key, f"state is {actual['state']!r} but no "
+                                                    "audit entry started or recorded the step"))
+                        continue
+                    for column, (value, seq) in cols.items():
+                        if (seq < since and not every_column) or seq >= later or column not in actual:
+                            continue
+                        if not _same(value, actual[column]):
+                            diffs.append(Difference(seq, table.name, key, f"{column} is {_show(actual[column])} "
+                                                    f"in the table but the audit log says {_show(value)}"))
+        with guard:
+            expected_keys = list(wanted) if keys is None else keys
+        for key_chunk in _chunks(iter(expected_keys)):
+            with guard:
+                for key in key_chunk:
+                    seq = ex.created.get((table.name, key))
+                    if seq is not None and since <= seq < later and key not in seen:
+                        diffs.append(Difference(seq, table.name, key, "the record the audit log created is missing"))
     return count, diffs
 
 
@@ -269,10 +299,32 @@ def fold_entries(conn: Connection, ex: Expected, start: int, end: int | None = N
     return ex.size
 
 
+def _snapshot_engine() -> Engine:
+    """An engine of its own without a pool: the check before a checkpoint reads while its
+    caller holds the audit append lock, and every pooled connection may belong to a request
+    waiting for that lock (a wait for the pool would hold the floor until its timeout). The
+    few reads that need one pay for a fresh connection. (An in-memory SQLite database has
+    no second connection: there the app's engine serves.)"""
+    from flask import current_app
+
+    from mes.db import engine_options, tune_sqlite_engine
+
+    engine = db.engine
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        return engine
+    own = current_app.extensions.get("mes_snapshot_engine")
+    if own is None or own.url != engine.url:
+        options = {k: v for k, v in engine_options(str(engine.url)).items() if k == "connect_args"}
+        own = create_engine(engine.url, poolclass=NullPool, **options)
+        tune_sqlite_engine(own)
+        current_app.extensions["mes_snapshot_engine"] = own
+    return own
+
+
 @contextmanager
 def snapshot() -> Iterator[Connection]:
     """One consistent read of the log and the tables, never taking SQLite's write lock."""
-    with db.engine.connect() as conn:
+    with _snapshot_engine().connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         else:
@@ -335,29 +387,47 @@ def reconcile_since(conn: Connection, start: int, end: int) -> ReconcileResult:
 class Watch:
     """The expected records kept in memory by the background thread: each poll folds only
     the new entries, then compares every table. Before a checkpoint the same state serves
-    :meth:`since` (no entity's history replayed again)."""
+    :meth:`since` (no entity's history replayed again).
+
+    ``clean_upto``: every record the entries before it touch was found as the log says, at
+    a snapshot that held those entries. :meth:`since` compares only the records touched
+    from there on (a record compared clean and edited after is the next poll's to find)."""
 
     def __init__(self) -> None:
         self.expected = Expected()
         self.lock = threading.Lock()
+        self.clean_upto = 0
 
     def poll(self) -> ReconcileResult:
+        """Fold the new entries, then compare every table. The lock is held a chunk of rows
+        at a time, so a checkpoint's :meth:`since` never waits for the whole comparison."""
         db.session.rollback()
-        with self.lock, snapshot() as conn:
-            fold_entries(conn, self.expected, self.expected.size)
-            count, diffs = compare(conn, self.expected)
-        return ReconcileResult(self.expected.size, count, diffs)
+        with snapshot() as conn:
+            with self.lock:
+                end = fold_entries(conn, self.expected, self.expected.size)
+            count, diffs = compare(conn, self.expected, upto=end, lock=self.lock)
+        with self.lock:
+            self.clean_upto = 0 if diffs else max(self.clean_upto, end)
+            self.expected.forget_touched_before(self.clean_upto)
+        return ReconcileResult(end, count, diffs)
 
     def since(self, start: int) -> ReconcileResult | None:
         """The records the committed entries from ``start`` on touch, compared in every
-        column with what the whole log says: cost proportional to the new entries. None
-        while this process has not yet read the log (its first poll): the caller replays."""
+        column with what the whole log says: cost proportional to the entries not yet
+        compared clean. None while this process has not yet read the log (its first poll):
+        the caller replays."""
         with self.lock:
             if self.expected.size == 0 or self.expected.size < start:
                 return None
             with snapshot() as conn:  # taken under the lock: never older than what was folded
                 end = fold_entries(conn, self.expected, self.expected.size)
-                count, diffs = compare(conn, self.expected, since=start, full=False, every_column=True)
+                count, diffs = compare(conn, self.expected, since=max(start, self.clean_upto), full=False,
+                                       every_column=True)
+            if diffs:
+                self.clean_upto = 0
+            elif self.clean_upto >= start:
+                self.clean_upto = end
+                self.expected.forget_touched_before(end)
             return ReconcileResult(end - start, count, diffs)
 
 
