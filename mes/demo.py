@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
 from mes.audit.log import Actor
+from mes.errors import NotFound
 
 DEMO_PASSWORD = "Demo-Passw0rd!"
 DEMO_USERS = (
@@ -182,6 +184,37 @@ def start_demo_witness(app) -> tuple[str, str]:  # noqa: ANN001 - a Flask app
     return url, vkey
 
 
+def start_demo_peers(app, mes_url: str) -> dict[str, Any]:  # noqa: ANN001 - a Flask app
+    """Start the simulated ERP and QMS (``mes sim erp|qms serve``, in this process, on free
+    loopback ports) and wire them in: each is a webhook endpoint whose deliveries it
+    verifies, and the QMS is an inbound peer. Secrets are new on every run (rotated when the
+    demo reuses its data). Returns the simulators and the QMS's inbound secret."""
+    from mes.integration import endpoints, inbound
+    from mes.integration.sims import DEMO_MASTER_DATA, MasterData, SimServer
+
+    actor = Actor.system("demo")
+    sims = {"erp": SimServer("erp", [], MasterData(DEMO_MASTER_DATA), echo=click.echo).start(),
+            "qms": SimServer("qms", echo=click.echo).start()}
+    with app.app_context():
+        for name, sim in sims.items():
+            endpoint_id, url = f"{name}-sim", f"{sim.url}/hooks/mes"
+            try:
+                endpoints.get_endpoint(endpoint_id)
+            except NotFound:
+                _, secret = endpoints.add_endpoint(actor, endpoint_id, url)
+            else:
+                endpoints.set_url(actor, endpoint_id, url)
+                secret = endpoints.rotate_secret(actor, endpoint_id)
+            sim.webhook_secrets = [secret]
+        try:
+            inbound.get_peer("qms-sim")
+        except NotFound:
+            _, qms_secret = inbound.add_peer(actor, "qms-sim")
+        else:
+            qms_secret = inbound.rotate_peer_secret(actor, "qms-sim")
+    return {"sims": sims, "qms_secret": qms_secret, "mes_url": mes_url}
+
+
 def run_demo(host: str, port: int) -> None:
     """Migrate, seed, print the URLs and credentials, and serve until Ctrl-C."""
     os.environ.setdefault("MES_HOME", str(Path("instance").resolve()))
@@ -205,6 +238,7 @@ def run_demo(host: str, port: int) -> None:
     (Path(app.config["MES_AUDIT_KEY_PATH"]).parent / "audit-witnesses").write_text(
         f"{witness_url}={witness_vkey}\n", encoding="utf-8")
     base = f"http://{host}:{port}"
+    peers = start_demo_peers(app, base)
     click.echo("")
     click.echo(f"open-mes demo ({'seeded' if fresh else 'reusing'} {app.config['SQLALCHEMY_DATABASE_URI']})")
     click.echo(f"  enrol the kiosk:    {base}/terminal/enroll?terminal=KIOSK-01&key=demo-kiosk-01-key")
@@ -229,9 +263,14 @@ def run_demo(host: str, port: int) -> None:
         click.echo(f"  set a scale's load: POST {base}/api/v1/simulation/devices/<device id> "
                    '{"load": "1.234", "unit": "kg", "unstable": false}')
     click.echo(f"  integration:        {base}/qa/integration  (endpoints, backlog, dead letters, replay)")
-    click.echo("  events to ERP/QMS:  an outbox relay runs in this server; add a receiver with")
-    click.echo("                      mes endpoint add erp --url http://127.0.0.1:8900/hooks --as admin")
+    erp, qms = peers["sims"]["erp"], peers["sims"]["qms"]
+    click.echo("  events to ERP/QMS:  an outbox relay in this server delivers to the simulated peers,")
+    click.echo(f"                      ERP {erp.url} (master data: {erp.url}/items) and QMS {qms.url};")
+    click.echo("                      each verifies every delivery and prints it here")
+    click.echo("                      your own receiver: mes endpoint add erp --url http://127.0.0.1:8900/hooks --as admin")
     click.echo(f"                      (pull instead: {base}/integration/v1/events)")
+    click.echo("  a QMS hold:         mes sim qms hold --mes-url " + base + " --secret " + peers["qms_secret"])
+    click.echo('                      --lot <lot id> --hold-id QMS-H-1 --reason "NCR raised" --ncr NCR-0002')
     click.echo(f"  passwords: every demo user ({', '.join(u[0] for u in DEMO_USERS)}) has {DEMO_PASSWORD}")
     click.echo("")
     from mes.server import serve

@@ -94,6 +94,33 @@ def _library_info_lines(out: str) -> list[str]:
     return noisy
 
 
+def _the_loop_with_the_simulated_peers(base: str, demo: Demo, http: requests.Session, headers: dict[str, str],
+                                       run: str) -> None:
+    """Issue 20's loop in the demo: a change goes out to the simulated ERP and QMS, which
+    verify it; a hold comes back from the QMS with the secret the console printed."""
+    from mes.integration.sims import send_command
+
+    line = next(x for x in demo.lines if "mes sim qms hold" in x)
+    secret = line.split("--secret ", 1)[1].split()[0]
+    assert secret.startswith("whsec_")
+    if run == "seeded":  # the demo's work order starts once
+        wos = http.get(f"{base}/api/v1/work-orders", params={"line": "LINE-1"}, headers=headers, timeout=10).json()
+        r = http.post(f"{base}/api/v1/work-orders/{wos['work_orders'][0]['id']}/batches", json={}, headers=headers,
+                      timeout=30)
+        assert r.status_code in (200, 201), r.text
+        demo.wait_for_line("erp: received mes.work_order.started.v1")
+        demo.wait_for_line("qms: received mes.work_order.started.v1")
+    lots = http.get(f"{base}/api/v1/lots", params={"status": "released"}, headers=headers, timeout=10).json()["lots"]
+    lot = lots[0]["id"]
+    status, answer = send_command(base, secret, "qms.lot.hold_placed.v1",
+                                  {"lot_id": lot, "hold_id": f"QMS-H-{run}", "scope": "all", "reason": "NCR raised",
+                                   "ncr_id": f"NCR-{run}"}, source="urn:qms:sim")
+    assert 200 <= status < 300, answer
+    held = http.get(f"{base}/api/v1/lots/{lot}", headers=headers, timeout=10).json()["lot"]
+    assert any(h["id"] == f"QMS-H-{run}" and h["active"] and h["placed_by"] == "system:integration-qms-sim"
+               for h in held["holds"]), held["holds"]
+
+
 def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
     home = tmp_path / "demo"
     for run in ("seeded", "reusing"):
@@ -113,6 +140,8 @@ def test_demo_serves_and_is_idempotent(tmp_path: Path) -> None:
                           headers={**terminal, "X-CSRF-Token": csrf}, timeout=10)
             assert r.status_code == 200, r.text
             assert r.json()["user"]["id"] == "op1"
+            csrf = http.get(f"{base}/api/v1/auth/csrf", headers=terminal, timeout=5).json()["csrf_token"]  # a new session's
+            _the_loop_with_the_simulated_peers(base, demo, http, {**terminal, "X-CSRF-Token": csrf}, run)
         finally:
             out = _stop(demo)
         assert run in out, out

@@ -541,7 +541,24 @@
       body.dispatchEvent(new CustomEvent("batch-changed", { detail: e }));
       if (body.dataset.screen === "blocked" && e.batch_id === body.dataset.batch) { refetch(); }
     });
+    socket.on("lot_hold", function (e) { // a QMS hold (or its release) on a lot this batch consumes
+      if (!body.dataset.batch || (e.batches || []).indexOf(body.dataset.batch) < 0) { return; }
+      showHold(e);
+    });
     socket.on("disconnect", function () { checkServer(); });
+  }
+  var heldLots = {};
+  function showHold(e) { // the server refuses the next consumption anyway; this tells the operator why, at once
+    var banner = $("#hold-banner");
+    if (!banner) { return; }
+    if (e.active) { heldLots[e.lot_id] = e; } else { delete heldLots[e.lot_id]; }
+    var ids = Object.keys(heldLots);
+    banner.hidden = ids.length === 0;
+    if (ids.length) {
+      var last = heldLots[ids[ids.length - 1]];
+      banner.querySelector(".text").textContent = banner.dataset.held.replace("{lot}", last.lot_id) +
+        (last.message ? " " + last.message : "");
+    }
   }
 
   // ------------------------------------------------------------ connection banner

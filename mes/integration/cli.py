@@ -77,6 +77,22 @@ def endpoint_add(endpoint_id: str, url: str, types: tuple[str, ...], as_user: st
         click.echo(f"added endpoint {endpoint_id}; signing secret (shown once): {secret}")
 
 
+@endpoint.command("set-url")
+@click.argument("endpoint_id")
+@click.option("--url", required=True)
+@click.option("--as", "as_user", required=True)
+@handle_errors
+def endpoint_set_url(endpoint_id: str, url: str, as_user: str) -> None:
+    """Point an endpoint at a new URL (its backlog and secret stay)."""
+    from mes.integration import endpoints as ops
+
+    app = make_app()
+    reachable(app)
+    with app.app_context():
+        row = ops.set_url(_as_user(app, as_user, PERMISSION), endpoint_id, url)
+        click.echo(f"endpoint {row.id} now delivers to {row.url}")
+
+
 @endpoint.command("list")
 @handle_errors
 def endpoint_list() -> None:

@@ -128,6 +128,20 @@ def rotate_secret(actor: Actor, endpoint_id: str, overlap: timedelta = ROTATION_
     return secret
 
 
+def set_url(actor: Actor, endpoint_id: str, url: str) -> WebhookEndpoint:
+    """Point an endpoint at a new URL (a receiver that moved); its cursor, backlog and secret stay."""
+    row = get_endpoint(endpoint_id)
+    url = _url(url)
+    if row.url == url:
+        return row
+    before = row.url
+    row.url = url
+    record(actor, "integration.endpoint.url_changed", ("integration_endpoint", row.id), before={"url": before},
+           after={"url": url})
+    db.session.commit()
+    return row
+
+
 def set_state(actor: Actor, endpoint_id: str, state: EndpointState, reason: str) -> WebhookEndpoint:
     """Enable or disable an endpoint (the relay disables one that answers 410 Gone)."""
     row = get_endpoint(endpoint_id)

@@ -128,6 +128,10 @@ def test_endpoint_cli_add_list_rotate_disable(app: Flask, database_url: str, tmp
     assert r.returncode == 0 and "qms" in r.stdout and secret not in r.stdout and "mes.deviation.raised.v1" in r.stdout
     r = mes("endpoint", "rotate", "qms", "--as", admin)
     assert r.returncode == 0 and r.stdout.strip().split()[-1] not in (secret, "")
+    r = mes("endpoint", "set-url", "qms", "--url", "https://qms2.example/in", "--as", admin)
+    assert r.returncode == 0 and "https://qms2.example/in" in r.stdout, r.stderr
+    r = mes("endpoint", "set-url", "qms", "--url", "ftp://qms2.example/in", "--as", admin)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     r = mes("endpoint", "disable", "qms", "--reason", "QMS migration", "--as", admin)
     assert r.returncode == 0 and "disabled qms" in r.stdout
     r = mes("endpoint", "disable", "qms", "--reason", "again", "--as", admin)
@@ -137,6 +141,6 @@ def test_endpoint_cli_add_list_rotate_disable(app: Flask, database_url: str, tmp
     r = mes("relay", "--schedule", "soon")
     assert r.returncode == 2 and "comma-separated seconds" in r.stderr
     assert _actions("qms") == ["integration.endpoint.added", "integration.endpoint.secret_rotated",
-                               "integration.endpoint.disabled"]
+                               "integration.endpoint.url_changed", "integration.endpoint.disabled"]
     r = mes("endpoint", "dead-letters")
     assert r.returncode == 0 and [json.loads(line) for line in r.stdout.splitlines()] == []

@@ -3,6 +3,7 @@ and the benchmark: the DOM contract of kiosk-ux.md / the kiosk brief, nothing el
 
 from __future__ import annotations
 
+import itertools
 import re
 from decimal import Decimal
 from typing import Any
@@ -220,3 +221,76 @@ def to_board(k: Any, server: Any) -> None:
     k.page.wait_for_load_state()
     k.goto(f"/kiosk/board/{LINE}")
     k.wait_screen("board")
+
+
+def batch_for(server: Any, erp_ref: str) -> str:
+    """The batch started for the work order with this ERP reference."""
+    batch = batch_of(server, work_order_id(server, erp_ref))
+    assert batch, f"no batch was started for {erp_ref}"
+    return batch
+
+
+_booths = itertools.count(1)
+
+
+def another_booth(server: Any) -> str:
+    """One more clean dispensing booth: each batch a test drives past its equipment check
+    keeps a booth claimed (the batch is left unfinished on the shared server)."""
+    from datetime import timedelta
+
+    from mes.audit.log import Actor
+    from mes.equipment import operations as eq
+
+    booth_id = f"BOOTH-T{next(_booths):02d}"
+    with server.db():
+        booth = eq.get_equipment("BOOTH-01")
+        eq.register_equipment(Actor.system("kiosk-tests"), booth_id, "room", booth.equipment_class,
+                              f"Dispensing booth {booth_id}", location="Dispensary", line="LINE-1",
+                              clean_hold=timedelta(days=3))
+        eq.record_cleaning(Actor.system("kiosk-tests"), booth_id, "routine")
+    return booth_id
+
+
+def drum_on_the_scale(open_kiosk: Any, server: Any, size: str, order: str) -> tuple[Any, ...]:
+    """Through the UI: a fresh batch at its first weigh step, an empty container tared, then
+    the first 60 kg drum of the lot on the scale (net, stable) and its label scanned.
+    Returns the kiosk, its driver, batch, step, scale, lot, container, net weight and the
+    scale's places."""
+    from decimal import Decimal
+
+    from tests.kiosk.checks import until as wait
+    from tests.kiosk.driver import TARE, Driver
+
+    another_booth(server)  # the batches before this one keep theirs claimed
+    k = open_kiosk(server, size, start="")
+    assert to_step(k, order) == "step"
+    batch = batch_for(server, order)
+    drv = Driver(k, server, batch)
+    step = drv.run_until(lambda s: s["kind"] == "weigh")
+    drv.ensure_on_step(step)
+    spec = drv.spec(step["id"])
+    device = drv.choose_scale(spec)
+    places = 2  # the floor scale reads to 0.01 kg
+    http = server.api()
+    # an empty container on the scale (it shows 0.80 kg, or 0.00 kg under a tare set before), tared;
+    # then container and material: the first drum of the lot, net
+    set_load(http, server.url, device, TARE, "kg")
+    wait(k.page, """() => { const v = document.querySelector('#live-weight [data-field=value]').innerText.trim();
+        const st = document.querySelector('#live-weight [data-field=stability]').innerText;
+        return (v === '0.80' || v === '0.00') && st.includes('Stable'); }""", timeout=10_000)
+    with k.page.expect_response(lambda r: r.url.endswith(f"/devices/{device}/tare")) as answer:
+        k.page.locator("[data-action=tare]").click()
+    assert answer.value.ok
+    drv.tares[device] = TARE
+    drv.wait_reading(Decimal(0), places)
+    net = Decimal("60.00")  # the first of the lot's two 60 kg drums: more to come, shown with "(+)"
+    set_load(http, server.url, device, TARE + net, "kg")
+    drv.wait_reading(net, places, stable=True)
+    lot = drv.lot_for(spec)
+    with server.db():
+        from mes.materials import operations as mat
+
+        full = [c.id for c in mat.containers_of(lot) if mat.container_remaining(c) >= net]
+    assert full, f"no full drum is left in lot {lot}: the tests before this one on the same server used them"
+    drv.scan_lot(full[0])
+    return k, drv, batch, step, device, lot, full[0], net, places

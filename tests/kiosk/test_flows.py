@@ -36,19 +36,13 @@ def order(server: KioskServer, size: str, request: pytest.FixtureRequest) -> str
     return ref
 
 
-def _batch(server: KioskServer, ref: str) -> str:
-    batch = flows.batch_of(server, flows.work_order_id(server, ref))
-    assert batch, f"no batch was started for {ref}"
-    return batch
-
-
 # ------------------------------------------------------------------------------ rule 5
 
 
 def test_rule5_confirm_before_commit(open_kiosk, server, size, order) -> None:
     k = open_kiosk(server, size, start="")
     assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
+    batch = flows.batch_for(server, order)
     step = flows.current_step(server, batch)
     assert step and step["kind"] == "instruction", step
     before = flows.step_records(server, batch)
@@ -136,7 +130,7 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     scan wherever the focus is; slow typing is not; the same code again within 2 s is ignored."""
     k = open_kiosk(server, size, start="")
     assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
+    batch = flows.batch_for(server, order)
     flows.commit(k)  # line clearance; the next step scans the booth's label
     k.page.wait_for_selector("body[data-kind=equipment_check] [data-expects-scan]")
     assert flows.current_step(server, batch)["kind"] == "equipment_check"
@@ -206,7 +200,7 @@ def _scanner_burst(k: Any, code: str) -> bool:
 def test_rule9_connection_banner_disables_commit_and_recovers(open_kiosk, server, size, order) -> None:
     k = open_kiosk(server, size, start="")
     assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
+    batch = flows.batch_for(server, order)
     banner = k.page.locator("#connection-banner")
     assert banner.count() == 1 and banner.get_attribute("role") == "status"
     assert banner.is_hidden(), "the connection banner shows while the server is up"
@@ -240,7 +234,7 @@ def _to_weigh_step(k: Any, server: KioskServer, order: str) -> tuple[str, dict[s
     from tests.kiosk.driver import Driver
 
     assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
+    batch = flows.batch_for(server, order)
     drv = Driver(k, server, batch)
     step = drv.run_until(lambda s: s["kind"] == "weigh")
     return batch, step
@@ -323,7 +317,7 @@ def test_rule11_idle_logout_with_countdown(open_kiosk, idle_server, size) -> Non
     k = open_kiosk(idle_server, size, start="")
     assert flows.to_step(k, ref) == "step"
     assert k.page.evaluate("document.body.dataset.idleSeconds") == "12"
-    batch = _batch(idle_server, ref)
+    batch = flows.batch_for(idle_server, ref)
     before = flows.step_records(idle_server, batch)
     # half-entered: the confirm dialog is open, nothing confirmed
     k.page.locator(".primary[data-commit]:visible").click()
@@ -396,27 +390,6 @@ def _not_in_view(k: Any, selectors: list[str]) -> dict[str, str]:
     return dict(k.page.evaluate(_IN_VIEW_JS, selectors))
 
 
-_booths = itertools.count(1)
-
-
-def _another_booth(server: KioskServer) -> str:
-    """One more clean dispensing booth: each batch this module drives past its equipment check
-    keeps a booth claimed (the batch is left unfinished on the shared server)."""
-    from datetime import timedelta
-
-    from mes.audit.log import Actor
-    from mes.equipment import operations as eq
-
-    booth_id = f"BOOTH-T{next(_booths):02d}"
-    with server.db():
-        booth = eq.get_equipment("BOOTH-01")
-        eq.register_equipment(Actor.system("kiosk-tests"), booth_id, "room", booth.equipment_class,
-                              f"Dispensing booth {booth_id}", location="Dispensary", line="LINE-1",
-                              clean_hold=timedelta(days=3))
-        eq.record_cleaning(Actor.system("kiosk-tests"), booth_id, "routine")
-    return booth_id
-
-
 def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, server, size, order) -> None:
     """One screen, no scrolling. The signature step (badge, PIN, the e-signature acknowledgement,
     the keypad), Sign and the confirm dialog's Confirm / Cancel fit 1920×1080. The weigh step with
@@ -426,10 +399,10 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     draws, is an inline SVG, never a font glyph."""
     from tests.kiosk.driver import Driver
 
-    _another_booth(server)
+    flows.another_booth(server)
     k = open_kiosk(server, size, start="")
     assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
+    batch = flows.batch_for(server, order)
     drv = Driver(k, server, batch)
 
     # -- the signature step
@@ -499,39 +472,10 @@ def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, ord
     from decimal import Decimal
 
     from tests.kiosk.checks import until as wait
-    from tests.kiosk.driver import TARE, Driver
+    from tests.kiosk.driver import TARE
 
-    _another_booth(server)  # the batches before this one keep theirs claimed
-    k = open_kiosk(server, size, start="")
-    assert flows.to_step(k, order) == "step"
-    batch = _batch(server, order)
-    drv = Driver(k, server, batch)
-    step = drv.run_until(lambda s: s["kind"] == "weigh")
-    drv.ensure_on_step(step)
-    spec = drv.spec(step["id"])
-    device = drv.choose_scale(spec)
-    places = 2  # the floor scale reads to 0.01 kg
+    k, drv, batch, step, device, _, container, net, places = flows.drum_on_the_scale(open_kiosk, server, size, order)
     http = server.api()
-    # an empty container on the scale (it shows 0.80 kg, or 0.00 kg under a tare set before), tared;
-    # then container and material: the first drum of the lot, net
-    flows.set_load(http, server.url, device, TARE, "kg")
-    wait(k.page, """() => { const v = document.querySelector('#live-weight [data-field=value]').innerText.trim();
-        const st = document.querySelector('#live-weight [data-field=stability]').innerText;
-        return (v === '0.80' || v === '0.00') && st.includes('Stable'); }""", timeout=10_000)
-    with k.page.expect_response(lambda r: r.url.endswith(f"/devices/{device}/tare")) as answer:
-        k.page.locator("[data-action=tare]").click()
-    assert answer.value.ok
-    drv.tares[device] = TARE
-    drv.wait_reading(Decimal(0), places)
-    net = Decimal("60.00")  # the first of the lot's two 60 kg drums: more to come, shown with "(+)"
-    flows.set_load(http, server.url, device, TARE + net, "kg")
-    drv.wait_reading(net, places, stable=True)
-    lot = drv.lot_for(spec)
-    with server.db():
-        from mes.materials import operations as mat
-
-        container = next(c.id for c in mat.containers_of(lot) if mat.container_remaining(c) >= net)  # a full drum
-    drv.scan_lot(container)
     capture = k.page.locator("[data-action=capture]")
     dialog = k.page.locator("#confirm-dialog")
 
@@ -575,3 +519,4 @@ def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, ord
     assert f"{confirmed['value']} {confirmed['unit']}" == shown == f"{moved:.2f} kg"
     assert Decimal(stored[0]["value"]) == moved and stored[0]["data"]["tare"]["source"] == "scale_tare"
     assert Decimal(stored[0]["data"]["tare"]["value"]) == TARE
+
