@@ -455,12 +455,26 @@ def _maybe_checkpoint(session: Session, head: _Head) -> None:
         log.last_checkpoint = last
     size = head.seq + 1
     last_size, last_time = last
-    if size - last_size >= CHECKPOINT_EVERY_ENTRIES or (
-        last_time is not None and head.at - last_time >= CHECKPOINT_EVERY
-    ):
+    if _past(size, head.at, last_size, last_time, CHECKPOINT_EVERY_ENTRIES, CHECKPOINT_EVERY):
         publish_checkpoint(session)
-    elif size - last_size >= CHECKPOINT_SOON_ENTRIES or (last_time is not None and head.at - last_time >= CHECKPOINT_SOON):
+    elif _past(size, head.at, last_size, last_time, CHECKPOINT_SOON_ENTRIES, CHECKPOINT_SOON):
         session.info["audit_checkpoint_soon"] = True
+
+
+def _past(size: int, at: datetime, last_size: int, last_time: datetime | None, entries: int,
+          age: timedelta) -> bool:
+    """Whether a log of ``size`` entries at time ``at`` is ``entries`` entries or ``age``
+    past the checkpoint of ``last_size`` signed at ``last_time``."""
+    return size - last_size >= entries or (last_time is not None and at - last_time >= age)
+
+
+def _unpublished(session: Session) -> tuple[AuditCheckpoint | None, Any] | None:
+    """The latest checkpoint and the log's newest (seq, at); None when that checkpoint covers the log."""
+    last = latest_checkpoint(session)
+    head = session.execute(select(AuditEntry.seq, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    if head is None or (last is not None and last.size == head.seq + 1):
+        return None
+    return last, head
 
 
 def checkpoint_wanted(app: Flask | None = None) -> threading.Event:
@@ -473,13 +487,13 @@ def checkpoint_wanted(app: Flask | None = None) -> threading.Event:
 def checkpoint_due_soon(session: Session | None = None) -> bool:
     """Whether the log, read afresh, is 800 entries or 45 s past its latest checkpoint."""
     session = session or db.session
-    last = latest_checkpoint(session)
-    head = session.execute(select(AuditEntry.seq, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).first()
-    if head is None or (last is not None and last.size == head.seq + 1):
+    unpublished = _unpublished(session)
+    if unpublished is None:
         return False
+    last, head = unpublished
     audit_log().last_checkpoint = None if last is None else (last.size, last.time)
-    return last is None or head.seq + 1 - last.size >= CHECKPOINT_SOON_ENTRIES or \
-        as_utc(head.at) - as_utc(last.time) >= CHECKPOINT_SOON
+    return last is None or _past(head.seq + 1, as_utc(head.at), last.size, as_utc(last.time),
+                                 CHECKPOINT_SOON_ENTRIES, CHECKPOINT_SOON)
 
 
 def publish_checkpoint(session: Session | None = None, *, reread_verified: bool = True,
@@ -506,8 +520,8 @@ def publish_checkpoint(session: Session | None = None, *, reread_verified: bool 
     if size == 0 or (last is not None and last.size == size and ref.size == size):
         log.last_checkpoint = None if last is None else (last.size, last.time)
         return None
-    if unless_published_meanwhile and last is not None and size - last.size < CHECKPOINT_SOON_ENTRIES \
-            and utcnow() - as_utc(last.time) < CHECKPOINT_SOON:
+    if unless_published_meanwhile and last is not None and not _past(
+            size, utcnow(), last.size, as_utc(last.time), CHECKPOINT_SOON_ENTRIES, CHECKPOINT_SOON):
         log.last_checkpoint = (last.size, last.time)
         return None
     tree_root = guard.verify_since(session, ref, size, reread_verified=reread_verified)
@@ -554,10 +568,10 @@ def _signed_in_transaction(session: Session) -> None:
 def checkpoint_if_due(session: Session | None = None) -> AuditCheckpoint | None:
     """For the scheduler: publish when entries have waited 60 s without a checkpoint."""
     session = session or db.session
-    last = latest_checkpoint(session)
-    head = session.execute(select(AuditEntry.seq, AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).first()
-    if head is None or (last is not None and last.size == head.seq + 1):
+    unpublished = _unpublished(session)
+    if unpublished is None:
         return None
+    last, _ = unpublished
     first_unpublished_at = session.execute(
         select(AuditEntry.at).where(AuditEntry.seq == (0 if last is None else last.size))
     ).scalar_one()

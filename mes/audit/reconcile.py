@@ -216,7 +216,6 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
     count = 0
     only = None if tables is None else set(tables)
     guard = lock if lock is not None else nullcontext()
-    later = upto if upto is not None else float("inf")
     for table in TABLES:
         if only is not None and table.name not in only:
             continue
@@ -247,7 +246,8 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
                                                     "audit entry started or recorded the step"))
                         continue
                     for column, (value, seq) in cols.items():
-                        if (seq < since and not every_column) or seq >= later or column not in actual:
+                        if (seq < since and not every_column) or (upto is not None and seq >= upto) \
+                                or column not in actual:
                             continue
                         if not _same(value, actual[column]):
                             diffs.append(Difference(seq, table.name, key, f"{column} is {_show(actual[column])} "
@@ -258,7 +258,7 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
             with guard:
                 for key in key_chunk:
                     seq = ex.created.get((table.name, key))
-                    if seq is not None and since <= seq < later and key not in seen:
+                    if seq is not None and since <= seq and (upto is None or seq < upto) and key not in seen:
                         diffs.append(Difference(seq, table.name, key, "the record the audit log created is missing"))
     return count, diffs
 
@@ -394,7 +394,7 @@ class Watch:
     from there on (a record compared clean and edited after is the next poll's to find)."""
 
     def __init__(self) -> None:
-        self.expected = Expected()
+        self.expected = Expected(touched=[])
         self.lock = threading.Lock()
         self.clean_upto = 0
 

@@ -67,20 +67,22 @@ class Expected:
     #: (entity type, id) of every entry folded
     entities: set[tuple[str, str]] = field(default_factory=set)
     #: (seq, table, key) of every record set at ``touched_from`` or later, in seq order: the
-    #: records touched since a seq without a scan of them all (see :meth:`touched_since`)
-    touched: list[tuple[int, str, str]] = field(default_factory=list)
+    #: records touched since a seq without a scan of them all (see :meth:`touched_since`).
+    #: Kept only when asked for (``Expected(touched=[])``, the watch): a full replay needs none.
+    touched: list[tuple[int, str, str]] | None = None
     touched_from: int = 0
 
     def set(self, table: str, key: str, seq: int, **values: Any) -> None:
         row = self.records.setdefault(table, {}).setdefault(str(key), {})
         for column, value in values.items():
             row[column] = (value, seq)
-        self.touched.append((seq, table, str(key)))
+        if self.touched is not None:
+            self.touched.append((seq, table, str(key)))
 
     def touched_since(self, since: int, table: str) -> list[str] | None:
-        """The keys of ``table`` set at ``since`` or later, sorted; None when the index no
-        longer reaches back that far (the caller scans the records)."""
-        if since < self.touched_from:
+        """The keys of ``table`` set at ``since`` or later, sorted; None when no index is
+        kept or it no longer reaches back that far (the caller scans the records)."""
+        if self.touched is None or since < self.touched_from:
             return None
         first = bisect.bisect_left(self.touched, (since, "", ""))
         return sorted({key for _, name, key in self.touched[first:] if name == table})
@@ -88,7 +90,7 @@ class Expected:
     def forget_touched_before(self, seq: int) -> None:
         """Drop the index before ``seq`` (its records were compared clean): memory stays
         proportional to what is not yet compared."""
-        if seq > self.touched_from:
+        if self.touched is not None and seq > self.touched_from:
             del self.touched[:bisect.bisect_left(self.touched, (seq, "", ""))]
             self.touched_from = seq
 
