@@ -101,6 +101,44 @@ def tune_sqlite_engine(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def wrapped_errors(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (SQLAlchemy's ``orig``, then cause or context), once each."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+#: SQLSTATEs of a connection the server ended or that broke: connection exceptions (class
+#: 08) and operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+#: connect now).
+_LOST_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
+_LOST_PHRASES = ("connection is closed", "server closed the connection", "terminating connection",
+                 "consuming input failed", "connection to server", "connection already closed")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or one it wraps) is psycopg saying the connection is gone: the
+    server ended it or it broke. Not a bug of the request: the caller may retry. SQLAlchemy's
+    own test misses the server's "terminating connection" (57P01) until psycopg has marked
+    the connection broken, and errors raised outside its statement handling entirely."""
+    try:
+        import psycopg
+    except ImportError:  # SQLite only: no server connection to lose
+        return False
+    for current in wrapped_errors(exc):
+        # by class, not name: psycopg raises a subclass per SQLSTATE (57P01 is AdminShutdown,
+        # what pg_terminate_backend and a server shutdown send)
+        if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
+            state = getattr(current, "sqlstate", None) or ""
+            text = str(current).lower()
+            if state.startswith(_LOST_SQLSTATE_PREFIXES) or any(p in text for p in _LOST_PHRASES):
+                return True
+    return False
+
+
 @contextmanager
 def pipelined(conn: Connection) -> Iterator[None]:
     """Send the statements executed inside in one round trip where the driver can
@@ -122,7 +160,7 @@ def pipelined(conn: Connection) -> Iterator[None]:
     except psycopg.Error as exc:
         # As SQLAlchemy does for a statement it runs itself: a lost connection is invalidated
         # (the pool replaces it; the rollback after it does not fail again) and said so.
-        lost = conn.dialect.is_disconnect(exc, dbapi_connection, None)
+        lost = conn.dialect.is_disconnect(exc, dbapi_connection, None) or connection_lost(exc)
         if lost:
             conn.invalidate(exc)
         raise DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=lost) from exc
@@ -189,6 +227,14 @@ def ping_idle_connections(engine: Engine) -> None:
     with every statement, and a failure mid-request is an error the caller sees."""
     if engine.dialect.name == "sqlite":
         return
+
+    @event.listens_for(engine, "handle_error")
+    def _lost(context: Any) -> None:
+        # A connection the server terminated counts as a disconnect: SQLAlchemy invalidates
+        # it and the pool (every connection of a restarted server is dead), and says
+        # connection_invalidated, which the API answers with 503 (retry).
+        if not context.is_disconnect and connection_lost(context.original_exception):
+            context.is_disconnect = True
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:

@@ -40,6 +40,34 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(app: Flask, monke
             assert pid is None or _backend_pid(conn) != pid
 
 
+def test_a_connection_the_server_terminates_mid_transaction_is_a_disconnect(app: Flask) -> None:
+    """pg_terminate_backend (and a server shutdown) sends 57P01 before it closes: SQLAlchemy
+    alone calls that an ordinary error, so the request answered 500 and the pool kept the
+    dead connection. It is a disconnect: invalidated, and a 503 (retry) to the caller."""
+    from sqlalchemy.exc import DBAPIError
+
+    from mes.system.storage import DatabaseUnavailable, database_problem
+
+    with app.app_context():
+        engine = db.engine
+        with engine.connect() as conn:
+            pid = _backend_pid(conn)
+            if pid is None:  # SQLite: no server to end a connection
+                assert database_problem(IntegrityError("x", {}, Exception("not a lost connection"))) is None
+                return
+            conn.execute(text("SELECT 1"))
+            admin = create_engine(engine.url, poolclass=NullPool)
+            with admin.connect() as other:
+                assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            admin.dispose()
+            with pytest.raises(DBAPIError) as lost:
+                conn.execute(text("SELECT 1"))
+            assert lost.value.connection_invalidated
+            assert isinstance(database_problem(lost.value), DatabaseUnavailable)
+        with engine.connect() as conn:  # the pool hands out a live one
+            assert conn.execute(text("SELECT 1")).scalar() == 1 and _backend_pid(conn) != pid
+
+
 def test_a_connection_in_constant_use_is_not_pinged(app: Flask, monkeypatch) -> None:
     with app.app_context():
         engine = db.engine

@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from mes.db import connection_lost, wrapped_errors
 from mes.errors import MESError
 
 logger = logging.getLogger("mes.storage")
@@ -75,46 +75,15 @@ def database_problem(exc: BaseException) -> MESError | None:
         return full
     from sqlalchemy.exc import DBAPIError
 
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated or _connection_lost(exc):
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated or connection_lost(exc):
         return DatabaseUnavailable(DATABASE_LOST_DETAIL, retry_after=1)
     return None
-
-
-#: SQLSTATEs of a connection the server ended or that broke: connection exceptions (class
-#: 08) and operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
-#: connect now).
-_LOST_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
-_LOST_PHRASES = ("connection is closed", "server closed the connection", "terminating connection",
-                 "consuming input failed", "connection to server", "connection already closed")
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    """A lost connection raised by the driver itself, outside SQLAlchemy's statement
-    handling (results fetched after a pipeline, a raw cursor): not a bug of the request."""
-    for current in _wrapped(exc):
-        module = type(current).__module__.split(".")[0]
-        if module == "psycopg" and type(current).__name__ in ("OperationalError", "InterfaceError"):
-            state = getattr(current, "sqlstate", None) or ""
-            text = str(current).lower()
-            if state.startswith(_LOST_SQLSTATE_PREFIXES) or any(p in text for p in _LOST_PHRASES):
-                return True
-    return False
-
-
-def _wrapped(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception it wraps (SQLAlchemy's ``orig``, then cause or context), once each."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
 
 
 def disk_full_error(exc: BaseException) -> DiskFull | None:
     """A :class:`DiskFull` when ``exc`` (or an exception it wraps) is the database's
     disk-full error, else None."""
-    if any(_is_disk_full(current) for current in _wrapped(exc)):
+    if any(_is_disk_full(current) for current in wrapped_errors(exc)):
         return DiskFull(DISK_FULL_DETAIL)
     return None
 

@@ -117,7 +117,8 @@ class ServerSessionInterface(SessionInterface):
         return ServerSession(data if isinstance(data, dict) else {}, sid=cookie_id, expires_at=expires_at)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        assert isinstance(session, ServerSession)
+        if not isinstance(session, ServerSession):  # it never opened (its read failed): nothing to save
+            return
         name = self.get_cookie_name(app)
         domain, path = self.get_cookie_domain(app), self.get_cookie_path(app)
         if not session:

@@ -165,3 +165,7 @@ def test_a_lost_database_connection_maps_to_503_and_other_errors_stay_internal()
     except RuntimeError as wrapped:
         assert isinstance(database_problem(wrapped), DatabaseUnavailable)
     assert database_problem(psycopg.OperationalError("division by zero")) is None
+    # a subclass per SQLSTATE: pg_terminate_backend's 57P01, wrapped without "invalidated"
+    shutdown = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    assert isinstance(database_problem(OperationalError("UPDATE ...", {}, shutdown)), DatabaseUnavailable)
+    assert database_problem(OperationalError("x", {}, psycopg.errors.DivisionByZero("division by zero"))) is None
