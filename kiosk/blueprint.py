@@ -120,8 +120,10 @@ def _refusal(exc: MESError) -> Any:
 
 
 def _next_target() -> str:
-    path = request.full_path.rstrip("?") if request.method == "GET" else ""
-    return path if path.startswith("/kiosk/") and not path.startswith("/kiosk/login") else ""
+    """Where the next log-in goes back to: the page asked for, or the one an idle log-out
+    left (its ``next``); only a kiosk page."""
+    path = request.full_path.rstrip("?") if request.method == "GET" else request.form.get("next", "")
+    return path if path.startswith("/kiosk/") and not path.startswith(("/kiosk/login", "/kiosk/logout")) else ""
 
 
 def _refusals_show_step(batch_id: str, line: str | None, step_id: str) -> None:
@@ -256,7 +258,10 @@ def logout() -> Any:
     session.clear()
     if terminal:
         session["terminal"] = terminal
-    return redirect(url_for("kiosk.login", idle=1) if request.form.get("reason") == "idle" else url_for("kiosk.login"))
+    if request.form.get("reason") != "idle":
+        return redirect(url_for("kiosk.login"))
+    # after an idle log-out the next log-in goes back to the screen left (its draft kept in the browser)
+    return redirect(url_for("kiosk.login", idle=1, next=_next_target() or None))
 
 
 # ---------------------------------------------------------------- lines, batches

@@ -59,6 +59,9 @@
     if (!draftKey) { return; }
     var draft = {};
     $$("input[data-bind=entry], input[data-bind=results]").forEach(function (i) { if (i.value && i.name) { draft[i.name] = i.value; } });
+    // ticked label states (not the e-signature acknowledgement: that is given at signing)
+    var ticked = $$("#step-form input[type=checkbox][data-label]:checked").map(function (i) { return i.name + "=" + i.value; });
+    if (ticked.length) { draft["ticked:"] = ticked.join("\n"); }
     try {
       if (Object.keys(draft).length) { sessionStorage.setItem(draftKey, JSON.stringify(draft)); }
       else { sessionStorage.removeItem(draftKey); }
@@ -154,6 +157,14 @@
       var kept = JSON.parse(sessionStorage.getItem(draftKey) || "null");
       if (kept) {
         Object.keys(kept).forEach(function (name) {
+          if (name === "ticked:") {
+            kept[name].split("\n").forEach(function (pair) {
+              $$("#step-form input[type=checkbox][data-label]").forEach(function (c) {
+                if (c.name + "=" + c.value === pair) { c.checked = true; }
+              });
+            });
+            return;
+          }
           var i = $('input[name="' + name + '"]');
           if (i) { i.value = kept[name]; }
         });
@@ -569,6 +580,7 @@
     if (banner) { banner.hidden = ok; }
     if (!ok && dialog && dialog.open) { dialog.close(); state.pendingForm = null; }
     refreshCommits();
+    if (ok && logoutPending) { logoutPending = false; $("#logout-form").submit(); return; }
     if (ok && wasOffline) { refetch(); }
     wasOffline = !ok;
   }
@@ -577,27 +589,24 @@
     try { sessionStorage.setItem("kiosk:refetch", "1"); } catch (e) { /* ignore */ }
     window.location.assign(body.dataset.refetch || window.location.pathname);
   }
-  // A refused connection means the server is gone: offline at once. A ping that is only slow
-  // (a busy server) counts as offline the second time in a row, so a slow moment does not flash
-  // the banner and reload the screen under the operator's fingers.
-  var checking = false, slowPings = 0;
+  // A refused connection means the server is gone: offline at once. A server that does not
+  // answer (hung, or a cable cut on the way) is offline when a ping goes unanswered for
+  // PING_TIMEOUT_MS: with a ping every PING_EVERY_MS the banner shows within 2 s of the hang
+  // (kiosk-ux rule 9), while a busy server answering in a second does not flash it.
+  var PING_EVERY_MS = 500, PING_TIMEOUT_MS = 1300;
+  var checking = false, logoutPending = false;
   function checkServer() {
     if (checking) { return; }
     checking = true;
     var ctl = window.AbortController ? new AbortController() : null;
-    var timedOut = false;
-    var timer = setTimeout(function () { timedOut = true; if (ctl) { ctl.abort(); } }, 1200);
+    var timer = setTimeout(function () { if (ctl) { ctl.abort(); } setOnline(false); }, PING_TIMEOUT_MS);
     // no cookie either way: a heartbeat answered after a log-in must not put the old session back
     fetch("/kiosk/ping", { cache: "no-store", credentials: "omit", signal: ctl ? ctl.signal : undefined })
-      .then(function (r) { slowPings = 0; setOnline(r.ok); })
-      .catch(function () {
-        if (!timedOut) { slowPings = 0; setOnline(false); return; }
-        slowPings += 1;
-        if (slowPings >= 2) { setOnline(false); }
-      })
+      .then(function (r) { setOnline(r.ok); })
+      .catch(function () { setOnline(false); })
       .then(function () { clearTimeout(timer); checking = false; });
   }
-  setInterval(checkServer, 700);
+  setInterval(checkServer, PING_EVERY_MS);
   window.addEventListener("offline", function () { setOnline(false); });
   window.addEventListener("online", checkServer);
 
@@ -668,12 +677,19 @@
     var form = $("#logout-form");
     if (dialog && dialog.open) { dialog.close(); }
     $$("dialog[open]").forEach(function (d) { d.close(); });
-    if (form) {
-      $('input[name="reason"]', form).value = "idle";
-      form.submit();
-    } else {
-      window.location.href = "/kiosk/login?idle=1";
+    if (!form) { window.location.href = "/kiosk/login?idle=1"; return; }
+    $('input[name="reason"]', form).value = "idle";
+    $('input[name="next"]', form).value = window.location.pathname; // back here after the next log-in
+    if (!state.online) {
+      // a form sent now would strand the kiosk on the browser's error page: cover the screen
+      // here and send the log-out when the server answers again
+      logoutPending = true;
+      var cover = $("#logged-out");
+      if (cover) { cover.hidden = false; }
+      $("#main").hidden = true;
+      return;
     }
+    form.submit();
   }
   if (body.dataset.loggedIn === "true" && idleBox) {
     setInterval(function () {

@@ -6,7 +6,9 @@ badge's language (13). Each test works on its own work order of the demo recipe.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +231,28 @@ def test_rule9_connection_banner_disables_commit_and_recovers(open_kiosk, server
     k.shot("connection-recovered")
 
 
+def test_rule9_a_hung_server_shows_the_banner_within_2s(open_kiosk, server, size, order) -> None:
+    """A server that accepts connections but answers nothing (SIGSTOP: hung, not refused):
+    the banner shows and every commit control is disabled within 2 s; back when it answers."""
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) in ("step", "blocked")
+    checks.live(k.page)
+    banner = k.page.locator("#connection-banner")
+    assert banner.is_hidden()
+    assert server.proc is not None
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    hung = time.monotonic()
+    try:
+        banner.wait_for(state="visible", timeout=3000)
+        took = time.monotonic() - hung
+        disabled = k.page.evaluate("[...document.querySelectorAll('[data-commit]')].every(b => b.disabled)")
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+    assert took <= 2.0, f"the banner showed {took:.2f} s after the server hung"
+    assert disabled, "a commit control stays enabled while the server does not answer"
+    banner.wait_for(state="hidden", timeout=15_000)
+
+
 def _to_weigh_step(k: Any, server: KioskServer, order: str) -> tuple[str, dict[str, Any]]:
     """Drive a fresh batch through the UI up to its first weigh step."""
     from tests.kiosk.driver import Driver
@@ -339,6 +363,38 @@ def test_rule11_idle_logout_with_countdown(open_kiosk, idle_server, size) -> Non
     assert 10 <= took + 0.5 <= 16, f"logged out after {took:.1f} s of idleness, configured 12 s"
     assert flows.step_records(idle_server, batch) == before, "the half-entered step was recorded at logout"
     k.shot("idle-logged-out")
+    # the next log-in goes back to the step left, not to the line choice
+    k.login(*flows.OPERATOR)
+    assert k.wait_screen(("step", "lines", "batches")) == "step"
+    assert k.page.evaluate("document.body.dataset.batch") == batch
+
+
+def test_rule11_idle_logout_while_the_server_is_unreachable_keeps_the_kiosk(open_kiosk, idle_server, size) -> None:
+    """The idle countdown ends while the server cannot be reached: the kiosk covers the screen
+    with a plain sentence (never the browser's error page), logs out when the server answers
+    again, and the next log-in returns to the step."""
+    ref = f"ERP-IDLE-{next(_orders)}"
+    flows.new_work_order(idle_server, ref)
+    k = open_kiosk(idle_server, size, start="")
+    assert flows.to_step(k, ref) == "step"
+    batch = flows.batch_for(idle_server, ref)
+    step_url = k.page.url
+    idle_server.stop()
+    try:
+        k.page.locator("#connection-banner").wait_for(state="visible", timeout=3000)
+        cover = k.page.locator("#logged-out")
+        cover.wait_for(state="visible", timeout=16_000)
+        assert k.page.url == step_url, f"the kiosk left for {k.page.url}"
+        assert "server cannot be reached" in cover.inner_text()
+        assert _not_in_view(k, ["#logged-out .text"]) == {}, "the sentence is not on the screen"
+        assert k.page.locator("#main").is_hidden(), "the step stays on the screen after the log-out"
+        k.shot("idle-logged-out-offline")
+    finally:
+        idle_server.start()
+    k.wait_screen("login", timeout=15_000)  # the log-out went when the server answered
+    k.login(*flows.OPERATOR)
+    assert k.wait_screen(("step", "lines", "batches")) == "step"
+    assert k.page.evaluate("document.body.dataset.batch") == batch
 
 
 # ------------------------------------------------------------------------------ rule 13
