@@ -378,6 +378,12 @@ def test_rule11_idle_logout_while_the_server_is_unreachable_keeps_the_kiosk(open
     k = open_kiosk(idle_server, size, start="")
     assert flows.to_step(k, ref) == "step"
     batch = flows.batch_for(idle_server, ref)
+    before = flows.step_position(k)
+    flows.commit(k)  # the line clearance: on to the booth check and its label states
+    flows.wait_step_changed(k, before)
+    ticked = k.page.locator("#step-form input[name=states]").first
+    ticked.check()  # half-entered: one state ticked, nothing scanned or confirmed
+    value = ticked.get_attribute("value")
     step_url = k.page.url
     idle_server.stop()
     try:
@@ -394,7 +400,9 @@ def test_rule11_idle_logout_while_the_server_is_unreachable_keeps_the_kiosk(open
     k.wait_screen("login", timeout=15_000)  # the log-out went when the server answered
     k.login(*flows.OPERATOR)
     assert k.wait_screen(("step", "lines", "batches")) == "step"
-    assert k.page.evaluate("document.body.dataset.batch") == batch
+    assert k.page.url == step_url and k.page.evaluate("document.body.dataset.batch") == batch
+    assert k.page.locator(f"#step-form input[name=states][value={value}]").is_checked(), "the tick was lost"
+    assert k.page.locator("#notice").is_visible(), "the kiosk does not say the entry was restored"
 
 
 # ------------------------------------------------------------------------------ rule 13
