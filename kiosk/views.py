@@ -177,11 +177,39 @@ def limits_text(low: Decimal | None, high: Decimal | None, unit: str) -> str:
     return _("no limits")
 
 
+def range_text(low: str, high: str, unit: str) -> str:
+    """Limits given as text (places as written; a duration is its own unit)."""
+    if low and high:
+        return _("%(low)s to %(high)s %(unit)s", low=low, high=high, unit=unit).strip()
+    if high:
+        return _("at most %(high)s %(unit)s", high=high, unit=unit).strip()
+    if low:
+        return _("at least %(low)s %(unit)s", low=low, unit=unit).strip()
+    return ""
+
+
+def user_name(user_id: str | None) -> str:
+    """The person's name as the record shows it (their id when the account is unknown)."""
+    from mes.db import db
+    from mes.users.models import User
+
+    if not user_id:
+        return ""
+    user = db.session.get(User, user_id)
+    return user.full_name if user is not None else user_id
+
+
 def summary_rows(batch: Batch) -> list[dict[str, Any]]:
-    """One line per step for the batch-complete summary: what was recorded, by whom."""
+    """One line per step for the batch summary: what it asks for (target and limits, places
+    as written), what was recorded (places as recorded), and by whom (by name)."""
+    from mes.steps import registry as step_kinds
+
     records = ex.records_of(batch.id)
+    recipe = ex.control_recipe(batch)
     out = []
     for s in ex.steps_of(batch.id):
+        spec = recipe.step(s.step_id)
+        expected = step_kinds.kind_of(spec).expectation(spec)
         recs = [r for r in records if r.batch_step_id == s.id and r.attempt == s.attempt and r.superseded_by is None]
         shown = []
         for r in recs:
@@ -202,7 +230,9 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
             elif r.kind == "confirmation":
                 shown.append(_("confirmed"))
         out.append({"seq": s.seq + 1, "id": s.step_id, "title": s.title, "state": s.state, "recorded": "; ".join(shown),
-                    "by": s.completed_by or "", "flags": sorted({f for r in recs for f in (r.flags or [])})})
+                    "target": f"{expected.target} {expected.unit}".strip() if expected.target else "",
+                    "limits": range_text(expected.low, expected.high, expected.limits_unit),
+                    "by": user_name(s.completed_by), "flags": sorted({f for r in recs for f in (r.flags or [])})})
     return out
 
 

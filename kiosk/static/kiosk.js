@@ -309,6 +309,9 @@
       dt.textContent = r[0]; dd.textContent = r[1];
       dl.appendChild(dt); dl.appendChild(dd);
     });
+    var consequence = $(".consequence", dialog); // what confirming this does beyond recording it
+    consequence.hidden = !(button && button.dataset.consequence);
+    $(".text", consequence).textContent = consequence.hidden ? "" : button.dataset.consequence;
     var openDlg = $("dialog[open]:not(#confirm-dialog)");
     if (openDlg) { openDlg.close(); }
     showDialog(dialog);
@@ -484,6 +487,11 @@
     var put = function (name, v) { var i = $('input[name="' + name + '"]'); if (i) { i.value = v; } };
     put("tare_source", tare ? "scale_tare" : ""); put("tare_value", tare ? tare.value : "");
     put("tare_unit", tare ? tare.unit : "");
+    var net = $("#net-indicator");
+    if (net) {
+      net.hidden = !tare;
+      $(".text", net).textContent = tare ? net.dataset.tareLabel + " " + tare.value + " " + tare.unit : "";
+    }
     try {
       if (tare) { sessionStorage.setItem("tare:" + device, JSON.stringify(tare)); }
       else { sessionStorage.removeItem("tare:" + device); }
@@ -593,7 +601,7 @@
   // answer (hung, or a cable cut on the way) is offline when a ping goes unanswered for
   // PING_TIMEOUT_MS: with a ping every PING_EVERY_MS the banner shows within 2 s of the hang
   // (kiosk-ux rule 9), while a busy server answering in a second does not flash it.
-  var PING_EVERY_MS = 500, PING_TIMEOUT_MS = 1300;
+  var PING_EVERY_MS = 400, PING_TIMEOUT_MS = 1200;
   var checking = false, logoutPending = false;
   function checkServer() {
     if (checking) { return; }
@@ -639,7 +647,14 @@
       var cd = $("[data-field=countdown]", timerBox);
       var over = max !== null && elapsed > max;
       var text = over ? i18n.over : (min !== null && elapsed < min ? i18n.remaining + " " + fmt(min - elapsed) : i18n.done);
-      cd.className = over ? "abnormal" : "";
+      cd.className = over ? "value abnormal" : "value";
+      var stop = $("[data-stop-timer]");
+      if (stop) { // before the minimum: not the primary action, and its confirmation says why
+        var early = min !== null && elapsed < min;
+        stop.className = early ? "secondary" : "primary";
+        stop.textContent = early ? stop.dataset.labelEarly : stop.dataset.labelStop;
+        if (early) { stop.dataset.consequence = stop.dataset.earlyConsequence; } else { delete stop.dataset.consequence; }
+      }
       cd.innerHTML = "";
       cd.appendChild(iconEl(over ? "warning" : (min !== null && elapsed < min ? "timer" : "check")));
       cd.appendChild(document.createTextNode(" " + text));

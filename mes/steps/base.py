@@ -24,7 +24,7 @@ from fractions import Fraction
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from mes.quantities import Duration, decimal_places, round_half_even
+from mes.quantities import Duration, decimal_places, round_half_even, to_text
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import MasterRecipe, Step, StepRef
 
@@ -123,6 +123,18 @@ class KioskPage(Protocol):
     def identified_lot(self, item: str) -> str | None:
         """The lot last identified for ``item`` in this batch."""
         ...
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a step asks for, as text with the places the recipe wrote: a target in ``unit``
+    and limits (``low``, ``high``, either may be empty) in ``limits_unit``."""
+
+    target: str = ""
+    low: str = ""
+    high: str = ""
+    unit: str = ""
+    limits_unit: str = ""
 
 
 class StepKind(ABC):
@@ -224,6 +236,19 @@ class StepKind(ABC):
         """For a gate: the role, of a person holding ``roles``, in which they may sign it
         (None: they may not; default: not a gate)."""
         return None
+
+    # ----------------------------------------------------------------- what it asks for
+
+    def expectation(self, spec: Step) -> Expectation:
+        """The step's target and limits as the recipe wrote them (places kept), for the
+        batch summary and review; by default the spec's ``target``, ``low``, ``high`` and
+        ``unit``, where it has them."""
+        def text(name: str) -> str:
+            value = getattr(spec, name, None)
+            return to_text(value) if isinstance(value, Decimal) else ""
+
+        unit = str(getattr(spec, "unit", "") or "")
+        return Expectation(text("target"), text("low"), text("high"), unit, unit)
 
     # -------------------------------------------------------------------------- kiosk
 

@@ -10,7 +10,7 @@ from typing import Any
 from mes.quantities import UnitError, convert, dimension, to_text
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, ProduceOutputStep, Step, StepRef
-from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
+from mes.steps.base import Expectation, KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.context import StepContext
 
 _DECIMALS = ("quantity", "expected_yield", "yield_low", "yield_high")
@@ -167,6 +167,13 @@ class ProduceOutput(StepKind):
         """The output lot this step recorded."""
         return next((r["data"].get("lot") for r in records if r.get("data") and r["data"].get("lot")), None)
 
+
+    def expectation(self, spec: Step) -> Expectation:
+        """The theoretical quantity (as scaled; from its calculation when ``theoretical_from``)
+        and the yield limits in percent."""
+        assert isinstance(spec, ProduceOutputStep)
+        return Expectation("" if spec.theoretical_from else to_text(spec.quantity), to_text(spec.yield_low),
+                           to_text(spec.yield_high), spec.unit, "%")
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """The theoretical quantity (scaled, or from its calculation) and the yield limits."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from mes.quantities import Duration
 from mes.recipes import checks
 from mes.recipes.model import MasterRecipe, Step, StepRef, TimerStep
-from mes.steps.base import KioskPage, Report, StepKind, duration, ref
+from mes.steps.base import Expectation, KioskPage, Report, StepKind, duration, ref
 from mes.steps.context import StepContext, at_text
 
 
@@ -67,16 +67,25 @@ class Timer(StepKind):
                         f"{spec.minimum.human if spec.minimum else '0 s'} to {spec.maximum.human if spec.maximum else 'no limit'})",
                         {"step": spec.id, **data})
 
+    def expectation(self, spec: Step) -> Expectation:
+        """The time window (minimum to maximum), as durations."""
+        assert isinstance(spec, TimerStep)
+        return Expectation(low=spec.minimum.human if spec.minimum else "",
+                           high=spec.maximum.human if spec.maximum else "")
+
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """When the timer started (server clock), its window, and whether the form starts it."""
         assert isinstance(spec, TimerStep)
         started = page.completed_at_text(spec.from_step) if spec.from_step else page.at_text(page.step.started_at)
-        return {"started": started,
+        now = page.now_text()
+        early = bool(started and spec.minimum
+                     and (datetime.fromisoformat(now) - datetime.fromisoformat(started)).total_seconds() < spec.minimum.seconds)
+        return {"started": started, "early": early,
                 "minimum": spec.minimum.seconds if spec.minimum else None,
                 "maximum": spec.maximum.seconds if spec.maximum else None,
                 "minimum_text": spec.minimum.human if spec.minimum else "",
                 "maximum_text": spec.maximum.human if spec.maximum else "",
-                "server_now": page.now_text(),
+                "server_now": now,
                 "start_action": not started and not spec.from_step}
 
     def simulate(self, sim: Any, batch: dict[str, Any], step: dict[str, Any], spec: Step) -> tuple[dict[str, Any], Any, str]:

@@ -13,7 +13,7 @@ from mes.quantities import UnitError, convert, dimension, to_text
 from mes.recipes import checks
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import SCALE_CLASSES, TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
-from mes.steps.base import KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
+from mes.steps.base import Expectation, KioskPage, Report, ScaleContext, StepKind, decimal_or_none, ref
 from mes.steps.capture import Confirmed, confirmed_reading
 from mes.steps.context import StepContext, limits_text, opt
 
@@ -223,6 +223,13 @@ class Weigh(StepKind):
         ctx.effects.append(take)
 
     # ------------------------------------------------------------------- kiosk
+
+    def expectation(self, spec: Step) -> Expectation:
+        """The target and its tolerance window, in the step's unit."""
+        assert isinstance(spec, WeighStep) and spec.target is not None
+        low, high = spec.window()
+        unit = spec.unit or ""
+        return Expectation(to_text(spec.target), to_text(low), to_text(high), unit, unit)
 
     def kiosk_context(self, spec: Step, page: KioskPage) -> dict[str, Any]:
         """Window, containers weighed, the line's scales (the chosen one first usable), the lot."""

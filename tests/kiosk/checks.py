@@ -360,7 +360,7 @@ def rendered(page: Any) -> None:
 
 def live(page: Any, timeout: float = 10_000) -> None:
     """Return once the kiosk script is ready and its connection check has been answered since
-    (it pings every 0.5 s): the banners show what the page knows about the server."""
+    (it pings every 0.4 s): the banners show what the page knows about the server."""
     until(page, "() => window.__kioskReady === true", timeout=timeout)
     with page.expect_response(lambda r: "/kiosk/ping" in r.url, timeout=timeout):
         pass

@@ -46,6 +46,9 @@ class ScreenLog:
         self.seen[label] = checks.generic(k.page, normal=normal)
         if label.startswith("confirm-"):  # a dialog is open: the page's own primary is behind it
             self.seen[label].pop("primary", None)
+        if label == "step-timer-running":  # before the minimum the next action is to wait (issue 15)
+            primaries = checks.position(k.page)["primaries"]
+            self.seen[label]["primary"] = [f"{primaries} is a primary action before the timer's minimum"] if primaries else []
 
     def violations(self) -> dict[str, dict[str, Any]]:
         return {label: {rule: found for rule, found in result.items() if found}
@@ -183,8 +186,8 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
         names = {u: n for u, n in _names()}
         records = ex.records_of(batch_id)
         for row, s in zip(summary, steps, strict=True):
-            seq, title, recorded, by = row[0], row[1], row[2], row[3]
-            assert (seq, title, by) == (str(s.seq + 1), s.title, s.completed_by or ""), (row, s.step_id)
+            seq, title, recorded, by = row[0], row[1], row[4], row[5]  # (2 and 3: target, limits)
+            assert (seq, title, by) == (str(s.seq + 1), s.title, names.get(s.completed_by or "", "")), (row, s.step_id)
             current = [r for r in records if r.batch_step_id == s.id and r.attempt == s.attempt
                        and r.superseded_by is None]
             for r in current:

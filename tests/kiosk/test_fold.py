@@ -174,7 +174,7 @@ def test_rule8_every_control_inside_the_viewport_without_scrolling(open_kiosk, s
         tdrv.commit(tstep)
         k.wait_screen("step")
     look("step-timer-running", k)
-    k.page.locator(".primary[data-commit]:visible").first.click()
+    k.page.locator("[data-stop-timer]:visible").click()
     k.page.locator("#confirm-dialog").wait_for(state="visible")
     look("confirm-timer-stop", k)
     k.page.locator("#confirm-dialog [data-action=cancel]").click()
