@@ -485,7 +485,9 @@ def raise_deviation(batch_id: str) -> Any:
     category = request.form.get("category", "")
     if category not in CATEGORIES:
         raise ValidationFailed(_("Choose what happened."), field="category")
-    severity = request.form.get("severity", "major")
+    severity = request.form.get("severity", "")
+    if severity not in ("major", "minor"):  # no default: whether it stops the batch is chosen
+        raise ValidationFailed(_("Choose whether it stops the batch."), field="severity")
     description = request.form.get("description", "").strip() or CATEGORIES[category]()
     dev = ex.raise_deviation(principal().actor(P.DEVIATION_RAISE), batch_id, severity, category, description,
                              step_id=step_id)

@@ -318,6 +318,10 @@ def test_a_deviation_raised_by_hand_needs_a_confirmation(app: Flask, world: eh.W
     url = f"/kiosk/batches/{batch_id}/deviations"
     r = k.post(url, {"confirmed": "0", "category": "spill", "severity": "minor", "step": "id_bulk"})
     assert r.status_code == 422 and not ex.deviations_of(batch_id)
+    # no default severity: whether it stops the batch is chosen, never assumed
+    r = k.post(url, {"confirmed": "1", "category": "spill", "step": "id_bulk"})
+    assert r.status_code == 422 and "Choose whether it stops the batch" in message(k.page)
+    assert not ex.deviations_of(batch_id)
     r = k.post(url, {"confirmed": "1", "category": "spill", "severity": "minor", "step": "id_bulk"})
     assert r.status_code == 200 and len(ex.deviations_of(batch_id)) == 1
     assert ex.deviations_of(batch_id)[0].description == "Spill or loss of material"

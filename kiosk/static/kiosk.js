@@ -318,6 +318,12 @@
     refreshCommits();
   }
   function precheck(form, button) {
+    // every choice still to make, said at once, where the operator is looking (the dialog)
+    var missing = $$("fieldset[data-choose]", form).filter(function (f) { return !$("input:checked", f); })
+      .map(function (f) { return f.dataset.choose; });
+    var box = $(".form-message", form);
+    if (box) { box.hidden = !missing.length; $(".text", box).textContent = missing.join(" "); }
+    if (missing.length) { if (!box) { showMessage(missing.join(" ")); } return false; }
     if (button && button.hasAttribute("data-needs-entry")) {
       var e = boundInput("entry", form);
       if (e && !e.value) { showMessage(i18n.enterFirst); return false; }

@@ -296,6 +296,39 @@ def test_batch_summary_is_linked_titled_by_state_with_targets_limits_and_names(o
     assert cell(timer.id, "by") == "" and cell(timer.id, "target") == ""
 
 
+def test_deviation_dialog_has_no_default_severity_and_confirms_on_screen(open_kiosk, server, size, order) -> None:
+    """Issue 15: the deviation dialog picks a reason from a list (text optional), pre-selects
+    no severity (a tap on Raise does not stop the batch by default: it asks, in the dialog),
+    and after raising the step says which deviation was raised, on the screen."""
+    from mes.execution import operations as ex
+
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) == "step"
+    batch = flows.batch_for(server, order)
+    k.page.locator("[data-action=raise-deviation]").first.click()
+    dialog = k.page.locator("#deviation-dialog")
+    dialog.wait_for(state="visible")
+    assert k.page.locator("#deviation-dialog input[name=severity]:checked").count() == 0, "a severity is pre-selected"
+    dialog.get_by_text("Spill or loss of material").click()
+    dialog.locator("button[type=submit]").click()
+    said = dialog.locator(".form-message")
+    said.wait_for(state="visible", timeout=3000)
+    assert "Choose whether it stops the batch" in said.inner_text()
+    assert _not_in_view(k, ["#deviation-dialog .form-message", "#deviation-dialog button[type=submit]"]) == {}
+    assert k.page.locator("#confirm-dialog").is_hidden()
+    dialog.get_by_text("No: note it and go on (minor)").click()
+    dialog.locator("button[type=submit]").click()
+    flows.confirm(k)
+    k.wait_screen("step")
+    with server.db():
+        devs = ex.deviations_of(batch)
+    assert [(d.category, d.severity) for d in devs] == [("spill", "minor")], devs
+    notice = k.page.locator("#notice")
+    assert notice.is_visible() and devs[0].id in notice.inner_text(), "no visible confirmation of the deviation"
+    assert _not_in_view(k, ["#notice"]) == {}
+    assert k.page.locator("#deviation-dialog .form-message").is_hidden()
+
+
 def _to_weigh_step(k: Any, server: KioskServer, order: str) -> tuple[str, dict[str, Any]]:
     """Drive a fresh batch through the UI up to its first weigh step."""
     from tests.kiosk.driver import Driver
