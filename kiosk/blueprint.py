@@ -279,8 +279,13 @@ def choose_line() -> Any:
 @endpoint(P.BATCH_VIEW, tags=("kiosk",))
 def line_batches(line: str) -> Any:
     """Running batches and dispatched work orders of a line."""
-    batches = [{"batch": b, "product": v.product_name(b), "step": v.current_step(ex.steps_of(b.id)),
-                "total": len(ex.steps_of(b.id))} for b in v.batches_on(line)]
+    batches = []
+    for b in v.batches_on(line):
+        steps = ex.steps_of(b.id)
+        blocking = [d for d in ex.deviations_of(b.id)
+                    if d.status == v.DeviationStatus.OPEN.value and ex.blocks_any(d, steps)]
+        batches.append({"batch": b, "product": v.product_name(b), "step": v.current_step(steps),
+                        "total": len(steps), "blocking": blocking})
     orders = [{"wo": wo, "product": v.recipe_product(wo), "key": uuid.uuid4().hex} for wo in v.dispatched_orders(line)]
     return _page("batches.html", "batches", line=line, batches=batches, orders=orders)
 
@@ -537,6 +542,8 @@ def dispose(deviation_id: str) -> Any:
     _confirmed()
     session_row = esig.signing_session(who.session)
     disposition = request.form.get("disposition", "")  # the engine refuses one that is not a Disposition
+    if not disposition:  # none is pre-selected: QA chooses one
+        raise ValidationFailed(_("Choose a disposition."), field="disposition")
     # Part 11 §11.200(a)(1): the signer types both components for the first signature of a
     # session; the engine refuses a missing id then, and an id that is not the session's user
     creds = esig.Credentials(secret=request.form.get("password", ""),

@@ -258,6 +258,8 @@
         // an identify step sends what was scanned: the server refuses it with the reason
         lot.value = info ? (info.dataset.lotId || code) : code;
       }
+      var lotCommit = $("[data-lot-commit]");
+      if (lotCommit) { lotCommit.className = info && info.dataset.lotOk === "true" ? "primary" : "secondary"; }
       $$('input[name="container_pick"]', box).forEach(function (r) {
         r.addEventListener("change", function () { if (container) { container.value = r.value; } updateWeigh(); });
       });

@@ -27,6 +27,9 @@ pytestmark = pytest.mark.browser
 RUNS = [pytest.param(b, s, id=f"{b}-{s}") for b, s in (("sqlite", "1920x1080"), ("postgresql", "1280x800"))
         if b in BACKENDS]
 ALARM_LABELS = ("blocked", "weigh-out-of-tolerance", "held-lot", "qa-board-deviation", "confirm-weigh-out")
+# screens whose next action is no control: a timer before its minimum (wait), an unusable lot
+# scanned (scan another): no primary action
+NO_PRIMARY = ("step-timer-running", "held-lot")
 
 
 class ScreenLog:
@@ -46,9 +49,9 @@ class ScreenLog:
         self.seen[label] = checks.generic(k.page, normal=normal)
         if label.startswith("confirm-"):  # a dialog is open: the page's own primary is behind it
             self.seen[label].pop("primary", None)
-        if label == "step-timer-running":  # before the minimum the next action is to wait (issue 15)
+        if label in NO_PRIMARY:  # the next action is no control: to wait, to scan another label (issue 15)
             primaries = checks.position(k.page)["primaries"]
-            self.seen[label]["primary"] = [f"{primaries} is a primary action before the timer's minimum"] if primaries else []
+            self.seen[label]["primary"] = [f"{primaries} is a primary action on {label}"] if primaries else []
 
     def violations(self) -> dict[str, dict[str, Any]]:
         return {label: {rule: found for rule, found in result.items() if found}
@@ -98,9 +101,10 @@ def _run(server: Any, k: Any, size: str, screens: ScreenLog, open_kiosk: Any) ->
     status = drv.scan_lot(held[0])
     assert status["status"] == "on_hold" and "hold" in status["text"].lower(), status
     screens("held-lot", k)
-    confirm = k.page.locator(".primary[data-commit]")
+    confirm = k.page.locator("[data-lot-commit]")
+    assert "primary" not in (confirm.get_attribute("class") or ""), "Confirm lot is the primary action for a held lot"
     if confirm.is_enabled():  # the kiosk may let the operator try: the server must refuse
-        drv.commit(step)
+        drv.commit(step, control="[data-lot-commit]:visible")
         assert k.screen() in ("step", "blocked")
         assert held[0] in flows.message(k) and "hold" in flows.message(k), flows.message(k)
     assert not [r for r in flows.step_records(server, batch_id) if r["data"].get("lot") == held[0]], \

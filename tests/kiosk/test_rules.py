@@ -187,3 +187,47 @@ def test_rule12_axe_wcag22_aa_no_violation(open_kiosk, server, size, screen, cac
 def test_no_script_errors(open_kiosk, server, size, screen, cache) -> None:
     """The page ran without a JavaScript error or a CSP refusal (a strict CSP, no inline script)."""
     _ok(measure(open_kiosk, server, size, screen, cache)["console"], f"console errors on {screen} at {size}")
+
+
+# ------------------------------------------------------------- ISA-101 colours (issue 15)
+
+
+def test_isa101_a_batch_blocked_by_a_deviation_is_marked_in_the_batch_list(open_kiosk, server, size) -> None:
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, "ERP-RULES-STEP") == "step"  # started, if no test before did
+    flows.to_batches(k)
+    blocked = flows.batch_of(server, flows.work_order_id(server, "ERP-RULES-BLOCKED"))
+    running = flows.batch_of(server, flows.work_order_id(server, "ERP-RULES-STEP"))
+    assert blocked and running
+    mark = k.page.locator("li", has_text=blocked).locator("[data-field=blocked]")
+    assert mark.is_visible(), "the blocked batch is not marked in the list"
+    assert "Blocked" in mark.inner_text() and "abnormal" in (mark.get_attribute("class") or "")
+    assert k.page.locator("li", has_text=running).locator("[data-field=blocked]").count() == 0
+
+
+def test_isa101_waiting_for_earlier_steps_is_neutral(open_kiosk, server, size) -> None:
+    """Ordinary sequencing is not an alarm: a later step opened early says why, without alarm colour."""
+    from mes.execution import operations as ex
+
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, "ERP-RULES-STEP") == "step"
+    batch = flows.batch_of(server, flows.work_order_id(server, "ERP-RULES-STEP"))
+    assert batch
+    with server.db():
+        later = ex.steps_of(batch)[3].step_id
+    k.goto(f"/kiosk/batches/{batch}/steps/{later}")
+    assert k.wait_screen(("blocked", "step")) == "blocked"
+    assert "not done yet" in k.page.locator("#blocked-reason").inner_text()
+    checks.live(k.page)
+    assert checks.alarm_colours(k.page) == [], "waiting for earlier steps is shown in alarm colour"
+
+
+def test_isa101_qa_board_form_is_not_in_the_alarm_block_and_no_disposition_is_chosen(open_kiosk, server, size) -> None:
+    k = open_kiosk(server, size, terminal=QA_TERMINAL, start="")
+    flows.to_board(k, server)
+    form = k.page.locator("form.dispose").first
+    assert form.is_visible()
+    assert form.evaluate("f => f.closest('.abnormal') === null"), "the QA form sits inside the red alarm block"
+    assert form.locator("select[name=disposition]").input_value() == "", "a disposition is pre-selected"
+    alarm = k.page.locator("[data-deviation] .abnormal").first
+    assert alarm.is_visible() and re.search(r"DEV-|D-", alarm.inner_text()), alarm.inner_text()
