@@ -81,7 +81,7 @@ def _base(screen: str, **extra: Any) -> dict[str, Any]:
             "terminal": terminal.id if terminal is not None else _("not enrolled"),
             "panel": v.panel(), "idle_seconds": current_app.config["MES_KIOSK_IDLE_SECONDS"], "csrf": csrf_token(),
             "message": extra.pop("message", None), "notice": extra.pop("notice", None) or session.pop("kiosk_notice", None),
-            **extra}
+            "notice_warning": session.pop("kiosk_notice_warning", False), **extra}
 
 
 def _page(template: str, screen: str, status: int = 200, **context: Any) -> tuple[str, int]:
@@ -139,8 +139,11 @@ def _expected_version() -> int:
         raise ValidationFailed(_("The page is out of date; it was reloaded."), field="expected_version") from None
 
 
-def _notice(text: str) -> None:
+def _notice(text: str, *, warning: bool = False) -> None:
+    """The sentence the next page shows about what was just done: with a check mark, or as
+    a warning when the system raised a deviation with it (ISA-101: never a ✓ for that)."""
     session["kiosk_notice"] = text
+    session["kiosk_notice_warning"] = warning
 
 
 def _publish(batch_id: str, line: str | None, step_id: str | None) -> None:
@@ -400,7 +403,7 @@ def do_step(batch_id: str, step_id: str) -> Any:
                               max_reading_age_ms=int(current_app.config.get("MES_CAPTURE_MAX_AGE_MS", 3000)),
                               max_failed_weighings=int(current_app.config.get("MES_WEIGH_MAX_FAILED_ATTEMPTS", 3)))
     _publish(b.id, b.line, step_id)
-    _notice(_recorded_text(spec, result))
+    _notice(_recorded_text(spec, result), warning=bool(result.get("deviations")))
     if result.get("state") == StepState.IN_PROGRESS.value:
         return redirect(url_for("kiosk.step", batch_id=batch_id, step_id=step_id))
     return redirect(url_for("kiosk.batch", batch_id=batch_id))
@@ -462,7 +465,7 @@ def sign(batch_id: str, step_id: str) -> Any:
     result = ex.sign_gate(who.session, batch_id, step_id, _payload(spec, request.form), key, version,
                           terminal=who.terminal.id if who.terminal else None)
     _publish(b.id, b.line, step_id)
-    _notice(_recorded_text(spec, result))
+    _notice(_recorded_text(spec, result), warning=bool(result.get("deviations")))
     return redirect(url_for("kiosk.batch", batch_id=batch_id))
 
 

@@ -28,9 +28,10 @@ _SIZE_OF = """sel => parseFloat(getComputedStyle(document.querySelector(sel)).fo
 @pytest.fixture(scope="module")
 def server(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskServer]:
     with running_server("sqlite", templates, Path(tmp_path_factory.mktemp("kiosk-timer"))) as srv:
-        restock(srv)
+        restock(srv, batches=4)
         for size in ("1920x1080", "1280x800"):
             flows.new_work_order(srv, f"ERP-TIMER-{size}")
+            flows.new_work_order(srv, f"ERP-TIMER-EARLY-{size}")
         yield srv
 
 
@@ -91,3 +92,28 @@ def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, ser
     assert k.wait_screen(("step", "blocked", "complete")) == "step", "a stop within the window blocked the batch"
     after = flows.current_step(server, batch)
     assert after is not None and after["id"] != step["id"]
+
+
+def test_a_timer_stopped_early_says_so_as_a_warning_never_with_a_check_mark(open_kiosk, server, size) -> None:
+    """ISA-101 (issue 15): the deviation the system raises for an early stop is told as a
+    warning, with its words, never with a ✓."""
+    from mes.execution import operations as ex
+
+    batch = _timer_step(server, f"ERP-TIMER-EARLY-{size}")
+    k = open_kiosk(server, size, start="")
+    flows.to_lines(k)
+    drv = Driver(k, server, batch)
+    step = flows.current_step(server, batch)
+    assert step and step["kind"] == "timer", step
+    drv.ensure_on_step(step)
+    if k.page.locator("[data-start]").count():
+        drv.commit(step)
+        k.wait_screen("step")
+    drv.commit(step, control="[data-stop-timer]:visible")
+    with server.db():
+        devs = [d for d in ex.deviations_of(batch) if d.category == "time_out_of_window"]
+    assert len(devs) == 1, devs
+    notice = k.page.locator("#notice")
+    assert notice.is_visible() and devs[0].id in notice.inner_text(), notice.all_inner_texts()
+    assert notice.locator("[data-icon=check], .icon-check").count() == 0, "a ✓ beside a deviation the system raised"
+    assert "abnormal-amber" in (notice.get_attribute("class") or "")
