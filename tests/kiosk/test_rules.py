@@ -20,7 +20,8 @@ from tests.kiosk.harness import QA_TERMINAL, KioskServer, running_server
 pytestmark = pytest.mark.browser
 
 SCREENS = ["login", "lines", "batches", "step", "blocked", "board", "error"]
-# abnormal states: alarm colour allowed, with text and icon (the board lists the blocked batch's deviation)
+# abnormal states: alarm colour allowed, with text and icon (the board lists the blocked batch's
+# deviation; the batches screen may colour only the blocked batch's mark, see the rule 3 test)
 ALARM_SCREENS = {"blocked", "error", "board"}
 
 
@@ -132,6 +133,9 @@ def test_rule3_alarm_colour_only_for_abnormal_states_with_text_and_icon(open_kio
     m = measure(open_kiosk, server, size, screen, cache)
     if screen in ALARM_SCREENS:
         _ok([c for c in m["colour"] if not c["labelled"]], f"alarm colour without text and icon on {screen} at {size}")
+    elif screen == "batches":  # the line's blocked batch (ERP-RULES-BLOCKED) is marked, and nothing else
+        _ok([c for c in m["colour"] if not (c["labelled"] and "batch-blocked" in c["el"])],
+            f"alarm colour on the batches screen other than the blocked batch's mark, at {size}")
     else:
         _ok(m["colour"], f"alarm colour on the normal screen {screen} at {size}")
 

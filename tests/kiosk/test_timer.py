@@ -39,8 +39,10 @@ def _records(server: KioskServer, batch: str) -> list[dict[str, Any]]:
     return flows.step_records(server, batch)
 
 
-def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, server, size) -> None:
-    batch = _timer_step(server, f"ERP-TIMER-{size}")
+def _running_timer(open_kiosk: Any, server: KioskServer, size: str, order: str) -> tuple[Any, Driver, str, dict[str, Any]]:
+    """The batch of ``order`` brought to its first timer, which the kiosk starts: the kiosk,
+    its driver, the batch and the step."""
+    batch = _timer_step(server, order)
     k = open_kiosk(server, size, start="")
     flows.to_lines(k)
     drv = Driver(k, server, batch)
@@ -50,6 +52,11 @@ def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, ser
     if k.page.locator("[data-start]").count():
         drv.commit(step)
         k.wait_screen("step")
+    return k, drv, batch, step
+
+
+def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, server, size) -> None:
+    k, drv, batch, step = _running_timer(open_kiosk, server, size, f"ERP-TIMER-{size}")
     checks.live(k.page)
 
     # running, minimum not reached: nothing to do but wait
@@ -99,16 +106,7 @@ def test_a_timer_stopped_early_says_so_as_a_warning_never_with_a_check_mark(open
     warning, with its words, never with a ✓."""
     from mes.execution import operations as ex
 
-    batch = _timer_step(server, f"ERP-TIMER-EARLY-{size}")
-    k = open_kiosk(server, size, start="")
-    flows.to_lines(k)
-    drv = Driver(k, server, batch)
-    step = flows.current_step(server, batch)
-    assert step and step["kind"] == "timer", step
-    drv.ensure_on_step(step)
-    if k.page.locator("[data-start]").count():
-        drv.commit(step)
-        k.wait_screen("step")
+    k, drv, batch, step = _running_timer(open_kiosk, server, size, f"ERP-TIMER-EARLY-{size}")
     drv.commit(step, control="[data-stop-timer]:visible")
     with server.db():
         devs = [d for d in ex.deviations_of(batch) if d.category == "time_out_of_window"]
