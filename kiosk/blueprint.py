@@ -282,13 +282,7 @@ def choose_line() -> Any:
 @endpoint(P.BATCH_VIEW, tags=("kiosk",))
 def line_batches(line: str) -> Any:
     """Running batches and dispatched work orders of a line."""
-    batches = []
-    for b in v.batches_on(line):
-        steps = ex.steps_of(b.id)
-        blocking = [d for d in ex.deviations_of(b.id)
-                    if d.status == v.DeviationStatus.OPEN.value and ex.blocks_any(d, steps)]
-        batches.append({"batch": b, "product": v.product_name(b), "step": v.current_step(steps),
-                        "total": len(steps), "blocking": blocking})
+    batches = v.running_batches(line)
     orders = [{"wo": wo, "product": v.recipe_product(wo), "key": uuid.uuid4().hex} for wo in v.dispatched_orders(line)]
     return _page("batches.html", "batches", line=line, batches=batches, orders=orders)
 

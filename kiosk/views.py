@@ -168,13 +168,7 @@ def dec(value: Decimal | None) -> str:
 
 
 def limits_text(low: Decimal | None, high: Decimal | None, unit: str) -> str:
-    if low is not None and high is not None:
-        return _("%(low)s to %(high)s %(unit)s", low=dec(low), high=dec(high), unit=unit)
-    if high is not None:
-        return _("at most %(high)s %(unit)s", high=dec(high), unit=unit)
-    if low is not None:
-        return _("at least %(low)s %(unit)s", low=dec(low), unit=unit)
-    return _("no limits")
+    return range_text(dec(low), dec(high), unit) or _("no limits")
 
 
 def range_text(low: str, high: str, unit: str) -> str:
@@ -260,13 +254,29 @@ def dispositions() -> list[tuple[str, str]]:
             for d in Disposition]
 
 
+def open_deviations(batch_id: str) -> list[Deviation]:
+    """The batch's deviations still waiting for QA."""
+    return [d for d in ex.deviations_of(batch_id) if d.status == DeviationStatus.OPEN.value]
+
+
+def running_batches(line: str) -> list[dict[str, Any]]:
+    """The batches screen of a line: each running batch, its current step, and the open
+    deviations that block it (marked in the list)."""
+    out = []
+    for batch in batches_on(line):
+        rows = ex.steps_of(batch.id)
+        out.append({"batch": batch, "product": product_name(batch), "step": current_step(rows), "total": len(rows),
+                    "blocking": [d for d in open_deviations(batch.id) if ex.blocks_any(d, rows)]})
+    return out
+
+
 def board(line: str) -> list[dict[str, Any]]:
     """The QA status board of a line: each running batch, its current step, what blocks it, open deviations."""
     out = []
     for batch in batches_on(line, (BatchStatus.IN_PROGRESS.value, BatchStatus.COMPLETED.value)):
         rows = ex.steps_of(batch.id)
         step = current_step(rows)
-        devs = [d for d in ex.deviations_of(batch.id) if d.status == DeviationStatus.OPEN.value]
+        devs = open_deviations(batch.id)
         out.append({"batch": batch, "product": product_name(batch), "step": step, "total": len(rows),
                     "done": sum(1 for r in rows if r.state == StepState.COMPLETED.value),
                     "blocked": [r for r in rows if r.state == StepState.BLOCKED.value], "deviations": devs,
