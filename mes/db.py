@@ -19,7 +19,7 @@ from typing import Any
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Connection, DateTime, Engine, MetaData, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session, registry
+from sqlalchemy.orm import DeclarativeBase, Session, registry, scoped_session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -194,6 +194,33 @@ def as_utc(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):  # SQLite's stored text (naive UTC)
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def in_read_transaction(session: Session | scoped_session) -> bool:
+    """Whether the session is inside a SQLite read transaction (see :func:`begin_writing`)."""
+    if isinstance(session, scoped_session):
+        session = session()
+    if not session.in_transaction() or session.get_bind().dialect.name != "sqlite":
+        return False
+    return bool(session.connection().get_execution_options().get("mes_read_only", False))
+
+
+def begin_writing(session: Session | None = None) -> None:
+    """Make sure the session's next statements run in a writing transaction.
+
+    On SQLite a GET request reads in a plain ``BEGIN`` (reads never queue behind writers),
+    and such a transaction cannot safely become a writer: once another connection has
+    committed since it began, its first write fails at once with "database is locked"
+    (SQLITE_BUSY_SNAPSHOT; no busy timeout helps). A read transaction with nothing pending
+    is therefore ended here, so the write begins with ``BEGIN IMMEDIATE`` and queues for the
+    lock. Objects read before are expired and reload in the new transaction. Called before
+    the few writes a read can lead to (a session that expired while a page was read)."""
+    session = session or db.session()
+    if not in_read_transaction(session):
+        return
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("begin_writing() after changes were made in a read transaction")
+    session.rollback()
 
 
 @contextmanager

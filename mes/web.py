@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
-from mes.db import db
+from mes.db import begin_writing, db
 from mes.errors import (
     AuthenticationFailed,
     ContentTooLarge,
@@ -564,6 +564,8 @@ def init_app(app: Flask) -> None:
         if request.method in ("GET", "HEAD") and db.engine.dialect.name == "sqlite" and not db.session().in_transaction():
             # Reads must not queue behind (or hold up) writers on SQLite's single write lock.
             db.session.connection(execution_options={"mes_read_only": True})
+        elif request.method not in ("GET", "HEAD"):
+            begin_writing()  # a read left open by an earlier request in the same app context (tests)
 
     @app.before_request
     def _form_size_limit() -> None:

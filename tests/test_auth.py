@@ -6,13 +6,14 @@ import json
 import time
 from datetime import timedelta
 
+import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from mes.audit.models import AuditEntry
 from mes.db import db, utcnow
 from mes.users import operations as ops
-from mes.users.models import User
+from mes.users.models import User, WebSession
 from tests.helpers import PASSWORD, SEED, Session, logged_in, seed
 
 
@@ -113,6 +114,50 @@ def test_idle_timeout_ends_the_session(app: Flask) -> None:
     assert r.status_code == 401 and r.get_json()["type"].endswith("/session-expired")
     assert "idle_timeout" in json.dumps([json.loads(e.entry_bytes) for e in db.session.execute(
         select(AuditEntry).where(AuditEntry.action == "auth.logout")).scalars()])
+
+
+def test_a_get_ends_a_session_that_ran_out_although_another_terminal_wrote_meanwhile(app: Flask, monkeypatch) -> None:
+    """On SQLite a GET reads in a plain BEGIN. Ending an idle session from there failed at
+    once with "database is locked" (a 500, the kiosk's idle log-out lost) whenever another
+    connection had committed after the read began: the log-out must start its own writing
+    transaction (mes.db.begin_writing)."""
+    seeded = seed()
+    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 60
+    s = logged_in(app.test_client(), seeded, "qa")
+    real = ops.Policy.current.__func__
+    wrote: list[str] = []
+
+    def current_after_another_write(cls):  # called after the request has read its session
+        with db.engine.connect() as other:  # another terminal's commit, in between
+            other.execute(insert(WebSession.__table__).values(id=f"{len(wrote):064d}", data="{}", created_at=utcnow(),
+                                                              expires_at=utcnow() + timedelta(hours=1)))
+            other.commit()
+        wrote.append("x")
+        return real(cls)
+
+    monkeypatch.setattr(ops.Policy, "current", classmethod(current_after_another_write))
+    _idle_for(s, 61)
+    r = s.get("/api/v1/auth/me")
+    assert wrote, "the other write did not happen inside the request"
+    assert r.status_code == 401 and r.get_json()["type"].endswith("/session-expired"), r.get_data(as_text=True)
+    assert "idle_timeout" in json.dumps([json.loads(e.entry_bytes) for e in db.session.execute(
+        select(AuditEntry).where(AuditEntry.action == "auth.logout")).scalars()])
+
+
+def test_an_audited_change_inside_a_read_transaction_fails_every_time(app: Flask) -> None:
+    """The audit log refuses an entry in a SQLite read transaction outright, so a write that
+    a GET can reach without begin_writing() fails in the tests, not at random under load."""
+    from mes.audit.log import Actor, record
+
+    seed()
+    db.session.rollback()
+    db.session.connection(execution_options={"mes_read_only": True})
+    if db.engine.dialect.name == "sqlite":
+        with pytest.raises(RuntimeError, match="begin_writing"):
+            record(Actor.system("tests"), "user.noted", ("user", "qa1"), after={})
+    else:  # PostgreSQL's transactions can always write
+        record(Actor.system("tests"), "user.noted", ("user", "qa1"), after={})
+    db.session.rollback()
 
 
 def test_kiosk_idle_timeout_is_separate(app: Flask) -> None:

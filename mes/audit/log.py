@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from mes.audit import canonical, entry_tags, keys, merkle
 from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
-from mes.db import as_utc, db, pipelined, utcnow
+from mes.db import as_utc, db, in_read_transaction, pipelined, utcnow
 from mes.integration.models import OutboxEvent
 
 ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
@@ -295,6 +295,8 @@ def record(
     ``statements``: Core writes of the change this entry records, with their parameters,
     run before the entry (sent in the same round trip as the log-end read on PostgreSQL)."""
     session = session or db.session
+    if in_read_transaction(session):  # it would fail at random under load: fail every time instead
+        raise RuntimeError(f"{action}: an audited change inside a read transaction; call begin_writing() first")
     session.flush()
     head = _head(session, statements)
     seq = 0 if head is None else head.seq + 1

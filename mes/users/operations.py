@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from mes.audit.log import Actor, record
-from mes.db import as_utc, db, driver_queries, utcnow
+from mes.db import as_utc, begin_writing, db, driver_queries, utcnow
 from mes.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -557,7 +557,9 @@ def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
 
 
 def end_session(row: UserSession, reason: str) -> None:
-    """Close a session once (log-out, idle timeout, deactivation), audited."""
+    """Close a session once (log-out, idle timeout, deactivation), audited. It may follow a
+    read (a GET whose session ran out), so it starts its own writing transaction."""
+    begin_writing()
     if row.ended_at is not None:
         return
     row.ended_at = utcnow()
