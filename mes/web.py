@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
-from mes.db import begin_writing, db
+from mes.db import begin_writing, db, in_read_transaction
 from mes.errors import (
     AuthenticationFailed,
     ContentTooLarge,
@@ -564,8 +564,15 @@ def init_app(app: Flask) -> None:
         if request.method in ("GET", "HEAD") and db.engine.dialect.name == "sqlite" and not db.session().in_transaction():
             # Reads must not queue behind (or hold up) writers on SQLite's single write lock.
             db.session.connection(execution_options={"mes_read_only": True})
+            g.mes_read_transaction = True
         elif request.method not in ("GET", "HEAD"):
             begin_writing()  # a read left open by an earlier request in the same app context (tests)
+
+    @app.teardown_request
+    def _end_the_read(_exc: BaseException | None) -> None:
+        # The read ends with the request, also where the app context outlives it (tests, CLI).
+        if g.pop("mes_read_transaction", False) and in_read_transaction(db.session):
+            db.session.rollback()
 
     @app.before_request
     def _form_size_limit() -> None:
