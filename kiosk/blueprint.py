@@ -80,6 +80,7 @@ def _base(screen: str, **extra: Any) -> dict[str, Any]:
     return {"screen": screen, "user": who.user if who is not None else None, "refetch_url": refetch,
             "terminal": terminal.id if terminal is not None else _("not enrolled"),
             "panel": v.panel(), "idle_seconds": current_app.config["MES_KIOSK_IDLE_SECONDS"], "csrf": csrf_token(),
+            "scanner": {k: current_app.config[f"MES_SCANNER_{k.upper()}"] for k in ("prefix", "suffix", "min_length")},
             "message": extra.pop("message", None), "notice": extra.pop("notice", None) or session.pop("kiosk_notice", None),
             "notice_warning": session.pop("kiosk_notice_warning", False), **extra}
 
@@ -109,8 +110,8 @@ def _refusal(exc: MESError) -> Any:
             return _render_step(batch_id, step_id, exc.status, sentence(exc))
         except MESError as again:  # the step itself cannot be shown: say that instead
             exc = again
-    if not _wants_html():
-        return problem(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
+    if not _wants_html():  # kiosk.js asking (the signer's name): the sentence in the operator's language
+        return problem(exc.status, exc.slug, exc.title, sentence(exc), **exc.extra)
     if exc.status == 401:
         g.pop("principal", None)
         # nobody was logged in: just the log-in; a session that ended: say why
@@ -360,7 +361,7 @@ def _render_step(batch_id: str, step_id: str, status: int = 200, message: str | 
     cannot = step_kinds.kind_of(ctx["spec"]).kiosk_blocked(ctx["spec"], ctx)
     if cannot is not None:
         return _page("blocked.html", "blocked", status, message=message, deviation=None, waiting=[], **cannot, **ctx)
-    return _page("step.html", "step", status, message=message, **ctx)
+    return _page("step.html", "step", status, message=message, refused=status >= 400, **ctx)
 
 
 @bp.get("/batches/<batch_id>/steps/<step_id>")
@@ -441,6 +442,22 @@ def verify(batch_id: str, step_id: str) -> Any:
     _publish(b.id, b.line, step_id)
     _notice(_("Verified by %(name)s.", name=signer.full_name))
     return redirect(url_for("kiosk.batch", batch_id=batch_id))
+
+
+@bp.post("/signer")
+@endpoint(P.SELF, terminal=True, tags=("kiosk",))
+def signer() -> Any:
+    """Who signs with this badge and PIN, by name, for the confirm dialog before a signature
+    (rule 5: the dialog names the signer, not "Badge 1001"). The PIN is checked, and a wrong
+    one audited and counted, exactly as at log-in; the signature itself checks it again."""
+    badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
+    if not badge or not pin:
+        raise ValidationFailed(_("Scan your badge (or type its number) and enter your PIN."), field="badge")
+    limit_login()
+    terminal = current_terminal()
+    if request.form.get("own") == "1":  # the signed-in person's own signature: their own badge
+        esig.check_signer(principal().user, esig.Credentials(secret=pin, badge=badge), terminal.id if terminal else None)
+    return {"name": users.check_badge(badge, pin, terminal).full_name}  # a refusal: problem+json (_refusal)
 
 
 @bp.post("/batches/<batch_id>/steps/<step_id>/sign")

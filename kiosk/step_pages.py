@@ -65,6 +65,10 @@ class StepPage:
         """A scanned label with whether it may be used for ``item``."""
         return v.resolve_label(label, item)
 
+    def recorded(self, step_ids: list[str]) -> list[dict[str, Any]]:
+        """What the batch holds for these steps, a line each (the summary's lines)."""
+        return v.summary_rows(self.batch, only=step_ids)
+
     def identified_lot(self, item: str) -> str | None:
         """The lot last identified for ``item`` in this batch."""
         return v.identified_lot(self.batch, item)

@@ -157,7 +157,8 @@ def scales_for(batch: Batch, spec: rm.WeighStep) -> list[dict[str, Any]]:
                                              spec.scale.accuracy_class)
         out.append({"device_id": eq.device_id, "equipment_id": eq.id, "label": eq.description or eq.id,
                     "ok": check.code == "ok", "code": check.code, "reason": check.reason,
-                    "same_unit": eq.readability_uom == spec.scale.unit})
+                    "same_unit": eq.readability_uom == spec.scale.unit,
+                    "readability": eq.readability, "readability_uom": eq.readability_uom})
     # the scale the recipe means first: usable, reading in the recipe's scale unit (the floor
     # scale for kilograms, the bench balance for grams), then in registry order
     return sorted(out, key=lambda s: (not s["ok"], not s["same_unit"]))
@@ -193,15 +194,18 @@ def user_name(user_id: str | None) -> str:
     return user.full_name if user is not None else user_id
 
 
-def summary_rows(batch: Batch) -> list[dict[str, Any]]:
-    """One line per step for the batch summary: what it asks for (target and limits, places
-    as written), what was recorded (places as recorded), and by whom (by name)."""
+def summary_rows(batch: Batch, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """One line per step for the batch summary (``only``: of these steps, e.g. the steps a
+    signature covers): what it asks for (target and limits, places as written), what was
+    recorded (places as recorded; label states ticked), and by whom (by name)."""
     from mes.steps import registry as step_kinds
 
     records = ex.records_of(batch.id)
     recipe = ex.control_recipe(batch)
     out = []
     for s in ex.steps_of(batch.id):
+        if only is not None and s.step_id not in only:
+            continue
         spec = recipe.step(s.step_id)
         expected = step_kinds.kind_of(spec).expectation(spec)
         recs = [r for r in records if r.batch_step_id == s.id and r.attempt == s.attempt and r.superseded_by is None]
@@ -218,7 +222,8 @@ def summary_rows(batch: Batch) -> list[dict[str, Any]]:
             elif r.kind == "identification":
                 shown.append(_("lot %(lot)s", lot=r.data.get("lot")))
             elif r.kind == "equipment":
-                shown.append(str(r.data.get("equipment_id")))
+                states = r.data.get("label_states") or []
+                shown.append(str(r.data.get("equipment_id")) + (f" ({', '.join(map(str, states))})" if states else ""))
             elif r.kind == "signature":
                 shown.append(_("signed by %(name)s (%(meaning)s)", name=r.data.get("name"), meaning=r.data.get("meaning")))
             elif r.kind == "confirmation":

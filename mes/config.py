@@ -44,6 +44,14 @@ def _parse_positive_int(raw: str) -> int:
     return value
 
 
+def _parse_scanner_suffix(raw: str) -> str:
+    """The key ending a scan, as the browser names it."""
+    value = raw.strip().capitalize()
+    if value not in ("Enter", "Tab"):
+        raise ValueError("must be Enter or Tab")
+    return value
+
+
 def _parse_count(raw: str) -> int:
     try:
         value = int(raw.strip())
@@ -137,6 +145,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Kiosk panel device pixel ratio"),
     Setting("MES_KIOSK_IDLE_SECONDS", "MES_KIOSK_IDLE_SECONDS", _parse_positive_int, "300",
             "Idle logout on kiosks"),
+    Setting("MES_SCANNER_PREFIX", "MES_SCANNER_PREFIX", str, "",
+            "Characters the kiosk's barcode scanners send before each code (none by default); a burst "
+            "without them is a partial scan"),
+    Setting("MES_SCANNER_SUFFIX", "MES_SCANNER_SUFFIX", _parse_scanner_suffix, "Enter",
+            "The key the kiosk's barcode scanners send after each code: Enter or Tab"),
+    Setting("MES_SCANNER_MIN_LENGTH", "MES_SCANNER_MIN_LENGTH", _parse_positive_int, "3",
+            "The shortest code a scan can be; a shorter fast burst is a partial scan"),
     Setting("MES_WORKSTATION_IDLE_SECONDS", "MES_WORKSTATION_IDLE_SECONDS", _parse_positive_int, "900",
             "Idle logout on QA / admin workstations"),
     Setting("MES_SESSION_MAX_HOURS", "MES_SESSION_MAX_HOURS", _parse_positive_int, "12",

@@ -112,6 +112,24 @@ def test_login_page_is_a_plain_kiosk_page(app: Flask, world: eh.World) -> None:
     assert k.get("/kiosk/static/vendor/socket.io.min.js").status_code == 200
 
 
+def test_the_scanner_settings_reach_every_kiosk_page_and_are_checked(app: Flask, world: eh.World, tmp_path) -> None:
+    """Rule 7, issue 15: the scanners' prefix, suffix and minimum length are configuration
+    (MES_SCANNER_*), checked at start-up and given to kiosk.js on every page."""
+    from mes.config import ConfigError, load_config
+
+    k = Kiosk(app.test_client(), world.seeded.kiosk)
+    k.get("/kiosk/login")
+    assert 'data-scan-prefix="" data-scan-suffix="Enter" data-scan-min="3"' in k.page
+    app.config.update(MES_SCANNER_PREFIX="]Q", MES_SCANNER_SUFFIX="Tab", MES_SCANNER_MIN_LENGTH=8)
+    k.get("/kiosk/login")
+    assert 'data-scan-prefix="]Q" data-scan-suffix="Tab" data-scan-min="8"' in k.page
+    env = {"MES_HOME": str(tmp_path), "MES_SECRET_KEY": "k"}
+    assert load_config({**env, "MES_SCANNER_SUFFIX": "tab"})["MES_SCANNER_SUFFIX"] == "Tab"
+    for name, bad in (("MES_SCANNER_SUFFIX", "Space"), ("MES_SCANNER_MIN_LENGTH", "0")):
+        with pytest.raises(ConfigError, match=name):
+            load_config({**env, name: bad})
+
+
 def test_panel_size_follows_configuration() -> None:
     assert panel_px(20, 141, 1) == 112 and panel_px(2, 141, 1) == 12
     assert panel_px(20, 282, 2) == 112 and panel_px(20, 216, 1) == 171 and panel_px(20, 127, 1) == 100
@@ -363,6 +381,41 @@ def test_signature_and_second_person_verification(app: Flask, world: eh.World) -
     rows = db.session.query(UserSession).filter_by(user_id="supervisor1", method="badge").all()
     assert rows and all(s.ended_at is not None and s.end_reason == "verification_done" for s in rows)
     assert screen(k.get(f"/kiosk/batches/{batch_id}").get_data(as_text=True)) == "step"
+
+
+def test_the_confirm_dialog_names_the_signer_after_checking_badge_and_pin(app: Flask, world: eh.World) -> None:
+    """Rule 5, issue 15: before a signature the kiosk asks who signs with this badge and PIN
+    (kiosk.signer) and the confirm dialog shows that name, not the badge number. The PIN is
+    checked as at log-in (a wrong one audited and counted); another person's badge on one's
+    own signature is refused there and then; answers are problem+json sentences."""
+    from mes.audit.models import AuditEntry
+
+    k = Kiosk(app.test_client(), world.seeded.kiosk)
+    k.login("B-operator", "2468")
+    k.get("/kiosk/lines")
+
+    def ask(badge: str, pin: str, own: str = "0") -> Any:
+        return k.client.post("/kiosk/signer", data={"csrf_token": k.csrf, "badge": badge, "pin": pin, "own": own},
+                             headers={**terminal_header(world.seeded.kiosk), "Accept": "application/json"})
+
+    r = ask("B-supervisor", "2468")  # a second person verifying at the operator's kiosk
+    assert r.status_code == 200 and r.get_json() == {"name": "Supervisor One"}
+    r = ask("B-operator", "2468", own="1")
+    assert r.status_code == 200 and r.get_json() == {"name": "Operator One"}
+    r = ask("B-supervisor", "2468", own="1")  # one's own signature with another's badge
+    assert r.status_code == 401 and r.get_json()["detail"] == "That badge is not yours; sign with your own badge."
+    failures = db.session.query(AuditEntry).filter(AuditEntry.action == "auth.login.failed").count()
+    r = ask("B-supervisor", "9999")
+    assert r.status_code == 401 and r.mimetype == "application/problem+json"
+    assert r.get_json()["detail"] == "The badge or PIN is wrong."
+    db.session.rollback()
+    assert db.session.query(AuditEntry).filter(AuditEntry.action == "auth.login.failed").count() == failures + 1
+    assert db.session.get(users.User, "supervisor1").failed_attempts == 1
+    r = ask("", "")
+    assert r.status_code == 422 and "Scan your badge" in r.get_json()["detail"]
+    r = k.client.post("/kiosk/signer", data={"badge": "B-supervisor", "pin": "2468"},
+                      headers={**terminal_header(world.seeded.kiosk), "Accept": "application/json"})
+    assert r.status_code in (400, 403), "no CSRF token, no answer"
 
 
 def test_idle_logout_ends_the_session_and_says_so(app: Flask, world: eh.World) -> None:

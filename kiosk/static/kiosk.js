@@ -55,19 +55,33 @@
 
   // ------------------------------------------------------------ drafts (idle, reconnect)
   var draftKey = body.dataset.step ? ["draft", body.dataset.user, body.dataset.batch, body.dataset.step, body.dataset.attempt].join(":") : null;
-  function saveDraft() {
-    if (!draftKey) { return; }
+  var lastScanned = null; // the code the step last took from the scanner (not a badge)
+  function snapshot() {
+    // everything entered on the step but the PIN: entries, ticks, the scan, the container, the badge
     var draft = {};
     $$("input[data-bind=entry], input[data-bind=results]").forEach(function (i) { if (i.value && i.name) { draft[i.name] = i.value; } });
     // ticked label states (not the e-signature acknowledgement: that is given at signing)
     var ticked = $$("#step-form input[type=checkbox][data-label]:checked").map(function (i) { return i.name + "=" + i.value; });
     if (ticked.length) { draft["ticked:"] = ticked.join("\n"); }
+    if (lastScanned) { draft["scan:"] = lastScanned; }
+    var pick = $('input[name="container_pick"]:checked');
+    if (pick) { draft["pick:"] = pick.value; }
+    var badge = boundInput("badge");
+    if (badge && badge.value) { draft["badge:"] = badge.value; }
+    return draft;
+  }
+  function saveDraft() {
+    if (!draftKey) { return; }
+    var draft = snapshot();
     try {
       if (Object.keys(draft).length) { sessionStorage.setItem(draftKey, JSON.stringify(draft)); }
       else { sessionStorage.removeItem(draftKey); }
     } catch (e) { /* storage full or off: the draft is only a convenience */ }
   }
   function clearDraft() { try { if (draftKey) { sessionStorage.removeItem(draftKey); } } catch (e) { /* ignore */ } }
+  // what a confirmed form sent: put back if the server refuses it (rule 14), dropped otherwise
+  var sentKey = draftKey ? draftKey + ":sent" : null;
+  function keepSent() { try { if (sentKey) { sessionStorage.setItem(sentKey, JSON.stringify(snapshot())); } } catch (e) { /* ignore */ } }
 
   // ------------------------------------------------------------ keypad and entry fields
   var activeTarget = null; // "entry" | "badge" | "pin"
@@ -151,25 +165,46 @@
     });
   }
 
-  // restore a draft kept across an idle logout or a reload (never recorded by itself)
-  if (draftKey) {
+  // a second-person verification: what it covers is read first, then the badge and PIN
+  function reviewed() {
+    var review = $("[data-review]"), panel = $(".sign-panel[hidden]");
+    if (!review || !panel) { return; }
+    review.hidden = true; panel.hidden = false;
+  }
+  $$("[data-action=reviewed]").forEach(function (b) { b.addEventListener("click", reviewed); });
+  function restore(kept) {
+    Object.keys(kept).forEach(function (name) {
+      if (name === "ticked:") {
+        kept[name].split("\n").forEach(function (pair) {
+          $$("#step-form input[type=checkbox][data-label]").forEach(function (c) {
+            if (c.name + "=" + c.value === pair) { c.checked = true; }
+          });
+        });
+        return;
+      }
+      if (/:$/.test(name)) { return; }
+      var i = $('input[name="' + name + '"]');
+      if (i) { i.value = kept[name]; }
+    });
+    renderField("entry");
+    renderResults();
+    var badge = boundInput("badge");
+    if (badge && kept["badge:"]) { reviewed(); badge.value = kept["badge:"]; renderField("badge", scopeOf(badge)); advanceToPin(scopeOf(badge)); }
+    if (kept["scan:"]) { takeScan(kept["scan:"], kept["pick:"]); }
+  }
+  // restore a draft kept across an idle logout or a reload (never recorded by itself), or
+  // what was sent when the server refused it (the refusal's sentence says what happened)
+  var sent = null;
+  try { if (sentKey) { sent = JSON.parse(sessionStorage.getItem(sentKey) || "null"); sessionStorage.removeItem(sentKey); } }
+  catch (e) { sent = null; }
+  if (sent && body.dataset.refused === "true") {
+    restore(sent);
+    saveDraft();
+  } else if (draftKey) {
     try {
       var kept = JSON.parse(sessionStorage.getItem(draftKey) || "null");
       if (kept) {
-        Object.keys(kept).forEach(function (name) {
-          if (name === "ticked:") {
-            kept[name].split("\n").forEach(function (pair) {
-              $$("#step-form input[type=checkbox][data-label]").forEach(function (c) {
-                if (c.name + "=" + c.value === pair) { c.checked = true; }
-              });
-            });
-            return;
-          }
-          var i = $('input[name="' + name + '"]');
-          if (i) { i.value = kept[name]; }
-        });
-        renderField("entry");
-        renderResults();
+        restore(kept);
         var notice = $("#notice");
         if (!notice) {
           notice = document.createElement("p");
@@ -182,33 +217,55 @@
   }
 
   // ------------------------------------------------------------ scanner (keyboard wedge)
-  // A scanner types fast: every key less than 60 ms after the previous one, then Enter.
-  // Slower keys are a person typing and are never taken as a scan. The same code scanned
-  // again within 2 s is ignored.
-  var SCAN_GAP_MS = 60, DUPLICATE_MS = 2000, MIN_SCAN = 3;
-  var buffer = "", lastKeyAt = 0, lastScan = { code: "", at: 0 };
-  function onKey(key, now, ev) {
+  // A scanner types fast: every key less than 60 ms after the previous one by the key
+  // events' own timestamps (a busy page handles them late, but they were typed in time),
+  // then its suffix (Enter unless configured), after its prefix if one is configured.
+  // Slower keys are a person typing and are never taken as a scan. A burst that lost its
+  // start (a key that came late in the middle), lacks the prefix or is shorter than the
+  // minimum is a partial scan: never taken as a code, and said. The same code scanned
+  // again within 2 s is ignored. Configuration: body data-scan-prefix/-suffix/-min.
+  var SCAN_GAP_MS = 60, BROKEN_MS = 500, DUPLICATE_MS = 2000;
+  var buffer = "", lastKeyAt = 0, broken = false, lastScan = { code: "", at: 0 };
+  function scannerConfig() {
+    var d = body.dataset;
+    return { prefix: d.scanPrefix || "", suffix: d.scanSuffix || "Enter", min: Number(d.scanMin || 3) };
+  }
+  function onKey(key, at, ev) {
     var target = ev ? ev.target : null;
     var typing = target && (target.tagName === "TEXTAREA" ||
       (target.tagName === "INPUT" && /^(text|password|search)?$/.test(target.type || "")));
-    if (key === "Enter") {
-      var fast = buffer.length >= MIN_SCAN && now - lastKeyAt < SCAN_GAP_MS;
-      var code = buffer;
-      buffer = "";
-      if (fast) {
-        if (ev) { ev.preventDefault(); }
-        if (typing) { target.value = target.value.slice(0, Math.max(0, target.value.length - code.length)); }
-        onScan(code);
+    var cfg = scannerConfig();
+    if (key === cfg.suffix) {
+      var fast = buffer.length > 0 && at - lastKeyAt < SCAN_GAP_MS;
+      var raw = buffer, code = raw, partial = broken;
+      buffer = ""; broken = false;
+      if (!fast) { return; }
+      if (cfg.prefix) {
+        if (code.indexOf(cfg.prefix) !== 0) { partial = true; } else { code = code.slice(cfg.prefix.length); }
       }
+      if (code.length < cfg.min) { partial = true; }
+      if (partial) {
+        if (!typing) { if (ev) { ev.preventDefault(); } showMessage(i18n.partialScan); }
+        return;
+      }
+      if (ev) { ev.preventDefault(); }
+      if (typing) { target.value = target.value.slice(0, Math.max(0, target.value.length - raw.length)); }
+      onScan(code);
       return;
     }
-    if (key.length !== 1) { return; }
-    if (buffer && now - lastKeyAt >= SCAN_GAP_MS) { buffer = ""; }
+    if (key === "Enter" || key === "Tab") { buffer = ""; broken = false; return; } // not this scanner's suffix
+    if (key.length !== 1) { return; } // Shift and the like, inside a scan of capitals
+    if (buffer && at - lastKeyAt >= SCAN_GAP_MS) {
+      broken = at - lastKeyAt < BROKEN_MS; // a lagging key inside a burst: what follows is a fragment
+      buffer = "";
+    } else if (!buffer) {
+      broken = false;
+    }
     buffer += key;
-    lastKeyAt = now;
+    lastKeyAt = at;
     if (ev && !typing) { ev.preventDefault(); }
   }
-  document.addEventListener("keydown", function (ev) { onKey(ev.key, performance.now(), ev); }, true);
+  document.addEventListener("keydown", function (ev) { onKey(ev.key, ev.timeStamp || performance.now(), ev); }, true);
 
   function scanTarget() {
     var open = $("dialog[open] [data-expects-scan]");
@@ -220,6 +277,12 @@
     var t = performance.now();
     if (code === lastScan.code && t - lastScan.at < DUPLICATE_MS) { return; } // the same label, twice
     lastScan = { code: code, at: t };
+    if (!scanTarget()) { return; }
+    showMessage(""); // a new scan is a new action: the last one's message no longer applies
+    takeScan(code);
+    saveDraft();
+  }
+  function takeScan(code, pick) {
     var target = scanTarget();
     if (!target) { return; }
     var kind = target.dataset.expectsScan;
@@ -227,9 +290,12 @@
     body.dispatchEvent(new CustomEvent("kiosk:scan", { detail: { code: code, kind: kind } }));
     if (kind === "badge") {
       var badge = boundInput("badge", scope);
-      if (badge) { badge.value = code; renderField("badge", scope); advanceToPin(scope); }
-    } else if (kind === "lot") {
-      lookUpLot(code, target.dataset.item || "");
+      if (badge) { reviewed(); badge.value = code; renderField("badge", scope); advanceToPin(scope); }
+      return;
+    }
+    lastScanned = code;
+    if (kind === "lot") {
+      lookUpLot(code, target.dataset.item || "", pick);
     } else {
       var input = boundInput("scan", scope);
       if (input) { input.value = code; }
@@ -237,7 +303,7 @@
     }
   }
 
-  function lookUpLot(code, item) {
+  function lookUpLot(code, item, pick) {
     var box = $("#lot-info");
     var lot = boundInput("lot"), container = boundInput("container");
     if (lot) { lot.value = ""; }
@@ -261,7 +327,8 @@
       var lotCommit = $("[data-lot-commit]");
       if (lotCommit) { lotCommit.className = info && info.dataset.lotOk === "true" ? "primary" : "secondary"; }
       $$('input[name="container_pick"]', box).forEach(function (r) {
-        r.addEventListener("change", function () { if (container) { container.value = r.value; } updateWeigh(); });
+        r.addEventListener("change", function () { if (container) { container.value = r.value; } updateWeigh(); saveDraft(); });
+        if (pick && r.value === pick) { r.checked = true; if (container) { container.value = r.value; } }
       });
       updateWeigh();
     }).catch(function () { showMessage(i18n.scanFirst); });
@@ -290,7 +357,7 @@
         rows.push([i.dataset.label, text]);
         return;
       }
-      var value = i.value;
+      var value = i.dataset.display || i.value; // a scale by its name, not its id
       if (i.type === "radio" && i.closest("label")) { value = i.closest("label").textContent.trim(); }
       if (i.tagName === "SELECT") { value = i.options[i.selectedIndex].textContent; }
       if (!value) { return; }
@@ -300,13 +367,13 @@
     if (button && button.dataset.summary) { rows.push(["", button.dataset.summary]); }
     return rows;
   }
-  function openConfirm(form, button) {
+  function openConfirm(form, button, extra) {
     state.pendingForm = form; state.pendingButton = button;
     if (weigh && form.contains(weigh)) { freezeReading(form, button); }
     $(".confirm-lead", dialog).textContent = form.dataset.confirmLead || "";
     var dl = $("#confirm-summary", dialog);
     dl.innerHTML = "";
-    summaryFor(form, button).forEach(function (r) {
+    summaryFor(form, button).concat(extra || []).forEach(function (r) {
       var dt = document.createElement("dt"), dd = document.createElement("dd");
       dt.textContent = r[0]; dd.textContent = r[1];
       dl.appendChild(dt); dl.appendChild(dd);
@@ -320,41 +387,62 @@
     refreshCommits();
   }
   function precheck(form, button) {
-    // every choice still to make, said at once, where the operator is looking (the dialog)
+    // every input still missing, said at once before Confirm (rule 14), where the operator looks
     var missing = $$("fieldset[data-choose]", form).filter(function (f) { return !$("input:checked", f); })
       .map(function (f) { return f.dataset.choose; });
+    var has = function (attr) { return button && button.hasAttribute(attr); };
+    if (has("data-needs-scan")) {
+      var s = boundInput("lot", form) || boundInput("scan", form);
+      if (s && !s.value) { missing.push(i18n.scanFirst); }
+    }
+    $$("fieldset[data-tick-all]", form).forEach(function (f) {
+      var open = $$("input[type=checkbox]", f).filter(function (c) { return !c.checked; })
+        .map(function (c) { return c.closest("label").textContent.trim(); });
+      if (open.length) { missing.push(f.dataset.tickAll.replace("{states}", open.join(", "))); }
+    });
+    var e = boundInput("entry", form), r = boundInput("results", form);
+    if (has("data-needs-entry") && e && !e.value) { missing.push(i18n.enterFirst); }
+    if (has("data-needs-results") && r && !r.value && e && !e.value) { missing.push(i18n.enterFirst); }
+    if (has("data-needs-pin")) {
+      var b = boundInput("badge", form), p = boundInput("pin", form);
+      if (b && !b.value) { missing.push(i18n.badgeFirst); }
+      if (p && !p.value) { missing.push(i18n.pinFirst); }
+    }
     var box = $(".form-message", form);
     if (box) { box.hidden = !missing.length; $(".text", box).textContent = missing.join(" "); }
-    if (missing.length) { if (!box) { showMessage(missing.join(" ")); } return false; }
-    if (button && button.hasAttribute("data-needs-entry")) {
-      var e = boundInput("entry", form);
-      if (e && !e.value) { showMessage(i18n.enterFirst); return false; }
-    }
-    if (button && button.hasAttribute("data-needs-results")) {
-      var r = boundInput("results", form);
-      var e2 = boundInput("entry", form);
-      if (r && !r.value && e2 && !e2.value) { showMessage(i18n.enterFirst); return false; }
-      if (r && e2 && e2.value) { // a last result typed but not added yet
-        r.value = r.value ? r.value + ";" + e2.value : e2.value; e2.value = ""; renderField("entry", form); renderResults();
-      }
-    }
-    if (button && button.hasAttribute("data-needs-scan")) {
-      var s = boundInput("lot", form) || boundInput("scan", form);
-      if (s && !s.value) { showMessage(i18n.scanFirst); return false; }
-    }
-    if (button && button.hasAttribute("data-needs-pin")) {
-      var p = boundInput("pin", form), b = boundInput("badge", form);
-      if ((p && !p.value) || (b && !b.value)) { showMessage(i18n.enterFirst); return false; }
+    if (!box) { showMessage(missing.join(" ")); } // or none: the last check's sentence no longer applies
+    if (missing.length) { return false; }
+    if (has("data-needs-results") && r && e && e.value) { // a last result typed but not added yet
+      r.value = r.value ? r.value + ";" + e.value : e.value; e.value = ""; renderField("entry", form); renderResults();
     }
     return true;
+  }
+  function nameSigner(form, button) {
+    // the dialog names who signs (rule 5): the badge and PIN are checked first, as at log-in
+    var data = new FormData();
+    data.append("csrf_token", $('input[name="csrf_token"]', form).value);
+    data.append("badge", boundInput("badge", form).value);
+    data.append("pin", boundInput("pin", form).value);
+    var panel = $("[data-signer-own]", form);
+    data.append("own", panel && panel.dataset.signerOwn === "true" ? "1" : "0");
+    fetch("/kiosk/signer", { method: "POST", body: data, credentials: "same-origin",
+                             headers: { "Accept": "application/json" } }).then(function (r) {
+      return r.json().then(function (j) { return { ok: r.ok, body: j }; });
+    }).then(function (res) {
+      if (res.ok) { showMessage(""); openConfirm(form, button, [[i18n.signer, res.body.name]]); return; }
+      var pin = boundInput("pin", form);
+      pin.value = ""; renderField("pin", form); // the badge stays; the PIN is typed again
+      showMessage(res.body.detail || i18n.enterFirst);
+    }).catch(function () { showMessage(i18n.offline); });
   }
   $$("form.confirm-form").forEach(function (form) {
     form.addEventListener("submit", function (ev) {
       var button = ev.submitter || $("button[type=submit]", form);
       var confirmed = $('input[name="confirmed"]', form);
-      if (confirmed && confirmed.value === "1") { clearDraft(); return; }
+      if (confirmed && confirmed.value === "1") { keepSent(); clearDraft(); return; }
       ev.preventDefault();
       if (!precheck(form, button)) { return; }
+      if (button && button.hasAttribute("data-needs-pin") && boundInput("badge", form)) { nameSigner(form, button); return; }
       openConfirm(form, button);
     });
   });

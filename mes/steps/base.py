@@ -113,7 +113,8 @@ class KioskPage(Protocol):
         ...
 
     def scales_for(self, spec: Step) -> list[dict[str, Any]]:
-        """Registered scales of the batch's line, each saying whether it suits the weighing."""
+        """Registered scales of the batch's line, each saying whether it suits the weighing
+        (``device_id``, ``label``, ``ok``, ``reason``, ``readability`` and ``readability_uom``)."""
         ...
 
     def resolve_label(self, label: str, item: str | None) -> Any:
@@ -122,6 +123,11 @@ class KioskPage(Protocol):
 
     def identified_lot(self, item: str) -> str | None:
         """The lot last identified for ``item`` in this batch."""
+        ...
+
+    def recorded(self, step_ids: list[str]) -> list[dict[str, Any]]:
+        """What the batch holds for these steps, one line each, in batch order: ``seq``,
+        ``id``, ``title``, ``recorded`` (text, places as recorded) and ``by`` (a name)."""
         ...
 
 

@@ -184,7 +184,11 @@ class Signature(StepKind):
         # signed by the signed-in person in the gate's role (kiosk.sign), or by another person
         # with their own badge and PIN here (kiosk.verify): a second person, or the role holder
         own = not spec.second_person and self.signing_role(spec, set(page.user.role_names())) is not None
+        from mes.execution import operations as ex
+
+        covered = covered_steps(spec, page.step, ex.steps_of(page.batch.id))
         return {"meaning": spec.meaning, "roles": ", ".join(spec.roles),
+                "covered": page.recorded(covered),  # what is signed, beside the instruction
                 "needs_ack": page.user.esig_acknowledged_at is None,
                 "verify_form": not own, "sign_endpoint": "kiosk.sign", "signed_by_other": not own and not spec.second_person}
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from mes.quantities import UnitError, convert, dimension, to_text
+from mes.quantities import UnitError, convert, decimal_places, dimension, same_dimension, to_text, with_places
 from mes.recipes import checks
 from mes.recipes.errors import Path, Problem
 from mes.recipes.model import SCALE_CLASSES, TARE_MODES, MasterRecipe, ScaleRequirement, Step, StepRef, Tolerance, WeighStep
@@ -25,6 +25,29 @@ def _tolerance(data: Any) -> Tolerance | None:
 def _scale(value: Any) -> ScaleRequirement:
     return ScaleRequirement(readability=Decimal(value["readability"]), unit=value["unit"],
                             accuracy_class=value.get("accuracy_class"))
+
+
+class _AsTheScaleReads:
+    """Target, limits and the weighed total written as the chosen scale reads: in its unit, with
+    at least its places (issue 15: live weight, target and limits side by side in one unit and
+    places). Never rounded: a limit finer than the scale keeps its own places."""
+
+    def __init__(self, recipe_unit: str, unit: str, places: int) -> None:
+        self.recipe_unit, self.unit, self.places = recipe_unit, unit, places
+
+    def __call__(self, value: Decimal | None) -> str:
+        if value is None:
+            return ""
+        return to_text(with_places(convert(value, self.recipe_unit, self.unit), self.places))
+
+
+def _as_the_scale_reads(recipe_unit: str, scale: Mapping[str, Any] | None) -> _AsTheScaleReads:
+    """How a weigh screen writes quantities for ``scale`` (a :meth:`KioskPage.scales_for` entry):
+    as the recipe wrote them when no scale is chosen or its readability is not a mass."""
+    readability, uom = (scale or {}).get("readability"), (scale or {}).get("readability_uom")
+    if readability is None or not uom or not same_dimension(uom, recipe_unit):
+        return _AsTheScaleReads(recipe_unit, recipe_unit, 0)
+    return _AsTheScaleReads(recipe_unit, uom, decimal_places(readability))
 
 
 class Weigh(StepKind):
@@ -243,10 +266,11 @@ class Weigh(StepKind):
         else:
             identified = page.identified_lot(spec.item)
             lot = page.resolve_label(identified, spec.item) if identified else None
-        return {"low": page.dec(low), "high": page.dec(high), "target": page.dec(spec.target), "unit": spec.unit,
-                "weighed": weighed, "weighed_total": page.dec(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
-                "scales": scales, "device": chosen, "scale": next((s for s in scales if s["device_id"] == chosen), None),
-                "lot": lot}
+        scale = next((s for s in scales if s["device_id"] == chosen), None)
+        shown = _as_the_scale_reads(spec.unit, scale)
+        return {"low": shown(low), "high": shown(high), "target": shown(spec.target), "unit": shown.unit,
+                "weighed": weighed, "weighed_total": shown(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
+                "scales": scales, "device": chosen, "scale": scale, "lot": lot}
 
     def kiosk_blocked(self, spec: Step, context: Mapping[str, Any]) -> dict[str, Any] | None:
         """Blocked when the line has scales and none suits the weighing."""

@@ -428,6 +428,13 @@ def check_password(user_id: str, password: str, terminal: str | None) -> User:
 
 def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tuple[UserSession, str]:
     """Log in on a kiosk with badge + PIN (a registered kiosk terminal is required)."""
+    return _open_session(check_badge(badge_id, pin, terminal), terminal, "badge")
+
+
+def check_badge(badge_id: str, pin: str, terminal: Terminal | None) -> User:
+    """The holder of the badge whose PIN this is, checked as for a log-in (a wrong PIN is
+    audited and counted toward the lockout; a reset PIN must be changed first), without
+    opening a session: the kiosk names the signer on the confirm dialog before the signature."""
     if terminal is None or terminal.kind != TerminalKind.KIOSK.value:
         raise TerminalRequired("Badge log-in works only on a registered kiosk.")
     user = db.session.execute(select(User).where(User.badge_id == badge_id.strip())).scalar()
@@ -444,7 +451,7 @@ def login_with_badge(badge_id: str, pin: str, terminal: Terminal | None) -> tupl
         raise AuthenticationFailed("The temporary PIN has expired; ask an administrator for a new one.")
     if user.pin_reset_at is not None:
         raise PasswordExpired("Your PIN was reset: set your own PIN to continue.", user=user.id, credential="pin")
-    return _open_session(user, terminal, "badge")
+    return user
 
 
 def change_pin(badge_id: str, old_pin: str, new_pin: str, terminal: Terminal | None) -> None:

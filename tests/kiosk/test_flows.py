@@ -181,6 +181,59 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     k.shot("scan")
 
 
+# Key events built with chosen gaps between their own timestamps (the page busy-waits between
+# constructing them), then dispatched ``pause`` ms apart: handled late, as on a busy page.
+_KEYS_JS = """async ([code, gaps, pause, suffix]) => {
+  const keys = [...code, suffix], evs = [];
+  for (let i = 0; i < keys.length; i++) {
+    if (i > 0) { const until = performance.now() + (gaps[i - 1] ?? gaps[gaps.length - 1]); while (performance.now() < until) {} }
+    evs.push(new KeyboardEvent('keydown', {key: keys[i], bubbles: true, cancelable: true}));
+  }
+  for (const ev of evs) { document.body.dispatchEvent(ev); if (pause) { await new Promise(r => setTimeout(r, pause)); } }
+}"""
+
+
+def test_rule7_a_scan_goes_by_the_keys_own_timestamps_and_a_partial_scan_is_said(open_kiosk, server, size, order) -> None:
+    """Rule 7, issue 15: keys typed 5 ms apart but handled 100 ms apart (a busy page) are a
+    scan: the key events' own timestamps count. A burst whose second key came late (seen:
+    "CALE-FLOOR-01" taken for SCALE-FLOOR-01) is never taken and the screen says it was a
+    partial scan. With a prefix configured a burst without it is partial and the prefix is
+    not part of the code; a burst shorter than the minimum is partial; the suffix is
+    configurable. (The settings are read from the page's body, as the server renders them.)"""
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) == "step"
+    flows.commit(k)  # line clearance; the next step scans the booth's label
+    k.page.wait_for_selector("body[data-kind=equipment_check] [data-expects-scan]")
+    scanned = k.page.locator("[data-field=scanned]")
+    partial = k.page.locator("#i18n").get_attribute("data-partial-scan")
+
+    def keys(code: str, gaps: list[int], pause: int = 0, suffix: str = "Enter") -> None:
+        k.page.evaluate(_KEYS_JS, [code, gaps, pause, suffix])
+
+    keys("EQ-A-0001", [5], pause=100)
+    assert scanned.inner_text() == "EQ-A-0001", "a scan handled late was not taken"
+    assert flows.message(k) == ""
+    keys("SCALE-FLOOR-01", [120, 5])  # the second key late: the rest is a fragment
+    assert scanned.inner_text() == "EQ-A-0001", "a fragment was taken as a whole scan"
+    assert flows.message(k) == partial and _not_in_view(k, ["#message"]) == {}
+    keys("EQ-B-0002", [5])  # the next good scan: taken, and the partial scan's message goes
+    assert scanned.inner_text() == "EQ-B-0002" and flows.message(k) == ""
+    k.page.evaluate("document.body.dataset.scanPrefix = ']Q'")
+    keys("EQ-C-0003", [5])
+    assert scanned.inner_text() == "EQ-B-0002" and flows.message(k) == partial, "a burst without the prefix was taken"
+    keys("]QEQ-C-0003", [5])
+    assert scanned.inner_text() == "EQ-C-0003" and flows.message(k) == ""
+    k.page.evaluate("() => { document.body.dataset.scanPrefix = ''; document.body.dataset.scanMin = '12'; }")
+    keys("EQ-D-0004", [5])
+    assert scanned.inner_text() == "EQ-C-0003" and flows.message(k) == partial, "a burst below the minimum was taken"
+    k.page.evaluate("() => { document.body.dataset.scanMin = '3'; document.body.dataset.scanSuffix = 'Tab'; }")
+    keys("EQ-E-0005", [5], suffix="Enter")
+    assert scanned.inner_text() == "EQ-C-0003", "Enter ended a scan while the suffix is Tab"
+    keys("EQ-E-0005", [5], suffix="Tab")
+    assert scanned.inner_text() == "EQ-E-0005"
+    k.shot("scan-partial")
+
+
 _SCAN_TRIES = 4
 _FAST_MS = 50  # below the kiosk's 60 ms scanner gap, with a margin
 
@@ -505,6 +558,62 @@ def test_rule13_language_follows_the_badge(open_kiosk, server, size, order) -> N
     assert k2.page.evaluate("document.documentElement.lang").startswith("en")
 
 
+# ------------------------------------------------------------------------------ rule 14
+
+
+def test_rule14_missing_inputs_at_once_a_refusal_keeps_entries_and_the_next_scan_clears_it(
+        open_kiosk, server, size, order) -> None:
+    """Rule 14, issue 15: Record with nothing entered says every missing input at once (the
+    scan and each state not ticked) and opens no dialog; a server refusal shows the step
+    again with what was entered (the scan, the ticks); the next good scan takes the refusal's
+    message away at once, before anything is sent."""
+    from sqlalchemy import select
+
+    from mes.equipment.models import Equipment
+
+    booth = flows.another_booth(server)
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) == "step"
+    before = flows.step_position(k)
+    flows.commit(k)  # the line clearance: on to the booth check
+    flows.wait_step_changed(k, before)
+    states = k.page.locator("#step-form input[name=states]")
+    assert states.count() >= 2, "the booth check asks for no label states"
+    record = k.page.locator(".primary[data-commit]")
+    record.click()
+    said = flows.message(k)
+    assert "Scan the label first." in said and "not ticked:" in said, said
+    for i in range(states.count()):  # every state still to tick, by name, in the one sentence
+        name = states.nth(i).locator("xpath=..").inner_text().strip()
+        assert name in said.split("not ticked:")[1], (name, said)
+    assert k.page.locator("#confirm-dialog").is_hidden()
+    assert _not_in_view(k, ["#message"]) == {}
+    with server.db() as db:
+        wrong = db.session.execute(select(Equipment.id).where(Equipment.kind == "scale", Equipment.active.is_(True))
+                                   .order_by(Equipment.id)).scalars().first()
+    k.page.mouse.click(3, k.page.viewport_size["height"] - 3)
+    k.scan_until(wrong, "code => document.querySelector('[data-field=scanned]').innerText.includes(code)")
+    for i in range(states.count()):
+        states.nth(i).locator("xpath=..").click()  # its label: the whole target
+    ticked = sorted(states.evaluate_all("l => l.filter(e => e.checked).map(e => e.value)"))
+    record.click()
+    k.page.locator("#confirm-dialog").wait_for(state="visible")
+    with k.page.expect_navigation():
+        k.page.locator("#confirm-dialog [data-action=confirm]").click()
+    k.wait_screen("step")
+    refusal = flows.message(k)
+    assert "this step needs a" in refusal, refusal
+    assert k.page.locator("[data-field=scanned]").inner_text().strip() == wrong, "the scan was lost"
+    assert k.page.locator("input[name=equipment_id]").input_value() == wrong
+    assert sorted(states.evaluate_all("l => l.filter(e => e.checked).map(e => e.value)")) == ticked, "the ticks were lost"
+    assert _not_in_view(k, ["#message", "[data-field=scanned]"]) == {}
+    k.shot("refusal-keeps-entries")
+    k.page.mouse.click(3, k.page.viewport_size["height"] - 3)
+    k.scan_until(booth, "code => document.querySelector('[data-field=scanned]').innerText.includes(code)")
+    assert flows.message(k) == "", "the refusal's message outlived the next scan"
+    assert k.page.locator("input[name=equipment_id]").input_value() == booth
+
+
 # ------------------------------------------------------------------ one screen, no scrolling
 
 # The controls of a step that must be on the screen without scrolling: a CSS selector each.
@@ -608,10 +717,23 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
 
 def test_weigh_shows_net_and_the_tare_held_after_tare(open_kiosk, server, size, order) -> None:
     """Issue 15: after Tare the live weight says NET and the tare the scale holds, in view, also
-    after the step is shown again; Zero takes the tare away and the indicator with it."""
+    after the step is shown again; Zero takes the tare away and the indicator with it. The live
+    weight, the target and the window are written alike: the scale's unit and at least its
+    places (a limit finer than the scale keeps its own places, never rounded), in view together."""
     from decimal import Decimal
 
-    k, _, _, _, device, _, _, _, _ = flows.drum_on_the_scale(open_kiosk, server, size, order)
+    k, _, _, _, device, _, _, _, places = flows.drum_on_the_scale(open_kiosk, server, size, order)
+    live = k.page.locator("#live-weight [data-field=value]").inner_text().strip()
+    unit = k.page.locator("#live-weight [data-field=unit]").inner_text().strip()
+    assert re.fullmatch(rf"\d+\.\d{{{places}}}", live), live
+    target = k.page.locator("[data-field=target]").inner_text().split()
+    window = k.page.locator("[data-field=window]").inner_text().replace("–", " ").split()
+    assert target[-1] == unit == window[-1], (target, window, unit)
+    for number in [target[0], *window[:-1]]:  # at least the scale's places, never rounded to them
+        assert Decimal(number).as_tuple().exponent <= -places, (number, places)
+    labels = k.page.locator(".band-labels").inner_text()
+    assert window[0] in labels and window[1] in labels and target[0] in labels, labels
+    assert _not_in_view(k, ["[data-field=target]", "[data-field=window]", "#live-weight [data-field=value]"]) == {}
     indicator = k.page.locator("#net-indicator")
     assert indicator.is_visible(), "no NET indicator after Tare"
     assert re.fullmatch(r"NET tare 0\.80* kg", " ".join(indicator.inner_text().split())), indicator.inner_text()
@@ -624,6 +746,56 @@ def test_weigh_shows_net_and_the_tare_held_after_tare(open_kiosk, server, size, 
         k.page.locator("[data-action=zero]").click()
     assert answer.value.ok
     indicator.wait_for(state="hidden", timeout=5000)
+
+
+def test_the_confirm_dialog_names_the_signer_and_the_name_is_the_one_stored(open_kiosk, server, size, order) -> None:
+    """Rule 5, issue 15: before a signature the badge and PIN are checked and the confirm dialog
+    names the signer (never "Badge 1001"); the name confirmed is the name the signature record
+    holds. A wrong PIN is said on the step at once, with no dialog, and the badge stays."""
+    from sqlalchemy import select
+
+    from mes.users.models import User
+    from tests.kiosk.driver import Driver
+
+    k = open_kiosk(server, size, start="")
+    assert flows.to_step(k, order) == "step"
+    batch = flows.batch_for(server, order)
+    drv = Driver(k, server, batch)
+    step = drv.run_until(lambda s: s["kind"] == "signature")
+    drv.ensure_on_step(step)
+    who = drv.verifier if drv.spec(step["id"]).second_person else flows.OPERATOR
+    with server.db() as db:
+        name = db.session.execute(select(User.full_name).where(User.badge_id == who[0])).scalar_one()
+    sign, dialog = k.page.locator(".primary[data-needs-pin]"), k.page.locator("#confirm-dialog")
+    drv.scan(who[0], "b => document.querySelector('input[name=badge]').value === b")
+    k.page.locator("[data-entry-target=pin]").click()
+    k.keypad("0000")
+    ack = k.page.locator("input[name=esig_ack]")
+    if ack.count() and not ack.is_checked():
+        k.page.locator("label.choice", has=ack).click()
+    sign.click()
+    until(k.page, "() => document.querySelector('#message .text').innerText.includes('The badge or PIN is wrong')",
+          timeout=5000)
+    assert dialog.is_hidden(), "a dialog opened for a wrong PIN"
+    assert _not_in_view(k, ["#message"]) == {}, "the refusal is not on the screen"
+    assert k.page.locator("input[name=badge]").input_value() == who[0], "the badge was lost"
+    assert k.page.locator("input[name=pin]").input_value() == "", "the wrong PIN stayed"
+    k.page.locator("[data-entry-target=pin]").click()
+    k.keypad(who[1])
+    sign.click()
+    dialog.wait_for(state="visible")
+    rows = dict(zip(dialog.locator("#confirm-summary dt").all_inner_texts(),
+                    dialog.locator("#confirm-summary dd").all_inner_texts(), strict=True))
+    assert rows.get("Signed by") == name, rows
+    assert who[0] not in dialog.inner_text(), "the dialog shows the badge number"
+    assert _not_in_view(k, ["#confirm-summary", "#confirm-dialog [data-action=confirm]"]) == {}
+    assert flows.message(k) == "", "the wrong PIN's message outlived the right one"
+    k.shot("confirm-signer-named")
+    with k.page.expect_navigation():
+        dialog.locator("[data-action=confirm]").click()
+    k.wait_screen(("step", "blocked", "complete", "batches"))
+    signed = [r for r in flows.step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "signature"]
+    assert len(signed) == 1 and signed[0]["data"]["name"] == name, signed
 
 
 def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, order) -> None:
@@ -647,6 +819,10 @@ def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, ord
 
     shown = open_dialog().removesuffix(" (+)")
     assert shown == f"{net:.2f} kg", shown
+    # the scale by the name the weigh screen shows, not its device id
+    rows = dict(zip(dialog.locator("#confirm-summary dt").all_inner_texts(),
+                    dialog.locator("#confirm-summary dd").all_inner_texts(), strict=True))
+    assert rows.get("Scale") == k.page.locator(".device-name [data-field=device]").text_content().strip() != device, rows
     # the scale moves while the dialog is open (the kiosk receives the new reading underneath)
     moved = net - Decimal("0.05")  # (the drum holds no more than 60 kg)
     flows.set_load(http, server.url, device, TARE + moved, "kg")
