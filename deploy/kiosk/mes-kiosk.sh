@@ -4,7 +4,7 @@
 # Runs Chromium full-screen on the MES kiosk page for this terminal and
 # restarts it whenever it exits (crash, Alt+F4, OOM kill). Meant to be
 # started by the desktop session of an unprivileged auto-login user, see
-# mes-kiosk.desktop. Needs Debian's `chromium`; uses xset and xrandr
+# mes-kiosk.desktop. Needs Debian's `chromium` and `fonts-noto-cjk`; uses xset and xrandr
 # (x11-xserver-utils), curl, unclutter and logger when they are installed.
 #
 # Install:
@@ -195,6 +195,11 @@ main() {
 
     local browser
     browser=$(find_browser) || die "chromium not found (apt-get install chromium)"
+    # Chinese-speaking operators read recipe text and screens in Simplified Chinese: without a
+    # CJK font Chromium draws empty boxes, so the panel refuses to start instead
+    if command -v fc-list >/dev/null 2>&1 && ! fc-list :lang=zh-cn family 2>/dev/null | grep -q .; then
+        die "no Chinese (CJK) font installed (apt-get install fonts-noto-cjk)"
+    fi
 
     local -a extra=()
     if [[ -n ${MES_KIOSK_EXTRA_FLAGS:-} ]]; then

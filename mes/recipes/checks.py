@@ -66,10 +66,19 @@ def check(recipe: MasterRecipe) -> list[Finding]:
     _batch_size(recipe, report)
     _bom(recipe, refs, report)
     for ref in refs:
+        _translations(ref, report)
         registry.kind_of(ref.step).check(recipe, ref, report, unique)
     for kind in registry.kinds():
         kind.check_recipe(recipe, refs, report)
     return report.findings
+
+
+def _translations(ref: StepRef, report: _Report) -> None:
+    """A translated text is one the step has (equipment_class only on an equipment check)."""
+    for lang, texts in ref.step.translations:
+        for name, _text in texts:
+            if not isinstance(getattr(ref.step, name, None), str):
+                report(ref.path + ("translations", lang, name), f"a {ref.step.kind} step has no {name} to translate")
 
 
 def _ids(recipe: MasterRecipe, report: _Report) -> bool:

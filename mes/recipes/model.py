@@ -244,6 +244,15 @@ class BomLine:
 
 # --------------------------------------------------------------------------- steps
 
+RECIPE_LANGUAGES: Final = ("zh-Hans",)
+"""Languages a recipe may give its steps' text in, besides English (the text as written)."""
+
+
+def freeze_translations(data: Mapping[str, Mapping[str, str]] | None) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """A step's translations from file form to the frozen form (sorted: one recipe, one hash)."""
+    return tuple((lang, tuple(sorted(texts.items()))) for lang, texts in sorted((data or {}).items()))
+
+
 
 @dataclass(frozen=True, kw_only=True)
 class Step:
@@ -257,14 +266,31 @@ class Step:
     id: str
     title: str
     instruction: str
+    translations: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    """The step's text in other languages (:data:`RECIPE_LANGUAGES`): (language, ((field,
+    text), ...)) pairs, frozen like the rest of the step; in files a mapping."""
 
     def params(self) -> dict[str, Any]:
         """The kind-specific parameters in file form."""
-        return _fields_dict(self, skip=("id", "title", "instruction"))
+        return _fields_dict(self, skip=("id", "title", "instruction", "translations"))
 
     def to_dict(self) -> dict[str, Any]:
-        """The step in file form."""
-        return {"id": self.id, "kind": self.kind, "title": self.title, "instruction": self.instruction, **self.params()}
+        """The step in file form (translations only when the recipe gives some: a recipe
+        without them keeps its file form, and its hash)."""
+        out = {"id": self.id, "kind": self.kind, "title": self.title, "instruction": self.instruction}
+        if self.translations:
+            out["translations"] = {lang: dict(texts) for lang, texts in self.translations}
+        return {**out, **self.params()}
+
+    def text(self, field: str, language: str | None) -> str:
+        """``field`` (title, instruction, or a kind's text such as equipment_class) in
+        ``language`` (a tag such as ``zh-Hans``) when the recipe gives it, else as written."""
+        for lang, texts in self.translations:
+            if lang == language:
+                for name, value in texts:
+                    if name == field:
+                        return value
+        return str(getattr(self, field))
 
     @property
     def value_unit(self) -> str | None:

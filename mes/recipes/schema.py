@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mes.quantities import DECIMAL_PATTERN, DURATION_PATTERN, SIGNED_DECIMAL_PATTERN, UNITS
-from mes.recipes.model import BOM_ROLES, FORMAT, SCALE_CLASSES
+from mes.recipes.model import BOM_ROLES, FORMAT, RECIPE_LANGUAGES, SCALE_CLASSES
 from mes.steps import registry
 from mes.steps.base import StepKind
 
@@ -55,6 +55,16 @@ DEFS: Final[dict[str, Any]] = {
     "code": {"type": "string", "pattern": CODE_PATTERN, "errorMessage": CODE_MESSAGE, "description": "An item or recipe code."},
     "title": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S", "description": "A short one-line title."},
     "text": {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S", "description": "Text shown to people."},
+    "translations": {
+        "type": "object",
+        "description": "The step's text in other languages, by language tag (English, the step's own text, is "
+                       "required); the kiosk shows the one of the operator's badge and falls back to English.",
+        "propertyNames": {"enum": list(RECIPE_LANGUAGES)},
+        "additionalProperties": {
+            "type": "object", "minProperties": 1, "additionalProperties": False,
+            "properties": {"title": _ref("title"), "instruction": _ref("text"), "equipment_class": _ref("title")},
+        },
+    },
     "decimal": {"type": "string", "pattern": DECIMAL_PATTERN, "errorMessage": DECIMAL_MESSAGE,
                 "description": "A non-negative decimal quantity as a quoted string; its decimals are its precision."},
     "signed_decimal": {"type": "string", "pattern": SIGNED_DECIMAL_PATTERN, "errorMessage": SIGNED_MESSAGE,
@@ -86,6 +96,7 @@ STEP_COMMON: Final[dict[str, Any]] = {
     "kind": {"enum": []},  # the registered kinds, filled in by build_schema
     "title": _ref("title"),
     "instruction": _ref("text"),
+    "translations": _ref("translations"),
 }
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mes.quantities import Duration, decimal_places, round_half_even, to_text
 from mes.recipes.errors import Path, Problem
-from mes.recipes.model import MasterRecipe, Step, StepRef
+from mes.recipes.model import MasterRecipe, Step, StepRef, freeze_translations
 
 if TYPE_CHECKING:
     from mes.steps.context import StepContext
@@ -175,6 +175,8 @@ class StepKind(ABC):
     def build(self, data: Mapping[str, Any]) -> Step:
         """The dataclass of a schema-valid step mapping (``kind`` included)."""
         kwargs = {k: (self.converters[k](v) if k in self.converters else v) for k, v in data.items() if k != "kind"}
+        if "translations" in kwargs:
+            kwargs["translations"] = freeze_translations(kwargs["translations"])
         return self.step_class(**kwargs)
 
     # ------------------------------------------------------------------ recipe checks

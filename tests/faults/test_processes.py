@@ -230,3 +230,71 @@ def _device_socket(op: Any, device: str, readings: list[float]) -> Any:
                    transports=["polling"], wait_timeout=10)
     assert client.call("watch", {"devices": [device]}, namespace="/live", timeout=10)["ok"] is True
     return client
+
+
+def _scale_on_a_pty(link: Path) -> subprocess.Popen:
+    """The MT-SICS scale simulator on a new pseudo-terminal whose path ``link`` points to (as
+    udev gives a USB serial adapter a stable name): plugging the scale in."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "devices.sim.scale", "--protocol", "mtsics", "--pty",
+                             "--link", str(link), "--weight", "12.50", "--unit", "g"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # one line with the port, once it serves
+    assert str(link) in line, f"the scale simulator did not start: {line!r}"
+    return proc
+
+
+def test_a_scale_unplugged_mid_reading_is_told_and_comes_back_by_itself(templates: dict[str, str], tmp_path: Path,
+                                                                       private_redis: tuple[str, Any]) -> None:
+    """A serial MT-SICS scale streaming to ``mes gateway`` is unplugged (its pseudo-terminal
+    gone, mid-stream) while a kiosk watches it and operators work: the kiosk is told the
+    scale is disconnected within a second, and the gateway's store refuses its last reading
+    from then on; completions go on; plugged in again (a new pty at the same path) its
+    readings reach the kiosk again by themselves, without restarting anything."""
+    redis_url, _restart = private_redis
+    link = tmp_path / "scale0"
+    config = tmp_path / "gateway.yaml"
+    config.write_text("devices:\n  - device_id: SCALE-PTY\n    driver: mtsics\n"
+                      f"    config: {{port: \"{link}\", baudrate: 9600}}\n    mode: stream\n"
+                      "    reconnect_initial_s: 0.2\n    reconnect_max_s: 1\n")
+    scale = _scale_on_a_pty(link)
+    with plant(templates, tmp_path, operators=3, steps=14, env={"MES_REDIS_URL": redis_url}) as p:
+        gateway = start_server(p.url, p.home, env={**p.env, "MES_GATEWAY_CONFIG": str(config)},
+                               cmd=("gateway",), name="gateway")
+        threads = p.drive()
+        readings: list[float] = []
+        told: list[tuple[float, dict[str, Any]]] = []
+        sock = _device_socket(p.operators[0], "SCALE-PTY", readings)
+        sock.on("device_status", lambda data: told.append((time.monotonic(), data)), namespace="/live")
+        try:
+            wait_for(lambda: len(readings) >= 3, 60, "readings from the serial scale through the gateway")
+            kill_group(scale)  # the cable pulled mid-stream: the pty closes under the driver
+            unplugged_at = time.monotonic()
+            gone = wait_for(lambda: [t for t, s in told if t > unplugged_at and s.get("connected") is False], 10,
+                            "the kiosk told the scale is disconnected")
+            assert gone[0] - unplugged_at < 1.0, f"told after {gone[0] - unplugged_at:.2f} s"
+            link_state = _link_of(redis_url, "SCALE-PTY")
+            assert link_state is not None and link_state.connected is False, link_state
+            before = p.committed()
+            wait_for(lambda: p.committed() >= before + 6 or all(not t.is_alive() for t in threads), 60,
+                     "completions go on without the scale")
+            scale = _scale_on_a_pty(link)  # plugged in again
+            plugged_at = time.monotonic()
+            wait_for(lambda: [t for t in readings if t > plugged_at], RECOVERY_S,
+                     "readings again once the scale is plugged in")
+            wait_for(lambda: [t for t, s in told if t > plugged_at and s.get("connected") is True], RECOVERY_S,
+                     "the kiosk told the scale is connected again")
+        finally:
+            sock.disconnect()
+            kill_group(gateway.proc, signal.SIGTERM)
+            kill_group(scale)
+        p.finish(threads, RECOVERY_S)
+
+
+def _link_of(redis_url: str, device_id: str) -> Any:
+    """The link state the gateway stored for ``device_id`` (what the capture rule reads)."""
+    from mes.gateway.store import RedisReadingStore
+
+    return RedisReadingStore(redis_url).link(device_id)

@@ -547,6 +547,18 @@ def test_rule13_language_follows_the_badge(open_kiosk, server, size, order) -> N
     primary = k.page.locator(".primary:visible").first.inner_text()
     assert cjk.search(primary), f"the primary action is not translated: {primary!r}"
     k.shot("zh-step")
+    # the recipe's own text in the badge's language (issue 15): title and instruction as the
+    # control recipe gives them in zh-Hans, on the screen
+    from mes.execution import operations as ex
+
+    batch, step_id = flows.batch_for(server, order), k.page.evaluate("document.body.dataset.step")
+    with server.db():
+        spec = ex.control_recipe(ex.get_batch(batch)).step(step_id)
+        zh_title, zh_text, en_title = spec.text("title", "zh-Hans"), spec.text("instruction", "zh-Hans"), spec.title
+    assert zh_title != en_title and cjk.search(zh_title), "the example recipe gives this step no Chinese title"
+    assert k.page.locator("#step-title").inner_text().strip() == zh_title
+    assert k.page.locator("[data-field=instruction]").inner_text().strip() == zh_text
+    assert _not_in_view(k, ["#step-title", "[data-field=instruction]"]) == {}
     # a text sample of the whole screen: operator-facing words are Chinese, not English
     english = k.page.evaluate(r"""() => [...document.querySelectorAll('button, h1, h2, label, [data-field=step-position]')]
         .filter(e => e.checkVisibility()).map(e => e.innerText.trim())
@@ -556,6 +568,9 @@ def test_rule13_language_follows_the_badge(open_kiosk, server, size, order) -> N
     k2 = open_kiosk(server, size, start="")
     flows.to_lines(k2, flows.OPERATOR)
     assert k2.page.evaluate("document.documentElement.lang").startswith("en")
+    k2.goto(f"/kiosk/batches/{batch}/steps/{step_id}")
+    k2.wait_screen(("step", "blocked"))
+    assert en_title in k2.page.locator("h1").first.inner_text(), "the English badge does not get the recipe's English"
 
 
 # ------------------------------------------------------------------------------ rule 14
@@ -703,6 +718,13 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     assert m["primary"] == [], m["primary"]
     assert checks.font_icons(k.page) == []
     assert k.page.locator("#live-weight [data-field=stability] .icon svg").count() == 1
+    # every warning icon has its words (issue 15): a scale that cannot weigh this step says so
+    wordless = k.page.evaluate("""() => [...document.querySelectorAll('.icon-warning')].filter(i => i.checkVisibility())
+        .filter(i => !i.parentElement.innerText.trim() ||
+                     (i.closest('nav.scales a') && !i.closest('a').querySelector('.why')?.innerText.trim()))
+        .map(i => i.parentElement.outerHTML.slice(0, 120))""")
+    assert wordless == [], wordless
+    assert k.page.locator("nav.scales a:has(.icon-warning)").count() >= 1, "no unsuitable scale to check on this screen"
     # an out-of-tolerance weight: its report button is on the screen too
     k.page.locator("fieldset.containers label.choice").first.click()
     flows.set_load(server.api(), server.url, device, str(spec.target + 1), "kg")  # above the window

@@ -369,3 +369,35 @@ def test_decimal_limits_may_be_negative(kind: str) -> None:
     if kind == "calculation":
         params["formula"] = "lod - 20"
     assert problems(lambda d: steps(d, 1).insert(2, step("cold", kind, **params))) == []
+
+
+# ---------------------------------------------------------------- text per language
+
+
+def test_step_text_per_language_loads_round_trips_and_falls_back_to_english() -> None:
+    """Issue 15 / kiosk rule 13: a step's title, instruction (and an equipment check's class)
+    may be given in zh-Hans; English, the step's own text, stays required; a text not given
+    falls back to English; the file form keeps them and a recipe without any keeps its form."""
+    data = minimal()
+    first = steps(data)[0]
+    first["translations"] = {"zh-Hans": {"title": "中文标题", "instruction": "中文说明。"}}
+    recipe = from_dict(data)
+    spec = recipe.step(first["id"])
+    assert spec.text("title", "zh-Hans") == "中文标题" and spec.text("instruction", "zh-Hans") == "中文说明。"
+    assert spec.text("title", "en") == first["title"] and spec.text("title", None) == first["title"]
+    assert recipe.to_dict()["procedure"][0]["operations"][0]["steps"][0]["translations"] == first["translations"]
+    assert from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+    assert "translations" not in from_dict(minimal()).to_dict()["procedure"][0]["operations"][0]["steps"][1]
+    partial = minimal()
+    steps(partial)[0]["translations"] = {"zh-Hans": {"title": "只有标题"}}
+    only_title = from_dict(partial).step(first["id"])
+    assert only_title.text("instruction", "zh-Hans") == first["instruction"]
+
+
+def test_step_text_per_language_is_checked() -> None:
+    expect(lambda d: steps(d)[0].update(translations={"fr": {"title": "Titre"}}), "procedure[0].operations[0].steps[0].translations",
+           "fr")
+    expect(lambda d: steps(d)[0].update(translations={"zh-Hans": {}}), "procedure[0].operations[0].steps[0].translations.zh-Hans",
+           "")
+    expect(lambda d: steps(d)[0].update(translations={"zh-Hans": {"equipment_class": "房间"}}),
+           "procedure[0].operations[0].steps[0].translations.zh-Hans.equipment_class", "has no equipment_class to translate")
