@@ -41,6 +41,7 @@ from mes.steps import registry as step_kinds
 from mes.users import operations as users
 from mes.users.permissions import Permission as P
 from mes.web import (
+    checking_credentials,
     csrf_token,
     current_terminal,
     endpoint,
@@ -455,11 +456,11 @@ def signer() -> Any:
     badge, pin = request.form.get("badge", "").strip(), request.form.get("pin", "").strip()
     if not badge or not pin:
         raise ValidationFailed(_("Scan your badge (or type its number) and enter your PIN."), field="badge")
-    limit_login()
     terminal = current_terminal()
-    if request.form.get("own") == "1":  # the signed-in person's own signature: their own badge
-        esig.check_signer(principal().user, esig.Credentials(secret=pin, badge=badge), terminal.id if terminal else None)
-    return {"name": users.check_badge(badge, pin, terminal).full_name}  # a refusal: problem+json (_refusal)
+    with checking_credentials():  # only a failed check counts toward the terminal's log-in rate
+        if request.form.get("own") == "1":  # the signed-in person's own signature: their own badge
+            esig.check_signer(principal().user, esig.Credentials(secret=pin, badge=badge), terminal.id if terminal else None)
+        return {"name": users.check_badge(badge, pin, terminal).full_name}  # a refusal: problem+json (_refusal)
 
 
 @bp.post("/batches/<batch_id>/steps/<step_id>/sign")

@@ -17,7 +17,8 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -499,9 +500,26 @@ def limit_login() -> None:
     proxies report it); 429 past ``MES_LOGIN_RATE_PER_MINUTE``. Keyed per terminal, kiosks
     behind one nginx do not share one bucket; failures per account are limited in the
     service (:mod:`mes.users.ratelimit`)."""
+    count_attempt(_login_key(), current_app.config["MES_LOGIN_RATE_PER_MINUTE"], "log-in attempts from here")
+
+
+def _login_key() -> str:
     terminal = current_terminal_id()  # only a registered terminal's own key: a made-up id is no escape
-    where = f"terminal:{terminal}" if terminal else f"address:{request.remote_addr or '?'}"
-    count_attempt(where, current_app.config["MES_LOGIN_RATE_PER_MINUTE"], "log-in attempts from here")
+    return f"terminal:{terminal}" if terminal else f"address:{request.remote_addr or '?'}"
+
+
+@contextmanager
+def checking_credentials() -> Iterator[None]:
+    """Around a credential check that opens no session (the kiosk naming a signer before a
+    signature): refused while this terminal is over ``MES_LOGIN_RATE_PER_MINUTE``, and only a
+    failed check counts toward it, so a shift's signatures never use up the log-ins' rate."""
+    rate = current_app.config["MES_LOGIN_RATE_PER_MINUTE"]
+    count_attempt(_login_key(), rate, "log-in attempts from here", count=False)
+    try:
+        yield
+    except AuthenticationFailed:
+        current_app.extensions["mes_login_limiter"].hit(_login_key(), rate)
+        raise
 
 
 # ---------------------------------------------------------------------- wiring

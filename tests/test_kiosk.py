@@ -416,6 +416,13 @@ def test_the_confirm_dialog_names_the_signer_after_checking_badge_and_pin(app: F
     r = k.client.post("/kiosk/signer", data={"badge": "B-supervisor", "pin": "2468"},
                       headers={**terminal_header(world.seeded.kiosk), "Accept": "application/json"})
     assert r.status_code in (400, 403), "no CSRF token, no answer"
+    # a shift's signatures never use up the terminal's log-in rate: only failed checks count
+    app.config["MES_LOGIN_RATE_PER_MINUTE"] = 4  # used: the log-in, another's badge, the wrong PIN
+    for _ in range(5):
+        assert ask("B-supervisor", "2468").status_code == 200
+    assert ask("B-supervisor", "9999").status_code == 401  # the fourth attempt that counts
+    r = ask("B-supervisor", "2468")
+    assert r.status_code == 429 and "Too many log-in attempts" in r.get_json()["detail"], r.get_json()
 
 
 def test_idle_logout_ends_the_session_and_says_so(app: Flask, world: eh.World) -> None:

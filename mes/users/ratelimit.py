@@ -82,10 +82,11 @@ def limiter_for(redis_url: str | None) -> AttemptLimiter:
     return RedisAttemptLimiter(redis_url) if redis_url else MemoryAttemptLimiter()
 
 
-def count_attempt(key: str, per_minute: int, what: str = "attempts") -> None:
-    """Count one attempt for ``key`` in the app's limiter; RateLimited (429) past ``per_minute``."""
+def count_attempt(key: str, per_minute: int, what: str = "attempts", *, count: bool = True) -> None:
+    """Count one attempt for ``key`` in the app's limiter; RateLimited (429) past ``per_minute``
+    (``count=False``: only refuse while ``key`` is over it)."""
     limiter: AttemptLimiter = current_app.extensions["mes_login_limiter"]
-    retry = limiter.hit(key, per_minute)
+    retry = limiter.hit(key, per_minute, count=count)
     if retry is not None:
         raise RateLimited(f"Too many {what}; wait {retry} s.", retry_after=retry)
 

@@ -20,7 +20,10 @@ _orders = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskServer]:
+    from tests.kiosk.test_fold import restock
+
     with running_server("sqlite", templates, Path(tmp_path_factory.mktemp("kiosk-verify"))) as srv:
+        restock(srv, batches=2)  # each size dispenses a whole batch's materials
         yield srv
 
 
