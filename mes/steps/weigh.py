@@ -47,7 +47,7 @@ def _as_the_scale_reads(recipe_unit: str, scale: Mapping[str, Any] | None) -> _A
     readability, uom = (scale or {}).get("readability"), (scale or {}).get("readability_uom")
     if readability is None or not uom or not same_dimension(uom, recipe_unit):
         return _AsTheScaleReads(recipe_unit, recipe_unit, 0)
-    return _AsTheScaleReads(recipe_unit, uom, decimal_places(readability))
+    return _AsTheScaleReads(recipe_unit, uom, decimal_places(Decimal(readability).normalize()))  # 0.010000 reads to 2
 
 
 class Weigh(StepKind):

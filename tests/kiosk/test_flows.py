@@ -751,8 +751,10 @@ def test_weigh_shows_net_and_the_tare_held_after_tare(open_kiosk, server, size, 
     target = k.page.locator("[data-field=target]").inner_text().split()
     window = k.page.locator("[data-field=window]").inner_text().replace("–", " ").split()
     assert target[-1] == unit == window[-1], (target, window, unit)
-    for number in [target[0], *window[:-1]]:  # at least the scale's places, never rounded to them
-        assert Decimal(number).as_tuple().exponent <= -places, (number, places)
+    for number in [target[0], *window[:-1]]:  # the scale's places; more only where exact needs them
+        exact_at_places = Decimal(number) == Decimal(number).quantize(Decimal(1).scaleb(-places))
+        assert -Decimal(number).as_tuple().exponent == places if exact_at_places else \
+            -Decimal(number).as_tuple().exponent > places, (number, places)
     labels = k.page.locator(".band-labels").inner_text()
     assert window[0] in labels and window[1] in labels and target[0] in labels, labels
     assert _not_in_view(k, ["[data-field=target]", "[data-field=window]", "#live-weight [data-field=value]"]) == {}

@@ -23,8 +23,22 @@ def server(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     from tests.kiosk.test_fold import restock
 
     with running_server("sqlite", templates, Path(tmp_path_factory.mktemp("kiosk-verify"))) as srv:
-        restock(srv, batches=2)  # each size dispenses a whole batch's materials
+        before = _released_lots(srv)
+        restock(srv, batches=2)  # each size dispenses a whole batch's materials, from these lots only
+        with srv.db():
+            from mes.audit.log import Actor
+            from mes.materials import operations as mat
+
+            for lot in before:  # the demo's smaller lots, which the driver (first lot by id) might pick
+                mat.place_hold(Actor.system("kiosk-tests"), lot, "consumption", "kept for other tests")
         yield srv
+
+
+def _released_lots(server: KioskServer) -> list[str]:
+    from mes.materials import operations as mat
+
+    with server.db():
+        return [lot.id for lot in mat.list_lots(status="released", limit=1000)]
 
 
 @pytest.fixture
