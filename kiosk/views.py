@@ -15,6 +15,7 @@ from typing import Any
 from flask import current_app
 from flask_babel import gettext as _
 
+from kiosk import html_lang
 from mes.execution import operations as ex
 from mes.execution import queries as q
 from mes.execution.models import Batch, BatchStatus, BatchStep, Deviation, DeviationStatus, Disposition, StepState, WorkOrder
@@ -228,7 +229,8 @@ def summary_rows(batch: Batch, only: list[str] | None = None) -> list[dict[str, 
                 shown.append(_("signed by %(name)s (%(meaning)s)", name=r.data.get("name"), meaning=r.data.get("meaning")))
             elif r.kind == "confirmation":
                 shown.append(_("confirmed"))
-        out.append({"seq": s.seq + 1, "id": s.step_id, "title": s.title, "state": s.state, "recorded": "; ".join(shown),
+        out.append({"seq": s.seq + 1, "id": s.step_id, "title": spec.text("title", html_lang()), "state": s.state,
+                    "recorded": "; ".join(shown),
                     "target": f"{expected.target} {expected.unit}".strip() if expected.target else "",
                     "limits": range_text(expected.low, expected.high, expected.limits_unit),
                     "by": user_name(s.completed_by), "flags": sorted({f for r in recs for f in (r.flags or [])})})
@@ -270,9 +272,18 @@ def running_batches(line: str) -> list[dict[str, Any]]:
     out = []
     for batch in batches_on(line):
         rows = ex.steps_of(batch.id)
-        out.append({"batch": batch, "product": product_name(batch), "step": current_step(rows), "total": len(rows),
+        step = current_step(rows)
+        out.append({"batch": batch, "product": product_name(batch), "step": step, "total": len(rows),
+                    "title": step_title(batch, step),
                     "blocking": [d for d in open_deviations(batch.id) if ex.blocks_any(d, rows)]})
     return out
+
+
+def step_title(batch: Batch, step: BatchStep | None) -> str:
+    """A step's title in the operator's language, as the batch's control recipe gives it."""
+    if step is None:
+        return ""
+    return ex.control_recipe(batch).step(step.step_id).text("title", html_lang())
 
 
 def board(line: str) -> list[dict[str, Any]]:
@@ -283,6 +294,7 @@ def board(line: str) -> list[dict[str, Any]]:
         step = current_step(rows)
         devs = open_deviations(batch.id)
         out.append({"batch": batch, "product": product_name(batch), "step": step, "total": len(rows),
+                    "title": step_title(batch, step),
                     "done": sum(1 for r in rows if r.state == StepState.COMPLETED.value),
                     "blocked": [r for r in rows if r.state == StepState.BLOCKED.value], "deviations": devs,
                     "blocking": [d for d in devs if ex.blocks_any(d, rows)]})

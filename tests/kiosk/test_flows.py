@@ -434,6 +434,12 @@ def test_rule13_language_follows_the_badge(open_kiosk, server, size, order) -> N
     assert k.page.locator("#step-title").inner_text().strip() == zh_title
     assert k.page.locator("[data-field=instruction]").inner_text().strip() == zh_text
     assert _not_in_view(k, ["#step-title", "[data-field=instruction]"]) == {}
+    for page in ("/kiosk/lines/LINE-1", f"/kiosk/batches/{batch}/summary"):  # the batches list and the summary too
+        k.goto(page)
+        k.wait_screen(("batches", "complete"))
+        assert zh_title in k.page.locator("main").inner_text(), f"{page} shows the step's title in English"
+    k.goto(f"/kiosk/batches/{batch}/steps/{step_id}")
+    k.wait_screen("step")
     # a text sample of the whole screen: operator-facing words are Chinese, not English
     english = k.page.evaluate(r"""() => [...document.querySelectorAll('button, h1, h2, label, [data-field=step-position]')]
         .filter(e => e.checkVisibility()).map(e => e.innerText.trim())
