@@ -63,9 +63,7 @@ STATIC = HERE / "static"
 
 @bp.app_context_processor
 def _kiosk_globals() -> dict[str, Any]:
-    return {"html_lang": html_lang, "kiosk_locale": locale,
-            # a recipe's text in the badge's language when the recipe gives it (rule 13), else as written
-            "rt": lambda spec, field: spec.text(field, html_lang())}
+    return {"html_lang": html_lang, "kiosk_locale": locale, "rt": v.recipe_text}
 
 
 def _base(screen: str, **extra: Any) -> dict[str, Any]:

@@ -229,7 +229,7 @@ def summary_rows(batch: Batch, only: list[str] | None = None) -> list[dict[str, 
                 shown.append(_("signed by %(name)s (%(meaning)s)", name=r.data.get("name"), meaning=r.data.get("meaning")))
             elif r.kind == "confirmation":
                 shown.append(_("confirmed"))
-        out.append({"seq": s.seq + 1, "id": s.step_id, "title": spec.text("title", html_lang()), "state": s.state,
+        out.append({"seq": s.seq + 1, "id": s.step_id, "title": recipe_text(spec, "title"), "state": s.state,
                     "recorded": "; ".join(shown),
                     "target": f"{expected.target} {expected.unit}".strip() if expected.target else "",
                     "limits": range_text(expected.low, expected.high, expected.limits_unit),
@@ -283,7 +283,13 @@ def step_title(batch: Batch, step: BatchStep | None) -> str:
     """A step's title in the operator's language, as the batch's control recipe gives it."""
     if step is None:
         return ""
-    return ex.control_recipe(batch).step(step.step_id).text("title", html_lang())
+    return recipe_text(ex.control_recipe(batch).step(step.step_id), "title")
+
+
+def recipe_text(spec: rm.Step, field: str) -> str:
+    """A recipe text of a step in the operator's language when the recipe gives it (rule 13),
+    else as written (English)."""
+    return spec.text(field, html_lang())
 
 
 def board(line: str) -> list[dict[str, Any]]:

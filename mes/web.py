@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mes.audit.log import Actor
-from mes.db import begin_writing, db, in_read_transaction
+from mes.db import db, in_read_transaction
 from mes.errors import (
     AuthenticationFailed,
     ContentTooLarge,
@@ -513,12 +513,12 @@ def checking_credentials() -> Iterator[None]:
     """Around a credential check that opens no session (the kiosk naming a signer before a
     signature): refused while this terminal is over ``MES_LOGIN_RATE_PER_MINUTE``, and only a
     failed check counts toward it, so a shift's signatures never use up the log-ins' rate."""
-    rate = current_app.config["MES_LOGIN_RATE_PER_MINUTE"]
-    count_attempt(_login_key(), rate, "log-in attempts from here", count=False)
+    key, rate = _login_key(), current_app.config["MES_LOGIN_RATE_PER_MINUTE"]
+    count_attempt(key, rate, "log-in attempts from here", count=False)
     try:
         yield
     except AuthenticationFailed:
-        current_app.extensions["mes_login_limiter"].hit(_login_key(), rate)
+        current_app.extensions["mes_login_limiter"].hit(key, rate)
         raise
 
 
@@ -583,8 +583,6 @@ def init_app(app: Flask) -> None:
             # Reads must not queue behind (or hold up) writers on SQLite's single write lock.
             db.session.connection(execution_options={"mes_read_only": True})
             g.mes_read_transaction = True
-        elif request.method not in ("GET", "HEAD"):
-            begin_writing()  # a read left open by an earlier request in the same app context (tests)
 
     @app.teardown_request
     def _end_the_read(_exc: BaseException | None) -> None:

@@ -258,8 +258,6 @@
     if (buffer && at - lastKeyAt >= SCAN_GAP_MS) {
       broken = at - lastKeyAt < BROKEN_MS; // a lagging key inside a burst: what follows is a fragment
       buffer = "";
-    } else if (!buffer) {
-      broken = false;
     }
     buffer += key;
     lastKeyAt = at;

@@ -27,27 +27,14 @@ def _scale(value: Any) -> ScaleRequirement:
                             accuracy_class=value.get("accuracy_class"))
 
 
-class _AsTheScaleReads:
-    """Target, limits and the weighed total written as the chosen scale reads: in its unit, with
-    at least its places (issue 15: live weight, target and limits side by side in one unit and
-    places). Never rounded: a limit finer than the scale keeps its own places."""
-
-    def __init__(self, recipe_unit: str, unit: str, places: int) -> None:
-        self.recipe_unit, self.unit, self.places = recipe_unit, unit, places
-
-    def __call__(self, value: Decimal | None) -> str:
-        if value is None:
-            return ""
-        return to_text(with_places(convert(value, self.recipe_unit, self.unit), self.places))
-
-
-def _as_the_scale_reads(recipe_unit: str, scale: Mapping[str, Any] | None) -> _AsTheScaleReads:
-    """How a weigh screen writes quantities for ``scale`` (a :meth:`KioskPage.scales_for` entry):
-    as the recipe wrote them when no scale is chosen or its readability is not a mass."""
+def _as_the_scale_reads(recipe_unit: str, scale: Mapping[str, Any] | None) -> tuple[str, int]:
+    """The unit and places a weigh screen writes target, limits and weighed total in for
+    ``scale`` (a :meth:`KioskPage.scales_for` entry): the scale's, so they stand beside the live
+    weight alike (issue 15); the recipe's unit when no scale is chosen or it reads no mass."""
     readability, uom = (scale or {}).get("readability"), (scale or {}).get("readability_uom")
     if readability is None or not uom or not same_dimension(uom, recipe_unit):
-        return _AsTheScaleReads(recipe_unit, recipe_unit, 0)
-    return _AsTheScaleReads(recipe_unit, uom, decimal_places(Decimal(readability).normalize()))  # 0.010000 reads to 2
+        return recipe_unit, 0
+    return uom, decimal_places(Decimal(readability).normalize())  # 0.010000 as stored reads to 2 places
 
 
 class Weigh(StepKind):
@@ -267,8 +254,12 @@ class Weigh(StepKind):
             identified = page.identified_lot(spec.item)
             lot = page.resolve_label(identified, spec.item) if identified else None
         scale = next((s for s in scales if s["device_id"] == chosen), None)
-        shown = _as_the_scale_reads(spec.unit, scale)
-        return {"low": shown(low), "high": shown(high), "target": shown(spec.target), "unit": shown.unit,
+        unit, places = _as_the_scale_reads(spec.unit, scale)
+
+        def shown(value: Decimal | None) -> str:  # at least the scale's places, never rounded to them
+            return "" if value is None else to_text(with_places(convert(value, spec.unit, unit), places))
+
+        return {"low": shown(low), "high": shown(high), "target": shown(spec.target), "unit": unit,
                 "weighed": weighed, "weighed_total": shown(sum((Decimal(w["value"]) for w in weighed), Decimal(0))),
                 "scales": scales, "device": chosen, "scale": scale, "lot": lot}
 

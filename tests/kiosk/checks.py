@@ -307,6 +307,28 @@ def position(page: Any) -> dict[str, Any]:
     return dict(page.evaluate(POSITION_JS, [CONTROLS]))
 
 
+IN_VIEW_JS = """
+(selectors) => {
+  window.scrollTo(0, 0);
+  const out = {};
+  for (const sel of selectors) {
+    const el = [...document.querySelectorAll(sel)].find(e => e.getClientRects().length);
+    if (!el) { out[sel] = 'missing or not shown'; continue; }
+    const r = el.getBoundingClientRect();
+    if (r.top < 0 || r.bottom > window.innerHeight + 0.5 || r.right > window.innerWidth + 0.5)
+      out[sel] = `top ${r.top.toFixed(0)}, bottom ${r.bottom.toFixed(0)} px; the viewport is ${window.innerWidth}x${window.innerHeight}`;
+  }
+  return out;
+}
+"""
+
+
+def not_in_view(page: Any, selectors: list[str]) -> dict[str, str]:
+    """Rule 8 for chosen elements: each selector's first shown element that is not inside the
+    viewport at the top of the page, without scrolling (with where it is), or missing."""
+    return dict(page.evaluate(IN_VIEW_JS, selectors))
+
+
 def fold(page: Any) -> list[str]:
     """Rule 8: every control of the screen (or of its open dialog) and the batch header are
     inside the viewport at the top of the page, without scrolling."""

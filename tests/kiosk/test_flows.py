@@ -242,7 +242,7 @@ def test_deviation_dialog_has_no_default_severity_and_confirms_on_screen(open_ki
     said = dialog.locator(".form-message")
     said.wait_for(state="visible", timeout=3000)
     assert "Choose whether it stops the batch" in said.inner_text()
-    assert _not_in_view(k, ["#deviation-dialog .form-message", "#deviation-dialog button[type=submit]"]) == {}
+    assert checks.not_in_view(k.page, ["#deviation-dialog .form-message", "#deviation-dialog button[type=submit]"]) == {}
     assert k.page.locator("#confirm-dialog").is_hidden()
     dialog.get_by_text("No: note it and go on (minor)").click()
     dialog.locator("button[type=submit]").click()
@@ -253,7 +253,7 @@ def test_deviation_dialog_has_no_default_severity_and_confirms_on_screen(open_ki
     assert [(d.category, d.severity) for d in devs] == [("spill", "minor")], devs
     notice = k.page.locator("#notice")
     assert notice.is_visible() and devs[0].id in notice.inner_text(), "no visible confirmation of the deviation"
-    assert _not_in_view(k, ["#notice"]) == {}
+    assert checks.not_in_view(k.page, ["#notice"]) == {}
     assert k.page.locator("#deviation-dialog .form-message").is_hidden()
 
 
@@ -396,7 +396,7 @@ def test_rule11_idle_logout_while_the_server_is_unreachable_keeps_the_kiosk(open
         cover.wait_for(state="visible", timeout=16_000)
         assert k.page.url == step_url, f"the kiosk left for {k.page.url}"
         assert "server cannot be reached" in cover.inner_text()
-        assert _not_in_view(k, ["#logged-out .text"]) == {}, "the sentence is not on the screen"
+        assert checks.not_in_view(k.page, ["#logged-out .text"]) == {}, "the sentence is not on the screen"
         assert k.page.locator("#main").is_hidden(), "the step stays on the screen after the log-out"
         k.shot("idle-logged-out-offline")
     finally:
@@ -433,7 +433,7 @@ def test_rule13_language_follows_the_badge(open_kiosk, server, size, order) -> N
     assert zh_title != en_title and cjk.search(zh_title), "the example recipe gives this step no Chinese title"
     assert k.page.locator("#step-title").inner_text().strip() == zh_title
     assert k.page.locator("[data-field=instruction]").inner_text().strip() == zh_text
-    assert _not_in_view(k, ["#step-title", "[data-field=instruction]"]) == {}
+    assert checks.not_in_view(k.page, ["#step-title", "[data-field=instruction]"]) == {}
     for page in ("/kiosk/lines/LINE-1", f"/kiosk/batches/{batch}/summary"):  # the batches list and the summary too
         k.goto(page)
         k.wait_screen(("batches", "complete"))
@@ -483,7 +483,7 @@ def test_rule14_missing_inputs_at_once_a_refusal_keeps_entries_and_the_next_scan
         name = states.nth(i).locator("xpath=..").inner_text().strip()
         assert name in said.split("not ticked:")[1], (name, said)
     assert k.page.locator("#confirm-dialog").is_hidden()
-    assert _not_in_view(k, ["#message"]) == {}
+    assert checks.not_in_view(k.page, ["#message"]) == {}
     with server.db() as db:
         wrong = db.session.execute(select(Equipment.id).where(Equipment.kind == "scale", Equipment.active.is_(True))
                                    .order_by(Equipment.id)).scalars().first()
@@ -502,7 +502,7 @@ def test_rule14_missing_inputs_at_once_a_refusal_keeps_entries_and_the_next_scan
     assert k.page.locator("[data-field=scanned]").inner_text().strip() == wrong, "the scan was lost"
     assert k.page.locator("input[name=equipment_id]").input_value() == wrong
     assert sorted(states.evaluate_all("l => l.filter(e => e.checked).map(e => e.value)")) == ticked, "the ticks were lost"
-    assert _not_in_view(k, ["#message", "[data-field=scanned]"]) == {}
+    assert checks.not_in_view(k.page, ["#message", "[data-field=scanned]"]) == {}
     k.shot("refusal-keeps-entries")
     k.page.mouse.click(3, k.page.viewport_size["height"] - 3)
     k.scan_until(booth, "code => document.querySelector('[data-field=scanned]').innerText.includes(code)")
@@ -513,26 +513,8 @@ def test_rule14_missing_inputs_at_once_a_refusal_keeps_entries_and_the_next_scan
 # ------------------------------------------------------------------ one screen, no scrolling
 
 # The controls of a step that must be on the screen without scrolling: a CSS selector each.
-_IN_VIEW_JS = """
-(selectors) => {
-  window.scrollTo(0, 0);
-  const out = {};
-  for (const sel of selectors) {
-    const el = [...document.querySelectorAll(sel)].find(e => e.getClientRects().length);
-    if (!el) { out[sel] = 'missing or not shown'; continue; }
-    const r = el.getBoundingClientRect();
-    if (r.top < 0 || r.bottom > window.innerHeight + 0.5 || r.right > window.innerWidth + 0.5)
-      out[sel] = `top ${r.top.toFixed(0)}, bottom ${r.bottom.toFixed(0)} px; the viewport is ${window.innerWidth}x${window.innerHeight}`;
-  }
-  return out;
-}
-"""
 WEIGH_IN_VIEW = ["#live-weight", "#tolerance-band", "[data-action=tare]", "[data-action=zero]",
                  "nav.scales", "fieldset.containers", "[data-action=raise-deviation]"]
-
-
-def _not_in_view(k: Any, selectors: list[str]) -> dict[str, str]:
-    return dict(k.page.evaluate(_IN_VIEW_JS, selectors))
 
 
 def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, server, size, order) -> None:
@@ -561,7 +543,7 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     k.shot("signature-viewport", full_page=False)
     sign = ".primary[data-needs-pin]"
     if size == "1920x1080":
-        assert _not_in_view(k, [sign, ".sign-panel .fields", ".sign-panel .keypad", "[data-action=raise-deviation]"]
+        assert checks.not_in_view(k.page, [sign, ".sign-panel .fields", ".sign-panel .keypad", "[data-action=raise-deviation]"]
                             + (["label.ack"] if k.page.locator("label.ack").count() else [])) == {}
     assert checks.targets(k.page) == []
     assert checks.text_sizes(k.page) == []
@@ -569,7 +551,7 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     k.page.locator(sign).click()
     dialog = k.page.locator("#confirm-dialog")
     dialog.wait_for(state="visible")
-    assert _not_in_view(k, ["#confirm-dialog [data-action=confirm]", "#confirm-dialog [data-action=cancel]"]) == {}
+    assert checks.not_in_view(k.page, ["#confirm-dialog [data-action=confirm]", "#confirm-dialog [data-action=cancel]"]) == {}
     dialog.locator("[data-action=cancel]").click()
     dialog.wait_for(state="hidden")
 
@@ -589,9 +571,9 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     k.shot("weigh-viewport", full_page=False)
     primary = k.page.locator(".primary:visible")
     assert primary.count() == 1 and primary.get_attribute("data-action") == "capture"
-    assert _not_in_view(k, [".primary[data-action=capture]"]) == {}, "Capture is below the fold"
+    assert checks.not_in_view(k.page, [".primary[data-action=capture]"]) == {}, "Capture is below the fold"
     if size == "1920x1080":
-        assert _not_in_view(k, WEIGH_IN_VIEW) == {}
+        assert checks.not_in_view(k.page, WEIGH_IN_VIEW) == {}
     assert checks.targets(k.page) == []
     assert checks.text_sizes(k.page) == []
     assert checks.axe(k.page) == []
@@ -611,9 +593,9 @@ def test_signature_and_weigh_steps_fit_the_screen_with_svg_icons(open_kiosk, ser
     flows.set_load(server.api(), server.url, device, str(spec.target + 1), "kg")  # above the window
     report = k.page.locator("[data-action=out-of-tolerance]")
     report.wait_for(state="visible")
-    assert _not_in_view(k, ["[data-action=out-of-tolerance]"]) == {}, "the out-of-tolerance report is below the fold"
+    assert checks.not_in_view(k.page, ["[data-action=out-of-tolerance]"]) == {}, "the out-of-tolerance report is below the fold"
     if size == "1920x1080":
-        assert _not_in_view(k, WEIGH_IN_VIEW[:-2] + ["[data-action=raise-deviation]"]) == {}
+        assert checks.not_in_view(k.page, WEIGH_IN_VIEW[:-2] + ["[data-action=raise-deviation]"]) == {}
     assert checks.targets(k.page) == []
     assert checks.font_icons(k.page) == []
 
@@ -638,11 +620,11 @@ def test_weigh_shows_net_and_the_tare_held_after_tare(open_kiosk, server, size, 
             -Decimal(number).as_tuple().exponent > places, (number, places)
     labels = k.page.locator(".band-labels").inner_text()
     assert window[0] in labels and window[1] in labels and target[0] in labels, labels
-    assert _not_in_view(k, ["[data-field=target]", "[data-field=window]", "#live-weight [data-field=value]"]) == {}
+    assert checks.not_in_view(k.page, ["[data-field=target]", "[data-field=window]", "#live-weight [data-field=value]"]) == {}
     indicator = k.page.locator("#net-indicator")
     assert indicator.is_visible(), "no NET indicator after Tare"
     assert re.fullmatch(r"NET tare 0\.80* kg", " ".join(indicator.inner_text().split())), indicator.inner_text()
-    assert _not_in_view(k, ["#net-indicator", "#live-weight [data-field=value]"]) == {}
+    assert checks.not_in_view(k.page, ["#net-indicator", "#live-weight [data-field=value]"]) == {}
     k.page.reload()
     k.wait_screen("step")
     assert indicator.is_visible(), "the NET indicator is gone after the step was shown again"
@@ -682,7 +664,7 @@ def test_the_confirm_dialog_names_the_signer_and_the_name_is_the_one_stored(open
     until(k.page, "() => document.querySelector('#message .text').innerText.includes('The badge or PIN is wrong')",
           timeout=5000)
     assert dialog.is_hidden(), "a dialog opened for a wrong PIN"
-    assert _not_in_view(k, ["#message"]) == {}, "the refusal is not on the screen"
+    assert checks.not_in_view(k.page, ["#message"]) == {}, "the refusal is not on the screen"
     assert k.page.locator("input[name=badge]").input_value() == who[0], "the badge was lost"
     assert k.page.locator("input[name=pin]").input_value() == "", "the wrong PIN stayed"
     k.page.locator("[data-entry-target=pin]").click()
@@ -693,7 +675,7 @@ def test_the_confirm_dialog_names_the_signer_and_the_name_is_the_one_stored(open
                     dialog.locator("#confirm-summary dd").all_inner_texts(), strict=True))
     assert rows.get("Signed by") == name, rows
     assert who[0] not in dialog.inner_text(), "the dialog shows the badge number"
-    assert _not_in_view(k, ["#confirm-summary", "#confirm-dialog [data-action=confirm]"]) == {}
+    assert checks.not_in_view(k.page, ["#confirm-summary", "#confirm-dialog [data-action=confirm]"]) == {}
     assert flows.message(k) == "", "the wrong PIN's message outlived the right one"
     k.shot("confirm-signer-named")
     with k.page.expect_navigation():

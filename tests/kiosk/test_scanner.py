@@ -34,19 +34,16 @@ def order(server: KioskServer) -> str:
     return ref
 
 
-def _not_in_view(k: Any, selectors: list[str]) -> dict[str, str]:
-    from tests.kiosk.test_flows import _IN_VIEW_JS
-
-    return dict(k.page.evaluate(_IN_VIEW_JS, selectors))
-
-
 # ------------------------------------------------------------------------------ rule 7
 
 
 def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     """On a step that expects a scan (the booth's equipment label): keys < 60 ms apart + Enter are a
-    scan wherever the focus is; slow typing is not; the same code again within 2 s is ignored."""
+    scan wherever the focus is; slow typing is not; the same code again within 2 s is ignored.
+    The page's clock is Playwright's (it runs with real time): the 2 s repeat window is passed
+    by moving it on, not by sleeping."""
     k = open_kiosk(server, size, start="")
+    k.page.clock.install()  # from the next page on (to_step navigates)
     assert flows.to_step(k, order) == "step"
     batch = flows.batch_for(server, order)
     flows.commit(k)  # line clearance; the next step scans the booth's label
@@ -73,25 +70,25 @@ def test_rule7_scanner_timing(open_kiosk, server, size, order) -> None:
     for _ in range(_SCAN_TRIES):
         forget()
         if not _scanner_burst(k, "BOOTH-01"):
-            k.page.wait_for_timeout(2100)  # the kiosk's 2 s repeat window must pass: the rule is about time
+            k.page.clock.fast_forward(2100)  # past the kiosk's 2 s repeat window
             continue
         until(k.page, shown)  # a scanner
         assert k.page.evaluate(bound) == "BOOTH-01"
         forget()
         if not _scanner_burst(k, "BOOTH-01"):  # the same label again at once
-            k.page.wait_for_timeout(2100)  # the kiosk's 2 s repeat window must pass: the rule is about time
+            k.page.clock.fast_forward(2100)  # past the kiosk's 2 s repeat window
             continue
         checks.settled(k.page)  # the scan was handled on Enter's keydown, synchronously
         assert scanned.inner_text() == "-", "a duplicate scan within 2 s was not ignored"
         break
     else:
         pytest.fail(f"the browser never delivered a scan's keys less than {_FAST_MS} ms apart")
-    k.page.wait_for_timeout(2100)  # the behaviour under test: after the 2 s repeat window
+    k.page.clock.fast_forward(2100)  # the behaviour under test: after the 2 s repeat window
     for _ in range(_SCAN_TRIES):  # after 2 s it is a new scan
         if _scanner_burst(k, "BOOTH-01"):
             until(k.page, shown)
             break
-        k.page.wait_for_timeout(2100)  # the 2 s repeat window again, before the next try
+        k.page.clock.fast_forward(2100)  # the 2 s repeat window again, before the next try
     else:
         pytest.fail(f"the browser never delivered a scan's keys less than {_FAST_MS} ms apart")
     k.shot("scan")
@@ -131,7 +128,7 @@ def test_rule7_a_scan_goes_by_the_keys_own_timestamps_and_a_partial_scan_is_said
     assert flows.message(k) == ""
     keys("SCALE-FLOOR-01", [120, 5])  # the second key late: the rest is a fragment
     assert scanned.inner_text() == "EQ-A-0001", "a fragment was taken as a whole scan"
-    assert flows.message(k) == partial and _not_in_view(k, ["#message"]) == {}
+    assert flows.message(k) == partial and checks.not_in_view(k.page, ["#message"]) == {}
     keys("EQ-B-0002", [5])  # the next good scan: taken, and the partial scan's message goes
     assert scanned.inner_text() == "EQ-B-0002" and flows.message(k) == ""
     k.page.evaluate("document.body.dataset.scanPrefix = ']Q'")
@@ -156,9 +153,10 @@ _FAST_MS = 50  # below the kiosk's 60 ms scanner gap, with a margin
 
 def _scanner_burst(k: Any, code: str) -> bool:
     """Scan ``code`` (real key events, as fast as the browser takes them, then Enter) and
-    say whether the page received every key less than ``_FAST_MS`` after the one before."""
+    say whether every key came less than ``_FAST_MS`` after the one before, by the key events'
+    own timestamps, as the kiosk times them."""
     k.page.evaluate("() => { window.__keyTimes = []; if (!window.__keyHook) { window.__keyHook = true; "
-                    "document.addEventListener('keydown', () => window.__keyTimes.push(performance.now()), true); } }")
+                    "document.addEventListener('keydown', e => window.__keyTimes.push(e.timeStamp), true); } }")
     k.scan(code)
     times = k.page.evaluate("() => window.__keyTimes") or []
     assert len(times) == len(code) + 1, f"the page saw {len(times)} keys of {len(code) + 1}"

@@ -17,7 +17,6 @@ import pytest
 from tests.kiosk import checks, flows
 from tests.kiosk.driver import Driver
 from tests.kiosk.harness import KioskServer, running_server
-from tests.kiosk.test_flows import _not_in_view
 from tests.kiosk.test_fold import _timer_step, restock
 
 pytestmark = pytest.mark.browser
@@ -69,7 +68,7 @@ def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, ser
     elapsed_px = k.page.evaluate(_SIZE_OF, "#timer [data-field=elapsed]")
     countdown_px = k.page.evaluate(_SIZE_OF, "#timer [data-field=countdown]")
     assert countdown_px >= elapsed_px, f"the countdown is {countdown_px} px, the elapsed time {elapsed_px} px"
-    assert _not_in_view(k, ["#timer [data-field=elapsed]", "#timer [data-field=countdown]",
+    assert checks.not_in_view(k.page, ["#timer [data-field=elapsed]", "#timer [data-field=countdown]",
                             "[data-stop-timer]"]) == {}
 
     # stopping early says what it does and asks again; Cancel records nothing
@@ -80,7 +79,7 @@ def test_timer_stop_is_not_the_primary_action_before_the_minimum(open_kiosk, ser
     consequence = dialog.locator(".consequence")
     assert consequence.is_visible(), "stopping early does not say what it does"
     assert "major deviation" in consequence.inner_text() and "batch stops" in consequence.inner_text()
-    assert _not_in_view(k, ["#confirm-dialog .consequence", "#confirm-dialog [data-action=confirm]"]) == {}
+    assert checks.not_in_view(k.page, ["#confirm-dialog .consequence", "#confirm-dialog [data-action=confirm]"]) == {}
     k.shot("timer-stop-early")
     dialog.locator("[data-action=cancel]").click()
     dialog.wait_for(state="hidden")

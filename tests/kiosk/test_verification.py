@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -49,13 +48,6 @@ def order(server: KioskServer) -> str:
     return ref
 
 
-def in_view(k: Any, selectors: list[str]) -> dict[str, str]:
-    """The selectors not inside the viewport without scrolling (see test_flows)."""
-    from tests.kiosk.test_flows import _IN_VIEW_JS
-
-    return dict(k.page.evaluate(_IN_VIEW_JS, selectors))
-
-
 def test_second_person_verification_shows_what_it_covers_as_recorded(open_kiosk, server, size, order) -> None:
     """Issue 15: the verification screen first shows, beside its instruction, what the steps it
     covers recorded (the lot identified; each container's net weight, lot and container) and
@@ -78,8 +70,8 @@ def test_second_person_verification_shows_what_it_covers_as_recorded(open_kiosk,
     assert k.page.locator(".sign-panel").is_hidden(), "the badge and PIN come before what is verified"
     primary = k.page.locator(".primary:visible")
     assert primary.count() == 1 and primary.get_attribute("data-action") == "reviewed"
-    assert in_view(k, [".covered", "[data-field=instruction]", "[data-action=reviewed]"]) == {}
-    assert in_view(k, [f".covered li[data-step={i}]" for i in items.evaluate_all("l => l.map(e => e.dataset.step)")]) == {}
+    assert checks.not_in_view(k.page, [".covered", "[data-field=instruction]", "[data-action=reviewed]"]) == {}
+    assert checks.not_in_view(k.page, [f".covered li[data-step={i}]" for i in items.evaluate_all("l => l.map(e => e.dataset.step)")]) == {}
     records = [r for r in flows.step_records(server, batch) if r["superseded_by"] is None]
     shown = {i: k.page.locator(f".covered li[data-step={i}]").inner_text() for i in
              items.evaluate_all("l => l.map(e => e.dataset.step)")}
@@ -95,5 +87,5 @@ def test_second_person_verification_shows_what_it_covers_as_recorded(open_kiosk,
     assert "Olivia Operator" in " ".join(shown.values()), "who did the steps is not named"
     assert checks.text_sizes(k.page) == [] and checks.axe(k.page) == [] and checks.targets(k.page) == []
     k.page.locator("[data-action=reviewed]").click()
-    assert in_view(k, [".sign-panel .fields", ".sign-panel .keypad", ".primary[data-needs-pin]"]) == {}
+    assert checks.not_in_view(k.page, [".sign-panel .fields", ".sign-panel .keypad", ".primary[data-needs-pin]"]) == {}
     assert k.page.locator(".review").is_hidden()
