@@ -8,6 +8,7 @@ system, like ``mes gateway``.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from datetime import timedelta
 
@@ -48,11 +49,13 @@ def relay(schedule: str | None, poll: float, batch: int, timeout: float, senders
     reachable(app)
     worker = Relay(app, schedule=delays, poll_s=poll, batch=batch, timeout_s=timeout, senders=senders,
                    lease=timedelta(seconds=lease), run=run_length)
+    stop = threading.Event()
+    # SIGTERM (systemd stop, a deploy) and Ctrl-C end the loop after the round in hand: its
+    # outcomes are recorded, so no lease is left to hold its aggregates back for a minute
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     click.echo(f"relay {worker.name} running (retry schedule {','.join(f'{d:g}' for d in delays)} s)")
-    try:
-        worker.run(threading.Event(), duration=duration)
-    except KeyboardInterrupt:
-        pass
+    worker.run(stop, duration=duration)
 
 
 @main.group()

@@ -1,19 +1,26 @@
 """Benchmark: the outbox relay delivering to a local webhook receiver, beside a bare HTTP POST
 loop to the same receiver measured in the same run.
 
-Throughput: ``--events`` events (over ``--aggregates`` aggregates) committed, then ``--relays``
-relays started (each as `mes relay` runs it: runs of ``--run`` events per aggregate, 8 senders);
-events per second until the last arrives. Commit-to-receipt: ``--latency-events``
-events committed one at a time while the relay runs (default poll interval); the time from
-each commit to its arrival. Baseline: the same bodies POSTed one after another.
+Throughput: ``--events`` events (over ``--aggregates`` aggregates) committed while the endpoint
+is disabled, ``--relays`` ``mes relay`` processes started (runs of ``--run`` events per aggregate,
+8 senders each), and once every one is running the endpoint is enabled; events per second from
+then until the last arrives. The receiver is this process, as a receiver is its own system.
+``--in-process``: the relays run as threads of this process instead (as in ``mes demo``).
+Commit-to-receipt: ``--latency-events`` events committed one at a time while a relay runs
+(default poll interval); the time from each commit to its arrival. Baseline: the same bodies
+POSTed one after another, on one keep-alive connection.
 
     python -m tests.bench.integration [--db sqlite|postgresql] [--events 2000] [--latency-events 200]
-        [--relays 2] [--run 10]
+        [--relays 2] [--run 10] [--in-process]
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import requests
+import urllib3
 
 from tests.bench.common import bench_database, make_bench_app, parser, percentiles, ratio
 
@@ -31,59 +38,119 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+def _serve(ready: Any, arrivals: Any) -> None:
+    """The receiver process: answers 204 to every POST and puts (webhook-id, arrival time) on
+    ``arrivals`` (``perf_counter`` is the system's monotonic clock, the same in every process)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver behind a web server answers
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            arrivals.put((self.headers.get("webhook-id", ""), time.perf_counter()))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    ready.put(server.server_address[1])
+    server.serve_forever(poll_interval=0.05)
+
+
 class Sink:
-    """A receiver on loopback that notes when each webhook-id arrived and answers 204."""
+    """A receiver on loopback, in a process of its own (a receiver is its own system), that
+    notes when each webhook-id first arrived."""
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
         self.cond = threading.Condition()
-        sink = self
+        ctx = multiprocessing.get_context("spawn")
+        ready, self.arrivals = ctx.Queue(), ctx.Queue()
+        self.process = ctx.Process(target=_serve, args=(ready, self.arrivals), daemon=True)
+        self.process.start()
+        self.url = f"http://127.0.0.1:{ready.get(timeout=60)}/hooks"
+        threading.Thread(target=self._collect, daemon=True).start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver behind a web server answers
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with sink.cond:
-                    sink.arrived.setdefault(self.headers.get("webhook-id", ""), time.perf_counter())
-                    sink.cond.notify_all()
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+    def _collect(self) -> None:
+        while True:
+            webhook_id, at = self.arrivals.get()
+            with self.cond:
+                self.arrived.setdefault(webhook_id, at)
+                self.cond.notify_all()
 
     def wait(self, ids: list[str], timeout: float = 600.0) -> None:
+        waiting = iter(ids)
+        missing = [next(waiting, None)]
+
+        def arrived() -> bool:  # each id is looked at until it arrives, never twice after
+            while missing[0] is not None and missing[0] in self.arrived:
+                missing[0] = next(waiting, None)
+            return missing[0] is None
+
         with self.cond:
-            if not self.cond.wait_for(lambda: all(i in self.arrived for i in ids), timeout):
+            if not self.cond.wait_for(arrived, timeout):
                 raise RuntimeError(f"{sum(i in self.arrived for i in ids)} of {len(ids)} events arrived")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(30)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_relays(app: Any, url: str, count: int, run_length: int) -> list[subprocess.Popen[str]]:
+    """``count`` ``mes relay`` processes on ``url``; returns once each says it is running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
+    env.update({"MES_DATABASE_URL": url, "MES_HOME": app.config["MES_HOME"], "MES_SECRET_KEY": "bench",
+                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING"})
+    if app.config.get("MES_AUDIT_TAG_KEY_PATH"):
+        env["MES_AUDIT_TAG_KEY_PATH"] = app.config["MES_AUDIT_TAG_KEY_PATH"]
+    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--run", str(run_length),
+           "--poll", "0.05"]
+    procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(count)]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "relay <name> running (...)", or why it could not start
+        if "running" not in line:
+            stop_relays(procs)
+            raise RuntimeError(f"mes relay did not start: {line}{proc.stdout.read()}")
+    return procs
+
+
+def stop_relays(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(60)
 
 
 def run(backend: str, events: int, latency_events: int, aggregates: int, relays: int = 2,
-        run_length: int = 10) -> dict[str, Any]:
+        run_length: int = 10, in_process: bool = False) -> dict[str, Any]:
     from sqlalchemy import select
 
     from mes.audit.log import Actor, Event, record
     from mes.db import db
     from mes.integration import endpoints as ops
-    from mes.integration.models import OutboxEvent
+    from mes.integration.models import EndpointState, OutboxEvent
     from mes.integration.relay import Relay, start_in_background
     from tests.helpers import example_data
 
     actor = Actor.system("bench")
     sink = Sink()
 
+    committed_at: list[float] = [0.0]
+
     def produce(i: int) -> str:
         appended = record(actor, "bench.fact", ("batch", f"B-{i % aggregates}"), after={"i": i},
                           event=Event("mes.material.consumed.v1", "batch", f"B-{i % aggregates}",
                                       example_data("mes.material.consumed.v1", i=i)))
         db.session.commit()
+        committed_at[0] = time.perf_counter()
         event_id = db.session.execute(select(OutboxEvent.id).where(OutboxEvent.audit_seq == appended.seq)).scalar()
         db.session.rollback()
         return str(event_id)
@@ -92,53 +159,63 @@ def run(backend: str, events: int, latency_events: int, aggregates: int, relays:
         app = make_bench_app(url, Path(tmp))
         with app.app_context():
             ops.add_endpoint(actor, "sink", sink.url)
+            ops.set_state(actor, "sink", EndpointState.DISABLED, "bench: the backlog builds up first")
             ids = [produce(i) for i in range(events)]
             bodies = [bytes(b) for b in db.session.execute(select(OutboxEvent.body).order_by(OutboxEvent.audit_seq))
                       .scalars()]
             db.session.rollback()
-            # throughput: the relays drain the backlog
-            workers = [Relay(app, name=f"bench-{n}", poll_s=0.25, run=run_length) for n in range(relays)]
+            # throughput: the relays drain the backlog once the endpoint is enabled
             stop = threading.Event()
-            started = time.perf_counter()
-            threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
-            for thread in threads:
-                thread.start()
-            sink.wait(ids)
-            relay_s = time.perf_counter() - started
-            stop.set()
-            for thread in threads:
-                thread.join(60)
-            relay = workers[0]
-            # commit-to-receipt while the relay runs with its default poll interval
+            threads: list[threading.Thread] = []
+            procs: list[subprocess.Popen[str]] = []
+            if in_process:
+                workers = [Relay(app, name=f"bench-{n}", poll_s=0.05, run=run_length) for n in range(relays)]
+                threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
+                for thread in threads:
+                    thread.start()
+            else:
+                procs = start_relays(app, url, relays, run_length)
+            try:
+                started = time.perf_counter()
+                ops.set_state(actor, "sink", EndpointState.ENABLED, "bench: deliver the backlog")
+                sink.wait(ids)
+                relay_s = time.perf_counter() - started
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+                stop_relays(procs)
+            # commit-to-receipt while a relay runs with its default poll interval
+            poll_s = Relay(app).poll_s
             thread, stop = start_in_background(app, run=run_length)
             latencies = []
             for i in range(events, events + latency_events):
-                committed = time.perf_counter()
                 event_id = produce(i)
                 sink.wait([event_id])
-                latencies.append(sink.arrived[event_id] - committed)
+                latencies.append(sink.arrived[event_id] - committed_at[0])  # from the commit, not the write
             stop.set()
             thread.join(60)
-            poll_s = relay.poll_s
             db.session.remove()
             db.engine.dispose()
-    # baseline: the same bodies POSTed one after another, no database, no signature
-    http = requests.Session()
+    # baseline: the same bodies POSTed one after another with the relay's HTTP client (urllib3),
+    # no database, no signature
+    http = urllib3.PoolManager(retries=False)
     bare = []
     started = time.perf_counter()
     for n, body in enumerate(bodies):
         t = time.perf_counter()
-        r = http.post(sink.url, data=body, headers={"webhook-id": f"bare-{n}",
-                                                      "Content-Type": "application/cloudevents+json"}, timeout=15)
-        r.raise_for_status()
+        r = http.request("POST", sink.url, body=body, timeout=15,
+                         headers={"webhook-id": f"bare-{n}", "Content-Type": "application/cloudevents+json"})
+        if r.status != 204:
+            raise RuntimeError(f"the receiver answered {r.status}")
         bare.append(time.perf_counter() - t)
     bare_s = time.perf_counter() - started
-    sink.server.shutdown()
+    sink.stop()
     relay_rate, bare_rate = events / relay_s, events / bare_s
     lat, bare_p = _p95(latencies), _p95(bare)
     return {
         "benchmark": "integration", "db": backend, "events": events, "aggregates": aggregates, "relays": relays,
-        "run": run_length,
+        "run": run_length, "relays_as": "threads of the bench" if in_process else "mes relay processes",
         "relay_events_per_s": round(relay_rate, 1), "bare_posts_per_s": round(bare_rate, 1),
         "ratio_relay_to_bare_throughput": ratio(relay_rate, bare_rate),
         "commit_to_receipt": lat, "relay_poll_s": poll_s, "bare_post": bare_p,
@@ -160,9 +237,10 @@ def main() -> None:
     ap.add_argument("--aggregates", type=int, default=20)
     ap.add_argument("--relays", type=int, default=2)
     ap.add_argument("--run", type=int, default=10)
+    ap.add_argument("--in-process", action="store_true", help="relays as threads of this process")
     args = ap.parse_args()
     started = time.perf_counter()
-    result = run(args.db, args.events, args.latency_events, args.aggregates, args.relays, args.run)
+    result = run(args.db, args.events, args.latency_events, args.aggregates, args.relays, args.run, args.in_process)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 

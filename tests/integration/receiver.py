@@ -38,8 +38,13 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, secrets: list[str] | None = None) -> None:
+    def __init__(self, secrets: list[str] | None = None, *, keep_alive: bool = False) -> None:
         self.secrets: list[str] = list(secrets or [])
+        #: HTTP/1.1 with connections kept open, as a receiver behind a web server answers (off by
+        #: default: a stopped receiver must refuse every sender, even one holding a connection)
+        self.keep_alive = keep_alive
+        #: TCP connections accepted so far
+        self.connections = 0
         self.received: list[Received] = []
         self.rejected: list[str] = []
         self.answers: deque[tuple[int, dict[str, str]]] = deque()
@@ -62,6 +67,13 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver.cond:
+                    receiver.connections += 1
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k: v for k, v in self.headers.items()}

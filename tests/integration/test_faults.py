@@ -123,6 +123,46 @@ def test_relay_sigkilled_mid_batch_then_restarted(app: Flask, receiver: Receiver
     assert redelivered >= 0  # the unrecorded answers came again, as the same events
 
 
+def test_a_relay_stopped_with_sigterm_mid_round_records_the_round_and_leaves_no_lease(
+        app: Flask, receiver: Receiver, database_url: str, tmp_path: Path) -> None:
+    """A deploy or ``systemctl stop`` sends SIGTERM: the relay finishes the round in hand and
+    records it, so none of its aggregates waits a lease out and nothing is sent twice."""
+    add_endpoint(receiver)
+    produce_many(100, aggregates=10)
+    hit, release = threading.Event(), threading.Event()
+    count = [0]
+
+    def stall_one_answer(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        count[0] += 1
+        if count[0] == 15:  # mid-round: hold this answer until the relay has been told to stop
+            hit.set()
+            release.wait(60)
+        return 204, {}
+
+    receiver.policy = stall_one_answer
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
+    env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
+                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
+                "MES_AUDIT_TAG_KEY_PATH": os.environ["MES_AUDIT_TAG_KEY_PATH"]})
+    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--poll", "0.02", "--batch", "20",
+           "--run", "5"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert hit.wait(120), proc.communicate(timeout=5) if proc.poll() is not None else "no answer stalled"
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        release.set()
+    out = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    received = {r.webhook_id for r in receiver.received}
+    rows = read(select(Delivery))
+    assert received, "the round in hand was sent"
+    assert [d for d in rows if d.claimed_until is not None] == []  # no lease left behind
+    # what the receiver got is recorded as delivered, and nothing else is
+    assert {d.event_id for d in rows if d.status == "delivered"} == received
+    assert len(receiver.received) == len(received)  # nothing was sent twice
+
+
 def test_a_run_sends_an_aggregate_in_order_and_stops_at_its_first_failure(app: Flask, receiver: Receiver) -> None:
     from mes.integration.relay import Relay
     from tests.integration.test_relay import produce

@@ -351,3 +351,36 @@ def test_a_redirect_is_a_failed_attempt_not_followed(app: Flask, receiver: Recei
         assert elsewhere.received == [] and elsewhere.rejected == []
     finally:
         elsewhere.stop()
+
+
+def test_the_relay_keeps_its_connection_to_a_receiver_open(app: Flask) -> None:
+    """Keep-alive: a receiver behind a web server sees one connection for a backlog, not one per
+    event (each new connection costs both sides a handshake, and a busy ERP runs out of ports)."""
+    receiver = Receiver(keep_alive=True).start()
+    try:
+        add_endpoint(receiver)
+        ids = produce("A", 30)
+        with relay(app):
+            got = receiver.wait_for(lambda rs: len(rs) >= 30)
+            eventually(lambda: set(read(select(Delivery.status))) == {"delivered"}, what="every delivery recorded")
+        assert [r.webhook_id for r in got] == ids
+        assert receiver.connections == 1
+    finally:
+        receiver.stop()
+
+
+def test_the_relay_uses_the_environments_proxy_unless_no_proxy_names_the_receiver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3
+
+    from mes.integration.relay import Connections
+
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:3128")
+    monkeypatch.setenv("no_proxy", "qms.plant.example")
+    connections = Connections(senders=2)
+    through = connections.manager("https://erp.example/hooks")
+    assert isinstance(through, urllib3.ProxyManager) and through.proxy.port == 3128
+    assert connections.manager("https://qms.plant.example/hooks") is connections.direct
+    assert connections.manager("http://erp.example/hooks") is connections.direct  # no http_proxy set
