@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +174,82 @@ def test_checker_finds_each_kind_of_violation() -> None:
     assert not _violations("from flask import current_app, has_app_context")
     assert not _violations("from mes.audit.log import record")
     assert not _violations("from mes.webhooks import x")
+
+
+# ------------------------------------------- what a plain install brings
+
+
+#: extras a plant may install beside the plain ``pip install open-mes``; ``dev`` is not one of them
+PRODUCT_EXTRAS = ("postgres", "testkit")
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_by(extras: tuple[str, ...]) -> set[str]:
+    """The distributions ``pip install open-mes[extras]`` brings (normalized names), read from
+    the installed metadata: the declared requirements and theirs, markers evaluated."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    found: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("open-mes", frozenset(("", *extras)))]
+    while todo:
+        name, wanted = todo.pop()
+        try:
+            lines = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for line in lines:
+            req = Requirement(line)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in wanted):
+                continue
+            key = _normal(req.name)
+            if key not in found:
+                found.add(key)
+                todo.append((req.name, frozenset(("", *req.extras))))
+    return found
+
+
+def third_party_imports() -> dict[str, list[str]]:
+    """Top-level modules imported anywhere in ``mes/``, ``kiosk/`` and ``devices/`` that are
+    neither the standard library nor the project itself, with where."""
+    own = {"mes", "kiosk", "devices", "recipes", "tests"}
+    out: dict[str, list[str]] = {}
+    for package in ("mes", "kiosk", "devices"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else []
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in own:
+                        out.setdefault(top, []).append(f"{rel(path)}:{node.lineno}")
+    return out
+
+
+def test_every_library_the_product_imports_is_installed_by_the_plain_install() -> None:
+    """The README's demo command installs ``open-mes`` without the ``dev`` extra: a library the
+    code imports that only a test tool brings in works in the suite and fails on a plant's
+    machine (the relay and the ERP/QMS simulators once imported ``requests``, which only
+    schemathesis brought)."""
+    from importlib.metadata import packages_distributions
+
+    allowed = installed_by(PRODUCT_EXTRAS)
+    dists = packages_distributions()
+    missing = []
+    for module, where in sorted(third_party_imports().items()):
+        names = {_normal(d) for d in dists.get(module, [])}
+        if not names & allowed:
+            missing.append(f"{module} ({', '.join(sorted(names)) or 'not installed'}), imported at {where[0]}")
+    assert not missing, "imported but not brought by `pip install open-mes`:\n" + "\n".join(missing)
+
+
+def test_the_install_check_sees_a_test_tool_as_missing() -> None:
+    allowed = installed_by(PRODUCT_EXTRAS)
+    assert "flask" in allowed and "werkzeug" in allowed  # declared, and what it needs
+    assert "psycopg" in allowed  # the postgres extra
+    assert "schemathesis" not in allowed and "playwright" not in allowed  # dev only
