@@ -41,9 +41,9 @@ class MESServer(Application):  # type: ignore[misc]
             start_embedded(app, wait=False)
         if app.config.get("MES_RELAY_IN_SERVER"):
             # `mes demo`: an outbox relay delivers to the webhook endpoints from this worker.
-            from mes.integration.relay import start_in_background
+            from mes.integration.relay import RUN, start_in_background
 
-            start_in_background(app, run=10)
+            start_in_background(app, run=RUN)
         # Keep the app's long-lived start-up objects out of every later full collection:
         # those collections, not queries, were the p99 of short requests.
         gc.collect()

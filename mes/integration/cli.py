@@ -15,6 +15,7 @@ from datetime import timedelta
 import click
 
 from mes.cli import _as_user, fail, handle_errors, main, make_app, reachable
+from mes.integration.relay import BATCH, RUN, SENDERS
 
 PERMISSION = "integration.endpoints"
 
@@ -24,12 +25,13 @@ PERMISSION = "integration.endpoints"
                                  "else 5,300,1800,7200,18000,36000,36000]")
 @click.option("--poll", type=click.FloatRange(0.01, 60), default=0.25, show_default=True,
               help="seconds between looks at the outbox when idle")
-@click.option("--batch", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 1000), default=BATCH, show_default=True,
+              help="aggregates taken a round (more relays share a backlog when each takes fewer)")
 @click.option("--timeout", type=click.FloatRange(0.1, 15), default=15.0, show_default=True,
               help="seconds a receiver has to answer 2xx")
-@click.option("--senders", type=click.IntRange(1, 64), default=8, show_default=True,
+@click.option("--senders", type=click.IntRange(1, 64), default=SENDERS, show_default=True,
               help="deliveries sent side by side (each to a different aggregate)")
-@click.option("--run", "run_length", type=click.IntRange(1, 100), default=10, show_default=True,
+@click.option("--run", "run_length", type=click.IntRange(1, 100), default=RUN, show_default=True,
               help="events of one aggregate sent one after another per round (its backlog drains faster)")
 @click.option("--lease", type=click.FloatRange(1, 3600), default=60, show_default=True,
               help="seconds a claimed delivery stays this relay's before another may take it over "

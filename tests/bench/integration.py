@@ -2,16 +2,17 @@
 loop to the same receiver measured in the same run.
 
 Throughput: ``--events`` events (over ``--aggregates`` aggregates) committed while the endpoint
-is disabled, ``--relays`` ``mes relay`` processes started (runs of ``--run`` events per aggregate,
-8 senders each), and once every one is running the endpoint is enabled; events per second from
-then until the last arrives. The receiver is this process, as a receiver is its own system.
+is disabled, ``--relays`` ``mes relay`` processes started (each taking up to ``--batch``
+aggregates a round, runs of ``--run`` events per aggregate, 8 senders), and once every one is
+running the endpoint is enabled; events per second from then until the last arrives. The
+receiver runs in a process of its own, as a receiver is its own system.
 ``--in-process``: the relays run as threads of this process instead (as in ``mes demo``).
 Commit-to-receipt: ``--latency-events`` events committed one at a time while a relay runs
 (default poll interval); the time from each commit to its arrival. Baseline: the same bodies
 POSTed one after another, on one keep-alive connection.
 
     python -m tests.bench.integration [--db sqlite|postgresql] [--events 2000] [--latency-events 200]
-        [--relays 2] [--run 10] [--in-process]
+        [--relays 2] [--run 25] [--batch 16] [--in-process]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import urllib3
 
+from mes.integration.relay import BATCH, RUN
 from tests.bench.common import bench_database, make_bench_app, parser, percentiles, ratio
 
 
@@ -102,14 +104,14 @@ class Sink:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_relays(app: Any, url: str, count: int, run_length: int) -> list[subprocess.Popen[str]]:
+def start_relays(app: Any, url: str, count: int, run_length: int, batch: int) -> list[subprocess.Popen[str]]:
     """``count`` ``mes relay`` processes on ``url``; returns once each says it is running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
     env.update({"MES_DATABASE_URL": url, "MES_HOME": app.config["MES_HOME"], "MES_SECRET_KEY": "bench",
                 "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING"})
     if app.config.get("MES_AUDIT_TAG_KEY_PATH"):
         env["MES_AUDIT_TAG_KEY_PATH"] = app.config["MES_AUDIT_TAG_KEY_PATH"]
-    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--run", str(run_length),
+    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--run", str(run_length), "--batch", str(batch),
            "--poll", "0.05"]
     procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(count)]
@@ -130,7 +132,7 @@ def stop_relays(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def run(backend: str, events: int, latency_events: int, aggregates: int, relays: int = 2,
-        run_length: int = 10, in_process: bool = False) -> dict[str, Any]:
+        run_length: int = RUN, in_process: bool = False, batch: int = BATCH) -> dict[str, Any]:
     from sqlalchemy import select
 
     from mes.audit.log import Actor, Event, record
@@ -169,12 +171,12 @@ def run(backend: str, events: int, latency_events: int, aggregates: int, relays:
             threads: list[threading.Thread] = []
             procs: list[subprocess.Popen[str]] = []
             if in_process:
-                workers = [Relay(app, name=f"bench-{n}", poll_s=0.05, run=run_length) for n in range(relays)]
+                workers = [Relay(app, name=f"bench-{n}", poll_s=0.05, run=run_length, batch=batch) for n in range(relays)]
                 threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
                 for thread in threads:
                     thread.start()
             else:
-                procs = start_relays(app, url, relays, run_length)
+                procs = start_relays(app, url, relays, run_length, batch)
             try:
                 started = time.perf_counter()
                 ops.set_state(actor, "sink", EndpointState.ENABLED, "bench: deliver the backlog")
@@ -215,7 +217,7 @@ def run(backend: str, events: int, latency_events: int, aggregates: int, relays:
     lat, bare_p = _p95(latencies), _p95(bare)
     return {
         "benchmark": "integration", "db": backend, "events": events, "aggregates": aggregates, "relays": relays,
-        "run": run_length, "relays_as": "threads of the bench" if in_process else "mes relay processes",
+        "run": run_length, "batch": batch, "relays_as": "threads of the bench" if in_process else "mes relay processes",
         "relay_events_per_s": round(relay_rate, 1), "bare_posts_per_s": round(bare_rate, 1),
         "ratio_relay_to_bare_throughput": ratio(relay_rate, bare_rate),
         "commit_to_receipt": lat, "relay_poll_s": poll_s, "bare_post": bare_p,
@@ -236,11 +238,12 @@ def main() -> None:
     ap.add_argument("--latency-events", type=int, default=200)
     ap.add_argument("--aggregates", type=int, default=20)
     ap.add_argument("--relays", type=int, default=2)
-    ap.add_argument("--run", type=int, default=10)
+    ap.add_argument("--run", type=int, default=RUN, help="events of an aggregate a round (mes relay --run)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="aggregates a relay takes a round (mes relay --batch)")
     ap.add_argument("--in-process", action="store_true", help="relays as threads of this process")
     args = ap.parse_args()
     started = time.perf_counter()
-    result = run(args.db, args.events, args.latency_events, args.aggregates, args.relays, args.run, args.in_process)
+    result = run(args.db, args.events, args.latency_events, args.aggregates, args.relays, args.run, args.in_process, args.batch)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 
