@@ -110,8 +110,9 @@ def _start_witness(home: Path, vkey: str) -> tuple[subprocess.Popen, str]:
 
 def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s: float, start_at: float,
               until: float, source: str, out: Any) -> None:
-    """One kiosk (its own process): log in, watch the line over Socket.IO, then run batch
-    after batch until ``until`` (wall clock), one step at a time with the think time between.
+    """One kiosk (its own process): log in, watch the line over Socket.IO (WebSocket through nginx,
+    as the kiosk does), then run batch after batch until ``until`` (wall clock), one step at a
+    time with the think time between.
     Sends back ``(completions [(t, s)], errors, live latencies, live received, in-app times)``."""
     import socketio
 
@@ -129,7 +130,7 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
                 if "sent" in data else None, namespace="/live")
         cookie = "; ".join(f"{k}={v}" for k, v in client.http.cookies.items())
         sock.connect(base, headers={"Cookie": cookie, "X-MES-Terminal": kiosk}, namespaces=["/live"],
-                     transports=["polling"], wait_timeout=30)
+                     transports=["websocket"], wait_timeout=30)
         sock.call("watch_line", {"line": "LINE-1"}, namespace="/live", timeout=30)
     except Exception as exc:  # noqa: BLE001
         out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, []))
