@@ -93,7 +93,7 @@ class World:
     def actor(self, role: str) -> Any:
         uid = self.seeded.users[role]
         terminal = "KIOSK-01" if role == "operator" else "QA-WS-01"
-        return users.actor_for(users.get_user(uid), role, terminal)
+        return users.actor_for(users.get_user(uid), "qa" if role == "qa2" else role, terminal)
 
     def creds(self, role: str) -> Credentials:
         return Credentials(PASSWORD, user_id=self.seeded.users[role])
@@ -327,25 +327,41 @@ def second_qa(world: World) -> tuple[UserSession, Credentials]:
     return world.sessions["qa2"], world.creds("qa2")
 
 
-def review_exceptions(world: World, batch_id: str, role: str = "qa") -> int:
-    """QA marks every current exception of the batch reviewed; how many it marked."""
+def independent_signer(world: World, batch_id: str) -> tuple[UserSession, Credentials]:
+    """Session and credentials of :func:`independent_qa`."""
+    qa = independent_qa(world, batch_id)
+    return world.sessions[qa], world.creds(qa)
+
+
+def review_exceptions(world: World, batch_id: str, role: str | None = None) -> int:
+    """QA (by default one who took no part in the batch) marks every current exception of the
+    batch reviewed; how many it marked."""
+    role = role or independent_qa(world, batch_id)
     pending = ex.unreviewed_exceptions(batch_id)
     for e in pending:
         ex.mark_exception_reviewed(world.actor(role), batch_id, e["key"], "reviewed")
     return len(pending)
 
 
+def independent_qa(world: World, batch_id: str) -> str:
+    """The QA role that may review and decide the batch (segregation of duties): ``qa``, or
+    ``qa2`` when ``qa`` performed or verified a step of it (a QA gate)."""
+    if ex.performed_or_verified(batch_id, world.seeded.users["qa"]):
+        second_qa(world)
+        return "qa2"
+    return "qa"
+
+
 def review_and_release(world: World, batch_id: str) -> None:
-    """QA reviews every exception and the audit trail, signs the review, and a QA person who
-    performed and verified no step of the batch releases it."""
+    """A QA person who performed and verified no step of the batch reviews every exception and
+    the audit trail, signs the review, and releases it."""
     from mes.audit.review import review_trail
 
-    review_exceptions(world, batch_id)
-    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
-    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
-    releaser = "qa2" if ex.performed_or_verified(batch_id, world.seeded.users["qa"]) else "qa"
-    row, creds = second_qa(world) if releaser == "qa2" else (world.sessions["qa"], world.creds("qa"))
-    ex.release_batch(row, creds, batch_id, "released", terminal="QA-WS-01")
+    qa = independent_qa(world, batch_id)
+    review_exceptions(world, batch_id, qa)
+    review_trail(world.sessions[qa], world.creds(qa), batch_id, "trail reviewed", "QA-WS-01")
+    ex.review_batch(world.sessions[qa], world.creds(qa), batch_id, terminal="QA-WS-01")
+    ex.release_batch(world.sessions[qa], world.creds(qa), batch_id, "released", terminal="QA-WS-01")
 
 
 #: a dispensing operation: the booth's equipment check, identify, a multi-container weighing

@@ -25,6 +25,7 @@ from tests.execution_helpers import (
     PCM,
     do_step,
     effective_recipe,
+    independent_signer,
     make_world,
     review_exceptions,
     run_until,
@@ -170,8 +171,8 @@ def _review(world, batch_id: str) -> None:
     from mes.audit.review import review_trail
 
     review_exceptions(world, batch_id)
-    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
-    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+    review_trail(*independent_signer(world, batch_id), batch_id, "trail reviewed", "QA-WS-01")
+    ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
 
 
 def test_batch_disposition_controls_its_output_lot(app: Flask, monkeypatch) -> None:

@@ -8,7 +8,7 @@ from flask import Flask
 
 from mes.execution import operations as ex
 from mes.materials import operations as mat
-from tests.execution_helpers import make_world
+from tests.execution_helpers import make_world, second_qa
 from tests.helpers import logged_in
 from tests.test_qa_release import _batch
 
@@ -50,10 +50,15 @@ def test_qa_lists_filter_page_and_order(app: Flask, client, monkeypatch) -> None
     assert hold["lot"] == bulk and hold["reason"] == "supplier recall"
     # an exception marked reviewed through the API
     key = stored[0]["key"]
+    # qa1 signed the batch's QA gate: segregation of duties keeps them from reviewing it
+    refused = qa.post(f"/api/v1/batches/{done}/exceptions/reviewed", {"key": key, "note": "assessed"})
+    assert refused.status_code == 409 and "segregation of duties" in refused.get_json()["detail"]
+    second_qa(world)
+    qa = logged_in(client, world.seeded, "qa2")
     r = qa.post(f"/api/v1/batches/{done}/exceptions/reviewed", {"key": key, "note": "assessed"})
     assert r.status_code == 201, r.get_json()
     listed = qa.get(f"/api/v1/batches/{done}/exceptions").get_json()["exceptions"]
-    assert next(e for e in listed if e["key"] == key)["reviewed"]["by"] == "qa1"
+    assert next(e for e in listed if e["key"] == key)["reviewed"]["by"] == "qa2"
     assert qa.post(f"/api/v1/batches/{done}/exceptions/reviewed", {"key": key}).status_code == 409
     assert qa.post(f"/api/v1/batches/{done}/exceptions/reviewed", {"key": "nothing:1"}).status_code == 404
     # an operator may not mark exceptions reviewed

@@ -49,16 +49,20 @@ def test_qa_pages_take_a_batch_from_exceptions_to_release(app: Flask, client, mo
     # the batch review is refused with the reason while exceptions are unreviewed
     r = _form(qa, f"/qa/batches/{batch_id}/review", {"password": PASSWORD})
     assert r.status_code == 409 and "not reviewed" in unescape(r.get_data(as_text=True))
-    for key in [e["key"] for e in ex.unreviewed_exceptions(batch_id)]:
-        assert _form(qa, f"/qa/batches/{batch_id}/exceptions/reviewed", {"key": key, "note": "ok"}).status_code == 302
-    assert ex.unreviewed_exceptions(batch_id) == []
-    assert _form(qa, f"/qa/batches/{batch_id}/trail-review", {"password": PASSWORD}).status_code == 302
-    assert _form(qa, f"/qa/batches/{batch_id}/review", {"password": PASSWORD}).status_code == 302
-    assert ex.get_batch(batch_id).status == "reviewed"
-    # qa1 verified the QA gate: the page refuses their release and says why
-    r = _form(qa, f"/qa/batches/{batch_id}/release", {"decision": "released", "password": PASSWORD})
+    # qa1 verified the QA gate: the page refuses their review of the batch's exceptions and says why
+    first = ex.unreviewed_exceptions(batch_id)[0]["key"]
+    r = _form(qa, f"/qa/batches/{batch_id}/exceptions/reviewed", {"key": first, "note": "ok"})
     assert r.status_code == 409 and "segregation of duties" in unescape(r.get_data(as_text=True))
     qa2 = logged_in(app.test_client(), world.seeded, "qa2")
+    for key in [e["key"] for e in ex.unreviewed_exceptions(batch_id)]:
+        assert _form(qa2, f"/qa/batches/{batch_id}/exceptions/reviewed", {"key": key, "note": "ok"}).status_code == 302
+    assert ex.unreviewed_exceptions(batch_id) == []
+    assert _form(qa2, f"/qa/batches/{batch_id}/trail-review", {"password": PASSWORD}).status_code == 302
+    assert _form(qa2, f"/qa/batches/{batch_id}/review", {"password": PASSWORD}).status_code == 302
+    assert ex.get_batch(batch_id).status == "reviewed"
+    # nor may qa1 release it
+    r = _form(qa, f"/qa/batches/{batch_id}/release", {"decision": "released", "password": PASSWORD})
+    assert r.status_code == 409 and "segregation of duties" in unescape(r.get_data(as_text=True))
     r = _form(qa2, f"/qa/batches/{batch_id}/release", {"decision": "released", "password": PASSWORD})
     assert r.status_code == 302, r.get_data(as_text=True)
     assert ex.get_batch(batch_id).status == "released" and ex.get_batch(batch_id).decided_by == "qa2"

@@ -21,6 +21,8 @@ from mes.execution import recipes_store as store
 from mes.materials import operations as mat
 from tests.execution_helpers import (
     effective_recipe,
+    independent_qa,
+    independent_signer,
     make_world,
     review_exceptions,
     run_until,
@@ -58,7 +60,7 @@ def _batch(world, *, hardness: str = "100", until: str | None = None) -> str:
 
 
 def _trail(world, batch_id: str) -> None:
-    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
+    review_trail(*independent_signer(world, batch_id), batch_id, "trail reviewed", "QA-WS-01")
 
 
 def _release(world, batch_id: str, decision: str = "released", **kw):
@@ -69,7 +71,7 @@ def _release(world, batch_id: str, decision: str = "released", **kw):
 def _ready(world, batch_id: str) -> None:
     review_exceptions(world, batch_id)
     _trail(world, batch_id)
-    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+    ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
 
 
 def test_release_refused_while_a_step_is_open(app: Flask, monkeypatch) -> None:
@@ -114,7 +116,7 @@ def test_release_refused_while_a_deviation_is_unresolved(app: Flask, monkeypatch
     _trail(world, batch_id)
     assert any(dev.id in p and "not resolved" in p for p in ex.release_blockers(batch_id))
     with pytest.raises(Conflict, match=dev.id):
-        ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+        ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     ex.disposition_deviation(world.sessions["qa"], world.creds("qa"), dev.id, "use_as_is", "legible enough",
                              terminal="QA-WS-01")
     assert not any(dev.id in p for p in ex.release_blockers(batch_id))
@@ -132,7 +134,7 @@ def test_release_refused_while_a_consumed_lot_is_not_released(app: Flask, monkey
     review_exceptions(world, batch_id)
     _trail(world, batch_id)
     with pytest.raises(Conflict, match=f"consumed lot\\(s\\) {bulk} are not released"):
-        ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+        ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
 
 
 def test_release_refused_while_an_exception_is_unreviewed(app: Flask, monkeypatch) -> None:
@@ -145,7 +147,7 @@ def test_release_refused_while_an_exception_is_unreviewed(app: Flask, monkeypatc
     problems = ex.release_blockers(batch_id)
     assert any("not reviewed" in p and ool[0]["key"] in p for p in problems)
     with pytest.raises(Conflict, match="exception\\(s\\) are not reviewed"):
-        ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+        ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     review_exceptions(world, batch_id)
     assert ex.unreviewed_exceptions(batch_id) == []
     assert not any("not reviewed" in p for p in ex.release_blockers(batch_id))
@@ -157,23 +159,42 @@ def test_release_refused_without_an_audit_trail_review(app: Flask, monkeypatch) 
     review_exceptions(world, batch_id)
     assert ex.release_blockers(batch_id) == ["no signed audit-trail review covers the batch's current record"]
     with pytest.raises(Conflict, match="audit-trail review"):
-        ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+        ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     _trail(world, batch_id)
     assert ex.release_blockers(batch_id) == []
 
 
-def test_releasing_qa_user_performed_and_verified_no_step_of_the_batch(app: Flask, monkeypatch) -> None:
+def test_a_qa_person_who_took_part_in_a_batch_may_not_review_release_or_reject_it(app: Flask, monkeypatch) -> None:
+    """Segregation of duties for every QA act on a batch, on the server: qa1 signed its QA gate,
+    so qa1 may not review its exceptions or its audit trail, review it, release it or reject it;
+    each refusal is audited with its reason, and qa2, who took no part, does all of it."""
     world = make_world(monkeypatch)
-    batch_id = _batch(world)  # qa1 signed (verified) the QA gate
-    _ready(world, batch_id)
+    batch_id = _batch(world, hardness="130")  # qa1 signed (verified) the QA gate; one value out of limits
     assert ex.performed_or_verified(batch_id, "qa1") == ["qa_gate"]
-    problems = ex.release_blockers(batch_id, "qa1")
-    assert any(p.startswith("segregation of duties: qa1") and "qa_gate" in p for p in problems)
-    with pytest.raises(Conflict, match="segregation of duties"):
-        ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
+    qa1, creds1 = world.sessions["qa"], world.creds("qa")
+    [ool] = [e for e in ex.exceptions(batch_id) if e["type"] == "out_of_limits"]
+    with pytest.raises(Conflict, match="segregation of duties: qa1 .*qa_gate.* may not review its exceptions"):
+        ex.mark_exception_reviewed(world.actor("qa"), batch_id, ool["key"], "fine")
+    with pytest.raises(Conflict, match="may not review its audit trail"):
+        review_trail(qa1, creds1, batch_id, "trail reviewed", "QA-WS-01")
+    review_exceptions(world, batch_id)  # by qa2
+    _trail(world, batch_id)
+    with pytest.raises(Conflict, match="may not review it"):
+        ex.review_batch(qa1, creds1, batch_id, terminal="QA-WS-01")
+    ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
+    assert any(p.startswith("segregation of duties: qa1") for p in ex.release_blockers(batch_id, "qa1"))
+    with pytest.raises(Conflict, match="may not release it"):
+        ex.release_batch(qa1, creds1, batch_id, "released", terminal="QA-WS-01")
+    with pytest.raises(Conflict, match="may not reject it"):
+        ex.release_batch(qa1, creds1, batch_id, "rejected", terminal="QA-WS-01")
     assert ex.get_batch(batch_id).status == "reviewed"
+    refused = [json.loads(e.entry_bytes) for e in db.session.execute(select(AuditEntry).where(
+        AuditEntry.batch_id == batch_id, AuditEntry.action.in_((ex.QA_REFUSED, ex.RELEASE_REFUSED)))
+        .order_by(AuditEntry.seq)).scalars()]
+    assert [r["after"].get("tried") or r["after"]["decision"] for r in refused] == [
+        "exception_review", "audit_review", "review", "released", "rejected"]
+    assert all(r["actor"]["id"] == "qa1" and "segregation of duties: qa1" in r["after"]["reason"] for r in refused)
     # a QA person who took no part releases it
-    second_qa(world)
     assert ex.performed_or_verified(batch_id, "qa2") == [] and ex.release_blockers(batch_id, "qa2") == []
     assert _release(world, batch_id).status == "released"
     assert ex.get_batch(batch_id).decided_by == "qa2"
@@ -183,17 +204,18 @@ def test_marking_an_exception_reviewed_is_recorded_once_and_audited(app: Flask, 
     world = make_world(monkeypatch)
     batch_id = _batch(world, hardness="130")
     [ool] = [e for e in ex.exceptions(batch_id) if e["type"] == "out_of_limits"]
-    row = ex.mark_exception_reviewed(world.actor("qa"), batch_id, ool["key"], "  within process capability  ")
-    assert (row.reviewed_by, row.note, row.exception_type) == ("qa1", "within process capability", "out_of_limits")
+    qa = world.actor(independent_qa(world, batch_id))  # qa2: qa1 signed the QA gate
+    row = ex.mark_exception_reviewed(qa, batch_id, ool["key"], "  within process capability  ")
+    assert (row.reviewed_by, row.note, row.exception_type) == ("qa2", "within process capability", "out_of_limits")
     [again] = [e for e in ex.exceptions(batch_id) if e["key"] == ool["key"]]
-    assert again["reviewed"]["by"] == "qa1" and again["reviewed"]["note"] == "within process capability"
+    assert again["reviewed"]["by"] == "qa2" and again["reviewed"]["note"] == "within process capability"
     entry = db.session.execute(select(AuditEntry).where(AuditEntry.action == "batch.exception.reviewed")).scalar_one()
     body = json.loads(entry.entry_bytes)
-    assert entry.batch_id == batch_id and body["after"]["exception"] == ool["key"] and body["actor"]["id"] == "qa1"
+    assert entry.batch_id == batch_id and body["after"]["exception"] == ool["key"] and body["actor"]["id"] == "qa2"
     with pytest.raises(Conflict, match="already reviewed"):
-        ex.mark_exception_reviewed(world.actor("qa"), batch_id, ool["key"])
+        ex.mark_exception_reviewed(qa, batch_id, ool["key"])
     with pytest.raises(NotFound):
-        ex.mark_exception_reviewed(world.actor("qa"), batch_id, "out_of_limits:nothing")
+        ex.mark_exception_reviewed(qa, batch_id, "out_of_limits:nothing")
 
 
 def test_conditional_release_propagates_through_genealogy(app: Flask, monkeypatch) -> None:
@@ -220,11 +242,11 @@ def test_conditional_release_propagates_through_genealogy(app: Flask, monkeypatc
     _trail(world, batch_id)
     assert any(bulk in p and "open conditions" in p for p in ex.release_blockers(batch_id))
     with pytest.raises(Conflict, match="open conditions"):
-        ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+        ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     # conditions met: the batch is released conditionally and its own lot carries the condition on
     mat.meet_conditions(world.actor("qa"), hold.id, "dissolution passed")
     _trail(world, batch_id)
-    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+    ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     _release(world, batch_id, "conditionally_released", conditions="Ship only after the 3-month stability pull")
     usable = mat.check_usable(out_lot)
     assert usable.ok and usable.conditional and "stability pull" in usable.reason

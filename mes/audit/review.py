@@ -30,7 +30,21 @@ def review_record(review_id: str) -> dict[str, Any]:
 
 def review_trail(session_row: UserSession, credentials: esig.Credentials, batch: str | None, comment: str,
                  terminal: str | None) -> AuditReview:
-    """Record and sign (meaning ``reviewed``) a review of the trail as it is now."""
+    """Record and sign (meaning ``reviewed``) a review of the trail as it is now. A batch's
+    trail is reviewed by a person who took no part in the batch (segregation of duties,
+    :func:`mes.execution.release.independent_of`); that refusal is audited."""
+    if batch is not None:
+        from mes.errors import Conflict
+        from mes.execution.models import Batch
+        from mes.execution.release import independent_of, refused_qa_action
+        from mes.users.operations import actor_for
+
+        if db.session.get(Batch, batch) is not None:
+            try:
+                independent_of(batch, session_row.user_id, "review its audit trail")
+            except Conflict as exc:
+                refused_qa_action(actor_for(session_row.user, "qa", terminal), batch, "audit_review", exc)
+                raise
     query = select(func.count(), func.max(AuditEntry.seq)).select_from(AuditEntry)
     if batch is not None:
         query = query.where(AuditEntry.batch_id == batch)

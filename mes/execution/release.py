@@ -13,7 +13,7 @@ from mes.audit import canonical
 from mes.audit.log import Actor, Event, record
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import db
-from mes.errors import Conflict, NotFound, ValidationFailed
+from mes.errors import Conflict, MESError, NotFound, ValidationFailed
 from mes.execution import common
 from mes.execution.batches import get_batch, steps_of
 from mes.execution.claims import _release_claims
@@ -124,8 +124,19 @@ def unreviewed_exceptions(batch_id: str) -> list[dict[str, Any]]:
 
 
 def mark_exception_reviewed(actor: Actor, batch_id: str, key: str, note: str | None = None) -> ExceptionReview:
-    """QA marks one current exception of the batch reviewed (once; audited)."""
+    """QA marks one current exception of the batch reviewed (once; audited), as a person who took
+    no part in the batch; a refusal is audited (:data:`QA_REFUSED`)."""
+    try:
+        return _mark_exception_reviewed(actor, batch_id, key, note)
+    except (Conflict, NotFound) as exc:
+        if db.session.get(Batch, batch_id) is not None:
+            refused_qa_action(actor, batch_id, "exception_review", exc, {"exception": key})
+        raise
+
+
+def _mark_exception_reviewed(actor: Actor, batch_id: str, key: str, note: str | None) -> ExceptionReview:
     batch = _locked(Batch, batch_id)
+    independent_of(batch_id, actor.id, "review its exceptions")
     if batch.status in (BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
         raise Conflict(f"Batch {batch_id} is already {batch.status}; its exceptions are closed.")
     found = next((e for e in _found(batch_id) if e["key"] == key), None)
@@ -161,6 +172,22 @@ def performed_or_verified(batch_id: str, user_id: str) -> list[str]:
     return [steps[i].step_id for i in sorted(mine & set(steps), key=lambda i: steps[i].seq)]
 
 
+def independent_of(batch_id: str, user_id: str, act: str) -> None:
+    """Segregation of duties (issue 19): a person who performed or verified a step of the batch
+    may not ``act`` on it (review its exceptions or its audit trail, review, release or reject
+    it). Raises Conflict with the steps named."""
+    own = performed_or_verified(batch_id, user_id)
+    if own:
+        problem = sod_problem(user_id, own, act)
+        raise Conflict(f"Batch {batch_id}: {problem}.", problems=[problem])
+
+
+def sod_problem(user_id: str, own: list[str], act: str) -> str:
+    """The refusal's sentence: who, the steps they took part in, and what they may not do."""
+    return f"segregation of duties: {user_id} performed or verified step(s) {', '.join(own[:5])} of this batch " \
+           f"and may not {act}"
+
+
 def unreleased_consumed_lots(batch_id: str) -> list[str]:
     """Lots the batch consumed (not reversed) that are not released now, or are on an active hold."""
     out = []
@@ -191,9 +218,10 @@ def batch_record(batch_id: str) -> dict[str, Any]:
             "ebr_sha256": ebr_sha256(batch_id)}
 
 
-def release_blockers(batch_id: str, releaser: str | None = None) -> list[str]:
+def release_blockers(batch_id: str, releaser: str | None = None, act: str = "release it") -> list[str]:
     """Why the batch cannot be released now (empty: it can); with ``releaser`` (the QA user
-    about to sign) also segregation of duties: they performed and verified no step of it."""
+    about to sign; ``act``: what they would do) also segregation of duties: they performed and
+    verified no step of it (:func:`independent_of`)."""
     batch = get_batch(batch_id)
     problems = []
     open_steps = [s.step_id for s in steps_of(batch_id) if s.state != StepState.COMPLETED.value]
@@ -221,8 +249,7 @@ def release_blockers(batch_id: str, releaser: str | None = None) -> list[str]:
     if releaser is not None:
         own = performed_or_verified(batch_id, releaser)
         if own:
-            problems.append(f"segregation of duties: {releaser} performed or verified step(s) "
-                            f"{', '.join(own[:5])} of this batch and may not release it")
+            problems.append(sod_problem(releaser, own, act))
     problems.extend(esig.forged_signatures_in_batch(batch.id))  # issue 17: never release on a forged signature
     return problems
 
@@ -259,11 +286,21 @@ def _reviewed_trail(batch_id: str) -> bool:
 
 def review_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, *, terminal: str | None,
                  comment: str | None = None) -> Batch:
-    """QA signs the batch record as reviewed (meaning ``reviewed``): completed → reviewed."""
+    """QA signs the batch record as reviewed (meaning ``reviewed``): completed → reviewed, by a
+    QA person who took no part in it. A refusal is audited (:data:`QA_REFUSED`)."""
+    try:
+        return _review_batch(session_row, credentials, batch_id, terminal=terminal, comment=comment)
+    except (Conflict, ValidationFailed) as exc:
+        refused_qa_action(actor_for(session_row.user, "qa", terminal), batch_id, "review", exc)
+        raise
+
+
+def _review_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, *, terminal: str | None,
+                  comment: str | None) -> Batch:
     batch = _locked(Batch, batch_id)
     if batch.status != BatchStatus.COMPLETED.value:
         raise Conflict(f"Batch {batch_id} is {batch.status}; only a completed batch is reviewed.")
-    problems = release_blockers(batch_id)
+    problems = release_blockers(batch_id, session_row.user_id, "review it")
     if problems:
         raise Conflict(f"Batch {batch_id} cannot be reviewed: " + "; ".join(problems) + ".", problems=problems)
     actor = actor_for(session_row.user, "qa", terminal)
@@ -305,13 +342,28 @@ def _refused_release(session_row: UserSession, batch_id: str, decision: Any, ter
                      error: Conflict | ValidationFailed) -> None:
     """Audit a refused release of an existing batch, in a transaction of its own (the
     attempt itself is rolled back): the decision tried, the reason shown and the blockers."""
+    _refused(actor_for(session_row.user, "qa", terminal), batch_id, RELEASE_REFUSED, {"decision": decision}, error)
+
+
+#: The audit action of a refused QA review: of the batch, of one of its exceptions or of its
+#: audit trail (as a release's refusal, a record of what was tried, why, and by whom).
+QA_REFUSED = "batch.qa.refused"
+
+
+def refused_qa_action(actor: Actor, batch_id: str, tried: str, error: MESError,
+                      detail: dict[str, Any] | None = None) -> None:
+    """Audit a refused QA review of an existing batch in a transaction of its own (the attempt is rolled back)."""
+    _refused(actor, batch_id, QA_REFUSED, {"tried": tried, **(detail or {})}, error)
+
+
+def _refused(actor: Actor, batch_id: str, action: str, tried: dict[str, Any], error: MESError) -> None:
     from mes.execution.refusals import _safe
 
     db.session.rollback()
     if db.session.get(Batch, batch_id) is None:
         return  # nothing to attach it to
-    record(actor_for(session_row.user, "qa", terminal), RELEASE_REFUSED, ("batch", batch_id), batch=batch_id,
-           after={"decision": _safe(decision), "reason": error.detail, "code": error.slug,
+    record(actor, action, ("batch", batch_id), batch=batch_id,
+           after={**{k: _safe(v) for k, v in tried.items()}, "reason": error.detail, "code": error.slug,
                   "problems": _safe(list(error.extra.get("problems") or []))})
     db.session.commit()
 
@@ -336,6 +388,8 @@ def _release_batch(session_row: UserSession, credentials: esig.Credentials, batc
             raise Conflict(f"Batch {batch_id} cannot be released: " + "; ".join(problems) + ".", problems=problems)
     elif batch.status in (BatchStatus.RELEASED.value, BatchStatus.REJECTED.value):
         raise Conflict(f"Batch {batch_id} is already {batch.status}.")
+    else:
+        independent_of(batch_id, session_row.user_id, "reject it")
     actor = actor_for(session_row.user, "qa", terminal)
     ebr = ebr_sha256(batch_id)
     meaning = "rejected" if decision == "rejected" else "released"

@@ -47,7 +47,7 @@ def released(steps: int) -> tuple[str, float]:
     """Run a batch of ``steps`` steps to release; the batch id and the release call's time."""
     from mes.execution import operations as ex
     from mes.execution import recipes_store as store
-    from tests.execution_helpers import effective_recipe, make_world, review_exceptions, run_until, start, stock
+    from tests.execution_helpers import effective_recipe, independent_signer, make_world, review_exceptions, run_until, start, stock
 
     mp = pytest.MonkeyPatch()
     world = make_world(mp)
@@ -63,10 +63,10 @@ def released(steps: int) -> tuple[str, float]:
     from mes.audit.review import review_trail
 
     review_exceptions(world, batch_id)  # the corrections are exceptions QA reviews by exception
-    review_trail(world.sessions["qa"], world.creds("qa"), batch_id, "trail reviewed", "QA-WS-01")
-    ex.review_batch(world.sessions["qa"], world.creds("qa"), batch_id, terminal="QA-WS-01")
+    review_trail(*independent_signer(world, batch_id), batch_id, "trail reviewed", "QA-WS-01")
+    ex.review_batch(*independent_signer(world, batch_id), batch_id, terminal="QA-WS-01")
     t = time.perf_counter()
-    ex.release_batch(world.sessions["qa"], world.creds("qa"), batch_id, "released", terminal="QA-WS-01")
+    ex.release_batch(*independent_signer(world, batch_id), batch_id, "released", terminal="QA-WS-01")
     took = time.perf_counter() - t
     mp.undo()
     return batch_id, took

@@ -1,7 +1,8 @@
 """Benchmark: QA takes a completed batch with 10 exceptions from opening it to release through
 the QA workstation pages (real HTTP server on loopback, real database): the batch list, the
-batch page, each exception marked reviewed (and the page again), the full record, the signed
-audit-trail review, the signed batch review and the signed release by a second QA person;
+batch page, the full record, and by a second QA person (the first signed the QA gate:
+segregation of duties) each exception marked reviewed (and the page again), the signed
+audit-trail review, the signed batch review and the signed release;
 the time of each page (round trip on loopback: the server's time) beside a bare request
 (``/healthz``) measured in the same run.
 
@@ -86,7 +87,7 @@ def run(backend: str, batches: int, exceptions: int, n: int) -> dict[str, Any]:
         thread.start()
         base = f"http://127.0.0.1:{server.server_port}"
         try:
-            qa1, csrf1 = login(base, "qa1")
+            qa1, _ = login(base, "qa1")
             qa2, csrf2 = login(base, "qa2")
 
             def page(http: requests.Session, name: str, path: str, form: dict[str, str] | None = None) -> str:
@@ -104,15 +105,15 @@ def run(backend: str, batches: int, exceptions: int, n: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 page(qa1, "batch_list", "/qa/batches?status=completed")
                 html = page(qa1, "batch_page", f"/qa/batches/{batch_id}")
+                # qa1 signed the batch's QA gate: qa2, who took no part, reviews and releases it
                 for key in re.findall(r'<input type="hidden" name="key" value="([^"]+)">', html):
-                    page(qa1, "mark_reviewed", f"/qa/batches/{batch_id}/exceptions/reviewed",
-                         {"csrf_token": csrf1, "key": key, "note": "assessed"})
-                    page(qa1, "batch_page", f"/qa/batches/{batch_id}")
+                    page(qa2, "mark_reviewed", f"/qa/batches/{batch_id}/exceptions/reviewed",
+                         {"csrf_token": csrf2, "key": key, "note": "assessed"})
+                    page(qa2, "batch_page", f"/qa/batches/{batch_id}")
                 page(qa1, "full_record", f"/qa/batches/{batch_id}/record")
-                page(qa1, "trail_review", f"/qa/batches/{batch_id}/trail-review",
-                     {"csrf_token": csrf1, "password": PASSWORD})
-                page(qa1, "batch_review", f"/qa/batches/{batch_id}/review", {"csrf_token": csrf1, "password": PASSWORD})
-                page(qa2, "batch_page", f"/qa/batches/{batch_id}")
+                page(qa2, "trail_review", f"/qa/batches/{batch_id}/trail-review",
+                     {"csrf_token": csrf2, "password": PASSWORD})
+                page(qa2, "batch_review", f"/qa/batches/{batch_id}/review", {"csrf_token": csrf2, "password": PASSWORD})
                 page(qa2, "release", f"/qa/batches/{batch_id}/release",
                      {"csrf_token": csrf2, "decision": "released", "password": PASSWORD})
                 flows.append(time.perf_counter() - started)
