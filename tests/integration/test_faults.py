@@ -61,6 +61,33 @@ def check_exactly_once_in_order(receiver: Receiver, wanted: set[str]) -> None:
     assert all(r.body == first[r.webhook_id] for r in receiver.received if r.webhook_id in first)
 
 
+def stall_answer(number: int) -> tuple[Any, threading.Event, threading.Event]:
+    """A receiver policy that holds its ``number``-th answer until ``release`` is set; ``hit``
+    is set when that answer is being held."""
+    hit, release = threading.Event(), threading.Event()
+    count = [0]
+
+    def policy(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        count[0] += 1
+        if count[0] == number:
+            hit.set()
+            release.wait(60)
+        return 204, {}
+
+    return policy, hit, release
+
+
+def start_relay_process(app: Flask, database_url: str, home: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``mes relay`` with ``options`` as its own process on the test's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
+    env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(home), "MES_SECRET_KEY": "x",
+                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
+                "MES_AUDIT_TAG_KEY_PATH": os.environ["MES_AUDIT_TAG_KEY_PATH"]})
+    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--poll", "0.02", "--batch", "20",
+           *options]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def test_receiver_down_while_1000_events_are_produced_then_back(app: Flask, receiver: Receiver) -> None:
     add_endpoint(receiver)
     receiver.stop()
@@ -84,24 +111,9 @@ def test_relay_sigkilled_mid_batch_then_restarted(app: Flask, receiver: Receiver
     add_endpoint(receiver)
     produce_many(200, aggregates=20)
     wanted = set(read(select(OutboxEvent.id)))
-    hit, release = threading.Event(), threading.Event()
-    count = [0]
-
-    def stall_mid_batch(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
-        count[0] += 1
-        if count[0] == 30:  # a batch is out: hold this answer until the relay is dead
-            hit.set()
-            release.wait(60)
-        return 204, {}
-
-    receiver.policy = stall_mid_batch
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
-    env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
-                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
-                "MES_AUDIT_TAG_KEY_PATH": os.environ["MES_AUDIT_TAG_KEY_PATH"]})
-    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--poll", "0.02", "--batch", "20",
-           "--timeout", "1", "--lease", "1", "--schedule", "0.05,0.05,0.05"]
-    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    receiver.policy, hit, release = stall_answer(30)  # a batch is out: hold this answer until the relay is dead
+    options = ("--timeout", "1", "--lease", "1", "--schedule", "0.05,0.05,0.05")
+    first = start_relay_process(app, database_url, tmp_path / "home", *options)
     try:
         assert hit.wait(120), first.communicate(timeout=5) if first.poll() is not None else "no delivery stalled"
         first.send_signal(signal.SIGKILL)  # mid-batch: some answers in, their outcomes not recorded
@@ -110,7 +122,7 @@ def test_relay_sigkilled_mid_batch_then_restarted(app: Flask, receiver: Receiver
         release.set()
     leased = [d for d in read(select(Delivery)) if d.claimed_by and d.status == "pending"]
     assert leased, "the killed relay left leased deliveries behind"
-    second = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = start_relay_process(app, database_url, tmp_path / "home", *options)
     try:
         eventually(lambda: set(read(select(Delivery.status))) == {"delivered"} and owed_ids() == wanted,
                    timeout=180, what="every delivery recorded after the restart")
@@ -129,24 +141,8 @@ def test_a_relay_stopped_with_sigterm_mid_round_records_the_round_and_leaves_no_
     records it, so none of its aggregates waits a lease out and nothing is sent twice."""
     add_endpoint(receiver)
     produce_many(100, aggregates=10)
-    hit, release = threading.Event(), threading.Event()
-    count = [0]
-
-    def stall_one_answer(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
-        count[0] += 1
-        if count[0] == 15:  # mid-round: hold this answer until the relay has been told to stop
-            hit.set()
-            release.wait(60)
-        return 204, {}
-
-    receiver.policy = stall_one_answer
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k.startswith("MES_ARGON2_")}
-    env.update({"MES_DATABASE_URL": database_url, "MES_HOME": str(tmp_path / "home"), "MES_SECRET_KEY": "x",
-                "MES_AUDIT_KEY_PATH": app.config["MES_AUDIT_KEY_PATH"], "MES_LOG_LEVEL": "WARNING",
-                "MES_AUDIT_TAG_KEY_PATH": os.environ["MES_AUDIT_TAG_KEY_PATH"]})
-    cmd = [sys.executable, "-c", "from mes.cli import main; main()", "relay", "--poll", "0.02", "--batch", "20",
-           "--run", "5"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    receiver.policy, hit, release = stall_answer(15)  # mid-round: held until the relay has been told to stop
+    proc = start_relay_process(app, database_url, tmp_path / "home", "--run", "5")
     try:
         assert hit.wait(120), proc.communicate(timeout=5) if proc.poll() is not None else "no answer stalled"
         proc.send_signal(signal.SIGTERM)
