@@ -432,10 +432,17 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             proc.wait(10)
 
 
+def server_threads() -> str:
+    """Threads per instance: ``MES_THREADS`` as given to the bench, else ``mes run``'s default."""
+    return os.environ.get("MES_THREADS", "50")
+
+
 def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """``mes run`` on a free loopback port, configured from ``MES_*`` variables as deployed."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k == "MES_AUDIT_TAG_KEY_PATH"}
+    # MES_THREADS passes through: at 100 kiosks each instance holds one thread per WebSocket
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MES_") or k in ("MES_AUDIT_TAG_KEY_PATH", "MES_THREADS")}
     env.update({"MES_HOME": str(home), "MES_DATABASE_URL": url, "MES_SECRET_KEY": "bench-secret-key-0123456789",
                 "MES_SESSION_COOKIE_SECURE": "false", "MES_LOG_LEVEL": "ERROR",
                 "MES_AUDIT_KEY_PATH": str(home / "audit-signing.key"),
@@ -521,9 +528,9 @@ def run(backend: str, levels: list[int], steps: int, think_ms: int = 1000, worke
     return {
         "benchmark": "execution", "db": backend, "steps_per_batch": steps, "batches": levels,
         "think_ms": think_ms,
-        "server": (f"{instances} x mes run (deploy/gunicorn.conf.py, {workers} worker(s), 50 threads) behind nginx "
+        "server": (f"{instances} x mes run (deploy/gunicorn.conf.py, {workers} worker(s), {server_threads()} threads) behind nginx "
                    "(deploy/nginx/mes.conf in plain HTTP, kiosks from addresses of their own)" if instances else
-                   f"mes run (deploy/gunicorn.conf.py), {workers} worker(s), 50 threads, no proxy"),
+                   f"mes run (deploy/gunicorn.conf.py), {workers} worker(s), {server_threads()} threads, no proxy"),
         "kiosks": "one process per batch" if kiosks_as == "processes" else "one thread per batch, one process",
         "client": "http.client, one keep-alive connection per kiosk (log-in and batch start through requests)",
         "step_completion": paced, "step_completion_saturated": saturated,

@@ -16,6 +16,11 @@ and their drift from the first window to the last.
 
     python -m tests.bench.plant [--db postgresql|sqlite] [--operators 30] [--seconds 120]
                                 [--instances 2] [--think-ms 1000] [--steps 40] [--soak --window 300]
+
+Each instance holds a thread per kiosk's WebSocket: for 100 operators on 2 instances give
+them more than the default 50 (``MES_THREADS=200 python -m tests.bench.plant --operators 100``;
+with 80, the sticky spread of kiosks over the instances left one without a free thread, and
+log-ins and starts timed out).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from tests.bench.execution import (
     _stop,
     _wait_healthy,
     kiosk_address,
+    server_threads,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +64,9 @@ LOW_ARGON2 = {"MES_ARGON2_TIME_COST": "1", "MES_ARGON2_MEMORY_KIB": "8", "MES_AR
 
 
 def _env(url: str, home: Path, redis_url: str, witnesses: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_") or k == "MES_AUDIT_TAG_KEY_PATH"}
+    # MES_THREADS passes through: each instance holds one thread per kiosk's WebSocket
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MES_") or k in ("MES_AUDIT_TAG_KEY_PATH", "MES_THREADS")}
     env.update({"MES_HOME": str(home), "MES_DATABASE_URL": url, "MES_SECRET_KEY": "bench-secret-key-0123456789",
                 "MES_SESSION_COOKIE_SECURE": "false", "MES_LOG_LEVEL": "ERROR", "MES_REDIS_URL": redis_url,
                 "MES_AUDIT_KEY_PATH": str(home / "audit-signing.key"), "MES_AUDIT_WITNESSES": witnesses,
@@ -351,7 +359,7 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
     live_pct = percentiles(live)
     result: dict[str, Any] = {
         "benchmark": "plant", "db": backend, "operators": operators, "seconds": seconds, "think_ms": think_ms,
-        "server": f"{instances} x mes run (deploy/gunicorn.conf.py, 1 worker, 50 threads) behind nginx "
+        "server": f"{instances} x mes run (deploy/gunicorn.conf.py, 1 worker, {server_threads()} threads) behind nginx "
                   "(deploy/nginx/mes.conf in plain HTTP), Redis message queue, relay, witness",
         "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "seed_s": round(seed_s, 1),
