@@ -171,12 +171,12 @@ class Connections:
             return Outcome(c, None, f"{type(exc).__name__}: {exc}"[:500])
         try:
             response.read(ANSWER_READ_MAX)
+            more = response.read(1)  # a chunked answer has no length to look at: ask for one byte more
         except (urllib3.exceptions.HTTPError, OSError):
-            pass  # the status is what counts; the connection is closed below
-        finally:
-            if response.length_remaining:
-                response.close()  # not read to its end: this connection cannot be reused
-            response.release_conn()
+            more = b"?"  # the status is what counts; the connection is closed below
+        if more:
+            response.close()  # not read to its end: this connection cannot be reused
+        response.release_conn()
         status = response.status
         return Outcome(c, status, None if 200 <= status < 300 else f"HTTP {status}", response.headers.get("Retry-After"))
 
@@ -453,8 +453,6 @@ def claim_due(name: str, batch: int, lease: timedelta, run: int = 1) -> list[Cla
     the head by the same relay; a line with a backlog then drains ``run`` events a round."""
     session = db.session
     now = utcnow()
-    due = and_(Delivery.status == DeliveryStatus.PENDING.value, Delivery.next_attempt_at <= now,
-               (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until <= now))
     # each line's first undelivered event, ranked in one pass over the undelivered rows (a "no
     # earlier undelivered row" test per row costs the square of a line's backlog) and with no
     # join, so no table statistics can turn it into a pass per row
@@ -467,17 +465,14 @@ def claim_due(name: str, batch: int, lease: timedelta, run: int = 1) -> list[Cla
     try:
         heads = session.execute(
             select(ranked.c.endpoint_id, ranked.c.event_id)
-            .where(ranked.c.place == 1, ranked.c.status == DeliveryStatus.PENDING.value,
-                   ranked.c.next_attempt_at <= now,
-                   (ranked.c.claimed_until.is_(None)) | (ranked.c.claimed_until <= now),
-                   ranked.c.endpoint_id.in_(enabled))
+            .where(ranked.c.place == 1, _due(ranked.c, now), ranked.c.endpoint_id.in_(enabled))
             .order_by(ranked.c.next_attempt_at, ranked.c.position)
             .limit(batch)
         ).all()
         # then lock them, skipping any another relay is claiming right now; the lock re-reads
         # each row, so one that was leased or delivered meanwhile drops out
         keys = session.execute(
-            select(Delivery.endpoint_id, Delivery.event_id).where(_these(heads), due)
+            select(Delivery.endpoint_id, Delivery.event_id).where(_these(heads), _due(Delivery, now))
             .order_by(Delivery.position).with_for_update(skip_locked=True)
         ).all() if heads else []
         if not keys:
@@ -500,6 +495,13 @@ def claim_due(name: str, batch: int, lease: timedelta, run: int = 1) -> list[Cla
         session.rollback()
         raise
     return [Claimed(*r) for r in rows]
+
+
+def _due(t: Any, now: datetime) -> ColumnElement[bool]:
+    """Pending, its next attempt due and not leased: of the deliveries table or of a query over it
+    (``t``: the model or a subquery's columns)."""
+    return and_(t.status == DeliveryStatus.PENDING.value, t.next_attempt_at <= now,
+                (t.claimed_until.is_(None)) | (t.claimed_until <= now))
 
 
 def _these(keys: Sequence[Any]) -> ColumnElement[bool]:

@@ -384,3 +384,44 @@ def test_the_relay_uses_the_environments_proxy_unless_no_proxy_names_the_receive
     assert isinstance(through, urllib3.ProxyManager) and through.proxy.port == 3128
     assert connections.manager("https://qms.plant.example/hooks") is connections.direct
     assert connections.manager("http://erp.example/hooks") is connections.direct  # no http_proxy set
+
+
+def test_a_long_chunked_answer_does_not_spoil_the_next_delivery() -> None:
+    """A receiver's answer of unknown length (chunked), longer than the relay reads: the next
+    event still goes out whole and its answer is read right (the relay closes a connection it
+    did not read to the end rather than return it to the pool)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mes.integration.relay import ANSWER_READ_MAX, Claimed, Connections
+
+    seen: list[bytes] = []
+
+    class Chunked(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"x" * 4096
+            for _ in range(ANSWER_READ_MAX // len(chunk) + 4):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+        connections = Connections(senders=1)
+        for n in range(2):
+            c = Claimed("erp", f"E-{n}", 0, url, "whsec_x", None, None, b'{"n": %d}' % n)
+            outcome = connections.post(c, {"webhook-id": c.event_id}, 5.0)
+            assert (outcome.status, outcome.error) == (200, None)
+        assert seen == [b'{"n": 0}', b'{"n": 1}']
+    finally:
+        server.shutdown()
+        server.server_close()
