@@ -226,6 +226,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_INTEGRATION_BACKLOG_ALARM_SECONDS", "MES_INTEGRATION_BACKLOG_ALARM_SECONDS", _parse_positive_int, "900",
             "Alarm when an integration endpoint's oldest undelivered event is older than this (checked by each "
             "server's background jobs; dead letters alarm at once)"),
+    Setting("MES_LIVE_CONNECTIONS", "MES_LIVE_CONNECTIONS", _parse_positive_int, None,
+            "Live connections (WebSocket or long-poll, each holding a thread) one web instance serves at once; "
+            "more are refused with 503 and the live-connections alarm, so requests always find a thread. "
+            "Default: MES_THREADS less a fifth of them (at least 2) kept for requests"),
     Setting("MES_RELAY_IN_SERVER", "MES_RELAY_IN_SERVER", _parse_bool, "false",
             "Run an outbox relay inside the server (set by `mes demo`; in a plant run `mes relay` as its own service)"),
 )
@@ -295,6 +299,8 @@ def load_config(
     if config["MES_ARGON2_MEMORY_KIB"] < 8 * config["MES_ARGON2_PARALLELISM"]:
         raise ConfigError("MES_ARGON2_MEMORY_KIB is invalid: argon2 needs at least 8 KiB per lane "
                           f"(8 × MES_ARGON2_PARALLELISM = {8 * config['MES_ARGON2_PARALLELISM']})")
+    if "MES_LIVE_CONNECTIONS" not in config:
+        config["MES_LIVE_CONNECTIONS"] = live_connections_for(_threads(env))
     if "SQLALCHEMY_DATABASE_URI" not in config:
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{folder.database_path}"
     if "SECRET_KEY" not in config:
@@ -304,6 +310,24 @@ def load_config(
     if not config["MES_AUDIT_TAG_KEY_PATH"]:
         config["MES_AUDIT_TAG_KEY_PATH"] = str(Path(config["MES_AUDIT_KEY_PATH"]).parent / "audit-tag.key")
     return config
+
+
+#: Threads of a web instance when ``MES_THREADS`` is not set (as ``mes.server``).
+DEFAULT_THREADS = 50
+
+
+def _threads(env: Mapping[str, str]) -> int:
+    raw = (env.get("MES_THREADS") or "").strip()
+    try:
+        return max(1, int(raw)) if raw else DEFAULT_THREADS
+    except ValueError:
+        raise ConfigError(f"MES_THREADS={raw!r}: expected a whole number from 1 to 1000") from None
+
+
+def live_connections_for(threads: int) -> int:
+    """The live connections an instance with ``threads`` threads serves at once: all but a
+    fifth of them (at least 2), which are kept for requests."""
+    return max(1, threads - max(2, threads // 5))
 
 
 def database_backend(url: str) -> str:

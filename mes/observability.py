@@ -110,6 +110,10 @@ class Metrics:
                                  buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.audit_size = Gauge("mes_audit_entries", "Audit log size (entries)", registry=self.registry)
         self.open_alarms = Gauge("mes_open_alarms", "Unacknowledged alarms", registry=self.registry)
+        self.live_connections = Gauge("mes_live_connections", "Live connections (WebSocket, long-poll) served now",
+                                      registry=self.registry)
+        self.live_refused = Counter("mes_live_refused_total", "Live connections refused for want of a thread",
+                                    registry=self.registry)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -21,14 +21,18 @@ Protocol (namespace ``/live``)
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flask_socketio
 from flask import Flask, current_app, has_app_context, session
 
-__all__ = ["NAMESPACE", "close_room_sockets", "device_room", "emitter", "init_app", "line_room", "publish",
+__all__ = ["LIVE_ALARM_KIND", "NAMESPACE", "LiveBudget", "close_room_sockets", "device_room", "emitter", "init_app", "line_room", "publish",
            "session_room", "socketio"]
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ def init_app(app: Flask) -> None:
     url = app.config.get("MES_REDIS_URL") or None
     sio.init_app(app, async_mode="threading", message_queue=url, channel=CHANNEL,
                  cors_allowed_origins=None, logger=False, engineio_logger=False)
+    budget = LiveBudget(app, app.wsgi_app, app.config["MES_LIVE_CONNECTIONS"])
+    app.extensions["mes_live_budget"] = budget
+    app.wsgi_app = budget  # type: ignore[method-assign]  # outside Socket.IO's own middleware
 
 
 def emitter(redis_url: str) -> flask_socketio.SocketIO:
@@ -95,6 +102,146 @@ def publish(event: str, payload: dict[str, Any], room: str, *, app: Flask | None
         target.emit(event, payload, to=room, namespace=NAMESPACE)
     except Exception:  # noqa: BLE001 - a broken live channel must not break the caller
         log.warning("could not publish %s to %s", event, room, exc_info=True)
+
+
+# --------------------------------------------------------------------- thread budget
+
+#: The alarm raised when an instance refuses a live connection for want of room.
+LIVE_ALARM_KIND = "live-connections"
+#: How long a refused client is asked to wait before it tries again.
+LIVE_RETRY_AFTER_S = 10
+#: At most one alarm check per this many seconds while refusals go on.
+LIVE_ALARM_EVERY_S = 60.0
+
+
+class LiveBudget:
+    """WSGI middleware that keeps a web instance's threads from running out.
+
+    Under gunicorn's gthread worker a WebSocket holds its thread for as long as it is open,
+    and so does a long-poll while it waits. Without a limit the live connections of the
+    kiosks could take every thread, and a log-in or a step completion would wait in the
+    queue until its client gave up (seen: 30 s time-outs, no sentence, no alarm). So at most
+    ``limit`` live requests (``GET /socket.io/``: WebSocket or long-poll) are served at once;
+    the threads beyond them stay free for requests. A live request beyond the limit is
+    answered at once with 503 problem+json and ``Retry-After``, counted in
+    ``mes_live_refused_total``, and raises the ``live-connections`` alarm (once while it is
+    open). The kiosk then reads its scale over the REST API until it gets a live connection.
+    """
+
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app = app
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+        self.held = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._alarm_checked = -1e9
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET" or not environ.get("PATH_INFO", "").startswith("/socket.io"):
+            return self.wsgi_app(environ, start_response)
+        with self._lock:
+            full = self.held >= self.limit
+            if full:
+                self.refused += 1
+            else:
+                self.held += 1
+        self._gauge()
+        if full:
+            return self._refuse(environ, start_response)
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                with self._lock:
+                    self.held -= 1
+                self._gauge()
+
+        try:
+            result = self.wsgi_app(environ, start_response)
+        except BaseException:
+            release()
+            raise
+        return _Closing(result, release)
+
+    def _gauge(self) -> None:
+        metrics = self.app.extensions.get("mes_metrics")
+        if metrics is not None:
+            metrics.live_connections.set(self.held)
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        from mes.web import PROBLEM_BASE
+
+        detail = (f"This server instance already serves its {self.limit} live connections "
+                  "(MES_LIVE_CONNECTIONS); the rest of its threads are kept for requests. "
+                  f"Live data waits; try again in {LIVE_RETRY_AFTER_S} s. The kiosk reads its scale "
+                  "without it meanwhile. Add an instance or raise MES_THREADS.")
+        body = json.dumps({"type": PROBLEM_BASE + "live-connections-full", "status": 503,
+                           "title": "No room for another live connection", "detail": detail,
+                           "instance": environ.get("PATH_INFO", "")}).encode()
+        metrics = self.app.extensions.get("mes_metrics")
+        if metrics is not None:
+            metrics.live_refused.inc()
+        self._alarm()
+        start_response("503 Service Unavailable", [("Content-Type", "application/problem+json"),
+                                                  ("Content-Length", str(len(body))),
+                                                  ("Retry-After", str(LIVE_RETRY_AFTER_S))])
+        return [body]
+
+    def _alarm(self) -> None:
+        """Raise the ``live-connections`` alarm unless one is open (looked at once a minute at
+        most, so a storm of refusals costs no database work). Never raises."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._alarm_checked < LIVE_ALARM_EVERY_S:
+                return
+            self._alarm_checked = now
+        log.warning("live connection refused: all %s live connections of this instance are in use", self.limit,
+                    extra={"live_limit": self.limit, "live_refused": self.refused})
+        try:
+            with self.app.app_context():
+                from sqlalchemy import select
+
+                from mes.audit.log import Actor
+                from mes.db import db
+                from mes.users.models import Alarm
+                from mes.users.operations import raise_alarm
+
+                try:
+                    if db.session.execute(select(Alarm.id).where(Alarm.kind == LIVE_ALARM_KIND,
+                                                                 Alarm.acknowledged_at.is_(None))).first() is None:
+                        raise_alarm(Actor.system("live-budget"), LIVE_ALARM_KIND,
+                                    f"A web instance refused live connections: its {self.limit} live connections "
+                                    "(MES_LIVE_CONNECTIONS, from MES_THREADS) are all in use. Kiosks read their "
+                                    "scales without live data meanwhile. Add an instance or raise MES_THREADS.",
+                                    {"limit": self.limit, "refused": self.refused})
+                    else:
+                        db.session.rollback()
+                finally:
+                    db.session.remove()
+        except Exception:  # noqa: BLE001 - the refusal stands whether or not the alarm is recorded
+            log.exception("the live-connections alarm could not be raised")
+
+
+class _Closing:
+    """The app's answer, with ``release`` called once when the server closes it (a WebSocket's
+    answer is closed when the socket is)."""
+
+    def __init__(self, result: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._result = result
+        self._release = release
+
+    def __iter__(self) -> Any:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
 
 
 # --------------------------------------------------------------------- handlers

@@ -4,6 +4,7 @@ transport works with them), configured in code so ``mes run`` needs no extra fil
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,17 @@ class MESServer(Application):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # The app keeps threads free for requests (MES_LIVE_CONNECTIONS, mes.realtime.LiveBudget)
+        # out of the threads this worker really has, wherever they were set.
+        os.environ["MES_THREADS"] = str(self.cfg.threads)
         from mes.jobs import start_background_jobs
         from mes.wsgi import app
 
+        live = app.config["MES_LIVE_CONNECTIONS"]
+        if live >= self.cfg.threads:
+            logging.getLogger(__name__).warning(
+                "MES_LIVE_CONNECTIONS=%s leaves none of the %s threads free for requests: live connections "
+                "can hold them all and requests then wait", live, self.cfg.threads)
         start_background_jobs(app)
         if app.config.get("MES_SIMULATION"):
             # `mes demo`: the device gateway with its simulated scales and line runs in this worker.

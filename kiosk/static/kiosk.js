@@ -631,25 +631,54 @@
   }
 
   // ------------------------------------------------------------ live data (Socket.IO /live)
-  var socket = null;
+  var socket = null, liveUp = false, pollTimer = null, polledSequence = null;
+  function onReading(r) {
+    if (!weigh || r.device_id !== weigh.dataset.device) { return; }
+    reading = r; readingAt = performance.now();
+    if (r.status !== "disconnected") { state.deviceStatusOk = true; }
+    updateWeigh();
+  }
+  function onDeviceStatus(s) {
+    if (!weigh || s.device_id !== weigh.dataset.device) { return; }
+    state.deviceStatusOk = !!s.connected;
+    if (!s.connected) { reading = null; setDevice(false); updateWeigh(); }
+  }
+  // Without a live connection (a server with no room for another one refuses it with 503,
+  // mes.realtime.LiveBudget) the weigh step reads its scale over the REST API twice a second.
+  // Only a new reading (a new sequence) counts as fresh: a scale that went silent still shows
+  // as lost after 2 s.
+  function pollReading() {
+    if (liveUp || !weigh || !weigh.dataset.device || !state.online) { return; }
+    fetch("/api/v1/devices/" + encodeURIComponent(weigh.dataset.device),
+      { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (d) {
+        if (!d || liveUp) { return; }
+        onDeviceStatus(d);
+        if (d.connected && d.reading && d.reading.epoch + ":" + d.reading.sequence !== polledSequence) {
+          polledSequence = d.reading.epoch + ":" + d.reading.sequence;
+          onReading(d.reading);
+        }
+      })
+      .catch(function () { /* the ping shows a lost server */ });
+  }
   function connectLive() {
     if (!window.io || body.dataset.loggedIn !== "true") { return; }
     socket = window.io("/live", { transports: ["websocket", "polling"], reconnectionDelay: 500, reconnectionDelayMax: 2000 });
     socket.on("connect", function () {
+      liveUp = true;
+      if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+      socket.io.reconnectionDelay(500); socket.io.reconnectionDelayMax(2000);
       if (weigh && weigh.dataset.device) { socket.emit("watch", { devices: [weigh.dataset.device] }); }
       if (body.dataset.line) { socket.emit("watch_line", { line: body.dataset.line }); }
     });
-    socket.on("reading", function (r) {
-      if (!weigh || r.device_id !== weigh.dataset.device) { return; }
-      reading = r; readingAt = performance.now();
-      if (r.status !== "disconnected") { state.deviceStatusOk = true; }
-      updateWeigh();
+    socket.on("connect_error", function () { // refused or unreachable: read the scale without it, ask again less often
+      liveUp = false;
+      socket.io.reconnectionDelay(5000); socket.io.reconnectionDelayMax(10000);
+      if (weigh && !pollTimer) { pollTimer = setInterval(pollReading, 500); pollReading(); }
     });
-    socket.on("device_status", function (s) {
-      if (!weigh || s.device_id !== weigh.dataset.device) { return; }
-      state.deviceStatusOk = !!s.connected;
-      if (!s.connected) { reading = null; setDevice(false); updateWeigh(); }
-    });
+    socket.on("reading", onReading);
+    socket.on("device_status", onDeviceStatus);
     socket.on("batch_changed", function (e) {
       body.dispatchEvent(new CustomEvent("batch-changed", { detail: e }));
       if (body.dataset.screen === "blocked" && e.batch_id === body.dataset.batch) { refetch(); }
@@ -658,7 +687,7 @@
       if (!body.dataset.batch || (e.batches || []).indexOf(body.dataset.batch) < 0) { return; }
       showHold(e);
     });
-    socket.on("disconnect", function () { checkServer(); });
+    socket.on("disconnect", function () { liveUp = false; checkServer(); });
   }
   var heldLots = {};
   function showHold(e) { // the server refuses the next consumption anyway; this tells the operator why, at once

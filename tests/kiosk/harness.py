@@ -120,6 +120,7 @@ class KioskServer:
     database_url: str
     home: Path
     idle_seconds: int = 300
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     _app: Any = None
@@ -139,6 +140,7 @@ class KioskServer:
             "MES_SESSION_COOKIE_SECURE": "false", "MES_SIMULATION": "true", "MES_LOG_LEVEL": "WARNING",
             "MES_AUDIT_KEY_PATH": str(self.home / "audit-signing.key"),
             "MES_KIOSK_IDLE_SECONDS": str(self.idle_seconds), "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         })
         return env
 
