@@ -17,10 +17,11 @@ and their drift from the first window to the last.
     python -m tests.bench.plant [--db postgresql|sqlite] [--operators 30] [--seconds 120]
                                 [--instances 2] [--think-ms 1000] [--steps 40] [--soak --window 300]
 
-Each instance holds a thread per kiosk's WebSocket: for 100 operators on 2 instances give
-them more than the default 50 (``MES_THREADS=200 python -m tests.bench.plant --operators 100``;
-with 80, the sticky spread of kiosks over the instances left one without a free thread, and
-log-ins and starts timed out).
+Each instance holds a thread per kiosk's WebSocket and serves at most MES_LIVE_CONNECTIONS of
+them (default: the threads less a fifth, 40 of the default 50); a kiosk refused a live connection
+works on without it and asks again every 10 s, as the kiosk does (``kiosks_refused_live``). To
+give every one of 100 kiosks on 2 instances a live connection, give them more threads
+(``MES_THREADS=200 python -m tests.bench.plant --operators 100``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +124,8 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
     """One kiosk (its own process): log in, watch the line over Socket.IO (WebSocket through nginx,
     as the kiosk does), then run batch after batch until ``until`` (wall clock), one step at a
     time with the think time between.
-    Sends back ``(completions [(t, s)], errors, live latencies, live received, in-app times)``."""
+    Sends back ``(completions [(t, s)], errors, live latencies, live received, in-app times,
+    times a live connection was refused)``."""
     import socketio
 
     from mes.execution.sim_operator import Login, login
@@ -130,18 +134,46 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
     in_app: list[float] = []
     errors: list[str] = []
     live: list[float] = []
-    sock = None
+    refused: list[float] = []  # when an instance refused this kiosk a live connection (no room: 503)
     try:
         client = login(base, kiosk, Login(badge=badge, pin="2468"))
-        sock = socketio.Client(reconnection=True, reconnection_delay=0.5)
+    except Exception as exc:  # noqa: BLE001
+        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], []))
+        return
+    cookie = "; ".join(f"{k}={v}" for k, v in client.http.cookies.items())
+    nginx = urllib.parse.urlsplit(base)
+    sock: Any = None
+
+    def watch() -> bool:
+        """Open the live connection from the kiosk's own address (nginx's sticky hash spreads
+        the kiosks by it) and watch the line; False when refused (as the kiosk, the operator
+        works on without it and it is asked for again later)."""
+        nonlocal sock
+        raw = socket.create_connection((nginx.hostname, nginx.port), timeout=30, source_address=(source, 0))
+        sock = socketio.Client(reconnection=False, websocket_extra_options={"socket": raw})
         sock.on("batch_changed", lambda data: live.append(time.time() - float(data["sent"]))
                 if "sent" in data else None, namespace="/live")
-        cookie = "; ".join(f"{k}={v}" for k, v in client.http.cookies.items())
-        sock.connect(base, headers={"Cookie": cookie, "X-MES-Terminal": kiosk}, namespaces=["/live"],
-                     transports=["websocket"], wait_timeout=30)
+        try:
+            sock.connect(base, headers={"Cookie": cookie, "X-MES-Terminal": kiosk}, namespaces=["/live"],
+                         transports=["websocket"], wait_timeout=30)
+        except socketio.exceptions.ConnectionError:
+            refused.append(time.time())
+            raw.close()
+            return False
         sock.call("watch_line", {"line": "LINE-1"}, namespace="/live", timeout=30)
+        return True
+
+    def watch_later() -> None:
+        while True:
+            time.sleep(10)  # the Retry-After the refusal gives
+            if time.time() >= until - 10 or watch():
+                return
+
+    try:
+        if not watch():
+            threading.Thread(target=watch_later, daemon=True).start()
     except Exception as exc:  # noqa: BLE001
-        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, []))
+        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], []))
         return
     pace = random.Random(kiosk)
     time.sleep(max(0.0, start_at - time.time()) + pace.uniform(0, think_s))  # not all on the same second
@@ -177,8 +209,9 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
         timed_http.close()
         time.sleep(1.0)  # the last live events in flight
         with contextlib.suppress(Exception):
-            sock.disconnect()
-        out.put((samples, errors, live, len(live), in_app))
+            if sock is not None:
+                sock.disconnect()
+        out.put((samples, errors, live, len(live), in_app, refused))
 
 
 def _publish_live(redis_url: str, every_s: float, stop: threading.Event, sent: list[float]) -> None:
@@ -325,15 +358,18 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
             samples: list[tuple[float, float]] = []
             errors: list[str] = []
             live: list[float] = []
-            received: list[int] = []
+            received: list[int] = []  # by the kiosks that had their live connection throughout
+            refusals: list[int] = []
             in_app: list[float] = []
             for _ in kiosks:
-                got, failed, lat, n_live, app_s = out.get(timeout=600)
+                got, failed, lat, n_live, app_s, refused = out.get(timeout=600)
                 samples += got
                 in_app += app_s
                 errors += failed
                 live += lat
-                received.append(n_live)
+                refusals.append(len(refused))
+                if not refused:
+                    received.append(n_live)
             for k in kiosks:
                 k.join(60)
             elapsed = max(s[0] for s in samples) - start_at if samples else seconds
@@ -370,6 +406,9 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
         # the CPUs, nginx and the client (on this machine the kiosks share the server's cores)
         "step_completion_in_app": percentiles(in_app),
         "live_delivery": {**live_pct, "published": len(sent), "kiosks": operators,
+                          # kiosks an instance refused a live connection (no room for it: 503,
+                          # mes.realtime.LiveBudget); they worked on without it, asking again every 10 s
+                          "kiosks_refused_live": sum(1 for n in refusals if n), "live_refusals": sum(refusals),
                           "min_received_share": round(min(received) / len(sent), 3) if sent and received else None},
         "http_floor_healthz": floor, "bare_commit": bare,
         "ratio_p50_to_http_floor_p50": ratio(steps_pct["p50_ms"], floor["p50_ms"]),
