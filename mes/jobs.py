@@ -15,6 +15,7 @@ from flask import Flask
 from mes.audit.log import Actor
 from mes.db import db
 from mes.errors import Conflict
+from mes.pacing import paced
 
 logger = logging.getLogger("mes.jobs")
 CHECKPOINT_POLL_SECONDS = 15
@@ -104,7 +105,7 @@ def publish_checkpoint_soon(app: Flask) -> None:
     kiosk's request has to (:func:`mes.audit.checkpoint_guard.publish_soon`)."""
     from mes.audit.checkpoint_guard import publish_soon
 
-    with app.app_context():
+    with app.app_context(), paced():  # the requests this process serves keep their speed (mes.pacing)
         try:
             publish_soon()
         except Exception:  # noqa: BLE001 - a job must not die; a request publishes at 1000 entries
@@ -142,7 +143,8 @@ def start_background_jobs(app: Flask) -> threading.Thread:
             next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
             with app.app_context():
                 try:
-                    watch_log()  # new entries verified, checkpoint when due; tamper: /readyz red + alarm
+                    with paced():  # the requests this process serves keep their speed (mes.pacing)
+                        watch_log()  # new entries verified, checkpoint when due; tamper: /readyz red + alarm
                 except Exception:  # noqa: BLE001
                     logger.exception("scheduled checkpoint failed")
                     db.session.rollback()

@@ -119,6 +119,14 @@ class Metrics:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
 
 
+def _lock_wait() -> float | None:
+    """Seconds this request's database session waited for the audit append lock, if it appended."""
+    from mes.audit.log import LOCK_WAIT_KEY
+    from mes.db import db
+
+    return db.session.info.pop(LOCK_WAIT_KEY, None)
+
+
 def init_app(app: Flask) -> None:
     metrics = Metrics()
     app.extensions["mes_metrics"] = metrics
@@ -137,11 +145,15 @@ def init_app(app: Flask) -> None:
         metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
         metrics.latency.labels(request.method, endpoint).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        waited = _lock_wait()  # this request's, also when it is not shown
         if g.get("principal") is not None:
             # The time spent in the app (W3C Server-Timing: browsers' developer tools show it
             # beside the network time, so a slow tap shows where it was slow). Only to
             # signed-in users: an anonymous caller learns nothing about the server's work.
-            response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
+            timing = f"app;dur={elapsed * 1000:.2f}"
+            if waited is not None:  # of that, queueing for the audit log's append lock
+                timing += f", audit-lock;dur={waited * 1000:.2f}"
+            response.headers["Server-Timing"] = timing
         access.info("request", extra={"method": request.method, "path": request.path,
                                       "status": response.status_code, "ms": round(elapsed * 1000, 2)})
         return response

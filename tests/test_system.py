@@ -104,7 +104,8 @@ def test_security_headers(client) -> None:
 
 def test_a_signed_in_user_sees_how_long_the_app_took(app: Flask, client) -> None:
     """W3C Server-Timing: developer tools and load tests see the app's share of a slow
-    answer; anonymous callers (log-in included) are told nothing about the server's work."""
+    answer, and of that the wait for the audit append lock when it changed a record;
+    anonymous callers (log-in included) are told nothing about the server's work."""
     import re
 
     from tests.helpers import logged_in, seed
@@ -117,6 +118,11 @@ def test_a_signed_in_user_sees_how_long_the_app_took(app: Flask, client) -> None
     assert r.status_code == 200
     match = re.fullmatch(r"app;dur=(\d+\.\d{2})", r.headers["Server-Timing"])
     assert match and 0 <= float(match.group(1)) < 10_000
+    # a change: of the app's time, the wait for the audit log's append lock
+    r = session.post("/api/v1/auth/esig-acknowledgement")
+    assert r.status_code == 200, r.get_json()
+    match = re.fullmatch(r"app;dur=(\d+\.\d{2}), audit-lock;dur=(\d+\.\d{2})", r.headers["Server-Timing"])
+    assert match and 0 <= float(match.group(2)) <= float(match.group(1)), r.headers["Server-Timing"]
 
 
 def test_session_cookie_flags(app: Flask) -> None:

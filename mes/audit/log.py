@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -216,43 +217,81 @@ def _remember_frontier(seq: int, leaf: bytes, frontier: dict[tuple[int, int], by
 
 
 _HEAD_SQL = "SELECT seq, leaf_hash, at FROM audit_entries ORDER BY seq DESC LIMIT 1"
+#: The Merkle frontier of the log as it ends (mes.audit.merkle.frontier of seq + 1: one
+#: perfect subtree per set bit of the size, at index (size >> level) - 1), read by primary key.
+_FRONTIER_SQL_PG = (
+    "SELECT f.l, f.i, (SELECT t.hash FROM audit_tree_nodes t WHERE t.level = f.l AND t.idx = f.i) FROM ("
+    "SELECT l, ((h.seq + 1) >> l) - 1 AS i FROM (SELECT seq FROM audit_entries ORDER BY seq DESC LIMIT 1) h, "
+    "generate_series(0, 62) l WHERE ((h.seq + 1) >> l) & 1 = 1) f")  # a primary-key look-up per node, whatever the plan
+_LAST_SEQUENCE_SQL_PG = "SELECT max(sequence) FROM outbox_events WHERE subject = %s"
+#: ``session.info`` key: seconds this session waited for the append lock (see :func:`_head`).
+LOCK_WAIT_KEY = "audit_lock_wait_s"
 
 
-def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = ()) -> _Head | None:
-    """Take the append lock and read the end of the log (once per transaction).
+def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = (),
+          subject: str | None = None) -> tuple[_Head | None, int | None]:
+    """Take the append lock and read the end of the log (once per transaction), with the
+    last outbox ``sequence`` of ``subject`` when given.
 
-    ``statements`` (the change's own writes) are sent first, with the lock and the read,
-    in one round trip on PostgreSQL (:func:`~mes.db.pipelined`)."""
+    Every kiosk's append waits while another holds the lock, and a holder that waits for an
+    answer may wait again for its process's turn at the CPU: so on PostgreSQL the change's own
+    writes (``statements``), the lock, the log end, the Merkle frontier of the log (which
+    another server may have extended) and the subject's last event sequence go in one round
+    trip (:func:`~mes.db.pipelined`), the entry, its tree nodes and its event in a second, and
+    the commit is the third. (Each was a round trip of its own: under load the lock was held
+    for 40-100 ms.)"""
     conn = session.connection()
     cached = session.info.get("audit_head")
     if cached is not None:
         for stmt, params in statements:
             conn.execute(stmt, params)
-        return cached
+        return cached, (None if subject is None else _last_sequence(session, subject))
+    waited = perf_counter()
+    frontier: dict[tuple[int, int], bytes] | None = None
+    last: int | None = None
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         with pipelined(conn):
             for stmt, params in statements:
                 conn.execute(stmt, params)
-            # the lock first: the read after it, a statement of its own, sees every entry
+            # the lock first: the reads after it, statements of their own, see every entry
             # committed before the lock was granted
             driver.cursor().execute(_LOCK_SQL)
             cursor = driver.cursor()
             cursor.execute(_HEAD_SQL)
+            nodes = driver.cursor()
+            nodes.execute(_FRONTIER_SQL_PG)
+            if subject is not None:
+                latest = driver.cursor()
+                latest.execute(_LAST_SEQUENCE_SQL_PG, (subject,))
         row = cursor.fetchone()
+        if row is not None:
+            frontier = {(level, index): bytes(h) for level, index, h in nodes.fetchall() if h is not None}
+        if subject is not None:
+            last = latest.fetchone()[0]
     else:  # SQLite: BEGIN IMMEDIATE already holds the one write lock
         for stmt, params in statements:
             conn.execute(stmt, params)
         row = conn.exec_driver_sql(_HEAD_SQL).first()
+        if subject is not None:
+            last = _last_sequence(session, subject)
+    # the wait for the append lock (with the change's own statements sent first), shown to
+    # the caller in Server-Timing (audit-lock): the share of a slow tap spent queueing behind
+    # other terminals' appends
+    session.info[LOCK_WAIT_KEY] = session.info.get(LOCK_WAIT_KEY, 0.0) + perf_counter() - waited
     if row is None:
-        return None
+        return None, last
     seq, leaf, at = row
     leaf = bytes(leaf)
     at = as_utc(at)  # SQLite hands back its stored text
-    frontier = _FRONTIERS.get((seq, leaf))
-    if frontier is None:
-        frontier = _node_getter(session)(merkle.frontier(seq + 1))
-    return _Head(seq, leaf, at, frontier)
+    wanted = merkle.frontier(seq + 1)
+    if frontier is None or set(frontier) != set(wanted):
+        frontier = _FRONTIERS.get((seq, leaf)) or _node_getter(session)(wanted)
+    return _Head(seq, leaf, at, frontier), last
+
+
+def _last_sequence(session: Session, subject: str) -> int | None:
+    return session.execute(select(func.max(OutboxEvent.sequence)).where(OutboxEvent.subject == subject)).scalar()
 
 
 def _node_getter(session: Session):
@@ -298,7 +337,9 @@ def record(
     if in_read_transaction(session):  # it would fail at random under load: fail every time instead
         raise RuntimeError(f"{action}: an audited change inside a read transaction; call begin_writing() first")
     session.flush()
-    head = _head(session, statements)
+    _last_checkpoint(session)  # a process's first append reads it here, not under the lock
+    subject = None if event is None else _subject(event)
+    head, last_sequence = _head(session, statements, subject)
     seq = 0 if head is None else head.seq + 1
     now = utcnow()
     at = now if head is None or now > head.at else head.at + timedelta(microseconds=1)
@@ -323,20 +364,20 @@ def record(
     sqlite = conn.dialect.paramstyle == "qmark"
     frontier = {} if head is None else head.frontier
     nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
-    with pipelined(conn):  # the entry and its tree nodes: one round trip
+    with pipelined(conn):  # the entry, its tree nodes and its event: one round trip
         conn.exec_driver_sql(
             _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
             (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
              batch, entry_bytes, leaf, entry_tags.entry_tag(audit_log().tag_key(), entry_bytes)),
         )
         conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
+        if event is not None:
+            conn.execute(_event_insert(event, seq, at, last_sequence))
     known = {**frontier, **{(level, i): h for level, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)
     session.info["audit_head"] = new_head
     session.info["audit_appended"] = True
-    if event is not None:
-        _write_event(session, event, seq, at)
     try:
         if action.startswith(CHECKPOINT_NOW_ACTIONS):
             publish_checkpoint(session)
@@ -375,9 +416,18 @@ def event_position(seq: int | None = None, *, checkpoint_size: int | None = None
     return 2 * seq + 1
 
 
+def _subject(ev: Event) -> str:
+    return f"{ev.aggregate_type}/{ev.aggregate_id}"
+
+
 def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime, position: int | None = None) -> None:
-    subject = f"{ev.aggregate_type}/{ev.aggregate_id}"
-    last = session.execute(select(func.max(OutboxEvent.sequence)).where(OutboxEvent.subject == subject)).scalar()
+    session.execute(_event_insert(ev, audit_seq, at, _last_sequence(session, _subject(ev)), position))
+
+
+def _event_insert(ev: Event, audit_seq: int, at: datetime, last: int | None, position: int | None = None) -> Executable:
+    """The outbox row of ``ev``, the next in its subject's sequence after ``last`` (read under
+    the append lock, which every outbox write holds)."""
+    subject = _subject(ev)
     sequence = (last or 0) + 1
     event_id = str(uuid.uuid4())
     time = ev.time or at
@@ -399,11 +449,9 @@ def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime, posi
     if ev.correlation_id is not None:
         envelope["correlationid"] = ev.correlation_id
     body = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    session.execute(
-        insert(OutboxEvent).values(
-            id=event_id, type=ev.type, subject=subject, sequence=sequence, time=time,
-            audit_seq=audit_seq, position=event_position(audit_seq) if position is None else position, body=body,
-        )
+    return insert(OutboxEvent).values(
+        id=event_id, type=ev.type, subject=subject, sequence=sequence, time=time,
+        audit_seq=audit_seq, position=event_position(audit_seq) if position is None else position, body=body,
     )
 
 
@@ -442,6 +490,16 @@ def latest_checkpoint(session: Session | None = None) -> AuditCheckpoint | None:
     return session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)).scalar()
 
 
+def _last_checkpoint(session: Session) -> tuple[int, datetime | None]:
+    """The latest checkpoint's size and time, cached per process (read once, before the
+    append lock: a stale value can only make an append try to publish early)."""
+    log = audit_log()
+    if log.last_checkpoint is None:
+        cp = latest_checkpoint(session)
+        log.last_checkpoint = (0, None) if cp is None else (cp.size, cp.time)
+    return log.last_checkpoint
+
+
 def _maybe_checkpoint(session: Session, head: _Head) -> None:
     """Publish in this transaction when the log is 1000 entries or 60 s past the last
     checkpoint (audit-log.md §3). From 800 entries or 45 s on, the background thread is
@@ -449,12 +507,7 @@ def _maybe_checkpoint(session: Session, head: _Head) -> None:
     seldom carries the signing and the checks before it while holding the append lock."""
     # The last checkpoint's size and time are cached per process: a stale value can only
     # make us try to publish early, and publish_checkpoint re-reads under the lock.
-    log = audit_log()
-    last = log.last_checkpoint
-    if last is None:
-        cp = latest_checkpoint(session)
-        last = (0, None) if cp is None else (cp.size, cp.time)
-        log.last_checkpoint = last
+    last = _last_checkpoint(session)
     size = head.seq + 1
     last_size, last_time = last
     if _past(size, head.at, last_size, last_time, CHECKPOINT_EVERY_ENTRIES, CHECKPOINT_EVERY):
@@ -510,6 +563,15 @@ def publish_checkpoint(session: Session | None = None, *, reread_verified: bool 
     ``unless_published_meanwhile`` (the background publisher) when, read under the lock, the
     log is no longer near a checkpoint: another server published first.
     """
+    from mes.pacing import unpaced
+
+    with unpaced():  # it holds the append lock: every kiosk's next step waits for it
+        return _publish_checkpoint(session, reread_verified=reread_verified,
+                                   unless_published_meanwhile=unless_published_meanwhile)
+
+
+def _publish_checkpoint(session: Session | None, *, reread_verified: bool,
+                        unless_published_meanwhile: bool) -> AuditCheckpoint | None:
     from mes.audit import checkpoint_guard as guard
 
     session = session or db.session
