@@ -360,7 +360,10 @@ class Relay:
                     log.exception("relay round failed; retrying")
                     db.session.rollback()
                     busy = 0
-                if not busy:
+                if busy < self.batch:
+                    # a round that was not full left nothing due: wait for the next commit's
+                    # notification (one that came during the round wakes it at once) instead
+                    # of a round that finds nothing (half the relay's work at a kiosk's pace)
                     waiter.wait(self.poll_s)
             waiter.close()
             db.session.remove()
