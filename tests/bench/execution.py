@@ -161,6 +161,7 @@ class KioskHttp:
         self.headers: dict[str, str] = {}
         self.cookies: dict[str, str] = {}
         self.last_app_s: float | None = None  # the server's Server-Timing "app" of the last answer
+        self.last_lock_s: float | None = None  # of which, waiting for the audit append lock ("audit-lock")
         if client is not None:
             self.headers = {"X-MES-Terminal": client.http.headers["X-MES-Terminal"], "X-CSRF-Token": client.csrf or "",
                             "Content-Type": "application/json"}
@@ -173,7 +174,7 @@ class KioskHttp:
         self.conn.request(method, path, json.dumps(body) if body is not None else None, h)
         response = self.conn.getresponse()
         data = response.read()
-        self.last_app_s = None
+        self.last_app_s = self.last_lock_s = None
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, val = value.split(";", 1)[0].partition("=")
@@ -183,6 +184,8 @@ class KioskHttp:
                     metric_name, _, params = metric.strip().partition(";")
                     if metric_name == "app" and params.startswith("dur="):
                         self.last_app_s = float(params.split(";")[0].removeprefix("dur=")) / 1000
+                    elif metric_name == "audit-lock" and params.startswith("dur="):
+                        self.last_lock_s = float(params.split(";")[0].removeprefix("dur=")) / 1000
         if response.status >= 400:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
         return json.loads(data) if data else {}

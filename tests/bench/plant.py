@@ -11,8 +11,16 @@ measures its delivery latency. Reported: completions/s, p50/p99 step-completion 
 errors, live delivery latency to every kiosk (and the share each received), then whether
 ``mes audit verify`` passes, the outbox drained and the witness holds the latest
 checkpoint; beside a bare request (``/healthz`` through nginx) and a bare commit measured
-in the same run. ``--soak`` (hours, not in CI) adds windows of latency and server memory,
-and their drift from the first window to the last.
+in the same run. Each completion's time in the app and, of that, its wait for the audit log's
+append lock come from its Server-Timing header, and ``slowest_1pct`` says where the slowest
+1 % spent theirs.
+
+Before the measured window each kiosk starts its first batch and completes a random share
+of its steps (``warm_up_s``), as on a floor that runs around the clock, where kiosks are at
+every point of their batches; ``--no-warm-up`` starts every batch in the window's first
+second instead (30 batch starts at once, and again when those batches end together).
+``--soak`` (hours, not in CI) adds windows of latency and server memory, and their drift
+from the first window to the last.
 
     python -m tests.bench.plant [--db postgresql|sqlite] [--operators 30] [--seconds 120]
                                 [--instances 2] [--think-ms 1000] [--steps 40] [--soak --window 300]
@@ -119,13 +127,20 @@ def _start_witness(home: Path, vkey: str) -> tuple[subprocess.Popen, str]:
 # ------------------------------------------------------------------------------ kiosks
 
 
-def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s: float, start_at: float,
-              until: float, source: str, out: Any) -> None:
+def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s: float, warm_up: bool,
+              ready: Any, go: Any, window: Any, source: str, out: Any) -> None:
     """One kiosk (its own process): log in, watch the line over Socket.IO (WebSocket through nginx,
-    as the kiosk does), then run batch after batch until ``until`` (wall clock), one step at a
-    time with the think time between.
+    as the kiosk does), then run batch after batch until the end of the measured ``window``
+    (wall clock, set by the bench once every kiosk is ``ready``), one step at a time with the
+    think time between.
+
+    ``warm_up``: before the window, start the first batch and complete a random number of
+    its steps, unmeasured: a plant that runs around the clock has its kiosks at every point
+    of their batches, not all starting a batch in the same second (without it, the 30 batch
+    starts at the first second and again when the batches end together are the run's p99).
     Sends back ``(completions [(t, s)], errors, live latencies, live received, in-app times,
-    times a live connection was refused)``."""
+    times a live connection was refused, [(total, in app, audit-lock wait)], completions before
+    the window)``."""
     import socketio
 
     from mes.execution.sim_operator import Login, login
@@ -135,10 +150,12 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
     errors: list[str] = []
     live: list[float] = []
     refused: list[float] = []  # when an instance refused this kiosk a live connection (no room: 503)
+    split: list[tuple[float, float, float]] = []  # per completion: total, in the app, of which audit-lock wait
     try:
         client = login(base, kiosk, Login(badge=badge, pin="2468"))
     except Exception as exc:  # noqa: BLE001
-        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], []))
+        ready.release()
+        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], [], [], 0))
         return
     cookie = "; ".join(f"{k}={v}" for k, v in client.http.cookies.items())
     nginx = urllib.parse.urlsplit(base)
@@ -169,31 +186,47 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
             if time.time() >= until - 10 or watch():
                 return
 
+    until = time.time() + 3600  # until the window is set
+    pace = random.Random(kiosk)
+    timed_http = KioskHttp(base, client, source)
+    first: dict[str, Any] | None = None
+    done = 0  # steps of the first batch completed before the window
     try:
         if not watch():
             threading.Thread(target=watch_later, daemon=True).start()
+        if warm_up:
+            first = client.post(f"/api/v1/work-orders/{work_orders[0]}/batches", {})
+            usable = [s for s in first["steps"] if s["kind"] in ("instruction", "numeric")]
+            for s in usable[:pace.randrange(len(usable)) if usable else 0]:
+                timed_http.complete_step(first["id"], s["id"], s["version"], _payload(s))
+                done += 1
     except Exception as exc:  # noqa: BLE001
-        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], []))
+        ready.release()
+        out.put(([], [f"set-up {kiosk}: {exc}"], [], 0, [], [], [], done))
         return
-    pace = random.Random(kiosk)
+    ready.release()
+    go.wait(900)
+    start_at, until = window[0], window[1]
     time.sleep(max(0.0, start_at - time.time()) + pace.uniform(0, think_s))  # not all on the same second
-    timed_http = KioskHttp(base, client, source)
     try:
         for wo in work_orders:
             if time.time() >= until:
                 break
-            try:
-                batch = client.post(f"/api/v1/work-orders/{wo}/batches", {})
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"start {wo}: {exc}")
-                continue
-            for s in batch["steps"]:
-                if s["kind"] not in ("instruction", "numeric") or time.time() >= until:
+            if first is not None and wo == work_orders[0]:
+                batch, skip = first, done
+            else:
+                skip = 0
+                try:
+                    batch = client.post(f"/api/v1/work-orders/{wo}/batches", {})
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(f"start {wo}: {exc}")
                     continue
-                payload = {"confirm": True} if s["kind"] == "instruction" else {"value": "1.5"}
+            for s in [s for s in batch["steps"] if s["kind"] in ("instruction", "numeric")][skip:]:
+                if time.time() >= until:
+                    break
                 t = time.perf_counter()
                 try:
-                    answer = timed_http.complete_step(batch["id"], s["id"], s["version"], payload)
+                    answer = timed_http.complete_step(batch["id"], s["id"], s["version"], _payload(s))
                     if answer.get("state") != "completed":
                         raise RuntimeError(f"state {answer.get('state')}")
                 except (RuntimeError, OSError, http.client.HTTPException) as exc:
@@ -201,9 +234,11 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
                     timed_http.close()
                     timed_http = KioskHttp(base, client, source)
                     break
-                samples.append((time.time(), time.perf_counter() - t))
+                took = time.perf_counter() - t
+                samples.append((time.time(), took))
                 if timed_http.last_app_s is not None:
                     in_app.append(timed_http.last_app_s)
+                    split.append((took, timed_http.last_app_s, timed_http.last_lock_s or 0.0))
                 time.sleep(pace.uniform(0.5 * think_s, 1.5 * think_s))
     finally:
         timed_http.close()
@@ -211,7 +246,18 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
         with contextlib.suppress(Exception):
             if sock is not None:
                 sock.disconnect()
-        out.put((samples, errors, live, len(live), in_app, refused))
+        out.put((samples, errors, live, len(live), in_app, refused, split, done))
+
+
+def _slowest(splits: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """The slowest 1 % of completions: their mean total, time in the app and audit-lock wait (ms)."""
+    worst = sorted(splits, reverse=True)[:max(1, len(splits) // 100)] if splits else []
+    mean = (lambda i: round(sum(w[i] for w in worst) / len(worst) * 1000, 1)) if worst else (lambda i: None)
+    return {"n": len(worst), "mean_ms": mean(0), "in_app_mean_ms": mean(1), "audit_lock_wait_mean_ms": mean(2)}
+
+
+def _payload(step: dict[str, Any]) -> dict[str, Any]:
+    return {"confirm": True} if step["kind"] == "instruction" else {"value": "1.5"}
 
 
 def _publish_live(redis_url: str, every_s: float, stop: threading.Event, sent: list[float]) -> None:
@@ -264,7 +310,7 @@ def _windows(samples: list[tuple[float, float]], memory: list[tuple[float, float
 
 
 def run(backend: str, operators: int, seconds: float, instances: int, think_ms: int, steps: int,
-        live_every_ms: int, soak: bool = False, window_s: float = 300.0) -> dict[str, Any]:
+        live_every_ms: int, soak: bool = False, window_s: float = 300.0, warm_up: bool = True) -> dict[str, Any]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ.update(LOW_ARGON2)
     from mes.audit import log as audit_log
@@ -334,13 +380,21 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
 
             ctx = multiprocessing.get_context("fork")
             out = ctx.Queue()
-            start_at = time.time() + 5 + operators * 0.05  # every kiosk logged in and watching first
-            until = start_at + seconds
+            ready, go, window = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
             kiosks = [ctx.Process(target=_operator, args=(
                 base, seeded["kiosks"][n], f"B{n}", seeded["work_orders"][n * per_operator:(n + 1) * per_operator],
-                think_s, start_at, until, kiosk_address(n), out)) for n in range(operators)]
+                think_s, warm_up, ready, go, window, kiosk_address(n), out)) for n in range(operators)]
+            warm_t0 = time.perf_counter()
             for k in kiosks:
                 k.start()
+            for _ in kiosks:  # every kiosk logged in, watching, and (warm_up) part way through a batch
+                if not ready.acquire(timeout=900):
+                    raise RuntimeError("the kiosks did not get ready within 15 minutes")
+            warm_s = time.perf_counter() - warm_t0
+            start_at = time.time() + 1
+            until = start_at + seconds
+            window[0], window[1] = start_at, until
+            go.set()
             stop = threading.Event()
             sent: list[float] = []
             memory: list[tuple[float, float]] = []
@@ -361,8 +415,12 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
             received: list[int] = []  # by the kiosks that had their live connection throughout
             refusals: list[int] = []
             in_app: list[float] = []
+            splits: list[tuple[float, float, float]] = []
+            warmed = 0  # completions in the warm-up, before the window (recorded, not timed)
             for _ in kiosks:
-                got, failed, lat, n_live, app_s, refused = out.get(timeout=600)
+                got, failed, lat, n_live, app_s, refused, parts, before = out.get(timeout=600)
+                warmed += before
+                splits += parts
                 samples += got
                 in_app += app_s
                 errors += failed
@@ -399,12 +457,18 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
                   "(deploy/nginx/mes.conf in plain HTTP), Redis message queue, relay, witness",
         "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "seed_s": round(seed_s, 1),
+        # unmeasured, before the window: each kiosk part way through its first batch (see _operator)
+        "warm_up": warm_up, "warm_up_s": round(warm_s, 1),
         "completions": len(lat), "completions_per_s": round(len(lat) / max(elapsed, 1e-9), 1),
         "errors": len(errors), "first_errors": errors[:3],
         "step_completion": steps_pct,
         # the server's own time per completion (Server-Timing app;dur): the rest is queueing for
         # the CPUs, nginx and the client (on this machine the kiosks share the server's cores)
         "step_completion_in_app": percentiles(in_app),
+        # of the time in the app, the wait for the audit log's append lock (Server-Timing audit-lock),
+        # and where the slowest 1 % of completions spent their time
+        "step_completion_audit_lock_wait": percentiles([lock for _, _, lock in splits]),
+        "slowest_1pct": _slowest(splits),
         "live_delivery": {**live_pct, "published": len(sent), "kiosks": operators,
                           # kiosks an instance refused a live connection (no room for it: 503,
                           # mes.realtime.LiveBudget); they worked on without it, asking again every 10 s
@@ -417,7 +481,8 @@ def run(backend: str, operators: int, seconds: float, instances: int, think_ms: 
         "audit_verify_ok": verify.returncode == 0,
         **({} if verify.returncode == 0 else {"audit_verify_said": (verify.stdout + verify.stderr)[-1500:]}),
         "outbox": outbox, "witness": witnessed,
-        "completions_recorded": recorded, "records_match_answers": recorded == len(lat),
+        "completions_recorded": recorded, "completions_before_the_window": warmed,
+        "records_match_answers": recorded == len(lat) + warmed,
         "server_rss_mb": {"start": memory[0][1] if memory else None, "end": memory[-1][1] if memory else None},
         "target": {"errors": 0, "p99_ms": 50.0,
                    "met": not errors and steps_pct["p99_ms"] <= 50.0 and verify.returncode == 0
@@ -482,6 +547,8 @@ def main() -> None:
     ap.add_argument("--think-ms", type=int, default=1000, help="mean pause between an answer and the next tap")
     ap.add_argument("--steps", type=int, default=40, help="steps per batch")
     ap.add_argument("--live-every-ms", type=int, default=500, help="a live event to every kiosk this often")
+    ap.add_argument("--no-warm-up", action="store_true",
+                    help="every kiosk starts its first batch in the window's first second (a cold, synchronised start)")
     ap.add_argument("--soak", action="store_true", help="report latency and memory per window and their drift")
     ap.add_argument("--window", type=float, default=300.0, help="soak window in seconds")
     args = ap.parse_args()
@@ -489,7 +556,7 @@ def main() -> None:
         ap.error("--operators and --instances are 1 or more, --seconds above 0")
     started = time.perf_counter()
     result = run(args.db, args.operators, args.seconds, args.instances, args.think_ms, args.steps,
-                 args.live_every_ms, args.soak, args.window)
+                 args.live_every_ms, args.soak, args.window, warm_up=not args.no_warm_up)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 
