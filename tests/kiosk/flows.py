@@ -251,6 +251,19 @@ def another_booth(server: Any) -> str:
     return booth_id
 
 
+def confirm_weighing(k: Any, server: Any, batch: str, step: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Confirm the open weighing dialog; the one container record the step stored and the
+    weight it records as confirmed ("value unit")."""
+    dialog = k.page.locator("#confirm-dialog")
+    with k.page.expect_navigation():
+        dialog.locator("[data-action=confirm]").click()
+    k.wait_screen(("step", "blocked", "complete", "batches"))
+    stored = [r for r in step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "container"]
+    assert len(stored) == 1, (message(k), stored)
+    confirmed = stored[0]["data"]["reading"]["confirmed"]
+    return stored[0], f"{confirmed['value']} {confirmed['unit']}"
+
+
 def drum_on_the_scale(open_kiosk: Any, server: Any, size: str, order: str) -> tuple[Any, ...]:
     """Through the UI: a fresh batch at its first weigh step, an empty container tared, then
     the first 60 kg drum of the lot on the scale (net, stable) and its label scanned.

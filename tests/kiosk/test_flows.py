@@ -733,13 +733,8 @@ def test_the_weight_confirmed_is_the_weight_stored(open_kiosk, server, size, ord
     if not k.page.locator("input[name=container_id]").input_value():
         drv.scan_lot(container)
     shown = open_dialog().removesuffix(" (+)")
-    with k.page.expect_navigation():
-        dialog.locator("[data-action=confirm]").click()
-    k.wait_screen(("step", "blocked", "complete", "batches"))
-    stored = [r for r in flows.step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "container"]
-    assert len(stored) == 1, (flows.message(k), stored)
-    confirmed = stored[0]["data"]["reading"]["confirmed"]
-    assert f"{confirmed['value']} {confirmed['unit']}" == shown == f"{moved:.2f} kg"
-    assert Decimal(stored[0]["value"]) == moved and stored[0]["data"]["tare"]["source"] == "scale_tare"
-    assert Decimal(stored[0]["data"]["tare"]["value"]) == TARE
+    stored, confirmed = flows.confirm_weighing(k, server, batch, step)
+    assert confirmed == shown == f"{moved:.2f} kg"
+    assert Decimal(stored["value"]) == moved and stored["data"]["tare"]["source"] == "scale_tare"
+    assert Decimal(stored["data"]["tare"]["value"]) == TARE
 

@@ -84,13 +84,8 @@ def test_a_kiosk_refused_a_live_connection_weighs_by_polling_and_stores_what_it_
         assert checks.fold(k.page) == []
         shown = dialog.locator("#confirm-summary dd").last.inner_text().strip().removesuffix(" (+)")
         assert shown == f"{net:.2f} kg", shown
-        with k.page.expect_navigation():
-            dialog.locator("[data-action=confirm]").click()
-        k.wait_screen(("step", "blocked", "complete", "batches"))
-        stored = [r for r in flows.step_records(server, batch) if r["step"] == step["id"] and r["kind"] == "container"]
-        assert len(stored) == 1, (flows.message(k), stored)
-        confirmed = stored[0]["data"]["reading"]["confirmed"]
-        assert f"{confirmed['value']} {confirmed['unit']}" == shown and Decimal(stored[0]["value"]) == net
+        stored, confirmed = flows.confirm_weighing(k, server, batch, step)
+        assert confirmed == shown and Decimal(stored["value"]) == net
         k.shot("weighed-without-live-connection")
         # the refusals are in view of the administrator: one open alarm, whatever their number
         with server.db() as db:
