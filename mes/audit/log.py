@@ -25,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, current_app
-from sqlalchemy import Executable, event, func, insert, select
+from sqlalchemy import Connection, Executable, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from mes.audit import canonical, entry_tags, keys, merkle
@@ -133,11 +133,14 @@ class AuditLog:
         self.tag_key_path = Path(tag_path)
         app.extensions["mes_audit"] = self
 
-    def tag_key(self) -> bytes:
-        """The entry authentication tag key (a file beside the signing key; created on first use)."""
+    def tag_key(self, connection: Connection | None = None) -> bytes:
+        """The entry authentication tag key (a file beside the signing key; created on first use).
+
+        ``connection``: where to look for tagged entries before a missing key file is created
+        (a migration passes its own: a fresh connection would wait on the migration's locks)."""
         if self._tag_key is None:
             assert self.tag_key_path is not None, "AuditLog.init_app was not called"
-            if not self.tag_key_path.exists() and _log_has_tags():
+            if not self.tag_key_path.exists() and _log_has_tags(connection):
                 # a new key would make every existing entry look forged: the file is missing, not new
                 raise keys.KeyFileError(f"audit tag key {self.tag_key_path} is missing but the audit log holds "
                                         "tagged entries: restore the key file (MES_AUDIT_TAG_KEY_PATH)")
@@ -177,11 +180,17 @@ class AuditLog:
         return notes.vkey_text(self.key_name, keys.public_bytes(self.signing_key()))
 
 
-def _log_has_tags() -> bool:
-    """Whether any entry in the database already carries a tag (read on a fresh connection)."""
+_ANY_TAG_SQL = "SELECT 1 FROM audit_entries WHERE tag IS NOT NULL LIMIT 1"
+
+
+def _log_has_tags(connection: Connection | None = None) -> bool:
+    """Whether any entry in the database already carries a tag (read on ``connection``, or on
+    a fresh one)."""
+    if connection is not None:
+        return connection.exec_driver_sql(_ANY_TAG_SQL).first() is not None
     try:
         with db.engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT 1 FROM audit_entries WHERE tag IS NOT NULL LIMIT 1").first() is not None
+            return conn.exec_driver_sql(_ANY_TAG_SQL).first() is not None
     except Exception:  # noqa: BLE001 - no database (yet): nothing tagged to protect
         return False
 

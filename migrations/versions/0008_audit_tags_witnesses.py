@@ -56,7 +56,7 @@ def _tag_existing() -> None:
         op.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_immutable")
     else:
         op.execute("DROP TRIGGER audit_entries_no_update")
-    outcome = tag_legacy_entries(bind, audit.tag_key(), verifier_keys())
+    outcome = tag_legacy_entries(bind, audit.tag_key(bind), verifier_keys())
     (logger.warning if "untagged:" in outcome else logger.info)("%s", outcome)
     if pg:
         op.execute("ALTER TABLE audit_entries ENABLE TRIGGER audit_entries_immutable")

@@ -252,6 +252,34 @@ def test_a_missing_tag_key_is_never_silently_replaced(app: Flask) -> None:
     assert al.tag_key() and verify_database().ok
 
 
+def test_a_missing_tag_key_is_looked_for_on_the_migrations_own_connection(app: Flask) -> None:
+    """Migration 0008 adds the tag column and loads the key in one transaction: the check for
+    tagged entries must read on that connection. A fresh one waited on the migration's lock
+    (30 s on SQLite at every `mes init`; on PostgreSQL until a lock timeout)."""
+    from mes.audit.keys import KeyFileError
+
+    _append(2)
+    al = log.audit_log()
+    moved = al.tag_key_path.with_name("moved-away.key")
+    al.tag_key_path.rename(moved)
+    al._tag_key = None
+    db.session.rollback()
+    try:
+        with db.engine.connect() as conn:
+            migration = conn.begin()
+            try:  # as migration 0008 does: the table altered, its lock held, the key loaded
+                conn.exec_driver_sql("ALTER TABLE audit_entries ADD COLUMN tag_probe INTEGER")
+                with pytest.raises(KeyFileError, match="restore the key file"):
+                    al.tag_key(conn)  # the entries are tagged: seen on this connection, at once
+            finally:
+                migration.rollback()
+        assert not al.tag_key_path.exists()
+    finally:
+        moved.rename(al.tag_key_path)
+        al._tag_key = None
+    assert al.tag_key() and verify_database().ok
+
+
 def test_checkpoint_cli_refuses_to_sign_a_truncated_log(signed_log: str, app: Flask, database_url: str) -> None:
     log.publish_checkpoint()
     db.session.commit()
