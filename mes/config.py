@@ -300,7 +300,7 @@ def load_config(
         raise ConfigError("MES_ARGON2_MEMORY_KIB is invalid: argon2 needs at least 8 KiB per lane "
                           f"(8 × MES_ARGON2_PARALLELISM = {8 * config['MES_ARGON2_PARALLELISM']})")
     if "MES_LIVE_CONNECTIONS" not in config:
-        config["MES_LIVE_CONNECTIONS"] = live_connections_for(_threads(env))
+        config["MES_LIVE_CONNECTIONS"] = live_connections_for(threads_of(env))
     if "SQLALCHEMY_DATABASE_URI" not in config:
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{folder.database_path}"
     if "SECRET_KEY" not in config:
@@ -312,16 +312,31 @@ def load_config(
     return config
 
 
-#: Threads of a web instance when ``MES_THREADS`` is not set (as ``mes.server``).
+#: Threads of a web instance when ``MES_THREADS`` is not set.
 DEFAULT_THREADS = 50
+#: The range ``MES_THREADS`` may take.
+THREADS_RANGE = (1, 1000)
 
 
-def _threads(env: Mapping[str, str]) -> int:
-    raw = (env.get("MES_THREADS") or "").strip()
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    """A whole number from ``env[name]`` within [minimum, maximum], ``default`` when unset; a
+    one-line :class:`ConfigError` naming the variable otherwise (the server variables' reader)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
     try:
-        return max(1, int(raw)) if raw else DEFAULT_THREADS
+        value = int(raw)
     except ValueError:
-        raise ConfigError(f"MES_THREADS={raw!r}: expected a whole number from 1 to 1000") from None
+        raise ConfigError(f"{name}={raw!r}: expected a whole number from {minimum} to {maximum}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value}: expected a whole number from {minimum} to {maximum}")
+    return value
+
+
+def threads_of(env: Mapping[str, str]) -> int:
+    """The threads of a web instance (``MES_THREADS``): read here only, for the server and for
+    the live-connection budget alike."""
+    return env_int(env, "MES_THREADS", DEFAULT_THREADS, *THREADS_RANGE)
 
 
 def live_connections_for(threads: int) -> int:

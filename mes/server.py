@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.app.base import Application
 
-from mes.config import ConfigError, _parse_bool
+from mes.config import ConfigError, _parse_bool, env_int, threads_of
 
 
 class MESServer(Application):  # type: ignore[misc]
@@ -72,16 +72,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def _env_int(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a whole number from {minimum} to {maximum}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={value}: expected a whole number from {minimum} to {maximum}")
-    return value
+    return env_int(os.environ, name, default, minimum, maximum)
 
 
 def _env_workers() -> int:
@@ -112,7 +103,7 @@ def options_from_env() -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": [b.strip() for b in os.environ.get("MES_BIND", "127.0.0.1:8000").split(",") if b.strip()],
         "workers": _env_workers(),
-        "threads": _env_int("MES_THREADS", 50, 1, 1000),
+        "threads": threads_of(os.environ),
         "worker_class": "gthread",
         "timeout": _env_int("MES_WORKER_TIMEOUT", 60, 10, 86400),
         "graceful_timeout": _env_int("MES_GRACEFUL_TIMEOUT", 30, 1, 3600),

@@ -437,7 +437,9 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def server_threads() -> str:
     """Threads per instance: ``MES_THREADS`` as given to the bench, else ``mes run``'s default."""
-    return os.environ.get("MES_THREADS", "50")
+    from mes.config import threads_of
+
+    return str(threads_of(os.environ))
 
 
 def _start_server(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:

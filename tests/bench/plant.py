@@ -144,6 +144,7 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
     import socketio
 
     from mes.execution.sim_operator import Login, login
+    from mes.realtime import LIVE_RETRY_AFTER_S
 
     samples: list[tuple[float, float]] = []
     in_app: list[float] = []
@@ -182,8 +183,8 @@ def _operator(base: str, kiosk: str, badge: str, work_orders: list[str], think_s
 
     def watch_later() -> None:
         while True:
-            time.sleep(10)  # the Retry-After the refusal gives
-            if time.time() >= until - 10 or watch():
+            time.sleep(LIVE_RETRY_AFTER_S)  # the Retry-After the refusal gives (one home: mes.realtime)
+            if time.time() >= until - LIVE_RETRY_AFTER_S or watch():
                 return
 
     until = time.time() + 3600  # until the window is set
