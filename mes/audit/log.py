@@ -54,6 +54,11 @@ _INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({'
 _INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
 _INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
+# an append's outbox event goes through the driver with the entry (SQLAlchemy's insert()
+# construct, its cache key and its compilation cost more than the round trip it rides in)
+_EVENT_COLUMNS = "id, type, subject, sequence, time, audit_seq, position, body, created_at"
+_INSERT_EVENT_SQLITE = f"INSERT INTO outbox_events ({_EVENT_COLUMNS}) VALUES ({', '.join(['?'] * 9)})"
+_INSERT_EVENT_PG = f"INSERT INTO outbox_events ({_EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 9)})"
 
 
 def _stored_at(at: datetime) -> str:
@@ -381,7 +386,10 @@ def record(
         )
         conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
         if event is not None:
-            conn.execute(_event_insert(event, seq, at, last_sequence))
+            row = _event_row(event, seq, at, last_sequence)
+            if sqlite:
+                row = {**row, "time": _stored_at(row["time"]), "created_at": _stored_at(row["created_at"])}
+            conn.exec_driver_sql(_INSERT_EVENT_SQLITE if sqlite else _INSERT_EVENT_PG, tuple(row.values()))
     known = {**frontier, **{(level, i): h for level, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)
@@ -434,12 +442,20 @@ def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime, posi
 
 
 def _event_insert(ev: Event, audit_seq: int, at: datetime, last: int | None, position: int | None = None) -> Executable:
-    """The outbox row of ``ev``, the next in its subject's sequence after ``last`` (read under
-    the append lock, which every outbox write holds)."""
+    """The outbox row of ``ev`` as an ORM insert (see :func:`_event_row`)."""
+    return insert(OutboxEvent).values(**_event_row(ev, audit_seq, at, last, position))
+
+
+def _event_row(ev: Event, audit_seq: int, at: datetime, last: int | None, position: int | None = None) -> dict[str, Any]:
+    """The outbox row of ``ev`` (columns in :data:`_EVENT_COLUMNS` order), the next in its
+    subject's sequence after ``last`` (read under the append lock, which every outbox write
+    holds)."""
     subject = _subject(ev)
     sequence = (last or 0) + 1
     event_id = str(uuid.uuid4())
     time = ev.time or at
+    if time.tzinfo is None:
+        raise ValueError(f"{ev.type}: a naive event time (UTC-aware only)")
     site = audit_log().site_id
     envelope: dict[str, Any] = {
         "specversion": "1.0",
@@ -458,10 +474,9 @@ def _event_insert(ev: Event, audit_seq: int, at: datetime, last: int | None, pos
     if ev.correlation_id is not None:
         envelope["correlationid"] = ev.correlation_id
     body = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return insert(OutboxEvent).values(
-        id=event_id, type=ev.type, subject=subject, sequence=sequence, time=time,
-        audit_seq=audit_seq, position=event_position(audit_seq) if position is None else position, body=body,
-    )
+    return {"id": event_id, "type": ev.type, "subject": subject, "sequence": sequence, "time": time.astimezone(UTC),
+            "audit_seq": audit_seq, "position": event_position(audit_seq) if position is None else position,
+            "body": body, "created_at": utcnow()}
 
 
 # ---------------------------------------------------------------------- tree reads
