@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,6 @@ class MESServer(Application):  # type: ignore[misc]
         # The app keeps threads free for requests (MES_LIVE_CONNECTIONS, mes.realtime.LiveBudget)
         # out of the threads this worker really has, wherever they were set.
         os.environ["MES_THREADS"] = str(self.cfg.threads)
-        # A request thread that gets its answer from the database waits for its turn at the
-        # interpreter (CPython runs one thread at a time) up to the switch interval; with 5 ms
-        # (Python's default) that wait was a third of a step completion's time at 30 kiosks
-        # (plant bench: p50 in the app 14.4 ms, with 0.5 ms 10.9 ms).
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         from mes.jobs import start_background_jobs
         from mes.wsgi import app
 
@@ -67,10 +61,6 @@ class MESServer(Application):  # type: ignore[misc]
 
 
 DEPLOY_CONFIG = Path("deploy") / "gunicorn.conf.py"
-#: The interpreter's thread switch interval in a web worker (see MESServer.load).
-SWITCH_INTERVAL_S = 0.0005
-
-
 def _env_int(name: str, default: int, minimum: int, maximum: int) -> int:
     return env_int(os.environ, name, default, minimum, maximum)
 
