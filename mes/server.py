@@ -61,6 +61,8 @@ class MESServer(Application):  # type: ignore[misc]
 
 
 DEPLOY_CONFIG = Path("deploy") / "gunicorn.conf.py"
+
+
 def _env_int(name: str, default: int, minimum: int, maximum: int) -> int:
     return env_int(os.environ, name, default, minimum, maximum)
 

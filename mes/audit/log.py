@@ -56,9 +56,9 @@ _INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?
 _INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
 # an append's outbox event goes through the driver with the entry (SQLAlchemy's insert()
 # construct, its cache key and its compilation cost more than the round trip it rides in)
-_EVENT_COLUMNS = "id, type, subject, sequence, time, audit_seq, position, body, created_at"
-_INSERT_EVENT_SQLITE = f"INSERT INTO outbox_events ({_EVENT_COLUMNS}) VALUES ({', '.join(['?'] * 9)})"
-_INSERT_EVENT_PG = f"INSERT INTO outbox_events ({_EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 9)})"
+_EVENT_COLUMNS = ("id", "type", "subject", "sequence", "time", "audit_seq", "position", "body", "created_at")
+_INSERT_EVENT_SQLITE = f"INSERT INTO outbox_events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(['?'] * 9)})"
+_INSERT_EVENT_PG = f"INSERT INTO outbox_events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(['%s'] * 9)})"
 
 
 def _stored_at(at: datetime) -> str:
@@ -389,7 +389,8 @@ def record(
             row = _event_row(event, seq, at, last_sequence)
             if sqlite:
                 row = {**row, "time": _stored_at(row["time"]), "created_at": _stored_at(row["created_at"])}
-            conn.exec_driver_sql(_INSERT_EVENT_SQLITE if sqlite else _INSERT_EVENT_PG, tuple(row.values()))
+            conn.exec_driver_sql(_INSERT_EVENT_SQLITE if sqlite else _INSERT_EVENT_PG,
+                                 tuple(row[column] for column in _EVENT_COLUMNS))
     known = {**frontier, **{(level, i): h for level, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)
@@ -438,16 +439,12 @@ def _subject(ev: Event) -> str:
 
 
 def _write_event(session: Session, ev: Event, audit_seq: int, at: datetime, position: int | None = None) -> None:
-    session.execute(_event_insert(ev, audit_seq, at, _last_sequence(session, _subject(ev)), position))
-
-
-def _event_insert(ev: Event, audit_seq: int, at: datetime, last: int | None, position: int | None = None) -> Executable:
-    """The outbox row of ``ev`` as an ORM insert (see :func:`_event_row`)."""
-    return insert(OutboxEvent).values(**_event_row(ev, audit_seq, at, last, position))
+    last = _last_sequence(session, _subject(ev))
+    session.execute(insert(OutboxEvent).values(**_event_row(ev, audit_seq, at, last, position)))
 
 
 def _event_row(ev: Event, audit_seq: int, at: datetime, last: int | None, position: int | None = None) -> dict[str, Any]:
-    """The outbox row of ``ev`` (columns in :data:`_EVENT_COLUMNS` order), the next in its
+    """The outbox row of ``ev`` (a value for each of :data:`_EVENT_COLUMNS`), the next in its
     subject's sequence after ``last`` (read under the append lock, which every outbox write
     holds)."""
     subject = _subject(ev)

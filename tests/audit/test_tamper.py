@@ -4,10 +4,12 @@ first bad seq, and the MES refuses to sign a checkpoint over it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -234,21 +236,29 @@ def test_legacy_entries_are_tagged_at_upgrade_only_when_they_check_out(signed_lo
     assert not result.ok and result.first_bad_seq == 20, result.errors  # flagged, from the first untagged
 
 
-def test_a_missing_tag_key_is_never_silently_replaced(app: Flask) -> None:
-    from mes.audit.keys import KeyFileError
-
-    _append(2)
+@contextlib.contextmanager
+def _tag_key_moved_away() -> Iterator[log.AuditLog]:
+    """The tag key file moved out of its place (and the loaded key forgotten) for the block,
+    then put back."""
     al = log.audit_log()
     moved = al.tag_key_path.with_name("moved-away.key")
     al.tag_key_path.rename(moved)
     al._tag_key = None
     try:
-        with pytest.raises(KeyFileError, match="restore the key file"):
-            al.tag_key()
-        assert not al.tag_key_path.exists()
+        yield al
     finally:
         moved.rename(al.tag_key_path)
         al._tag_key = None
+
+
+def test_a_missing_tag_key_is_never_silently_replaced(app: Flask) -> None:
+    from mes.audit.keys import KeyFileError
+
+    _append(2)
+    with _tag_key_moved_away() as al:
+        with pytest.raises(KeyFileError, match="restore the key file"):
+            al.tag_key()
+        assert not al.tag_key_path.exists()
     assert al.tag_key() and verify_database().ok
 
 
@@ -259,24 +269,16 @@ def test_a_missing_tag_key_is_looked_for_on_the_migrations_own_connection(app: F
     from mes.audit.keys import KeyFileError
 
     _append(2)
-    al = log.audit_log()
-    moved = al.tag_key_path.with_name("moved-away.key")
-    al.tag_key_path.rename(moved)
-    al._tag_key = None
     db.session.rollback()
-    try:
-        with db.engine.connect() as conn:
-            migration = conn.begin()
-            try:  # as migration 0008 does: the table altered, its lock held, the key loaded
-                conn.exec_driver_sql("ALTER TABLE audit_entries ADD COLUMN tag_probe INTEGER")
-                with pytest.raises(KeyFileError, match="restore the key file"):
-                    al.tag_key(conn)  # the entries are tagged: seen on this connection, at once
-            finally:
-                migration.rollback()
+    with _tag_key_moved_away() as al, db.engine.connect() as conn:
+        migration = conn.begin()
+        try:  # as migration 0008 does: the table altered, its lock held, the key loaded
+            conn.exec_driver_sql("ALTER TABLE audit_entries ADD COLUMN tag_probe INTEGER")
+            with pytest.raises(KeyFileError, match="restore the key file"):
+                al.tag_key(conn)  # the entries are tagged: seen on this connection, at once
+        finally:
+            migration.rollback()
         assert not al.tag_key_path.exists()
-    finally:
-        moved.rename(al.tag_key_path)
-        al._tag_key = None
     assert al.tag_key() and verify_database().ok
 
 
