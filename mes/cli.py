@@ -135,7 +135,8 @@ def init(admin_id: str, admin_name: str, admin_password: str | None) -> None:
 
     with app.app_context():
         audit_log().signing_key()
-        click.echo(f"audit signing key {app.config['MES_AUDIT_KEY_PATH']}")
+        token = audit_log().token
+        click.echo(f"audit signing key {app.config['MES_AUDIT_KEY_PATH'] if token is None else token.describe()}")
         click.echo(f"verifier key {audit_log().vkey()}")
         from mes.ebr.signing import ensure_identity, paths_from
 

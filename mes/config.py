@@ -177,6 +177,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_AUDIT_TAG_KEY_PATH", "MES_AUDIT_TAG_KEY_PATH", str, "",
             "Audit entry authentication tag key (never in the database); default audit-tag.key beside the "
             "signing key"),
+    Setting("MES_PKCS11_MODULE", "MES_PKCS11_MODULE", str, "",
+            "PKCS#11 module (an HSM's library, e.g. /usr/lib/softhsm/libsofthsm2.so): when set, the audit signing "
+            "and tag keys and the eBR signing key live in its token instead of files"),
+    Setting("MES_PKCS11_TOKEN", "MES_PKCS11_TOKEN", str, "mes",
+            "Label of the PKCS#11 token holding the MES's keys"),
+    Setting("MES_PKCS11_PIN_FILE", "MES_PKCS11_PIN_FILE", str, "",
+            "File (mode 0600) holding the PKCS#11 token's user PIN"),
     Setting("MES_AUDIT_VERIFY_SECONDS", "MES_AUDIT_VERIFY_SECONDS", _parse_positive_int, "86400",
             "How often each server re-verifies the whole audit log (also at start-up); new entries are "
             "verified before every checkpoint"),

@@ -33,6 +33,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+#: fixtures every test module may use: a SoftHSM2 token per test (tests/softhsm.py)
+pytest_plugins = ("tests.softhsm",)
+
 BACKENDS = [b.strip() for b in os.environ.get("MES_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 PG_ADMIN_URL = os.environ.get("MES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SHARED_DIR = Path(os.environ.get("MES_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))

@@ -87,8 +87,9 @@ def _check_name(name: str) -> None:
 
 
 def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    """The raw 32-byte Ed25519 public key of a private or public key object."""
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    """The raw 32-byte Ed25519 public key of a public key, or of a private key (a file's or
+    one in the PKCS#11 token)."""
+    pub = key if isinstance(key, Ed25519PublicKey) else key.public_key()
     return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 

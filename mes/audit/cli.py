@@ -115,7 +115,13 @@ def audit_rotate_key() -> None:
         al = audit_log()
         old = al.vkey()
         assert al.key_path is not None
-        keys.rotate_signing_key(al.key_path, al.verifier_dir, al.site_id)
+        if al.token is not None:
+            from mes.system import token as hsm
+
+            keys.save_verifier_key(al.verifier_dir, al.key_name, keys.public_bytes(al.signing_key()))
+            keys.save_verifier_key(al.verifier_dir, al.key_name, keys.public_bytes(hsm.rotate_audit_signing_key(al.token)))
+        else:
+            keys.rotate_signing_key(al.key_path, al.verifier_dir, al.site_id)
         al.reload_key()
         record(Actor.system("cli"), "audit.key.rotated", ("audit_key", al.key_name), before={"vkey": old},
                after={"vkey": al.vkey()})

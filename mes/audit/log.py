@@ -33,6 +33,7 @@ from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
 from mes.db import as_utc, db, in_read_transaction, pipelined, utcnow
 from mes.integration.models import OutboxEvent
+from mes.system import token as hsm
 
 ADVISORY_LOCK_KEY = 0x4D45_5341  # "MESA"
 CHECKPOINT_EVERY_ENTRIES = 1000
@@ -128,7 +129,8 @@ class AuditLog:
     key_path: Path | None = None
     tag_key_path: Path | None = None
     last_checkpoint: tuple[int, datetime | None] | None = None
-    _key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    token: hsm.Token | None = None
+    _key: Ed25519PrivateKey | hsm.TokenEd25519Key | None = field(default=None, repr=False)
     _tag_key: bytes | None = field(default=None, repr=False)
 
     def init_app(self, app: Flask) -> None:
@@ -136,20 +138,29 @@ class AuditLog:
         self.key_path = Path(app.config["MES_AUDIT_KEY_PATH"])
         tag_path = app.config.get("MES_AUDIT_TAG_KEY_PATH") or self.key_path.parent / entry_tags.TAG_KEY_FILE
         self.tag_key_path = Path(tag_path)
+        self.token = hsm.configured(app.config)
         app.extensions["mes_audit"] = self
 
     def tag_key(self, connection: Connection | None = None) -> bytes:
-        """The entry authentication tag key (a file beside the signing key; created on first use).
+        """The entry authentication tag key (a file beside the signing key, or derived in the
+        PKCS#11 token; created on first use).
 
-        ``connection``: where to look for tagged entries before a missing key file is created
-        (a migration passes its own: a fresh connection would wait on the migration's locks)."""
+        ``connection``: where to look for tagged entries before a missing key is created (a
+        migration passes its own: a fresh connection would wait on the migration's locks)."""
         if self._tag_key is None:
             assert self.tag_key_path is not None, "AuditLog.init_app was not called"
-            if not self.tag_key_path.exists() and _log_has_tags(connection):
-                # a new key would make every existing entry look forged: the file is missing, not new
-                raise keys.KeyFileError(f"audit tag key {self.tag_key_path} is missing but the audit log holds "
-                                        "tagged entries: restore the key file (MES_AUDIT_TAG_KEY_PATH)")
-            self._tag_key = entry_tags.load_or_create_tag_key(self.tag_key_path)
+            if self.token is not None:
+                where, remedy = f"{hsm.AUDIT_TAG!r} in {self.token.describe()}", "restore the token from its backup"
+                missing = not hsm.has_tag_secret(self.token)
+            else:
+                where, remedy = str(self.tag_key_path), "restore the key file (MES_AUDIT_TAG_KEY_PATH)"
+                missing = not self.tag_key_path.exists()
+            if missing and _log_has_tags(connection):
+                # a new key would make every existing entry look forged: the key is missing, not new
+                raise keys.KeyFileError(f"audit tag key {where} is missing but the audit log holds tagged entries: "
+                                        f"{remedy}")
+            self._tag_key = (hsm.tag_key(self.token, create=True) if self.token is not None
+                             else entry_tags.load_or_create_tag_key(self.tag_key_path))
         return self._tag_key
 
     @property
@@ -163,11 +174,14 @@ class AuditLog:
     def key_name(self) -> str:
         return notes.key_name(self.site_id)
 
-    def signing_key(self) -> Ed25519PrivateKey:
-        """The checkpoint key, created on first use in the instance folder (mode 0600)."""
+    def signing_key(self) -> Ed25519PrivateKey | hsm.TokenEd25519Key:
+        """The checkpoint key, created on first use: in the PKCS#11 token when one is
+        configured, else in the instance folder (mode 0600)."""
         if self._key is None:
             assert self.key_path is not None, "AuditLog.init_app was not called"
-            key = keys.load_or_create_signing_key(self.key_path)
+            key: Ed25519PrivateKey | hsm.TokenEd25519Key = (
+                hsm.audit_signing_key(self.token, create=True) if self.token is not None
+                else keys.load_or_create_signing_key(self.key_path))
             keys.save_verifier_key(self.verifier_dir, self.key_name, keys.public_bytes(key))
             self._key = key
         return self._key
@@ -378,11 +392,12 @@ def record(
     sqlite = conn.dialect.paramstyle == "qmark"
     frontier = {} if head is None else head.frontier
     nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
+    tag = entry_tags.entry_tag(audit_log().tag_key(conn), entry_bytes)  # a first use looks on this connection
     with pipelined(conn):  # the entry, its tree nodes and its event: one round trip
         conn.exec_driver_sql(
             _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
             (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
-             batch, entry_bytes, leaf, entry_tags.entry_tag(audit_log().tag_key(), entry_bytes)),
+             batch, entry_bytes, leaf, tag),
         )
         conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
         if event is not None:

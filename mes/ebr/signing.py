@@ -5,7 +5,9 @@
 ``ebr-signing.crt`` / ``ebr-signing.key`` (issued by it: digitalSignature + nonRepudiation,
 extended key usage documentSigning and emailProtection, so NSS/poppler accept it as a
 signer too). Configured paths (``MES_EBR_SIGNING_CERT_PATH``, ``MES_EBR_SIGNING_KEY_PATH``,
-``MES_EBR_CA_CERT_PATH``) are used as they are and never overwritten. Keys are RSA-3072: with
+``MES_EBR_CA_CERT_PATH``) are used as they are and never overwritten. With a PKCS#11 token
+(``MES_PKCS11_MODULE``) the signing key pair is made and kept in the token (``mes-ebr-signing``)
+and pyHanko signs through it; no key file is written. Keys are RSA-3072: with
 ECDSA pyHanko declares PDF 2.0 (ISO 32002), while PDF/A-3 stays PDF 1.7 (with the ESIC extension).
 
 Signatures are PAdES B-B (``/ETSI.CAdES.detached``, SHA-256) written as an incremental
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mes.db import utcnow
+from mes.system import token as hsm
 
 DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")  # id-kp-documentSigning (RFC 9336)
 FIELD = "MES-eBR-Release"
@@ -45,11 +48,13 @@ class SigningPaths:
     cert: Path
     key: Path
     tsa_url: str = ""
+    token: hsm.Token | None = None  # the key is in this PKCS#11 token, not in ``key``
 
     @property
     def configured(self) -> bool:
-        """Whether all three files exist (a plant that brings its own uses them as they are)."""
-        return self.ca_cert.is_file() and self.cert.is_file() and self.key.is_file()
+        """Whether the CA, the certificate and its key exist (a plant that brings its own uses
+        them as they are)."""
+        return self.ca_cert.is_file() and self.cert.is_file() and (self.token is not None or self.key.is_file())
 
 
 def paths_from(config: Any) -> SigningPaths:
@@ -58,7 +63,8 @@ def paths_from(config: Any) -> SigningPaths:
     cert = Path(config.get("MES_EBR_SIGNING_CERT_PATH") or home / "ebr-signing.crt")
     key = Path(config.get("MES_EBR_SIGNING_KEY_PATH") or home / "ebr-signing.key")
     ca = Path(config.get("MES_EBR_CA_CERT_PATH") or home / "plant-ca.crt")
-    return SigningPaths(ca, ca.with_suffix(".key"), cert, key, str(config.get("MES_EBR_TSA_URL") or ""))
+    return SigningPaths(ca, ca.with_suffix(".key"), cert, key, str(config.get("MES_EBR_TSA_URL") or ""),
+                        hsm.configured(config))
 
 
 def _name(common: str, site: str) -> x509.Name:
@@ -83,7 +89,7 @@ def ensure_identity(paths: SigningPaths, site: str) -> bool:
     with _LOCK:
         if paths.configured:
             return False
-        if paths.cert.exists() or paths.key.exists():
+        if paths.cert.exists() or (paths.token is None and paths.key.exists()):
             raise RuntimeError(f"the eBR signing certificate {paths.cert} or key {paths.key} is missing its pair")
         now = utcnow().replace(microsecond=0)
         if paths.ca_cert.is_file():
@@ -107,9 +113,10 @@ def ensure_identity(paths: SigningPaths, site: str) -> bool:
                        .sign(ca_key, hashes.SHA256()))
             _write_private(paths.ca_key, ca_key)
             paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072) if paths.token is None else None
+        public = key.public_key() if key is not None else hsm.ebr_public_key(paths.token, create=True)
         cert = (x509.CertificateBuilder().subject_name(_name(f"{site} electronic batch records", site))
-                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .issuer_name(ca_cert.subject).public_key(public)
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=3650))
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -118,10 +125,11 @@ def ensure_identity(paths: SigningPaths, site: str) -> bool:
                                              crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION]),
                                critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        _write_private(paths.key, key)
+        if key is not None:
+            _write_private(paths.key, key)
         paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return True
 
@@ -177,9 +185,22 @@ def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> 
     meta = signers.PdfSignatureMetadata(field_name=FIELD, md_algorithm="sha256", reason=reason, location=location,
                                         subfilter=fields.SigSeedSubFilter.PADES)
     stamper = timestamps.HTTPTimeStamper(paths.tsa_url) if paths.tsa_url else None
-    pdf_signer = signers.PdfSigner(meta, signer=_signer(paths), timestamper=stamper)
     out = io.BytesIO()
-    _off_any_event_loop(lambda: pdf_signer.sign_pdf(writer, output=out))
+    if paths.token is None:
+        pdf_signer = signers.PdfSigner(meta, signer=_signer(paths), timestamper=stamper)
+        _off_any_event_loop(lambda: pdf_signer.sign_pdf(writer, output=out))
+        return out.getvalue()
+    from pyhanko.keys import load_cert_from_pemder, load_certs_from_pemder
+    from pyhanko.sign.pkcs11 import PKCS11Signer
+
+    try:
+        cert, chain = load_cert_from_pemder(str(paths.cert)), list(load_certs_from_pemder([str(paths.ca_cert)]))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the eBR signing certificate {paths.cert} cannot be read: {exc}") from None
+    with hsm.session(paths.token) as session:
+        signer = PKCS11Signer(session, key_label=hsm.EBR_SIGNING, signing_cert=cert, ca_chain=chain)
+        pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=stamper)
+        _off_any_event_loop(lambda: pdf_signer.sign_pdf(writer, output=out))
     return out.getvalue()
 
 

@@ -2,6 +2,9 @@
 
 What is checked, each line ``ok``, ``warn`` or ``FAIL``:
 
+* with a PKCS#11 token (``MES_PKCS11_MODULE``): the PIN file's mode and each MES key in the
+  token, present, SENSITIVE and not EXTRACTABLE (FAIL otherwise), and key files left on disk
+  (warn); without one:
 * the checkpoint signing key and the entry tag key: present, a regular file owned by the
   service user, no group or other permission bits (FAIL otherwise); kept outside
   ``MES_HOME`` (warn when inside: in production they live in a path only the service user
@@ -25,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mes.db import db
+from mes.system import token as hsm
 
 #: tables whose rows are never updated nor deleted / never deleted (the migrations' lists)
 IMMUTABLE = ("audit_entries", "audit_tree_nodes", "audit_checkpoints", "audit_reviews", "audit_cosignatures",
@@ -62,6 +66,9 @@ def _inside(path: Path, home: Path) -> bool:
 
 
 def key_lines(app: Flask) -> list[Line]:
+    token = hsm.configured(app.config)
+    if token is not None:
+        return hsm.custody_lines(token) + _unused_key_files(app)
     home = Path(app.config["MES_HOME"])
     sign = Path(app.config["MES_AUDIT_KEY_PATH"])
     tag = Path(app.config.get("MES_AUDIT_TAG_KEY_PATH") or sign.parent / "audit-tag.key")
@@ -76,6 +83,14 @@ def key_lines(app: Flask) -> list[Line]:
     return out
 
 
+def _unused_key_files(app: Flask) -> list[Line]:
+    """With the keys in a token, key files left on disk are copies waiting to be stolen."""
+    sign = Path(app.config["MES_AUDIT_KEY_PATH"])
+    tag = Path(app.config.get("MES_AUDIT_TAG_KEY_PATH") or sign.parent / "audit-tag.key")
+    return [("warn", f"{path} is not used (the keys are in the token): remove it once nothing signed with it "
+                     "needs it") for path in (sign, tag) if path.exists()]
+
+
 def pinned_lines(app: Flask) -> list[Line]:
     from mes.audit.log import audit_log
     from mes.witness.client import configured_witnesses
@@ -85,7 +100,7 @@ def pinned_lines(app: Flask) -> list[Line]:
     if not pinned:
         out.append(("warn", "MES_AUDIT_VERIFIER_KEYS is not set: verifier keys are read beside the signing key; "
                             "pin the log's verifier key in the configuration"))
-    elif Path(app.config["MES_AUDIT_KEY_PATH"]).exists():
+    elif hsm.configured(app.config) is not None or Path(app.config["MES_AUDIT_KEY_PATH"]).exists():
         current = audit_log().vkey()
         if current not in pinned:
             out.append(("FAIL", f"the signing key's verifier key {current} is not one of MES_AUDIT_VERIFIER_KEYS: "
