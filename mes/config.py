@@ -92,6 +92,13 @@ def _parse_database_url(raw: str) -> str:
     return raw
 
 
+def _parse_pades_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"B-B", "B-T", "B-LTA"}:
+        raise ValueError("expected B-B, B-T or B-LTA")
+    return value
+
+
 def _parse_log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -227,7 +234,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MES_EBR_CA_CERT_PATH", "MES_EBR_CA_CERT_PATH", str, "",
             "Plant CA certificate (PEM) that issued the eBR signing certificate; default MES_HOME/plant-ca.crt"),
     Setting("MES_EBR_TSA_URL", "MES_EBR_TSA_URL", str, "",
-            "RFC 3161 time-stamp authority: eBR signatures become PAdES B-T (default B-B)"),
+            "RFC 3161 time-stamp authority: eBR signatures become PAdES B-T or B-LTA (MES_EBR_PADES_LEVEL; "
+            "default B-B)"),
+    Setting("MES_EBR_PADES_LEVEL", "MES_EBR_PADES_LEVEL", _parse_pades_level, "B-LTA",
+            "PAdES level of eBR signatures when a time-stamp authority is configured: B-T, or B-LTA (validation data "
+            "of every certificate in the document's security store and a document time-stamp over it); B-B without "
+            "one"),
+    Setting("MES_EBR_TSA_CA_PATH", "MES_EBR_TSA_CA_PATH", str, "",
+            "CA certificate(s) (PEM) of the time-stamp authority, trusted when its time-stamps are checked at signing "
+            "(B-LTA); default Mozilla's public CAs (certifi)"),
     Setting("MES_EBR_FONT", "MES_EBR_FONT", str, "",
             "Font file (path[:face index]) the eBR is printed in; default Noto Sans CJK found with fc-match"),
     Setting("MES_INTEGRATION_BACKLOG_ALARM_SECONDS", "MES_INTEGRATION_BACKLOG_ALARM_SECONDS", _parse_positive_int, "900",

@@ -124,7 +124,7 @@ def freeze_at_release(actor: Actor, batch_id: str, decision: str, conditions: st
     record(actor, "ebr.generated", ("ebr", batch_id), batch=batch_id,
            after={"sha256": made.sha256, "json_sha256": hashlib.sha256(made.json_bytes).hexdigest(),
                   "bundle_sha256": hashlib.sha256(made.bundle).hexdigest(), "bytes": len(made.pdf),
-                  "pades": "B-T" if signing_paths().tsa_url else "B-B", "pdfa": "PDF/A-3B"})
+                  "pades": signing_paths().level, "pdfa": "PDF/A-3B"})
     return made.sha256
 
 

@@ -12,7 +12,10 @@ ECDSA pyHanko declares PDF 2.0 (ISO 32002), while PDF/A-3 stays PDF 1.7 (with th
 
 Signatures are PAdES B-B (``/ETSI.CAdES.detached``, SHA-256) written as an incremental
 update, so the PDF/A-3b document underneath is unchanged; with ``MES_EBR_TSA_URL`` set
-they are B-T (an RFC 3161 signature time-stamp from that authority).
+they are B-T (an RFC 3161 signature time-stamp from that authority) or, by default, B-LTA:
+the certificates and revocation data of the signer and the time-stamp authority (the plant
+CA's own CRL, issued at signing when the MES holds the CA key) in the document security
+store, then a document time-stamp over all of it (field ``MES-eBR-Archive``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from mes.system import token as hsm
 
 DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")  # id-kp-documentSigning (RFC 9336)
 FIELD = "MES-eBR-Release"
+ARCHIVE_FIELD = "MES-eBR-Archive"  # B-LTA's document time-stamp
+CRL_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,13 @@ class SigningPaths:
     key: Path
     tsa_url: str = ""
     token: hsm.Token | None = None  # the key is in this PKCS#11 token, not in ``key``
+    pades_level: str = "B-LTA"  # with a time-stamp authority; B-B without one
+    tsa_ca: Path | None = None
+
+    @property
+    def level(self) -> str:
+        """The PAdES level signatures get: B-B without a time-stamp authority."""
+        return self.pades_level if self.tsa_url else "B-B"
 
     @property
     def configured(self) -> bool:
@@ -63,8 +75,10 @@ def paths_from(config: Any) -> SigningPaths:
     cert = Path(config.get("MES_EBR_SIGNING_CERT_PATH") or home / "ebr-signing.crt")
     key = Path(config.get("MES_EBR_SIGNING_KEY_PATH") or home / "ebr-signing.key")
     ca = Path(config.get("MES_EBR_CA_CERT_PATH") or home / "plant-ca.crt")
+    tsa_ca = config.get("MES_EBR_TSA_CA_PATH")
     return SigningPaths(ca, ca.with_suffix(".key"), cert, key, str(config.get("MES_EBR_TSA_URL") or ""),
-                        hsm.configured(config))
+                        hsm.configured(config), str(config.get("MES_EBR_PADES_LEVEL") or "B-LTA"),
+                        Path(tsa_ca) if tsa_ca else None)
 
 
 def _name(common: str, site: str) -> x509.Name:
@@ -171,8 +185,52 @@ def _signer(paths: SigningPaths) -> Any:
     return _SIGNERS[token]
 
 
+def plant_crl(paths: SigningPaths) -> bytes | None:
+    """A fresh CRL of the plant CA (DER; nothing revoked, next update in :data:`CRL_DAYS` days),
+    issued when the MES holds the CA's key and written beside it (``plant-ca.crl``, public); None
+    for a plant's own CA, whose revocation data is fetched from its distribution points."""
+    if not paths.ca_key.is_file():
+        return None
+    try:
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the plant CA {paths.ca_cert} or its key cannot be read: {exc}") from None
+    now = utcnow().replace(microsecond=0)
+    number = int(now.timestamp())
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+           .last_update(now - timedelta(minutes=5)).next_update(now + timedelta(days=CRL_DAYS))
+           .add_extension(x509.CRLNumber(number), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+           .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    der = crl.public_bytes(serialization.Encoding.DER)
+    paths.ca_cert.with_suffix(".crl").write_bytes(der)
+    return der
+
+
+def _long_term(paths: SigningPaths) -> dict[str, Any]:
+    """B-LTA's part of the signature metadata: the plant CA (with its CRL) and the TSA's CA
+    (default: Mozilla's public CAs, from certifi) as trust roots, revocation data fetched where a certificate points to it,
+    all of it embedded in the document security store, then a document time-stamp over it."""
+    import certifi
+    from pyhanko.keys import load_certs_from_pemder
+    from pyhanko_certvalidator import ValidationContext
+
+    roots = [str(paths.ca_cert), str(paths.tsa_ca) if paths.tsa_ca else certifi.where()]
+    try:
+        trusted = list(load_certs_from_pemder(roots))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the CA certificates {', '.join(roots)} cannot be read: {exc}") from None
+    crl = plant_crl(paths)
+    vc = ValidationContext(trust_roots=trusted, crls=[crl] if crl else [], allow_fetching=True,
+                           revocation_mode="hard-fail")
+    return {"validation_context": vc, "embed_validation_info": True, "use_pades_lta": True,
+            "timestamp_field_name": ARCHIVE_FIELD}
+
+
 def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> bytes:
-    """PAdES-sign ``pdf`` (B-B; B-T with a time-stamp authority) as an incremental update."""
+    """PAdES-sign ``pdf`` as an incremental update: B-B; with a time-stamp authority B-T or
+    B-LTA (:attr:`SigningPaths.level`)."""
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers, timestamps
 
@@ -183,7 +241,8 @@ def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> 
 
     writer = KeepMetadataWriter(io.BytesIO(pdf))
     meta = signers.PdfSignatureMetadata(field_name=FIELD, md_algorithm="sha256", reason=reason, location=location,
-                                        subfilter=fields.SigSeedSubFilter.PADES)
+                                        subfilter=fields.SigSeedSubFilter.PADES,
+                                        **(_long_term(paths) if paths.level == "B-LTA" else {}))
     stamper = timestamps.HTTPTimeStamper(paths.tsa_url) if paths.tsa_url else None
     out = io.BytesIO()
     if paths.token is None:
@@ -247,18 +306,23 @@ def validate(pdf: bytes, ca_pem: bytes) -> SignatureStatus:
         sigs = reader.embedded_signatures
     except Exception as exc:  # noqa: BLE001 - a damaged file is an answer, not a crash
         return SignatureStatus(False, False, False, False, False, "", f"not a readable PDF: {exc}")
-    if not sigs:
+    release = [sig for sig in sigs if sig.field_name == FIELD] or sigs[-1:]
+    if not release:
         return SignatureStatus(False, False, False, False, False, "", "the PDF carries no signature")
     vc = ValidationContext(trust_roots=list(load_certs_from_pemder_data(ca_pem)), allow_fetching=False)
     try:
         found: list[Any] = []
-        _off_any_event_loop(lambda: found.append(validate_pdf_signature(sigs[-1], vc)))
+        _off_any_event_loop(lambda: found.append(validate_pdf_signature(release[0], vc)))
         status = found[0]
     except (SigningError, ValueError) as exc:
         return SignatureStatus(True, False, False, False, False, "", f"signature cannot be validated: {exc}")
+    from pyhanko.sign.diff_analysis import ModificationLevel
     from pyhanko.sign.validation.status import SignatureCoverageLevel
 
-    whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
+    # the whole file, or (B-LTA) all of it but the validation data and time-stamps added after it
+    whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE or (
+        status.coverage == SignatureCoverageLevel.ENTIRE_REVISION
+        and status.modification_level is not None and status.modification_level <= ModificationLevel.LTA_UPDATES)
     signer = status.signing_cert.subject.human_friendly if status.signing_cert else ""
     return SignatureStatus(True, bool(status.intact), bool(status.valid), bool(status.trusted), whole, signer,
                            status.summary())

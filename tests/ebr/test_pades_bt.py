@@ -1,5 +1,6 @@
-"""With ``MES_EBR_TSA_URL`` set, the eBR signature is PAdES B-T: a signature time-stamp from
-that authority (here pyHanko's test TSA behind a loopback HTTP server), and it validates."""
+"""With ``MES_EBR_TSA_URL`` set and ``MES_EBR_PADES_LEVEL=B-T``, the eBR signature is PAdES B-T:
+a signature time-stamp from that authority (here pyHanko's test TSA behind a loopback HTTP
+server), and it validates. (B-LTA, the default with an authority: tests/ebr/test_pades_lta.py.)"""
 
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ def test_a_configured_time_stamp_authority_makes_the_signature_pades_b_t(tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         home = tmp_path / "home"
-        paths = signing.paths_from({"MES_HOME": str(home), "MES_EBR_TSA_URL": f"http://127.0.0.1:{server.server_port}/"})
+        paths = signing.paths_from({"MES_HOME": str(home), "MES_EBR_TSA_URL": f"http://127.0.0.1:{server.server_port}/",
+                                    "MES_EBR_PADES_LEVEL": "B-T"})
+        assert paths.level == "B-T"
         signing.ensure_identity(paths, "plant-01.example")
         signed = signing.sign_pdf(_pdfa(), paths, reason="test", location="plant-01.example")
     finally:
