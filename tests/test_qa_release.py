@@ -265,3 +265,59 @@ def test_device_faults_during_capture_are_exceptions_linked_to_their_step(app: F
         ("no_reading", True, "w_bulk"), ("wrong_lot", False, "w_bulk")]
     assert all(e["audit_entity"] == f"{batch_id}:w_bulk" and e["key"].startswith("refused:") for e in refused)
     assert {e["key"] for e in refused} <= {e["key"] for e in ex.unreviewed_exceptions(batch_id)}
+
+
+def test_a_gate_lifted_while_the_batch_ran_is_an_override_to_review(app: Flask, client, monkeypatch) -> None:
+    """A lot's hold released and its retest date moved after the batch started and before the
+    batch consumed it are overrides: listed with what was lifted, by whom and why, beside the
+    step that used the lot, and reviewed like any exception. The same after the last use is not."""
+    from datetime import date, timedelta
+
+    world = make_world(monkeypatch)
+    pack = _pack(world)
+    world.lots.pop("BLK-PCM500-TAB", None)
+    stock(world, store.master_of(store.get_version(pack)))
+    bulk = world.lots["BLK-PCM500-TAB"][0]
+    batch_id = start(world, pack, "10.000", "kg")
+    qa = world.actor("qa")
+    hold = mat.place_hold(qa, bulk, "consumption", "drums arrived dented")
+    mat.release_hold(qa, hold.id, "release", "drums inspected: no damage to the liners")
+    mat.set_retest_date(qa, bulk, date.today() + timedelta(days=90), "retest passed, report QC-77")
+    from mes.equipment import operations as equipment
+
+    scales = [e.id for e in equipment.list_equipment(kind="scale") if e.status in ("available", "clean")]
+    for sc in scales:  # taken out of service and put back by hand
+        equipment.set_status(qa, sc, "maintenance", "zero drift seen")
+        equipment.set_status(qa, sc, "available", "zero drift within limits after warm-up")
+    run_until(world, batch_id, stop_before="qa_gate", overrides={"hardness": {"value": "100"}})
+    used_in = {c.step_id for c in mat.consumptions(batch_id=batch_id) if c.lot_id == bulk}
+    later = mat.place_hold(qa, bulk, "consumption", "after the batch used it")  # not an override of this batch
+    mat.release_hold(qa, later.id, "release", "no longer needed")
+
+    found = [e for e in ex.exceptions(batch_id) if e["type"] == "override"]
+    used_scales = sorted({e["entity"]["id"] for e in found if e["entity"]["type"] == "equipment"})
+    assert used_scales and set(used_scales) <= set(scales)
+    assert [e["after"] for e in found if e["entity"]["type"] == "equipment"] == [{"status": "available"}] * len(
+        used_scales)  # the return to service; going out of service lifted nothing
+    overrides = [e for e in found if e["entity"]["type"] == "lot"]
+    assert [(e["action"], e["by"], e["entity"]) for e in overrides] == [
+        ("material.hold.released", qa.id, {"type": "lot", "id": bulk}),
+        ("material.lot.retest_date_set", qa.id, {"type": "lot", "id": bulk})]
+    assert {e["step"] for e in overrides} == used_in and len(used_in) == 1
+    assert "drums inspected" in overrides[0]["text"] and "QC-77" in overrides[1]["text"]
+    for e in overrides:  # each points at the audit entry that lifted the gate
+        entry = db.session.get(AuditEntry, e["audit_seq"])
+        assert entry is not None and entry.action == e["action"] and entry.entity_id == bulk
+    assert {e["key"] for e in overrides} <= {e["key"] for e in ex.unreviewed_exceptions(batch_id)}
+    # the QA batch page shows each with what was lifted, who lifted it and why
+    from html import unescape
+
+    from tests.helpers import logged_in
+
+    html = unescape(logged_in(client, world.seeded, "qa").get(f"/qa/batches/{batch_id}").get_data(as_text=True))
+    assert f"Hold on lot {bulk} released while the batch ran, before it used it; reason: drums inspected" in html
+    assert f"Retest date of lot {bulk} moved while the batch ran" in html and f"by {qa.id}" in html
+    reviewer = world.actor(independent_qa(world, batch_id))
+    ex.mark_exception_reviewed(reviewer, batch_id, overrides[0]["key"], "hold was for the outer drums only")
+    reviewed = {e["key"]: e["reviewed"] for e in ex.exceptions(batch_id)}
+    assert reviewed[overrides[0]["key"]]["by"] == reviewer.id and reviewed[overrides[1]["key"]] is None

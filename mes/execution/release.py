@@ -31,6 +31,7 @@ from mes.execution.models import (
     WorkOrder,
     WorkOrderStatus,
 )
+from mes.execution.overrides import overrides_of
 from mes.execution.records import _record_json, records_of
 from mes.execution.refusals import refusals_of
 from mes.execution.work_orders import _wo_transition
@@ -101,6 +102,7 @@ def _found(batch_id: str) -> list[dict[str, Any]]:
     for lot in materials.open_conditional_lots(batch_id):
         out.append({"type": "conditional_lot", "key": f"conditional_lot:{lot}", "lot": lot, "step": None,
                     "audit_entity": lot})
+    out.extend(overrides_of(batch_id))
     return out
 
 

@@ -32,7 +32,7 @@ EXCEPTION_LABELS = {
     "deviation": "Deviation", "out_of_limits": "Out-of-limit value", "correction": "Correction",
     "recomputation": "Recomputed value", "late_entry": "Late entry", "comment": "Comment",
     "refused_attempt": "Refused attempt", "repeated_step": "Repeated step",
-    "conditional_lot": "Conditionally released material",
+    "conditional_lot": "Conditionally released material", "override": "Override",
 }
 
 
