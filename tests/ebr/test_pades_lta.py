@@ -10,100 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-from collections.abc import Iterator
-from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from mes.db import utcnow
 from mes.ebr import signing
 from tests.ebr.helpers import nss_db, pdfsig
-from tests.ebr.test_pades_bt import _pdfa
-
-
-class _Authority:
-    """A time-stamp authority on loopback: its CA publishes a CRL at ``/ca.crl``, named in the
-    time-stamping certificate's distribution points."""
-
-    def __init__(self, folder: Path) -> None:
-        from pyhanko.sign.timestamps import DummyTimeStamper
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        base = f"http://127.0.0.1:{self.server.server_port}"
-        self.url, self.fetched = base + "/tsa", [] 
-        now = utcnow()
-        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TSA CA")])
-        ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
-              .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=2))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-              .sign(ca_key, hashes.SHA256()))
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        point = x509.DistributionPoint([x509.UniformResourceIdentifier(base + "/ca.crl")], None, None, None)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TSA")]))
-                .issuer_name(name).public_key(key.public_key()).serial_number(2)
-                .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-                .add_extension(x509.CRLDistributionPoints([point]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        self.crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now - timedelta(minutes=5))
-                    .next_update(now + timedelta(days=1)).add_extension(x509.CRLNumber(1), critical=False)
-                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                   critical=False)
-                    .sign(ca_key, hashes.SHA256())).public_bytes(serialization.Encoding.DER)
-        self.ca_path = folder / "tsa-ca.crt"
-        self.ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        from asn1crypto import keys as asn1_keys
-        from asn1crypto import x509 as asn1_x509
-
-        self.stamper = DummyTimeStamper(
-            tsa_cert=asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER)),
-            tsa_key=asn1_keys.PrivateKeyInfo.load(key.private_bytes(
-                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        authority = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, body: bytes, kind: str) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                authority.fetched.append(self.path)
-                self._send(authority.crl, "application/pkix-crl")
-
-            def do_POST(self) -> None:  # noqa: N802
-                from asn1crypto import tsp
-
-                req = tsp.TimeStampReq.load(self.rfile.read(int(self.headers["Content-Length"])))
-                self._send(authority.stamper.request_tsa_response(req).dump(), "application/timestamp-reply")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
-
-
-@pytest.fixture
-def authority(tmp_path: Path) -> Iterator[_Authority]:
-    tsa = _Authority(tmp_path)
-    yield tsa
-    tsa.server.shutdown()
-    tsa.server.server_close()
+from tests.ebr.tsa import Authority, authority, small_pdfa  # noqa: F401 - fixture
 
 
 def _lta_verdict(pdf: bytes, roots: list[Path]) -> object:
@@ -126,7 +37,8 @@ def _lta_verdict(pdf: bytes, roots: list[Path]) -> object:
     return asyncio.run(ades_lta_validation(sig, spec))
 
 
-def test_with_a_time_stamp_authority_the_signature_is_pades_b_lta(tmp_path: Path, authority: _Authority) -> None:
+def test_with_a_time_stamp_authority_the_signature_is_pades_b_lta(tmp_path: Path,
+                                                                  authority: Authority) -> None:  # noqa: F811
     from pyhanko.pdf_utils.reader import PdfFileReader
     from pyhanko.sign.ades.report import AdESPassed
 
@@ -134,7 +46,7 @@ def test_with_a_time_stamp_authority_the_signature_is_pades_b_lta(tmp_path: Path
                                 "MES_EBR_TSA_CA_PATH": str(authority.ca_path)})
     assert paths.level == "B-LTA"
     signing.ensure_identity(paths, "plant-01.example")
-    signed = signing.sign_pdf(_pdfa(), paths, reason="test", location="plant-01.example")
+    signed = signing.sign_pdf(small_pdfa(), paths, reason="test", location="plant-01.example")
 
     reader = PdfFileReader(io.BytesIO(signed))
     assert [s.field_name for s in reader.embedded_signatures] == [signing.FIELD, signing.ARCHIVE_FIELD]
