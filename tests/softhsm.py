@@ -15,15 +15,14 @@ MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "4711-0815"
 
 
-@pytest.fixture(scope="session")
-def softhsm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def token_folder(folder: Path) -> Path:
+    """Make ``folder`` SoftHSM2's token folder for this process and every process it starts."""
     if not MODULE.exists():
-        pytest.fail(f"SoftHSM2 is missing ({MODULE}): apt-get install softhsm2 (.ci/run installs it)")
-    folder = tmp_path_factory.mktemp("softhsm")
-    (folder / "tokens").mkdir()
+        raise RuntimeError(f"SoftHSM2 is missing ({MODULE}): apt-get install softhsm2 (.ci/run installs it)")
+    (folder / "tokens").mkdir(parents=True, exist_ok=True)
     conf = folder / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # this process and every `mes` it starts
+    os.environ["SOFTHSM2_CONF"] = str(conf)
     return folder
 
 
@@ -34,11 +33,24 @@ def private_file(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def token_env(softhsm_dir: Path, tmp_path: Path) -> dict[str, str]:
-    """A new, empty token and the ``MES_PKCS11_*`` settings that point the MES at it."""
+def new_token(pin_folder: Path) -> dict[str, str]:
+    """A new, empty token in the token folder and the ``MES_PKCS11_*`` settings that point at it."""
     label = f"mes-{uuid.uuid4().hex[:12]}"
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "so-" + PIN],
                    check=True, capture_output=True, timeout=60)
-    pin = private_file(tmp_path / f"{label}.pin", PIN + "\n")
+    pin = private_file(pin_folder / f"{label}.pin", PIN + "\n")
     return {"MES_PKCS11_MODULE": str(MODULE), "MES_PKCS11_TOKEN": label, "MES_PKCS11_PIN_FILE": str(pin)}
+
+
+@pytest.fixture(scope="session")
+def softhsm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return token_folder(tmp_path_factory.mktemp("softhsm"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def token_env(softhsm_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """A new, empty token and the ``MES_PKCS11_*`` settings that point the MES at it."""
+    return new_token(tmp_path)

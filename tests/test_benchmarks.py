@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "requests": ["--n", "5"],
-    "audit": ["--appends", "20", "--entries", "300", "--checkpoints", "1", "--witnessed", "5"],
+    "audit": ["--appends", "20", "--entries", "300", "--checkpoints", "1", "--witnessed", "5", "--signatures", "5"],
     "trace": ["--lots", "200", "--links", "2000"],
     "execution": ["--batches", "1,2", "--steps", "3", "--think-ms", "20"],
     "oee": ["--samples", "5", "--day-samples", "50", "--repeats", "1", "--lines", "2", "--days", "3"],

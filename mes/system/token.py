@@ -13,9 +13,9 @@ carries none of them:
 * ``mes-ebr-signing``: the RSA-3072 key pair of the eBR document-signing certificate (the
   certificate itself is public and stays a file).
 
-The user PIN is read from ``MES_PKCS11_PIN_FILE`` (mode 0600, like a key file). Each
-operation opens its own session under one lock: checkpoint and document signatures are rare,
-and a session is not shared between threads.
+The user PIN is read from ``MES_PKCS11_PIN_FILE`` (mode 0600, like a key file). A process
+opens one session per token, logs in once and keeps it; its users take turns under one lock
+(checkpoint and document signatures are rare, and a session is not shared between threads).
 """
 
 from __future__ import annotations
@@ -84,27 +84,47 @@ def read_pin(token: Token) -> str:
     return path.read_text("utf-8").strip()
 
 
-@contextmanager
-def session(token: Token) -> Iterator[Any]:
-    """A read-write user session on the token, under the module's lock."""
+#: one open, logged-in session per token, kept for the process's life: a log-in costs SoftHSM
+#: about 1.5 ms (it derives the token's key from the PIN), more than the signature itself
+_OPEN: dict[tuple[str, str], Any] = {}
+
+
+def _open(token: Token, pin: str) -> Any:
     import pkcs11
     from pkcs11.exceptions import NoSuchToken, PKCS11Error
 
-    pin = read_pin(token)
-    with _LOCK:
+    try:
+        lib = pkcs11.lib(token.module)
         try:
-            lib = pkcs11.lib(token.module)
-            try:
-                found = lib.get_token(token_label=token.label)
-            except NoSuchToken:  # initialised after this process loaded the module: look again
-                lib.reinitialize()
-                found = lib.get_token(token_label=token.label)
-            opened = found.open(user_pin=pin, rw=True)
-        except (OSError, PKCS11Error) as exc:
-            why = _WHY.get(type(exc).__name__, f"{type(exc).__name__} {exc}".rstrip())
-            raise TokenError(f"{token.describe()} cannot be opened: {why}") from None
-        with opened as s:
-            yield s
+            found = lib.get_token(token_label=token.label)
+        except NoSuchToken:  # initialised after this process loaded the module: look again
+            lib.reinitialize()
+            _OPEN.clear()  # sessions opened before are gone with the old initialisation
+            found = lib.get_token(token_label=token.label)
+        return found.open(user_pin=pin, rw=True)
+    except (OSError, PKCS11Error) as exc:
+        why = _WHY.get(type(exc).__name__, f"{type(exc).__name__} {exc}".rstrip())
+        raise TokenError(f"{token.describe()} cannot be opened: {why}") from None
+
+
+@contextmanager
+def session(token: Token) -> Iterator[Any]:
+    """The token's read-write user session (opened and logged in on first use, then kept),
+    under the module's lock. A token error inside forgets it, so the next use opens afresh
+    (a token removed and put back, a restarted HSM)."""
+    from pkcs11.exceptions import PKCS11Error
+
+    pin = read_pin(token)
+    key = (token.module, token.label)
+    with _LOCK:
+        opened = _OPEN.get(key)
+        if opened is None:
+            opened = _OPEN[key] = _open(token, pin)
+        try:
+            yield opened
+        except PKCS11Error:
+            _OPEN.pop(key, None)
+            raise
 
 
 def _one(s: Any, label: str, object_class: Any) -> Any | None:
@@ -144,12 +164,19 @@ class TokenEd25519Key:
 
     def sign(self, data: bytes) -> bytes:
         from pkcs11 import Mechanism
+        from pkcs11.exceptions import PKCS11Error
 
-        with session(self.token) as s:
-            key = _private(s, AUDIT_SIGNING)
-            if key is None:
-                raise TokenError(f"{self.token.describe()} no longer holds {AUDIT_SIGNING!r}")
-            signature = bytes(key.sign(data, mechanism=Mechanism.EDDSA))
+        for attempt in (1, 2):  # a kept session the token no longer knows: once more on a new one
+            try:
+                with session(self.token) as s:
+                    key = _private(s, AUDIT_SIGNING)
+                    if key is None:
+                        raise TokenError(f"{self.token.describe()} no longer holds {AUDIT_SIGNING!r}")
+                    signature = bytes(key.sign(data, mechanism=Mechanism.EDDSA))
+                break
+            except PKCS11Error as exc:
+                if attempt == 2:
+                    raise TokenError(f"{self.token.describe()} did not sign: {type(exc).__name__}") from None
         self.public_key().verify(signature, data)  # the token signed with the key we publish
         return signature
 

@@ -62,11 +62,11 @@ def test_a_wrong_pin_or_a_pin_file_others_can_read_is_refused_in_a_sentence(tmp_
                                                                           token_env: dict[str, str]) -> None:
     token = hsm.configured(token_env)
     assert token is not None
-    with hsm.session(token):
-        pass
     wrong = {**token_env, "MES_PKCS11_PIN_FILE": str(private_file(tmp_path / "wrong.pin", "0000\n"))}
     with pytest.raises(hsm.TokenError, match="the PIN in MES_PKCS11_PIN_FILE is wrong"):
         hsm.audit_signing_key(hsm.configured(wrong), create=True)
+    with hsm.session(token):  # the right PIN opens it
+        pass
     (tmp_path / "plant").mkdir()
     r = run(["check"], tmp_path / "plant", {**wrong, "MES_SECRET_KEY": "x"})
     assert r.returncode == 1 and "FAIL PKCS#11 token" in r.stdout and "the PIN in MES_PKCS11_PIN_FILE is wrong" in \

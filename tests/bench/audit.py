@@ -12,10 +12,11 @@
   columns, checkpoints, nodes, and the GMP records reconciled with the log in the same pass)
   beside the floor: reading every entry's bytes and hashing them once; and ``mes audit
   reconcile`` on its own beside the same floor;
-- an inclusion proof at N entries from the stored subtree hashes beside one primary-key read.
+- an inclusion proof at N entries from the stored subtree hashes beside one primary-key read;
+- a checkpoint signature with the key in a PKCS#11 token (SoftHSM2) beside the key file.
 
     python -m tests.bench.audit [--db sqlite|postgresql] [--appends 2000] [--entries 1000000]
-                                [--checkpoints 5] [--witnessed 200]
+                                [--checkpoints 5] [--witnessed 200] [--signatures 200]
 """
 
 from __future__ import annotations
@@ -311,12 +312,42 @@ def measure_witnessed(n: int, home: Path) -> dict:
             "latest_cosigned": bool(cosigned)}
 
 
+def measure_token_signing(n: int, folder: Path) -> dict:
+    """Checkpoint signatures with the key in a PKCS#11 token (SoftHSM2) beside the same with the
+    key file: what custody in a token costs each checkpoint (published at least every 1000
+    entries or 60 s, and after each e-signature)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mes.system import token as hsm
+    from tests.softhsm import new_token, token_folder
+
+    token_folder(folder)
+    token = hsm.configured(new_token(folder))
+    assert token is not None
+    in_token, in_file = hsm.audit_signing_key(token, create=True), Ed25519PrivateKey.generate()
+    body = b"plant-01.example/mes/audit\n1000\n" + b"A" * 44 + b"\n"
+    timings = {}
+    for name, key in (("file", in_file), ("token", in_token)):
+        key.sign(body)  # warm-up (the module's first session)
+        t = time.perf_counter()
+        for _ in range(n):
+            key.sign(body)
+        timings[name] = (time.perf_counter() - t) / n * 1000
+    derive = time.perf_counter()
+    hsm.tag_key(token, create=True)
+    return {"signatures": n, "token_ms_per_signature": round(timings["token"], 3),
+            "file_ms_per_signature": round(timings["file"], 3),
+            "ratio": ratio(timings["token"], timings["file"]),
+            "tag_key_derivation_ms": round((time.perf_counter() - derive) * 1000, 2)}
+
+
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--appends", type=int, default=2000)
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--checkpoints", type=int, default=5, help="incremental verifications measured")
     ap.add_argument("--witnessed", type=int, default=200, help="checkpointed appends with and without a witness")
+    ap.add_argument("--signatures", type=int, default=200, help="checkpoint signatures, key in a token and in a file")
     args = ap.parse_args()
     out: dict = {"benchmark": "audit", "db": args.db}
     with bench_database(args.db) as url, tempfile.TemporaryDirectory() as tmp:
@@ -329,8 +360,10 @@ def main() -> None:
                 out["verification"] = measure_verification(args.entries)
                 out["incremental_verification"] = measure_incremental(args.checkpoints)
                 out["witnessing"] = measure_witnessed(args.witnessed, Path(tmp) / "witness")
+        out["token_signing"] = measure_token_signing(args.signatures, Path(tmp) / "softhsm")
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
     main()
+
