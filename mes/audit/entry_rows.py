@@ -46,8 +46,10 @@ from mes.audit.entry_stream import STREAM_BLOCK_LINES, StreamResult, _Joiner, de
 from mes.audit.entry_tags import ROW_COLUMNS, TAG_DOMAIN, _same_at, check_row
 from mes.audit.reconcile_rules import RULES, Expected, fold, may_set_records
 
-PAGE_BLOCKS = 6
-"""Blocks read per query (keyset pages of whole blocks: block borders as in the stream)."""
+PAGE_BLOCKS = 1
+"""Blocks read per keyset query: one, so that PostgreSQL plans it as a scan of the primary
+key (a larger LIMIT on a table without statistics, e.g. right after a restore, has been
+planned as a parallel scan of the whole table and a sort, for every page)."""
 
 # (stream block, stored leaf hashes joined, first (seq, problem) of tags or columns, records folded)
 _RowBlock = tuple[_Block, bytes, "tuple[int, str] | None", Expected]
@@ -166,8 +168,8 @@ def _open_snapshot(url: str, snapshot_id: str) -> None:
 
 def _read_block(cursor: Any, seqs: list[int]) -> list[tuple[Any, ...]]:
     """The rows of a block of seqs (read before in the same snapshot)."""
-    cursor.execute(f"SELECT {ROW_COLUMNS} FROM audit_entries WHERE seq >= %s AND seq <= %s ORDER BY seq",
-                   (seqs[0], seqs[-1]))
+    cursor.execute(f"SELECT {ROW_COLUMNS} FROM audit_entries WHERE seq >= %s ORDER BY seq LIMIT %s",
+                   (seqs[0], len(seqs)))  # (a LIMIT, not a range: planned as a scan of the primary key)
     rows = cursor.fetchall()
     if [r[0] for r in rows] != seqs:
         raise RuntimeError("audit_entries changed within one snapshot")
