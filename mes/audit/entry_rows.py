@@ -184,21 +184,33 @@ def check_seq_block(seqs: list[int], start: int, max_errors: int, key: bytes | N
 def check_row_block(rows: Sequence[tuple[Any, ...]], start: int, max_errors: int, key: bytes | None) -> _RowBlock:
     """Worker side of :func:`verify_rows`: one block of consecutive rows from ``start``."""
     with gc_paused():
-        stored = bytearray()
-        lines = []
-        for row in rows:  # in the order the stream read them before (a NULL fails alike)
-            stored += row[2]
-            data = row[1]
-            lines.append(data if type(data) is bytes else bytes(data))
+        lines, leaves, stored = _bytes_of(rows)
         joined = b"".join(lines)
         plain = len(joined.translate(None, _NOT_PLAIN)) == len(joined)
         fields = _scan(lines, plain)
         block = check_scanned(lines, fields, start, max_errors)
         if key is None:
-            return block, bytes(stored), None, Expected()
-        leaves_ok = stored == block[2] and _all_32_bytes([row[2] for row in rows])
+            return block, stored, None, Expected()
+        leaves_ok = stored == block[2] and _all_32_bytes(leaves)
         problem, expected = _check_tags(rows, lines, fields, plain, leaves_ok, start, key)
-        return block, bytes(stored), problem, expected
+        return block, stored, problem, expected
+
+
+_ENTRY_BYTES, _LEAF_HASH = itemgetter(1), itemgetter(2)
+
+
+def _bytes_of(rows: Sequence[tuple[Any, ...]]) -> tuple[list[bytes], list[Any], bytes]:
+    """The entry bytes of a block's rows, their stored leaf hashes, and those joined."""
+    lines, leaves = list(map(_ENTRY_BYTES, rows)), list(map(_LEAF_HASH, rows))
+    if set(map(type, lines)) <= {bytes} and set(map(type, leaves)) <= {bytes}:
+        return lines, leaves, b"".join(leaves)
+    stored = bytearray()
+    lines = []
+    for row in rows:  # in the order the stream read them before (a NULL fails alike)
+        stored += row[2]
+        data = row[1]
+        lines.append(data if type(data) is bytes else bytes(data))
+    return lines, leaves, bytes(stored)
 
 
 def _all_32_bytes(values: list[Any]) -> bool:
@@ -230,16 +242,23 @@ def _check_tags(rows: Sequence[tuple[Any, ...]], lines: list[bytes], fields: lis
 
 
 def _tags(key: bytes, lines: list[bytes]) -> bytes:
-    """The tags the entries must carry (:func:`~mes.audit.entry_tags.entry_tag`), joined."""
-    keyed = hmac.new(key, TAG_DOMAIN, hashlib.sha256)
+    """The tags the entries must carry (:func:`~mes.audit.entry_tags.entry_tag`), joined:
+    HMAC-SHA256 (RFC 2104) spelled out over copies of the keyed inner and outer hash
+    states, which costs a third less than :mod:`hmac`'s copies of its own objects."""
+    pad = (hashlib.sha256(key).digest() if len(key) > _SHA256_BLOCK else key).ljust(_SHA256_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + TAG_DOMAIN)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in pad))
     out = []
     for line in lines:
-        h = keyed.copy()
+        h = inner.copy()
         h.update(line)
-        out.append(h.digest())
+        o = outer.copy()
+        o.update(h.digest())
+        out.append(o.digest())
     return b"".join(out)
 
 
+_SHA256_BLOCK = 64
 _INDEX_COLUMNS = itemgetter(slice(5, None))  # of a ROW_COLUMNS row: action ... batch_id
 _INDEX_MEMBERS = itemgetter(I_ACTION, I_ACTOR_ID, I_TERMINAL, I_ENTITY_TYPE, I_ENTITY_ID, I_BATCH)
 _AT_MEMBER = itemgetter(_I_AT)

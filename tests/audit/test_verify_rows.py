@@ -87,6 +87,13 @@ def test_the_one_read_finds_what_check_row_finds_row_by_row(plant: dict, backend
     assert _same_as_reference(workers)[0] == 3
 
 
+@pytest.mark.parametrize("key_bytes", [32, 64, 65, 100])
+def test_the_tags_a_block_is_checked_against_are_the_entry_tags(key_bytes: int) -> None:
+    key = bytes(range(key_bytes))
+    lines = [b"", b"{}", b'{"seq":1}' * 40]
+    assert entry_rows._tags(key, lines) == b"".join(entry_tags.entry_tag(key, line) for line in lines)
+
+
 def _entry_bytes(seq: int) -> bytes:
     db.session.rollback()
     return bytes(db.session.execute(text("SELECT entry_bytes FROM audit_entries WHERE seq = :s"), {"s": seq}).scalar_one())
