@@ -125,6 +125,8 @@ def verify_rows(conn: Connection, key: bytes | None, *, workers: int | None = No
     if conn.dialect.name == "postgresql" and workers > 1:
         snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
         url = conn.engine.url.render_as_string(hide_password=False)
+        kept = conn.exec_driver_sql(f"SELECT {', '.join(f'current_setting({n!r})' for n in _SCAN_ONLY)}").one()
+        _plan_key_scans(conn, ["off"] * len(_SCAN_ONLY))
         here = _cursor(_dbapi(conn), True)
         try:
             seq_blocks = ([seq for (seq,) in block] for block in _pages(conn, "seq", STREAM_BLOCK_LINES))
@@ -133,11 +135,24 @@ def verify_rows(conn: Connection, key: bytes | None, *, workers: int | None = No
                        init=(_open_snapshot, (url, snapshot_id)))
         finally:
             here.close()
+        _plan_key_scans(conn, list(kept))  # (after a failure the transaction ends with them off)
     else:
         run_blocks(_pages(conn, ROW_COLUMNS, STREAM_BLOCK_LINES), check_row_block, (max_errors, key), workers, take)
     outcome.stream = joiner.result()
     outcome.stored_leaves = b"".join(leaves)
     return outcome
+
+
+#: planner settings turned off for the keyset reads: whatever the statistics say (none, on a
+#: table just filled or restored, or with autovacuum off), each read is planned as a scan of
+#: the primary key, never as a scan of the whole table and a sort (measured: 20 ms instead of
+#: 3 ms for one block's seqs at 100k rows, 65 ms instead of 4 ms for its rows)
+_SCAN_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_sort")
+
+
+def _plan_key_scans(conn: Connection, values: list[str]) -> None:
+    """Set :data:`_SCAN_ONLY` to ``values`` for the rest of this transaction."""
+    conn.exec_driver_sql("SELECT " + ", ".join(f"set_config('{n}', %s, true)" for n in _SCAN_ONLY), tuple(values))
 
 
 # ------------------------------------------------------------- worker processes
@@ -162,6 +177,8 @@ def _open_snapshot(url: str, snapshot_id: str) -> None:
     dbapi.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     dbapi.read_only = True
     dbapi.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+    for name in _SCAN_ONLY:  # its own connection: for the rest of its session
+        dbapi.execute(f"SET {name} = off")
     _snapshot = (proxied, dbapi.cursor(binary=True))
     multiprocessing.util.Finalize(None, proxied.close, exitpriority=10)
 
