@@ -16,10 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mes.audit import checkpoint as notes
-from mes.audit import entry_tags, keys, log, merkle
+from mes.audit import keys, log, merkle
+from mes.audit.entry_rows import RowsResult, verify_rows
 from mes.audit.models import AuditCheckpoint, AuditCosignature, AuditEntry, AuditTreeNode
-from mes.audit.reconcile_rules import RULES, Expected, fold
-from mes.audit.verify import first_unprovable, verify_checkpoint_history, verify_entry_stream
+from mes.audit.reconcile_rules import Expected
+from mes.audit.verify import first_unprovable, verify_checkpoint_history
 from mes.db import db
 from mes.witness.client import configured_witnesses, sync_witnesses
 
@@ -83,8 +84,8 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
         # PostgreSQL; a read transaction on SQLite, never its write lock)
         with snapshot() as conn, Session(bind=conn) as ro:
             return verify_database(ro, workers=workers, held=held)
-    stored_leaves = bytearray()
-    stream = verify_entry_stream(log.iter_entries_collecting_leaves(stored_leaves, session), workers=workers)
+    rows = verify_rows(session.connection(), _tag_key_if_any(), workers=workers)
+    stream = rows.stream
     cps = list(session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars())
     result = DatabaseCheck(entries=stream.entries, checkpoints=len(cps), root=stream.root,
                            latest_size=cps[-1].size if cps else 0)
@@ -98,9 +99,9 @@ def verify_database(session: Session | None = None, *, workers: int | None = Non
     for row, cp in zip(cps, parsed, strict=True):
         if cp is not None and (cp.size != row.size or cp.root != bytes(row.root)):
             result.fail(f"checkpoint {row.id}: stored size or root differs from its signed note", None)
-    _check_columns(bytes(stored_leaves), stream, result)
+    _check_columns(rows.stored_leaves, stream, result)
     _check_frontier(session, stream, result)
-    expected = _check_tags(session, result)
+    expected = _check_tags(session, rows, result, workers)
     if held:
         _check_held(stream, result)
     if result.first_bad_seq is None:  # (records replay the entries only up to the first bad one:
@@ -145,24 +146,25 @@ def _check_records(session: Session, expected: Expected, result: DatabaseCheck) 
         result.fail(f"record differs from the audit log: {diff.line()}", diff.seq)
 
 
-def _check_tags(session: Session, result: DatabaseCheck) -> Expected:
-    """Every entry's authentication tag and unhashed index columns (mes.audit.entry_tags);
-    in the same pass each parsed entry is folded into the records it describes."""
-    key = log.audit_log().tag_key()
-    expected = Expected()
-    seq = -1
-    for seq, row in enumerate(entry_tags.iter_rows(session.connection())):
-        problem, entry = entry_tags.check_row(key, row, seq)
-        if entry is not None and entry["entity"]["type"] in RULES:
-            try:
-                fold(expected, seq, entry)
-            except (KeyError, TypeError, AttributeError, ValueError):
-                pass  # a malformed entry: the verifier names it
-        if problem is not None:
-            result.fail(f"seq {seq}: {problem}", seq)
-            break
-    expected.size = seq + 1
-    return expected
+def _tag_key_if_any() -> bytes | None:
+    """The tag key for the one read of the rows, or None (then :func:`_check_tags` asks
+    again where the tags were always checked, and a missing key fails there as before)."""
+    try:
+        return log.audit_log().tag_key()
+    except Exception:  # noqa: BLE001 - asked again, and raised, by _check_tags
+        return None
+
+
+def _check_tags(session: Session, rows: RowsResult, result: DatabaseCheck, workers: int | None) -> Expected:
+    """Every entry's authentication tag and unhashed index columns (mes.audit.entry_tags),
+    checked in the one read of the rows (:func:`verify_rows`), which also folded each
+    parsed entry into the records it describes."""
+    if not rows.tags_checked:  # no key at the read: ask again (raises as before), read again
+        rows = verify_rows(session.connection(), log.audit_log().tag_key(), workers=workers)
+    if rows.problem is not None:
+        seq, problem = rows.problem
+        result.fail(f"seq {seq}: {problem}", seq)
+    return rows.expected
 
 
 def verify_database_safely(*, workers: int | None = None, held: bool = True) -> DatabaseCheck:

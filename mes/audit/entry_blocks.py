@@ -7,10 +7,11 @@ from __future__ import annotations
 import binascii
 import gc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from mes.audit.canonical import AuditValueError, parse_entry
-from mes.audit.entry_pattern import _NOT_PLAIN, _NOT_PLAIN_BUT_NEWLINE, _prev_ok, _scan
+from mes.audit.entry_pattern import _NOT_PLAIN, _NOT_PLAIN_BUT_NEWLINE, Fields, _prev_ok, _scan
 from mes.audit.merkle import subtree_nodes
 
 MAX_ERRORS = 100
@@ -23,30 +24,37 @@ MAX_ERRORS = 100
 _Block = tuple[int, int, bytes, list[bytes], "bytes | None", "bytes | None", "bytes | None", list[tuple[int, str]]]
 
 
-def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERRORS, plain: bool = False) -> _Block:
-    """Verify a run of consecutive entry lines that begins at ``start``: each line valid and
-    canonical, ``seq`` = position, ``prev`` = leaf hash of the line before, ``at`` monotonic.
-    ``plain``: no line contains a '\\' or a control byte (lets the faster pattern run).
-    The cyclic garbage collector is paused meanwhile: the block's many small tuples would
-    trigger it over and over, and nothing here creates reference cycles."""
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused meanwhile: a block's many small tuples would
+    trigger it over and over, and block checks create no reference cycles."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _check_lines_unpaused(lines, start, max_errors, plain)
+        yield
     finally:
         if collecting:
             gc.enable()
 
 
-def _check_lines_unpaused(lines: Sequence[bytes], start: int, max_errors: int, plain: bool) -> _Block:
+def _check_lines(lines: Sequence[bytes], start: int, max_errors: int = MAX_ERRORS, plain: bool = False) -> _Block:
+    """Verify a run of consecutive entry lines that begins at ``start``: each line valid and
+    canonical, ``seq`` = position, ``prev`` = leaf hash of the line before, ``at`` monotonic.
+    ``plain``: no line contains a '\\' or a control byte (lets the faster pattern run)."""
+    with gc_paused():
+        return check_scanned(lines, _scan(lines, plain), start, max_errors)
+
+
+def check_scanned(lines: Sequence[bytes], fields: Sequence[Fields | None], start: int, max_errors: int) -> _Block:
+    """:func:`_check_lines` given the lines' :func:`~mes.audit.entry_pattern._scan` (which a
+    caller that checks more of each line shares)."""
     sha = hashlib.sha256
     packed = b"".join([sha(b"\x00" + line).digest() for line in lines])
-    fields = _scan(lines, plain)
     n = len(lines)
     hexlify = binascii.hexlify
     if n and None not in fields:
         # The common case, checked for the whole block at C speed.
-        seqs, prevs, ats = zip(*fields, strict=True)
+        seqs, prevs, ats, _ = zip(*fields, strict=True)
         if seqs == tuple(range(start, start + n)) and b"".join(prevs[1:]) == hexlify(packed[:-32]) \
                 and list(ats) == sorted(ats):
             return start, n, packed, subtree_nodes(start, packed), prevs[0], ats[0], ats[-1], []
@@ -65,7 +73,7 @@ def _check_lines_unpaused(lines: Sequence[bytes], start: int, max_errors: int, p
                 continue
             seq, prev, at = e["seq"], e["prev"].encode("ascii"), e["at"].encode("ascii")
         else:
-            seq, prev, at = found
+            seq, prev, at, _ = found
         if seq != pos and len(errors) < max_errors:
             errors.append((pos, f"seq is {seq}, expected {pos} (an entry is missing, extra or out of order)"))
         if i == 0:

@@ -37,37 +37,45 @@ def _entry_pattern(s: bytes, key: bytes) -> re.Pattern[bytes]:
         rest = rb"(?:," + members(k - 1) + rb")?" if k > 1 else b""
         return key + b":" + value + rest
 
+    def named(name: bytes, value: bytes = s) -> bytes:  # a member's value captured as written
+        return rb"(?P<" + name + rb">" + value + rb")"
+
     flat = rb"(?:\{(?:" + members(FLAT_MAX_MEMBERS) + rb")?\}|null)"
     return re.compile(
-        rb'\{"action":' + s
-        + rb',"actor":\{"id":' + s + rb',"name":' + s + rb',"role":' + s + rb"\}"
+        rb'\{"action":' + named(b"action")
+        + rb',"actor":\{"id":' + named(b"actor_id") + rb',"name":' + s + rb',"role":' + s + rb"\}"
         + rb',"after":' + flat
         + rb',"at":"(?P<at>' + _AT + rb')"'
-        + rb',"batch":' + sn
+        + rb',"batch":' + named(b"batch", sn)
         + rb',"before":' + flat
-        + rb',"entity":\{"id":' + s + rb',"type":' + s + rb"\}"
+        + rb',"entity":\{"id":' + named(b"entity_id") + rb',"type":' + named(b"entity_type") + rb"\}"
         + rb',"prev":"(?P<prev>[^"]{64})"'
         + rb',"reason":' + sn
         + rb',"seq":(?P<seq>0|[1-9][0-9]{0,15})'
         + rb',"signature":(?:null|\{"at":' + s + rb',"meaning":' + s + rb',"name":' + s
         + rb',"record_hash":' + s + rb',"signer":' + s + rb"\})"
-        + rb',"terminal":' + sn
+        + rb',"terminal":' + named(b"terminal", sn)
         + rb',"v":"mes\.audit\.entry/v1"\}'
     )
 
 
 _PLAIN_RE = _entry_pattern(_PLAIN, rb'"([^"]*+)"')
 _ENTRY_PLAIN = _PLAIN_RE.fullmatch
-_ENTRY_ESCAPED = _entry_pattern(_ESCAPED, rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*+)"').fullmatch
+_ESCAPED_RE = _entry_pattern(_ESCAPED, rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*+)"')
+_ENTRY_ESCAPED = _ESCAPED_RE.fullmatch
 _NOT_PLAIN = bytes(range(0x20)) + b"\\"
 _NOT_PLAIN_BUT_NEWLINE = _NOT_PLAIN.replace(b"\n", b"")
 _HEX_DIGITS = b"0123456789abcdef"
-_AFTER_KEYS = slice(0, FLAT_MAX_MEMBERS)
-_I_AT = FLAT_MAX_MEMBERS
-_BEFORE_KEYS = slice(FLAT_MAX_MEMBERS + 1, 2 * FLAT_MAX_MEMBERS + 1)
-_I_PREV = 2 * FLAT_MAX_MEMBERS + 1
-_I_SEQ = _I_PREV + 1
-assert _PLAIN_RE.groupindex == {"at": _I_AT + 1, "prev": _I_PREV + 1, "seq": _I_SEQ + 1}
+_GROUPS = _PLAIN_RE.groupindex
+assert _GROUPS == _ESCAPED_RE.groupindex
+# indexes into match.groups(): the captured keys of after and before, the named members (as
+# written: a string with its quotes, or null)
+_AFTER_KEYS = slice(_GROUPS["actor_id"], _GROUPS["at"] - 1)
+_BEFORE_KEYS = slice(_GROUPS["batch"], _GROUPS["entity_id"] - 1)
+assert _AFTER_KEYS.stop - _AFTER_KEYS.start == _BEFORE_KEYS.stop - _BEFORE_KEYS.start == FLAT_MAX_MEMBERS
+_I_AT, _I_PREV, _I_SEQ = _GROUPS["at"] - 1, _GROUPS["prev"] - 1, _GROUPS["seq"] - 1
+I_ACTION, I_ACTOR_ID, I_TERMINAL = _GROUPS["action"] - 1, _GROUPS["actor_id"] - 1, _GROUPS["terminal"] - 1
+I_ENTITY_TYPE, I_ENTITY_ID, I_BATCH = _GROUPS["entity_type"] - 1, _GROUPS["entity_id"] - 1, _GROUPS["batch"] - 1
 _SEQ_LIMIT = 2**53
 _date_ok: dict[bytes, bool] = {}
 _keys_ok: dict[tuple[bytes | None, ...], bool] = {}
@@ -88,10 +96,15 @@ def _day_ok(day: bytes) -> bool:
     return ok
 
 
-def _scan(lines: Sequence[bytes], plain: bool) -> list[tuple[int, bytes, bytes] | None]:
-    """:func:`fast_entry_fields` for many lines, except that ``prev`` is not yet proven hex.
-    ``plain``: no line holds a '\\' or a control byte. (One loop, no call per line: this is
-    the hottest code of the verifier.)"""
+Fields = tuple[int, bytes, bytes, tuple[bytes | None, ...]]
+"""``(seq, prev, at, groups)`` of a line the pattern proves valid; ``groups`` are the match's
+(see ``I_ACTION`` and the other indexes) for checks beyond §5 (the index columns)."""
+
+
+def _scan(lines: Sequence[bytes], plain: bool) -> list[Fields | None]:
+    """:func:`fast_entry_fields` for many lines (with the match's groups), except that
+    ``prev`` is not yet proven hex. ``plain``: no line holds a '\\' or a control byte. (One
+    loop, no call per line: this is the hottest code of the verifier.)"""
     out: list[tuple[int, bytes, bytes] | None] = []
     add = out.append
     plain_match, escaped_match, not_plain = _ENTRY_PLAIN, _ENTRY_ESCAPED, _NOT_PLAIN
@@ -128,7 +141,7 @@ def _scan(lines: Sequence[bytes], plain: bool) -> list[tuple[int, bytes, bytes] 
             add(None)
             continue
         seq = int(g[i_seq])
-        add((seq, g[i_prev], at) if seq < seq_limit else None)
+        add((seq, g[i_prev], at, g) if seq < seq_limit else None)
     return out
 
 
@@ -141,4 +154,4 @@ def fast_entry_fields(line: bytes) -> tuple[int, bytes, bytes] | None:
     is a valid canonical entry; None means "ask :func:`mes.audit.canonical.parse_entry`",
     not "invalid"."""
     found = _scan([line], False)[0]
-    return found if found is not None and _prev_ok(found[1]) else None
+    return found[:3] if found is not None and _prev_ok(found[1]) else None

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,10 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-_Call = tuple[Callable[..., _Block], tuple[Any, ...]]
+_Call = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
-def _in_order(pool: Any, calls: Iterable[_Call], depth: int) -> Iterator[tuple[tuple[Any, ...], _Block]]:
+def _in_order(pool: Any, calls: Iterable[_Call], depth: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
     """``(args, result)`` of ``calls`` run on ``pool``, in order, at most ``depth`` in flight."""
     pending: deque[tuple[tuple[Any, ...], Any]] = deque()
     for fn, args in calls:
@@ -164,7 +164,6 @@ def verify_entry_stream(lines: Iterable[bytes], *, workers: int | None = None,
     With ``workers`` > 1 (default: the CPUs available) and more than two blocks of
     :data:`STREAM_BLOCK_LINES` entries, blocks are verified in worker processes."""
     joiner = _Joiner(max_errors)
-    workers = default_workers() if workers is None else workers
     it = iter(lines)
 
     def blocks() -> Iterator[list[bytes]]:
@@ -174,31 +173,49 @@ def verify_entry_stream(lines: Iterable[bytes], *, workers: int | None = None,
                 return
             yield block
 
-    gen = blocks()
+    run_blocks(blocks(), _check_stream_block, (max_errors,), workers, joiner.add)
+    return joiner.result()
+
+
+def run_blocks(blocks: Iterable[Sequence[Any]], check: Callable[..., Any], args: tuple[Any, ...],
+               workers: int | None, take: Callable[[Any], None], *, local: Callable[..., Any] | None = None,
+               init: tuple[Callable[..., None], tuple[Any, ...]] | None = None) -> None:
+    """``take(check(block, start, *args))`` for consecutive ``blocks`` in order, ``start``
+    being the position of the block's first item. With ``workers`` > 1 (default: the CPUs
+    available) and more than two blocks, the checks run in worker processes, each of which
+    first runs ``init`` (function, args); otherwise ``local`` (default ``check``) runs here."""
+    workers = default_workers() if workers is None else workers
+    gen = iter(blocks)
     head = [b for _, b in zip(range(3), gen, strict=False)]
     start = 0
     if workers <= 1 or len(head) < 3:
-        for block in head:
-            joiner.add(_check_stream_block(block, start, max_errors))
+        here = check if local is None else local
+        for block in _chain(head, gen):
+            take(here(block, start, *args))
             start += len(block)
-        for block in gen:
-            joiner.add(_check_stream_block(block, start, max_errors))
-            start += len(block)
-        return joiner.result()
+        return
 
     def calls() -> Iterator[_Call]:
         nonlocal start
         for block in _chain(head, gen):
-            yield _check_stream_block, (block, start, max_errors)
+            yield check, (block, start, *args)
             start += len(block)
 
-    with _mp_context().Pool(workers) as pool:
+    initializer, initargs = init if init is not None else (None, ())
+    pool = _mp_context().Pool(workers, initializer, initargs)
+    try:
         for _, res in _in_order(pool, calls(), 2 * workers + 2):
-            joiner.add(res)
-    return joiner.result()
+            take(res)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # the workers exit on their own (and close what init opened)
+    finally:
+        pool.join()
 
 
-def _chain(first: list[list[bytes]], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
+def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
     yield from first
     yield from rest
 

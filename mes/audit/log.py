@@ -756,28 +756,3 @@ def iter_entry_bytes(session: Session | None = None, batch_size: int = 50_000) -
         for _, data in rows:
             yield data if isinstance(data, bytes) else bytes(data)
         last = rows[-1][0]
-
-
-def iter_entries_collecting_leaves(leaves: bytearray, session: Session | None = None,
-                                   batch_size: int = 50_000) -> Iterator[bytes]:
-    """Like :func:`iter_entry_bytes`, and appends each stored leaf-hash column value to
-    ``leaves`` in the same pass (one scan of the table for a whole verification)."""
-    session = session or db.session
-    conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"SELECT seq, entry_bytes, leaf_hash FROM audit_entries WHERE seq > {mark} "
-           f"ORDER BY seq LIMIT {int(batch_size)}")
-    cursor = conn.connection.cursor()  # the DBAPI cursor: no Row objects for a million rows
-    try:
-        last = -1
-        while True:
-            cursor.execute(sql, (last,))
-            rows = cursor.fetchall()
-            if not rows:
-                return
-            for _, data, leaf in rows:
-                leaves += leaf
-                yield data if isinstance(data, bytes) else bytes(data)
-            last = rows[-1][0]
-    finally:
-        cursor.close()

@@ -31,7 +31,7 @@ the records they sign are the records above.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -97,6 +97,23 @@ class Expected:
     def create(self, table: str, key: str, seq: int, **values: Any) -> None:
         self.created.setdefault((table, str(key)), seq)
         self.set(table, key, seq, **values)
+
+    def merge(self, later: Expected) -> None:
+        """Add the fold of the entries after this one's (folded on their own, e.g. in a
+        worker process): records, creations and entities, dict order included, are what
+        folding every entry here in seq order gives (the later value of a column wins, the
+        first creation stays). The ``touched`` index is not merged."""
+        for table, rows in later.records.items():
+            mine = self.records.setdefault(table, {})
+            for key, columns in rows.items():
+                row = mine.get(key)
+                if row is None:
+                    mine[key] = columns
+                else:
+                    row.update(columns)
+        for record, seq in later.created.items():
+            self.created.setdefault(record, seq)
+        self.entities |= later.entities
 
 
 Rule = Callable[[Expected, int, dict[str, Any]], None]
@@ -274,6 +291,34 @@ def may_change_records(entity_type: str, data: bytes) -> bool:
     """Whether an entry of ``entity_type`` with these bytes can set anything of a record."""
     markers = _MARKERS.get(entity_type)
     return markers is not None and any(m in data for m in markers)
+
+
+#: per entity type, the actions whose rule writes a record whatever the entry's ``after``
+#: holds (None: every action; a rule that sets no column still adds the record)
+_WRITE_ALWAYS: dict[str, tuple[str, ...] | None] = {
+    "lot": ("material.lot.received", "material.lot.produced"),
+    "consumption": ("material.consumed", "material.consumption.reversed"),
+    "batch": ("batch.started",),
+    "batch_step": (),
+    "step_record": (),
+    "deviation": ("deviation.raised", "deviation.closed"),
+    "work_order": None,
+    "equipment": None,
+}
+#: per entity type, every ``after`` key its rule reads (the replay's markers, unquoted)
+_READ_KEYS: dict[str, frozenset[bytes]] = {etype: frozenset(m[1:-2] for m in markers)
+                                           for etype, markers in _MARKERS.items()}
+
+
+def may_set_records(entity_type: str, action: str, after_keys: Iterable[bytes | None]) -> bool:
+    """Whether :func:`fold` of an entry with this entity type and action, whose ``after``
+    is an object with exactly these keys (UTF-8; None items are no key) or not an object
+    (no keys), can set anything in the records. False only when it provably sets nothing:
+    the verifier then need not parse the entry."""
+    if entity_type not in RULES:
+        return False
+    always = _WRITE_ALWAYS[entity_type]
+    return always is None or action in always or not _READ_KEYS[entity_type].isdisjoint(after_keys)
 
 
 def fold(ex: Expected, seq: int, entry: dict[str, Any]) -> None:
