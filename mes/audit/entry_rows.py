@@ -15,6 +15,7 @@ and messages are those of checking every row with it in seq order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -125,17 +126,15 @@ def verify_rows(conn: Connection, key: bytes | None, *, workers: int | None = No
     if conn.dialect.name == "postgresql" and workers > 1:
         snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
         url = conn.engine.url.render_as_string(hide_password=False)
-        kept = conn.exec_driver_sql(f"SELECT {', '.join(f'current_setting({n!r})' for n in _SCAN_ONLY)}").one()
-        _plan_key_scans(conn, ["off"] * len(_SCAN_ONLY))
-        here = _cursor(_dbapi(conn), True)
-        try:
-            seq_blocks = ([seq for (seq,) in block] for block in _pages(conn, "seq", STREAM_BLOCK_LINES))
-            run_blocks(seq_blocks, check_seq_block, (max_errors, key), workers, take,
-                       local=lambda seqs, *args: check_row_block(_read_block(here, seqs), *args),
-                       init=(_open_snapshot, (url, snapshot_id)))
-        finally:
-            here.close()
-        _plan_key_scans(conn, list(kept))  # (after a failure the transaction ends with them off)
+        with key_scans(conn):
+            here = _cursor(_dbapi(conn), True)
+            try:
+                seq_blocks = ([seq for (seq,) in block] for block in _pages(conn, "seq", STREAM_BLOCK_LINES))
+                run_blocks(seq_blocks, check_seq_block, (max_errors, key), workers, take,
+                           local=lambda seqs, *args: check_row_block(_read_block(here, seqs), *args),
+                           init=(_open_snapshot, (url, snapshot_id)))
+            finally:
+                here.close()
     else:
         run_blocks(_pages(conn, ROW_COLUMNS, STREAM_BLOCK_LINES), check_row_block, (max_errors, key), workers, take)
     outcome.stream = joiner.result()
@@ -153,6 +152,20 @@ _SCAN_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_sort")
 def _plan_key_scans(conn: Connection, values: list[str]) -> None:
     """Set :data:`_SCAN_ONLY` to ``values`` for the rest of this transaction."""
     conn.exec_driver_sql("SELECT " + ", ".join(f"set_config('{n}', %s, true)" for n in _SCAN_ONLY), tuple(values))
+
+
+@contextlib.contextmanager
+def key_scans(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the block's reads of ``audit_entries`` by seq are planned as scans of the
+    primary key (:data:`_SCAN_ONLY` off), and the settings are put back after; elsewhere nothing.
+    (After a failure the transaction ends with them off.)"""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    kept = conn.exec_driver_sql(f"SELECT {', '.join(f'current_setting({n!r})' for n in _SCAN_ONLY)}").one()
+    _plan_key_scans(conn, ["off"] * len(_SCAN_ONLY))
+    yield
+    _plan_key_scans(conn, list(kept))
 
 
 # ------------------------------------------------------------- worker processes

@@ -279,23 +279,26 @@ def fold_entries(conn: Connection, ex: Expected, start: int, end: int | None = N
     upper = f" AND seq < {int(end)}" if end is not None else ""
     sql = (f"SELECT seq, entry_bytes, entity_type FROM audit_entries WHERE seq >= {mark}{upper} "
            f"AND entity_type IN ({types}) ORDER BY seq LIMIT {BATCH}")
+    from mes.audit.entry_rows import key_scans
+
     cursor = conn.connection.cursor()
     last = start - 1
     try:
-        while True:
-            cursor.execute(sql, (last + 1,))
-            rows = cursor.fetchall()
-            if not rows:
-                break
-            for seq, data, etype in rows:
-                data = bytes(data)
-                if not may_change_records(etype, data):
-                    continue
-                try:
-                    fold(ex, seq, json.loads(data))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue  # not an entry: the verifier names it
-            last = rows[-1][0]
+        with key_scans(conn):  # by the primary key, not a whole-table scan and sort per page
+            while True:
+                cursor.execute(sql, (last + 1,))
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                for seq, data, etype in rows:
+                    data = bytes(data)
+                    if not may_change_records(etype, data):
+                        continue
+                    try:
+                        fold(ex, seq, json.loads(data))
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue  # not an entry: the verifier names it
+                last = rows[-1][0]
     finally:
         cursor.close()
     size_sql = "SELECT max(seq) FROM audit_entries" + (f" WHERE seq < {int(end)}" if end is not None else "")
