@@ -19,6 +19,12 @@ from mes.pacing import paced
 
 logger = logging.getLogger("mes.jobs")
 CHECKPOINT_POLL_SECONDS = 15
+#: How often each server compares every GMP table with the log (the new entries are verified
+#: at every poll). A record edited in the database directly is found within this, inside one
+#: checkpoint interval (60 s). Comparing every 15 s cost the kiosks' step completions about
+#: 1.4 ms at p50 (execution bench, 10 kiosks): the comparison holds the interpreter in the
+#: same process while requests wait for it.
+TABLES_COMPARE_SECONDS = 45
 
 
 def report_verification(result, source: str) -> None:
@@ -134,6 +140,7 @@ def start_background_jobs(app: Flask) -> threading.Thread:
         last_close = time.monotonic()
         wanted = checkpoint_wanted(app)
         next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
+        last_compare = time.monotonic()  # the start-up verification reconciled every table
         while True:
             if wanted.wait(max(0.0, next_poll - time.monotonic())):
                 wanted.clear()
@@ -141,10 +148,15 @@ def start_background_jobs(app: Flask) -> threading.Thread:
                 if time.monotonic() < next_poll:
                     continue
             next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
+            compare = time.monotonic() - last_compare >= TABLES_COMPARE_SECONDS
+            if compare:
+                last_compare = time.monotonic()
             with app.app_context():
                 try:
                     with paced():  # the requests this process serves keep their speed (mes.pacing)
-                        watch_log()  # new entries verified, checkpoint when due; tamper: /readyz red + alarm
+                        # new entries verified, checkpoint when due, tables compared when due;
+                        # tamper: /readyz red + alarm
+                        watch_log(compare_tables=compare)
                 except Exception:  # noqa: BLE001
                     logger.exception("scheduled checkpoint failed")
                     db.session.rollback()

@@ -311,15 +311,17 @@ def check_new_entries(session: Session | None = None) -> int:
     return size
 
 
-def watch_log() -> str | None:
+def watch_log(*, compare_tables: bool = True) -> str | None:
     """For the background thread, every poll: verify the new entries (and publish a
-    checkpoint when due). On tampering: /readyz red and one audit alarm; returns the
-    failure line (None when all is well)."""
+    checkpoint when due) and, with ``compare_tables``, compare every GMP table with the log.
+    On tampering: /readyz red and one audit alarm; returns the failure line (None when all is
+    well)."""
     from mes.audit.log import checkpoint_if_due
 
     def poll() -> None:
         check_new_entries()
-        _reconcile_tables()
+        if compare_tables:
+            _reconcile_tables()
         if checkpoint_if_due() is not None:
             db.session.commit()
         else:
@@ -371,7 +373,8 @@ def _watched(work: Callable[[], None]) -> str | None:
 
 def _reconcile_tables() -> None:
     """Every GMP table against the records the log describes (kept in memory, extended
-    with the new entries only): a direct edit of a record is found at the next poll."""
+    with the new entries only): a direct edit of a record is found at the next comparison
+    (:data:`mes.jobs.TABLES_COMPARE_SECONDS`)."""
     from mes.audit.reconcile import watch_state
 
     result = watch_state().poll()

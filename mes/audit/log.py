@@ -743,16 +743,20 @@ def install_guard() -> None:
 def iter_entry_bytes(session: Session | None = None, batch_size: int = 50_000) -> Iterator[bytes]:
     """Every entry's stored bytes in seq order, streamed in chunks (for verify/export).
 
-    Keyset pagination through the driver directly: a million rows in a few seconds."""
+    Keyset pagination through the driver directly, each page planned as a scan of the primary
+    key (:func:`mes.audit.entry_rows.key_scans`): a million rows in a few seconds."""
+    from mes.audit.entry_rows import key_scans
+
     session = session or db.session
     conn = session.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = f"SELECT seq, entry_bytes FROM audit_entries WHERE seq > {mark} ORDER BY seq LIMIT {int(batch_size)}"
     last = -1
-    while True:
-        rows = conn.exec_driver_sql(sql, (last,)).fetchall()
-        if not rows:
-            return
-        for _, data in rows:
-            yield data if isinstance(data, bytes) else bytes(data)
-        last = rows[-1][0]
+    with key_scans(conn):
+        while True:
+            rows = conn.exec_driver_sql(sql, (last,)).fetchall()
+            if not rows:
+                return
+            for _, data in rows:
+                yield data if isinstance(data, bytes) else bytes(data)
+            last = rows[-1][0]

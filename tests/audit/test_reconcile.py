@@ -177,6 +177,23 @@ def test_running_server_readyz_red_at_the_next_poll(plant: dict, client) -> None
     assert db.session.query(Alarm).filter(Alarm.kind == "audit").count() == 1
 
 
+def test_the_tables_are_compared_at_the_comparisons_between_them_only_new_entries(plant: dict, client) -> None:
+    """The background thread verifies the new entries at every poll and compares the tables
+    every ``TABLES_COMPARE_SECONDS`` (within one checkpoint interval): a poll in between leaves
+    an edited record to the next comparison, which finds it."""
+    from mes.audit.log import CHECKPOINT_EVERY
+    from mes.jobs import CHECKPOINT_POLL_SECONDS, TABLES_COMPARE_SECONDS
+
+    assert CHECKPOINT_POLL_SECONDS <= TABLES_COMPARE_SECONDS < CHECKPOINT_EVERY.total_seconds()
+    assert checkpoint_guard.watch_log() is None
+    _exec("UPDATE material_holds SET released_at = CURRENT_TIMESTAMP WHERE id = :id", {"id": plant["hold"]})
+    assert checkpoint_guard.watch_log(compare_tables=False) is None
+    assert audit_status().state != "failed"
+    line = checkpoint_guard.watch_log(compare_tables=True)
+    assert line is not None and plant["hold"] in line
+    assert audit_status().state == "failed" and client.get("/readyz").status_code == 503
+
+
 def test_no_checkpoint_is_signed_over_an_edited_record_the_new_entries_touch(plant: dict) -> None:
     world = plant["world"]
     lot = plant["held_lot"]
