@@ -87,14 +87,20 @@ def read_pin(token: Token) -> str:
 #: one open, logged-in session per token, kept for the process's life: a log-in costs SoftHSM
 #: about 1.5 ms (it derives the token's key from the PIN), more than the signature itself
 _OPEN: dict[tuple[str, str], Any] = {}
+_PID = os.getpid()  # the process that opened them: a forked child must initialise the module anew
 
 
 def _open(token: Token, pin: str) -> Any:
     import pkcs11
     from pkcs11.exceptions import NoSuchToken, PKCS11Error
 
+    global _PID
     try:
         lib = pkcs11.lib(token.module)
+        if _PID != os.getpid():  # forked: the parent's initialisation and sessions are not ours
+            _PID = os.getpid()
+            _OPEN.clear()
+            lib.reinitialize()
         try:
             found = lib.get_token(token_label=token.label)
         except NoSuchToken:  # initialised after this process loaded the module: look again
@@ -117,7 +123,7 @@ def session(token: Token) -> Iterator[Any]:
     pin = read_pin(token)
     key = (token.module, token.label)
     with _LOCK:
-        opened = _OPEN.get(key)
+        opened = _OPEN.get(key) if _PID == os.getpid() else None
         if opened is None:
             opened = _OPEN[key] = _open(token, pin)
         try:

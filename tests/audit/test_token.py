@@ -134,3 +134,34 @@ def test_a_tag_secret_gone_from_the_token_is_refused_not_replaced(token_app, tok
             log.audit_log().tag_key()
         db.engine.dispose()
     assert not hsm.has_tag_secret(token)  # nothing made a new one behind the log's back
+
+
+def _sign_in_child(env: dict[str, str], conn) -> None:  # noqa: ANN001 - a multiprocessing pipe end
+    from mes.system import token as child_hsm
+
+    token = child_hsm.configured(env)
+    inherited = dict(child_hsm._OPEN)  # the parent's sessions, copied by the fork
+    signature = child_hsm.audit_signing_key(token, create=False).sign(b"signed in a forked child")
+    own = child_hsm._OPEN.get((token.module, token.label))
+    conn.send((signature, own is not None and all(own is not s for s in inherited.values())))
+
+
+def test_a_forked_process_opens_the_token_anew(token_env: dict[str, str]) -> None:
+    """PKCS#11 does not carry a module's initialisation or sessions over a fork: a child (a
+    forked worker) initialises the module and opens its own session, and signs."""
+    import multiprocessing
+
+    token = hsm.configured(token_env)
+    assert token is not None
+    key = hsm.audit_signing_key(token, create=True)
+    key.sign(b"the parent's session is open")
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_sign_in_child, args=(token_env, child_end))
+    child.start()
+    assert parent_end.poll(60), "the child did not answer"
+    signature, own_session = parent_end.recv()
+    child.join(30)
+    assert child.exitcode == 0 and own_session  # not the parent's session, carried over the fork
+    key.public_key().verify(signature, b"signed in a forked child")
+    key.sign(b"and the parent's session still works")
