@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 
 from mes.ebr import signing
@@ -50,6 +51,13 @@ def test_with_a_time_stamp_authority_the_signature_is_pades_b_lta(tmp_path: Path
 
     reader = PdfFileReader(io.BytesIO(signed))
     assert [s.field_name for s in reader.embedded_signatures] == [signing.FIELD, signing.ARCHIVE_FIELD]
+    # the document time-stamp's update rewrote the XMP packet (pyHanko) and kept it PDF/A-3b; the
+    # file has no Info dictionary, so the packet is its only metadata and nothing can disagree with it
+    xmp = reader.root["/Metadata"].get_object().data.decode("utf-8")
+    assert re.search(r'pdfaid:part(="3"|>3</pdfaid:part>)', xmp) and re.search(
+        r'pdfaid:conformance(="B"|>B</pdfaid:conformance>)', xmp), xmp
+    assert reader.trailer_view.get("/Info") is None
+    assert reader.input_version == (1, 7)
     dss = reader.root["/DSS"]
     assert len(dss["/CRLs"]) >= 2 and len(dss["/Certs"]) >= 3  # the plant CA's and the authority's
     assert authority.fetched and set(authority.fetched) == {"/ca.crl"}  # fetched where the certificate points
