@@ -115,11 +115,10 @@ def audit_rotate_key() -> None:
         al = audit_log()
         old = al.vkey()
         assert al.key_path is not None
-        if al.token is not None:
+        if al.token is not None:  # the old verifier key was kept when it was loaded (al.vkey() above)
             from mes.system import token as hsm
 
-            keys.save_verifier_key(al.verifier_dir, al.key_name, keys.public_bytes(al.signing_key()))
-            keys.save_verifier_key(al.verifier_dir, al.key_name, keys.public_bytes(hsm.rotate_audit_signing_key(al.token)))
+            hsm.rotate_audit_signing_key(al.token)  # the new one is kept as it is loaded (al.vkey() below)
         else:
             keys.rotate_signing_key(al.key_path, al.verifier_dir, al.site_id)
         al.reload_key()

@@ -187,6 +187,12 @@ class AuditLog:
         return self._key
 
     @property
+    def has_signing_key(self) -> bool:
+        """Whether the log has a checkpoint key to speak of: the token's (made by ``mes init``),
+        or the key file."""
+        return self.token is not None or (self.key_path is not None and self.key_path.exists())
+
+    @property
     def verifier_dir(self) -> Path:
         """Where every verifier key ever used is kept (old checkpoints verify after rotation)."""
         assert self.key_path is not None, "AuditLog.init_app was not called"

@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.pool import NullPool
 
+from mes.audit.entry_rows import key_scans
 from mes.audit.reconcile_rules import (
     NOT_STARTED,
     OWNED_TABLES,
@@ -279,8 +280,6 @@ def fold_entries(conn: Connection, ex: Expected, start: int, end: int | None = N
     upper = f" AND seq < {int(end)}" if end is not None else ""
     sql = (f"SELECT seq, entry_bytes, entity_type FROM audit_entries WHERE seq >= {mark}{upper} "
            f"AND entity_type IN ({types}) ORDER BY seq LIMIT {BATCH}")
-    from mes.audit.entry_rows import key_scans
-
     cursor = conn.connection.cursor()
     last = start - 1
     try:

@@ -54,7 +54,9 @@ def ebr_verify(file: Path, ca: Path | None, vkeys: tuple[Path, ...]) -> None:
             click.echo(f"FAILED: no plant CA certificate at {ca_path}; pass --ca", err=True)
             sys.exit(2)
         witnesses: list[str] = []
-        if not vkeys and (app.config.get("MES_PKCS11_MODULE") or Path(app.config["MES_AUDIT_KEY_PATH"]).is_file()):
+        from mes.audit.log import audit_log
+
+        if not vkeys and audit_log().has_signing_key:
             from mes.audit.database_check import verifier_keys
 
             trusted = [v.text for v in verifier_keys()]

@@ -21,9 +21,11 @@ store, then a document time-stamp over all of it (field ``MES-eBR-Archive``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -210,8 +212,9 @@ def plant_crl(paths: SigningPaths) -> bytes | None:
 
 def _long_term(paths: SigningPaths) -> dict[str, Any]:
     """B-LTA's part of the signature metadata: the plant CA (with its CRL) and the TSA's CA
-    (default: Mozilla's public CAs, from certifi) as trust roots, revocation data fetched where a certificate points to it,
-    all of it embedded in the document security store, then a document time-stamp over it."""
+    (default: Mozilla's public CAs, from certifi) as trust roots, revocation data fetched where
+    a certificate points to it, all of it embedded in the document security store, then a
+    document time-stamp over it."""
     import certifi
     from pyhanko.keys import load_certs_from_pemder
     from pyhanko_certvalidator import ValidationContext
@@ -245,10 +248,19 @@ def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> 
                                         **(_long_term(paths) if paths.level == "B-LTA" else {}))
     stamper = timestamps.HTTPTimeStamper(paths.tsa_url) if paths.tsa_url else None
     out = io.BytesIO()
-    if paths.token is None:
-        pdf_signer = signers.PdfSigner(meta, signer=_signer(paths), timestamper=stamper)
+    with _signer_in_use(paths) as signer:
+        pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=stamper)
         _off_any_event_loop(lambda: pdf_signer.sign_pdf(writer, output=out))
-        return out.getvalue()
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def _signer_in_use(paths: SigningPaths) -> Iterator[Any]:
+    """The pyHanko signer of the eBR key: over the key file (:func:`_signer`), or through the
+    PKCS#11 token, whose session is held while it signs."""
+    if paths.token is None:
+        yield _signer(paths)
+        return
     from pyhanko.keys import load_cert_from_pemder, load_certs_from_pemder
     from pyhanko.sign.pkcs11 import PKCS11Signer
 
@@ -257,10 +269,7 @@ def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> 
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"the eBR signing certificate {paths.cert} cannot be read: {exc}") from None
     with hsm.session(paths.token) as session:
-        signer = PKCS11Signer(session, key_label=hsm.EBR_SIGNING, signing_cert=cert, ca_chain=chain)
-        pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=stamper)
-        _off_any_event_loop(lambda: pdf_signer.sign_pdf(writer, output=out))
-    return out.getvalue()
+        yield PKCS11Signer(session, key_label=hsm.EBR_SIGNING, signing_cert=cert, ca_chain=chain)
 
 
 def _off_any_event_loop(work: Any) -> None:

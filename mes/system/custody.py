@@ -65,13 +65,20 @@ def _inside(path: Path, home: Path) -> bool:
         return False
 
 
+def _key_paths(app: Flask) -> tuple[Path, Path]:
+    """The signing and tag key files the app's audit log uses (``AuditLog.init_app`` derived them)."""
+    al = app.extensions["mes_audit"]
+    return al.key_path, al.tag_key_path
+
+
 def key_lines(app: Flask) -> list[Line]:
-    token = hsm.configured(app.config)
-    if token is not None:
-        return hsm.custody_lines(token) + _unused_key_files(app)
+    sign, tag = _key_paths(app)
+    token = app.extensions["mes_audit"].token
+    if token is not None:  # key files left on disk are copies waiting to be stolen
+        return hsm.custody_lines(token) + [
+            ("warn", f"{path} is not used (the keys are in the token): remove it once nothing signed with it needs it")
+            for path in (sign, tag) if path.exists()]
     home = Path(app.config["MES_HOME"])
-    sign = Path(app.config["MES_AUDIT_KEY_PATH"])
-    tag = Path(app.config.get("MES_AUDIT_TAG_KEY_PATH") or sign.parent / "audit-tag.key")
     out = _private_file("audit signing key", sign) + (_private_file("audit tag key", tag) if tag.exists() else [])
     for folder in sorted({sign.parent, tag.parent}):
         if folder.exists() and folder.stat().st_mode & 0o022:
@@ -83,14 +90,6 @@ def key_lines(app: Flask) -> list[Line]:
     return out
 
 
-def _unused_key_files(app: Flask) -> list[Line]:
-    """With the keys in a token, key files left on disk are copies waiting to be stolen."""
-    sign = Path(app.config["MES_AUDIT_KEY_PATH"])
-    tag = Path(app.config.get("MES_AUDIT_TAG_KEY_PATH") or sign.parent / "audit-tag.key")
-    return [("warn", f"{path} is not used (the keys are in the token): remove it once nothing signed with it "
-                     "needs it") for path in (sign, tag) if path.exists()]
-
-
 def pinned_lines(app: Flask) -> list[Line]:
     from mes.audit.log import audit_log
     from mes.witness.client import configured_witnesses
@@ -100,7 +99,7 @@ def pinned_lines(app: Flask) -> list[Line]:
     if not pinned:
         out.append(("warn", "MES_AUDIT_VERIFIER_KEYS is not set: verifier keys are read beside the signing key; "
                             "pin the log's verifier key in the configuration"))
-    elif hsm.configured(app.config) is not None or Path(app.config["MES_AUDIT_KEY_PATH"]).exists():
+    elif audit_log().has_signing_key:
         current = audit_log().vkey()
         if current not in pinned:
             out.append(("FAIL", f"the signing key's verifier key {current} is not one of MES_AUDIT_VERIFIER_KEYS: "

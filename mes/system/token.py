@@ -76,7 +76,7 @@ def configured(config: Mapping[str, Any]) -> Token | None:
 def read_pin(token: Token) -> str:
     """The user PIN from its file; a file that group or others may read is refused."""
     path = token.pin_file
-    if not str(path) or not path.is_file():
+    if not path.is_file():  # unset: Path("") is the working folder, not a file
         raise TokenError(f"the PIN file of {token.describe()} is missing: set MES_PKCS11_PIN_FILE")
     if os.name == "posix" and path.stat().st_mode & 0o077:
         raise TokenError(f"the PIN file {path} has mode {stat.S_IMODE(path.stat().st_mode):04o}; "
