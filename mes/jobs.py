@@ -1,29 +1,31 @@
-"""Background jobs in each server process: verify the audit log at start-up and on a
-schedule, publish a checkpoint when the log nears one (woken after the commit that brought it
-800 entries or 45 s past the last) or when entries have waited 60 s without one, and close the
-OEE shifts that are due (``MES_OEE_CLOSE_SECONDS``), so ``mes.oee.shift_closed.v1`` goes
-out without anyone calling the endpoint."""
+"""Background jobs of each server process.
+
+The audit watch runs in a process of its own beside the worker (:mod:`mes.audit.watcher`,
+:func:`audit_watch_loop`): it verifies the audit log at start-up and on a schedule, publishes
+a checkpoint when the log nears one (woken after the commit that brought it 800 entries or
+45 s past the last) or when entries have waited 60 s without one, and compares the tables
+with the log. A thread in the worker wakes it and closes the OEE shifts that are due
+(``MES_OEE_CLOSE_SECONDS``), so ``mes.oee.shift_closed.v1`` goes out without anyone calling
+the endpoint, and watches the integration backlog and the free disk space."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask
 
 from mes.audit.log import Actor
 from mes.db import db
 from mes.errors import Conflict
-from mes.pacing import paced
 
 logger = logging.getLogger("mes.jobs")
 CHECKPOINT_POLL_SECONDS = 15
 #: How often each server compares every GMP table with the log (the new entries are verified
 #: at every poll). A record edited in the database directly is found within this, inside one
-#: checkpoint interval (60 s). Comparing every 15 s cost the kiosks' step completions about
-#: 1.4 ms at p50 (execution bench, 10 kiosks): the comparison holds the interpreter in the
-#: same process while requests wait for it.
+#: checkpoint interval (60 s).
 TABLES_COMPARE_SECONDS = 45
 
 
@@ -111,7 +113,7 @@ def publish_checkpoint_soon(app: Flask) -> None:
     kiosk's request has to (:func:`mes.audit.checkpoint_guard.publish_soon`)."""
     from mes.audit.checkpoint_guard import publish_soon
 
-    with app.app_context(), paced():  # the requests this process serves keep their speed (mes.pacing)
+    with app.app_context():
         try:
             publish_soon()
         except Exception:  # noqa: BLE001 - a job must not die; a request publishes at 1000 entries
@@ -121,54 +123,81 @@ def publish_checkpoint_soon(app: Flask) -> None:
             db.session.remove()
 
 
+def audit_watch_loop(app: Flask, wanted: threading.Event, report: Callable[[Flask], None]) -> None:
+    """The audit watch (run by :mod:`mes.audit.watcher` in a process beside each worker): verify
+    the log at start-up and every ``MES_AUDIT_VERIFY_SECONDS``; publish a checkpoint when
+    ``wanted`` is set; every ``CHECKPOINT_POLL_SECONDS`` verify the new entries, publish when
+    entries have waited 60 s, resubmit to witnesses and, every ``TABLES_COMPARE_SECONDS``,
+    compare every GMP table with the log. ``report`` is called after each of them."""
+    from mes.audit.checkpoint_guard import watch_log
+
+    verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 24 * 3600)
+    verify_now(app, "start-up")
+    report(app)
+    last_verify = time.monotonic()
+    next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
+    last_compare = time.monotonic()  # the start-up verification reconciled every table
+    while True:
+        if wanted.wait(max(0.0, next_poll - time.monotonic())):
+            wanted.clear()
+            publish_checkpoint_soon(app)
+            report(app)
+            if time.monotonic() < next_poll:
+                continue
+        next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
+        compare = time.monotonic() - last_compare >= TABLES_COMPARE_SECONDS
+        if compare:
+            last_compare = time.monotonic()
+        with app.app_context():
+            try:
+                # new entries verified, checkpoint when due, tables compared when due;
+                # tamper: /readyz red + alarm
+                watch_log(compare_tables=compare)
+            except Exception:  # noqa: BLE001 - the watch must not die; the failure is logged and retried
+                logger.exception("scheduled checkpoint failed")
+                db.session.rollback()
+            finally:
+                db.session.remove()
+        report(app)
+        if time.monotonic() - last_verify >= verify_every:
+            verify_now(app, "schedule")
+            report(app)
+            last_verify = time.monotonic()
+
+
 def start_background_jobs(app: Flask) -> threading.Thread:
-    """Start the daemon thread (idempotent per app)."""
+    """Start the audit watch process (:mod:`mes.audit.watcher`) and the daemon thread that
+    wakes it and runs the light jobs (idempotent per app)."""
     existing = app.extensions.get("mes_jobs")
     if existing is not None:
         return existing
-    verify_every = app.config.get("MES_AUDIT_VERIFY_SECONDS", 24 * 3600)
+    from mes.audit.log import checkpoint_wanted
+    from mes.audit.watcher import AuditWatch
+
     close_every = app.config.get("MES_OEE_CLOSE_SECONDS", 300)
+    watch = AuditWatch(app)
+    app.extensions["mes_audit_watch"] = watch
+    watch.start()
+    wanted = checkpoint_wanted(app)
 
     def loop() -> None:
-        from mes.audit.checkpoint_guard import watch_log
-        from mes.audit.log import checkpoint_wanted
         from mes.system.storage import watch_free_space
 
-        verify_now(app, "start-up")
-        last_verify = time.monotonic()
         close_oee_shifts(app)
         last_close = time.monotonic()
-        wanted = checkpoint_wanted(app)
         next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
-        last_compare = time.monotonic()  # the start-up verification reconciled every table
         while True:
             if wanted.wait(max(0.0, next_poll - time.monotonic())):
                 wanted.clear()
-                publish_checkpoint_soon(app)
+                watch.wake()  # the watch process publishes the checkpoint, not this one
                 if time.monotonic() < next_poll:
                     continue
             next_poll = time.monotonic() + CHECKPOINT_POLL_SECONDS
-            compare = time.monotonic() - last_compare >= TABLES_COMPARE_SECONDS
-            if compare:
-                last_compare = time.monotonic()
             with app.app_context():
-                try:
-                    with paced():  # the requests this process serves keep their speed (mes.pacing)
-                        # new entries verified, checkpoint when due, tables compared when due;
-                        # tamper: /readyz red + alarm
-                        watch_log(compare_tables=compare)
-                except Exception:  # noqa: BLE001
-                    logger.exception("scheduled checkpoint failed")
-                    db.session.rollback()
-                finally:
-                    db.session.remove()
                 try:
                     watch_free_space()  # the alarm before the database disk is full
                 finally:
                     db.session.remove()
-            if time.monotonic() - last_verify >= verify_every:
-                verify_now(app, "schedule")
-                last_verify = time.monotonic()
             if time.monotonic() - last_close >= close_every:
                 close_oee_shifts(app)
                 last_close = time.monotonic()

@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session
 from mes.audit import checkpoint as notes
 from mes.audit import entry_tags, merkle
 from mes.db import db
-from mes.pacing import breathe
 
 logger = logging.getLogger("mes.audit")
 
@@ -189,9 +188,6 @@ def verified_rows() -> VerifiedRows:
     return current_app.extensions.setdefault("mes_audit_verified_rows", VerifiedRows())
 
 
-#: Rows verified between two pauses of paced (background) verification.
-PACE_ROWS = 128
-
 
 def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool = True,
                  reread_verified: bool = True) -> bytes:
@@ -262,8 +258,6 @@ def verify_since(session: Session, ref: Reference, size: int, *, reconcile: bool
         ats.append(at)
         leaves.append(bytes(row[2]))
         seq += 1
-        if seq % PACE_ROWS == 0:
-            breathe()  # in the background thread only (mes.pacing); under the append lock, never
     if seq != size:
         raise LogTampered(f"seq {seq} is missing", seq)
     nodes = dict(frontier)

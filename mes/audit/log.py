@@ -605,11 +605,8 @@ def publish_checkpoint(session: Session | None = None, *, reread_verified: bool 
     ``unless_published_meanwhile`` (the background publisher) when, read under the lock, the
     log is no longer near a checkpoint: another server published first.
     """
-    from mes.pacing import unpaced
-
-    with unpaced():  # it holds the append lock: every kiosk's next step waits for it
-        return _publish_checkpoint(session, reread_verified=reread_verified,
-                                   unless_published_meanwhile=unless_published_meanwhile)
+    return _publish_checkpoint(session, reread_verified=reread_verified,
+                               unless_published_meanwhile=unless_published_meanwhile)
 
 
 def _publish_checkpoint(session: Session | None, *, reread_verified: bool,

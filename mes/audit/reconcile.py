@@ -47,7 +47,6 @@ from mes.audit.reconcile_rules import (
     step_state_class,
 )
 from mes.db import db
-from mes.pacing import breathe
 
 BATCH = 20_000
 #: rows compared per hold of the watch's lock
@@ -254,8 +253,6 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
                         if not _same(value, actual[column]):
                             diffs.append(Difference(seq, table.name, key, f"{column} is {_show(actual[column])} "
                                                     f"in the table but the audit log says {_show(value)}"))
-            if lock is not None:  # the watch, between chunks and outside its lock (mes.pacing)
-                breathe()
         with guard:
             expected_keys = list(wanted) if keys is None else keys
         for key_chunk in _chunks(iter(expected_keys)):
@@ -264,8 +261,6 @@ def compare(conn: Connection, ex: Expected, *, since: int = 0, full: bool = True
                     seq = ex.created.get((table.name, key))
                     if seq is not None and since <= seq and (upto is None or seq < upto) and key not in seen:
                         diffs.append(Difference(seq, table.name, key, "the record the audit log created is missing"))
-            if lock is not None:
-                breathe()
     return count, diffs
 
 
