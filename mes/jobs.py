@@ -121,6 +121,23 @@ def publish_checkpoint_soon(app: Flask) -> None:
             db.session.remove()
 
 
+def finish_pending_releases(app: Flask) -> list[str]:
+    """Finish the eBR of each decided batch still without one (:func:`mes.ebr.finishing.finish_pending`):
+    once every witness cosigned its release checkpoint, or after MES_EBR_WITNESS_MAX_WAIT_SECONDS,
+    or after a process died between the decision and the eBR. The batches finished."""
+    from mes.ebr.finishing import finish_pending
+
+    with app.app_context():
+        try:
+            return finish_pending()
+        except Exception:  # noqa: BLE001 - a job must not die; retried at the next poll
+            logger.exception("finishing pending releases failed")
+            db.session.rollback()
+            return []
+        finally:
+            db.session.remove()
+
+
 def start_background_jobs(app: Flask) -> threading.Thread:
     """Start the daemon thread (idempotent per app)."""
     existing = app.extensions.get("mes_jobs")
@@ -173,6 +190,7 @@ def start_background_jobs(app: Flask) -> threading.Thread:
                 close_oee_shifts(app)
                 last_close = time.monotonic()
             watch_integration(app)
+            finish_pending_releases(app)
 
     thread = threading.Thread(target=loop, name="mes-jobs", daemon=True)
     app.extensions["mes_jobs"] = thread
