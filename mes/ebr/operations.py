@@ -239,8 +239,8 @@ def verify_pdf(pdf: bytes, ca_pem: bytes, *, trusted_vkeys: Iterable[str] = (),
 
 
 def release_cosigned(note: str, witness_vkeys: Iterable[str]) -> dict[str, bool]:
-    """For each trusted witness (verifier key text): whether the checkpoint ``note`` carries
-    its valid cosignature (C2SP tlog-cosignature)."""
+    """For each trusted witness (by name, from its verifier key text): whether the checkpoint
+    ``note`` carries its valid cosignature (C2SP tlog-cosignature)."""
     try:
         body = notes.parse_checkpoint(note).body
     except notes.CheckpointError:
@@ -253,8 +253,8 @@ def release_cosigned(note: str, witness_vkeys: Iterable[str]) -> dict[str, bool]
             out[text] = False
             continue
         prefix = f"{notes.SIGNATURE_PREFIX}{key.name} "
-        out[key.name] = body is not None and any(_cosigns(line, body, key) for line in note.split("\n")
-                                                 if line.startswith(prefix))
+        ok = body is not None and any(_cosigns(line, body, key) for line in note.split("\n") if line.startswith(prefix))
+        out[key.name] = out.get(key.name, True) and ok  # two keys of one name: each must have cosigned
     return out
 
 
