@@ -244,12 +244,18 @@ def finish_pending() -> list[str]:
     Returns the batches finished now. Each batch on its own: one failure stops no other."""
     max_wait = timedelta(seconds=int(current_app.config.get("MES_EBR_WITNESS_MAX_WAIT_SECONDS", 3600)))
     done = []
-    for batch_id in pending_batches():
+    submit = bool(client.configured_witnesses())
+    for batch_id in pending_batches():  # oldest decision first
         try:
             rel = release_of(batch_id)
             if rel is None:
                 continue
-            missing = cosign_round(rel.checkpoint) if client.configured_witnesses() else []
+            if submit:
+                missing = cosign_round(rel.checkpoint)
+                # a witness down (or slow to time out) is asked once per poll, not once per pending batch
+                submit = not missing
+            else:
+                missing = bundle_checkpoint(rel.checkpoint)[2]
             overdue = common.clock() - rel.decided_at >= max_wait
             if missing and not overdue:
                 continue
