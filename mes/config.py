@@ -72,6 +72,17 @@ def _parse_megabytes(raw: str) -> int:
     return value
 
 
+def _parse_wait_seconds(raw: str) -> int:
+    """Seconds a request may wait: 0 (do not wait) to 600."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number of seconds from 0 to 600, got {raw!r}") from None
+    if not 0 <= value <= 600:
+        raise ValueError(f"expected a whole number of seconds from 0 to 600, got {raw!r}")
+    return value
+
+
 def _parse_site_id(raw: str) -> str:
     value = raw.strip()
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -245,6 +256,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(B-LTA); default Mozilla's public CAs (certifi)"),
     Setting("MES_EBR_FONT", "MES_EBR_FONT", str, "",
             "Font file (path[:face index]) the eBR is printed in; default Noto Sans CJK found with fc-match"),
+    Setting("MES_EBR_WITNESS_WAIT_SECONDS", "MES_EBR_WITNESS_WAIT_SECONDS", _parse_wait_seconds, "10",
+            "How long a release waits (0-600 s) for every audit witness to cosign its release checkpoint before it "
+            "answers with the eBR still pending (then finished by the background job)"),
+    Setting("MES_EBR_WITNESS_MAX_WAIT_SECONDS", "MES_EBR_WITNESS_MAX_WAIT_SECONDS", _parse_positive_int, "3600",
+            "After this long without every witness's cosignature of the release checkpoint, a pending eBR is "
+            "generated with the cosignatures received (the missing witnesses are named; audit alarm)"),
     Setting("MES_INTEGRATION_BACKLOG_ALARM_SECONDS", "MES_INTEGRATION_BACKLOG_ALARM_SECONDS", _parse_positive_int, "900",
             "Alarm when an integration endpoint's oldest undelivered event is older than this (checked by each "
             "server's background jobs; dead letters alarm at once)"),

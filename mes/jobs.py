@@ -123,11 +123,28 @@ def publish_checkpoint_soon(app: Flask) -> None:
             db.session.remove()
 
 
+def finish_pending_releases(app: Flask) -> list[str]:
+    """Finish the eBR of each decided batch still without one (:func:`mes.ebr.finishing.finish_pending`):
+    once every witness cosigned its release checkpoint, or after MES_EBR_WITNESS_MAX_WAIT_SECONDS,
+    or after a process died between the decision and the eBR. The batches finished."""
+    from mes.ebr.finishing import finish_pending
+
+    with app.app_context():
+        try:
+            return finish_pending()
+        except Exception:  # noqa: BLE001 - a job must not die; retried at the next poll
+            logger.exception("finishing pending releases failed")
+            db.session.rollback()
+            return []
+        finally:
+            db.session.remove()
+
+
 def audit_watch_loop(app: Flask, wanted: threading.Event, report: Callable[[Flask], None]) -> None:
     """The audit watch (run by :mod:`mes.audit.watcher` in a process beside each worker): verify
     the log at start-up and every ``MES_AUDIT_VERIFY_SECONDS``; publish a checkpoint when
     ``wanted`` is set; every ``CHECKPOINT_POLL_SECONDS`` verify the new entries, publish when
-    entries have waited 60 s, resubmit to witnesses and, every ``TABLES_COMPARE_SECONDS``,
+    entries have waited 60 s, resubmit to witnesses, finish the eBRs left pending and, every ``TABLES_COMPARE_SECONDS``,
     compare every GMP table with the log. ``report`` is called after each of them."""
     from mes.audit.checkpoint_guard import watch_log
 
@@ -159,6 +176,7 @@ def audit_watch_loop(app: Flask, wanted: threading.Event, report: Callable[[Flas
             finally:
                 db.session.remove()
         report(app)
+        finish_pending_releases(app)  # the eBRs whose witnesses were awaited (or whose process died)
         if time.monotonic() - last_verify >= verify_every:
             verify_now(app, "schedule")
             report(app)

@@ -23,6 +23,7 @@ from mes.audit.reconcile_rules import Expected
 from mes.audit.verify import first_unprovable, verify_checkpoint_history
 from mes.db import db
 from mes.witness.client import configured_witnesses, sync_witnesses
+from mes.witness.cosignature import cosigned_by
 
 
 @dataclass
@@ -268,30 +269,42 @@ def export(out: Path, batch: str | None = None, session: Session | None = None) 
     return {"entries": len(seqs), "checkpoint_size": cp.size, "root": cp.root.hex()}
 
 
-def batch_export_files(batch: str, session: Session | None = None) -> dict[str, bytes]:
+def batch_export_files(batch: str, session: Session | None = None, *,
+                       checkpoint: AuditCheckpoint | None = None) -> dict[str, bytes]:
     """A ``--batch`` export (§4) as file contents, in the caller's transaction (nothing
-    committed): a checkpoint is published over every entry so far if none covers them yet,
-    then the batch's entries with their inclusion proofs against it. The eBR embeds it."""
+    committed): against ``checkpoint`` when given (the eBR's witnessed release checkpoint:
+    the batch's entries it covers, their proofs against it, the history up to it, and only
+    the witnesses whose cosignature it carries), else against a checkpoint published now
+    over every entry so far if none covers them yet."""
     session = session or db.session
-    log.publish_checkpoint(session)
-    cp = log.latest_checkpoint(session)
+    if checkpoint is None:
+        log.publish_checkpoint(session)
+    cp = checkpoint or log.latest_checkpoint(session)
     if cp is None:
         raise ValueError("the audit log is empty; nothing to export")
     rows = session.execute(select(AuditEntry.seq, AuditEntry.entry_bytes).where(
         AuditEntry.seq < cp.size, AuditEntry.batch_id == batch).order_by(AuditEntry.seq)).all()
     files = {"entries.jsonl": b"".join(bytes(data) + b"\n" for _, data in rows)}
-    files.update(_export_tail(session, cp, batch, [seq for seq, _ in rows]))
+    files.update(_export_tail(session, cp, batch, [seq for seq, _ in rows], cosigners_only=checkpoint is not None))
     return files
 
 
-def _export_tail(session: Session, cp: AuditCheckpoint, batch: str | None, seqs: list[int]) -> dict[str, bytes]:
-    """The export's files after ``entries.jsonl``: checkpoint, history, keys, witnesses (and proofs)."""
+def _export_tail(session: Session, cp: AuditCheckpoint, batch: str | None, seqs: list[int], *,
+                 cosigners_only: bool = False) -> dict[str, bytes]:
+    """The export's files after ``entries.jsonl``: checkpoint, the history up to it (its last
+    line is the checkpoint), keys, witnesses (``cosigners_only``: those whose cosignature
+    ``cp`` carries) and, for a batch, the proofs."""
     cosigned = witnessed_notes(session)
-    history = [cosigned[c.id] for c in session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars()]
+    history = [cosigned[c.id] for c in session.execute(select(AuditCheckpoint).where(
+        AuditCheckpoint.id <= cp.id).order_by(AuditCheckpoint.id)).scalars()]
+    witnesses = configured_witnesses()
+    if cosigners_only:
+        signed = set(cosigned_by(cosigned[cp.id], notes.parse_checkpoint(cp.note).body, [w.key for w in witnesses]))
+        witnesses = [w for w in witnesses if w.key.name in signed]
     files = {"checkpoint": cosigned[cp.id].encode("utf-8"),
              "checkpoints.jsonl": "".join(json.dumps(note) + "\n" for note in history).encode("utf-8"),
              "log.vkey": ("\n".join(v.text for v in verifier_keys()) + "\n").encode("utf-8"),
-             "witnesses": "".join(w.key.text + "\n" for w in configured_witnesses()).encode("utf-8")}
+             "witnesses": "".join(w.key.text + "\n" for w in witnesses).encode("utf-8")}
     if batch is not None:
         if not seqs:
             raise ValueError(f"no audit entries for batch {batch!r}")

@@ -47,10 +47,13 @@ def plant_time(at: str | None) -> str | None:
     return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()} (UTC{offset[:3]}:{offset[3:]})"
 
 
-def audit_entries(batch_id: str) -> list[dict[str, Any]]:
-    """The batch's audit trail: every entry carrying the batch, in log order, as written."""
-    rows = db.session.execute(select(AuditEntry.entry_bytes).where(AuditEntry.batch_id == batch_id)
-                              .order_by(AuditEntry.seq)).scalars()
+def audit_entries(batch_id: str, through: int | None = None) -> list[dict[str, Any]]:
+    """The batch's audit trail: every entry carrying the batch, in log order, as written
+    (``through``: only those a checkpoint of that size covers)."""
+    query = select(AuditEntry.entry_bytes).where(AuditEntry.batch_id == batch_id).order_by(AuditEntry.seq)
+    if through is not None:
+        query = query.where(AuditEntry.seq < through)
+    rows = db.session.execute(query).scalars()
     return [json.loads(bytes(row)) for row in rows]
 
 
@@ -83,14 +86,17 @@ def _sum(values: list[tuple[str, str]], unit: str) -> str | None:
 
 
 def build(batch_id: str, *, checkpoint: str | None = None, generated_at: datetime | None = None,
-          decision: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          decision: Mapping[str, Any] | None = None, through: int | None = None,
+          witnesses: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
     """The eBR of ``batch_id`` as one JSON-able dict (``checkpoint``: the release checkpoint's
-    text; ``decision``: QA's decision being recorded, else the last one in the trail)."""
+    text; ``decision``: QA's decision being recorded, else the last one in the trail;
+    ``through``: the checkpoint's size, the audit trail it covers; ``witnesses``: which
+    witnesses cosigned the checkpoint and which are missing)."""
     batch = ex.get_batch(batch_id)
     wo = ex.get_work_order(batch.work_order_id)
     cr = batch.control_recipe
     specs = {s["id"]: s for s in _walk_steps(cr)}
-    trail = audit_entries(batch_id)
+    trail = audit_entries(batch_id, through)
     names = {e["actor"]["id"]: e["actor"].get("name") for e in trail if isinstance(e.get("actor"), Mapping)}
     terminal_of: dict[str, str | None] = {}
     for e in trail:  # which terminal each record was written from: the entry that carried it
@@ -208,6 +214,7 @@ def build(batch_id: str, *, checkpoint: str | None = None, generated_at: datetim
         "genealogy": {"consumed": consumed, "produced": produced or None},
         "audit_trail": trail,
         "release_checkpoint": checkpoint,
+        **({"release_witnesses": {k: list(v) for k, v in witnesses.items()}} if witnesses is not None else {}),
     }
 
 

@@ -1,12 +1,12 @@
-"""The eBR service layer: generate at release and freeze, read the frozen document, verify a file.
+"""The eBR service layer: generate over the release checkpoint, read the frozen document, verify a file.
 
-At release (:func:`freeze_at_release`, called once from
-:func:`mes.execution.release.release_batch` inside its transaction, after QA's release
-signature is recorded): a checkpoint is published over the log, the batch's audit proof
-bundle (the ``mes audit export --batch`` files) is built against it, the JSON eBR is built,
+A release happens in two steps (:mod:`mes.ebr.finishing`): QA's decision commits with its
+release checkpoint (:func:`preflight` first refuses a release whose eBR could not be
+produced); once the witnesses have cosigned that checkpoint, the batch's audit proof bundle
+(the ``mes audit export --batch`` files) is built against it, the JSON eBR is built,
 printed to PDF/A-3b with both embedded as associated files, PAdES-signed with the plant's
 document-signing certificate, stored (never changed again) and its SHA-256 recorded in the
-audit log (``ebr.generated``) and returned for ``mes.batch.released.v1``.
+audit log (``ebr.generated``) and sent in ``mes.batch.released.v1``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from typing import Any
 
 from flask import current_app
 
+from mes.audit import checkpoint as notes
 from mes.audit.database_check import batch_export_files
-from mes.audit.log import Actor, record
+from mes.audit.models import AuditCheckpoint
 from mes.db import db
 from mes.ebr import content, render, signing
 from mes.ebr.models import EbrDocument
 from mes.errors import Conflict, NotFound
 from mes.execution import operations as ex
+from mes.witness.cosignature import parse_witness_vkey, verify_cosignature
 
 JSON_NAME = "ebr.json"
 BUNDLE_NAME = "audit-bundle.zip"
@@ -78,16 +80,39 @@ class Generated:
         return hashlib.sha256(self.pdf).hexdigest()
 
 
+class EbrPending(Conflict):
+    """The batch is decided but its eBR is still being finished (waiting for the witnesses)."""
+
+    slug, title = "ebr-pending", "The electronic batch record is being finished"
+
+
+def preflight() -> None:
+    """Before QA's decision is committed: refuse, with a sentence, a release whose eBR could
+    not be produced (no CJK-capable font; the signing identity or its key unreadable)."""
+    try:
+        render.find_font(current_app.config.get("MES_EBR_FONT") or None)
+    except render.FontMissing as exc:
+        raise Conflict(f"The electronic batch record cannot be printed: {exc}.") from None
+    try:
+        signing.check_signer(signing_paths())
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise Conflict(f"The electronic batch record cannot be signed: {exc}.") from None
+
+
 def generate(batch_id: str, *, decision: Mapping[str, Any] | None = None, sign: bool = True,
-             created: datetime | None = None) -> Generated:
+             created: datetime | None = None, checkpoint: AuditCheckpoint | None = None,
+             witnesses: Mapping[str, list[str]] | None = None) -> Generated:
     """Build, print and (if ``sign``) sign the eBR of ``batch_id`` now, in the caller's
-    transaction (a checkpoint may be published in it; nothing is committed)."""
+    transaction (nothing is committed): against ``checkpoint`` (the witnessed release
+    checkpoint; ``witnesses``: who cosigned it, who is missing), else against a checkpoint
+    published now."""
     created = created or ex.clock()
     t0 = time.perf_counter()
-    files = batch_export_files(batch_id)
+    files = batch_export_files(batch_id, checkpoint=checkpoint)
     t1 = time.perf_counter()
     doc = content.build(batch_id, checkpoint=files["checkpoint"].decode("utf-8"), generated_at=created,
-                        decision=decision)
+                        decision=decision, through=None if checkpoint is None else checkpoint.size,
+                        witnesses=witnesses)
     json_bytes = content.to_bytes(doc)
     bundle = bundle_zip(files)
     t2 = time.perf_counter()
@@ -114,25 +139,16 @@ def generate(batch_id: str, *, decision: Mapping[str, Any] | None = None, sign: 
                      {"bundle": t1 - t0, "content": t2 - t1, "render": t3 - t2, "sign": t4 - t3, "total": t4 - t0})
 
 
-def freeze_at_release(actor: Actor, batch_id: str, decision: str, conditions: str | None) -> str:
-    """Generate, sign and store the eBR of a batch QA just decided; audit its SHA-256 and
-    return it (for ``mes.batch.released.v1``). Runs in the release transaction."""
-    made = generate(batch_id, decision={"disposition": decision, "conditions": conditions})
-    db.session.add(EbrDocument(batch_id=batch_id, sha256=made.sha256, pdf=made.pdf,
-                               json_sha256=hashlib.sha256(made.json_bytes).hexdigest(),
-                               created_at=ex.clock(), created_by=actor.id))
-    record(actor, "ebr.generated", ("ebr", batch_id), batch=batch_id,
-           after={"sha256": made.sha256, "json_sha256": hashlib.sha256(made.json_bytes).hexdigest(),
-                  "bundle_sha256": hashlib.sha256(made.bundle).hexdigest(), "bytes": len(made.pdf),
-                  "pades": signing_paths().level, "pdfa": "PDF/A-3B"})
-    return made.sha256
-
-
 def stored(batch_id: str) -> EbrDocument:
     """The frozen eBR of a decided batch; NotFound before the decision."""
     ex.get_batch(batch_id)
     doc = db.session.get(EbrDocument, batch_id)
     if doc is None:
+        from mes.ebr.finishing import pending_detail
+
+        detail = pending_detail(batch_id)
+        if detail is not None:
+            raise EbrPending(detail)
         raise NotFound(f"Batch {batch_id} has no electronic batch record yet: it is generated at release.")
     return doc
 
@@ -216,7 +232,38 @@ def verify_pdf(pdf: bytes, ca_pem: bytes, *, trusted_vkeys: Iterable[str] = (),
     if witnesses:
         given = {w.strip() for w in bundle.get("witnesses", b"").decode("utf-8").splitlines() if w.strip()}
         report.add("witness keys are the configured witnesses'", given <= witnesses)
+        note = bundle.get("checkpoint", b"").decode("utf-8", "replace")
+        for name, ok in release_cosigned(note, witnesses).items():
+            report.add(f"release checkpoint cosigned by witness {name}", ok)
     return report
+
+
+def release_cosigned(note: str, witness_vkeys: Iterable[str]) -> dict[str, bool]:
+    """For each trusted witness (by name, from its verifier key text): whether the checkpoint
+    ``note`` carries its valid cosignature (C2SP tlog-cosignature)."""
+    try:
+        body = notes.parse_checkpoint(note).body
+    except notes.CheckpointError:
+        body = None
+    out = {}
+    for text in sorted(witness_vkeys):
+        try:
+            key = parse_witness_vkey(text)
+        except notes.CheckpointError:
+            out[text] = False
+            continue
+        prefix = f"{notes.SIGNATURE_PREFIX}{key.name} "
+        ok = body is not None and any(_cosigns(line, body, key) for line in note.split("\n") if line.startswith(prefix))
+        out[key.name] = out.get(key.name, True) and ok  # two keys of one name: each must have cosigned
+    return out
+
+
+def _cosigns(line: str, body: str, key: Any) -> bool:
+    try:
+        verify_cosignature(line, body, key)
+    except notes.CheckpointError:
+        return False
+    return True
 
 
 def read_ca(path: str | Path | None = None) -> bytes:

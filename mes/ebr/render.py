@@ -359,6 +359,16 @@ def render(doc: Mapping[str, Any], attachments: Mapping[str, tuple[bytes, str, s
     return bytes(pdf.output())
 
 
+def _witness_sentence(witnesses: Mapping[str, Any] | None) -> str:
+    """Which witnesses cosigned the printed checkpoint, and which did not in time."""
+    if not witnesses:
+        return ""
+    text = f" Cosigned by witness(es): {', '.join(witnesses.get('cosigned') or []) or 'none'}."
+    if witnesses.get("missing"):
+        text += f" Not cosigned in time by: {', '.join(witnesses['missing'])}."
+    return text
+
+
 def _body(w: _Writer, doc: Mapping[str, Any]) -> None:
     pdf, b = w.pdf, doc["batch"]
     decision = b.get("decision") or {}
@@ -495,7 +505,8 @@ def _body(w: _Writer, doc: Mapping[str, Any]) -> None:
     w.heading("Release checkpoint")
     w.paragraph("The audit log's signed checkpoint published at release; the embedded audit proof bundle "
                 "(audit-bundle.zip) proves every entry above is in the log it signs. Verify with "
-                "`mes ebr verify` or `python -m mes.audit.verify` on the extracted bundle.")
+                "`mes ebr verify` or `python -m mes.audit.verify` on the extracted bundle."
+                + _witness_sentence(doc.get("release_witnesses")))
     pdf.set_font("ebr", size=7)
     pdf.multi_cell(0, 3.4, doc.get("release_checkpoint") or "(none)", border=1, new_x="LMARGIN", new_y="NEXT")
 

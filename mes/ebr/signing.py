@@ -254,6 +254,13 @@ def sign_pdf(pdf: bytes, paths: SigningPaths, *, reason: str, location: str) -> 
     return out.getvalue()
 
 
+def check_signer(paths: SigningPaths) -> None:
+    """Raise (RuntimeError, OSError) now if the eBR could not be signed: the key file and
+    certificates unreadable, or the token's session not opened. Signs nothing."""
+    with _signer_in_use(paths):
+        pass
+
+
 @contextlib.contextmanager
 def _signer_in_use(paths: SigningPaths) -> Iterator[Any]:
     """The pyHanko signer of the eBR key: over the key file (:func:`_signer`), or through the

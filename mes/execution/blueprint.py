@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from mes.audit.blueprint import SIGN_FIELDS
+from mes.ebr.finishing import ebr_status
 from mes.errors import Forbidden, ValidationFailed
 from mes.execution import operations as ops
 from mes.execution import qa_views, queries
@@ -270,10 +271,11 @@ def review(batch_id: str) -> Response:
                       "conditions": TEXT, **SIGN_FIELDS}, ("decision",)))
 def release(batch_id: str) -> Response:
     """QA releases (outright or under conditions) or rejects the batch with an e-signature;
-    the batch's output lot follows the decision."""
+    the batch's output lot follows the decision. ``ebr`` says whether the signed eBR is
+    generated or still being finished (waiting for the audit witnesses)."""
     batch = ops.release_batch(_session_row(), credentials_from(g.body), batch_id, g.body["decision"],
                               terminal=_terminal(), comment=g.body.get("comment"), conditions=g.body.get("conditions"))
-    return jsonify(ops.batch_json(batch, steps=False))
+    return jsonify({**ops.batch_json(batch, steps=False), "ebr": ebr_status(batch_id)})
 
 
 # ------------------------------------------------------------------ QA workstation lists

@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from sqlalchemy import func, select
 
-from mes.audit import canonical
-from mes.audit.log import Actor, Event, record
+from mes.audit import canonical, log
+from mes.audit.log import Actor, record
 from mes.audit.models import AuditEntry, AuditReview
 from mes.db import db
 from mes.errors import Conflict, MESError, NotFound, ValidationFailed
 from mes.execution import common
 from mes.execution.batches import get_batch, steps_of
 from mes.execution.claims import _release_claims
-from mes.execution.common import BATCH_RELEASED, _locked, _new_id
+from mes.execution.common import _locked, _new_id
 from mes.execution.deviations import _step_name, deviation_record, deviations_of
 from mes.execution.models import (
     Batch,
@@ -321,7 +320,10 @@ DECISIONS = ("released", "conditionally_released", "rejected")
 def release_batch(session_row: UserSession, credentials: esig.Credentials, batch_id: str, decision: str, *,
                   terminal: str | None, comment: str | None = None, conditions: str | None = None) -> Batch:
     """QA releases (outright or under ``conditions``) or rejects a reviewed batch with an
-    e-signature; posts ``mes.batch.released.v1``. The decision carries to the lot the batch
+    e-signature, in two steps (issue 19): the decision commits with its release checkpoint,
+    then the eBR is generated over that checkpoint once the witnesses cosigned it, with
+    ``mes.batch.released.v1`` (:mod:`mes.ebr.finishing`; pending if they do not answer in
+    ``MES_EBR_WITNESS_WAIT_SECONDS``, finished by the background job). The decision carries to the lot the batch
     made (:func:`mes.materials.operations.dispose_produced_lot`): released, released under the
     conditions, or rejected; the work order is closed.
 
@@ -329,11 +331,15 @@ def release_batch(session_row: UserSession, credentials: esig.Credentials, batch
     no signed audit-trail review covers the batch's record; each refusal is audited
     (:data:`RELEASE_REFUSED`, :func:`_refused_release`)."""
     try:
-        return _release_batch(session_row, credentials, batch_id, decision, terminal=terminal, comment=comment,
-                              conditions=conditions)
+        batch = _release_batch(session_row, credentials, batch_id, decision, terminal=terminal, comment=comment,
+                               conditions=conditions)
     except (Conflict, ValidationFailed) as exc:
         _refused_release(session_row, batch_id, decision, terminal, exc)
         raise
+    from mes.ebr.finishing import finish_after_decision  # step 2: the eBR over the witnessed release checkpoint
+
+    finish_after_decision(actor_for(session_row.user, "qa", terminal), batch_id)
+    return batch
 
 
 #: The audit action of a refused release or rejection (nothing an operator tries vanishes).
@@ -392,13 +398,15 @@ def _release_batch(session_row: UserSession, credentials: esig.Credentials, batc
         raise Conflict(f"Batch {batch_id} is already {batch.status}.")
     else:
         independent_of(batch_id, session_row.user_id, "reject it")
+    from mes.ebr.operations import preflight
+
+    preflight()  # a release whose eBR could not be produced is refused before anything is signed
     actor = actor_for(session_row.user, "qa", terminal)
     ebr = ebr_sha256(batch_id)
     meaning = "rejected" if decision == "rejected" else "released"
     signed_comment = comment if conditions is None else f"Conditions: {conditions}" + (f" — {comment}" if comment else "")
     entry = esig.sign(session_row, credentials, "batch", batch_id, meaning, role="qa", terminal=terminal,
                       batch=batch_id, permission=Permission.BATCH_RELEASE, comment=signed_comment, commit=False)
-    sig = json.loads(entry.entry_bytes)["signature"]
     now = common.clock()
     before = batch.status
     batch.status = BatchStatus.REJECTED.value if decision == "rejected" else BatchStatus.RELEASED.value
@@ -409,18 +417,6 @@ def _release_batch(session_row: UserSession, credentials: esig.Credentials, batc
     # the lot this batch made: asked of each step's kind (the produce-output kind knows it)
     lot_id = next((lot for kind, data in values if (lot := step_kinds.get(kind).produced_lot([{"data": data or {}}]))),
                   None)
-    from mes.ebr.operations import freeze_at_release  # the signed eBR, frozen now (issue 19)
-
-    pdf_sha256 = freeze_at_release(actor, batch_id, decision, conditions)
-    record(actor, f"batch.{meaning}", ("batch", batch_id), batch=batch_id, before={"status": before},
-           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr, "ebr_pdf_sha256": pdf_sha256,
-                  "disposition": decision,
-                  "conditions": conditions}, reason=comment,
-           event=Event(BATCH_RELEASED, "batch", batch_id,
-                       {"batch_id": batch_id, "lot_id": lot_id, "disposition": decision, "conditions": conditions,
-                        "esig": {"signer": sig["signer"], "name": sig["name"], "meaning": sig["meaning"],
-                                 "signed_at": sig["at"], "record_hash": sig["record_hash"]},
-                        "ebr_sha256": pdf_sha256}, correlation_id=batch.work_order_id, time=now))
     if lot_id is not None:  # the batch's disposition is its lot's
         materials.dispose_produced_lot(actor, lot_id, batch_id, decision, comment, conditions)
     if batch.status == BatchStatus.REJECTED.value:
@@ -429,5 +425,25 @@ def _release_batch(session_row: UserSession, credentials: esig.Credentials, batc
     if wo.status == WorkOrderStatus.IN_PROGRESS.value:
         _wo_transition(actor, wo, (WorkOrderStatus.IN_PROGRESS.value,), WorkOrderStatus.COMPLETED,
                        "work_order.completed", extra={"batch": batch_id, "decision": decision})
+    # the decision's entry last, then the release checkpoint over it and all before it; the
+    # appends above hold the log's lock, so the entry's seq, and the checkpoint's size, are known
+    release_size = log.tree_size(db.session) + 1
+    record(actor, f"batch.{meaning}", ("batch", batch_id), batch=batch_id, before={"status": before},
+           after={"status": batch.status, "lot": lot_id, "ebr_sha256": ebr, "disposition": decision,
+                  "conditions": conditions, "esig_seq": entry.seq, "release_checkpoint_size": release_size},
+           reason=comment)
+    _publish_release_checkpoint(release_size)
     db.session.commit()
     return batch
+
+
+def _publish_release_checkpoint(size: int) -> None:
+    """Sign the release checkpoint in the decision's transaction (refused with a sentence if
+    the log fails its check before signing): no witness sees it before it is committed."""
+    try:
+        log.publish_checkpoint(db.session)
+    except ValueError as exc:  # LogTampered
+        raise Conflict(f"The release checkpoint cannot be signed: {exc}") from None
+    cp = log.latest_checkpoint(db.session)
+    if cp is None or cp.size != size:
+        raise Conflict("The release checkpoint cannot be signed: the audit log failed its check before signing.")

@@ -200,6 +200,47 @@ def _sync_witnesses() -> list[Submission]:
     return out
 
 
+def cosigners(checkpoint_id: int) -> set[str]:
+    """The witnesses whose cosignature of checkpoint ``checkpoint_id`` is kept (app context)."""
+    from mes.audit.models import AuditCosignature
+    from mes.db import db
+
+    return set(db.session.execute(db.select(AuditCosignature.witness).where(
+        AuditCosignature.checkpoint_id == checkpoint_id)).scalars())
+
+
+def submit_checkpoint(checkpoint_id: int) -> list[Submission]:
+    """Send checkpoint ``checkpoint_id`` itself, not the latest, to every configured witness
+    that has not cosigned it and still can (it holds no larger checkpoint): the eBR's release
+    checkpoint gets its cosignatures. A witness that has moved past it answers nothing here
+    (status 409 in the result). Under the submission lock, as :func:`sync_witnesses`."""
+    from mes.audit import log as audit
+    from mes.audit.models import AuditCheckpoint
+    from mes.db import db
+
+    db.session.rollback()
+    with _submit_lock:
+        cp = db.session.get(AuditCheckpoint, checkpoint_id)
+        if cp is None:
+            return []
+        note, size, done = cp.note, cp.size, cosigners(checkpoint_id)
+        db.session.rollback()
+        out = []
+        for witness in configured_witnesses():
+            if witness.key.name in done:
+                continue
+            kept = _kept(audit.audit_log(), witness)
+            if kept is not None and kept.size > size:
+                out.append(Submission(witness.key.name, 409, f"the witness holds size {kept.size}, larger than {size}"))
+                continue
+            try:
+                out.append(submit(witness, note, checkpoint_id))
+            except (OSError, urllib.error.URLError) as exc:
+                db.session.rollback()
+                out.append(Submission(witness.key.name, 0, f"unreachable: {exc}"))
+        return out
+
+
 _pending = threading.Event()
 _worker_lock = threading.Lock()
 

@@ -192,6 +192,11 @@ def test_no_cjk_font_refuses_the_release_with_a_sentence(app: Flask, monkeypatch
     with pytest.raises(Conflict, match="cannot be printed: MES_EBR_FONT .*missing.otf does not exist"):
         released_batch(monkeypatch)
     db.session.rollback()
+    # refused before anything was signed (the preflight), and the refusal is audited
+    refused = [json.loads(bytes(b))["after"] for b in db.session.execute(select(AuditEntry.entry_bytes).where(
+        AuditEntry.action == "batch.release.refused")).scalars()]
+    assert len(refused) == 1 and "cannot be printed" in refused[0]["reason"]
+    assert db.session.execute(select(AuditEntry).where(AuditEntry.action == "batch.released")).first() is None
     render.find_font.cache_clear()
     with pytest.raises(render.FontMissing, match="no CJK font found"):
         monkeypatch.setattr(render.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(

@@ -13,6 +13,7 @@ from typing import Any
 from flask import redirect, render_template, request, url_for
 
 from mes.db import db
+from mes.ebr.finishing import ebr_status
 from mes.errors import MESError, ValidationFailed
 from mes.execution import operations as ex
 from mes.execution import qa_views, queries
@@ -119,7 +120,8 @@ def _batch_page(batch_id: str, error: str | None = None, status: int = 200) -> A
                    labels=EXCEPTION_LABELS, blockers=blockers, open_devs=open_devs, error=error,
                    dispositions=[d.value for d in Disposition], meanings=MEANINGS, key=uuid.uuid4().hex,
                    unreviewed=sum(1 for e in found if e["reviewed"] is None),
-                   can_release=batch.status == BatchStatus.REVIEWED.value)
+                   can_release=batch.status == BatchStatus.REVIEWED.value,
+                   ebr=ebr_status(batch_id) if batch.decided_at else None)
 
 
 @bp.get("/batches/<batch_id>")
