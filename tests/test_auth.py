@@ -116,6 +116,31 @@ def test_idle_timeout_ends_the_session(app: Flask) -> None:
         select(AuditEntry).where(AuditEntry.action == "auth.logout")).scalars()])
 
 
+def _stored_last(s: Session) -> float:
+    with s.client.session_transaction() as cookie:
+        return cookie["last"]
+
+
+def test_the_idle_clock_is_stored_at_most_every_twentieth_of_the_idle_time(app: Flask) -> None:
+    """The last activity is written (a transaction after the response) only when it lags by
+    more than 5 % of the idle time-out (at most 30 s): a session may end that much early,
+    never late, and a kiosk tapping every second does not write its session on every tap."""
+    seeded = seed()
+    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 200  # lag allowed: 10 s
+    s = logged_in(app.test_client(), seeded, "qa")
+    _idle_for(s, 9)
+    before = _stored_last(s)
+    assert s.get("/api/v1/auth/me").status_code == 200
+    assert _stored_last(s) == before  # 9 s behind: not written
+    _idle_for(s, 11)
+    assert s.get("/api/v1/auth/me").status_code == 200
+    assert time.time() - _stored_last(s) < 5  # 11 s behind: written now
+    app.config["MES_WORKSTATION_IDLE_SECONDS"] = 3600  # 5 % would be 180 s: capped at 30 s
+    _idle_for(s, 31)
+    assert s.get("/api/v1/auth/me").status_code == 200
+    assert time.time() - _stored_last(s) < 5
+
+
 def test_a_get_ends_a_session_that_ran_out_although_another_terminal_wrote_meanwhile(app: Flask, monkeypatch) -> None:
     """On SQLite a GET reads in a plain BEGIN. Ending an idle session from there failed at
     once with "database is locked" (a 500, the kiosk's idle log-out lost) whenever another

@@ -506,6 +506,8 @@ class LiveSession:
     terminal_kind: str | None
     terminal_active: bool
     terminal_key_hash: str | None
+    #: how long it may stay idle (the kiosk's or the workstation's idle time-out)
+    idle: timedelta
 
     def terminal_matches(self, terminal_id: str, key: str) -> bool:
         """Whether ``terminal_id``/``key`` authenticate this session's own, active terminal."""
@@ -560,7 +562,8 @@ def resolve_session(secret: str, last_activity: datetime | None) -> LiveSession:
         raise SessionExpired("The session timed out after inactivity; log in again.")
     return LiveSession(id=sid, user_id=user_id, full_name=full_name,
                        roles=frozenset(row[7] for row in rows if row[7] is not None), terminal_id=terminal_id,
-                       terminal_kind=terminal_kind, terminal_active=bool(terminal_active), terminal_key_hash=key_hash)
+                       terminal_kind=terminal_kind, terminal_active=bool(terminal_active), terminal_key_hash=key_hash,
+                       idle=idle)
 
 
 def end_session(row: UserSession, reason: str) -> None:
