@@ -55,6 +55,10 @@ DECISION_ACTIONS = ("batch.released", "batch.rejected")
 EBR_FINISHER = Actor.system("ebr-release")
 #: batches decided before the two-step release (no release checkpoint recorded): never pending
 _LEGACY: set[str] = set()
+#: A pending eBR that still cannot be made (a time-stamp authority down, a key unreadable) this
+#: long after QA's decision raises an audit alarm, once while it is open; before that, a
+#: passing fault is only logged and retried at each poll.
+STUCK_ALARM_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -262,10 +266,29 @@ def finish_pending() -> list[str]:
             doc = finish_release(batch_id, EBR_FINISHER, allow_missing=overdue)
             if doc is not None and doc.created_by == EBR_FINISHER.id:
                 done.append(batch_id)
-        except Exception:  # noqa: BLE001 - retried at the next poll
+        except Exception as exc:  # noqa: BLE001 - retried at the next poll
             logger.exception("a pending eBR could not be finished", extra={"batch": batch_id})
             db.session.rollback()
+            _alarm_if_stuck(batch_id, exc)
     return done
+
+
+def _alarm_if_stuck(batch_id: str, exc: Exception) -> None:
+    """An audit alarm (one while open) for a pending eBR that keeps failing past
+    :data:`STUCK_ALARM_AFTER`: QA's decision is recorded but ERP hears nothing until it is made."""
+    from mes.audit.alarms import raise_audit_alarm
+
+    try:
+        decided = as_utc(db.session.get(Batch, batch_id).decided_at)  # type: ignore[union-attr]
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the database itself failing: the next poll tries again
+        db.session.rollback()
+        return
+    if decided is None or common.clock() - decided < STUCK_ALARM_AFTER:
+        return
+    raise_audit_alarm(f"The electronic batch record of batch {batch_id} cannot be made: QA's decision is recorded, "
+                      "the eBR and mes.batch.released.v1 wait for it; the MES retries every 15 s.",
+                      {"batch": batch_id, "error": str(exc)[:500]})
 
 
 def pending_detail(batch_id: str) -> str | None:

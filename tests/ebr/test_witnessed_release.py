@@ -241,3 +241,39 @@ def test_a_release_interrupted_between_its_two_transactions_is_finished_by_the_j
     assert doc.created_by == finishing.EBR_FINISHER.id
     ca = signing.paths_from(app.config).ca_cert.read_bytes()
     assert eo.verify_pdf(doc.pdf, ca).ok
+
+
+def test_a_pending_ebr_that_keeps_failing_raises_one_alarm_after_five_minutes(app: Flask, monkeypatch) -> None:
+    """A time-stamp authority down (or a key unreadable) after QA's decision: the job logs and
+    retries; once the decision is older than STUCK_ALARM_AFTER, one audit alarm names the
+    batch (not one per poll), and the eBR is made when the fault is gone."""
+    from datetime import timedelta
+
+    from mes.errors import Conflict
+
+    generate, broken = eo.generate, [True]
+
+    def authority_down(*args: Any, **kwargs: Any) -> eo.Generated:
+        if broken[0]:
+            raise Conflict("The electronic batch record cannot be signed: the time-stamp authority does not answer.")
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(eo, "generate", authority_down)
+    _, batch_id = released_batch(monkeypatch)
+    db.session.rollback()
+
+    def alarms() -> list[dict[str, Any]]:
+        found = db.session.execute(select(Alarm.details).where(Alarm.message.contains(
+            f"batch {batch_id} cannot be made"))).scalars().all()
+        db.session.rollback()  # the job's own session needs SQLite's write lock
+        return list(found)
+
+    assert jobs.finish_pending_releases(app) == [] and alarms() == []  # just decided: logged, retried
+    monkeypatch.setattr(finishing, "STUCK_ALARM_AFTER", timedelta(0))
+    assert jobs.finish_pending_releases(app) == []
+    assert jobs.finish_pending_releases(app) == []
+    [details] = alarms()
+    assert details["batch"] == batch_id and "time-stamp authority" in details["error"]
+    broken[0] = False
+    assert jobs.finish_pending_releases(app) == [batch_id]
+    _assert_finished_once(batch_id)
