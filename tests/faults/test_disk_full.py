@@ -79,7 +79,10 @@ def test_a_full_disk_is_refused_clearly_readyz_turns_red_and_the_server_recovers
         op = Operator(server.base, seeded["kiosks"][0], "B0", seeded["work_orders"][0])
         op.start()
         op.complete(0)
-        assert _ready(server.base) == 200 and _alarms(db_file) == []
+        # ready once the audit watch process has verified the log at start-up (/readyz says
+        # "pending" until then)
+        wait_for(lambda: _ready(server.base) == 200, 60, "the start-up verification")
+        assert _alarms(db_file) == []
 
         # below the margin, not full: ready, and the storage alarm is raised once
         _fill(small_disk / "ballast", leave=(margin_mb * MB) - 512 * 1024)
