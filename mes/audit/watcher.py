@@ -132,8 +132,11 @@ class AuditWatch:
         finally:
             os.close(write_fd)
         assert proc.stdin is not None
-        proc.stdin.write(base64.b64encode(pickle.dumps(_config_of(self.app))) + b"\n")
-        proc.stdin.flush()
+        try:
+            proc.stdin.write(base64.b64encode(pickle.dumps(_config_of(self.app))) + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:  # it died at once: its reports end, its exit code is logged, it is restarted
+            pass
         return proc, os.fdopen(read_fd, "rb")
 
     def _run(self) -> None:
@@ -154,7 +157,10 @@ class AuditWatch:
             started = time.monotonic()
             with reports:
                 for line in reports:
-                    self._heard(line)
+                    try:
+                        self._heard(line)
+                    except Exception:  # noqa: BLE001 - one report misapplied must not end the hearing
+                        logger.exception("a report of the audit watch process could not be applied")
             code = proc.wait()
             with self._lock:
                 self._proc = None
