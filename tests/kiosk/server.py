@@ -57,7 +57,10 @@ def main() -> None:
 
     options = {"bind": args.bind, "workers": 1, "threads": args.threads, "worker_class": "gthread",
                "timeout": 60, "graceful_timeout": 2, "accesslog": None, "errorlog": "-", "loglevel": "warning",
-               "forwarded_allow_ips": "127.0.0.1"}
+               "forwarded_allow_ips": "127.0.0.1",
+               # as `mes run` (mes.server.options_from_env): gunicorn's own 2 s closed a driver's
+               # idle keep-alive connection as it sent its next request (RemoteDisconnected)
+               "keepalive": 75}
     KioskTestServer(options).run()
 
 
