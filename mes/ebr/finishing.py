@@ -211,8 +211,7 @@ def finish_after_decision(actor: Actor, batch_id: str) -> EbrDocument | None:
         if rel is None:
             return None
         if client.configured_witnesses():
-            missing = wait_for_witnesses(rel.checkpoint, float(current_app.config.get(
-                "MES_EBR_WITNESS_WAIT_SECONDS", 10)))
+            missing = wait_for_witnesses(rel.checkpoint, current_app.config["MES_EBR_WITNESS_WAIT_SECONDS"])
             if missing:
                 logger.warning("eBR pending: witnesses have not cosigned the release checkpoint",
                                extra={"batch": batch_id, "missing": missing})
@@ -246,7 +245,7 @@ def finish_pending() -> list[str]:
     """Finish every pending release whose witnesses have all cosigned, or whose decision is
     older than ``MES_EBR_WITNESS_MAX_WAIT_SECONDS`` (then with the cosignatures it has).
     Returns the batches finished now. Each batch on its own: one failure stops no other."""
-    max_wait = timedelta(seconds=int(current_app.config.get("MES_EBR_WITNESS_MAX_WAIT_SECONDS", 3600)))
+    max_wait = timedelta(seconds=current_app.config["MES_EBR_WITNESS_MAX_WAIT_SECONDS"])
     done = []
     submit = bool(client.configured_witnesses())
     for batch_id in pending_batches():  # oldest decision first
@@ -302,7 +301,7 @@ def pending_detail(batch_id: str) -> str | None:
     if not missing:
         return (f"The electronic batch record of batch {batch_id} is being finished: QA's decision is recorded "
                 "and the signed eBR is being generated; try again in a minute.")
-    limit = int(current_app.config.get("MES_EBR_WITNESS_MAX_WAIT_SECONDS", 3600))
+    limit = current_app.config["MES_EBR_WITNESS_MAX_WAIT_SECONDS"]
     return (f"The electronic batch record of batch {batch_id} is being finished: QA's decision is recorded; "
             f"waiting for witness {', '.join(missing)} to cosign the release checkpoint (size "
             f"{rel.checkpoint.size}). It is generated as soon as they do, or {limit} s after the decision with "

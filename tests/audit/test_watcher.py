@@ -5,8 +5,7 @@ size, it ends with the worker and is started again when it dies."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -17,6 +16,7 @@ from mes.audit.models import AuditCheckpoint
 from mes.audit.watcher import AuditWatch
 from mes.db import db
 from mes.system.readiness import audit_status
+from tests.faults.kit import wait_for
 from tests.test_audit_log import _drop_triggers
 
 ACTOR = log.Actor("u-1", "Una User", "operator", "K-1")
@@ -26,13 +26,6 @@ def _append(n: int) -> None:
     for i in range(n):
         log.record(ACTOR, "batch.step.completed", ("batch_step", f"B/{i}"), batch="B", after={"value": f"{i}.0"})
         db.session.commit()
-
-
-def _until(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ def test_the_audit_watch_runs_in_its_own_process_and_its_verdict_reaches_readyz(
     db.session.remove()
     assert client.get("/readyz").status_code == 503  # not verified yet
     watch.start()
-    _until(lambda: audit_status().state == "ok", "the start-up verification")
+    wait_for(lambda: audit_status().state == "ok", 60, "the start-up verification")
     assert watch.pid is not None and watch.pid != os.getpid()
     assert client.get("/readyz").status_code == 200
 
@@ -63,7 +56,7 @@ def test_a_tampered_log_found_by_the_watch_process_turns_the_workers_readyz_red(
         conn.execute(text("UPDATE audit_entries SET entry_bytes = :b WHERE seq = 2"),
                      {"b": data.replace(b"2.0", b"9.0")})
     watch.start()
-    _until(lambda: audit_status().state == "failed", "the verdict")
+    wait_for(lambda: audit_status().state == "failed", 60, "the verdict")
     assert "first bad seq 2" in audit_status().detail
     r = client.get("/readyz")
     assert r.status_code == 503
@@ -76,10 +69,10 @@ def test_the_checkpoint_the_watch_process_publishes_reaches_the_workers_cached_s
     _append(3)
     db.session.remove()
     watch.start()
-    _until(lambda: audit_status().state == "ok", "the start-up verification")
+    wait_for(lambda: audit_status().state == "ok", 60, "the start-up verification")
     log.audit_log().last_checkpoint = (0, None)
     watch.wake()
-    _until(lambda: (log.audit_log().last_checkpoint or (0,))[0] == 3, "the published checkpoint")
+    wait_for(lambda: (log.audit_log().last_checkpoint or (0,))[0] == 3, 60, "the published checkpoint")
     sizes = db.session.execute(select(AuditCheckpoint.size)).scalars().all()
     db.session.remove()
     assert sizes == [3]
@@ -92,11 +85,11 @@ def test_the_watch_process_ends_with_its_input_and_is_started_again_when_it_dies
     _append(2)
     db.session.remove()
     watch.start()
-    _until(lambda: watch.pid is not None, "the watch process")
+    wait_for(lambda: watch.pid is not None, 60, "the watch process")
     first = watch.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    _until(lambda: watch.pid not in (None, first), "a new watch process")
+    wait_for(lambda: watch.pid not in (None, first), 60, "a new watch process")
     second = watch.pid
     assert second is not None
     proc = watch._proc
