@@ -12,7 +12,7 @@ import mes.models  # noqa: F401  (every model and signable record type)
 from mes import observability, web
 from mes.audit.log import AuditLog, install_guard
 from mes.config import load_config
-from mes.db import db, engine_options, ping_idle_connections, tune_sqlite_engine
+from mes.db import db, engine_options, ping_idle_connections, send_writes_with_commit, tune_sqlite_engine
 from mes.validation import FORM_MAX
 
 
@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         tune_sqlite_engine(db.engine)
         ping_idle_connections(db.engine)
+        send_writes_with_commit(db.engine)
     install_guard()
     AuditLog().init_app(app)  # one per app: it caches the key and the last checkpoint
     observability.init_app(app)

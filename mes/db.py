@@ -153,17 +153,11 @@ def pipelined(conn: Connection) -> Iterator[None]:
         return
     import psycopg
 
-    dbapi_connection = conn.connection.dbapi_connection
     try:
         with conn.connection.driver_connection.pipeline():
             yield
     except psycopg.Error as exc:
-        # As SQLAlchemy does for a statement it runs itself: a lost connection is invalidated
-        # (the pool replaces it; the rollback after it does not fail again) and said so.
-        lost = conn.dialect.is_disconnect(exc, dbapi_connection, None) or connection_lost(exc)
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+        raise _as_sqlalchemy_error(conn, exc) from exc
 
 
 def driver_queries(conn: Connection, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
@@ -182,6 +176,7 @@ def driver_queries(conn: Connection, queries: Sequence[tuple[str, tuple[Any, ...
         return [cursor.execute(sql, params).fetchall() for sql, params in queries]
     cursors = [driver.cursor() for _ in queries]
     with pipelined(conn):
+        send_deferred(conn)  # writes held back for the commit come first: the reads see them
         for cursor, (sql, params) in zip(cursors, queries, strict=True):
             cursor.execute(sql.replace("?", "%s"), params)
     return [cursor.fetchall() for cursor in cursors]
@@ -301,3 +296,98 @@ def install_refusal_triggers(op: Any, table: str, *, immutable: bool) -> None:
     for action in ("UPDATE", "DELETE") if immutable else ("DELETE",):
         op.execute(f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} BEGIN "
                    f"SELECT RAISE(ABORT, 'mes: {action} on {table} is refused: records are never changed or removed'); END")
+
+
+# ------------------------------------------------------------------ writes sent with the COMMIT
+
+_DEFERRED = "mes_deferred_writes"
+_DEFERRING_ENGINES: set[int] = set()
+
+
+def send_writes_with_commit(engine: Engine) -> None:
+    """PostgreSQL: let :func:`defer_writes` hold a transaction's last writes back and send
+    them in the one message that carries its ``COMMIT`` (or before the next statement, when
+    one comes first). An audit append's entry, tree nodes and event were a round trip of
+    their own, followed by the commit's: under the log's append lock, which every terminal
+    queues for. Nothing held back outlives its transaction: a rollback drops it, and a
+    connection goes back to the pool without it."""
+    if engine.dialect.name != "postgresql" or id(engine) in _DEFERRING_ENGINES:
+        return
+    _DEFERRING_ENGINES.add(id(engine))
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _deferred_first(conn: Connection, *_: Any) -> None:
+        if conn.info.get(_DEFERRED):
+            send_deferred(conn)
+
+    @event.listens_for(engine, "commit")
+    def _with_the_commit(conn: Connection) -> None:
+        pending = conn.info.pop(_DEFERRED, None)
+        if not pending:
+            return
+        import psycopg
+
+        driver = conn.connection.driver_connection
+        sql = "; ".join([statement for statement, _ in pending] + ["COMMIT"])
+        params = tuple(value for _, values in pending for value in values)
+        try:
+            # client-side binding: several statements in one simple-protocol message; the
+            # driver's own commit that follows finds the transaction ended and sends nothing
+            psycopg.ClientCursor(driver).execute(sql, params)
+        except psycopg.Error as exc:
+            raise _as_sqlalchemy_error(conn, exc) from exc
+
+    @event.listens_for(engine, "rollback")
+    def _dropped(conn: Connection) -> None:
+        if not conn.invalidated:  # (an invalidated one's pool record is cleared at check-in)
+            conn.info.pop(_DEFERRED, None)
+
+    @event.listens_for(engine, "checkin")
+    def _never_carried_over(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(_DEFERRED, None)
+
+
+def defers_writes(conn: Connection) -> bool:
+    """Whether :func:`defer_writes` may hold writes back on ``conn`` (PostgreSQL, with
+    :func:`send_writes_with_commit` installed on its engine)."""
+    return id(conn.engine) in _DEFERRING_ENGINES
+
+
+def defer_writes(conn: Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    """Hold ``statements`` (driver SQL with ``%s`` placeholders, whose results nobody reads)
+    back until the transaction's commit or its next statement (see
+    :func:`send_writes_with_commit`). An error in them surfaces there, as SQLAlchemy's
+    exception class for it, and rolls the whole transaction back."""
+    if not defers_writes(conn):
+        raise RuntimeError("writes are held back only on a PostgreSQL engine set up with send_writes_with_commit()")
+    conn.info.setdefault(_DEFERRED, []).extend(statements)
+
+
+def send_deferred(conn: Connection) -> None:
+    """Send the writes held back on ``conn`` now (inside :func:`pipelined`: with its round trip)."""
+    pending = conn.info.pop(_DEFERRED, None)
+    if not pending:
+        return
+    import psycopg
+
+    driver = conn.connection.driver_connection
+    cursor = driver.cursor()
+    if driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:  # they join the round trip under way
+        for statement, values in pending:
+            cursor.execute(statement, values)
+        return
+    with pipelined(conn):
+        for statement, values in pending:
+            cursor.execute(statement, values)
+
+
+def _as_sqlalchemy_error(conn: Connection, exc: Exception) -> DBAPIError:
+    """``exc`` as SQLAlchemy raises a driver error of a statement it ran itself: a lost
+    connection is invalidated (the pool replaces it; the rollback after it does not fail
+    again) and said so."""
+    import psycopg
+
+    lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None) or connection_lost(exc)
+    if lost:
+        conn.invalidate(exc)
+    return DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=lost)

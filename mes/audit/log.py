@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from mes.audit import canonical, entry_tags, keys, merkle
 from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
-from mes.db import as_utc, db, in_read_transaction, pipelined, utcnow
+from mes.db import as_utc, db, defer_writes, defers_writes, in_read_transaction, pipelined, send_deferred, utcnow
 from mes.integration.models import OutboxEvent
 from mes.system import token as hsm
 
@@ -55,6 +55,11 @@ _INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({'
 _INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
 _INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
+
+
+def _insert_nodes_pg(count: int) -> str:
+    """One INSERT of ``count`` tree nodes (an append completes one node per level it closes)."""
+    return "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES " + ", ".join(["(%s, %s, %s)"] * count)
 # an append's outbox event goes through the driver with the entry (SQLAlchemy's insert()
 # construct, its cache key and its compilation cost more than the round trip it rides in)
 _EVENT_COLUMNS = ("id", "type", "subject", "sequence", "time", "audit_seq", "position", "body", "created_at")
@@ -286,6 +291,7 @@ def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = (),
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         with pipelined(conn):
+            send_deferred(conn)  # (none on the first append of a transaction, which this is)
             for stmt, params in statements:
                 conn.execute(stmt, params)
             # the lock first: the reads after it, statements of their own, see every entry
@@ -399,19 +405,28 @@ def record(
     frontier = {} if head is None else head.frontier
     nodes = merkle.nodes_completed_by_append(seq, leaf, frontier)
     tag = entry_tags.entry_tag(audit_log().tag_key(conn), entry_bytes)  # a first use looks on this connection
-    with pipelined(conn):  # the entry, its tree nodes and its event: one round trip
-        conn.exec_driver_sql(
-            _INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG,
-            (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
-             batch, entry_bytes, leaf, tag),
-        )
-        conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
-        if event is not None:
-            row = _event_row(event, seq, at, last_sequence)
-            if sqlite:
-                row = {**row, "time": _stored_at(row["time"]), "created_at": _stored_at(row["created_at"])}
-            conn.exec_driver_sql(_INSERT_EVENT_SQLITE if sqlite else _INSERT_EVENT_PG,
-                                 tuple(row[column] for column in _EVENT_COLUMNS))
+    entry_row = (seq, _stored_at(at) if sqlite else at, action, actor.id, actor.terminal, entity[0], str(entity[1]),
+                 batch, entry_bytes, leaf, tag)
+    event_row = None if event is None else _event_row(event, seq, at, last_sequence)
+    if defers_writes(conn):
+        # the entry, its tree nodes and its event go with the COMMIT (one round trip less
+        # under the append lock), or before the transaction's next statement
+        writes = [(_INSERT_ENTRY_PG, entry_row)]
+        if nodes:
+            writes.append((_insert_nodes_pg(len(nodes)), tuple(value for node in nodes for value in node)))
+        if event_row is not None:
+            writes.append((_INSERT_EVENT_PG, tuple(event_row[column] for column in _EVENT_COLUMNS)))
+        defer_writes(conn, writes)
+    else:
+        with pipelined(conn):  # the entry, its tree nodes and its event: one round trip
+            conn.exec_driver_sql(_INSERT_ENTRY_SQLITE if sqlite else _INSERT_ENTRY_PG, entry_row)
+            conn.exec_driver_sql(_INSERT_NODE_SQLITE if sqlite else _INSERT_NODE_PG, list(nodes))
+            if event_row is not None:
+                if sqlite:
+                    event_row = {**event_row, "time": _stored_at(event_row["time"]),
+                                 "created_at": _stored_at(event_row["created_at"])}
+                conn.exec_driver_sql(_INSERT_EVENT_SQLITE if sqlite else _INSERT_EVENT_PG,
+                                     tuple(event_row[column] for column in _EVENT_COLUMNS))
     known = {**frontier, **{(level, i): h for level, i, h in nodes}}
     new_head = _Head(seq, leaf, at, {key: known[key] for key in merkle.frontier(seq + 1)})
     _remember_frontier(seq, leaf, new_head.frontier)
