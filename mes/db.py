@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -301,7 +302,8 @@ def install_refusal_triggers(op: Any, table: str, *, immutable: bool) -> None:
 # ------------------------------------------------------------------ writes sent with the COMMIT
 
 _DEFERRED = "mes_deferred_writes"
-_DEFERRING_ENGINES: set[int] = set()
+#: the engines with the hooks (weakly: an engine's id may be reused by a later one without them)
+_DEFERRING_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def send_writes_with_commit(engine: Engine) -> None:
@@ -311,9 +313,9 @@ def send_writes_with_commit(engine: Engine) -> None:
     their own, followed by the commit's: under the log's append lock, which every terminal
     queues for. Nothing held back outlives its transaction: a rollback drops it, and a
     connection goes back to the pool without it."""
-    if engine.dialect.name != "postgresql" or id(engine) in _DEFERRING_ENGINES:
+    if engine.dialect.name != "postgresql" or engine in _DEFERRING_ENGINES:
         return
-    _DEFERRING_ENGINES.add(id(engine))
+    _DEFERRING_ENGINES.add(engine)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _deferred_first(conn: Connection, *_: Any) -> None:
@@ -350,7 +352,7 @@ def send_writes_with_commit(engine: Engine) -> None:
 def defers_writes(conn: Connection) -> bool:
     """Whether :func:`defer_writes` may hold writes back on ``conn`` (PostgreSQL, with
     :func:`send_writes_with_commit` installed on its engine)."""
-    return id(conn.engine) in _DEFERRING_ENGINES
+    return conn.engine in _DEFERRING_ENGINES
 
 
 def defer_writes(conn: Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
@@ -372,11 +374,8 @@ def send_deferred(conn: Connection) -> None:
 
     driver = conn.connection.driver_connection
     cursor = driver.cursor()
-    if driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:  # they join the round trip under way
-        for statement, values in pending:
-            cursor.execute(statement, values)
-        return
-    with pipelined(conn):
+    piping = driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF  # then they join its round trip
+    with nullcontext() if piping else pipelined(conn):
         for statement, values in pending:
             cursor.execute(statement, values)
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from mes.audit import canonical, entry_tags, keys, merkle
 from mes.audit import checkpoint as notes
 from mes.audit.models import AUDIT_TABLES, AuditCheckpoint, AuditEntry
-from mes.db import as_utc, db, defer_writes, defers_writes, in_read_transaction, pipelined, send_deferred, utcnow
+from mes.db import as_utc, db, defer_writes, defers_writes, in_read_transaction, pipelined, utcnow
 from mes.integration.models import OutboxEvent
 from mes.system import token as hsm
 
@@ -54,12 +54,14 @@ _ENTRY_COLUMNS = ("seq, at, action, actor_id, terminal_id, entity_type, entity_i
 _INSERT_ENTRY_SQLITE = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['?'] * 11)})"
 _INSERT_ENTRY_PG = f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
 _INSERT_NODE_SQLITE = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
-_INSERT_NODE_PG = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (%s, %s, %s)"
 
 
 def _insert_nodes_pg(count: int) -> str:
     """One INSERT of ``count`` tree nodes (an append completes one node per level it closes)."""
     return "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES " + ", ".join(["(%s, %s, %s)"] * count)
+
+
+_INSERT_NODE_PG = _insert_nodes_pg(1)
 # an append's outbox event goes through the driver with the entry (SQLAlchemy's insert()
 # construct, its cache key and its compilation cost more than the round trip it rides in)
 _EVENT_COLUMNS = ("id", "type", "subject", "sequence", "time", "audit_seq", "position", "body", "created_at")
@@ -291,7 +293,6 @@ def _head(session: Session, statements: Sequence[tuple[Executable, Any]] = (),
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         with pipelined(conn):
-            send_deferred(conn)  # (none on the first append of a transaction, which this is)
             for stmt, params in statements:
                 conn.execute(stmt, params)
             # the lock first: the reads after it, statements of their own, see every entry
